@@ -1,0 +1,1 @@
+//! `pretrain score FILE` (filled in with the scoring module).

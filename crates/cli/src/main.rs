@@ -1,0 +1,61 @@
+//! `pretrain`: the miner, the validator and the tools of the pretraining
+//! subnet. Argument parsing and wiring only; the work lives in the library
+//! crates. JSON goes to stdout, logs and progress to stderr.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Bittensor pretraining subnet (subnet 9): miner, validator and tools.
+#[derive(Parser, Debug)]
+#[command(name = "pretrain", version, about, long_about = None)]
+struct Cli {
+    /// Log at debug level.
+    #[arg(long = "logging.debug", global = true)]
+    logging_debug: bool,
+    /// Log at trace level.
+    #[arg(long = "logging.trace", global = true)]
+    logging_trace: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+// Each area of the project adds its commands here and in `cmd/`; only
+// commands that work are listed.
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the hash of a model directory (what a miner commits).
+    Hash(cmd::hash::HashArgs),
+    /// Replay one validator scoring step from a JSON file.
+    Score(cmd::score::ScoreArgs),
+}
+
+fn init_logging(cli: &Cli) {
+    let default = if cli.logging_trace {
+        "trace"
+    } else if cli.logging_debug {
+        "debug"
+    } else {
+        "info"
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let result = match cli.command {
+        Command::Hash(args) => cmd::hash::run(args),
+        Command::Score(args) => cmd::score::run(args),
+    };
+    if let Err(err) = result {
+        // One line: the error and its causes.
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}

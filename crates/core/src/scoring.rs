@@ -1,0 +1,1 @@
+//! Validator scoring (filled in below).
