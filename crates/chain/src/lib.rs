@@ -1,4 +1,144 @@
-//! The chain: bittensor wallets, the `Chain` trait the miner and
+//! The chain: bittensor wallets, the [`Chain`] trait the miner and
 //! validator use (metagraph, commitments, weights, blocks), and its backends
 //! `subtensor` (a real node over websocket) and `embedded` (a file-backed
 //! chain for one machine).
+
+use std::fmt;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Errors of chain calls; the variants are what callers branch on.
+#[derive(Debug, Error)]
+pub enum ChainError {
+    /// The hotkey has no uid on the subnet.
+    #[error("hotkey {hotkey} is not registered on subnet {netuid}")]
+    NotRegistered {
+        /// SS58 address.
+        hotkey: String,
+        /// Subnet.
+        netuid: u16,
+    },
+    /// The chain refused the call for now; retry later.
+    #[error("rate limited: {0}")]
+    RateLimited(String),
+    /// The call did not complete in time.
+    #[error("chain call timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    /// The node could not be reached.
+    #[error("network error: {0}")]
+    Network(String),
+    /// The node answered something we cannot understand.
+    #[error("bad response from chain: {0}")]
+    BadResponse(String),
+    /// The subnet does not exist.
+    #[error("subnet {0} does not exist")]
+    NoSuchSubnet(u16),
+    /// Anything else the chain rejected (with its reason).
+    #[error("{0}")]
+    Rejected(String),
+}
+
+/// A hotkey able to sign calls: its SS58 address and sr25519 mini secret.
+#[derive(Clone)]
+pub struct Hotkey {
+    /// SS58 address (prefix 42).
+    pub ss58: String,
+    secret_seed: Option<[u8; 32]>,
+}
+
+impl Hotkey {
+    /// A hotkey with its 32-byte sr25519 mini secret (`secretSeed` of a keyfile).
+    pub fn from_secret_seed(ss58: impl Into<String>, secret_seed: [u8; 32]) -> Self {
+        Self {
+            ss58: ss58.into(),
+            secret_seed: Some(secret_seed),
+        }
+    }
+
+    /// An address only: enough for the embedded chain, not for a real node.
+    pub fn address_only(ss58: impl Into<String>) -> Self {
+        Self {
+            ss58: ss58.into(),
+            secret_seed: None,
+        }
+    }
+
+    /// The mini secret, if this hotkey can sign.
+    pub fn secret_seed(&self) -> Option<&[u8; 32]> {
+        self.secret_seed.as_ref()
+    }
+}
+
+impl fmt::Debug for Hotkey {
+    // Never print the secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hotkey").field("ss58", &self.ss58).finish_non_exhaustive()
+    }
+}
+
+/// One neuron of a subnet's metagraph.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Neuron {
+    /// Position in the subnet.
+    pub uid: u16,
+    /// Hotkey SS58 address.
+    pub hotkey: String,
+    /// Coldkey SS58 address.
+    pub coldkey: String,
+    /// Stake in TAO.
+    pub stake: f64,
+    /// Incentive, normalised to 0..=1.
+    pub incentive: f64,
+    /// Whether the neuron may set weights.
+    pub validator_permit: bool,
+}
+
+/// A subnet's neurons at a block.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metagraph {
+    /// Subnet.
+    pub netuid: u16,
+    /// Block the metagraph was read at.
+    pub block: u64,
+    /// Neurons, ordered by uid.
+    pub neurons: Vec<Neuron>,
+}
+
+/// A hotkey's latest commitment and the block it was made at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commitment {
+    /// Hotkey SS58 address.
+    pub hotkey: String,
+    /// Block of the commitment.
+    pub block: u64,
+    /// The raw committed bytes (a compressed `ModelId` for this subnet).
+    pub data: Vec<u8>,
+}
+
+/// What the miner and validator need from a chain. Every call has a timeout.
+#[async_trait]
+pub trait Chain: Send + Sync {
+    /// Current block height.
+    async fn current_block(&self) -> Result<u64, ChainError>;
+    /// The subnet's metagraph.
+    async fn metagraph(&self, netuid: u16) -> Result<Metagraph, ChainError>;
+    /// The hotkey's uid on the subnet, if registered.
+    async fn uid_of(&self, netuid: u16, hotkey: &str) -> Result<Option<u16>, ChainError>;
+    /// Commits `data` for `hotkey` on `netuid`; returns the block it landed in.
+    async fn commit(&self, hotkey: &Hotkey, netuid: u16, data: &[u8]) -> Result<u64, ChainError>;
+    /// The hotkey's latest commitment on the subnet.
+    async fn commitment(&self, netuid: u16, hotkey: &str) -> Result<Option<Commitment>, ChainError>;
+    /// Every hotkey's latest commitment on the subnet.
+    async fn commitments(&self, netuid: u16) -> Result<Vec<Commitment>, ChainError>;
+    /// Sets `hotkey`'s weights on the subnet (`u16` values as bittensor emits them).
+    async fn set_weights(
+        &self,
+        hotkey: &Hotkey,
+        netuid: u16,
+        uids: &[u16],
+        values: &[u16],
+        version_key: u64,
+    ) -> Result<(), ChainError>;
+}
