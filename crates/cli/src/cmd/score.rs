@@ -1,1 +1,0 @@
-//! `pretrain score FILE` (filled in with the scoring module).
