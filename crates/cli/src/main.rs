@@ -27,6 +27,8 @@ struct Cli {
 enum Command {
     /// Print the hash of a model directory (what a miner commits).
     Hash(cmd::hash::HashArgs),
+    /// Replay one validator scoring step from a JSON file.
+    Score(cmd::score::ScoreArgs),
 }
 
 fn init_logging(cli: &Cli) {
@@ -49,6 +51,7 @@ fn main() {
     init_logging(&cli);
     let result = match cli.command {
         Command::Hash(args) => cmd::hash::run(args),
+        Command::Score(args) => cmd::score::run(args),
     };
     if let Err(err) = result {
         // One line: the error and its causes.

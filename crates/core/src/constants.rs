@@ -33,10 +33,12 @@ pub const COMMIT_RATE_LIMIT_BLOCKS: u64 = 100;
 pub struct Competition {
     /// Loss advantage given to the earlier-committed model.
     pub epsilon: f64,
-    /// Softmax temperature over win rates.
-    pub temperature: f32,
-    /// Moving-average factor of the weights.
-    pub alpha: f32,
+    /// Softmax temperature over win rates (rounded to `f32` where used, as
+    /// the original's float32 tensors do).
+    pub temperature: f64,
+    /// Moving-average factor of the weights. Kept in `f64` because the
+    /// original computes `1 - alpha` in Python floats before rounding.
+    pub alpha: f64,
     /// Number of best uids kept in the evaluation set.
     pub sample_min: usize,
     /// Blocks between two `set_weights` calls.

@@ -12,3 +12,4 @@ pub mod scoring;
 pub use constants::Competition;
 pub use hash::{hash_of_directory, hash_of_file, HashError};
 pub use model_id::{validate_hf_repo_id, ModelId, ModelIdError, ModelMetadata, RepoIdError};
+pub use scoring::{iswin, weights_for_emit, StepInput, StepJson, StepOutput, StepOutputJson};
