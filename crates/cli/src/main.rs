@@ -27,8 +27,17 @@ struct Cli {
 enum Command {
     /// Print the hash of a model directory (what a miner commits).
     Hash(cmd::hash::HashArgs),
+    /// Loss of a model directory on a batch of token rows.
+    Eval(cmd::model::EvalArgs),
+    /// Architecture, parameters, size, hash and validity of a model directory.
+    Inspect(cmd::model::InspectArgs),
+    /// Throughput benchmarks (JSON: tokens_per_s, peak_rss_bytes).
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
     /// Replay one validator scoring step from a JSON file.
     Score(cmd::score::ScoreArgs),
+    /// Token ids of JSON Lines text from stdin (GPT-2 tokenizer), a JSON array per line.
+    Tokenize(cmd::data::TokenizeArgs),
 }
 
 fn init_logging(cli: &Cli) {
@@ -51,7 +60,11 @@ fn main() {
     init_logging(&cli);
     let result = match cli.command {
         Command::Hash(args) => cmd::hash::run(args),
+        Command::Eval(args) => cmd::model::run_eval(args),
+        Command::Inspect(args) => cmd::model::run_inspect(args),
+        Command::Bench(bench) => cmd::bench::run(bench),
         Command::Score(args) => cmd::score::run(args),
+        Command::Tokenize(args) => cmd::data::run_tokenize(args),
     };
     if let Err(err) = result {
         // One line: the error and its causes.

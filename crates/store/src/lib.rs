@@ -1,3 +1,286 @@
-//! Model hubs and the validator's on-disk model store: the `ModelHub` trait,
-//! its backends `hf` (Hugging Face) and `local` (a file-backed hub), safe
-//! downloads with size and hash checks, cleanup, and the miner's push.
+//! Model hubs and the validator's on-disk model store.
+//!
+//! # Hubs
+//! [`ModelHub`] is what the miner and the validator use to move model
+//! directories around; [`open_hub`] builds one from the `--hub` flag:
+//! - `hf` ([`HfHub`]): the Hugging Face Hub (or a mirror, `--hub_endpoint` /
+//!   `HF_ENDPOINT`), token from `HF_ACCESS_TOKEN` or a `.env` file.
+//! - `local:DIR` ([`LocalHub`]): repos as folders of immutable,
+//!   content-addressed commits, safe for several processes at once.
+//!
+//! Both download a commit into `DEST/models--<ns>--<name>/snapshots/<commit>/`
+//! (the `huggingface_hub` cache layout) with real files (no symlinks),
+//! atomically (staged, then renamed into place).
+//!
+//! # Validator
+//! [`ModelStore`] owns `<model_dir>/models/`: [`ModelStore::fetch`] puts a
+//! hotkey's committed model at
+//! `<model_dir>/models/<hotkey>/models--<ns>--<name>/snapshots/<commit>/`
+//! after checking the total size from the hub's file list (before any byte
+//! is downloaded) and the directory hash after (a mismatch deletes it);
+//! [`ModelStore::delete_unreferenced`] is the clean loop. No repo id,
+//! hotkey, commit or listed file name can make it write or delete outside
+//! its root.
+//!
+//! # Miner
+//! [`push`] uploads a `save_pretrained` directory, builds its
+//! [`pretrain_core::ModelId`] (commit of the upload, hash of the directory)
+//! and commits it to the chain, retrying while the chain rate-limits.
+//!
+//! ```no_run
+//! # async fn example(chain: &dyn pretrain_chain::Chain, hotkey: &pretrain_chain::Hotkey)
+//! # -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use pretrain_store::{open_hub, push, HubOptions, ModelStore, PushOptions};
+//!
+//! let hub = open_hub("local:/tmp/hub", HubOptions::default())?;
+//! // Miner: upload and commit (retries while the chain rate-limits).
+//! let meta = push(hub.as_ref(), chain, hotkey, "out/best".as_ref(), "alice/my-model",
+//!                 &PushOptions::default()).await?;
+//! // Validator: fetch and verify that hotkey's model, then clean up.
+//! let store = ModelStore::new("/tmp/validator");
+//! let model = store
+//!     .fetch(hub.as_ref(), &hotkey.ss58, &meta.id, pretrain_core::constants::MAX_MODEL_BYTES)
+//!     .await?;
+//! println!("{} at {}", model.hash, model.path.display());
+//! let tracked = [(hotkey.ss58.clone(), meta.id)].into_iter().collect();
+//! store.delete_unreferenced(&tracked, Duration::from_secs(300))?;
+//! # Ok(()) }
+//! ```
+//!
+//! Every call that talks to a hub is bounded by the hub's own per-request
+//! timeout (60 s by default for `hf`); a caller that wants a limit on a
+//! whole download wraps it in `tokio::time::timeout`. Repo ids are held to
+//! Hugging Face's rule (letters, digits, `-`, `_`, `.`; no empty part), which
+//! is stricter than the original's `validate_hf_repo_id`: an id that could
+//! name a path outside the store is refused with [`HubError::InvalidRepoId`].
+
+#![warn(missing_docs)]
+
+pub mod hf;
+pub mod local;
+pub mod paths;
+pub mod push;
+pub mod store;
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use thiserror::Error;
+
+pub use hf::{hf_token, HfHub, HfOptions};
+pub use local::LocalHub;
+pub use paths::RepoId;
+pub use push::{push, PushError, PushOptions};
+pub use store::{CleanupReport, FetchedModel, ModelStore, StoreError};
+
+/// One file of a repo at a commit.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct RepoFile {
+    /// Path inside the repo, `/`-separated.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Errors of hub operations; the variants are what callers branch on.
+#[derive(Debug, Error)]
+pub enum HubError {
+    /// The repo, commit or file does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The hub refused the token (or there is none and one is needed).
+    #[error("unauthorised: {0}")]
+    Unauthorized(String),
+    /// The repo's files are larger than allowed.
+    #[error("repo {repo_id} at {commit} holds {size} bytes, more than the limit of {limit} bytes")]
+    TooLarge {
+        /// `namespace/name`.
+        repo_id: String,
+        /// Commit checked.
+        commit: String,
+        /// Total size of the files.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The hub asked us to slow down, and kept doing so through our retries.
+    #[error("rate limited by the hub: {0}")]
+    RateLimited(String),
+    /// The hub could not be reached, or a transfer broke off (after retries).
+    #[error("network error: {0}")]
+    Network(String),
+    /// The hub answered something we cannot use.
+    #[error("bad response from the hub: {0}")]
+    BadResponse(String),
+    /// The repo id is not acceptable.
+    #[error("invalid repo id {repo_id:?}: {reason}")]
+    InvalidRepoId {
+        /// What was given.
+        repo_id: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// The commit id is not 40 lowercase hex digits.
+    #[error("invalid commit id {0:?}: expected 40 lowercase hex digits")]
+    InvalidCommit(String),
+    /// A path would leave the directory it belongs in.
+    #[error("refusing unsafe path {path:?}: {reason}")]
+    UnsafePath {
+        /// The offending path or name.
+        path: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// A local file or directory operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The `--hub` value is not understood.
+    #[error("unknown hub {0:?}: expected \"hf\" or \"local:DIR\"")]
+    BadSpec(String),
+}
+
+impl HubError {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> HubError {
+        let context = context.into();
+        move |source| HubError::Io { context, source }
+    }
+}
+
+/// Where model directories are uploaded to and downloaded from.
+#[async_trait]
+pub trait ModelHub: Send + Sync {
+    /// Uploads the files of `dir` as one commit of `repo_id` (created if
+    /// needed); afterwards the repo at that commit holds exactly those files.
+    /// Returns the commit sha (40 hex digits).
+    async fn upload(&self, dir: &Path, repo_id: &str) -> Result<String, HubError>;
+
+    /// The files of `repo_id` at `commit` with their sizes, from the hub's
+    /// metadata (nothing is downloaded).
+    async fn files_at(&self, repo_id: &str, commit: &str) -> Result<Vec<RepoFile>, HubError>;
+
+    /// Downloads `repo_id` at `commit` into
+    /// `dest/models--<ns>--<name>/snapshots/<commit>/` (replacing nothing
+    /// that is already complete there) and returns that directory.
+    async fn download(&self, repo_id: &str, commit: &str, dest: &Path)
+        -> Result<PathBuf, HubError>;
+}
+
+/// Options for [`open_hub`].
+#[derive(Debug, Clone, Default)]
+pub struct HubOptions {
+    /// Hugging Face endpoint (`--hub_endpoint`); `HF_ENDPOINT` or the public hub when unset.
+    pub endpoint: Option<String>,
+    /// Token; `HF_ACCESS_TOKEN` (environment, then `.env`) when unset.
+    pub token: Option<String>,
+    /// Draw a download progress bar on stderr.
+    pub progress: bool,
+}
+
+/// Builds the hub named by a `--hub` value: `hf` or `local:DIR`.
+pub fn open_hub(spec: &str, options: HubOptions) -> Result<Box<dyn ModelHub>, HubError> {
+    if spec == "hf" {
+        let token = options.token.or_else(hf_token);
+        let endpoint = options
+            .endpoint
+            .or_else(|| std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()))
+            .unwrap_or_else(|| hf::DEFAULT_ENDPOINT.to_string());
+        let hub = HfHub::new(HfOptions {
+            endpoint,
+            token,
+            progress: options.progress,
+            ..HfOptions::default()
+        })?;
+        Ok(Box::new(hub))
+    } else if let Some(dir) = spec.strip_prefix("local:") {
+        if dir.is_empty() {
+            return Err(HubError::BadSpec(spec.to_string()));
+        }
+        Ok(Box::new(LocalHub::open(dir)?))
+    } else {
+        Err(HubError::BadSpec(spec.to_string()))
+    }
+}
+
+/// Lists the regular files of `dir` as the model hash sees them
+/// (`/`-separated relative paths, symlinks to files followed, symlinks to
+/// directories skipped), with their sizes.
+pub(crate) fn list_local_files(dir: &Path) -> Result<Vec<(String, PathBuf, u64)>, HubError> {
+    let files = pretrain_core::hash::walk_order(dir).map_err(|e| HubError::Io {
+        context: format!("cannot list {}", dir.display()),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let mut out = Vec::with_capacity(files.len());
+    for file in files {
+        let rel = file
+            .strip_prefix(dir)
+            .map_err(|_| HubError::UnsafePath {
+                path: file.display().to_string(),
+                reason: "outside the directory being listed".into(),
+            })?
+            .to_str()
+            .ok_or_else(|| HubError::UnsafePath {
+                path: file.display().to_string(),
+                reason: "file name is not UTF-8".into(),
+            })?
+            .replace(std::path::MAIN_SEPARATOR, "/");
+        paths::safe_relative_path(&rel)?;
+        let size = std::fs::metadata(&file)
+            .map_err(HubError::io(format!("cannot read {}", file.display())))?
+            .len();
+        out.push((rel, file, size));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_hub_specs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = format!("local:{}", tmp.path().display());
+        assert!(open_hub(&spec, HubOptions::default()).is_ok());
+        assert!(open_hub(
+            "hf",
+            HubOptions {
+                endpoint: Some("http://127.0.0.1:9".into()),
+                ..Default::default()
+            }
+        )
+        .is_ok());
+        for bad in ["", "local:", "s3:bucket", "HF"] {
+            let err = open_hub(bad, HubOptions::default()).err().unwrap();
+            assert!(
+                err.to_string().contains("expected \"hf\" or \"local:DIR\""),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn lists_files_like_the_hash_walk() {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../shared/reference/models/tiny-gpt2/model"
+        );
+        let files = list_local_files(Path::new(dir)).unwrap();
+        let listed: Vec<(&str, u64)> = files.iter().map(|(p, _, s)| (p.as_str(), *s)).collect();
+        assert_eq!(
+            listed,
+            vec![
+                ("config.json", 748),
+                ("generation_config.json", 119),
+                ("model.safetensors", 6668456)
+            ]
+        );
+    }
+}

@@ -1,4 +1,7 @@
 //! One module per command (or command group) of `pretrain`.
 
+pub mod bench;
+pub mod data;
 pub mod hash;
+pub mod model;
 pub mod score;

@@ -1,0 +1,167 @@
+//! `pretrain eval`, `pretrain inspect` and `pretrain bench eval|train` end to end.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn models_dir() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/reference/models"
+    ))
+}
+
+fn expected(name: &str) -> Value {
+    serde_json::from_slice(&std::fs::read(models_dir().join(name).join("expected.json")).unwrap())
+        .unwrap()
+}
+
+fn pretrain(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pretrain"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn eval_prints_the_reference_loss() {
+    for name in ["tiny-gpt2", "tiny-llama"] {
+        let exp = expected(name);
+        let tmp = tempfile::tempdir().unwrap();
+        let tokens = tmp.path().join("tokens.json");
+        let b = &exp["batches"][1];
+        std::fs::write(&tokens, b["input_ids"].to_string()).unwrap();
+        let model = models_dir().join(name).join("model");
+        let (ok, out, err) = pretrain(&[
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--tokens",
+            tokens.to_str().unwrap(),
+        ]);
+        assert!(ok, "{err}");
+        let v: Value = serde_json::from_str(out.trim()).unwrap();
+        let loss = v["loss"].as_f64().unwrap();
+        assert!(
+            (loss - b["loss"].as_f64().unwrap()).abs() < 1e-4,
+            "{name}: {loss}"
+        );
+    }
+}
+
+#[test]
+fn eval_rejects_bad_tokens_with_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tokens = tmp.path().join("tokens.json");
+    std::fs::write(&tokens, "[[1, 2], [3]]").unwrap();
+    let model = models_dir().join("tiny-gpt2/model");
+    let (ok, out, err) = pretrain(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokens",
+        tokens.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(out.is_empty());
+    let last = err.trim().lines().last().unwrap();
+    assert!(
+        last.starts_with("error: computing the loss: bad input: rows must have equal length"),
+        "{err}"
+    );
+}
+
+#[test]
+fn inspect_reports_a_reference_model() {
+    let exp = expected("tiny-gpt2");
+    let dir = models_dir().join("tiny-gpt2/model");
+    let (ok, out, err) = pretrain(&["inspect", dir.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["architecture"], "GPT2LMHeadModel");
+    assert_eq!(v["params"], exp["param_count"]);
+    let size: u64 = exp["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["size"].as_u64().unwrap())
+        .sum();
+    assert_eq!(v["size_bytes"].as_u64().unwrap(), size);
+    assert_eq!(v["hash"], exp["hash_of_directory"]);
+    assert_eq!(v["valid"], true);
+    assert!(v["reason"].is_null());
+}
+
+#[test]
+fn inspect_gives_the_reason_of_an_invalid_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        models_dir().join("tiny-llama/model/config.json"),
+        tmp.path().join("config.json"),
+    )
+    .unwrap();
+    std::fs::write(tmp.path().join("pytorch_model.bin"), b"not a pickle").unwrap();
+    let (ok, out, err) = pretrain(&["inspect", tmp.path().to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["architecture"], "LlamaForCausalLM");
+    assert_eq!(v["params"], 3_235_040);
+    assert_eq!(v["valid"], false);
+    assert_eq!(
+        v["reason"],
+        "pickle weights are not accepted (found pytorch_model.bin); only safetensors"
+    );
+}
+
+#[test]
+fn bench_prints_throughput_json() {
+    let config = models_dir().join("tiny-gpt2/model/config.json");
+    for what in ["eval", "train"] {
+        let (ok, out, err) = pretrain(&[
+            "bench",
+            what,
+            "--config",
+            config.to_str().unwrap(),
+            "--seq-len",
+            "32",
+            "--iters",
+            "1",
+            "--threads",
+            "1",
+        ]);
+        assert!(ok, "{err}");
+        let v: Value = serde_json::from_str(out.trim()).unwrap();
+        assert!(v["tokens_per_s"].as_f64().unwrap() > 0.0, "{out}");
+        assert!(v["peak_rss_bytes"].as_u64().unwrap() > 1_000_000, "{out}");
+    }
+}
+
+#[test]
+fn eval_of_a_missing_model_fails_with_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tokens = tmp.path().join("tokens.json");
+    std::fs::write(&tokens, "[[1, 2, 3]]").unwrap();
+    let missing = tmp.path().join("no-model");
+    let (ok, out, err) = pretrain(&[
+        "eval",
+        "--model",
+        missing.to_str().unwrap(),
+        "--tokens",
+        tokens.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(out.is_empty());
+    let line = err.trim();
+    assert_eq!(line.lines().count(), 1, "{err}");
+    assert!(
+        line.starts_with("error: loading model ")
+            && line.ends_with("config.json: No such file or directory (os error 2)"),
+        "{line}"
+    );
+}

@@ -1,0 +1,457 @@
+//! [`Model`]: a loaded GPT-2 or LLaMA with its config, Hugging Face
+//! directory I/O, the eval loss and logits.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use serde_json::Value;
+
+use crate::config::{
+    default_gpt2_config_json, generation_config_json, to_hf_json, Architecture, ModelConfig,
+};
+use crate::error::{ModelError, Result};
+use crate::loss::eval_loss_from_hidden;
+use crate::nets::{self, Mode, Weights};
+use crate::st::{self, SafetensorsFile, TensorInfo};
+
+/// File name of single-file weights.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// File name of the index of sharded weights.
+pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
+/// File name of the config.
+pub const CONFIG_FILE: &str = "config.json";
+/// File name of the generation config.
+pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
+
+/// What the miner and validator call on a model, whatever its architecture.
+pub trait CausalLm: Send + Sync {
+    /// The architecture.
+    fn architecture(&self) -> Architecture;
+    /// Parameter count (each distinct tensor once).
+    fn param_count(&self) -> u64;
+    /// Logits `[B, T, V]` for a batch of equal-length token rows (eval mode).
+    fn logits(&self, batch: &[Vec<u32>]) -> Result<Tensor>;
+    /// Mean next-token cross-entropy with `labels = inputs` (eval mode).
+    fn loss(&self, batch: &[Vec<u32>]) -> Result<f32>;
+}
+
+/// A causal language model: config, `config.json` as read, and f32 weights
+/// under their Hugging Face names.
+#[derive(Clone)]
+pub struct Model {
+    config: ModelConfig,
+    config_json: Value,
+    weights: Weights,
+    device: Device,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("config", &self.config)
+            .field("tensors", &self.weights.len())
+            .finish()
+    }
+}
+
+/// Reads and parses `dir/config.json`.
+pub fn read_config(dir: &Path) -> Result<(Value, ModelConfig)> {
+    let path = dir.join(CONFIG_FILE);
+    let text = fs::read(&path).map_err(|e| ModelError::io(&path, e))?;
+    let json: Value = serde_json::from_slice(&text)
+        .map_err(|e| ModelError::Config(format!("config.json is not valid JSON: {e}")))?;
+    let cfg = ModelConfig::from_json(&json)?;
+    Ok((json, cfg))
+}
+
+/// Opens the safetensors weights of `dir` (single file or shards); rejects
+/// pickle-only directories.
+pub fn open_weights(dir: &Path) -> Result<Vec<SafetensorsFile>> {
+    let single = dir.join(WEIGHTS_FILE);
+    if single.is_file() {
+        return Ok(vec![SafetensorsFile::open(&single)?]);
+    }
+    let index = dir.join(WEIGHTS_INDEX_FILE);
+    if index.is_file() {
+        let text = fs::read(&index).map_err(|e| ModelError::io(&index, e))?;
+        let json: Value = serde_json::from_slice(&text)
+            .map_err(|e| ModelError::st(WEIGHTS_INDEX_FILE, format!("not valid JSON: {e}")))?;
+        let map = json
+            .get("weight_map")
+            .and_then(Value::as_object)
+            .ok_or_else(|| ModelError::st(WEIGHTS_INDEX_FILE, "no weight_map object"))?;
+        let mut shards: Vec<&str> = Vec::new();
+        for v in map.values() {
+            let f = v.as_str().ok_or_else(|| {
+                ModelError::st(WEIGHTS_INDEX_FILE, "weight_map values must be file names")
+            })?;
+            // Only plain file names inside the directory: no path escapes.
+            if f.contains('/')
+                || f.contains('\\')
+                || f.starts_with('.')
+                || !f.ends_with(".safetensors")
+            {
+                return Err(ModelError::st(
+                    WEIGHTS_INDEX_FILE,
+                    format!("bad shard file name {f:?}"),
+                ));
+            }
+            if !shards.contains(&f) {
+                shards.push(f);
+            }
+        }
+        shards.sort_unstable();
+        return shards
+            .iter()
+            .map(|f| SafetensorsFile::open(&dir.join(f)))
+            .collect();
+    }
+    let mut pickles = Vec::new();
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if [".bin", ".pt", ".pth", ".ckpt", ".pkl"]
+                .iter()
+                .any(|s| n.ends_with(s))
+            {
+                pickles.push(n);
+            }
+        }
+    }
+    if !pickles.is_empty() {
+        pickles.sort();
+        return Err(ModelError::PickleWeights(pickles.join(", ")));
+    }
+    Err(ModelError::NoWeights(dir.to_path_buf()))
+}
+
+/// Maps every tensor the config needs to its file entry, checking shapes.
+/// GPT-2 files saved from the bare `GPT2Model` (no `transformer.` prefix) are accepted.
+pub fn match_tensors<'a>(
+    cfg: &ModelConfig,
+    files: &'a [SafetensorsFile],
+) -> Result<Vec<(String, &'a SafetensorsFile, &'a TensorInfo)>> {
+    let mut found: BTreeMap<&str, (&SafetensorsFile, &TensorInfo)> = BTreeMap::new();
+    for f in files {
+        for t in &f.tensors {
+            if found.insert(t.name.as_str(), (f, t)).is_some() {
+                return Err(ModelError::st(
+                    f.name(),
+                    format!("tensor {} appears twice", t.name),
+                ));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (name, shape) in cfg.tensor_shapes() {
+        let hit = found
+            .get(name.as_str())
+            .or_else(|| name.strip_prefix("transformer.").and_then(|n| found.get(n)))
+            .filter(|_| {
+                cfg.architecture() == Architecture::Gpt2 || !name.starts_with("transformer.")
+            });
+        let Some(&(f, t)) = hit else {
+            return Err(ModelError::MissingTensor(name));
+        };
+        if t.dtype.is_none() {
+            return Err(ModelError::st(
+                f.name(),
+                format!(
+                    "tensor {name} has dtype {}; weights must be F32, F16, BF16 or F64",
+                    t.dtype_name
+                ),
+            ));
+        }
+        if t.shape != shape {
+            return Err(ModelError::WrongShape {
+                name,
+                found: t.shape.clone(),
+                expected: shape,
+            });
+        }
+        out.push((name, f, t));
+    }
+    Ok(out)
+}
+
+/// Box-Muller normal samples with std `std`.
+fn normal(rng: &mut StdRng, n: usize, std: f32) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n + 1);
+    while v.len() < n {
+        let u1: f32 = rng.gen_range(f32::EPSILON..1.0);
+        let u2: f32 = rng.gen();
+        let r = (-2.0 * u1.ln()).sqrt() * std;
+        let a = 2.0 * std::f32::consts::PI * u2;
+        v.push(r * a.cos());
+        v.push(r * a.sin());
+    }
+    v.truncate(n);
+    v
+}
+
+impl Model {
+    /// Loads a Hugging Face `save_pretrained` directory onto `device`.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let (config_json, config) = read_config(dir)?;
+        let files = open_weights(dir)?;
+        let matched = match_tensors(&config, &files)?;
+        let mut weights = Weights::new();
+        for (name, f, t) in matched {
+            weights.insert(name, f.load(t, device)?);
+        }
+        Ok(Self {
+            config,
+            config_json,
+            weights,
+            device: device.clone(),
+        })
+    }
+
+    /// Loads a bare safetensors file (the miner's `--load_model FILE`) with the
+    /// given `config.json` value, e.g. [`crate::config::default_gpt2_config_json`].
+    pub fn load_weights_file(file: &Path, config_json: Value, device: &Device) -> Result<Self> {
+        let config = ModelConfig::from_json(&config_json)?;
+        let files = vec![SafetensorsFile::open(file)?];
+        let mut weights = Weights::new();
+        for (name, f, t) in match_tensors(&config, &files)? {
+            weights.insert(name, f.load(t, device)?);
+        }
+        Ok(Self {
+            config,
+            config_json,
+            weights,
+            device: device.clone(),
+        })
+    }
+
+    /// A model with fresh random weights from a `config.json` value, initialised
+    /// as `transformers` does (normal(0, 0.02), zero biases, unit norms,
+    /// GPT-2's residual projections scaled by `1/sqrt(2 n_layer)`).
+    pub fn random(config_json: Value, seed: u64, device: &Device) -> Result<Self> {
+        let config = ModelConfig::from_json(&config_json)?;
+        let std = config_json
+            .get("initializer_range")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.02) as f32;
+        let n_layer = match &config {
+            ModelConfig::Gpt2(c) => c.n_layer,
+            ModelConfig::Llama(c) => c.num_hidden_layers,
+        };
+        let mut weights = Weights::new();
+        for (i, (name, shape)) in config.tensor_shapes().into_iter().enumerate() {
+            let n: usize = shape.iter().product();
+            let is_norm = name.contains("ln_") || name.contains("norm");
+            let data = if name.ends_with(".bias") {
+                vec![0.0; n]
+            } else if is_norm {
+                vec![1.0; n]
+            } else {
+                let mut rng = StdRng::seed_from_u64(
+                    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                        .wrapping_add(i as u64),
+                );
+                let s = if config.architecture() == Architecture::Gpt2
+                    && name.ends_with("c_proj.weight")
+                {
+                    std / ((2 * n_layer) as f32).sqrt()
+                } else {
+                    std
+                };
+                normal(&mut rng, n, s)
+            };
+            weights.insert(name, Tensor::from_vec(data, shape, device)?);
+        }
+        Ok(Self {
+            config,
+            config_json,
+            weights,
+            device: device.clone(),
+        })
+    }
+
+    /// The subnet's default GPT-2 (122,268,040 parameters) with random weights.
+    pub fn default_gpt2(seed: u64, device: &Device) -> Result<Self> {
+        Self::random(default_gpt2_config_json(), seed, device)
+    }
+
+    /// Builds a model from parts; weights must match the config's tensors.
+    pub fn from_parts(config_json: Value, weights: Weights, device: &Device) -> Result<Self> {
+        let config = ModelConfig::from_json(&config_json)?;
+        for (name, shape) in config.tensor_shapes() {
+            let t = nets::w(&weights, &name)?;
+            if t.dims() != shape.as_slice() {
+                return Err(ModelError::WrongShape {
+                    name,
+                    found: t.dims().to_vec(),
+                    expected: shape,
+                });
+            }
+        }
+        Ok(Self {
+            config,
+            config_json,
+            weights,
+            device: device.clone(),
+        })
+    }
+
+    /// The parsed config.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// `config.json` as read (all fields, known or not).
+    pub fn config_json(&self) -> &Value {
+        &self.config_json
+    }
+
+    /// The weights under their HF names.
+    pub fn weights(&self) -> &Weights {
+        &self.weights
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Final hidden states `[B*T, d]`.
+    pub fn hidden(&self, batch: &[Vec<u32>], mode: Mode) -> Result<Tensor> {
+        let ids = nets::ids_tensor(&self.config, batch, &self.device)?;
+        nets::hidden(&self.config, &self.weights, &ids, mode)
+    }
+
+    /// Saves as a `save_pretrained` directory: `config.json`,
+    /// `generation_config.json`, `model.safetensors` (f32). Written into a
+    /// temporary directory beside `dir`, then renamed over it.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        fs::create_dir_all(&parent).map_err(|e| ModelError::io(&parent, e))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".tmp-model-")
+            .tempdir_in(&parent)
+            .map_err(|e| ModelError::io(&parent, e))?;
+        let mut config = self.config_json.clone();
+        if let Some(m) = config.as_object_mut() {
+            m.insert("torch_dtype".into(), Value::String("float32".into()));
+            m.insert(
+                "architectures".into(),
+                serde_json::json!([self.config.architecture().class_name()]),
+            );
+        }
+        let write = |name: &str, text: String| -> Result<()> {
+            let p = tmp.path().join(name);
+            fs::write(&p, text).map_err(|e| ModelError::io(&p, e))
+        };
+        write(CONFIG_FILE, to_hf_json(&config))?;
+        write(
+            GENERATION_CONFIG_FILE,
+            to_hf_json(&generation_config_json(&config)),
+        )?;
+        let tensors: Vec<(String, Tensor)> = self
+            .weights
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        st::write(
+            &tmp.path().join(WEIGHTS_FILE),
+            &tensors,
+            &[("format", "pt")],
+        )?;
+        let tmp_path = tmp.keep();
+        // rename cannot replace a non-empty directory: move the old one aside first.
+        let old = if dir.exists() {
+            let aside = parent.join(format!(
+                ".old-{}-{}",
+                dir.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                std::process::id()
+            ));
+            fs::rename(dir, &aside).map_err(|e| ModelError::io(dir, e))?;
+            Some(aside)
+        } else {
+            None
+        };
+        if let Err(e) = fs::rename(&tmp_path, dir) {
+            let _ = fs::remove_dir_all(&tmp_path);
+            if let Some(old) = &old {
+                let _ = fs::rename(old, dir);
+            }
+            return Err(ModelError::io(dir, e));
+        }
+        if let Some(old) = old {
+            let _ = fs::remove_dir_all(old);
+        }
+        Ok(())
+    }
+
+    /// Number of f32 values held (each distinct tensor once).
+    pub fn stored_values(&self) -> u64 {
+        self.weights.values().map(|t| t.elem_count() as u64).sum()
+    }
+
+    /// Casts nothing, copies nothing: the weights as candle tensors for training.
+    pub(crate) fn into_parts(self) -> (ModelConfig, Value, Weights, Device) {
+        (self.config, self.config_json, self.weights, self.device)
+    }
+
+    pub(crate) fn from_trusted_parts(
+        config: ModelConfig,
+        config_json: Value,
+        weights: Weights,
+        device: Device,
+    ) -> Self {
+        Self {
+            config,
+            config_json,
+            weights,
+            device,
+        }
+    }
+}
+
+impl CausalLm for Model {
+    fn architecture(&self) -> Architecture {
+        self.config.architecture()
+    }
+
+    fn param_count(&self) -> u64 {
+        self.stored_values()
+    }
+
+    fn logits(&self, batch: &[Vec<u32>]) -> Result<Tensor> {
+        let h = self.hidden(batch, Mode::Eval)?;
+        let out = nets::output_weight(&self.config, &self.weights)?;
+        let v = out.dim(0)?;
+        Ok(h.matmul(&out.t()?)?
+            .reshape((batch.len(), batch[0].len(), v))?)
+    }
+
+    fn loss(&self, batch: &[Vec<u32>]) -> Result<f32> {
+        let h = self.hidden(batch, Mode::Eval)?;
+        let out = nets::output_weight(&self.config, &self.weights)?;
+        eval_loss_from_hidden(&h, out, batch)
+    }
+}
+
+/// Loss for the validator: any error (bad input, failing model) is `+inf`, as
+/// the original scored a model that failed on a batch. NaN stays NaN.
+pub fn loss_or_inf(model: &dyn CausalLm, batch: &[Vec<u32>]) -> f32 {
+    match model.loss(batch) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::debug!("loss failed, scoring +inf: {e}");
+            f32::INFINITY
+        }
+    }
+}
+
+/// The dtype every model computes in.
+pub const COMPUTE_DTYPE: DType = DType::F32;

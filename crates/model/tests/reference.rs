@@ -1,0 +1,96 @@
+//! Losses, logits, parameter counts and files against the reference models
+//! made with `transformers` (`shared/reference/models`).
+
+use std::path::PathBuf;
+
+use candle_core::Device;
+use pretrain_model::{CausalLm, Model};
+use serde_json::Value;
+
+fn models_dir() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/reference/models"
+    ))
+}
+
+fn expected(name: &str) -> Value {
+    let p = models_dir().join(name).join("expected.json");
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+fn rows(v: &Value) -> Vec<Vec<u32>> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect()
+        })
+        .collect()
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap()
+}
+
+fn check_losses_and_logits(name: &str) {
+    let exp = expected(name);
+    let model = Model::load(&models_dir().join(name).join("model"), &Device::Cpu).unwrap();
+    assert_eq!(model.param_count(), exp["param_count"].as_u64().unwrap());
+    for b in exp["batches"].as_array().unwrap() {
+        let ids = rows(&b["input_ids"]);
+        let loss = model.loss(&ids).unwrap() as f64;
+        assert!(
+            (loss - f(&b["loss"])).abs() < 1e-4,
+            "{name} {:?}: loss {loss} vs {}",
+            b["shape"],
+            b["loss"]
+        );
+        let logits = model.logits(&ids).unwrap();
+        let v = logits.dim(2).unwrap();
+        for l in b["logits"].as_array().unwrap() {
+            let (r, p) = (
+                l["row"].as_u64().unwrap() as usize,
+                l["pos"].as_u64().unwrap() as usize,
+            );
+            let row: Vec<f32> = logits.get(r).unwrap().get(p).unwrap().to_vec1().unwrap();
+            for (i, e) in l["first8"].as_array().unwrap().iter().enumerate() {
+                assert!(
+                    (row[i] as f64 - f(e)).abs() < 1e-4,
+                    "{name} first8[{i}] at ({r},{p})"
+                );
+            }
+            for (i, e) in l["last2"].as_array().unwrap().iter().enumerate() {
+                assert!(
+                    (row[v - 2 + i] as f64 - f(e)).abs() < 1e-4,
+                    "{name} last2[{i}] at ({r},{p})"
+                );
+            }
+            let max = row.iter().cloned().fold(f64::MIN, |m, x| m.max(x as f64));
+            let lse = max
+                + row
+                    .iter()
+                    .map(|&x| (x as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
+            assert!(
+                (lse - f(&l["logsumexp"])).abs() < 1e-4,
+                "{name} logsumexp at ({r},{p})"
+            );
+        }
+    }
+}
+
+#[test]
+fn tiny_gpt2_losses_and_logits_match_transformers() {
+    check_losses_and_logits("tiny-gpt2");
+}
+
+#[test]
+fn tiny_llama_losses_and_logits_match_transformers() {
+    check_losses_and_logits("tiny-llama");
+}

@@ -1,0 +1,84 @@
+//! A directory we save after training loads in Python `transformers` with
+//! no missing or unexpected keys and the same loss. Skips with a notice when
+//! Python, torch or transformers are missing (`PRETRAIN_PYTHON` picks the
+//! interpreter, default `python3`).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use candle_core::Device;
+use pretrain_model::{CausalLm, Model, TrainConfig, Trainer};
+
+fn models_dir() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/reference/models"
+    ))
+}
+
+fn check(name: &str) {
+    let model = Model::load(&models_dir().join(name).join("model"), &Device::Cpu).unwrap();
+    let batch: Vec<Vec<u32>> = vec![
+        (0..48u32).map(|i| (i * 977) % 50257).collect(),
+        (0..48u32).map(|i| (i * 31 + 5) % 50257).collect(),
+    ];
+    let mut trainer = Trainer::new(
+        model,
+        TrainConfig {
+            lr: 1e-3,
+            ..TrainConfig::default()
+        },
+    )
+    .unwrap();
+    trainer.micro_step(&batch).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("trained");
+    trainer.save(&dir).unwrap();
+    let loss = Model::load(&dir, &Device::Cpu)
+        .unwrap()
+        .loss(&batch)
+        .unwrap();
+    let tokens = tmp.path().join("tokens.json");
+    std::fs::write(&tokens, serde_json::to_string(&batch).unwrap()).unwrap();
+    let python = std::env::var("PRETRAIN_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/check_transformers_load.py"
+    );
+    let out = match Command::new(&python)
+        .arg(script)
+        .arg(&dir)
+        .arg(&tokens)
+        .arg(loss.to_string())
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("NOTICE: skipping the transformers check ({python}: {e})");
+            return;
+        }
+    };
+    if out.status.code() == Some(3) {
+        eprintln!(
+            "NOTICE: skipping the transformers check: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        return;
+    }
+    assert!(
+        out.status.success(),
+        "{name}: transformers check failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn trained_tiny_gpt2_loads_in_transformers() {
+    check("tiny-gpt2");
+}
+
+#[test]
+fn trained_tiny_llama_loads_in_transformers() {
+    check("tiny-llama");
+}

@@ -1,0 +1,366 @@
+//! `local:DIR`: a hub kept in a directory, for one machine (localnet, tests).
+//!
+//! Layout:
+//! ```text
+//! DIR/repos/<ns>/<name>/commits/<sha>/manifest.json   files, sizes, sha256s
+//! DIR/repos/<ns>/<name>/commits/<sha>/files/...       the files, read-only by convention
+//! DIR/repos/<ns>/<name>/refs/main                     latest commit uploaded
+//! DIR/tmp/                                            uploads being staged
+//! ```
+//! A commit is immutable and content-addressed: its sha is the first 40 hex
+//! digits of the sha256 of its manifest (sorted paths, sizes, file sha256s),
+//! so the same upload twice gives the same sha. A commit directory is staged
+//! under `tmp/` and appears by a single `rename`, so readers in other
+//! processes see either nothing or a complete commit; two processes racing
+//! to create the same commit both succeed with the same content.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tracing::{debug, info};
+
+use crate::paths::{check_commit, safe_relative_path, RepoId};
+use crate::{list_local_files, HubError, ModelHub, RepoFile};
+
+/// One file of a commit's manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ManifestFile {
+    path: String,
+    size: u64,
+    sha256: String,
+}
+
+/// What a commit holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Manifest {
+    repo_id: String,
+    files: Vec<ManifestFile>,
+}
+
+impl Manifest {
+    /// The content address: paths (sorted), sizes and content hashes.
+    fn commit_sha(&self) -> String {
+        let mut hasher = Sha256::new();
+        hasher.update(b"pretrain-local-hub commit v1\n");
+        for f in &self.files {
+            hasher.update(f.path.as_bytes());
+            hasher.update([0]);
+            hasher.update(f.size.to_string().as_bytes());
+            hasher.update([0]);
+            hasher.update(f.sha256.as_bytes());
+            hasher.update(b"\n");
+        }
+        hex(&hasher.finalize())[..40].to_string()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A hub kept in a local directory (see the module docs).
+#[derive(Debug, Clone)]
+pub struct LocalHub {
+    root: PathBuf,
+}
+
+impl LocalHub {
+    /// Opens (creating if needed) a local hub at `root`.
+    pub fn open(root: impl AsRef<Path>) -> Result<Self, HubError> {
+        let root = root.as_ref().to_path_buf();
+        for sub in ["repos", "tmp"] {
+            fs::create_dir_all(root.join(sub)).map_err(HubError::io(format!(
+                "cannot create local hub at {}",
+                root.display()
+            )))?;
+        }
+        Ok(Self { root })
+    }
+
+    /// The hub's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn repo_dir(&self, repo: &RepoId) -> PathBuf {
+        self.root
+            .join("repos")
+            .join(&repo.namespace)
+            .join(&repo.name)
+    }
+
+    fn commit_dir(&self, repo: &RepoId, commit: &str) -> PathBuf {
+        self.repo_dir(repo).join("commits").join(commit)
+    }
+
+    /// The latest commit uploaded to `repo_id`, if any.
+    pub fn head(&self, repo_id: &str) -> Result<Option<String>, HubError> {
+        let repo = RepoId::parse(repo_id)?;
+        match fs::read_to_string(self.repo_dir(&repo).join("refs").join("main")) {
+            Ok(s) => {
+                let sha = s.trim().to_string();
+                check_commit(&sha)?;
+                Ok(Some(sha))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(HubError::io(format!("cannot read head of {repo_id}"))(e)),
+        }
+    }
+
+    fn read_manifest(&self, repo: &RepoId, commit: &str) -> Result<Manifest, HubError> {
+        check_commit(commit)?;
+        let path = self.commit_dir(repo, commit).join("manifest.json");
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(if self.repo_dir(repo).exists() {
+                    HubError::NotFound(format!("commit {commit} of {repo}"))
+                } else {
+                    HubError::NotFound(format!("repo {repo}"))
+                })
+            }
+            Err(e) => return Err(HubError::io(format!("cannot read {}", path.display()))(e)),
+        };
+        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| {
+            HubError::BadResponse(format!("corrupt manifest {}: {e}", path.display()))
+        })?;
+        for f in &manifest.files {
+            safe_relative_path(&f.path)?;
+        }
+        Ok(manifest)
+    }
+
+    fn upload_blocking(&self, dir: &Path, repo: &RepoId) -> Result<String, HubError> {
+        let files = list_local_files(dir)?;
+        let staging = tempfile::Builder::new()
+            .prefix("upload-")
+            .tempdir_in(self.root.join("tmp"))
+            .map_err(HubError::io(
+                "cannot create a staging directory in the local hub",
+            ))?;
+        let mut manifest = Manifest {
+            repo_id: repo.as_string(),
+            files: Vec::with_capacity(files.len()),
+        };
+        for (rel, src, _) in &files {
+            let dst = staging.path().join("files").join(safe_relative_path(rel)?);
+            let (size, sha256) = copy_hashing(src, &dst)?;
+            manifest.files.push(ManifestFile {
+                path: rel.clone(),
+                size,
+                sha256,
+            });
+        }
+        manifest.files.sort_by(|a, b| a.path.cmp(&b.path));
+        let sha = manifest.commit_sha();
+        let json = serde_json::to_vec_pretty(&manifest)
+            .map_err(|e| HubError::BadResponse(e.to_string()))?;
+        write_synced(&staging.path().join("manifest.json"), &json)?;
+
+        let commits = self.repo_dir(repo).join("commits");
+        fs::create_dir_all(&commits)
+            .map_err(HubError::io(format!("cannot create {}", commits.display())))?;
+        let target = commits.join(&sha);
+        let staged = staging.keep();
+        if let Err(e) = fs::rename(&staged, &target) {
+            // Someone (maybe another process) already made this very commit.
+            let _ = fs::remove_dir_all(&staged);
+            if !target.join("manifest.json").exists() {
+                return Err(HubError::io(format!(
+                    "cannot store commit {}",
+                    target.display()
+                ))(e));
+            }
+            debug!(%repo, %sha, "commit already present");
+        }
+        self.set_head(repo, &sha)?;
+        info!(%repo, commit = %sha, files = manifest.files.len(), "uploaded to the local hub");
+        Ok(sha)
+    }
+
+    fn set_head(&self, repo: &RepoId, sha: &str) -> Result<(), HubError> {
+        let refs = self.repo_dir(repo).join("refs");
+        fs::create_dir_all(&refs)
+            .map_err(HubError::io(format!("cannot create {}", refs.display())))?;
+        let mut tmp =
+            tempfile::NamedTempFile::new_in(&refs).map_err(HubError::io("cannot write a ref"))?;
+        tmp.write_all(sha.as_bytes())
+            .map_err(HubError::io("cannot write a ref"))?;
+        tmp.persist(refs.join("main"))
+            .map_err(|e| HubError::io("cannot write a ref")(e.error))?;
+        Ok(())
+    }
+
+    fn download_blocking(
+        &self,
+        repo: &RepoId,
+        commit: &str,
+        dest: &Path,
+    ) -> Result<PathBuf, HubError> {
+        let manifest = self.read_manifest(repo, commit)?;
+        let repo_dir = dest.join(repo.folder_name());
+        let target = repo_dir.join("snapshots").join(commit);
+        if target.is_dir() {
+            return Ok(target);
+        }
+        fs::create_dir_all(&repo_dir).map_err(HubError::io(format!(
+            "cannot create {}",
+            repo_dir.display()
+        )))?;
+        let staging = tempfile::Builder::new()
+            .prefix(".partial-")
+            .tempdir_in(&repo_dir)
+            .map_err(HubError::io(format!(
+                "cannot stage a download in {}",
+                repo_dir.display()
+            )))?;
+        let files_dir = self.commit_dir(repo, commit).join("files");
+        for f in &manifest.files {
+            let rel = safe_relative_path(&f.path)?;
+            let src = files_dir.join(&rel);
+            // The hub directory is not trusted more than a remote hub.
+            let meta = fs::symlink_metadata(&src)
+                .map_err(HubError::io(format!("cannot read {}", src.display())))?;
+            if !meta.is_file() {
+                return Err(HubError::UnsafePath {
+                    path: f.path.clone(),
+                    reason: "not a regular file in the local hub (symlink?)".into(),
+                });
+            }
+            let (size, sha256) = copy_hashing(&src, &staging.path().join(&rel))?;
+            if size != f.size || sha256 != f.sha256 {
+                return Err(HubError::BadResponse(format!(
+                    "{} of {repo}@{commit} does not match its manifest",
+                    f.path
+                )));
+            }
+        }
+        let snapshots = repo_dir.join("snapshots");
+        fs::create_dir_all(&snapshots).map_err(HubError::io(format!(
+            "cannot create {}",
+            snapshots.display()
+        )))?;
+        let staged = staging.keep();
+        if let Err(e) = fs::rename(&staged, &target) {
+            let _ = fs::remove_dir_all(&staged);
+            if !target.is_dir() {
+                return Err(HubError::io(format!(
+                    "cannot move the download to {}",
+                    target.display()
+                ))(e));
+            }
+        }
+        Ok(target)
+    }
+}
+
+/// Copies `src` to `dst` (creating parents), returning size and sha256 hex
+/// of what was written, and syncs it.
+fn copy_hashing(src: &Path, dst: &Path) -> Result<(u64, String), HubError> {
+    if let Some(parent) = dst.parent() {
+        fs::create_dir_all(parent)
+            .map_err(HubError::io(format!("cannot create {}", parent.display())))?;
+    }
+    let mut input =
+        fs::File::open(src).map_err(HubError::io(format!("cannot open {}", src.display())))?;
+    let mut output =
+        fs::File::create(dst).map_err(HubError::io(format!("cannot create {}", dst.display())))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = input
+            .read(&mut buf)
+            .map_err(HubError::io(format!("cannot read {}", src.display())))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        output
+            .write_all(&buf[..n])
+            .map_err(HubError::io(format!("cannot write {}", dst.display())))?;
+        size += n as u64;
+    }
+    output
+        .sync_all()
+        .map_err(HubError::io(format!("cannot write {}", dst.display())))?;
+    Ok((size, hex(&hasher.finalize())))
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), HubError> {
+    let mut f = fs::File::create(path)
+        .map_err(HubError::io(format!("cannot create {}", path.display())))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(HubError::io(format!("cannot write {}", path.display())))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, HubError> + Send + 'static,
+) -> Result<T, HubError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| HubError::io("local hub task failed")(std::io::Error::other(e.to_string())))?
+}
+
+#[async_trait]
+impl ModelHub for LocalHub {
+    async fn upload(&self, dir: &Path, repo_id: &str) -> Result<String, HubError> {
+        let repo = RepoId::parse(repo_id)?;
+        let (hub, dir) = (self.clone(), dir.to_path_buf());
+        blocking(move || hub.upload_blocking(&dir, &repo)).await
+    }
+
+    async fn files_at(&self, repo_id: &str, commit: &str) -> Result<Vec<RepoFile>, HubError> {
+        let repo = RepoId::parse(repo_id)?;
+        let manifest = self.read_manifest(&repo, commit)?;
+        Ok(manifest
+            .files
+            .into_iter()
+            .map(|f| RepoFile {
+                path: f.path,
+                size: f.size,
+            })
+            .collect())
+    }
+
+    async fn download(
+        &self,
+        repo_id: &str,
+        commit: &str,
+        dest: &Path,
+    ) -> Result<PathBuf, HubError> {
+        let repo = RepoId::parse(repo_id)?;
+        check_commit(commit)?;
+        let (hub, commit, dest) = (self.clone(), commit.to_string(), dest.to_path_buf());
+        blocking(move || hub.download_blocking(&repo, &commit, &dest)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_sha_depends_on_content_only() {
+        let m = |content: &str| Manifest {
+            repo_id: "a/bcd".into(),
+            files: vec![ManifestFile {
+                path: "x".into(),
+                size: 1,
+                sha256: content.into(),
+            }],
+        };
+        let a = m("00").commit_sha();
+        assert_eq!(a.len(), 40);
+        assert!(a
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert_eq!(a, m("00").commit_sha());
+        assert_ne!(a, m("01").commit_sha());
+    }
+}

@@ -1,0 +1,187 @@
+//! The miner's push: upload a model directory, then commit its identity to
+//! the chain, retrying while the chain refuses for now (rate limit).
+
+use std::path::Path;
+use std::time::Duration;
+
+use pretrain_chain::{Chain, ChainError, Hotkey};
+use pretrain_core::{ModelId, ModelIdError, ModelMetadata};
+use thiserror::Error;
+use tracing::{info, warn};
+
+use crate::paths::RepoId;
+use crate::{list_local_files, HubError, ModelHub};
+
+/// Settings of [`push`].
+#[derive(Debug, Clone)]
+pub struct PushOptions {
+    /// Subnet to commit on.
+    pub netuid: u16,
+    /// Wait between two commit attempts (the original waited 60 s).
+    pub retry_delay: Duration,
+    /// Give up after this many commit attempts; `None` retries forever, as the original did.
+    pub max_attempts: Option<u32>,
+}
+
+impl Default for PushOptions {
+    fn default() -> Self {
+        Self {
+            netuid: pretrain_core::constants::SUBNET_UID,
+            retry_delay: Duration::from_secs(60),
+            max_attempts: None,
+        }
+    }
+}
+
+/// Why a push failed.
+#[derive(Debug, Error)]
+pub enum PushError {
+    /// Upload or listing on the hub failed.
+    #[error("hub: {0}")]
+    Hub(#[from] HubError),
+    /// The directory could not be hashed.
+    #[error("cannot hash {path}: {reason}")]
+    Hash {
+        /// The directory.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The model id does not fit on chain.
+    #[error("model id: {0}")]
+    ModelId(#[from] ModelIdError),
+    /// The hub holds different files at the new commit than the directory,
+    /// so the committed hash would not match what validators download.
+    #[error("after upload, {repo_id}@{commit} differs from the directory: {reason}")]
+    Mismatch {
+        /// `namespace/name`.
+        repo_id: String,
+        /// The new commit.
+        commit: String,
+        /// What differs.
+        reason: String,
+    },
+    /// The chain refused for a reason retrying cannot fix.
+    #[error("chain: {0}")]
+    Chain(ChainError),
+    /// The chain kept refusing until the attempts ran out.
+    #[error("chain refused the commitment {attempts} times, last: {last}")]
+    GaveUp {
+        /// Attempts made.
+        attempts: u32,
+        /// The last refusal.
+        last: ChainError,
+    },
+}
+
+/// Pushes the `save_pretrained` directory `dir` to `repo_id` on `hub` and
+/// commits `namespace:name:commit:hash` for `hotkey` on `chain`. The hash
+/// is that of the directory, which is exactly what the repo holds at the
+/// new commit (checked from the hub's file list). Returns the committed
+/// metadata with the block it landed in.
+pub async fn push(
+    hub: &dyn ModelHub,
+    chain: &dyn Chain,
+    hotkey: &Hotkey,
+    dir: &Path,
+    repo_id: &str,
+    options: &PushOptions,
+) -> Result<ModelMetadata, PushError> {
+    let repo = RepoId::parse(repo_id)?;
+    let d = dir.to_path_buf();
+    let hash = tokio::task::spawn_blocking(move || pretrain_core::hash_of_directory(&d))
+        .await
+        .map_err(|e| PushError::Hash {
+            path: dir.display().to_string(),
+            reason: e.to_string(),
+        })?
+        .map_err(|e| PushError::Hash {
+            path: dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    // Fail before uploading if the id could never fit on chain.
+    ModelId {
+        namespace: repo.namespace.clone(),
+        name: repo.name.clone(),
+        commit: Some("0".repeat(40)),
+        hash: Some(hash.clone()),
+    }
+    .to_chain_bytes()?;
+
+    info!(repo = %repo, dir = %dir.display(), %hash, "uploading model");
+    let commit = hub.upload(dir, repo_id).await?;
+    check_uploaded(hub, dir, repo_id, &commit).await?;
+
+    let id = ModelId {
+        namespace: repo.namespace,
+        name: repo.name,
+        commit: Some(commit),
+        hash: Some(hash),
+    };
+    let data = id.to_chain_bytes()?;
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        match chain.commit(hotkey, options.netuid, &data).await {
+            Ok(block) => {
+                info!(model = %id, block, attempts, "model committed to the chain");
+                return Ok(ModelMetadata { id, block });
+            }
+            Err(e @ (ChainError::NotRegistered { .. } | ChainError::NoSuchSubnet(_))) => {
+                return Err(PushError::Chain(e))
+            }
+            Err(e) => {
+                if options.max_attempts.is_some_and(|max| attempts >= max) {
+                    return Err(PushError::GaveUp { attempts, last: e });
+                }
+                warn!(
+                    "chain did not take the commitment of {id} (attempt {attempts}): {e}; waiting {:?} before retrying",
+                    options.retry_delay
+                );
+                tokio::time::sleep(options.retry_delay).await;
+            }
+        }
+    }
+}
+
+/// Checks that the hub's files at `commit` are exactly the directory's.
+async fn check_uploaded(
+    hub: &dyn ModelHub,
+    dir: &Path,
+    repo_id: &str,
+    commit: &str,
+) -> Result<(), PushError> {
+    let mismatch = |reason: String| PushError::Mismatch {
+        repo_id: repo_id.to_string(),
+        commit: commit.to_string(),
+        reason,
+    };
+    let mut local: Vec<(String, u64)> = list_local_files(dir)?
+        .into_iter()
+        .map(|(p, _, s)| (p, s))
+        .collect();
+    local.sort();
+    let mut remote: Vec<(String, u64)> = hub
+        .files_at(repo_id, commit)
+        .await?
+        .into_iter()
+        .map(|f| (f.path, f.size))
+        .collect();
+    remote.sort();
+    if local != remote {
+        let extra: Vec<_> = remote
+            .iter()
+            .filter(|f| !local.contains(f))
+            .map(|f| f.0.as_str())
+            .collect();
+        let missing: Vec<_> = local
+            .iter()
+            .filter(|f| !remote.contains(f))
+            .map(|f| f.0.as_str())
+            .collect();
+        return Err(mismatch(format!(
+            "on the hub only: {extra:?}; in the directory only: {missing:?}"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,414 @@
+//! The validator's on-disk model store:
+//! `<model_dir>/models/<hotkey>/models--<ns>--<name>/snapshots/<commit>/`.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use pretrain_core::ModelId;
+use thiserror::Error;
+use tracing::{info, warn};
+
+use crate::paths::{check_commit, check_hotkey, safe_relative_path, RepoId};
+use crate::{HubError, ModelHub};
+
+/// Errors of the model store.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The hub failed (not found, unauthorised, too large, network, ...), or
+    /// a name was unsafe.
+    #[error(transparent)]
+    Hub(#[from] HubError),
+    /// The model id has no commit or no hash, so it cannot be fetched and checked.
+    #[error("model id {0} has no {1}")]
+    Incomplete(String, &'static str),
+    /// The downloaded files do not hash to the committed hash; they were deleted.
+    #[error("hash mismatch for {model}: committed {expected}, downloaded {actual} (deleted)")]
+    HashMismatch {
+        /// The model id.
+        model: String,
+        /// Hash on chain.
+        expected: String,
+        /// Hash of what was downloaded.
+        actual: String,
+    },
+    /// A local file operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
+    let context = context.into();
+    move |source| StoreError::Io { context, source }
+}
+
+/// A model in the store, verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedModel {
+    /// The snapshot directory.
+    pub path: PathBuf,
+    /// `hash_of_directory` of it (equal to the committed hash).
+    pub hash: String,
+    /// Total size of its files in bytes.
+    pub size: u64,
+}
+
+/// What a cleanup pass removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CleanupReport {
+    /// Directories deleted.
+    pub removed: Vec<PathBuf>,
+}
+
+/// The validator's model directory tree (see the module docs).
+#[derive(Debug, Clone)]
+pub struct ModelStore {
+    root: PathBuf,
+}
+
+impl ModelStore {
+    /// The store of a validator whose `--model_dir` is `model_dir` (root `model_dir/models`).
+    pub fn new(model_dir: impl AsRef<Path>) -> Self {
+        Self {
+            root: model_dir.as_ref().join("models"),
+        }
+    }
+
+    /// A store rooted exactly at `root`.
+    pub fn at_root(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The root (`<model_dir>/models`).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `<root>/<hotkey>`, after checking the hotkey is a safe name.
+    pub fn hotkey_dir(&self, hotkey: &str) -> Result<PathBuf, StoreError> {
+        check_hotkey(hotkey)?;
+        Ok(self.root.join(hotkey))
+    }
+
+    /// Where `hotkey`'s model `id` lives (whether or not it is there).
+    pub fn model_path(&self, hotkey: &str, id: &ModelId) -> Result<PathBuf, StoreError> {
+        let repo = RepoId::parse(&id.repo_id())?;
+        let commit = id
+            .commit
+            .as_deref()
+            .ok_or_else(|| StoreError::Incomplete(id.to_compressed_str(), "commit"))?;
+        check_commit(commit)?;
+        Ok(self
+            .hotkey_dir(hotkey)?
+            .join(repo.folder_name())
+            .join("snapshots")
+            .join(commit))
+    }
+
+    /// Downloads (unless already there) and verifies `hotkey`'s model `id`:
+    /// refuses before downloading anything if the hub lists more than
+    /// `max_bytes`, replaces symlinks by the files they point to (refusing
+    /// any that lead outside the hotkey's directory), and deletes the
+    /// download if its hash is not the committed one.
+    pub async fn fetch(
+        &self,
+        hub: &dyn ModelHub,
+        hotkey: &str,
+        id: &ModelId,
+        max_bytes: u64,
+    ) -> Result<FetchedModel, StoreError> {
+        let path = self.model_path(hotkey, id)?;
+        let expected = id
+            .hash
+            .clone()
+            .ok_or_else(|| StoreError::Incomplete(id.to_compressed_str(), "hash"))?;
+        let repo_id = id.repo_id();
+        let commit = id.commit.clone().unwrap_or_default();
+        let hotkey_dir = self.hotkey_dir(hotkey)?;
+
+        let files = hub.files_at(&repo_id, &commit).await?;
+        for f in &files {
+            safe_relative_path(&f.path)?;
+        }
+        let listed: u64 = files.iter().map(|f| f.size).sum();
+        if listed > max_bytes {
+            return Err(HubError::TooLarge {
+                repo_id,
+                commit,
+                size: listed,
+                limit: max_bytes,
+            }
+            .into());
+        }
+
+        fs::create_dir_all(&self.root)
+            .map_err(io(format!("cannot create {}", self.root.display())))?;
+        ensure_real_dir(&hotkey_dir)?;
+        let got = hub.download(&repo_id, &commit, &hotkey_dir).await?;
+        if got != path {
+            return Err(HubError::BadResponse(format!(
+                "the hub put {repo_id}@{commit} at {}, expected {}",
+                got.display(),
+                path.display()
+            ))
+            .into());
+        }
+
+        let (p, hk) = (path.clone(), hotkey_dir.clone());
+        let checked = tokio::task::spawn_blocking(move || -> Result<(String, u64), StoreError> {
+            let size = resolve_symlinks(&p, &hk)?;
+            let hash = pretrain_core::hash_of_directory(&p).map_err(|e| StoreError::Io {
+                context: format!("cannot hash {}", p.display()),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            Ok((hash, size))
+        })
+        .await
+        .map_err(|e| io("verification task failed")(std::io::Error::other(e.to_string())))?;
+        let (hash, size) = match checked {
+            Ok(v) => v,
+            Err(e) => {
+                remove_dir(&path);
+                return Err(e);
+            }
+        };
+        if size > max_bytes {
+            remove_dir(&path);
+            return Err(HubError::TooLarge {
+                repo_id,
+                commit,
+                size,
+                limit: max_bytes,
+            }
+            .into());
+        }
+        if hash != expected {
+            warn!(hotkey, model = %id, %hash, "hash mismatch, deleting the download");
+            remove_dir(&path);
+            return Err(StoreError::HashMismatch {
+                model: id.to_compressed_str(),
+                expected,
+                actual: hash,
+            });
+        }
+        info!(hotkey, model = %id, size, "model fetched and verified");
+        Ok(FetchedModel { path, hash, size })
+    }
+
+    /// Deletes `hotkey`'s snapshot of `id` (e.g. a model that failed the
+    /// validator's checks); returns whether there was one.
+    pub fn remove_model(&self, hotkey: &str, id: &ModelId) -> Result<bool, StoreError> {
+        let path = self.model_path(hotkey, id)?;
+        if !is_real_dir(&path) {
+            return Ok(false);
+        }
+        fs::remove_dir_all(&path).map_err(io(format!("cannot remove {}", path.display())))?;
+        Ok(true)
+    }
+
+    /// The clean loop: deletes every directory under the root that the
+    /// tracked models (`hotkey -> model id`) do not reference and in which
+    /// nothing changed for `grace`: hotkeys no longer tracked, other repos
+    /// and other commits of tracked hotkeys, and abandoned partial
+    /// downloads. Symlinks are never followed; names that are not hotkeys
+    /// are left alone.
+    pub fn delete_unreferenced(
+        &self,
+        tracked: &HashMap<String, ModelId>,
+        grace: Duration,
+    ) -> Result<CleanupReport, StoreError> {
+        let mut report = CleanupReport::default();
+        let entries = match fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(report),
+            Err(e) => return Err(io(format!("cannot list {}", self.root.display()))(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io(format!("cannot list {}", self.root.display())))?;
+            let Some(hotkey) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let path = entry.path();
+            if check_hotkey(&hotkey).is_err() || !is_real_dir(&path) {
+                continue;
+            }
+            match tracked.get(&hotkey) {
+                None => remove_if_stale(&path, grace, &mut report),
+                Some(id) => self.clean_hotkey(&path, id, grace, &mut report)?,
+            }
+        }
+        Ok(report)
+    }
+
+    fn clean_hotkey(
+        &self,
+        hotkey_dir: &Path,
+        id: &ModelId,
+        grace: Duration,
+        report: &mut CleanupReport,
+    ) -> Result<(), StoreError> {
+        let keep_repo = RepoId::parse(&id.repo_id()).ok().map(|r| r.folder_name());
+        let keep_commit = id.commit.clone().unwrap_or_default();
+        for entry in
+            fs::read_dir(hotkey_dir).map_err(io(format!("cannot list {}", hotkey_dir.display())))?
+        {
+            let entry = entry.map_err(io(format!("cannot list {}", hotkey_dir.display())))?;
+            let path = entry.path();
+            if !is_real_dir(&path) {
+                continue;
+            }
+            if Some(entry.file_name().to_string_lossy().as_ref()) != keep_repo.as_deref() {
+                remove_if_stale(&path, grace, report);
+                continue;
+            }
+            for inner in
+                fs::read_dir(&path).map_err(io(format!("cannot list {}", path.display())))?
+            {
+                let inner = inner.map_err(io(format!("cannot list {}", path.display())))?;
+                let name = inner.file_name().to_string_lossy().into_owned();
+                let inner_path = inner.path();
+                if !is_real_dir(&inner_path) {
+                    continue;
+                }
+                if name == "snapshots" {
+                    for snap in fs::read_dir(&inner_path)
+                        .map_err(io(format!("cannot list {}", inner_path.display())))?
+                    {
+                        let snap =
+                            snap.map_err(io(format!("cannot list {}", inner_path.display())))?;
+                        if snap.file_name().to_string_lossy() != keep_commit.as_str()
+                            && is_real_dir(&snap.path())
+                        {
+                            remove_if_stale(&snap.path(), grace, report);
+                        }
+                    }
+                } else if name.starts_with(".partial-") {
+                    // Downloads (of the tracked commit too) that were abandoned.
+                    remove_if_stale(&inner_path, grace, report);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Creates `dir` if needed and refuses it if it is a symlink (which could
+/// send the download elsewhere).
+fn ensure_real_dir(dir: &Path) -> Result<(), StoreError> {
+    match fs::symlink_metadata(dir) {
+        Ok(m) if m.file_type().is_symlink() || !m.is_dir() => Err(HubError::UnsafePath {
+            path: dir.display().to_string(),
+            reason: "is a symlink or not a directory".into(),
+        }
+        .into()),
+        Ok(_) => Ok(()),
+        Err(_) => fs::create_dir_all(dir).map_err(io(format!("cannot create {}", dir.display()))),
+    }
+}
+
+fn is_real_dir(path: &Path) -> bool {
+    fs::symlink_metadata(path)
+        .map(|m| m.is_dir())
+        .unwrap_or(false)
+}
+
+/// Replaces each symlink under `dir` by a copy of the file it points to,
+/// which must lie inside `allowed`; returns the total size of the files.
+fn resolve_symlinks(dir: &Path, allowed: &Path) -> Result<u64, StoreError> {
+    let allowed =
+        fs::canonicalize(allowed).map_err(io(format!("cannot resolve {}", allowed.display())))?;
+    let mut size = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).map_err(io(format!("cannot list {}", d.display())))? {
+            let entry = entry.map_err(io(format!("cannot list {}", d.display())))?;
+            let path = entry.path();
+            let ft = entry
+                .file_type()
+                .map_err(io(format!("cannot stat {}", path.display())))?;
+            if ft.is_dir() {
+                stack.push(path);
+            } else if ft.is_symlink() {
+                let unsafe_link = |reason: String| -> StoreError {
+                    HubError::UnsafePath {
+                        path: path.display().to_string(),
+                        reason,
+                    }
+                    .into()
+                };
+                let target = fs::canonicalize(&path)
+                    .map_err(|e| unsafe_link(format!("broken symlink: {e}")))?;
+                if !target.starts_with(&allowed) {
+                    return Err(unsafe_link(format!(
+                        "symlink points outside the store, to {}",
+                        target.display()
+                    )));
+                }
+                if !target.is_file() {
+                    return Err(unsafe_link(
+                        "symlink to something that is not a file".into(),
+                    ));
+                }
+                let tmp = path.with_file_name(format!(
+                    ".resolving-{}",
+                    entry.file_name().to_string_lossy()
+                ));
+                fs::copy(&target, &tmp).map_err(io(format!("cannot copy {}", target.display())))?;
+                fs::rename(&tmp, &path)
+                    .map_err(io(format!("cannot replace {}", path.display())))?;
+                size += fs::metadata(&path)
+                    .map_err(io(format!("cannot stat {}", path.display())))?
+                    .len();
+            } else {
+                size += entry
+                    .metadata()
+                    .map_err(io(format!("cannot stat {}", path.display())))?
+                    .len();
+            }
+        }
+    }
+    Ok(size)
+}
+
+/// The latest modification time of `path` or anything under it (not following symlinks).
+fn last_modified(path: &Path) -> Option<SystemTime> {
+    let meta = fs::symlink_metadata(path).ok()?;
+    let mut latest = meta.modified().ok()?;
+    if meta.is_dir() {
+        for entry in fs::read_dir(path).ok()?.flatten() {
+            if let Some(t) = last_modified(&entry.path()) {
+                latest = latest.max(t);
+            }
+        }
+    }
+    Some(latest)
+}
+
+fn remove_if_stale(path: &Path, grace: Duration, report: &mut CleanupReport) {
+    let stale = last_modified(path)
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .is_some_and(|age| age >= grace);
+    if stale {
+        // remove_dir_all does not follow symlinks, so nothing outside is touched.
+        match fs::remove_dir_all(path) {
+            Ok(()) => {
+                info!(path = %path.display(), "removed unreferenced model directory");
+                report.removed.push(path.to_path_buf());
+            }
+            Err(e) => warn!(path = %path.display(), "cannot remove: {e}"),
+        }
+    }
+}
+
+fn remove_dir(path: &Path) {
+    if let Err(e) = fs::remove_dir_all(path) {
+        warn!(path = %path.display(), "cannot remove: {e}");
+    }
+}

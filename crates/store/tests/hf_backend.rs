@@ -1,0 +1,416 @@
+//! The `hf` backend against a hub stand-in on 127.0.0.1 (tests/common/fake_hf.rs).
+
+mod common;
+
+use std::time::Duration;
+
+use common::fake_hf::FakeHub;
+use common::*;
+use pretrain_core::{hash_of_directory, ModelId};
+use pretrain_store::{HfHub, HfOptions, HubError, ModelHub, ModelStore};
+
+const TOKEN: &str = "hf_test_token";
+
+fn hub(server: &FakeHub, token: Option<&str>, retries: u32) -> HfHub {
+    HfHub::new(HfOptions {
+        endpoint: server.url.clone(),
+        token: token.map(str::to_string),
+        progress: false,
+        retries,
+        retry_delay: Duration::from_millis(10),
+        timeout: Duration::from_secs(10),
+    })
+    .unwrap()
+}
+
+fn resolve_gets(server: &FakeHub) -> Vec<common::fake_hf::Seen> {
+    server
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "GET" && s.path.contains("/resolve/"))
+        .collect()
+}
+
+#[tokio::test]
+async fn upload_list_download_round_trip() {
+    let server = FakeHub::start(TOKEN);
+    let hf = hub(&server, Some(TOKEN), 2);
+    let commit = hf
+        .upload(&reference_model_dir(), "alice/tiny-gpt2")
+        .await
+        .unwrap();
+    assert_eq!(commit.len(), 40);
+
+    // The hub's initial `.gitattributes` was deleted: the commit is exactly the directory.
+    let listed: Vec<(String, u64)> = hf
+        .files_at("alice/tiny-gpt2", &commit)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| (f.path, f.size))
+        .collect();
+    assert_eq!(listed, reference_files());
+
+    // The safetensors went through LFS, without our token leaking to the storage URL.
+    let seen = server.seen();
+    let put = seen
+        .iter()
+        .find(|s| s.method == "PUT" && s.path.starts_with("/lfs-upload/"))
+        .unwrap();
+    assert_eq!(
+        put.path,
+        "/lfs-upload/6f3605b644e0b039ebd3713c87f7a5cf297b41028c036f4ba804ab5510782e35"
+    );
+    assert!(!put.headers.contains_key("authorization"));
+    assert_eq!(
+        put.headers.get("x-amz-fake").map(String::as_str),
+        Some("yes")
+    );
+    assert!(seen.iter().any(|s| s.path == "/lfs-verify"));
+
+    let dest = tempfile::tempdir().unwrap();
+    let dir = hf
+        .download("alice/tiny-gpt2", &commit, dest.path())
+        .await
+        .unwrap();
+    assert_eq!(
+        dir,
+        dest.path()
+            .join("models--alice--tiny-gpt2")
+            .join("snapshots")
+            .join(&commit)
+    );
+    assert_eq!(hash_of_directory(&dir).unwrap(), reference_hash());
+    // Only the snapshot remains: the staging directory is gone.
+    let left: Vec<_> = std::fs::read_dir(dest.path().join("models--alice--tiny-gpt2"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(left, vec!["snapshots".to_string()]);
+
+    // A second upload of the same directory creates a new commit (as git does) with the same files.
+    let again = hf
+        .upload(&reference_model_dir(), "alice/tiny-gpt2")
+        .await
+        .unwrap();
+    assert_ne!(again, commit);
+    let n = server
+        .seen()
+        .iter()
+        .filter(|s| s.path.starts_with("/lfs-upload/"))
+        .count();
+    assert_eq!(n, 1, "an LFS object already on the hub is not sent again");
+}
+
+#[tokio::test]
+async fn multipart_lfs_upload() {
+    let server = FakeHub::start(TOKEN);
+    server.state.lock().unwrap().multipart_chunk = Some(4 * 1024 * 1024);
+    let hf = hub(&server, Some(TOKEN), 2);
+    let commit = hf
+        .upload(&reference_model_dir(), "alice/multi")
+        .await
+        .unwrap();
+    let parts = server
+        .seen()
+        .iter()
+        .filter(|s| s.path.starts_with("/lfs-part/"))
+        .count();
+    assert_eq!(parts, 2, "6,668,456 bytes in 4 MiB parts");
+    let dest = tempfile::tempdir().unwrap();
+    let dir = hf
+        .download("alice/multi", &commit, dest.path())
+        .await
+        .unwrap();
+    assert_eq!(hash_of_directory(&dir).unwrap(), reference_hash());
+}
+
+#[tokio::test]
+async fn unauthorised() {
+    let server = FakeHub::start(TOKEN);
+    let err = hub(&server, Some("hf_wrong"), 2)
+        .upload(&reference_model_dir(), "alice/tiny")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, HubError::Unauthorized(_)), "{err}");
+    assert!(err.to_string().contains("401"), "{err}");
+
+    // Without a token nothing is even sent.
+    let before = server.seen().len();
+    let err = hub(&server, None, 2)
+        .upload(&reference_model_dir(), "alice/tiny")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("HF_ACCESS_TOKEN"), "{err}");
+    assert_eq!(server.seen().len(), before);
+
+    // A gated repo cannot be listed or downloaded without the token.
+    let commit = server.add_repo("corp/gated", &[("config.json", b"{}")], true);
+    let err = hub(&server, None, 2)
+        .files_at("corp/gated", &commit)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, HubError::Unauthorized(_)), "{err}");
+    let files = hub(&server, Some(TOKEN), 2)
+        .files_at("corp/gated", &commit)
+        .await
+        .unwrap();
+    assert_eq!(files.len(), 1);
+}
+
+#[tokio::test]
+async fn not_found() {
+    let server = FakeHub::start(TOKEN);
+    let hf = hub(&server, Some(TOKEN), 2);
+    let missing = "0123456789abcdef0123456789abcdef01234567";
+    let err = hf.files_at("alice/nothing", missing).await.unwrap_err();
+    assert!(matches!(err, HubError::NotFound(_)), "{err}");
+    assert!(err.to_string().contains("Repository not found"), "{err}");
+    server.add_repo("alice/some", &[("a.txt", b"a")], false);
+    let err = hf.files_at("alice/some", missing).await.unwrap_err();
+    assert!(matches!(err, HubError::NotFound(_)), "{err}");
+    let dest = tempfile::tempdir().unwrap();
+    let err = hf
+        .download("alice/some", missing, dest.path())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, HubError::NotFound(_)), "{err}");
+}
+
+#[tokio::test]
+async fn rate_limited_then_ok_and_persistently() {
+    let server = FakeHub::start(TOKEN);
+    let commit = server.add_repo("alice/rl", &[("a.txt", b"hello")], false);
+    server.fail("GET", "/api/models/alice/rl", 429, 2);
+    let files = hub(&server, None, 3)
+        .files_at("alice/rl", &commit)
+        .await
+        .unwrap();
+    assert_eq!(files[0].size, 5);
+    let listings = server
+        .seen()
+        .iter()
+        .filter(|s| s.path.starts_with("/api/models/alice/rl"))
+        .count();
+    assert_eq!(listings, 3);
+
+    server.fail("GET", "/api/models/alice/rl", 429, 100);
+    let err = hub(&server, None, 2)
+        .files_at("alice/rl", &commit)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, HubError::RateLimited(_)), "{err}");
+
+    // A 429 on a download is retried too.
+    server.state.lock().unwrap().failures.clear();
+    server.fail("GET", "/alice/rl/resolve/", 429, 1);
+    let dest = tempfile::tempdir().unwrap();
+    let dir = hub(&server, None, 3)
+        .download("alice/rl", &commit, dest.path())
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(dir.join("a.txt")).unwrap(), b"hello");
+}
+
+#[tokio::test]
+async fn truncated_download_resumes_with_range() {
+    let server = FakeHub::start(TOKEN);
+    let hf = hub(&server, Some(TOKEN), 3);
+    let commit = hf
+        .upload(&reference_model_dir(), "alice/trunc")
+        .await
+        .unwrap();
+    server
+        .state
+        .lock()
+        .unwrap()
+        .truncate
+        .insert("model.safetensors".into(), (1, 1_000_000));
+    let dest = tempfile::tempdir().unwrap();
+    let dir = hf
+        .download("alice/trunc", &commit, dest.path())
+        .await
+        .unwrap();
+    assert_eq!(hash_of_directory(&dir).unwrap(), reference_hash());
+    let gets: Vec<_> = resolve_gets(&server)
+        .into_iter()
+        .filter(|s| s.path.ends_with("model.safetensors"))
+        .collect();
+    assert_eq!(gets.len(), 2);
+    assert_eq!(gets[0].headers.get("range"), None);
+    assert_eq!(
+        gets[1].headers.get("range").map(String::as_str),
+        Some("bytes=1000000-")
+    );
+}
+
+#[tokio::test]
+async fn interrupted_download_resumes_in_a_later_call() {
+    let server = FakeHub::start(TOKEN);
+    let commit = hub(&server, Some(TOKEN), 0)
+        .upload(&reference_model_dir(), "alice/later")
+        .await
+        .unwrap();
+    server
+        .state
+        .lock()
+        .unwrap()
+        .truncate
+        .insert("model.safetensors".into(), (1, 3_000_000));
+    let dest = tempfile::tempdir().unwrap();
+    let err = hub(&server, None, 0)
+        .download("alice/later", &commit, dest.path())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, HubError::Network(_)), "{err}");
+    assert!(
+        err.to_string().contains("at 3000000 of 6668456 bytes"),
+        "{err}"
+    );
+    assert!(!dest
+        .path()
+        .join("models--alice--later/snapshots")
+        .join(&commit)
+        .exists());
+
+    let dir = hub(&server, None, 0)
+        .download("alice/later", &commit, dest.path())
+        .await
+        .unwrap();
+    assert_eq!(hash_of_directory(&dir).unwrap(), reference_hash());
+    let last = resolve_gets(&server).into_iter().last().unwrap();
+    assert_eq!(
+        last.headers.get("range").map(String::as_str),
+        Some("bytes=3000000-")
+    );
+}
+
+#[tokio::test]
+async fn over_one_gib_is_refused_before_any_download() {
+    let server = FakeHub::start(TOKEN);
+    let commit = server.add_repo(
+        "alice/huge",
+        &[
+            ("config.json", b"{}"),
+            ("model.safetensors", b"not really big"),
+        ],
+        false,
+    );
+    server
+        .state
+        .lock()
+        .unwrap()
+        .size_override
+        .insert("model.safetensors".into(), 1024 * 1024 * 1024);
+    let hf = hub(&server, None, 1);
+    let files = hf.files_at("alice/huge", &commit).await.unwrap();
+    assert_eq!(
+        files.iter().map(|f| f.size).sum::<u64>(),
+        1024 * 1024 * 1024 + 2
+    );
+
+    let model_dir = tempfile::tempdir().unwrap();
+    let store = ModelStore::new(model_dir.path());
+    let id = ModelId {
+        namespace: "alice".into(),
+        name: "huge".into(),
+        commit: Some(commit),
+        hash: Some(reference_hash()),
+    };
+    let err = store
+        .fetch(
+            &hf,
+            "5F3sa2TJAWMqDhXG6jhV4N8ko9SxwGy8TpaNS1repo5EYjQX",
+            &id,
+            pretrain_core::constants::MAX_MODEL_BYTES,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("1073741826 bytes, more than the limit of 1073741824"),
+        "{err}"
+    );
+    assert!(
+        resolve_gets(&server).is_empty(),
+        "nothing may be downloaded"
+    );
+}
+
+#[tokio::test]
+async fn hostile_file_names_are_refused() {
+    for name in ["../../evil.txt", "/etc/evil", "a/../../evil"] {
+        let server = FakeHub::start(TOKEN);
+        let commit = server.add_repo("alice/evil", &[("config.json", b"{}")], false);
+        server
+            .state
+            .lock()
+            .unwrap()
+            .extra_siblings
+            .push((name.to_string(), 4));
+        let dest = tempfile::tempdir().unwrap();
+        let inner = dest.path().join("inner");
+        std::fs::create_dir(&inner).unwrap();
+        let err = hub(&server, None, 1)
+            .download("alice/evil", &commit, &inner)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, HubError::UnsafePath { .. }), "{name}: {err}");
+        assert!(err.to_string().contains(name), "{err}");
+        assert!(resolve_gets(&server).is_empty());
+        assert!(!dest.path().join("evil.txt").exists());
+    }
+}
+
+#[tokio::test]
+async fn server_sending_more_than_listed_is_cut_off() {
+    let server = FakeHub::start(TOKEN);
+    let commit = server.add_repo("alice/liar", &[("a.bin", &[7u8; 1000])], false);
+    server
+        .state
+        .lock()
+        .unwrap()
+        .size_override
+        .insert("a.bin".into(), 10);
+    let dest = tempfile::tempdir().unwrap();
+    let err = hub(&server, None, 1)
+        .download("alice/liar", &commit, dest.path())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("more than the 10 bytes it listed"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_and_then_reported() {
+    let server = FakeHub::start(TOKEN);
+    server.fail("POST", "/api/models/alice/flaky/commit/main", 503, 1);
+    let commit = hub(&server, Some(TOKEN), 2)
+        .upload(&reference_model_dir(), "alice/flaky")
+        .await
+        .unwrap();
+    let commits = server
+        .seen()
+        .iter()
+        .filter(|s| s.path == "/api/models/alice/flaky/commit/main")
+        .count();
+    assert_eq!(commits, 2, "one 503, then the commit");
+    assert_eq!(
+        server.state.lock().unwrap().repos["alice/flaky"]
+            .commits
+            .last()
+            .unwrap()
+            .0,
+        commit
+    );
+
+    server.fail("GET", "/api/models/alice/flaky", 500, 100);
+    let err = hub(&server, Some(TOKEN), 1)
+        .files_at("alice/flaky", &commit)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, HubError::Network(_)), "{err}");
+    assert!(err.to_string().contains("500"), "{err}");
+}

@@ -1,0 +1,155 @@
+//! The miner's push: upload, model id, commit with retries while rate-limited.
+
+mod common;
+
+use std::time::Duration;
+
+use common::fake_hf::FakeHub;
+use common::*;
+use pretrain_chain::{Chain, ChainError, Hotkey};
+use pretrain_core::constants::MAX_MODEL_BYTES;
+use pretrain_core::ModelId;
+use pretrain_store::{push, HfHub, HfOptions, LocalHub, ModelStore, PushError, PushOptions};
+
+const HOTKEY: &str = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY";
+
+fn fast(max_attempts: Option<u32>) -> PushOptions {
+    PushOptions {
+        netuid: 9,
+        retry_delay: Duration::from_millis(5),
+        max_attempts,
+    }
+}
+
+#[tokio::test]
+async fn push_retries_while_rate_limited_and_validator_can_fetch() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = LocalHub::open(root.path()).unwrap();
+    let chain = FakeChain::new(2, true);
+    let hotkey = Hotkey::address_only(HOTKEY);
+    let meta = push(
+        &hub,
+        &chain,
+        &hotkey,
+        &reference_model_dir(),
+        "alice/tiny-gpt2",
+        &fast(None),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        *chain.attempts.lock().unwrap(),
+        3,
+        "two refusals, then accepted"
+    );
+    assert_eq!(meta.block, 1001);
+    let commit = hub.head("alice/tiny-gpt2").unwrap().unwrap();
+    assert_eq!(
+        meta.id.to_compressed_str(),
+        format!("alice:tiny-gpt2:{commit}:{}", reference_hash())
+    );
+
+    // What is on chain is what the validator reads and fetches.
+    let on_chain = chain.commitment(9, HOTKEY).await.unwrap().unwrap();
+    let id = ModelId::from_chain_bytes(&on_chain.data).unwrap();
+    assert_eq!(id, meta.id);
+    let model_dir = tempfile::tempdir().unwrap();
+    let got = ModelStore::new(model_dir.path())
+        .fetch(&hub, HOTKEY, &id, MAX_MODEL_BYTES)
+        .await
+        .unwrap();
+    assert_eq!(got.hash, reference_hash());
+}
+
+#[tokio::test]
+async fn push_stops_on_permanent_errors_and_after_max_attempts() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = LocalHub::open(root.path()).unwrap();
+    let hotkey = Hotkey::address_only(HOTKEY);
+
+    let unregistered = FakeChain::new(0, false);
+    let err = push(
+        &hub,
+        &unregistered,
+        &hotkey,
+        &reference_model_dir(),
+        "alice/m1",
+        &fast(None),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, PushError::Chain(ChainError::NotRegistered { .. })),
+        "{err}"
+    );
+    assert_eq!(*unregistered.attempts.lock().unwrap(), 1);
+
+    let limited = FakeChain::new(100, true);
+    let err = push(
+        &hub,
+        &limited,
+        &hotkey,
+        &reference_model_dir(),
+        "alice/m2",
+        &fast(Some(3)),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, PushError::GaveUp { attempts: 3, .. }),
+        "{err}"
+    );
+
+    // A repo id that cannot fit on chain is refused before uploading.
+    let err = push(
+        &hub,
+        &limited,
+        &hotkey,
+        &reference_model_dir(),
+        "a/b",
+        &fast(Some(1)),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("between 3 and 41"), "{err}");
+}
+
+#[tokio::test]
+async fn push_through_the_hf_backend() {
+    let server = FakeHub::start("hf_tok");
+    let hf = HfHub::new(HfOptions {
+        endpoint: server.url.clone(),
+        token: Some("hf_tok".into()),
+        retry_delay: Duration::from_millis(10),
+        ..HfOptions::default()
+    })
+    .unwrap();
+    let chain = FakeChain::new(1, true);
+    let hotkey = Hotkey::address_only(HOTKEY);
+    let meta = push(
+        &hf,
+        &chain,
+        &hotkey,
+        &reference_model_dir(),
+        "alice/tiny-gpt2",
+        &fast(None),
+    )
+    .await
+    .unwrap();
+    assert_eq!(meta.id.hash.as_deref(), Some(reference_hash().as_str()));
+    let model_dir = tempfile::tempdir().unwrap();
+    let got = ModelStore::new(model_dir.path())
+        .fetch(&hf, HOTKEY, &meta.id, MAX_MODEL_BYTES)
+        .await
+        .unwrap();
+    assert_eq!(got.hash, reference_hash());
+    assert_eq!(
+        got.path,
+        model_dir
+            .path()
+            .join("models")
+            .join(HOTKEY)
+            .join("models--alice--tiny-gpt2/snapshots")
+            .join(meta.id.commit.unwrap())
+    );
+}
