@@ -9,6 +9,14 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub mod embedded;
+pub mod network;
+pub mod subtensor;
+pub mod wallet;
+
+pub use network::{connect, ChainOptions, Network};
+pub use wallet::{Wallet, WalletError};
+
 /// Errors of chain calls; the variants are what callers branch on.
 #[derive(Debug, Error)]
 pub enum ChainError {
@@ -38,6 +46,9 @@ pub enum ChainError {
     /// Anything else the chain rejected (with its reason).
     #[error("{0}")]
     Rejected(String),
+    /// The embedded chain's file could not be read or written.
+    #[error("embedded chain storage: {0}")]
+    Storage(String),
 }
 
 /// A hotkey able to sign calls: its SS58 address and sr25519 mini secret.

@@ -38,6 +38,12 @@ enum Command {
     Score(cmd::score::ScoreArgs),
     /// Token ids of JSON Lines text from stdin (GPT-2 tokenizer), a JSON array per line.
     Tokenize(cmd::data::TokenizeArgs),
+    /// Bittensor wallets: create, list, show.
+    #[command(subcommand)]
+    Wallet(cmd::wallet::WalletCommand),
+    /// Read the chain (metagraph, commitments); register and stake on the embedded chain.
+    #[command(subcommand)]
+    Chain(cmd::chain::ChainCommand),
 }
 
 fn init_logging(cli: &Cli) {
@@ -65,6 +71,8 @@ fn main() {
         Command::Bench(bench) => cmd::bench::run(bench),
         Command::Score(args) => cmd::score::run(args),
         Command::Tokenize(args) => cmd::data::run_tokenize(args),
+        Command::Wallet(c) => cmd::wallet::run(c),
+        Command::Chain(c) => cmd::chain::run(c),
     };
     if let Err(err) = result {
         // One line: the error and its causes.

@@ -165,3 +165,61 @@ fn eval_of_a_missing_model_fails_with_one_line() {
         "{line}"
     );
 }
+
+#[test]
+fn eval_on_pages_is_seeded_and_matches_eval_on_the_same_tokens() {
+    let model = models_dir().join("tiny-gpt2").join("model");
+    let run = || {
+        let (ok, out, err) = pretrain(&[
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--pages",
+            "1",
+            "--seed",
+            "7",
+        ]);
+        assert!(ok, "{err}");
+        serde_json::from_str::<Value>(out.trim()).unwrap()
+    };
+    let a = run();
+    assert_eq!(a, run(), "the same seed gives the same pages and losses");
+    assert_eq!(a["seed"], 7);
+    let page = a["pages"][0].as_u64().unwrap();
+    let losses = a["losses"].as_array().unwrap();
+    assert!(!losses.is_empty());
+
+    // The first batch rebuilt by hand: the page's documents, each with the
+    // dataset rule, then the first 1024 tokens.
+    let source = pretrain_data::LocalSource::open(pretrain_data::sample_corpus_dir()).unwrap();
+    let tokenizer = pretrain_data::Tokenizer::gpt2().unwrap();
+    let mut buffer = Vec::new();
+    for doc in source.read_page(page).unwrap() {
+        buffer.extend(tokenizer.encode_document(&doc).unwrap());
+    }
+    assert_eq!(losses.len(), buffer.len() / 1024);
+    let tmp = tempfile::tempdir().unwrap();
+    let tokens = tmp.path().join("tokens.json");
+    std::fs::write(&tokens, serde_json::to_string(&[&buffer[..1024]]).unwrap()).unwrap();
+    let (ok, out, err) = pretrain(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokens",
+        tokens.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let single: Value = serde_json::from_str(out.trim()).unwrap();
+    let l0 = losses[0].as_f64().unwrap();
+    assert!((single["loss"].as_f64().unwrap() - l0).abs() < 1e-6, "{l0} vs {single}");
+    let mean = losses.iter().map(|l| l.as_f64().unwrap()).sum::<f64>() / losses.len() as f64;
+    assert!((a["loss"].as_f64().unwrap() - mean).abs() < 1e-9);
+}
+
+#[test]
+fn eval_needs_tokens_or_pages() {
+    let model = models_dir().join("tiny-gpt2").join("model");
+    let (ok, _, err) = pretrain(&["eval", "--model", model.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("--tokens") || err.contains("--pages"), "{err}");
+}

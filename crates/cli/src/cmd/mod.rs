@@ -1,7 +1,9 @@
 //! One module per command (or command group) of `pretrain`.
 
 pub mod bench;
+pub mod chain;
 pub mod data;
 pub mod hash;
 pub mod model;
 pub mod score;
+pub mod wallet;

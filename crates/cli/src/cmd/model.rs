@@ -18,8 +18,20 @@ pub struct EvalArgs {
     #[arg(long)]
     pub model: PathBuf,
     /// JSON file `[[id, ...], ...]`: one batch of equal-length token rows.
+    #[arg(long, required_unless_present = "pages", conflicts_with = "pages")]
+    pub tokens: Option<PathBuf>,
+    /// Instead of `--tokens`: evaluate on N random pages as the validator
+    /// does (batch size 1, 1024 tokens; a failing batch counts as +inf).
     #[arg(long)]
-    pub tokens: PathBuf,
+    pub pages: Option<usize>,
+    /// Where pages come from with `--pages`: `falcon` (the RefinedWeb rows
+    /// API) or `local:DIR`; default: the sample corpus shipped in the repository.
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Seed of the page sampling with `--pages` (default: random; it is
+    /// printed, so a run can be replayed).
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Device: `cpu`, or `cuda` / `cuda:N` (needs the `cuda` build feature).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -87,14 +99,71 @@ fn json_f64(x: f64) -> Value {
     }
 }
 
-/// Prints `{"loss": f}` for one batch.
+/// Prints `{"loss": f}` for one batch, or, with `--pages`, the mean loss
+/// over the validator's batches with each batch's loss, the pages and the seed.
 pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
-    let batch = read_tokens(&args.tokens)?;
     let model = Model::load(&args.model, &device)
         .with_context(|| format!("loading model {}", args.model.display()))?;
-    let loss = model.loss(&batch).context("computing the loss")?;
-    println!("{}", json!({ "loss": json_f64(loss as f64) }));
+    let Some(n_pages) = args.pages else {
+        let Some(tokens) = &args.tokens else {
+            bail!("give --tokens FILE or --pages N");
+        };
+        let batch = read_tokens(tokens)?;
+        let loss = model.loss(&batch).context("computing the loss")?;
+        println!("{}", json!({ "loss": json_f64(loss as f64) }));
+        return Ok(());
+    };
+    if n_pages == 0 {
+        bail!("--pages must be at least 1");
+    }
+    let dataset = args.dataset.clone().unwrap_or_else(|| {
+        format!("local:{}", pretrain_data::sample_corpus_dir().display())
+    });
+    let seed = args.seed.unwrap_or_else(pretrain_data::random_seed);
+    let source = pretrain_data::open_source(&dataset)
+        .with_context(|| format!("opening dataset {dataset}"))?;
+    let pages = pretrain_data::sample_pages(seed, source.page_range(), n_pages);
+    tracing::info!(%dataset, seed, ?pages, "loading pages");
+    let tokenizer = pretrain_data::Tokenizer::gpt2().context("loading the GPT-2 tokenizer")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let batches = runtime
+        .block_on(pretrain_data::load_batches(
+            source.as_ref(),
+            &tokenizer,
+            &pages,
+            1,
+            pretrain_core::constants::SEQUENCE_LENGTH,
+        ))
+        .with_context(|| format!("loading pages {pages:?} of {dataset}"))?;
+    if batches.is_empty() {
+        bail!("pages {pages:?} of {dataset} hold fewer than one batch of tokens");
+    }
+    let bar = indicatif::ProgressBar::new(batches.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} batches ({eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message("evaluating");
+    let mut losses = Vec::with_capacity(batches.len());
+    for batch in &batches {
+        losses.push(pretrain_model::loss_or_inf(&model, batch) as f64);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let mean = losses.iter().sum::<f64>() / losses.len() as f64;
+    println!(
+        "{}",
+        json!({
+            "loss": json_f64(mean),
+            "losses": losses.iter().map(|&l| json_f64(l)).collect::<Vec<_>>(),
+            "pages": pages,
+            "seed": seed,
+            "dataset": dataset,
+        })
+    );
     Ok(())
 }
 

@@ -1,0 +1,390 @@
+//! The `subtensor` backend against a real subtensor runtime (spec 218, from
+//! `shared/reference/chain/raonet.json`) run by chopsticks on this machine.
+//!
+//! Runs only with `PRETRAIN_SUBTENSOR_TEST=1`; needs chopsticks 1.5.1
+//! (`npm install @acala-network/chopsticks@1.5.1`). `PRETRAIN_CHOPSTICKS` is
+//! the command that starts it (default `npx --yes @acala-network/chopsticks@1.5.1`,
+//! e.g. `/tmp/cs/node_modules/.bin/chopsticks`). See crates/chain/README.md.
+//!
+//! Setup (made with subxt directly, as an operator would with btcli): Alice is
+//! made sudo and funded with `dev_setStorage`, registers a subnet, the fixture
+//! coldkey burns-registers the fixture hotkey. Then everything the miner and
+//! validator do goes through OUR backend: uid, metagraph, commit, read the
+//! commitment back, set weights (and the commit-reveal refusal).
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use pretrain_chain::subtensor::{self, SubtensorChain};
+use pretrain_chain::{Chain, ChainError, Hotkey};
+use subxt::dynamic::{At, Value};
+use subxt::ext::scale_value::Composite;
+use subxt::rpcs::{rpc_params, RpcClient};
+use subxt::transactions::{DynamicPayload, TransactionStatus};
+use subxt::utils::AccountId32;
+use subxt::{OnlineClient, SubstrateConfig};
+use subxt_signer::sr25519::{dev, Keypair};
+
+const REF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/reference");
+/// The fixture coldkey's mini secret (shared/reference/wallet/README.md; test data only).
+const COLDKEY_SEED: &str = "4ed8d4b17698ddeaa1f1559f152f87b5d472f725ca86d341bd0276f1b61197e2";
+const COLDKEY_SS58: &str = "5EPCUjPxiHAcNooYipQFWr9NmmXJKpNG5RhcntXwbtUySrgH";
+
+/// Kills the chopsticks process group when the test ends, however it ends.
+struct Chopsticks(Child);
+
+impl Drop for Chopsticks {
+    fn drop(&mut self) {
+        let pgid = self.0.id();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(format!("-{pgid}"))
+            .status();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_chopsticks(port: u16) -> Chopsticks {
+    use std::os::unix::process::CommandExt;
+    let cmd = std::env::var("PRETRAIN_CHOPSTICKS")
+        .unwrap_or_else(|_| "npx --yes @acala-network/chopsticks@1.5.1".to_string());
+    let mut parts = cmd.split_whitespace();
+    let program = parts.next().expect("PRETRAIN_CHOPSTICKS is empty");
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_millis();
+    // Aura only accepts a timestamp on a whole 3000 ms slot.
+    let timestamp = now_ms / 3000 * 3000;
+    let log = std::fs::File::create(std::env::temp_dir().join(format!("chopsticks-{port}.log")))
+        .expect("log file");
+    let child = Command::new(program)
+        .args(parts)
+        .arg("--genesis")
+        .arg(format!("{REF}/chain/raonet.json"))
+        .arg("--timestamp")
+        .arg(timestamp.to_string())
+        .arg("--port")
+        .arg(port.to_string())
+        .stdout(Stdio::from(log.try_clone().expect("log")))
+        .stderr(Stdio::from(log))
+        .process_group(0)
+        .spawn()
+        .expect("start chopsticks (set PRETRAIN_CHOPSTICKS)");
+    Chopsticks(child)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn fixture_hotkey() -> Hotkey {
+    let text = std::fs::read_to_string(format!("{REF}/wallet/fixture/hotkeys/default"))
+        .expect("fixture hotkey");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let seed: [u8; 32] = hex::decode(
+        json["secretSeed"]
+            .as_str()
+            .expect("seed")
+            .trim_start_matches("0x"),
+    )
+    .expect("hex")
+    .try_into()
+    .expect("32 bytes");
+    Hotkey::from_secret_seed(json["ss58Address"].as_str().expect("ss58"), seed)
+}
+
+fn keypair(seed_hex: &str) -> Keypair {
+    let seed: [u8; 32] = hex::decode(seed_hex)
+        .expect("hex")
+        .try_into()
+        .expect("32 bytes");
+    Keypair::from_secret_key(seed).expect("keypair")
+}
+
+fn ss58(pair: &Keypair) -> String {
+    AccountId32(pair.public_key().0).to_string()
+}
+
+type Call = DynamicPayload<Composite<()>>;
+
+fn call(pallet: &str, name: &str, fields: Vec<(&str, Value)>) -> Call {
+    subxt::dynamic::tx(pallet, name, Composite::named(fields))
+}
+
+fn sudo(inner: Call) -> Call {
+    call("Sudo", "sudo", vec![("call", inner.into_value())])
+}
+
+/// Submits a setup call and waits for it to be in a block; panics if it failed.
+async fn submit(
+    client: &OnlineClient<SubstrateConfig>,
+    tx: &Call,
+    signer: &Keypair,
+) -> Vec<(String, Composite<()>)> {
+    let at = client.at_current_block().await.expect("at block");
+    let mut progress = at
+        .transactions()
+        .sign_and_submit_then_watch_default(tx, signer)
+        .await
+        .unwrap_or_else(|e| panic!("{}.{}: {e}", tx.pallet_name(), tx.call_name()));
+    while let Some(status) = progress.next().await {
+        match status.expect("status") {
+            TransactionStatus::InBestBlock(b) | TransactionStatus::InFinalizedBlock(b) => {
+                let events = b
+                    .wait_for_success()
+                    .await
+                    .unwrap_or_else(|e| panic!("{}.{}: {e}", tx.pallet_name(), tx.call_name()));
+                return events
+                    .iter()
+                    .map(|ev| {
+                        let ev = ev.expect("event");
+                        let fields = ev
+                            .decode_fields_unchecked_as::<Composite<()>>()
+                            .unwrap_or_else(|_| Composite::unnamed(Vec::new()));
+                        (format!("{}.{}", ev.pallet_name(), ev.event_name()), fields)
+                    })
+                    .collect();
+            }
+            TransactionStatus::Invalid { message }
+            | TransactionStatus::Error { message }
+            | TransactionStatus::Dropped { message } => {
+                panic!("{}.{}: {message}", tx.pallet_name(), tx.call_name())
+            }
+            _ => {}
+        }
+    }
+    panic!(
+        "{}.{}: status stream ended",
+        tx.pallet_name(),
+        tx.call_name()
+    );
+}
+
+fn u(x: u64) -> Value {
+    Value::u128(x.into())
+}
+
+fn account_value(pair: &Keypair) -> Value {
+    Value::from_bytes(pair.public_key().0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subtensor_backend_against_chopsticks() {
+    if std::env::var("PRETRAIN_SUBTENSOR_TEST").as_deref() != Ok("1") {
+        eprintln!("skipping the chopsticks test: set PRETRAIN_SUBTENSOR_TEST=1 (see crates/chain/README.md)");
+        return;
+    }
+    let port = free_port();
+    let _node = start_chopsticks(port);
+    let url = format!("ws://127.0.0.1:{port}");
+
+    // Chopsticks compiles the runtime first: ~40 s before it answers.
+    let started = Instant::now();
+    let chain = loop {
+        match SubtensorChain::connect(&url, Duration::from_secs(60)).await {
+            Ok(c) => break c,
+            Err(e) if started.elapsed() < Duration::from_secs(240) => {
+                eprintln!("waiting for chopsticks: {e}");
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+            Err(e) => panic!(
+                "chopsticks did not come up (log in {:?}): {e}",
+                std::env::temp_dir()
+            ),
+        }
+    };
+
+    let alice = dev::alice();
+    let coldkey = keypair(COLDKEY_SEED);
+    assert_eq!(ss58(&coldkey), COLDKEY_SS58);
+    let hotkey = fixture_hotkey();
+    let hotkey_account = subtensor::account_of(&hotkey.ss58).expect("ss58");
+
+    // Alice becomes sudo; Alice, the fixture coldkey and hotkey get funds (1M TAO).
+    let rpc = RpcClient::from_insecure_url(&url).await.expect("rpc");
+    let funded =
+        serde_json::json!({ "providers": 1, "data": { "free": 1_000_000_000_000_000u64 } });
+    let storage = serde_json::json!({
+        "Sudo": { "Key": ss58(&alice) },
+        "System": { "Account": [
+            [[ss58(&alice)], funded],
+            [[COLDKEY_SS58], funded],
+            [[hotkey.ss58.clone()], funded],
+        ] }
+    });
+    let _: serde_json::Value = rpc
+        .request("dev_setStorage", rpc_params![storage])
+        .await
+        .expect("dev_setStorage");
+
+    let client = OnlineClient::<SubstrateConfig>::from_insecure_url(&url)
+        .await
+        .expect("client");
+    // No waiting between network registrations on this test chain.
+    submit(
+        &client,
+        &sudo(call(
+            "AdminUtils",
+            "sudo_set_network_rate_limit",
+            vec![("rate_limit", u(0))],
+        )),
+        &alice,
+    )
+    .await;
+    let events = submit(
+        &client,
+        &call(
+            "SubtensorModule",
+            "register_network",
+            vec![("hotkey", account_value(&alice)), ("mechid", u(1))],
+        ),
+        &alice,
+    )
+    .await;
+    let netuid = events
+        .iter()
+        .find(|(name, _)| name == "SubtensorModule.NetworkAdded")
+        .and_then(|(_, v)| v.at(0))
+        .and_then(|v| v.as_u128())
+        .map(|n| n as u16)
+        .unwrap_or_else(|| {
+            panic!(
+                "no NetworkAdded event in {:?}",
+                events.iter().map(|e| &e.0).collect::<Vec<_>>()
+            )
+        });
+    eprintln!("registered subnet {netuid}");
+    // Weights may be set every block on this test subnet.
+    submit(
+        &client,
+        &sudo(call(
+            "AdminUtils",
+            "sudo_set_weights_set_rate_limit",
+            vec![
+                ("netuid", u(netuid.into())),
+                ("weights_set_rate_limit", u(0)),
+            ],
+        )),
+        &alice,
+    )
+    .await;
+
+    // Before registration: no uid, commit refused as NotRegistered.
+    assert_eq!(
+        chain.uid_of(netuid, &hotkey.ss58).await.expect("uid_of"),
+        None
+    );
+    match chain.commit(&hotkey, netuid, b"early").await {
+        Err(ChainError::NotRegistered { netuid: n, .. }) => assert_eq!(n, netuid),
+        other => panic!("expected NotRegistered, got {other:?}"),
+    }
+    assert!(matches!(
+        chain.metagraph(4242).await,
+        Err(ChainError::NoSuchSubnet(4242))
+    ));
+
+    submit(
+        &client,
+        &call(
+            "SubtensorModule",
+            "burned_register",
+            vec![
+                ("netuid", u(netuid.into())),
+                ("hotkey", Value::from_bytes(hotkey_account)),
+            ],
+        ),
+        &coldkey,
+    )
+    .await;
+
+    // Through our backend from here on.
+    let block0 = chain.current_block().await.expect("current_block");
+    let uid = chain
+        .uid_of(netuid, &hotkey.ss58)
+        .await
+        .expect("uid_of")
+        .expect("registered");
+    let metagraph = chain.metagraph(netuid).await.expect("metagraph");
+    eprintln!(
+        "metagraph at block {}: {:?}",
+        metagraph.block, metagraph.neurons
+    );
+    let me = metagraph
+        .neurons
+        .iter()
+        .find(|n| n.uid == uid)
+        .expect("our uid in the metagraph");
+    assert_eq!(me.hotkey, hotkey.ss58);
+    assert_eq!(me.coldkey, COLDKEY_SS58);
+    assert!(metagraph.block >= block0);
+
+    let data = b"nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn:mmmmmmmmmmmmmmmmmmmmmmmmmmmmmm:cccccccccccccccccccccccccccccccccccccccc:hhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhh";
+    let data = &data[..128];
+    let commit_block = chain.commit(&hotkey, netuid, data).await.expect("commit");
+    assert!(commit_block > block0);
+    let got = chain
+        .commitment(netuid, &hotkey.ss58)
+        .await
+        .expect("commitment")
+        .expect("some");
+    assert_eq!(got.data, data);
+    assert_eq!(got.block, commit_block);
+    let all = chain.commitments(netuid).await.expect("commitments");
+    assert_eq!(all, vec![got.clone()]);
+
+    // A second commit right away hits the pallet's rate limit.
+    match chain.commit(&hotkey, netuid, b"again").await {
+        Err(ChainError::RateLimited(msg)) => {
+            eprintln!("second commit rate limited as expected: {msg}")
+        }
+        other => panic!("expected RateLimited on an immediate second commit, got {other:?}"),
+    }
+
+    // Commit-reveal on: our set_weights refuses clearly.
+    let cr = |on: bool| {
+        sudo(call(
+            "AdminUtils",
+            "sudo_set_commit_reveal_weights_enabled",
+            vec![("netuid", u(netuid.into())), ("enabled", Value::bool(on))],
+        ))
+    };
+    submit(&client, &cr(true), &alice).await;
+    match chain
+        .set_weights(&hotkey, netuid, &[uid], &[65535], 0)
+        .await
+    {
+        Err(ChainError::Rejected(msg)) => assert!(msg.contains("commit-reveal"), "{msg}"),
+        other => panic!("expected a commit-reveal refusal, got {other:?}"),
+    }
+    submit(&client, &cr(false), &alice).await;
+    chain
+        .set_weights(&hotkey, netuid, &[uid], &[65535], 0)
+        .await
+        .expect("set_weights");
+
+    // The weights are on chain: Weights(netuid, uid) = [(uid, 65535)].
+    let at = client.at_current_block().await.expect("at");
+    let weights = at
+        .storage()
+        .fetch(
+            subxt::dynamic::storage::<(u16, u16), Value>("SubtensorModule", "Weights"),
+            (netuid, uid),
+        )
+        .await
+        .expect("Weights")
+        .decode()
+        .expect("decode");
+    assert_eq!(
+        weights.to_string(),
+        format!("(({uid}, 65535))"),
+        "weights on chain"
+    );
+    eprintln!("chopsticks test passed: subnet {netuid}, uid {uid}, commit at block {commit_block}");
+}

@@ -1,0 +1,278 @@
+//! `pretrain chain metagraph|commitment|register|stake`: read the chain, and
+//! set up a subnet on the embedded chain.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use pretrain_chain::embedded::SubnetParams;
+use pretrain_chain::network::{DEFAULT_CHAIN_DIR, DEFAULT_NETUID};
+use pretrain_chain::{connect, ChainOptions, Commitment, Network};
+use pretrain_core::ModelId;
+use serde_json::json;
+
+use super::wallet::WalletArgs;
+
+/// The chain flags shared by every command that talks to a chain.
+#[derive(Args, Debug, Clone)]
+pub struct ChainArgs {
+    /// finney, test, local (ws://127.0.0.1:9944) or embedded (the offline chain under --chain_dir).
+    #[arg(long = "subtensor.network", default_value = "embedded")]
+    pub network: Network,
+    /// A node URL (ws:// or wss://); wins over --subtensor.network.
+    #[arg(long = "subtensor.chain_endpoint")]
+    pub chain_endpoint: Option<String>,
+    /// Directory of the embedded chain.
+    #[arg(long = "chain_dir", default_value = DEFAULT_CHAIN_DIR)]
+    pub chain_dir: PathBuf,
+    /// Seconds per block of a new embedded chain (an existing one keeps its own; default 12).
+    #[arg(long = "block_time")]
+    pub block_time: Option<f64>,
+    /// Subnet.
+    #[arg(long, default_value_t = DEFAULT_NETUID)]
+    pub netuid: u16,
+    /// Limit for each chain call, in seconds.
+    #[arg(long = "chain_timeout", default_value_t = 60.0)]
+    pub chain_timeout: f64,
+}
+
+impl ChainArgs {
+    /// The options for [`pretrain_chain::connect`].
+    pub fn options(&self) -> anyhow::Result<ChainOptions> {
+        anyhow::ensure!(
+            self.chain_timeout.is_finite() && self.chain_timeout > 0.0,
+            "--chain_timeout must be a positive number of seconds"
+        );
+        Ok(ChainOptions {
+            network: self.network,
+            chain_endpoint: self.chain_endpoint.clone(),
+            chain_dir: self.chain_dir.clone(),
+            block_time: self.block_time,
+            timeout: Duration::from_secs_f64(self.chain_timeout),
+        })
+    }
+}
+
+/// `pretrain chain ...`.
+#[derive(Subcommand, Debug)]
+pub enum ChainCommand {
+    /// The subnet's neurons: uid, hotkey, coldkey, stake, incentive, validator permit.
+    Metagraph(MetagraphArgs),
+    /// Latest commitment(s) on the subnet, with the model id they hold (JSON).
+    Commitment(CommitmentArgs),
+    /// Register a hotkey on the embedded chain's subnet (creating the subnet if needed).
+    Register(RegisterArgs),
+    /// Add stake to a hotkey on the embedded chain.
+    Stake(StakeArgs),
+}
+
+/// Arguments of `pretrain chain metagraph`.
+#[derive(Args, Debug)]
+pub struct MetagraphArgs {
+    #[command(flatten)]
+    chain: ChainArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `pretrain chain commitment`.
+#[derive(Args, Debug)]
+pub struct CommitmentArgs {
+    #[command(flatten)]
+    chain: ChainArgs,
+    /// Commitment of this uid.
+    #[arg(long, conflicts_with = "hotkey")]
+    uid: Option<u16>,
+    /// Commitment of this hotkey (SS58). Neither flag: every commitment on the subnet.
+    #[arg(long)]
+    hotkey: Option<String>,
+}
+
+/// Arguments of `pretrain chain register`.
+#[derive(Args, Debug)]
+pub struct RegisterArgs {
+    #[command(flatten)]
+    chain: ChainArgs,
+    #[command(flatten)]
+    wallet: WalletArgs,
+    /// Register this hotkey address instead of the wallet's.
+    #[arg(long)]
+    hotkey: Option<String>,
+    /// Owner coldkey address (default: the wallet's coldkeypub, or the hotkey itself with --hotkey).
+    #[arg(long)]
+    coldkey: Option<String>,
+    /// For a subnet created by this call: most neurons.
+    #[arg(long = "max_uids", default_value_t = pretrain_chain::embedded::DEFAULT_MAX_UIDS)]
+    max_uids: u16,
+    /// For a subnet created by this call: most validator permits.
+    #[arg(long = "max_validators", default_value_t = pretrain_chain::embedded::DEFAULT_MAX_VALIDATORS)]
+    max_validators: u16,
+    /// For a subnet created by this call: blocks between two commitments of a hotkey.
+    #[arg(long = "commit_rate_limit", default_value_t = pretrain_chain::embedded::DEFAULT_COMMIT_RATE_LIMIT)]
+    commit_rate_limit: u64,
+    /// For a subnet created by this call: blocks between two set_weights of a hotkey.
+    #[arg(long = "weights_rate_limit", default_value_t = pretrain_chain::embedded::DEFAULT_WEIGHTS_RATE_LIMIT)]
+    weights_rate_limit: u64,
+}
+
+/// Arguments of `pretrain chain stake`.
+#[derive(Args, Debug)]
+pub struct StakeArgs {
+    #[command(flatten)]
+    chain: ChainArgs,
+    #[command(flatten)]
+    wallet: WalletArgs,
+    /// Stake this hotkey address instead of the wallet's.
+    #[arg(long)]
+    hotkey: Option<String>,
+    /// TAO to add.
+    #[arg(long)]
+    amount: f64,
+}
+
+/// Runs a `pretrain chain` command.
+pub fn run(cmd: ChainCommand) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        match cmd {
+            ChainCommand::Metagraph(a) => metagraph(a).await,
+            ChainCommand::Commitment(a) => commitment(a).await,
+            ChainCommand::Register(a) => register(a).await,
+            ChainCommand::Stake(a) => stake(a).await,
+        }
+    })
+}
+
+async fn metagraph(args: MetagraphArgs) -> anyhow::Result<()> {
+    let chain = connect(&args.chain.options()?).await?;
+    let g = chain.metagraph(args.chain.netuid).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&g)?);
+        return Ok(());
+    }
+    println!(
+        "subnet {} at block {}: {} neurons",
+        g.netuid,
+        g.block,
+        g.neurons.len()
+    );
+    println!(
+        "{:>5}  {:<48}  {:<48}  {:>14}  {:>9}  VPERMIT",
+        "UID", "HOTKEY", "COLDKEY", "STAKE", "INCENTIVE"
+    );
+    for n in &g.neurons {
+        println!(
+            "{:>5}  {:<48}  {:<48}  {:>14.4}  {:>9.6}  {}",
+            n.uid,
+            n.hotkey,
+            n.coldkey,
+            n.stake,
+            n.incentive,
+            if n.validator_permit { "yes" } else { "no" }
+        );
+    }
+    Ok(())
+}
+
+fn commitment_json(uid: Option<u16>, c: &Commitment) -> serde_json::Value {
+    let model = ModelId::from_chain_bytes(&c.data).ok();
+    json!({
+        "uid": uid,
+        "hotkey": c.hotkey,
+        "block": c.block,
+        "data": String::from_utf8_lossy(&c.data),
+        "model_id": model,
+    })
+}
+
+async fn commitment(args: CommitmentArgs) -> anyhow::Result<()> {
+    let netuid = args.chain.netuid;
+    let chain = connect(&args.chain.options()?).await?;
+    let out = match (args.uid, args.hotkey) {
+        (None, None) => {
+            let g = chain.metagraph(netuid).await?;
+            let all = chain.commitments(netuid).await?;
+            let uid_of = |h: &str| g.neurons.iter().find(|n| n.hotkey == h).map(|n| n.uid);
+            json!(all
+                .iter()
+                .map(|c| commitment_json(uid_of(&c.hotkey), c))
+                .collect::<Vec<_>>())
+        }
+        (Some(uid), _) => {
+            let g = chain.metagraph(netuid).await?;
+            let n = g.neurons.iter().find(|n| n.uid == uid).with_context(|| {
+                format!(
+                    "uid {uid} does not exist on subnet {netuid} ({} neurons)",
+                    g.neurons.len()
+                )
+            })?;
+            let c = chain
+                .commitment(netuid, &n.hotkey)
+                .await?
+                .with_context(|| {
+                    format!(
+                        "uid {uid} ({}) has no commitment on subnet {netuid}",
+                        n.hotkey
+                    )
+                })?;
+            commitment_json(Some(uid), &c)
+        }
+        (None, Some(hotkey)) => {
+            let uid = chain.uid_of(netuid, &hotkey).await?;
+            let c = chain
+                .commitment(netuid, &hotkey)
+                .await?
+                .with_context(|| format!("hotkey {hotkey} has no commitment on subnet {netuid}"))?;
+            commitment_json(uid, &c)
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+async fn register(args: RegisterArgs) -> anyhow::Result<()> {
+    let netuid = args.chain.netuid;
+    let wallet = args.wallet.wallet();
+    let hotkey = match &args.hotkey {
+        Some(h) => h.clone(),
+        None => wallet.hotkey_ss58()?,
+    };
+    let coldkey = match (&args.coldkey, &args.hotkey) {
+        (Some(c), _) => c.clone(),
+        (None, Some(h)) => h.clone(),
+        (None, None) => wallet.coldkeypub()?,
+    };
+    let chain = args.chain.options()?.open_embedded().await?;
+    let params = SubnetParams {
+        max_uids: args.max_uids,
+        max_validators: args.max_validators,
+        commit_rate_limit: args.commit_rate_limit,
+        weights_rate_limit: args.weights_rate_limit,
+    };
+    chain.create_subnet(netuid, params).await?;
+    let r = chain.register(netuid, &hotkey, &coldkey).await?;
+    println!("{}", serde_json::to_string_pretty(&r)?);
+    Ok(())
+}
+
+async fn stake(args: StakeArgs) -> anyhow::Result<()> {
+    let hotkey = match &args.hotkey {
+        Some(h) => h.clone(),
+        None => args.wallet.wallet().hotkey_ss58()?,
+    };
+    let chain = args.chain.options()?.open_embedded().await?;
+    let total = chain.add_stake(&hotkey, args.amount).await?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(
+            &json!({"hotkey": hotkey, "added": args.amount, "stake": total})
+        )?
+    );
+    Ok(())
+}

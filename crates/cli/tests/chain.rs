@@ -1,0 +1,225 @@
+//! `pretrain chain ...` on the embedded chain, several processes at once.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use pretrain_chain::embedded::{EmbeddedChain, EmbeddedOptions};
+use pretrain_chain::wallet::KeyPair;
+use pretrain_chain::{Chain, Hotkey};
+use serde_json::Value;
+
+const WALLETS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../../shared/reference/wallet"
+);
+// From shared/reference/wallet/README.md.
+const COLD_SS58: &str = "5EPCUjPxiHAcNooYipQFWr9NmmXJKpNG5RhcntXwbtUySrgH";
+const HOT_SS58: &str = "5EHgWw2Af1pnoc7f1A8bfmM97W3DAYW8xr82RfhLL9oAabAe";
+
+fn addr(i: u8) -> String {
+    KeyPair::from_secret_seed([i; 32]).unwrap().ss58()
+}
+
+fn cmd(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pretrain"));
+    c.arg("chain")
+        .args(args)
+        .args(["--chain_dir", dir.to_str().unwrap(), "--block_time", "0.05"])
+        .stdin(Stdio::null());
+    c
+}
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    cmd(dir, args).output().expect("run pretrain")
+}
+
+fn ok_json(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stdout is JSON")
+}
+
+fn fails_with(out: &Output, needle: &str) {
+    assert!(!out.status.success(), "should have failed");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("error:") && err.contains(needle), "{err}");
+}
+
+#[test]
+fn a_newcomer_sets_up_a_subnet_with_register_and_stake() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    fails_with(&run(dir, &["metagraph"]), "subnet 9 does not exist");
+
+    // The fixture wallet's hotkey, owned by its coldkey.
+    let wallet = [
+        "--wallet.path",
+        WALLETS,
+        "--wallet.name",
+        "fixture",
+        "--wallet.hotkey",
+        "default",
+    ];
+    let r = ok_json(&run(dir, &[&["register"][..], &wallet].concat()));
+    assert_eq!(
+        (r["uid"].as_u64(), r["hotkey"].as_str()),
+        (Some(0), Some(HOT_SS58))
+    );
+    assert_eq!(r["already_registered"], false);
+    let r = ok_json(&run(dir, &[&["register"][..], &wallet].concat()));
+    assert_eq!(
+        (r["uid"].as_u64(), r["already_registered"].as_bool()),
+        (Some(0), Some(true))
+    );
+
+    let s = ok_json(&run(
+        dir,
+        &[&["stake", "--amount", "12.5"][..], &wallet].concat(),
+    ));
+    assert_eq!(s["stake"], 12.5);
+    let a1 = addr(1);
+    ok_json(&run(dir, &["register", "--hotkey", &a1]));
+
+    let g = ok_json(&run(dir, &["metagraph", "--json"]));
+    assert_eq!(g["netuid"], 9);
+    let n = g["neurons"].as_array().unwrap();
+    assert_eq!(n.len(), 2);
+    assert_eq!(
+        (n[0]["hotkey"].as_str(), n[0]["coldkey"].as_str()),
+        (Some(HOT_SS58), Some(COLD_SS58))
+    );
+    assert_eq!(
+        (n[0]["stake"].as_f64(), n[0]["validator_permit"].as_bool()),
+        (Some(12.5), Some(true))
+    );
+    assert_eq!(
+        (n[1]["hotkey"].as_str(), n[1]["validator_permit"].as_bool()),
+        (Some(a1.as_str()), Some(false))
+    );
+
+    let table = String::from_utf8(run(dir, &["metagraph"]).stdout).unwrap();
+    assert!(
+        table.contains(HOT_SS58) && table.contains("12.5000"),
+        "{table}"
+    );
+
+    // Bad input is a one-line error.
+    fails_with(
+        &run(dir, &["register", "--hotkey", "5notanaddress"]),
+        "not an SS58 address",
+    );
+    fails_with(
+        &run(dir, &["stake", "--hotkey", &a1, "--amount=-3"]),
+        "positive",
+    );
+    fails_with(
+        &run(dir, &["metagraph", "--subtensor.network", "mainnet"]),
+        "unknown network",
+    );
+    fails_with(
+        &run(
+            dir,
+            &[
+                "stake",
+                "--hotkey",
+                &a1,
+                "--amount",
+                "1",
+                "--subtensor.network",
+                "finney",
+            ],
+        ),
+        "needs the embedded chain",
+    );
+}
+
+#[test]
+fn commitments_read_back_by_uid_and_hotkey() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    for i in 0..2u8 {
+        ok_json(&run(dir, &["register", "--hotkey", &addr(i)]));
+    }
+    fails_with(
+        &run(dir, &["commitment", "--uid", "0"]),
+        "has no commitment",
+    );
+    // A miner (this process) commits while the CLI reads.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let data = "alice:gpt2-small:0123456789abcdef0123456789abcdef01234567:aGFzaA==";
+    let block = rt.block_on(async {
+        let chain = EmbeddedChain::open(dir, &EmbeddedOptions::default()).unwrap();
+        chain
+            .commit(&Hotkey::address_only(addr(1)), 9, data.as_bytes())
+            .await
+            .unwrap()
+    });
+    let c = ok_json(&run(dir, &["commitment", "--uid", "1"]));
+    assert_eq!(c["uid"], 1);
+    assert_eq!(c["hotkey"], addr(1).as_str());
+    assert_eq!(c["block"].as_u64(), Some(block));
+    assert_eq!(c["data"], data);
+    assert_eq!(c["model_id"]["namespace"], "alice");
+    assert_eq!(
+        c["model_id"]["commit"],
+        "0123456789abcdef0123456789abcdef01234567"
+    );
+    let by_hotkey = ok_json(&run(dir, &["commitment", "--hotkey", &addr(1)]));
+    assert_eq!(by_hotkey, c);
+    let all = ok_json(&run(dir, &["commitment"]));
+    assert_eq!(all, serde_json::json!([c]));
+    fails_with(
+        &run(dir, &["commitment", "--uid", "7"]),
+        "uid 7 does not exist",
+    );
+}
+
+#[test]
+fn processes_register_and_stake_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // Eight processes register and stake concurrently on a chain none of them created.
+    let children: Vec<_> = (10..18u8)
+        .flat_map(|i| {
+            let a = addr(i);
+            [
+                cmd(dir, &["register", "--hotkey", &a])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap(),
+                cmd(dir, &["stake", "--hotkey", &a, "--amount", "2"])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap(),
+            ]
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let g = ok_json(&run(dir, &["metagraph", "--json"]));
+    let n = g["neurons"].as_array().unwrap();
+    let uids: Vec<u64> = n.iter().map(|x| x["uid"].as_u64().unwrap()).collect();
+    assert_eq!(uids, (0..8).collect::<Vec<u64>>());
+    let mut hotkeys: Vec<String> = n
+        .iter()
+        .map(|x| x["hotkey"].as_str().unwrap().to_string())
+        .collect();
+    hotkeys.sort();
+    let mut expected: Vec<String> = (10..18u8).map(addr).collect();
+    expected.sort();
+    assert_eq!(hotkeys, expected);
+    assert!(n
+        .iter()
+        .all(|x| x["stake"] == 2.0 && x["validator_permit"] == true));
+}
