@@ -346,6 +346,11 @@ async fn subtensor_backend_against_chopsticks() {
         }
         other => panic!("expected RateLimited on an immediate second commit, got {other:?}"),
     }
+    let still = chain
+        .commitment(netuid, &hotkey.ss58)
+        .await
+        .expect("commitment");
+    assert_eq!(still, Some(got), "a refused commit leaves the old one");
 
     // Commit-reveal on: our set_weights refuses clearly.
     let cr = |on: bool| {

@@ -168,6 +168,19 @@ fn eval_of_a_missing_model_fails_with_one_line() {
 
 #[test]
 fn eval_on_pages_is_seeded_and_matches_eval_on_the_same_tokens() {
+    // A small local dataset (JSON Lines, `content` as RefinedWeb): 120 rows,
+    // so there are pages to draw and each holds a few batches.
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let rows: String = (0..120)
+        .map(|i| {
+            let text = format!("Document {i}. ").repeat(40 + i % 7) + "The end.";
+            format!("{}\n", serde_json::json!({ "content": text }))
+        })
+        .collect();
+    std::fs::write(data.join("rows.jsonl"), rows).unwrap();
+    let dataset = format!("local:{}", data.display());
     let model = models_dir().join("tiny-gpt2").join("model");
     let run = || {
         let (ok, out, err) = pretrain(&[
@@ -178,6 +191,8 @@ fn eval_on_pages_is_seeded_and_matches_eval_on_the_same_tokens() {
             "1",
             "--seed",
             "7",
+            "--dataset",
+            &dataset,
         ]);
         assert!(ok, "{err}");
         serde_json::from_str::<Value>(out.trim()).unwrap()
@@ -191,14 +206,13 @@ fn eval_on_pages_is_seeded_and_matches_eval_on_the_same_tokens() {
 
     // The first batch rebuilt by hand: the page's documents, each with the
     // dataset rule, then the first 1024 tokens.
-    let source = pretrain_data::LocalSource::open(pretrain_data::sample_corpus_dir()).unwrap();
+    let source = pretrain_data::LocalSource::open(&data).unwrap();
     let tokenizer = pretrain_data::Tokenizer::gpt2().unwrap();
     let mut buffer = Vec::new();
     for doc in source.read_page(page).unwrap() {
         buffer.extend(tokenizer.encode_document(&doc).unwrap());
     }
     assert_eq!(losses.len(), buffer.len() / 1024);
-    let tmp = tempfile::tempdir().unwrap();
     let tokens = tmp.path().join("tokens.json");
     std::fs::write(&tokens, serde_json::to_string(&[&buffer[..1024]]).unwrap()).unwrap();
     let (ok, out, err) = pretrain(&[
