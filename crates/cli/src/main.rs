@@ -27,7 +27,7 @@ struct Cli {
 enum Command {
     /// Print the hash of a model directory (what a miner commits).
     Hash(cmd::hash::HashArgs),
-    /// Loss of a model directory on a batch of token rows.
+    /// Loss of a model directory on a batch of token rows, or on N pages as the validator measures it.
     Eval(cmd::model::EvalArgs),
     /// Architecture, parameters, size, hash and validity of a model directory.
     Inspect(cmd::model::InspectArgs),
