@@ -14,7 +14,12 @@ use rayon::prelude::*;
 use crate::error::{ModelError, Result};
 
 /// Rows of logits computed at a time in evaluation (`ROWS x V` floats).
-const EVAL_CHUNK_ROWS: usize = 256;
+// 128 x 50257 f32 is 25.7 MB, under glibc's largest dynamic mmap threshold
+// (32 MB): after the first chunk the buffer is reused from the heap instead of
+// being mapped and faulted in afresh each time, as 256 rows (51 MB) were.
+// Measured: ~10% faster evaluation of the default model, 35x less system time
+// for a tiny one.
+const EVAL_CHUNK_ROWS: usize = 128;
 
 /// Log-sum-exp of one row; NaN and +inf propagate as in torch.
 pub(crate) fn row_logsumexp(row: &[f32]) -> f32 {
