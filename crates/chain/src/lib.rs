@@ -85,7 +85,9 @@ impl Hotkey {
 impl fmt::Debug for Hotkey {
     // Never print the secret.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Hotkey").field("ss58", &self.ss58).finish_non_exhaustive()
+        f.debug_struct("Hotkey")
+            .field("ss58", &self.ss58)
+            .finish_non_exhaustive()
     }
 }
 
@@ -140,7 +142,8 @@ pub trait Chain: Send + Sync {
     /// Commits `data` for `hotkey` on `netuid`; returns the block it landed in.
     async fn commit(&self, hotkey: &Hotkey, netuid: u16, data: &[u8]) -> Result<u64, ChainError>;
     /// The hotkey's latest commitment on the subnet.
-    async fn commitment(&self, netuid: u16, hotkey: &str) -> Result<Option<Commitment>, ChainError>;
+    async fn commitment(&self, netuid: u16, hotkey: &str)
+        -> Result<Option<Commitment>, ChainError>;
     /// Every hotkey's latest commitment on the subnet.
     async fn commitments(&self, netuid: u16) -> Result<Vec<Commitment>, ChainError>;
     /// Sets `hotkey`'s weights on the subnet (`u16` values as bittensor emits them).

@@ -44,6 +44,8 @@ enum Command {
     /// Read the chain (metagraph, commitments); register and stake on the embedded chain.
     #[command(subcommand)]
     Chain(cmd::chain::ChainCommand),
+    /// Push a model directory: check it, upload it to the hub, commit its id to the chain.
+    Upload(Box<cmd::upload::UploadArgs>),
 }
 
 fn init_logging(cli: &Cli) {
@@ -73,10 +75,41 @@ fn main() {
         Command::Tokenize(args) => cmd::data::run_tokenize(args),
         Command::Wallet(c) => cmd::wallet::run(c),
         Command::Chain(c) => cmd::chain::run(c),
+        Command::Upload(args) => cmd::upload::run(*args),
     };
     if let Err(err) = result {
-        // One line: the error and its causes.
-        eprintln!("error: {err:#}");
+        eprintln!("error: {}", one_line(&err));
         std::process::exit(1);
+    }
+}
+
+/// The error and its causes on one line. Library errors often repeat their
+/// cause in their own message; a cause already said is not said again.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn causes_are_said_once_on_one_line() {
+        let inner = std::io::Error::other("disk on fire");
+        let err = anyhow::Error::new(inner)
+            .context("reading x: disk on fire")
+            .context("loading\nthe model");
+        assert_eq!(one_line(&err), "loading the model: reading x: disk on fire");
     }
 }

@@ -81,9 +81,17 @@ fn score_reproduces_every_reference_step() {
             assert_eq!(got[key], want[key], "{name}: {key}");
         }
         for (uid, rate) in want["win_rate"].as_object().expect("win_rate") {
-            assert_eq!(num(&got["win_rate"][uid]), num(rate), "{name}: win_rate {uid}");
+            assert_eq!(
+                num(&got["win_rate"][uid]),
+                num(rate),
+                "{name}: win_rate {uid}"
+            );
         }
-        for key in ["step_weights", "new_weights_scattered_normalized", "weights"] {
+        for key in [
+            "step_weights",
+            "new_weights_scattered_normalized",
+            "weights",
+        ] {
             let g = got[key].as_array().expect(key);
             let w = want[key].as_array().expect(key);
             assert_eq!(g.len(), w.len(), "{name}: {key}");
@@ -100,16 +108,31 @@ fn score_rejects_malformed_files_with_one_line() {
     let cases = read_json(&reference("scoring/cases.json"));
     let good = cases["steps"][2].clone();
     let mut missing = good.clone();
-    missing.as_object_mut().expect("object").remove("losses_per_uid");
+    missing
+        .as_object_mut()
+        .expect("object")
+        .remove("losses_per_uid");
     let mut bad_loss = good.clone();
     bad_loss["losses_per_uid"][good["uids"][0].to_string()][0] = Value::from("lots");
     let mut wrong_batches = good.clone();
     wrong_batches["n_batches"] = Value::from(99);
     for (label, body, needle) in [
-        ("not json", b"{ not json".to_vec(), "not a valid scoring step"),
-        ("missing field", serde_json::to_vec(&missing).unwrap(), "losses_per_uid"),
+        (
+            "not json",
+            b"{ not json".to_vec(),
+            "not a valid scoring step",
+        ),
+        (
+            "missing field",
+            serde_json::to_vec(&missing).unwrap(),
+            "losses_per_uid",
+        ),
         ("bad loss", serde_json::to_vec(&bad_loss).unwrap(), "lots"),
-        ("wrong batches", serde_json::to_vec(&wrong_batches).unwrap(), "99"),
+        (
+            "wrong batches",
+            serde_json::to_vec(&wrong_batches).unwrap(),
+            "99",
+        ),
     ] {
         let path = tmp.path().join("step.json");
         std::fs::write(&path, body).expect("write");

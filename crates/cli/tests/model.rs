@@ -225,7 +225,10 @@ fn eval_on_pages_is_seeded_and_matches_eval_on_the_same_tokens() {
     assert!(ok, "{err}");
     let single: Value = serde_json::from_str(out.trim()).unwrap();
     let l0 = losses[0].as_f64().unwrap();
-    assert!((single["loss"].as_f64().unwrap() - l0).abs() < 1e-6, "{l0} vs {single}");
+    assert!(
+        (single["loss"].as_f64().unwrap() - l0).abs() < 1e-6,
+        "{l0} vs {single}"
+    );
     let mean = losses.iter().map(|l| l.as_f64().unwrap()).sum::<f64>() / losses.len() as f64;
     assert!((a["loss"].as_f64().unwrap() - mean).abs() < 1e-9);
 }

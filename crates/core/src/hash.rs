@@ -116,7 +116,10 @@ mod tests {
     use serde_json::Value;
 
     fn reference() -> PathBuf {
-        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/reference/hash"))
+        PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../shared/reference/hash"
+        ))
     }
 
     fn cases() -> Value {
@@ -143,15 +146,28 @@ mod tests {
                 fs::create_dir_all(p.parent().unwrap()).unwrap();
                 let bytes = b64(&f["content_b64"]);
                 fs::write(&p, &bytes).unwrap();
-                assert_eq!(hash_of_file(&p).unwrap(), f["hash_of_file"].as_str().unwrap());
+                assert_eq!(
+                    hash_of_file(&p).unwrap(),
+                    f["hash_of_file"].as_str().unwrap()
+                );
             }
-            for d in tree.get("dirs").and_then(Value::as_array).into_iter().flatten() {
+            for d in tree
+                .get("dirs")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 fs::create_dir_all(tmp.path().join(d.as_str().unwrap())).unwrap();
             }
             let order: Vec<String> = walk_order(tmp.path())
                 .unwrap()
                 .iter()
-                .map(|p| p.strip_prefix(tmp.path()).unwrap().to_string_lossy().replace('\\', "/"))
+                .map(|p| {
+                    p.strip_prefix(tmp.path())
+                        .unwrap()
+                        .to_string_lossy()
+                        .replace('\\', "/")
+                })
                 .collect();
             let expected: Vec<String> = tree["walk_order"]
                 .as_array()
@@ -178,7 +194,10 @@ mod tests {
             let name = tree["name"].as_str().unwrap();
             let dir = reference().join("trees").join(name);
             if dir.is_dir() {
-                assert_eq!(hash_of_directory(&dir).unwrap(), tree["hash_of_directory"].as_str().unwrap());
+                assert_eq!(
+                    hash_of_directory(&dir).unwrap(),
+                    tree["hash_of_directory"].as_str().unwrap()
+                );
                 checked += 1;
             }
         }
@@ -189,14 +208,20 @@ mod tests {
     fn single_files_match_reference() {
         let c = cases();
         for f in c["files"].as_array().unwrap() {
-            assert_eq!(hash_of_bytes(&b64(&f["content_b64"])), f["hash_of_file"].as_str().unwrap());
+            assert_eq!(
+                hash_of_bytes(&b64(&f["content_b64"])),
+                f["hash_of_file"].as_str().unwrap()
+            );
         }
     }
 
     #[test]
     fn empty_directory() {
         let tmp = tempfile::tempdir().unwrap();
-        assert_eq!(hash_of_directory(tmp.path()).unwrap(), "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=");
+        assert_eq!(
+            hash_of_directory(tmp.path()).unwrap(),
+            "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
+        );
     }
 
     #[cfg(unix)]
@@ -212,13 +237,22 @@ mod tests {
         symlink(real.join("a.txt"), linked.join("a.txt")).unwrap();
         // A link to a directory is not descended into.
         symlink(&real, linked.join("dirlink")).unwrap();
-        assert_eq!(hash_of_directory(&linked).unwrap(), hash_of_directory(&real).unwrap());
+        assert_eq!(
+            hash_of_directory(&linked).unwrap(),
+            hash_of_directory(&real).unwrap()
+        );
 
         let looped = tmp.path().join("loop");
         fs::create_dir(&looped).unwrap();
         symlink(looped.join("x"), looped.join("y")).unwrap();
         symlink(looped.join("y"), looped.join("x")).unwrap();
-        assert!(matches!(hash_of_directory(&looped), Err(HashError::Io { .. })));
-        assert!(matches!(hash_of_directory(real.join("a.txt")), Err(HashError::NotADirectory(_))));
+        assert!(matches!(
+            hash_of_directory(&looped),
+            Err(HashError::Io { .. })
+        ));
+        assert!(matches!(
+            hash_of_directory(real.join("a.txt")),
+            Err(HashError::NotADirectory(_))
+        ));
     }
 }

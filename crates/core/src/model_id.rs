@@ -146,7 +146,10 @@ mod tests {
     use serde_json::Value;
 
     fn cases() -> Value {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/reference/modelid/cases.json");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../shared/reference/modelid/cases.json"
+        );
         let text = std::fs::read_to_string(path).expect("reference modelid cases");
         serde_json::from_str(&text).expect("valid json")
     }
@@ -170,7 +173,10 @@ mod tests {
             let id = id_from(&case["input"]);
             let compressed = id.to_compressed_str();
             assert_eq!(compressed, case["compressed"].as_str().unwrap());
-            assert_eq!(compressed.len() as u64, case["compressed_utf8_len"].as_u64().unwrap());
+            assert_eq!(
+                compressed.len() as u64,
+                case["compressed_utf8_len"].as_u64().unwrap()
+            );
             let back = ModelId::from_compressed_str(&compressed).unwrap();
             assert_eq!(back, id_from(&case["parsed_back"]));
             assert_eq!(back == id, case["roundtrip_equal"].as_bool().unwrap());
@@ -194,7 +200,10 @@ mod tests {
     #[test]
     fn repo_id_cases_match_reference() {
         let c = cases();
-        assert_eq!(c["max_repo_id_length"].as_u64().unwrap() as usize, MAX_REPO_ID_LENGTH);
+        assert_eq!(
+            c["max_repo_id_length"].as_u64().unwrap() as usize,
+            MAX_REPO_ID_LENGTH
+        );
         for case in c["validate_hf_repo_id"].as_array().unwrap() {
             let input = case["input"].as_str().unwrap();
             match validate_hf_repo_id(input) {
@@ -219,7 +228,10 @@ mod tests {
             commit: Some("c".repeat(40)),
             hash: Some("h".repeat(44)),
         };
-        assert!(matches!(id.to_chain_bytes(), Err(ModelIdError::TooLong { len: 177, .. })));
+        assert!(matches!(
+            id.to_chain_bytes(),
+            Err(ModelIdError::TooLong { len: 177, .. })
+        ));
     }
 
     proptest! {

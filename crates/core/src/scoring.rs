@@ -193,7 +193,11 @@ pub fn select_best(uids: &[Uid], win_rate: &[f64], sample_min: usize) -> Vec<Uid
             .partial_cmp(&win_rate[a])
             .unwrap_or(std::cmp::Ordering::Equal)
     });
-    let mut best: Vec<Uid> = order.into_iter().take(sample_min).map(|k| uids[k]).collect();
+    let mut best: Vec<Uid> = order
+        .into_iter()
+        .take(sample_min)
+        .map(|k| uids[k])
+        .collect();
     best.sort_unstable();
     best
 }
@@ -440,10 +444,10 @@ impl StepJson {
             let status = self.uid_status.get(&key).copied().unwrap_or(UidStatus::Ok);
             let block = match status {
                 UidStatus::NoMetadata => None,
-                _ => *self
-                    .blocks
-                    .get(&key)
-                    .ok_or(StepJsonError::MissingUid { field: "blocks", uid })?,
+                _ => *self.blocks.get(&key).ok_or(StepJsonError::MissingUid {
+                    field: "blocks",
+                    uid,
+                })?,
             };
             let l: Vec<f64> = match status {
                 UidStatus::Ok => self
@@ -542,7 +546,9 @@ mod tests {
     }
 
     fn num(v: &Value) -> f64 {
-        serde_json::from_value::<JsonF64>(v.clone()).expect("number").0
+        serde_json::from_value::<JsonF64>(v.clone())
+            .expect("number")
+            .0
     }
 
     fn block(v: &Value) -> Option<u64> {
@@ -622,7 +628,12 @@ mod tests {
                     "{name}: win rate of {uid}"
                 );
             }
-            close(&out.step_weights, &exp["step_weights"], "step_weights", &name);
+            close(
+                &out.step_weights,
+                &exp["step_weights"],
+                "step_weights",
+                &name,
+            );
             close(
                 &out.new_weights_scattered_normalized,
                 &exp["new_weights_scattered_normalized"],
@@ -666,7 +677,10 @@ mod tests {
         let mut short = input.clone();
         short.uids = vec![1, 2];
         short.losses = vec![vec![1.0], vec![]];
-        assert!(matches!(short.run(), Err(ScoringError::Batches { uid: 2, .. })));
+        assert!(matches!(
+            short.run(),
+            Err(ScoringError::Batches { uid: 2, .. })
+        ));
     }
 
     fn arb_step() -> impl Strategy<Value = StepInput> {
@@ -697,7 +711,10 @@ mod tests {
                             alpha: 0.9,
                             sample_min,
                             blocks: uids.iter().map(|&u| blocks[usize::from(u)]).collect(),
-                            losses: uids.iter().map(|&u| losses[usize::from(u)].clone()).collect(),
+                            losses: uids
+                                .iter()
+                                .map(|&u| losses[usize::from(u)].clone())
+                                .collect(),
                             prev_weights: prev,
                             uids,
                         }

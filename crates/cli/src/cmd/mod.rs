@@ -6,4 +6,5 @@ pub mod data;
 pub mod hash;
 pub mod model;
 pub mod score;
+pub mod upload;
 pub mod wallet;

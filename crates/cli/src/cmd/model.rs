@@ -117,9 +117,10 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     if n_pages == 0 {
         bail!("--pages must be at least 1");
     }
-    let dataset = args.dataset.clone().unwrap_or_else(|| {
-        format!("local:{}", pretrain_data::sample_corpus_dir().display())
-    });
+    let dataset = args
+        .dataset
+        .clone()
+        .unwrap_or_else(|| format!("local:{}", pretrain_data::sample_corpus_dir().display()));
     let seed = args.seed.unwrap_or_else(pretrain_data::random_seed);
     let source = pretrain_data::open_source(&dataset)
         .with_context(|| format!("opening dataset {dataset}"))?;

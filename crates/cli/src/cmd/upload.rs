@@ -1,0 +1,127 @@
+//! `pretrain upload`: push an existing `save_pretrained` directory (the
+//! original's `upload_model` script): check it as a validator would, upload
+//! it to the hub, then commit its identity to the chain under the hotkey.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use pretrain_chain::{connect, Network};
+use pretrain_model::check::{check_model_dir, Limits};
+use pretrain_store::{open_hub, push, HubOptions, PushOptions};
+use serde_json::json;
+
+use super::chain::ChainArgs;
+use super::wallet::WalletArgs;
+
+/// Default `--hub`: a hub on this machine, so the command works offline.
+pub const DEFAULT_LOCAL_HUB: &str = "local:~/.bittensor/pretrain-hub";
+
+/// Arguments of `pretrain upload`.
+#[derive(Args, Debug)]
+pub struct UploadArgs {
+    /// The model directory to push (`config.json`, `model.safetensors`, ...).
+    #[arg(long = "load_model_dir")]
+    pub load_model_dir: PathBuf,
+    /// Hugging Face repo to upload to, `namespace/name`.
+    #[arg(long = "hf_repo_id")]
+    pub hf_repo_id: String,
+    /// Where models go: `hf` (Hugging Face; token from HF_ACCESS_TOKEN or
+    /// `.env`) or `local:DIR` (a hub on this machine, for the embedded chain).
+    #[arg(long, default_value = DEFAULT_LOCAL_HUB)]
+    pub hub: String,
+    /// Another Hugging Face endpoint, e.g. a mirror (or set HF_ENDPOINT).
+    #[arg(long = "hub_endpoint")]
+    pub hub_endpoint: Option<String>,
+    /// Seconds between two commit attempts while the chain rate-limits them.
+    #[arg(long = "commit_retry_delay", default_value_t = 60.0)]
+    pub commit_retry_delay: f64,
+    /// Give up after this many commit attempts (default: retry until it lands, as the original).
+    #[arg(long = "max_commit_attempts")]
+    pub max_commit_attempts: Option<u32>,
+    #[command(flatten)]
+    pub wallet: WalletArgs,
+    #[command(flatten)]
+    pub chain: ChainArgs,
+}
+
+/// Prints `{"repo_id", "commit", "hash", "block", "model_id"}` once the
+/// model is on the hub and its id on the chain.
+pub fn run(args: UploadArgs) -> anyhow::Result<()> {
+    if !(args.commit_retry_delay.is_finite() && args.commit_retry_delay >= 0.0) {
+        bail!("--commit_retry_delay must be a number of seconds >= 0");
+    }
+    let on_real_chain =
+        args.chain.chain_endpoint.is_some() || args.chain.network != Network::Embedded;
+    if on_real_chain && args.hub.starts_with("local:") {
+        bail!(
+            "--hub {} is only visible on this machine, so validators on a real chain could never \
+             download the model: use --hub hf",
+            args.hub
+        );
+    }
+    let dir = &args.load_model_dir;
+    // A model the validator would reject is refused before anything is uploaded.
+    let info = check_model_dir(dir, Limits::default())
+        .with_context(|| format!("{} is not a model the validator accepts", dir.display()))?;
+    tracing::info!(?info, "model checked");
+    let hotkey = args
+        .wallet
+        .wallet()
+        .hotkey()
+        .context("loading the hotkey")?;
+    let hub_spec = match args.hub.strip_prefix("local:") {
+        Some(path) => format!(
+            "local:{}",
+            pretrain_chain::wallet::expand_home(std::path::Path::new(path)).display()
+        ),
+        None => args.hub.clone(),
+    };
+    let hub = open_hub(
+        &hub_spec,
+        HubOptions {
+            endpoint: args.hub_endpoint.clone(),
+            token: None,
+            progress: true,
+        },
+    )
+    .with_context(|| format!("opening hub {}", args.hub))?;
+    let options = PushOptions {
+        netuid: args.chain.netuid,
+        retry_delay: Duration::from_secs_f64(args.commit_retry_delay),
+        max_attempts: args.max_commit_attempts,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let meta = runtime.block_on(async {
+        let chain = connect(&args.chain.options()?)
+            .await
+            .context("connecting to the chain")?;
+        push(
+            hub.as_ref(),
+            chain.as_ref(),
+            &hotkey,
+            dir,
+            &args.hf_repo_id,
+            &options,
+        )
+        .await
+        .with_context(|| format!("pushing {} to {}", dir.display(), args.hf_repo_id))
+    })?;
+    println!(
+        "{}",
+        json!({
+            "repo_id": args.hf_repo_id,
+            "commit": meta.id.commit,
+            "hash": meta.id.hash,
+            "block": meta.block,
+            "model_id": meta.id.to_string(),
+            "hotkey": hotkey.ss58,
+        })
+    );
+    Ok(())
+}

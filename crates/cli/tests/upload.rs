@@ -1,0 +1,197 @@
+//! `pretrain upload` end to end on the offline backends: the fixture wallet,
+//! the embedded chain and a local hub; then the validator's store fetches
+//! and verifies what was committed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use pretrain_core::ModelId;
+use pretrain_store::{open_hub, HubOptions, ModelStore};
+use serde_json::Value;
+
+const WALLETS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../../shared/reference/wallet"
+);
+// From shared/reference/wallet/README.md.
+const HOT_SS58: &str = "5EHgWw2Af1pnoc7f1A8bfmM97W3DAYW8xr82RfhLL9oAabAe";
+
+fn reference_model() -> (PathBuf, Value) {
+    let dir = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/reference/models/tiny-gpt2"
+    ));
+    let expected =
+        serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
+    (dir.join("model"), expected)
+}
+
+fn pretrain(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pretrain"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run pretrain")
+}
+
+fn ok_json(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stdout is JSON")
+}
+
+fn fails_with(out: &Output, needle: &str) {
+    assert!(!out.status.success(), "should have failed");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("error:") && err.contains(needle), "{err}");
+}
+
+fn common(chain_dir: &Path) -> Vec<String> {
+    [
+        "--wallet.path",
+        WALLETS,
+        "--wallet.name",
+        "fixture",
+        "--wallet.hotkey",
+        "default",
+        "--chain_dir",
+        chain_dir.to_str().unwrap(),
+        "--block_time",
+        "0.05",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn upload(model: &Path, hub: &str, chain_dir: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "upload".to_string(),
+        "--load_model_dir".into(),
+        model.to_str().unwrap().into(),
+        "--hf_repo_id".into(),
+        "miner/tiny-gpt2".into(),
+        "--hub".into(),
+        hub.into(),
+    ];
+    args.extend(common(chain_dir));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    pretrain(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+#[test]
+fn upload_commits_the_reference_hash_and_the_validator_fetches_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let chain_dir = tmp.path().join("chain");
+    let hub_dir = tmp.path().join("hub");
+    let hub = format!("local:{}", hub_dir.display());
+    let (model, expected) = reference_model();
+
+    // Not registered yet: the commit is refused, not retried forever.
+    fails_with(
+        &upload(
+            &model,
+            &hub,
+            &chain_dir,
+            &["--max_commit_attempts", "2", "--commit_retry_delay", "0"],
+        ),
+        "subnet 9 does not exist",
+    );
+    let mut reg = vec!["chain".to_string(), "register".into()];
+    reg.extend(common(&chain_dir));
+    ok_json(&pretrain(
+        &reg.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+
+    let out = ok_json(&upload(&model, &hub, &chain_dir, &[]));
+    // The committed hash is the one the original computes for these files.
+    assert_eq!(out["hash"], expected["hash_of_directory"]);
+    assert_eq!(out["hotkey"], HOT_SS58);
+    let commit = out["commit"].as_str().unwrap();
+    assert!(commit.len() == 40 && commit.bytes().all(|b| b.is_ascii_hexdigit()));
+    let id = ModelId::from_compressed_str(out["model_id"].as_str().unwrap()).unwrap();
+    assert_eq!(id.namespace, "miner");
+    assert_eq!(id.name, "tiny-gpt2");
+
+    // The chain holds it under uid 0.
+    let c = ok_json(&pretrain(&[
+        "chain",
+        "commitment",
+        "--uid",
+        "0",
+        "--chain_dir",
+        chain_dir.to_str().unwrap(),
+    ]));
+    assert_eq!(c["data"], out["model_id"]);
+    assert_eq!(c["block"], out["block"]);
+
+    // A second push right away is rate-limited by the chain (100 blocks).
+    fails_with(
+        &upload(&model, &hub, &chain_dir, &["--max_commit_attempts", "1"]),
+        "rate limited",
+    );
+
+    // The validator's side: download at the commit, verify the hash.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let hub = open_hub(&hub, HubOptions::default()).unwrap();
+    let store = ModelStore::new(tmp.path().join("validator"));
+    let fetched = rt
+        .block_on(store.fetch(
+            hub.as_ref(),
+            HOT_SS58,
+            &id,
+            pretrain_core::constants::MAX_MODEL_BYTES,
+        ))
+        .unwrap();
+    assert_eq!(
+        fetched.hash,
+        expected["hash_of_directory"].as_str().unwrap()
+    );
+    assert!(fetched.path.join("model.safetensors").is_file());
+}
+
+#[test]
+fn upload_refuses_bad_input_before_uploading() {
+    let tmp = tempfile::tempdir().unwrap();
+    let chain_dir = tmp.path().join("chain");
+    let hub_dir = tmp.path().join("hub");
+    let hub = format!("local:{}", hub_dir.display());
+    let (model, _) = reference_model();
+
+    // A local hub with a real chain: validators could never download it.
+    fails_with(
+        &upload(&model, &hub, &chain_dir, &["--subtensor.network", "finney"]),
+        "--hub hf",
+    );
+
+    // Weights as pickle only: the validator would reject it, so it is not uploaded.
+    let bad = tmp.path().join("bad");
+    std::fs::create_dir(&bad).unwrap();
+    std::fs::copy(model.join("config.json"), bad.join("config.json")).unwrap();
+    std::fs::write(bad.join("pytorch_model.bin"), b"not a pickle").unwrap();
+    fails_with(
+        &upload(&bad, &hub, &chain_dir, &[]),
+        "not a model the validator accepts",
+    );
+    assert!(!hub_dir.exists(), "nothing reached the hub");
+
+    // A repo id that cannot be a Hugging Face repo.
+    let mut args = vec![
+        "upload".to_string(),
+        "--load_model_dir".into(),
+        model.to_str().unwrap().into(),
+        "--hf_repo_id".into(),
+        "no-slash".into(),
+        "--hub".into(),
+        hub.clone(),
+    ];
+    args.extend(common(&chain_dir));
+    let out = pretrain(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!out.status.success());
+    assert!(!hub_dir.join("no-slash").exists());
+}
