@@ -60,7 +60,8 @@ fn common(chain_dir: &Path) -> Vec<String> {
         "--chain_dir",
         chain_dir.to_str().unwrap(),
         "--block_time",
-        "0.05",
+        // 100 blocks of rate limit = 20 s: ample for the second push to come too early.
+        "0.2",
     ]
     .map(String::from)
     .to_vec()
