@@ -877,19 +877,7 @@ impl Chain for EmbeddedChain {
         values: &[u16],
         version_key: u64,
     ) -> Result<(), ChainError> {
-        if uids.len() != values.len() {
-            return Err(ChainError::Rejected(format!(
-                "set_weights got {} uids but {} values",
-                uids.len(),
-                values.len()
-            )));
-        }
-        let mut seen = std::collections::HashSet::new();
-        if let Some(dup) = uids.iter().find(|u| !seen.insert(**u)) {
-            return Err(ChainError::Rejected(format!(
-                "set_weights got uid {dup} twice"
-            )));
-        }
+        crate::check_weights(uids, values)?;
         let hotkey = hotkey.ss58.clone();
         let pairs: Vec<(u16, u16)> = uids.iter().copied().zip(values.iter().copied()).collect();
         self.run(move |conn, clock, path| {

@@ -156,3 +156,22 @@ pub trait Chain: Send + Sync {
         version_key: u64,
     ) -> Result<(), ChainError>;
 }
+
+/// Refuses a weight vector no chain accepts (lengths differ, a uid twice)
+/// before anything is sent.
+pub(crate) fn check_weights(uids: &[u16], values: &[u16]) -> Result<(), ChainError> {
+    if uids.len() != values.len() {
+        return Err(ChainError::Rejected(format!(
+            "set_weights got {} uids but {} values",
+            uids.len(),
+            values.len()
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    match uids.iter().find(|u| !seen.insert(**u)) {
+        Some(dup) => Err(ChainError::Rejected(format!(
+            "set_weights got uid {dup} twice"
+        ))),
+        None => Ok(()),
+    }
+}

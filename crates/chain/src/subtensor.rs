@@ -624,6 +624,22 @@ async fn subnet_exists(at: &AtBlock, netuid: u16) -> Result<bool, ChainError> {
     }
 }
 
+/// Refuses a transaction from a hotkey with no uid on an existing subnet
+/// before it is sent: the pallets would only give a vaguer error.
+async fn ensure_registered(
+    at: &AtBlock,
+    account: &[u8; 32],
+    ctx: &TxContext<'_>,
+) -> Result<(), ChainError> {
+    if !subnet_exists(at, ctx.netuid).await? {
+        return Err(ChainError::NoSuchSubnet(ctx.netuid));
+    }
+    match uid_at(at, ctx.netuid, account).await? {
+        Some(_) => Ok(()),
+        None => Err(ctx.error(ErrorClass::NotRegistered, String::new())),
+    }
+}
+
 async fn uid_at(at: &AtBlock, netuid: u16, account: &[u8; 32]) -> Result<Option<u16>, ChainError> {
     let metadata = at.metadata();
     let key = storage_key(&metadata, SUBTENSOR, "Uids", (netuid, *account))?;
@@ -912,13 +928,7 @@ impl Chain for SubtensorChain {
         };
         self.call(|c| async move {
             let at = at_latest(&c).await?;
-            if !subnet_exists(&at, netuid).await? {
-                return Err(ChainError::NoSuchSubnet(netuid));
-            }
-            // The pallet would only say `AccountNotAllowedCommit`; say what is wrong.
-            if uid_at(&at, netuid, &account).await?.is_none() {
-                return Err(ctx.error(ErrorClass::NotRegistered, String::new()));
-            }
+            ensure_registered(&at, &account, &ctx).await?;
             submit(&c, &at, &call, &signer, ctx).await
         })
         .await
@@ -946,13 +956,7 @@ impl Chain for SubtensorChain {
         values: &[u16],
         version_key: u64,
     ) -> Result<(), ChainError> {
-        if uids.len() != values.len() {
-            return Err(ChainError::Rejected(format!(
-                "set_weights: {} uids but {} weights",
-                uids.len(),
-                values.len()
-            )));
-        }
+        crate::check_weights(uids, values)?;
         let signer = keypair_of(hotkey)?;
         let call = set_weights_call(netuid, uids, values, version_key);
         let account = account_of(&hotkey.ss58)?;
@@ -963,12 +967,7 @@ impl Chain for SubtensorChain {
         };
         self.call(|c| async move {
             let at = at_latest(&c).await?;
-            if !subnet_exists(&at, netuid).await? {
-                return Err(ChainError::NoSuchSubnet(netuid));
-            }
-            if uid_at(&at, netuid, &account).await?.is_none() {
-                return Err(ctx.error(ErrorClass::NotRegistered, String::new()));
-            }
+            ensure_registered(&at, &account, &ctx).await?;
             let commit_reveal = fetch_value(&at, SUBTENSOR, "CommitRevealWeightsEnabled", (netuid,))
                 .await?
                 .as_ref()

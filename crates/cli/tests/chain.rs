@@ -6,7 +6,6 @@ use std::process::{Command, Output, Stdio};
 use pretrain_chain::embedded::{EmbeddedChain, EmbeddedOptions};
 use pretrain_chain::wallet::KeyPair;
 use pretrain_chain::{Chain, Hotkey};
-use serde_json::Value;
 
 const WALLETS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -33,20 +32,8 @@ fn run(dir: &Path, args: &[&str]) -> Output {
     cmd(dir, args).output().expect("run pretrain")
 }
 
-fn ok_json(out: &Output) -> Value {
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("stdout is JSON")
-}
-
-fn fails_with(out: &Output, needle: &str) {
-    assert!(!out.status.success(), "should have failed");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("error:") && err.contains(needle), "{err}");
-}
+mod common;
+use common::{fails_with, ok_json};
 
 #[test]
 fn a_newcomer_sets_up_a_subnet_with_register_and_stake() {

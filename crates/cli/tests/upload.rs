@@ -34,20 +34,8 @@ fn pretrain(args: &[&str]) -> Output {
         .expect("run pretrain")
 }
 
-fn ok_json(out: &Output) -> Value {
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("stdout is JSON")
-}
-
-fn fails_with(out: &Output, needle: &str) {
-    assert!(!out.status.success(), "should have failed");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("error:") && err.contains(needle), "{err}");
-}
+mod common;
+use common::{fails_with, ok_json};
 
 fn common(chain_dir: &Path) -> Vec<String> {
     [

@@ -4,7 +4,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use serde_json::Value;
 
 const ROOT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -25,14 +24,8 @@ fn pretrain(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().expect("run pretrain")
 }
 
-fn ok_json(out: &Output) -> Value {
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("stdout is JSON")
-}
+mod common;
+use common::ok_json;
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777

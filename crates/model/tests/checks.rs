@@ -6,13 +6,10 @@ use candle_core::Device;
 use pretrain_model::{check_model_dir, check_reason, CausalLm, Limits, Model, ModelError};
 use serde_json::{json, Value};
 
+mod common;
+
 fn tiny(name: &str) -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/reference/models"
-    ))
-    .join(name)
-    .join("model")
+    common::models_dir().join(name).join("model")
 }
 
 /// A copy of a reference model directory to tamper with.

@@ -11,12 +11,8 @@ use pretrain_model::{CausalLm, Model, ModelConfig};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-fn models_dir() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/reference/models"
-    ))
-}
+mod common;
+use common::{models_dir, rows};
 
 fn json(p: PathBuf) -> Value {
     serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
@@ -198,18 +194,7 @@ fn half_precision_weights_load_as_f32() {
     let src = models_dir().join("tiny-gpt2/model");
     let model = Model::load(&src, &Device::Cpu).unwrap();
     let exp = json(models_dir().join("tiny-gpt2/expected.json"));
-    let batch: Vec<Vec<u32>> = exp["batches"][2]["input_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            r.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_u64().unwrap() as u32)
-                .collect()
-        })
-        .collect();
+    let batch = rows(&exp["batches"][2]["input_ids"]);
     let want = exp["batches"][2]["loss"].as_f64().unwrap();
     for (dt, name) in [(DType::F16, "F16"), (DType::BF16, "BF16")] {
         let tmp = tempfile::tempdir().unwrap();

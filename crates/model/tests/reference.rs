@@ -1,37 +1,12 @@
 //! Losses, logits, parameter counts and files against the reference models
 //! made with `transformers` (`shared/reference/models`).
 
-use std::path::PathBuf;
-
 use candle_core::Device;
 use pretrain_model::{CausalLm, Model};
 use serde_json::Value;
 
-fn models_dir() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/reference/models"
-    ))
-}
-
-fn expected(name: &str) -> Value {
-    let p = models_dir().join(name).join("expected.json");
-    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
-}
-
-fn rows(v: &Value) -> Vec<Vec<u32>> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            r.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_u64().unwrap() as u32)
-                .collect()
-        })
-        .collect()
-}
+mod common;
+use common::{expected, models_dir, rows};
 
 fn f(v: &Value) -> f64 {
     v.as_f64().unwrap()

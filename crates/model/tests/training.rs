@@ -1,36 +1,11 @@
 //! AdamW training parity with `torch.optim.AdamW` on the reference models.
 
-use std::path::PathBuf;
-
 use candle_core::Device;
 use pretrain_model::{Model, TrainConfig, Trainer};
 use serde_json::Value;
 
-fn models_dir() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/reference/models"
-    ))
-}
-
-fn expected(name: &str) -> Value {
-    let p = models_dir().join(name).join("expected.json");
-    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
-}
-
-fn rows(v: &Value) -> Vec<Vec<u32>> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            r.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_u64().unwrap() as u32)
-                .collect()
-        })
-        .collect()
-}
+mod common;
+use common::{expected, models_dir, rows};
 
 fn close(a: f32, b: &Value, what: &str) {
     let b = b.as_f64().unwrap();

@@ -3,18 +3,13 @@
 //! Python, torch or transformers are missing (`PRETRAIN_PYTHON` picks the
 //! interpreter, default `python3`).
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use candle_core::Device;
 use pretrain_model::{CausalLm, Model, TrainConfig, Trainer};
 
-fn models_dir() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/reference/models"
-    ))
-}
+mod common;
+use common::models_dir;
 
 fn check(name: &str) {
     let model = Model::load(&models_dir().join(name).join("model"), &Device::Cpu).unwrap();

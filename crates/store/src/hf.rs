@@ -229,17 +229,8 @@ impl HfHub {
             revision.to_string(),
         ));
         let what = format!("listing files of {repo}@{revision}");
-        self.retrying(&what, || async {
-            let resp = api_repo
-                .info_request()
-                .query(&[("blobs", "true")])
-                .send()
-                .await
-                .map_err(|e| network(&what, e))?;
-            let resp = check_status(resp, &what).await?;
-            resp.json::<RepoInfo>()
-                .await
-                .map_err(|e| HubError::BadResponse(format!("{what}: {e}")))
+        self.retrying(&what, || {
+            send_json(api_repo.info_request().query(&[("blobs", "true")]), &what)
         })
         .await
     }
@@ -301,20 +292,8 @@ impl HfHub {
             "path": f.path, "sample": B64.encode(&f.sample), "size": f.size,
         })).collect::<Vec<_>>()});
         let answer: Value = self
-            .retrying(&what, || async {
-                let resp = self
-                    .client
-                    .post(&url)
-                    .bearer_auth(token)
-                    .json(&body)
-                    .send()
-                    .await
-                    .map_err(|e| network(&what, e))?;
-                check_status(resp, &what)
-                    .await?
-                    .json()
-                    .await
-                    .map_err(|e| HubError::BadResponse(format!("{what}: {e}")))
+            .retrying(&what, || {
+                send_json(self.client.post(&url).bearer_auth(token).json(&body), &what)
             })
             .await?;
         let modes = answer["files"]
@@ -358,22 +337,15 @@ impl HfHub {
             "hash_algo": "sha256",
         });
         let answer: Value = self
-            .retrying(&what, || async {
-                let resp = self
+            .retrying(&what, || {
+                let req = self
                     .client
                     .post(&url)
                     .bearer_auth(token)
                     .header("accept", "application/vnd.git-lfs+json")
                     .header(CONTENT_TYPE, "application/vnd.git-lfs+json")
-                    .body(body.to_string())
-                    .send()
-                    .await
-                    .map_err(|e| network(&what, e))?;
-                check_status(resp, &what)
-                    .await?
-                    .json()
-                    .await
-                    .map_err(|e| HubError::BadResponse(format!("{what}: {e}")))
+                    .body(body.to_string());
+                send_json(req, &what)
             })
             .await?;
         let objects = answer["objects"].as_array().ok_or_else(|| {
@@ -565,21 +537,14 @@ impl HfHub {
         let url = format!("{}/api/models/{}/commit/main", self.options.endpoint, repo);
         let what = format!("committing to {repo}");
         let answer: Value = self
-            .retrying(&what, || async {
-                let resp = self
+            .retrying(&what, || {
+                let req = self
                     .client
                     .post(&url)
                     .bearer_auth(token)
                     .header(CONTENT_TYPE, "application/x-ndjson")
-                    .body(body.clone())
-                    .send()
-                    .await
-                    .map_err(|e| network(&what, e))?;
-                check_status(resp, &what)
-                    .await?
-                    .json()
-                    .await
-                    .map_err(|e| HubError::BadResponse(format!("{what}: {e}")))
+                    .body(body.clone());
+                send_json(req, &what)
             })
             .await?;
         let oid = answer["commitOid"]
@@ -806,6 +771,19 @@ fn header_map(
 
 fn network(what: &str, e: reqwest::Error) -> HubError {
     HubError::Network(format!("{what}: {e}"))
+}
+
+/// Sends `req` and parses the JSON answer, mapping failures onto [`HubError`].
+async fn send_json<T: serde::de::DeserializeOwned>(
+    req: reqwest::RequestBuilder,
+    what: &str,
+) -> Result<T, HubError> {
+    let resp = req.send().await.map_err(|e| network(what, e))?;
+    check_status(resp, what)
+        .await?
+        .json()
+        .await
+        .map_err(|e| HubError::BadResponse(format!("{what}: {e}")))
 }
 
 /// Maps the hub's error statuses onto [`HubError`], with its message.
