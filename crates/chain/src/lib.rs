@@ -51,6 +51,17 @@ pub enum ChainError {
     Storage(String),
 }
 
+impl ChainError {
+    /// Whether the same call may succeed later (rate limit, network,
+    /// timeout); anything else is a refusal that retrying cannot fix.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ChainError::RateLimited(_) | ChainError::Timeout(_) | ChainError::Network(_)
+        )
+    }
+}
+
 /// A hotkey able to sign calls: its SS58 address and sr25519 mini secret.
 #[derive(Clone)]
 pub struct Hotkey {

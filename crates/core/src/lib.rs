@@ -2,13 +2,17 @@
 //! [`ModelMetadata`]), the model hash the miner commits and the validator
 //! checks, the validator's scoring rules and the competition constants.
 //!
-//! Pure: no I/O besides reading the files being hashed.
+//! Pure apart from reading the files being hashed and [`fsio`], the one
+//! atomic-write helper every crate uses for files kept for later.
 
+pub mod backoff;
 pub mod constants;
+pub mod fsio;
 pub mod hash;
 pub mod model_id;
 pub mod scoring;
 
+pub use backoff::Backoff;
 pub use constants::Competition;
 pub use hash::{hash_of_directory, hash_of_file, HashError};
 pub use model_id::{validate_hf_repo_id, ModelId, ModelIdError, ModelMetadata, RepoIdError};

@@ -1,3 +1,11 @@
 //! The miner (training loop, push) and the validator (update, eval and clean
-//! loops, persisted state), written against the traits of the other crates,
-//! never against a concrete backend.
+//! loops, persisted state), written against the traits of the other crates
+//! (`Chain`, `ModelHub`, `PageSource`), never against a concrete backend.
+
+#![warn(missing_docs)]
+
+pub mod push;
+pub mod retry;
+
+pub use push::{push, PushError, PushOptions};
+pub use retry::{retry, GaveUp};

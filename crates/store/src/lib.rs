@@ -23,27 +23,23 @@
 //! its root.
 //!
 //! # Miner
-//! [`push`] uploads a `save_pretrained` directory, builds its
-//! [`pretrain_core::ModelId`] (commit of the upload, hash of the directory)
-//! and commits it to the chain, retrying while the chain rate-limits.
+//! The miner's push (upload, then commit) lives in `pretrain-neurons`; this
+//! crate only moves files.
 //!
 //! ```no_run
-//! # async fn example(chain: &dyn pretrain_chain::Chain, hotkey: &pretrain_chain::Hotkey)
+//! # async fn example(hotkey: &str, id: pretrain_core::ModelId)
 //! # -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
-//! use pretrain_store::{open_hub, push, HubOptions, ModelStore, PushOptions};
+//! use pretrain_store::{open_hub, HubOptions, ModelStore};
 //!
 //! let hub = open_hub("local:/tmp/hub", HubOptions::default())?;
-//! // Miner: upload and commit (retries while the chain rate-limits).
-//! let meta = push(hub.as_ref(), chain, hotkey, "out/best".as_ref(), "alice/my-model",
-//!                 &PushOptions::default()).await?;
 //! // Validator: fetch and verify that hotkey's model, then clean up.
 //! let store = ModelStore::new("/tmp/validator");
 //! let model = store
-//!     .fetch(hub.as_ref(), &hotkey.ss58, &meta.id, pretrain_core::constants::MAX_MODEL_BYTES)
+//!     .fetch(hub.as_ref(), hotkey, &id, pretrain_core::constants::MAX_MODEL_BYTES)
 //!     .await?;
 //! println!("{} at {}", model.hash, model.path.display());
-//! let tracked = [(hotkey.ss58.clone(), meta.id)].into_iter().collect();
+//! let tracked = [(hotkey.to_string(), id)].into_iter().collect();
 //! store.delete_unreferenced(&tracked, Duration::from_secs(300))?;
 //! # Ok(()) }
 //! ```
@@ -60,7 +56,6 @@
 pub mod hf;
 pub mod local;
 pub mod paths;
-pub mod push;
 pub mod store;
 
 use std::path::{Path, PathBuf};
@@ -71,7 +66,6 @@ use thiserror::Error;
 pub use hf::{hf_token, HfHub, HfOptions};
 pub use local::LocalHub;
 pub use paths::RepoId;
-pub use push::{push, PushError, PushOptions};
 pub use store::{CleanupReport, FetchedModel, ModelStore, StoreError};
 
 /// One file of a repo at a commit.
@@ -147,6 +141,12 @@ pub enum HubError {
 }
 
 impl HubError {
+    /// Whether the same call may succeed later (rate limit, network);
+    /// anything else is a refusal that retrying cannot fix.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, HubError::RateLimited(_) | HubError::Network(_))
+    }
+
     /// Wraps an I/O error with what was being done.
     pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> HubError {
         let context = context.into();
@@ -212,7 +212,7 @@ pub fn open_hub(spec: &str, options: HubOptions) -> Result<Box<dyn ModelHub>, Hu
 /// Lists the regular files of `dir` as the model hash sees them
 /// (`/`-separated relative paths, symlinks to files followed, symlinks to
 /// directories skipped), with their sizes.
-pub(crate) fn list_local_files(dir: &Path) -> Result<Vec<(String, PathBuf, u64)>, HubError> {
+pub fn list_local_files(dir: &Path) -> Result<Vec<(String, PathBuf, u64)>, HubError> {
     let files = pretrain_core::hash::walk_order(dir).map_err(|e| HubError::Io {
         context: format!("cannot list {}", dir.display()),
         source: std::io::Error::other(e.to_string()),

@@ -1,5 +1,6 @@
 //! One module per command (or command group) of `pretrain`.
 
+pub mod args;
 pub mod bench;
 pub mod chain;
 pub mod data;

@@ -9,14 +9,12 @@ use anyhow::{bail, Context};
 use clap::Args;
 use pretrain_chain::{connect, Network};
 use pretrain_model::check::{check_model_dir, Limits};
-use pretrain_store::{open_hub, push, HubOptions, PushOptions};
+use pretrain_neurons::{push, PushOptions};
 use serde_json::json;
 
+use super::args::HubArgs;
 use super::chain::ChainArgs;
 use super::wallet::WalletArgs;
-
-/// Default `--hub`: a hub on this machine, so the command works offline.
-pub const DEFAULT_LOCAL_HUB: &str = "local:~/.bittensor/pretrain-hub";
 
 /// Arguments of `pretrain upload`.
 #[derive(Args, Debug)]
@@ -27,13 +25,8 @@ pub struct UploadArgs {
     /// Hugging Face repo to upload to, `namespace/name`.
     #[arg(long = "hf_repo_id")]
     pub hf_repo_id: String,
-    /// Where models go: `hf` (Hugging Face; token from HF_ACCESS_TOKEN or
-    /// `.env`) or `local:DIR` (a hub on this machine, for the embedded chain).
-    #[arg(long, default_value = DEFAULT_LOCAL_HUB)]
-    pub hub: String,
-    /// Another Hugging Face endpoint, e.g. a mirror (or set HF_ENDPOINT).
-    #[arg(long = "hub_endpoint")]
-    pub hub_endpoint: Option<String>,
+    #[command(flatten)]
+    pub hub: HubArgs,
     /// Seconds between two commit attempts while the chain rate-limits them.
     #[arg(long = "commit_retry_delay", default_value_t = 60.0)]
     pub commit_retry_delay: f64,
@@ -54,11 +47,11 @@ pub fn run(args: UploadArgs) -> anyhow::Result<()> {
     }
     let on_real_chain =
         args.chain.chain_endpoint.is_some() || args.chain.network != Network::Embedded;
-    if on_real_chain && args.hub.starts_with("local:") {
+    if on_real_chain && args.hub.is_local() {
         bail!(
             "--hub {} is only visible on this machine, so validators on a real chain could never \
              download the model: use --hub hf",
-            args.hub
+            args.hub.hub
         );
     }
     let dir = &args.load_model_dir;
@@ -71,26 +64,12 @@ pub fn run(args: UploadArgs) -> anyhow::Result<()> {
         .wallet()
         .hotkey()
         .context("loading the hotkey")?;
-    let hub_spec = match args.hub.strip_prefix("local:") {
-        Some(path) => format!(
-            "local:{}",
-            pretrain_chain::wallet::expand_home(std::path::Path::new(path)).display()
-        ),
-        None => args.hub.clone(),
-    };
-    let hub = open_hub(
-        &hub_spec,
-        HubOptions {
-            endpoint: args.hub_endpoint.clone(),
-            token: None,
-            progress: true,
-        },
-    )
-    .with_context(|| format!("opening hub {}", args.hub))?;
+    let hub = args.hub.open(true)?;
     let options = PushOptions {
         netuid: args.chain.netuid,
         retry_delay: Duration::from_secs_f64(args.commit_retry_delay),
         max_attempts: args.max_commit_attempts,
+        ..PushOptions::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

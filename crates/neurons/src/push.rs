@@ -5,12 +5,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use pretrain_chain::{Chain, ChainError, Hotkey};
-use pretrain_core::{ModelId, ModelIdError, ModelMetadata};
+use pretrain_core::{Backoff, ModelId, ModelIdError, ModelMetadata};
+use pretrain_store::{list_local_files, HubError, ModelHub, RepoId};
 use thiserror::Error;
-use tracing::{info, warn};
+use tracing::info;
 
-use crate::paths::RepoId;
-use crate::{list_local_files, HubError, ModelHub};
+use crate::retry::retry;
 
 /// Settings of [`push`].
 #[derive(Debug, Clone)]
@@ -19,8 +19,12 @@ pub struct PushOptions {
     pub netuid: u16,
     /// Wait between two commit attempts (the original waited 60 s).
     pub retry_delay: Duration,
-    /// Give up after this many commit attempts; `None` retries forever, as the original did.
+    /// Give up after this many commit attempts; `None` retries forever, as
+    /// the original did (only while the chain says "later": a permanent
+    /// refusal ends at once).
     pub max_attempts: Option<u32>,
+    /// Retries of the hub upload while the hub is unreachable or rate-limits.
+    pub upload_backoff: Backoff,
 }
 
 impl Default for PushOptions {
@@ -29,6 +33,7 @@ impl Default for PushOptions {
             netuid: pretrain_core::constants::SUBNET_UID,
             retry_delay: Duration::from_secs(60),
             max_attempts: None,
+            upload_backoff: Backoff::default(),
         }
     }
 }
@@ -64,6 +69,14 @@ pub enum PushError {
     /// The chain refused for a reason retrying cannot fix.
     #[error("chain: {0}")]
     Chain(ChainError),
+    /// The hotkey has no uid on the subnet: nothing was uploaded.
+    #[error("hotkey {hotkey} is not registered on subnet {netuid}: register it first (btcli subnet register, or `pretrain chain register` on the embedded chain)")]
+    NotRegistered {
+        /// SS58 address.
+        hotkey: String,
+        /// Subnet.
+        netuid: u16,
+    },
     /// The chain kept refusing until the attempts ran out.
     #[error("chain refused the commitment {attempts} times, last: {last}")]
     GaveUp {
@@ -88,6 +101,17 @@ pub async fn push(
     options: &PushOptions,
 ) -> Result<ModelMetadata, PushError> {
     let repo = RepoId::parse(repo_id)?;
+    // Nothing is written to the hub for a hotkey the chain would refuse.
+    match chain.uid_of(options.netuid, &hotkey.ss58).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return Err(PushError::NotRegistered {
+                hotkey: hotkey.ss58.clone(),
+                netuid: options.netuid,
+            })
+        }
+        Err(e) => return Err(PushError::Chain(e)),
+    }
     let d = dir.to_path_buf();
     let hash = tokio::task::spawn_blocking(move || pretrain_core::hash_of_directory(&d))
         .await
@@ -109,7 +133,11 @@ pub async fn push(
     .to_chain_bytes()?;
 
     info!(repo = %repo, dir = %dir.display(), %hash, "uploading model");
-    let commit = hub.upload(dir, repo_id).await?;
+    let commit = retry("uploading to the hub", &options.upload_backoff, HubError::is_retryable, || {
+        hub.upload(dir, repo_id)
+    })
+    .await
+    .map_err(|g| g.error)?;
     check_uploaded(hub, dir, repo_id, &commit).await?;
 
     let id = ModelId {
@@ -119,29 +147,21 @@ pub async fn push(
         hash: Some(hash),
     };
     let data = id.to_chain_bytes()?;
-    let mut attempts = 0u32;
-    loop {
-        attempts += 1;
-        match chain.commit(hotkey, options.netuid, &data).await {
-            Ok(block) => {
-                info!(model = %id, block, attempts, "model committed to the chain");
-                return Ok(ModelMetadata { id, block });
-            }
-            Err(e @ (ChainError::NotRegistered { .. } | ChainError::NoSuchSubnet(_))) => {
-                return Err(PushError::Chain(e))
-            }
-            Err(e) => {
-                if options.max_attempts.is_some_and(|max| attempts >= max) {
-                    return Err(PushError::GaveUp { attempts, last: e });
-                }
-                warn!(
-                    "chain did not take the commitment of {id} (attempt {attempts}): {e}; waiting {:?} before retrying",
-                    options.retry_delay
-                );
-                tokio::time::sleep(options.retry_delay).await;
-            }
-        }
-    }
+    let schedule = Backoff::constant(options.retry_delay, options.max_attempts);
+    let block = retry("committing the model to the chain", &schedule, ChainError::is_retryable, || {
+        chain.commit(hotkey, options.netuid, &data)
+    })
+    .await
+    .map_err(|g| match g.error {
+        ChainError::NotRegistered { hotkey, netuid } => PushError::NotRegistered { hotkey, netuid },
+        e if g.retryable => PushError::GaveUp {
+            attempts: g.attempts,
+            last: e,
+        },
+        e => PushError::Chain(e),
+    })?;
+    info!(model = %id, block, "model committed to the chain");
+    Ok(ModelMetadata { id, block })
 }
 
 /// Checks that the hub's files at `commit` are exactly the directory's.

@@ -9,7 +9,8 @@ use common::*;
 use pretrain_chain::{Chain, ChainError, Hotkey};
 use pretrain_core::constants::MAX_MODEL_BYTES;
 use pretrain_core::ModelId;
-use pretrain_store::{push, HfHub, HfOptions, LocalHub, ModelStore, PushError, PushOptions};
+use pretrain_neurons::{push, PushError, PushOptions};
+use pretrain_store::{HfHub, HfOptions, LocalHub, ModelStore};
 
 const HOTKEY: &str = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY";
 
@@ -18,6 +19,7 @@ fn fast(max_attempts: Option<u32>) -> PushOptions {
         netuid: 9,
         retry_delay: Duration::from_millis(5),
         max_attempts,
+        ..PushOptions::default()
     }
 }
 
@@ -78,11 +80,11 @@ async fn push_stops_on_permanent_errors_and_after_max_attempts() {
     )
     .await
     .unwrap_err();
-    assert!(
-        matches!(err, PushError::Chain(ChainError::NotRegistered { .. })),
-        "{err}"
-    );
-    assert_eq!(*unregistered.attempts.lock().unwrap(), 1);
+    assert!(matches!(err, PushError::NotRegistered { .. }), "{err}");
+    assert!(err.to_string().contains("register it first"), "{err}");
+    // Refused before anything was written: no commit attempt, no repo on the hub.
+    assert_eq!(*unregistered.attempts.lock().unwrap(), 0);
+    assert_eq!(hub.head("alice/m1").unwrap(), None);
 
     let limited = FakeChain::new(100, true);
     let err = push(

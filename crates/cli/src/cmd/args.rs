@@ -1,0 +1,93 @@
+//! Argument groups shared by `mine`, `validate`, `upload` and `localnet`
+//! (chain and wallet groups live beside their own commands: `chain.rs`,
+//! `wallet.rs`), so one flag means one thing everywhere.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use candle_core::Device;
+use clap::Args;
+use pretrain_data::PageSource;
+use pretrain_store::{open_hub, HubOptions, ModelHub};
+
+/// Default `--hub`: a hub on this machine, so commands work offline.
+pub const DEFAULT_LOCAL_HUB: &str = "local:~/.bittensor/pretrain-hub";
+
+/// Where models are uploaded to and downloaded from.
+#[derive(Args, Debug, Clone)]
+pub struct HubArgs {
+    /// Where models go: `hf` (Hugging Face; token from HF_ACCESS_TOKEN or
+    /// `.env`) or `local:DIR` (a hub on this machine, for the embedded chain).
+    #[arg(long, default_value = DEFAULT_LOCAL_HUB)]
+    pub hub: String,
+    /// Another Hugging Face endpoint, e.g. a mirror (or set HF_ENDPOINT).
+    #[arg(long = "hub_endpoint")]
+    pub hub_endpoint: Option<String>,
+}
+
+impl HubArgs {
+    /// Whether the hub is one on this machine.
+    pub fn is_local(&self) -> bool {
+        self.hub.starts_with("local:")
+    }
+
+    /// Opens the hub (`~` expanded in `local:` paths).
+    pub fn open(&self, progress: bool) -> anyhow::Result<Box<dyn ModelHub>> {
+        let spec = match self.hub.strip_prefix("local:") {
+            Some(path) => format!(
+                "local:{}",
+                pretrain_chain::wallet::expand_home(std::path::Path::new(path)).display()
+            ),
+            None => self.hub.clone(),
+        };
+        open_hub(
+            &spec,
+            HubOptions {
+                endpoint: self.hub_endpoint.clone(),
+                token: None,
+                progress,
+            },
+        )
+        .with_context(|| format!("opening hub {}", self.hub))
+    }
+}
+
+/// Where text pages come from.
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// Where pages come from: `falcon` (the RefinedWeb rows API) or
+    /// `local:DIR` (Parquet/JSONL with a `content` column); default: the
+    /// sample corpus shipped in the repository.
+    #[arg(long)]
+    pub dataset: Option<String>,
+}
+
+impl DataArgs {
+    /// The `--dataset` value with its default filled in.
+    pub fn spec(&self) -> String {
+        self.dataset
+            .clone()
+            .unwrap_or_else(|| format!("local:{}", pretrain_data::sample_corpus_dir().display()))
+    }
+
+    /// Opens the page source.
+    pub fn open(&self) -> anyhow::Result<Arc<dyn PageSource>> {
+        let spec = self.spec();
+        pretrain_data::open_source(&spec).with_context(|| format!("opening dataset {spec}"))
+    }
+}
+
+/// The compute device.
+#[derive(Args, Debug, Clone)]
+pub struct DeviceArgs {
+    /// Device: `cpu`, or `cuda` / `cuda:N` (needs the `cuda` build feature).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+impl DeviceArgs {
+    /// Opens the device.
+    pub fn open(&self) -> anyhow::Result<Device> {
+        super::model::parse_device(&self.device)
+    }
+}
