@@ -5,7 +5,10 @@
 //! Several processes use the file at once: SQLite's WAL journal lets readers
 //! run beside the single writer, every write is one `BEGIN IMMEDIATE`
 //! transaction (so a process killed mid-write leaves the file as it was before
-//! that write), and a busy timeout makes writers queue instead of failing.
+//! that write), and a call that finds the file busy runs again until its
+//! deadline; past the deadline nothing is committed (a timed-out call never
+//! lands later). Opening is serialised by [`LOCK_FILE`], since SQLite answers
+//! "busy" without waiting while a fresh file is set up.
 //!
 //! Rules (also in the crate README):
 //! - **Blocks** advance with wall time: `block = floor((now - genesis_time) /
@@ -19,7 +22,8 @@
 //!   immunity period. The
 //!   replaced neuron's own weights are deleted; weights that others set on its
 //!   uid before the newcomer registered no longer count (as in subtensor).
-//! - **Stake** belongs to a hotkey (not to a subnet) and only grows.
+//! - **Stake** belongs to a hotkey (not to a subnet) and only grows; only a registered
+//!   hotkey can be staked, and no hotkey holds more than [`MAX_TOTAL_STAKE`].
 //! - **Commitments**: at most [`MAX_COMMITMENT_BYTES`]; one per
 //!   `commit_rate_limit` blocks (default 100, subtensor's) per hotkey and subnet.
 //! - **Weights**: only neurons with a validator permit; one `set_weights` per
@@ -32,13 +36,16 @@
 //!   sum_i stake_i`; the vector is then normalised to sum 1 (all zero when no
 //!   validator has set weights).
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use rusqlite::{
+    params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior,
+};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
@@ -60,9 +67,37 @@ pub const DEFAULT_WEIGHTS_RATE_LIMIT: u64 = 100;
 pub const MAX_COMMITMENT_BYTES: usize = 128;
 /// Default limit for one call, as for a real node.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(60);
-// How long a writer waits for another process's transaction before giving up.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Shortest block time a chain can be created with (blocks must fit the file's 64-bit integers for ages).
+pub const MIN_BLOCK_TIME: f64 = 0.001;
+/// Longest block time a chain can be created with (one day).
+pub const MAX_BLOCK_TIME: f64 = 86_400.0;
+/// Most stake a hotkey can hold: all the TAO there will ever be.
+pub const MAX_TOTAL_STAKE: f64 = 21_000_000.0;
+/// File in `--chain_dir` that serialises the opening (and creation) of the chain between processes.
+pub const LOCK_FILE: &str = "chain.lock";
+// Internal marker: SQLite said "busy" (another process holds the lock); `run` retries the
+// whole call until its deadline, so it never reaches a caller.
+const BUSY: Duration = Duration::from_nanos(1);
+// Extra time the async side waits for a blocking call that stops itself at its deadline.
+const GRACE: Duration = Duration::from_secs(5);
 const SCHEMA_VERSION: i64 = 1;
+
+thread_local! {
+    // The deadline (and the limit it came from) of the call running on this thread: `commit`
+    // refuses to land a write after it, so a call reported as timed out never lands later.
+    static DEADLINE: Cell<Option<(Instant, Duration)>> = const { Cell::new(None) };
+}
+
+/// Checks a block time: finite, within [`MIN_BLOCK_TIME`]..=[`MAX_BLOCK_TIME`] seconds.
+pub fn check_block_time(bt: f64) -> Result<f64, ChainError> {
+    if bt.is_finite() && (MIN_BLOCK_TIME..=MAX_BLOCK_TIME).contains(&bt) {
+        Ok(bt)
+    } else {
+        Err(ChainError::Rejected(format!(
+            "block time must be between {MIN_BLOCK_TIME} and {MAX_BLOCK_TIME} seconds, got {bt}"
+        )))
+    }
+}
 
 /// Parameters of one subnet, fixed when it is created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,15 +207,38 @@ impl std::fmt::Debug for EmbeddedChain {
 }
 
 fn storage(path: &Path, e: rusqlite::Error) -> ChainError {
-    if let rusqlite::Error::SqliteFailure(f, _) = &e {
-        if matches!(
-            f.code,
-            rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-        ) {
-            return ChainError::Timeout(BUSY_TIMEOUT);
-        }
+    if is_busy(&e) {
+        return ChainError::Timeout(BUSY);
     }
     ChainError::Storage(format!("{}: {e}", path.display()))
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if matches!(
+        f.code,
+        rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+    ))
+}
+
+// Commits `tx` unless this call's deadline has passed (then it is rolled back: a caller
+// told "timed out" must be able to rely on nothing having changed).
+fn commit(tx: Transaction<'_>, path: &Path) -> Result<(), ChainError> {
+    if let Some((deadline, limit)) = DEADLINE.with(Cell::get) {
+        if Instant::now() >= deadline {
+            drop(tx);
+            return Err(ChainError::Timeout(limit));
+        }
+    }
+    tx.commit().map_err(|e| storage(path, e))
+}
+
+// A short, jittered pause between two attempts of a call that found the file busy.
+fn busy_pause(attempt: u32) -> Duration {
+    let jitter = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::from(d.subsec_nanos()) % 5_000)
+        .unwrap_or(0);
+    Duration::from_micros((1000u64 << attempt.min(6)) + jitter)
 }
 
 /// Checks that `address` is an SS58 address with prefix 42.
@@ -198,44 +256,107 @@ impl EmbeddedChain {
     /// Opens (creating if needed) the chain in `dir`; blocking, so call it off the async runtime
     /// (or through [`EmbeddedChain::open_async`]).
     pub fn open(dir: &Path, options: &EmbeddedOptions) -> Result<Self, ChainError> {
-        if let Some(bt) = options.block_time {
-            if !(bt.is_finite() && bt > 0.0) {
-                return Err(ChainError::Rejected(format!(
-                    "block time must be a positive number of seconds, got {bt}"
-                )));
+        Self::open_with(dir, options, true)
+    }
+
+    /// Opens the chain in `dir` only if it exists (nothing is created); a reader without
+    /// write permission gets a read-only chain.
+    pub fn open_existing(dir: &Path, options: &EmbeddedOptions) -> Result<Self, ChainError> {
+        Self::open_with(dir, options, false)
+    }
+
+    fn open_with(dir: &Path, options: &EmbeddedOptions, create: bool) -> Result<Self, ChainError> {
+        let deadline = Instant::now() + options.call_timeout;
+        let mut attempt = 0u32;
+        loop {
+            match Self::open_once(dir, options, create) {
+                Err(ChainError::Timeout(BUSY)) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(ChainError::Timeout(options.call_timeout));
+                    }
+                    attempt += 1;
+                    std::thread::sleep(busy_pause(attempt).min(left));
+                }
+                other => return other,
             }
         }
-        std::fs::create_dir_all(dir).map_err(|e| {
+    }
+
+    fn open_once(dir: &Path, options: &EmbeddedOptions, create: bool) -> Result<Self, ChainError> {
+        if let Some(bt) = options.block_time {
+            check_block_time(bt)?;
+        }
+        let path = dir.join(DB_FILE);
+        if !create && !path.is_file() {
+            return Err(ChainError::Storage(format!(
+                "there is no embedded chain in {}: make one with `pretrain chain register` \
+                 (or point --chain_dir at an existing one)",
+                dir.display()
+            )));
+        }
+        if create {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                ChainError::Storage(format!(
+                    "cannot create chain directory {}: {e}",
+                    dir.display()
+                ))
+            })?;
+        }
+        // One process at a time creates the file, switches it to WAL and sets up the schema:
+        // done concurrently on a fresh file, SQLite answers "busy" at once (no busy wait).
+        // Released when dropped, at the end of this function.
+        let _lock = lock_dir(dir)?;
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        if create {
+            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
+        let mut conn = Connection::open_with_flags(&path, flags).map_err(|e| storage(&path, e))?;
+        conn.busy_timeout(options.call_timeout)
+            .map_err(|e| storage(&path, e))?;
+        let read_only = conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false);
+        let clock = if read_only {
+            // Not ours to write (permissions): read what the owner set up.
+            debug!(path = %path.display(), "opening the embedded chain read-only");
+            match read_clock(&conn) {
+                Ok(c) => c,
+                Err(e) => {
+                    // A WAL file can only be read by someone who may create its `-shm` index,
+                    // unless nobody is writing: then (no `-wal` file) everything is in the main
+                    // file, and SQLite reads it as immutable, without the index.
+                    let wal = dir.join(format!("{DB_FILE}-wal"));
+                    if wal.exists() {
+                        return Err(storage(&path, e));
+                    }
+                    conn = open_immutable(&path).map_err(|e| storage(&path, e))?;
+                    read_clock(&conn).map_err(|e| storage(&path, e))?
+                }
+            }
+        } else {
+            // WAL is a property of the file: the first opener switches it, later ones see it.
+            let mode: String = conn
+                .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+                .map_err(|e| storage(&path, e))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                return Err(ChainError::Storage(format!(
+                    "{}: cannot switch to WAL journal (got {mode})",
+                    path.display()
+                )));
+            }
+            // NORMAL is durable against a crashed process (not against power loss) and keeps
+            // commits cheap; the file is never corrupted either way.
+            conn.pragma_update(None, "synchronous", "NORMAL")
+                .map_err(|e| storage(&path, e))?;
+            init_schema(&mut conn, options.block_time).map_err(|e| storage(&path, e))?
+        };
+        check_block_time(clock.block_time).map_err(|_| {
             ChainError::Storage(format!(
-                "cannot create chain directory {}: {e}",
+                "{}: the stored block time {} is unusable; this chain cannot be used, remove {} to start a new one",
+                path.display(),
+                clock.block_time,
                 dir.display()
             ))
         })?;
-        let path = dir.join(DB_FILE);
-        let mut conn = Connection::open_with_flags(
-            &path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| storage(&path, e))?;
-        conn.busy_timeout(BUSY_TIMEOUT)
-            .map_err(|e| storage(&path, e))?;
-        // WAL is a property of the file: the first opener switches it, later ones see it.
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-            .map_err(|e| storage(&path, e))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(ChainError::Storage(format!(
-                "{}: cannot switch to WAL journal (got {mode})",
-                path.display()
-            )));
-        }
-        // NORMAL is durable against a crashed process (not against power loss) and keeps
-        // commits cheap; the file is never corrupted either way.
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(|e| storage(&path, e))?;
-        let clock = init_schema(&mut conn, options.block_time).map_err(|e| storage(&path, e))?;
         if let Some(bt) = options.block_time {
             if (bt - clock.block_time).abs() > 1e-9 {
                 warn!(
@@ -257,12 +378,28 @@ impl EmbeddedChain {
 
     /// [`EmbeddedChain::open`] on a blocking thread, with the call timeout.
     pub async fn open_async(dir: &Path, options: &EmbeddedOptions) -> Result<Self, ChainError> {
+        Self::open_async_with(dir, options, true).await
+    }
+
+    /// [`EmbeddedChain::open_existing`] on a blocking thread, with the call timeout.
+    pub async fn open_existing_async(
+        dir: &Path,
+        options: &EmbeddedOptions,
+    ) -> Result<Self, ChainError> {
+        Self::open_async_with(dir, options, false).await
+    }
+
+    async fn open_async_with(
+        dir: &Path,
+        options: &EmbeddedOptions,
+        create: bool,
+    ) -> Result<Self, ChainError> {
         let dir = dir.to_path_buf();
         let opts = options.clone();
         let timeout = options.call_timeout;
         match tokio::time::timeout(
-            timeout,
-            tokio::task::spawn_blocking(move || Self::open(&dir, &opts)),
+            timeout + GRACE,
+            tokio::task::spawn_blocking(move || Self::open_with(&dir, &opts, create)),
         )
         .await
         {
@@ -270,6 +407,7 @@ impl EmbeddedChain {
             Ok(Err(e)) => Err(ChainError::Storage(format!(
                 "opening the chain failed: {e}"
             ))),
+            Ok(Ok(Err(ChainError::Timeout(BUSY)))) => Err(ChainError::Timeout(timeout)),
             Ok(Ok(r)) => r,
         }
     }
@@ -290,21 +428,46 @@ impl EmbeddedChain {
     }
 
     // Runs `f` on a blocking thread with this chain's connection, within the call timeout.
-    async fn run<T, F>(&self, f: F) -> Result<T, ChainError>
+    // `f` may run more than once: a call that found the file busy is run again (its
+    // transaction was rolled back) until it gets through or the deadline passes.
+    async fn run<T, F>(&self, mut f: F) -> Result<T, ChainError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection, Clock, &Path) -> Result<T, ChainError> + Send + 'static,
+        F: FnMut(&mut Connection, Clock, &Path) -> Result<T, ChainError> + Send + 'static,
     {
         let conn = Arc::clone(&self.conn);
         let clock = self.clock;
         let path = self.path.clone();
+        let limit = self.call_timeout;
+        let deadline = Instant::now() + limit;
         let task = tokio::task::spawn_blocking(move || {
             // A panic in an earlier call rolled its transaction back; the connection is fine.
             let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut guard, clock, &path)
+            DEADLINE.with(|d| d.set(Some((deadline, limit))));
+            let mut attempt = 0u32;
+            let result = loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break Err(ChainError::Timeout(limit));
+                }
+                if let Err(e) = guard.busy_timeout(left) {
+                    break Err(storage(&path, e));
+                }
+                match f(&mut guard, clock, &path) {
+                    Err(ChainError::Timeout(BUSY)) => {
+                        attempt += 1;
+                        std::thread::sleep(busy_pause(attempt).min(left));
+                    }
+                    other => break other,
+                }
+            };
+            DEADLINE.with(|d| d.set(None));
+            result
         });
-        match tokio::time::timeout(self.call_timeout, task).await {
-            Err(_) => Err(ChainError::Timeout(self.call_timeout)),
+        // The blocking call stops itself at the deadline; this outer limit only guards against
+        // a wedged thread (and even then `commit` keeps a late write from landing).
+        match tokio::time::timeout(limit + GRACE, task).await {
+            Err(_) => Err(ChainError::Timeout(limit)),
             Ok(Err(e)) => Err(ChainError::Storage(format!("chain call failed: {e}"))),
             Ok(Ok(r)) => r,
         }
@@ -327,7 +490,7 @@ impl EmbeddedChain {
                 .map_err(|e| storage(path, e))?;
             let created =
                 insert_subnet(&tx, netuid, params, clock.now()).map_err(|e| storage(path, e))?;
-            tx.commit().map_err(|e| storage(path, e))?;
+            commit(tx, path)?;
             if created {
                 info!(netuid, ?params, "created subnet on the embedded chain");
             }
@@ -373,7 +536,7 @@ impl EmbeddedChain {
                 return Ok(Registration {
                     netuid,
                     uid,
-                    hotkey,
+                    hotkey: hotkey.clone(),
                     block,
                     already_registered: true,
                     replaced: None,
@@ -416,12 +579,12 @@ impl EmbeddedChain {
                 .map_err(|e| storage(path, e))?;
                 (uid, Some(old))
             };
-            tx.commit().map_err(|e| storage(path, e))?;
+            commit(tx, path)?;
             info!(netuid, uid, %hotkey, block, replaced = ?replaced, "registered on the embedded chain");
             Ok(Registration {
                 netuid,
                 uid,
-                hotkey,
+                hotkey: hotkey.clone(),
                 block,
                 already_registered: false,
                 replaced,
@@ -430,18 +593,44 @@ impl EmbeddedChain {
         .await
     }
 
-    /// Adds `amount` TAO of stake to `hotkey`; returns its new total.
+    /// Adds `amount` TAO of stake to `hotkey`, which must be registered on some subnet (as
+    /// on subtensor); returns its new total, which may not pass [`MAX_TOTAL_STAKE`].
     pub async fn add_stake(&self, hotkey: &str, amount: f64) -> Result<f64, ChainError> {
         let hotkey = check_ss58(hotkey)?;
-        if !(amount.is_finite() && amount > 0.0) {
+        if !(amount.is_finite() && amount > 0.0 && amount <= MAX_TOTAL_STAKE) {
             return Err(ChainError::Rejected(format!(
-                "stake must be a positive amount, got {amount}"
+                "stake must be a positive amount of at most {MAX_TOTAL_STAKE} TAO, got {amount}"
             )));
         }
         self.run(move |conn, _, path| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(|e| storage(path, e))?;
+            let registered: bool = tx
+                .query_row(
+                    "SELECT EXISTS(SELECT 1 FROM neurons WHERE hotkey = ?1)",
+                    params![hotkey],
+                    |r| r.get(0),
+                )
+                .map_err(|e| storage(path, e))?;
+            if !registered {
+                return Err(ChainError::Rejected(format!(
+                    "hotkey {hotkey} is not registered on any subnet: register it before staking"
+                )));
+            }
+            let before: f64 = tx
+                .query_row(
+                    "SELECT COALESCE((SELECT stake FROM stakes WHERE hotkey = ?1), 0.0)",
+                    params![hotkey],
+                    |r| r.get(0),
+                )
+                .map_err(|e| storage(path, e))?;
+            // (`before` is finite: every stored total passed this check.)
+            if before + amount > MAX_TOTAL_STAKE {
+                return Err(ChainError::Rejected(format!(
+                    "hotkey {hotkey} has {before} TAO staked; adding {amount} would pass the total supply of {MAX_TOTAL_STAKE} TAO"
+                )));
+            }
             tx.execute(
                 "INSERT INTO stakes (hotkey, stake) VALUES (?1, ?2)
                  ON CONFLICT(hotkey) DO UPDATE SET stake = stake + excluded.stake",
@@ -455,7 +644,7 @@ impl EmbeddedChain {
                     |r| r.get(0),
                 )
                 .map_err(|e| storage(path, e))?;
-            tx.commit().map_err(|e| storage(path, e))?;
+            commit(tx, path)?;
             info!(%hotkey, amount, total, "added stake on the embedded chain");
             Ok(total)
         })
@@ -549,6 +738,66 @@ fn init_schema(conn: &mut Connection, block_time: Option<f64>) -> rusqlite::Resu
     }
     tx.commit()?;
     Ok(clock)
+}
+
+// A read-only connection to a chain file that nobody may change while it is open.
+fn open_immutable(path: &Path) -> rusqlite::Result<Connection> {
+    let mut uri = String::from("file:");
+    for ch in path.to_string_lossy().chars() {
+        match ch {
+            '%' => uri.push_str("%25"),
+            '?' => uri.push_str("%3f"),
+            '#' => uri.push_str("%23"),
+            c => uri.push(c),
+        }
+    }
+    uri.push_str("?mode=ro&immutable=1");
+    Connection::open_with_flags(
+        uri,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+}
+
+// The clock of an existing chain, read without writing anything.
+fn read_clock(conn: &Connection) -> rusqlite::Result<Clock> {
+    let get = |key: &str| -> rusqlite::Result<String> {
+        conn.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+            r.get(0)
+        })
+    };
+    let (g, b) = (get("genesis_time")?, get("block_time")?);
+    Ok(Clock {
+        genesis_time: g.parse().map_err(|_| bad_meta("genesis_time", &g))?,
+        block_time: b.parse().map_err(|_| bad_meta("block_time", &b))?,
+    })
+}
+
+// Takes the directory's lock file (blocking until other openers are done); `None` where the
+// directory is not writable, i.e. for a read-only user, who changes nothing.
+fn lock_dir(dir: &Path) -> Result<Option<std::fs::File>, ChainError> {
+    let path = dir.join(LOCK_FILE);
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(30) => return Ok(None), // EROFS
+        Err(e) => {
+            return Err(ChainError::Storage(format!(
+                "cannot open {}: {e}",
+                path.display()
+            )))
+        }
+    };
+    file.lock()
+        .map_err(|e| ChainError::Storage(format!("cannot lock {}: {e}", path.display())))?;
+    Ok(Some(file))
 }
 
 fn bad_meta(key: &str, value: &str) -> rusqlite::Error {
@@ -786,7 +1035,7 @@ impl Chain for EmbeddedChain {
                 .map_err(|e| storage(path, e))?;
             let params = subnet_params(&tx, netuid, path)?;
             if uid_of(&tx, netuid, &hotkey, path)?.is_none() {
-                return Err(ChainError::NotRegistered { hotkey, netuid });
+                return Err(ChainError::NotRegistered { hotkey: hotkey.clone(), netuid });
             }
             let block = clock.now();
             let last: Option<u64> = tx
@@ -811,7 +1060,7 @@ impl Chain for EmbeddedChain {
                 params![netuid, hotkey, block, data],
             )
             .map_err(|e| storage(path, e))?;
-            tx.commit().map_err(|e| storage(path, e))?;
+            commit(tx, path)?;
             debug!(netuid, %hotkey, block, bytes = data.len(), "commitment stored");
             Ok(block)
         })
@@ -887,7 +1136,7 @@ impl Chain for EmbeddedChain {
             let snap = read_snapshot(&tx, netuid, path)?;
             let block = clock.now();
             let Some(me) = snap.neurons.iter().find(|r| r.hotkey == hotkey).map(|r| r.uid) else {
-                return Err(ChainError::NotRegistered { hotkey, netuid });
+                return Err(ChainError::NotRegistered { hotkey: hotkey.clone(), netuid });
             };
             if let Some(bad) = pairs.iter().find(|p| usize::from(p.0) >= snap.neurons.len()) {
                 return Err(ChainError::Rejected(format!(
@@ -918,7 +1167,7 @@ impl Chain for EmbeddedChain {
                 params![netuid, me, block, version_key as i64, json],
             )
             .map_err(|e| storage(path, e))?;
-            tx.commit().map_err(|e| storage(path, e))?;
+            commit(tx, path)?;
             debug!(netuid, uid = me, block, n = pairs.len(), "weights stored");
             Ok(())
         })

@@ -109,8 +109,19 @@ impl ChainOptions {
         endpoint_for(self.network.as_str()).map(str::to_string)
     }
 
-    /// Opens the embedded chain these options name (an error for a real network).
+    /// Opens the embedded chain these options name, creating it if needed (an error for a
+    /// real network): for the commands that set a chain up (`chain register`).
     pub async fn open_embedded(&self) -> Result<EmbeddedChain, ChainError> {
+        self.open_embedded_with(true).await
+    }
+
+    /// Opens the embedded chain these options name only if it exists (nothing is created;
+    /// read-only where the user may not write it).
+    pub async fn open_embedded_existing(&self) -> Result<EmbeddedChain, ChainError> {
+        self.open_embedded_with(false).await
+    }
+
+    async fn open_embedded_with(&self, create: bool) -> Result<EmbeddedChain, ChainError> {
         if !self.is_embedded() {
             return Err(ChainError::Rejected(format!(
                 "this needs the embedded chain (--subtensor.network embedded), not {}",
@@ -118,21 +129,23 @@ impl ChainOptions {
             )));
         }
         let dir = expand_home(&self.chain_dir);
-        EmbeddedChain::open_async(
-            &dir,
-            &EmbeddedOptions {
-                block_time: self.block_time,
-                call_timeout: self.timeout,
-            },
-        )
-        .await
+        let options = EmbeddedOptions {
+            block_time: self.block_time,
+            call_timeout: self.timeout,
+        };
+        if create {
+            EmbeddedChain::open_async(&dir, &options).await
+        } else {
+            EmbeddedChain::open_existing_async(&dir, &options).await
+        }
     }
 }
 
-/// Opens the chain the options select: the embedded chain, or a subtensor node.
+/// Opens the chain the options select: the embedded chain (which must exist: a typo in
+/// `--chain_dir` is an error, not a new empty chain), or a subtensor node.
 pub async fn connect(opts: &ChainOptions) -> Result<Arc<dyn Chain>, ChainError> {
     match opts.endpoint() {
-        None => Ok(Arc::new(opts.open_embedded().await?)),
+        None => Ok(Arc::new(opts.open_embedded_existing().await?)),
         Some(url) => Ok(Arc::new(SubtensorChain::connect(&url, opts.timeout).await?)),
     }
 }

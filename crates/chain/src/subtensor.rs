@@ -994,15 +994,15 @@ mod tests {
 
     const V16: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/reference/chain/subtensor_devnet_metadata_v16.scale"
+        "/../../testdata/chain/subtensor_devnet_metadata_v16.scale"
     );
     const V15: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/reference/chain/subtensor_spec218_metadata_v15.scale"
+        "/../../testdata/chain/subtensor_spec218_metadata_v15.scale"
     );
     const VECTORS: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/reference/chain/vectors.json"
+        "/../../testdata/chain/vectors.json"
     );
 
     fn vectors() -> serde_json::Value {
@@ -1292,10 +1292,10 @@ mod tests {
     fn keypair_must_match_address() {
         let v = vectors();
         let ss58 = v["hotkey_ss58"].as_str().expect("ss58");
-        // The fixture hotkey's mini secret (shared/reference/wallet/fixture/hotkeys/default).
+        // The fixture hotkey's mini secret (testdata/wallet/fixture/hotkeys/default).
         let text = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/reference/wallet/fixture/hotkeys/default"
+            "/../../testdata/wallet/fixture/hotkeys/default"
         ))
         .expect("fixture hotkey");
         let json: serde_json::Value = serde_json::from_str(&text).expect("json");

@@ -131,6 +131,90 @@ pub enum WalletError {
     /// Encryption failed (not a wrong password).
     #[error("encryption failed: {0}")]
     Crypto(String),
+    /// A wallet or hotkey name that is not one plain file name (it would leave the wallets root).
+    #[error("{kind} name {name:?} is not allowed: {reason}")]
+    BadName {
+        /// "wallet" or "hotkey".
+        kind: &'static str,
+        /// The name given.
+        name: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+}
+
+/// Longest wallet or hotkey name, in bytes (file names are at most 255 and a
+/// hotkey also gets `pub.txt` appended).
+pub const MAX_NAME_BYTES: usize = 128;
+
+/// A wallet or hotkey name that is one plain path component, so that
+/// `<root>/<name>` (and `<root>/<wallet>/hotkeys/<hotkey>`) can never leave
+/// its root: not empty, not `.`/`..`, no `/`, `\\`, NUL or control
+/// characters, no leading `.` (hidden names are temporary files, and `list`
+/// skips them), at most [`MAX_NAME_BYTES`]; a hotkey name may not end in
+/// `pub.txt` (it would be another hotkey's public file).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SafeName(String);
+
+impl SafeName {
+    /// Checks `name` as a wallet name.
+    pub fn wallet(name: &str) -> Result<Self, WalletError> {
+        Self::check("wallet", name)
+    }
+
+    /// Checks `name` as a hotkey name.
+    pub fn hotkey(name: &str) -> Result<Self, WalletError> {
+        let safe = Self::check("hotkey", name)?;
+        if name.ends_with("pub.txt") {
+            return Err(bad_name(
+                "hotkey",
+                name,
+                "it ends in pub.txt, the suffix of public key files",
+            ));
+        }
+        Ok(safe)
+    }
+
+    fn check(kind: &'static str, name: &str) -> Result<Self, WalletError> {
+        let reason = if name.is_empty() {
+            Some("it is empty")
+        } else if name == "." || name == ".." {
+            Some("it names a directory, not a file in it")
+        } else if name.contains('/') || name.contains('\\') {
+            Some("it contains a path separator")
+        } else if name.chars().any(char::is_control) {
+            Some("it contains a control character")
+        } else if name.starts_with('.') {
+            Some("it starts with '.' (hidden names are reserved)")
+        } else if name.len() > MAX_NAME_BYTES {
+            Some("it is longer than 128 bytes")
+        } else {
+            None
+        };
+        match reason {
+            Some(r) => Err(bad_name(kind, name, r)),
+            None => Ok(Self(name.to_string())),
+        }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for SafeName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn bad_name(kind: &'static str, name: &str, reason: &'static str) -> WalletError {
+    WalletError::BadName {
+        kind,
+        name: name.to_string(),
+        reason,
+    }
 }
 
 /// Expands a leading `~/` to `$HOME`.
@@ -319,6 +403,9 @@ pub struct WalletInfo {
     pub coldkey_encrypted: Option<bool>,
     /// Hotkeys, by name.
     pub hotkeys: Vec<HotkeyInfo>,
+    /// Key files that exist but cannot be read or are not valid key files (one message each).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 /// A hotkey of a wallet.
@@ -338,6 +425,28 @@ impl Wallet {
             name: name.into(),
             hotkey: hotkey.into(),
         }
+    }
+
+    /// A wallet handle whose names are checked ([`SafeName`]) now rather than at the first file access.
+    pub fn try_new(
+        path: impl AsRef<Path>,
+        name: impl Into<String>,
+        hotkey: impl Into<String>,
+    ) -> Result<Self, WalletError> {
+        let w = Self::new(path, name, hotkey);
+        w.check_wallet_name()?;
+        w.check_hotkey_name()?;
+        Ok(w)
+    }
+
+    // Every file access checks the names first: the path getters below are plain joins.
+    fn check_wallet_name(&self) -> Result<SafeName, WalletError> {
+        SafeName::wallet(&self.name)
+    }
+
+    fn check_hotkey_name(&self) -> Result<SafeName, WalletError> {
+        self.check_wallet_name()?;
+        SafeName::hotkey(&self.hotkey)
     }
 
     /// `~/.bittensor/wallets`, expanded.
@@ -374,6 +483,7 @@ impl Wallet {
 
     /// The hotkey's key pair (hotkeys are plaintext in bittensor's default setup).
     pub fn hotkey_keypair(&self) -> Result<KeyPair, WalletError> {
+        self.check_hotkey_name()?;
         let path = self.hotkey_path();
         let data = read_key_file(&path)?;
         if let Some(method) = encryption(&data) {
@@ -398,6 +508,7 @@ impl Wallet {
 
     /// The hotkey's SS58 address, from `<hotkey>pub.txt` when present, else from the hotkey file.
     pub fn hotkey_ss58(&self) -> Result<String, WalletError> {
+        self.check_hotkey_name()?;
         let pubpath = self.hotkeypub_path();
         if pubpath.exists() {
             return public_ss58(&pubpath);
@@ -407,17 +518,20 @@ impl Wallet {
 
     /// The coldkey's SS58 address, from `coldkeypub.txt` (no password needed).
     pub fn coldkeypub(&self) -> Result<String, WalletError> {
+        self.check_wallet_name()?;
         public_ss58(&self.coldkeypub_path())
     }
 
     /// Whether the coldkey file is encrypted.
     pub fn coldkey_is_encrypted(&self) -> Result<bool, WalletError> {
+        self.check_wallet_name()?;
         Ok(encryption(&read_key_file(&self.coldkey_path())?).is_some())
     }
 
     /// The coldkey, decrypted with `password` (ignored for an unencrypted coldkey).
     /// Takes a few seconds: the key derivation is deliberately slow.
     pub fn coldkey(&self, password: &str) -> Result<KeyPair, WalletError> {
+        self.check_wallet_name()?;
         let path = self.coldkey_path();
         let data = read_key_file(&path)?;
         let plain = match encryption(&data) {
@@ -445,6 +559,7 @@ impl Wallet {
         password: Option<&str>,
         overwrite: bool,
     ) -> Result<(NewKey, NewKey), WalletError> {
+        self.check_hotkey_name()?;
         refuse_existing(
             &[
                 &self.coldkey_path(),
@@ -467,6 +582,7 @@ impl Wallet {
         password: Option<&str>,
         overwrite: bool,
     ) -> Result<NewKey, WalletError> {
+        self.check_wallet_name()?;
         let (secret, public) = (self.coldkey_path(), self.coldkeypub_path());
         refuse_existing(&[&secret, &public], overwrite)?;
         let (pair, phrase) = make_pair(mnemonic)?;
@@ -491,6 +607,7 @@ impl Wallet {
         mnemonic: Option<&str>,
         overwrite: bool,
     ) -> Result<NewKey, WalletError> {
+        self.check_hotkey_name()?;
         let (secret, public) = (self.hotkey_path(), self.hotkeypub_path());
         refuse_existing(&[&secret, &public], overwrite)?;
         let (pair, phrase) = make_pair(mnemonic)?;
@@ -506,6 +623,7 @@ impl Wallet {
 
     /// Addresses and hotkeys of this wallet.
     pub fn info(&self) -> Result<WalletInfo, WalletError> {
+        self.check_wallet_name()?;
         let dir = self.dir();
         if !dir.is_dir() {
             return Err(WalletError::NoWallet { path: dir });
@@ -531,28 +649,54 @@ fn make_pair(mnemonic: Option<&str>) -> Result<(KeyPair, String), WalletError> {
 
 fn wallet_info(root: &Path, name: &str) -> WalletInfo {
     let w = Wallet::new(root, name, DEFAULT_HOTKEY_NAME);
-    let coldkey_encrypted = fs::read(w.coldkey_path())
-        .ok()
-        .map(|d| encryption(&d).is_some());
+    let mut problems = Vec::new();
+    // A missing file is a normal state (a hotkey-only wallet); an unreadable or corrupt one is not.
+    let mut note = |e: WalletError| {
+        if !matches!(e, WalletError::Missing { .. }) {
+            problems.push(e.to_string());
+        }
+    };
+    let coldkey_encrypted = match read_key_file(&w.coldkey_path()) {
+        Ok(d) => Some(encryption(&d).is_some()),
+        Err(e) => {
+            note(e);
+            None
+        }
+    };
     let hotkey_dir = w.dir().join("hotkeys");
-    let names = sorted_dir_names(&hotkey_dir, |p| p.is_file()).unwrap_or_default();
-    let hotkeys = names
+    let names = sorted_dir_names(&hotkey_dir, |p| !p.is_dir()).unwrap_or_default();
+    let mut hotkeys = Vec::new();
+    for n in names
         .iter()
         .filter(|n| !n.ends_with("pub.txt") && !n.starts_with('.'))
-        .map(|n| {
-            let hw = Wallet::new(root, name, n.as_str());
-            HotkeyInfo {
-                name: n.clone(),
-                ss58: hw.hotkey_ss58().ok(),
+    {
+        let hw = Wallet::new(root, name, n.as_str());
+        let ss58 = match hw.hotkey_ss58() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                note(e);
+                None
             }
-        })
-        .collect();
+        };
+        hotkeys.push(HotkeyInfo {
+            name: n.clone(),
+            ss58,
+        });
+    }
+    let coldkeypub = match w.coldkeypub() {
+        Ok(s) => Some(s),
+        Err(e) => {
+            note(e);
+            None
+        }
+    };
     WalletInfo {
         name: name.to_string(),
         path: w.dir(),
-        coldkeypub: w.coldkeypub().ok(),
+        coldkeypub,
         coldkey_encrypted,
         hotkeys,
+        problems,
     }
 }
 
@@ -603,8 +747,11 @@ fn public_ss58(path: &Path) -> Result<String, WalletError> {
     Ok(KeyPair::from_keyfile_json(path, &data)?.ss58())
 }
 
+// Key files are a few hundred bytes; anything far larger, or not a regular file, is not one.
+const MAX_KEY_FILE_BYTES: u64 = 64 << 10;
+
 fn read_key_file(path: &Path) -> Result<Vec<u8>, WalletError> {
-    fs::read(path).map_err(|source| {
+    pretrain_core::bounded::read_regular(path, MAX_KEY_FILE_BYTES).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {
             WalletError::Missing {
                 path: path.to_path_buf(),
@@ -754,6 +901,33 @@ pub fn coldkey_password(prompt: &str, confirm: bool) -> Result<String, WalletErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the name, an accepted one is exactly one plain component
+        /// directly under the root: no name can leave it.
+        #[test]
+        fn accepted_names_stay_directly_under_the_root(name in "\\PC{0,12}|[./\\\\a-z]{0,8}") {
+            let root = Path::new("/wallets/root");
+            for (kind, checked) in [("wallet", SafeName::wallet(&name)), ("hotkey", SafeName::hotkey(&name))] {
+                match checked {
+                    Ok(safe) => {
+                        let p = root.join(safe.as_str());
+                        prop_assert_eq!(p.parent(), Some(root), "{} {:?}", kind, name);
+                        let comps: Vec<_> = Path::new(safe.as_str()).components().collect();
+                        prop_assert_eq!(comps.len(), 1);
+                        let normal = matches!(comps[0], std::path::Component::Normal(_));
+                        prop_assert!(normal, "{:?}", comps);
+                        prop_assert!(!name.starts_with('.'));
+                    }
+                    Err(e) => {
+                        let is_bad_name = matches!(e, WalletError::BadName { .. });
+                        prop_assert!(is_bad_name, "{}", e);
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn truncated_nacl_data_is_malformed_not_a_panic() {

@@ -1,4 +1,4 @@
-//! Wallets against the bittensor fixture in `shared/reference/wallet`.
+//! Wallets against the bittensor fixture in `testdata/wallet`.
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
@@ -8,10 +8,10 @@ use pretrain_chain::wallet::{KeyPair, Wallet, WalletError};
 
 const ROOT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/reference/wallet"
+    "/../../testdata/wallet"
 );
 
-// Values from shared/reference/wallet/README.md.
+// Values from testdata/wallet/README.md.
 const COLD_MNEMONIC: &str =
     "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about";
 const COLD_PASSWORD: &str = "fixture-password-123";
@@ -128,7 +128,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
         if p.is_dir() {
-            out.extend(walk(&p));
+            out.extend(walk_all(&p));
         } else {
             out.push(p);
         }
@@ -224,4 +224,115 @@ fn an_unencrypted_coldkey_needs_no_password() {
         keys_of(&w.coldkey_path()),
         keys_of(&fixture().hotkey_path())
     );
+}
+
+/// Issue 14, class 1: a wallet or hotkey name that would leave the wallets
+/// root (`../escaped`, `../../../hot`, an absolute path, empty, `.`, a
+/// separator inside, a hidden name, a hotkey named like a public file) is
+/// refused before any file is touched, and nothing is written anywhere.
+#[test]
+fn names_that_leave_the_root_are_refused_and_write_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let abs = tmp.path().join("abs").display().to_string();
+    let bad_wallets = [
+        "../escaped",
+        "..",
+        ".",
+        "",
+        abs.as_str(),
+        "a/b",
+        "a\\b",
+        ".hidden",
+        "nul\0byte",
+        "new\nline",
+    ];
+    for name in bad_wallets {
+        let w = Wallet::new(&root, name, "default");
+        let err = w.create(None, false).unwrap_err();
+        assert!(
+            matches!(err, WalletError::BadName { kind: "wallet", .. }),
+            "{name:?}: {err}"
+        );
+        assert!(matches!(
+            w.create_coldkey(None, None, false),
+            Err(WalletError::BadName { .. })
+        ));
+        assert!(matches!(w.coldkeypub(), Err(WalletError::BadName { .. })));
+        assert!(matches!(w.info(), Err(WalletError::BadName { .. })));
+        assert!(Wallet::try_new(&root, name, "default").is_err());
+    }
+    let long = "x".repeat(129);
+    for hotkey in [
+        "../../../hot",
+        "../hot",
+        abs.as_str(),
+        "",
+        "..",
+        "h/../../x",
+        ".h",
+        "defaultpub.txt",
+        long.as_str(),
+    ] {
+        let w = Wallet::new(&root, "w", hotkey);
+        let err = w.create_hotkey(None, false).unwrap_err();
+        assert!(
+            matches!(err, WalletError::BadName { kind: "hotkey", .. }),
+            "{hotkey:?}: {err}"
+        );
+        assert!(matches!(w.hotkey(), Err(WalletError::BadName { .. })));
+        assert!(matches!(w.hotkey_ss58(), Err(WalletError::BadName { .. })));
+        assert!(matches!(
+            w.create(None, false),
+            Err(WalletError::BadName { .. })
+        ));
+    }
+    // Nothing was created anywhere under tmp but the empty root.
+    let all: Vec<_> = walk_all(tmp.path());
+    assert_eq!(all, vec![root.clone()], "{all:?}");
+    // Ordinary names still work, including dots and dashes inside.
+    let w = Wallet::try_new(&root, "my.wallet-1", "hot_key.2").unwrap();
+    w.create(None, false).unwrap();
+    assert!(root.join("my.wallet-1/hotkeys/hot_key.2").is_file());
+}
+
+fn walk_all(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        out.push(p.clone());
+        if p.is_dir() {
+            out.extend(walk_all(&p));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Issue 14, class 2 in wallets: a key file that is a FIFO or a link to a
+/// device is an error (no hang, no endless read); a huge file is refused.
+#[test]
+fn special_key_files_are_errors_not_hangs() {
+    use std::os::unix::fs::symlink;
+    let tmp = tempfile::tempdir().unwrap();
+    let w = Wallet::new(tmp.path(), "w", "default");
+    std::fs::create_dir_all(w.dir().join("hotkeys")).unwrap();
+    assert!(std::process::Command::new("mkfifo")
+        .arg(w.hotkey_path())
+        .status()
+        .unwrap()
+        .success());
+    let e = w.hotkey().unwrap_err().to_string();
+    assert!(e.contains("FIFO"), "{e}");
+    symlink("/dev/zero", w.coldkey_path()).unwrap();
+    let e = w.coldkey("pw").unwrap_err().to_string();
+    assert!(e.contains("character device"), "{e}");
+    std::fs::write(w.coldkeypub_path(), vec![b' '; 1 << 20]).unwrap();
+    let e = w.coldkeypub().unwrap_err().to_string();
+    assert!(e.contains("over the limit"), "{e}");
+    // `info` reports each as a problem instead of a silent `null`.
+    let info = w.info().unwrap();
+    assert_eq!(info.problems.len(), 3, "{:?}", info.problems);
+    assert!(info.coldkeypub.is_none());
 }

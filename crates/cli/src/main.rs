@@ -46,6 +46,17 @@ enum Command {
     Chain(cmd::chain::ChainCommand),
     /// Push a model directory: check it, upload it to the hub, commit its id to the chain.
     Upload(Box<cmd::upload::UploadArgs>),
+    /// Mine: train a model (new, a uid's, or from disk), keep the best, push it.
+    Mine(Box<cmd::mine::MineArgs>),
+    /// The validator: fetch every miner's committed model, evaluate, score, set weights.
+    Validate(Box<cmd::validate::ValidateArgs>),
+    /// The whole subnet on this machine: a validator and miners on an embedded chain, a live leaderboard.
+    Localnet(cmd::localnet::LocalnetArgs),
+    /// PNG charts and an HTML page for a miner run, a validator or a localnet directory.
+    Report(cmd::report::ReportArgs),
+    /// Internal: evaluates one model for the validator (JSON lines on stdin/stdout).
+    #[command(name = "eval_worker", hide = true)]
+    EvalWorker(cmd::validate::EvalWorkerArgs),
 }
 
 fn init_logging(cli: &Cli) {
@@ -60,10 +71,13 @@ fn init_logging(cli: &Cli) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: a log file or pipe gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
 fn main() {
+    cmd::out::install_broken_pipe_hook();
     let cli = Cli::parse();
     init_logging(&cli);
     let result = match cli.command {
@@ -76,8 +90,17 @@ fn main() {
         Command::Wallet(c) => cmd::wallet::run(c),
         Command::Chain(c) => cmd::chain::run(c),
         Command::Upload(args) => cmd::upload::run(*args),
+        Command::Mine(args) => cmd::mine::run(*args),
+        Command::Validate(args) => cmd::validate::run(*args),
+        Command::Localnet(args) => cmd::localnet::run(args),
+        Command::Report(args) => cmd::report::run(args),
+        Command::EvalWorker(args) => cmd::validate::run_worker(args),
     };
     if let Err(err) = result {
+        if cmd::out::is_stdout_closed(&err) {
+            // The reader went away (`| head`): nothing to report, as for any Unix filter.
+            std::process::exit(cmd::out::BROKEN_PIPE_EXIT);
+        }
         eprintln!("error: {}", one_line(&err));
         std::process::exit(1);
     }

@@ -9,9 +9,9 @@ use pretrain_chain::{Chain, Hotkey};
 
 const WALLETS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/reference/wallet"
+    "/../../testdata/wallet"
 );
-// From shared/reference/wallet/README.md.
+// From testdata/wallet/README.md.
 const COLD_SS58: &str = "5EPCUjPxiHAcNooYipQFWr9NmmXJKpNG5RhcntXwbtUySrgH";
 const HOT_SS58: &str = "5EHgWw2Af1pnoc7f1A8bfmM97W3DAYW8xr82RfhLL9oAabAe";
 
@@ -39,7 +39,10 @@ use common::{fails_with, ok_json};
 fn a_newcomer_sets_up_a_subnet_with_register_and_stake() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    fails_with(&run(dir, &["metagraph"]), "subnet 9 does not exist");
+    // Reading a chain that is not there is an error, and creates nothing.
+    let missing = dir.join("typo");
+    fails_with(&run(&missing, &["metagraph"]), "no embedded chain");
+    assert!(!missing.exists());
 
     // The fixture wallet's hotkey, owned by its coldkey.
     let wallet = [
@@ -164,49 +167,114 @@ fn commitments_read_back_by_uid_and_hotkey() {
     );
 }
 
+/// Issue 14, class 5: many processes on a fresh chain directory (no file
+/// yet), each registering a hotkey and then staking it, all at once; repeated
+/// on new directories. No write is ever lost.
 #[test]
 fn processes_register_and_stake_at_once() {
+    for round in 0..3 {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("fresh");
+        let threads: Vec<_> = (10..22u8)
+            .map(|i| {
+                let dir = dir.clone();
+                std::thread::spawn(move || {
+                    let a = addr(i);
+                    for args in [
+                        vec!["register", "--hotkey", &a],
+                        vec!["stake", "--hotkey", &a, "--amount", "2"],
+                    ] {
+                        let out = run(&dir, &args);
+                        assert!(
+                            out.status.success(),
+                            "round {round}, {args:?}: {}",
+                            String::from_utf8_lossy(&out.stderr)
+                        );
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let g = ok_json(&run(&dir, &["metagraph", "--json"]));
+        let n = g["neurons"].as_array().unwrap();
+        let uids: Vec<u64> = n.iter().map(|x| x["uid"].as_u64().unwrap()).collect();
+        assert_eq!(uids, (0..12).collect::<Vec<u64>>());
+        let mut hotkeys: Vec<String> = n
+            .iter()
+            .map(|x| x["hotkey"].as_str().unwrap().to_string())
+            .collect();
+        hotkeys.sort();
+        let mut expected: Vec<String> = (10..22u8).map(addr).collect();
+        expected.sort();
+        assert_eq!(hotkeys, expected, "round {round}");
+        assert!(n
+            .iter()
+            .all(|x| x["stake"] == 2.0 && x["validator_permit"] == true));
+    }
+}
+
+/// Issue 14, class 5 through the command line: `register --block_time 1e-300`
+/// failed and left the directory unusable; now it is refused before anything
+/// is written and the next command works. Same for other unusable numbers,
+/// and for `--chain_timeout 1e300` (it panicked).
+#[test]
+fn bad_numbers_are_refused_and_leave_the_chain_usable() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    // Eight processes register and stake concurrently on a chain none of them created.
-    let children: Vec<_> = (10..18u8)
-        .flat_map(|i| {
-            let a = addr(i);
-            [
-                cmd(dir, &["register", "--hotkey", &a])
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap(),
-                cmd(dir, &["stake", "--hotkey", &a, "--amount", "2"])
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap(),
-            ]
-        })
-        .collect();
-    for child in children {
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+    let dir = tmp.path().join("c");
+    let d = dir.to_str().unwrap();
+    let a1 = addr(1);
+    for extra in [
+        "--block_time=1e-300",
+        "--block_time=-1",
+        "--block_time=inf",
+        "--chain_timeout=1e300",
+        "--chain_timeout=nan",
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_pretrain"))
+            .args(["chain", "register", "--hotkey", &a1, "--chain_dir", d])
+            .arg(extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!dir.exists(), "{extra:?} left {}", dir.display());
+    }
+    ok_json(&run(&dir, &["register", "--hotkey", &a1]));
+    // Stake: an unregistered hotkey is refused; 1e308 twice never stores infinity.
+    fails_with(
+        &run(&dir, &["stake", "--hotkey", &addr(2), "--amount", "1"]),
+        "not registered",
+    );
+    for _ in 0..2 {
+        fails_with(
+            &run(&dir, &["stake", "--hotkey", &a1, "--amount=1e308"]),
+            "at most 21000000",
         );
     }
-    let g = ok_json(&run(dir, &["metagraph", "--json"]));
-    let n = g["neurons"].as_array().unwrap();
-    let uids: Vec<u64> = n.iter().map(|x| x["uid"].as_u64().unwrap()).collect();
-    assert_eq!(uids, (0..8).collect::<Vec<u64>>());
-    let mut hotkeys: Vec<String> = n
-        .iter()
-        .map(|x| x["hotkey"].as_str().unwrap().to_string())
-        .collect();
-    hotkeys.sort();
-    let mut expected: Vec<String> = (10..18u8).map(addr).collect();
-    expected.sort();
-    assert_eq!(hotkeys, expected);
-    assert!(n
-        .iter()
-        .all(|x| x["stake"] == 2.0 && x["validator_permit"] == true));
+    let s = ok_json(&run(&dir, &["stake", "--hotkey", &a1, "--amount", "3"]));
+    assert_eq!(s["stake"], 3.0);
+    let g = ok_json(&run(&dir, &["metagraph", "--json"]));
+    assert_eq!(g["neurons"][0]["stake"], 3.0);
+}
+
+/// Issue 14, class 4: `chain metagraph | true` panicked; now a quiet 141.
+#[test]
+fn metagraph_to_a_closed_stdout_is_quiet() {
+    let tmp = tempfile::tempdir().unwrap();
+    ok_json(&run(tmp.path(), &["register", "--hotkey", &addr(1)]));
+    for extra in [&[][..], &["--json"][..]] {
+        let mut child = cmd(tmp.path(), &[&["metagraph"][..], extra].concat())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
 }

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 fn reference(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/reference")
+        .join("../../testdata")
         .join(rel)
 }
 
@@ -143,4 +143,223 @@ fn score_rejects_malformed_files_with_one_line() {
         assert_eq!(stderr.trim_end().lines().count(), 1, "{label}: {stderr}");
         assert!(stderr.contains(needle), "{label}: {stderr}");
     }
+}
+
+// ---- Issue 14: hostile inputs (classes 2, 3, 4, 7) ----
+
+const TINY_GPT2: &str = "models/tiny-gpt2/model";
+
+/// Runs `pretrain` with stdout a pipe whose reader is already gone.
+fn with_closed_stdout(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pretrain"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    child.wait_with_output().expect("wait")
+}
+
+fn assert_quiet_broken_pipe(out: &Output, what: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{what}: {err}");
+    assert_ne!(out.status.code(), Some(101), "{what}: {err}");
+    assert_eq!(out.status.code(), Some(141), "{what}: {err}");
+    assert!(!err.contains("error:"), "{what}: {err}");
+}
+
+/// Issue 14, class 4: `hash DIR | true` panicked (rc 101); so did inspect and
+/// score. Each now exits quietly with 141 (128 + SIGPIPE, as a Unix filter).
+#[test]
+fn closed_stdout_is_a_quiet_exit_not_a_panic() {
+    let model = reference(TINY_GPT2);
+    let model = model.to_str().unwrap();
+    let cases = reference("scoring/cases.json");
+    let tmp = tempfile::tempdir().unwrap();
+    let step = tmp.path().join("step.json");
+    let all = read_json(&cases);
+    std::fs::write(&step, all["steps"][0].to_string()).unwrap();
+    for args in [
+        vec!["hash", model],
+        vec!["inspect", model],
+        vec!["score", step.to_str().unwrap()],
+    ] {
+        assert_quiet_broken_pipe(&with_closed_stdout(&args), &args.join(" "));
+    }
+}
+
+#[cfg(unix)]
+fn mkfifo(p: &Path) {
+    assert!(Command::new("mkfifo").arg(p).status().unwrap().success());
+}
+
+/// A copy of the tiny GPT-2 model directory to spoil.
+fn model_copy(tmp: &Path) -> PathBuf {
+    let dst = tmp.join("model");
+    std::fs::create_dir(&dst).unwrap();
+    for e in std::fs::read_dir(reference(TINY_GPT2)).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+    dst
+}
+
+/// Issue 14, class 2: a FIFO or a link to /dev/zero in a model directory made
+/// `hash` and `inspect` hang, and `config.json` linked to /dev/zero made `eval`
+/// read until memory ran out. Each is now a one-line error, quickly.
+#[cfg(unix)]
+#[test]
+fn special_files_in_a_model_directory_are_errors_not_hangs() {
+    use std::os::unix::fs::symlink;
+    let t0 = std::time::Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let tokens = tmp.path().join("tokens.json");
+    std::fs::write(&tokens, "[[1, 2, 3]]").unwrap();
+    for (case, spoil) in [
+        ("fifo", 0),
+        ("zero-link", 1),
+        ("config-zero", 2),
+        ("config-fifo", 3),
+        ("weights-fifo", 4),
+    ] {
+        let sub = tmp.path().join(case);
+        std::fs::create_dir(&sub).unwrap();
+        let dir = model_copy(&sub);
+        match spoil {
+            0 => mkfifo(&dir.join("extra.bin")),
+            1 => symlink("/dev/zero", dir.join("extra.bin")).unwrap(),
+            2 => {
+                std::fs::remove_file(dir.join("config.json")).unwrap();
+                symlink("/dev/zero", dir.join("config.json")).unwrap();
+            }
+            3 => {
+                std::fs::remove_file(dir.join("config.json")).unwrap();
+                mkfifo(&dir.join("config.json"));
+            }
+            _ => {
+                std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+                mkfifo(&dir.join("model.safetensors"));
+            }
+        }
+        let d = dir.to_str().unwrap();
+        for args in [
+            vec!["hash", d],
+            vec!["inspect", d],
+            vec!["eval", "--model", d, "--tokens", tokens.to_str().unwrap()],
+        ] {
+            let out = pretrain(&args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            if args[0] == "inspect" && out.status.success() {
+                // inspect reports an invalid model as JSON with a reason.
+                let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+                assert_eq!(v["valid"], false, "{case}: {v}");
+                continue;
+            }
+            assert!(!out.status.success(), "{case} {}: succeeded", args[0]);
+            assert!(
+                err.contains("not a regular file"),
+                "{case} {}: {err}",
+                args[0]
+            );
+            assert_eq!(err.trim().lines().count(), 1, "{case}: {err}");
+        }
+    }
+    assert!(t0.elapsed() < std::time::Duration::from_secs(60));
+}
+
+/// Issue 14, class 3: small inputs asking for huge allocations are refused
+/// with a reason before anything is allocated.
+#[test]
+fn sizes_from_outside_are_bounded_before_allocating() {
+    let tmp = tempfile::tempdir().unwrap();
+    let all = read_json(&reference("scoring/cases.json"));
+    let base = all["steps"][0].clone();
+    for (field, value) in [
+        ("n_total_uids", serde_json::json!(u64::MAX)),
+        ("n_total_uids", serde_json::json!(1_000_000_000_000u64)),
+        ("n_batches", serde_json::json!(1_000_000_000_000u64)),
+        ("sample_min", serde_json::json!(u64::MAX)),
+    ] {
+        let mut step = base.clone();
+        step[field] = value.clone();
+        let p = tmp.path().join("step.json");
+        std::fs::write(&p, step.to_string()).unwrap();
+        let out = pretrain(&["score", p.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{field}={value}: {err}");
+        assert!(err.contains("over the limit"), "{field}={value}: {err}");
+    }
+    let model = reference(TINY_GPT2);
+    let model = model.to_str().unwrap();
+    for (args, needle) in [
+        (
+            vec!["eval", "--model", model, "--pages", "1000000000000"],
+            "--pages",
+        ),
+        (
+            vec!["bench", "eval", "--batch_size", "4294967295"],
+            "--batch_size",
+        ),
+        (
+            vec!["bench", "eval", "--batch-size", "4294967295"],
+            "--batch_size",
+        ),
+        (
+            vec!["bench", "train", "--seq_len", "100000000"],
+            "--seq_len",
+        ),
+        (
+            vec!["bench", "eval", "--iters", "18446744073709551615"],
+            "--iters",
+        ),
+        (
+            vec!["bench", "tokenize", "--threads", "100000"],
+            "--threads",
+        ),
+    ] {
+        let out = pretrain(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(needle) && err.contains("over the limit"),
+            "{args:?}: {err}"
+        );
+    }
+    // A config.json with 16M layers is refused by its bound, fast.
+    let cfg = tmp.path().join("config.json");
+    let mut c = read_json(&reference(&format!("{TINY_GPT2}/config.json")));
+    c["n_layer"] = serde_json::json!(16_000_000);
+    std::fs::write(&cfg, c.to_string()).unwrap();
+    let t0 = std::time::Instant::now();
+    let out = pretrain(&["bench", "eval", "--config", cfg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("n_layer"), "{err}");
+    assert!(t0.elapsed() < std::time::Duration::from_secs(10));
+}
+
+/// Issue 14, class 3: `eval` refuses a model `inspect` calls invalid for its
+/// size (over 1 GiB) instead of loading it; here a symlinked 1.1 GiB sparse
+/// file next to the weights, which `inspect` must count too.
+#[test]
+fn eval_refuses_what_inspect_refuses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = model_copy(tmp.path());
+    let big = tmp.path().join("big.bin");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len((1u64 << 30) + (100 << 20)).unwrap();
+    std::os::unix::fs::symlink(&big, dir.join("big.bin")).unwrap();
+    let d = dir.to_str().unwrap();
+    let out = pretrain(&["inspect", d]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["valid"], false, "{v}");
+    assert!(v["reason"].as_str().unwrap().contains("too large"), "{v}");
+    let tokens = tmp.path().join("tokens.json");
+    std::fs::write(&tokens, "[[1, 2, 3]]").unwrap();
+    let out = pretrain(&["eval", "--model", d, "--tokens", tokens.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("not a model the validator accepts"), "{err}");
 }

@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-const REFERENCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/reference");
+const REFERENCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata");
 
 fn pretrain(args: &[&str], stdin: &str) -> std::process::Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_pretrain"))
@@ -99,4 +99,56 @@ fn bench_tokenize_prints_throughput_json() {
     // The corpus is ~4 MB of text; GPT-2 makes about one id per 3.5 bytes of English.
     let ratio = json["bytes"].as_f64().unwrap() / json["tokens"].as_f64().unwrap();
     assert!((3.0..5.0).contains(&ratio), "{ratio} bytes per id");
+}
+
+/// Issue 14, class 7: `tokenize` dropped blank lines, so output line N no
+/// longer belonged to input line N. Now a blank line (empty or spaces) gives
+/// `[]`, with and without --document, and the line count always matches.
+#[test]
+fn tokenize_keeps_one_output_line_per_input_line() {
+    let input = "\"Hello world\"\n\n   \n{\"text\": \"Hello world\"}\n\n";
+    // Reference ids of "Hello world" (tokenizer/cases.jsonl, case008).
+    for (extra, ids) in [
+        (&[][..], vec![15496u32, 995]),
+        (&["--document"][..], vec![15496u32, 995, 50256]),
+    ] {
+        let out = pretrain(&[&["tokenize"][..], extra].concat(), input);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), input.lines().count(), "{text}");
+        assert_eq!(lines[1], "[]");
+        assert_eq!(lines[2], "[]");
+        assert_eq!(lines[4], "[]");
+        for i in [0, 3] {
+            let got: Vec<u32> = serde_json::from_str(lines[i]).unwrap();
+            assert_eq!(got, ids);
+        }
+    }
+}
+
+/// Issue 14, class 4 for tokenize: a closed stdout is a quiet 141, no panic.
+#[test]
+fn tokenize_to_a_closed_stdout_is_quiet() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pretrain"))
+        .arg("tokenize")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let mut stdin = child.stdin.take().unwrap();
+    // Enough lines that the output cannot sit in a buffer until exit.
+    let line = "\"hello world, again and again\"\n".repeat(20_000);
+    let _ = stdin.write_all(line.as_bytes());
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }

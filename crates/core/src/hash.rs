@@ -39,10 +39,12 @@ pub fn hash_of_bytes(bytes: &[u8]) -> String {
     B64.encode(Sha256::digest(bytes))
 }
 
-/// `base64(sha256(file contents))`, streaming; symlinks are followed.
+/// `base64(sha256(file contents))`, streaming; symlinks are followed. Only
+/// regular files are read: a FIFO or a device (say a link to `/dev/zero`)
+/// is an error, not a read that never ends.
 pub fn hash_of_file(path: impl AsRef<Path>) -> Result<String, HashError> {
     let path = path.as_ref();
-    let mut file = fs::File::open(path).map_err(io_err(path))?;
+    let (mut file, _) = crate::bounded::open_regular(path, u64::MAX).map_err(io_err(path))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -118,7 +120,7 @@ mod tests {
     fn reference() -> PathBuf {
         PathBuf::from(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/reference/hash"
+            "/../../testdata/hash"
         ))
     }
 
@@ -222,6 +224,32 @@ mod tests {
             hash_of_directory(tmp.path()).unwrap(),
             "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
         );
+    }
+
+    /// Issue 14, class 2: a FIFO or a link to a device in a model directory
+    /// made hashing hang; now each is an error naming the file.
+    #[cfg(unix)]
+    #[test]
+    fn special_files_are_errors_not_hangs() {
+        use std::os::unix::fs::symlink;
+        for (name, make) in [("fifo", 0), ("zero", 1), ("null", 2), ("urandom", 3)] {
+            let tmp = tempfile::tempdir().unwrap();
+            fs::write(tmp.path().join("config.json"), b"{}").unwrap();
+            let p = tmp.path().join(name);
+            match make {
+                0 => assert!(std::process::Command::new("mkfifo")
+                    .arg(&p)
+                    .status()
+                    .unwrap()
+                    .success()),
+                1 => symlink("/dev/zero", &p).unwrap(),
+                2 => symlink("/dev/null", &p).unwrap(),
+                _ => symlink("/dev/urandom", &p).unwrap(),
+            }
+            let err = hash_of_directory(tmp.path()).unwrap_err().to_string();
+            assert!(err.contains("not a regular file"), "{name}: {err}");
+            assert!(err.contains(name), "{name}: {err}");
+        }
     }
 
     #[cfg(unix)]

@@ -6,6 +6,7 @@
 //! atomic-write helper every crate uses for files kept for later.
 
 pub mod backoff;
+pub mod bounded;
 pub mod constants;
 pub mod fsio;
 pub mod hash;

@@ -148,7 +148,7 @@ mod tests {
     fn cases() -> Value {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/reference/modelid/cases.json"
+            "/../../testdata/modelid/cases.json"
         );
         let text = std::fs::read_to_string(path).expect("reference modelid cases");
         serde_json::from_str(&text).expect("valid json")

@@ -537,7 +537,7 @@ mod tests {
 
     const CASES: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/reference/scoring/cases.json"
+        "/../../testdata/scoring/cases.json"
     );
 
     fn cases() -> Value {

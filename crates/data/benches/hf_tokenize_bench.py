@@ -21,7 +21,7 @@ from transformers import GPT2TokenizerFast
 
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE.parent / "corpus"
-REF = HERE.parents[3] / "shared" / "reference" / "tokenizer" / "gpt2"
+REF = HERE.parents[2] / "testdata" / "tokenizer" / "gpt2"
 
 
 def main():

@@ -104,7 +104,7 @@ mod tests {
     #[test]
     fn endoftext_is_special_anywhere() {
         let tok = Tokenizer::gpt2().unwrap();
-        // Values from shared/reference/tokenizer/README (Hugging Face output).
+        // Values from testdata/tokenizer/README (Hugging Face output).
         assert_eq!(tok.encode("<|endoftext|>").unwrap(), vec![50256]);
         assert_eq!(
             tok.encode("before<|endoftext|>after").unwrap(),

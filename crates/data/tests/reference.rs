@@ -6,7 +6,7 @@ use pretrain_data::{
 };
 use serde::Deserialize;
 
-const REFERENCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/reference");
+const REFERENCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata");
 
 #[derive(Deserialize)]
 struct TokenizerCase {

@@ -42,7 +42,10 @@ pub struct ModelInfo {
     pub size_bytes: u64,
 }
 
-/// Total size in bytes of the regular files under `dir` (symlinks not followed).
+/// Total size in bytes of the files under `dir`: regular files, and the
+/// targets of symlinks to files (they are hashed, loaded and uploaded as
+/// their targets, so they count as such); links to directories are not
+/// descended into, as the hash does not.
 pub fn dir_size(dir: &Path) -> Result<u64> {
     let mut total = 0u64;
     let mut stack = vec![dir.to_path_buf()];
@@ -53,14 +56,39 @@ pub fn dir_size(dir: &Path) -> Result<u64> {
             if ft.is_dir() {
                 stack.push(e.path());
             } else if ft.is_file() {
-                total += e
-                    .metadata()
-                    .map_err(|err| ModelError::io(e.path(), err))?
-                    .len();
+                total = total.saturating_add(
+                    e.metadata()
+                        .map_err(|err| ModelError::io(e.path(), err))?
+                        .len(),
+                );
+            } else if ft.is_symlink() {
+                // A broken link counts nothing here; reading it fails later with its name.
+                if let Ok(m) = fs::metadata(e.path()) {
+                    if m.is_file() {
+                        total = total.saturating_add(m.len());
+                    } else if !m.is_dir() {
+                        return Err(special(&e.path(), &m));
+                    }
+                }
+            } else {
+                // A FIFO, socket or device: it cannot be hashed or uploaded, so no model has one.
+                let m = e.metadata().map_err(|err| ModelError::io(e.path(), err))?;
+                return Err(special(&e.path(), &m));
             }
         }
     }
     Ok(total)
+}
+
+fn special(path: &Path, m: &fs::Metadata) -> ModelError {
+    let kind = pretrain_core::bounded::kind_of(m);
+    ModelError::io(
+        path,
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("a {kind}, not a regular file"),
+        ),
+    )
 }
 
 /// Checks a `save_pretrained` directory; the error's message is the reason.

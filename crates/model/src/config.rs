@@ -99,6 +99,21 @@ fn get<'a>(m: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
     m.get(key).filter(|v| !v.is_null())
 }
 
+/// Most layers a config may declare: far above any model within the subnet's parameter
+/// limit, and low enough that the per-layer tensor list stays small.
+pub const MAX_LAYERS: usize = 1024;
+
+// A layer count: bounded before anything is built per layer.
+fn layers_field(m: &Map<String, Value>, key: &str, default: usize) -> Result<usize> {
+    let n = usize_field(m, key, Some(default))?;
+    if n > MAX_LAYERS {
+        return Err(ModelError::Config(format!(
+            "{key} = {n} is out of range 1..={MAX_LAYERS}"
+        )));
+    }
+    Ok(n)
+}
+
 fn usize_field(m: &Map<String, Value>, key: &str, default: Option<usize>) -> Result<usize> {
     match get(m, key) {
         None => default.ok_or_else(|| ModelError::Config(format!("missing field {key}"))),
@@ -205,7 +220,7 @@ impl ModelConfig {
             vocab_size: usize_field(m, "vocab_size", Some(50257))?,
             n_positions: usize_field(m, "n_positions", Some(1024))?,
             n_embd,
-            n_layer: usize_field(m, "n_layer", Some(12))?,
+            n_layer: layers_field(m, "n_layer", 12)?,
             n_head,
             n_inner: usize_field(m, "n_inner", Some(4 * n_embd))?,
             layer_norm_epsilon: f64_field(m, "layer_norm_epsilon", 1e-5)?,
@@ -257,7 +272,7 @@ impl ModelConfig {
             vocab_size: usize_field(m, "vocab_size", Some(32000))?,
             hidden_size,
             intermediate_size: usize_field(m, "intermediate_size", Some(11008))?,
-            num_hidden_layers: usize_field(m, "num_hidden_layers", Some(32))?,
+            num_hidden_layers: layers_field(m, "num_hidden_layers", 32)?,
             num_attention_heads: heads,
             num_key_value_heads: kv,
             max_position_embeddings: usize_field(m, "max_position_embeddings", Some(2048))?,
@@ -384,11 +399,37 @@ impl ModelConfig {
     }
 
     /// Parameter count by the original rule: each distinct tensor once.
+    /// Computed by formula (the same tensors as [`ModelConfig::tensor_shapes`]),
+    /// so a hostile config costs nothing to count; saturates at `u64::MAX`.
     pub fn param_count(&self) -> u64 {
-        self.tensor_shapes()
-            .iter()
-            .map(|(_, s)| s.iter().map(|&x| x as u64).product::<u64>())
-            .sum()
+        let n = |x: usize| x as u128;
+        let total: u128 = match self {
+            Self::Gpt2(c) => {
+                let (d, i) = (n(c.n_embd), n(c.n_inner));
+                // ln_1, ln_2 (weight + bias), c_attn, c_proj, c_fc, mlp c_proj.
+                let layer = 4 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * i + i) + (i * d + d);
+                let head = if c.tie_word_embeddings {
+                    0
+                } else {
+                    n(c.vocab_size) * d
+                };
+                n(c.vocab_size) * d + n(c.n_positions) * d + n(c.n_layer) * layer + 2 * d + head
+            }
+            Self::Llama(c) => {
+                let d = n(c.hidden_size);
+                let kvd = d / n(c.num_attention_heads) * n(c.num_key_value_heads);
+                let m = n(c.intermediate_size);
+                let bias = if c.attention_bias { 2 * d + 2 * kvd } else { 0 };
+                let layer = 2 * d + 2 * d * d + 2 * kvd * d + 3 * m * d + bias;
+                let head = if c.tie_word_embeddings {
+                    0
+                } else {
+                    n(c.vocab_size) * d
+                };
+                n(c.vocab_size) * d + n(c.num_hidden_layers) * layer + d + head
+            }
+        };
+        u64::try_from(total).unwrap_or(u64::MAX)
     }
 
     /// Training dropout probabilities (embedding, attention, residual).
@@ -564,6 +605,56 @@ pub fn to_hf_json(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn shapes_sum(c: &ModelConfig) -> u64 {
+        c.tensor_shapes()
+            .iter()
+            .map(|(_, s)| s.iter().map(|&x| x as u64).product::<u64>())
+            .sum()
+    }
+
+    /// The formula counts exactly the tensors the config implies, and the
+    /// default model has the subnet's limit, 122,268,040 (SPEC.md).
+    #[test]
+    fn param_count_formula_matches_the_tensor_list() {
+        let default = ModelConfig::from_json(&default_gpt2_config_json()).unwrap();
+        assert_eq!(default.param_count(), 122_268_040);
+        let configs = [
+            serde_json::json!({"model_type": "gpt2", "n_embd": 64, "n_head": 4, "n_layer": 3, "vocab_size": 100, "n_positions": 32}),
+            serde_json::json!({"model_type": "gpt2", "n_embd": 48, "n_head": 3, "n_layer": 2, "n_inner": 10, "tie_word_embeddings": false}),
+            serde_json::json!({"model_type": "llama", "hidden_size": 64, "num_attention_heads": 8, "num_key_value_heads": 2, "num_hidden_layers": 3, "intermediate_size": 100, "vocab_size": 300}),
+            serde_json::json!({"model_type": "llama", "hidden_size": 32, "num_attention_heads": 4, "num_hidden_layers": 1, "intermediate_size": 7, "vocab_size": 11, "tie_word_embeddings": true, "attention_bias": true}),
+        ];
+        for j in configs {
+            let c = ModelConfig::from_json(&j).unwrap();
+            assert_eq!(c.param_count(), shapes_sum(&c), "{j}");
+        }
+    }
+
+    /// Issue 14, class 3: a tiny config.json asking for a huge model is
+    /// refused (layer counts) or counted without building anything (the
+    /// other fields), fast and without overflow.
+    #[test]
+    fn huge_configs_are_refused_or_counted_without_allocating() {
+        let t = std::time::Instant::now();
+        for j in [
+            serde_json::json!({"model_type": "gpt2", "n_layer": 16_000_000}),
+            serde_json::json!({"model_type": "gpt2", "n_layer": 1025}),
+            serde_json::json!({"model_type": "llama", "num_hidden_layers": 16_777_216}),
+            serde_json::json!({"model_type": "gpt2", "n_embd": 1u64 << 40}),
+            serde_json::json!({"model_type": "gpt2", "vocab_size": -1}),
+        ] {
+            assert!(ModelConfig::from_json(&j).is_err(), "{j}");
+        }
+        // Every field at its bound: a count far over any limit, not a wrap-around.
+        let big = ModelConfig::from_json(&serde_json::json!({
+            "model_type": "gpt2", "n_layer": 1024, "n_embd": 16_777_216, "n_head": 1,
+            "n_inner": 16_777_216, "vocab_size": 16_777_216, "n_positions": 16_777_216
+        }))
+        .unwrap();
+        assert!(big.param_count() > 1u64 << 60);
+        assert!(t.elapsed() < std::time::Duration::from_secs(1));
+    }
 
     #[test]
     fn python_float_matches_repr() {

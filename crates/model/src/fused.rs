@@ -238,13 +238,11 @@ impl CustomOp1 for Dropout {
     }
 }
 
-/// Training dropout (torch semantics) that stores no mask.
-pub fn dropout(x: &Tensor, p: f32) -> candle_core::Result<Tensor> {
+/// Training dropout (torch semantics) that stores no mask; `seed` picks the
+/// mask (the same seed gives the same mask).
+pub fn dropout(x: &Tensor, p: f32, seed: u64) -> candle_core::Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
-        x.contiguous()?.apply_op1(Dropout {
-            p,
-            seed: rand::random(),
-        })
+        x.contiguous()?.apply_op1(Dropout { p, seed })
     } else {
         candle_nn::ops::dropout(x, p)
     }
@@ -333,13 +331,13 @@ impl CustomOp1 for CausalSoftmaxDropout {
     }
 }
 
-/// Training attention probabilities: causal softmax of `[.., T, T]` scores, then dropout.
-pub fn causal_softmax_dropout(scores: &Tensor, p: f32) -> candle_core::Result<Tensor> {
+/// Training attention probabilities: causal softmax of `[.., T, T]` scores,
+/// then dropout with the mask of `seed`.
+pub fn causal_softmax_dropout(scores: &Tensor, p: f32, seed: u64) -> candle_core::Result<Tensor> {
     if scores.device().is_cpu() && scores.dtype() == candle_core::DType::F32 {
-        scores.contiguous()?.apply_op1(CausalSoftmaxDropout {
-            p,
-            seed: rand::random(),
-        })
+        scores
+            .contiguous()?
+            .apply_op1(CausalSoftmaxDropout { p, seed })
     } else {
         let probs = causal_softmax(scores, 0)?;
         if p > 0.0 {
@@ -954,25 +952,27 @@ fn scatter_heads(heads: &[Vec<f32>], b: usize, h: usize, t: usize, hd: usize, me
     }
 }
 
-/// Training attention (see [`AttentionTrain`]); other devices use candle's ops.
+/// Training attention (see [`AttentionTrain`]) with the dropout mask of
+/// `seed`; other devices use candle's ops (whose masks are not seeded).
 pub fn attention_train(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     scale: f64,
     p: f32,
+    seed: u64,
 ) -> candle_core::Result<Tensor> {
     let (b, h, t, hd) = q.dims4()?;
     if q.device().is_cpu() && q.dtype() == candle_core::DType::F32 {
         let op = AttentionTrain {
             scale: scale as f32,
             p,
-            seed: rand::random(),
+            seed,
         };
         q.contiguous()?
             .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
     } else {
-        let probs = causal_softmax_dropout(&(q * scale)?.matmul(&k.t()?)?, p)?;
+        let probs = causal_softmax_dropout(&(q * scale)?.matmul(&k.t()?)?, p, seed)?;
         probs.matmul(v)?.transpose(1, 2)?.reshape((b * t, h * hd))
     }
 }
@@ -999,7 +999,7 @@ mod tests {
             &Tensor::ones((64, 100), candle_core::DType::F32, &Device::Cpu).unwrap(),
         )
         .unwrap();
-        let y = dropout(x.as_tensor(), 0.25).unwrap();
+        let y = dropout(x.as_tensor(), 0.25, 17).unwrap();
         let kept: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
         let frac = kept.iter().filter(|&&v| v != 0.0).count() as f64 / kept.len() as f64;
         assert!((frac - 0.75).abs() < 0.03, "kept {frac}");
@@ -1023,7 +1023,7 @@ mod tests {
         let t = 9;
         let s = Var::from_tensor(&Tensor::randn(0f32, 2.0, (2, 3, t, t), &dev).unwrap()).unwrap();
         let w = Tensor::randn(0f32, 1.0, (2, 3, t, t), &dev).unwrap();
-        let y = causal_softmax_dropout(s.as_tensor(), 0.3).unwrap();
+        let y = causal_softmax_dropout(s.as_tensor(), 0.3, 17).unwrap();
         let g_fused = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
         let g_fused: Vec<f32> = g_fused
             .get(s.as_tensor())

@@ -60,7 +60,10 @@ impl std::fmt::Debug for Model {
 /// Reads and parses `dir/config.json`.
 pub fn read_config(dir: &Path) -> Result<(Value, ModelConfig)> {
     let path = dir.join(CONFIG_FILE);
-    let text = fs::read(&path).map_err(|e| ModelError::io(&path, e))?;
+    // A regular file of bounded size: a link to /dev/zero must not be read until memory runs out.
+    let text =
+        pretrain_core::bounded::read_regular(&path, pretrain_core::bounded::SMALL_FILE_LIMIT)
+            .map_err(|e| ModelError::io(&path, e))?;
     let json: Value = serde_json::from_slice(&text)
         .map_err(|e| ModelError::Config(format!("config.json is not valid JSON: {e}")))?;
     let cfg = ModelConfig::from_json(&json)?;
@@ -76,7 +79,9 @@ pub fn open_weights(dir: &Path) -> Result<Vec<SafetensorsFile>> {
     }
     let index = dir.join(WEIGHTS_INDEX_FILE);
     if index.is_file() {
-        let text = fs::read(&index).map_err(|e| ModelError::io(&index, e))?;
+        let text =
+            pretrain_core::bounded::read_regular(&index, pretrain_core::bounded::SMALL_FILE_LIMIT)
+                .map_err(|e| ModelError::io(&index, e))?;
         let json: Value = serde_json::from_slice(&text)
             .map_err(|e| ModelError::st(WEIGHTS_INDEX_FILE, format!("not valid JSON: {e}")))?;
         let map = json
@@ -195,6 +200,10 @@ fn normal(rng: &mut StdRng, n: usize, std: f32) -> Vec<f32> {
 impl Model {
     /// Loads a Hugging Face `save_pretrained` directory onto `device`.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        // A save interrupted between its two renames left the old copy aside.
+        if !dir.exists() {
+            pretrain_core::fsio::recover_dir(dir).map_err(|e| ModelError::io(dir, e))?;
+        }
         let (config_json, config) = read_config(dir)?;
         let files = open_weights(dir)?;
         let matched = match_tensors(&config, &files)?;
@@ -324,9 +333,20 @@ impl Model {
         nets::hidden(&self.config, &self.weights, &ids, mode)
     }
 
+    /// Final hidden states `[B*T, d]`; in training mode `seed` fixes every
+    /// dropout mask (the same seed gives the same masks).
+    pub fn hidden_seeded(&self, batch: &[Vec<u32>], mode: Mode, seed: u64) -> Result<Tensor> {
+        let ids = nets::ids_tensor(&self.config, batch, &self.device)?;
+        nets::hidden_seeded(&self.config, &self.weights, &ids, mode, seed)
+    }
+
     /// Saves as a `save_pretrained` directory: `config.json`,
-    /// `generation_config.json`, `model.safetensors` (f32). Written into a
-    /// temporary directory beside `dir`, then renamed over it.
+    /// `generation_config.json`, `model.safetensors` (f32). Written and
+    /// fsynced in a temporary directory beside `dir`, then swapped in with
+    /// [`pretrain_core::fsio::replace_dir`]: a crash at any moment leaves a
+    /// whole directory, the old or the new one (after a crash between the
+    /// two renames the old one waits at `<dir>.old`, which
+    /// [`Model::load`] and the next save put back first).
     pub fn save(&self, dir: &Path) -> Result<()> {
         let parent = match dir.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -364,31 +384,19 @@ impl Model {
             &tensors,
             &[("format", "pt")],
         )?;
-        let tmp_path = tmp.keep();
-        // rename cannot replace a non-empty directory: move the old one aside first.
-        let old = if dir.exists() {
-            let aside = parent.join(format!(
-                ".old-{}-{}",
-                dir.file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                std::process::id()
-            ));
-            fs::rename(dir, &aside).map_err(|e| ModelError::io(dir, e))?;
-            Some(aside)
-        } else {
-            None
-        };
-        if let Err(e) = fs::rename(&tmp_path, dir) {
-            let _ = fs::remove_dir_all(&tmp_path);
-            if let Some(old) = &old {
-                let _ = fs::rename(old, dir);
-            }
-            return Err(ModelError::io(dir, e));
+        // The files reach the disk before the rename makes them the model
+        // (`st::write` syncs the weights itself).
+        for name in [CONFIG_FILE, GENERATION_CONFIG_FILE] {
+            let p = tmp.path().join(name);
+            fs::File::open(&p)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| ModelError::io(&p, e))?;
         }
-        if let Some(old) = old {
-            let _ = fs::remove_dir_all(old);
-        }
+        pretrain_core::fsio::fsync_dir(tmp.path()).map_err(|e| ModelError::io(tmp.path(), e))?;
+        // On error the TempDir guard removes the staged copy.
+        pretrain_core::fsio::replace_dir(tmp.path(), dir).map_err(|e| ModelError::io(dir, e))?;
+        // Renamed away: nothing left for the guard to remove.
+        let _ = tmp.keep();
         Ok(())
     }
 

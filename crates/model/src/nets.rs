@@ -29,9 +29,39 @@ pub(crate) fn w<'a>(weights: &'a Weights, name: &str) -> Result<&'a Tensor> {
         .ok_or_else(|| ModelError::MissingTensor(name.to_string()))
 }
 
-fn dropout(x: Tensor, p: f32, mode: Mode) -> Result<Tensor> {
+/// The dropout seeds of one forward pass: every dropout site draws its own
+/// from the pass's seed, in the order the sites run, so one seed fixes every
+/// mask of the pass (and backward regenerates them).
+struct DropSeeds {
+    base: u64,
+    site: u64,
+}
+
+impl DropSeeds {
+    fn new(base: u64) -> Self {
+        Self { base, site: 0 }
+    }
+
+    fn next(&mut self) -> u64 {
+        self.site += 1;
+        mix_seed(self.base, self.site)
+    }
+}
+
+/// A well-spread seed from `(a, b)` (splitmix64 finaliser): nearby inputs
+/// give unrelated outputs.
+pub fn mix_seed(a: u64, b: u64) -> u64 {
+    let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn dropout(x: Tensor, p: f32, mode: Mode, seeds: &mut DropSeeds) -> Result<Tensor> {
+    let seed = seeds.next();
     if mode == Mode::Train && p > 0.0 {
-        Ok(crate::fused::dropout(&x, p)?)
+        Ok(crate::fused::dropout(&x, p, seed)?)
     } else {
         Ok(x)
     }
@@ -53,10 +83,19 @@ fn rms_norm(x: &Tensor, g: &Tensor, eps: f64, mode: Mode) -> Result<Tensor> {
 
 /// Scaled-dot-product causal attention on `[B, H, T, hd]` tensors, heads
 /// merged back into `[B * T, H * hd]`.
-fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, p: f32, mode: Mode) -> Result<Tensor> {
+fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    p: f32,
+    mode: Mode,
+    seeds: &mut DropSeeds,
+) -> Result<Tensor> {
+    let seed = seeds.next();
     match mode {
         Mode::Eval => Ok(crate::fused::attention_merged(q, k, v, scale)?),
-        Mode::Train => Ok(crate::fused::attention_train(q, k, v, scale, p)?),
+        Mode::Train => Ok(crate::fused::attention_train(q, k, v, scale, p, seed)?),
     }
 }
 
@@ -77,8 +116,16 @@ fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> 
     })
 }
 
-/// Final hidden states `[B*T, d]` of GPT-2 for `ids` `[B, T]` (u32).
-pub fn gpt2_hidden(c: &Gpt2Config, ws: &Weights, ids: &Tensor, mode: Mode) -> Result<Tensor> {
+/// Final hidden states `[B*T, d]` of GPT-2 for `ids` `[B, T]` (u32); in
+/// training, `seed` fixes every dropout mask of the pass.
+pub fn gpt2_hidden(
+    c: &Gpt2Config,
+    ws: &Weights,
+    ids: &Tensor,
+    mode: Mode,
+    seed: u64,
+) -> Result<Tensor> {
+    let seeds = &mut DropSeeds::new(seed);
     let (b, t) = ids.dims2()?;
     let d = c.n_embd;
     let nh = c.n_head;
@@ -91,6 +138,7 @@ pub fn gpt2_hidden(c: &Gpt2Config, ws: &Weights, ids: &Tensor, mode: Mode) -> Re
         tok.broadcast_add(&pos)?.reshape((b * t, d))?,
         c.embd_pdrop,
         mode,
+        seeds,
     )?;
     for i in 0..c.n_layer {
         let p = |n: &str| format!("transformer.h.{i}.{n}");
@@ -124,14 +172,14 @@ pub fn gpt2_hidden(c: &Gpt2Config, ws: &Weights, ids: &Tensor, mode: Mode) -> Re
         if c.scale_attn_by_inverse_layer_idx {
             scale /= (i + 1) as f64;
         }
-        let y = attention(&q, &k, &v, scale, c.attn_pdrop, mode)?;
+        let y = attention(&q, &k, &v, scale, c.attn_pdrop, mode, seeds)?;
         let y = conv1d(
             &y,
             get("attn.c_proj.weight")?,
             get("attn.c_proj.bias")?,
             mode,
         )?;
-        h = (h + dropout(y, c.resid_pdrop, mode)?)?;
+        h = (h + dropout(y, c.resid_pdrop, mode, seeds)?)?;
         let m = layer_norm(
             &h,
             get("ln_2.weight")?,
@@ -146,7 +194,7 @@ pub fn gpt2_hidden(c: &Gpt2Config, ws: &Weights, ids: &Tensor, mode: Mode) -> Re
             Mode::Train => crate::fused::gelu_new_train(&m)?,
         };
         let m = conv1d(&m, get("mlp.c_proj.weight")?, get("mlp.c_proj.bias")?, mode)?;
-        h = (h + dropout(m, c.resid_pdrop, mode)?)?;
+        h = (h + dropout(m, c.resid_pdrop, mode, seeds)?)?;
     }
     layer_norm(
         &h,
@@ -202,8 +250,16 @@ fn repeat_kv(x: Tensor, n: usize) -> Result<Tensor> {
         .reshape((b, kvh * n, t, hd))?)
 }
 
-/// Final hidden states `[B*T, d]` of LLaMA for `ids` `[B, T]` (u32).
-pub fn llama_hidden(c: &LlamaConfig, ws: &Weights, ids: &Tensor, mode: Mode) -> Result<Tensor> {
+/// Final hidden states `[B*T, d]` of LLaMA for `ids` `[B, T]` (u32); LLaMA
+/// has no dropout, `seed` only keeps the signature of [`gpt2_hidden`].
+pub fn llama_hidden(
+    c: &LlamaConfig,
+    ws: &Weights,
+    ids: &Tensor,
+    mode: Mode,
+    seed: u64,
+) -> Result<Tensor> {
+    let seeds = &mut DropSeeds::new(seed);
     let (b, t) = ids.dims2()?;
     let d = c.hidden_size;
     let nh = c.num_attention_heads;
@@ -255,7 +311,7 @@ pub fn llama_hidden(c: &LlamaConfig, ws: &Weights, ids: &Tensor, mode: Mode) -> 
         let q = apply_rope(&q, &cos, &sin)?;
         let k = repeat_kv(apply_rope(&k, &cos, &sin)?, nh / kvh)?;
         let v = repeat_kv(v, nh / kvh)?;
-        let y = attention(&q, &k, &v, 1.0 / (hd as f64).sqrt(), 0.0, mode)?;
+        let y = attention(&q, &k, &v, 1.0 / (hd as f64).sqrt(), 0.0, mode, seeds)?;
         let y = linear(
             &y,
             get("self_attn.o_proj.weight")?,
@@ -276,11 +332,28 @@ pub fn llama_hidden(c: &LlamaConfig, ws: &Weights, ids: &Tensor, mode: Mode) -> 
     rms_norm(&h, w(ws, "model.norm.weight")?, c.rms_norm_eps, mode)
 }
 
-/// Final hidden states `[B*T, d]` for either architecture.
+/// Final hidden states `[B*T, d]` for either architecture; training masks
+/// are drawn at random (see [`hidden_seeded`] for repeatable ones).
 pub fn hidden(cfg: &ModelConfig, ws: &Weights, ids: &Tensor, mode: Mode) -> Result<Tensor> {
+    let seed = match mode {
+        Mode::Train => rand::random(),
+        Mode::Eval => 0,
+    };
+    hidden_seeded(cfg, ws, ids, mode, seed)
+}
+
+/// Final hidden states `[B*T, d]`; in training, `seed` fixes every dropout
+/// mask of the pass (same seed, same masks).
+pub fn hidden_seeded(
+    cfg: &ModelConfig,
+    ws: &Weights,
+    ids: &Tensor,
+    mode: Mode,
+    seed: u64,
+) -> Result<Tensor> {
     match cfg {
-        ModelConfig::Gpt2(c) => gpt2_hidden(c, ws, ids, mode),
-        ModelConfig::Llama(c) => llama_hidden(c, ws, ids, mode),
+        ModelConfig::Gpt2(c) => gpt2_hidden(c, ws, ids, mode, seed),
+        ModelConfig::Llama(c) => llama_hidden(c, ws, ids, mode, seed),
     }
 }
 

@@ -74,7 +74,9 @@ impl SafetensorsFile {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
+        // Regular files only: a FIFO would block the open, a device would map forever.
+        let (file, _) = pretrain_core::bounded::open_regular(path, u64::MAX)
+            .map_err(|e| ModelError::io(path, e))?;
         // Safety: the file is only read; a file changed underneath us while
         // mapped is outside the contract (the validator owns its snapshots).
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;

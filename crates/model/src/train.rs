@@ -2,15 +2,23 @@
 //! backward, gradient accumulation and torch's AdamW.
 
 use std::collections::BTreeMap;
+use std::fs;
 use std::path::Path;
 
 use candle_core::{Tensor, Var};
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 use crate::loss::cross_entropy;
 use crate::model::{CausalLm, Model};
-use crate::nets::{self, Mode, Weights};
+use crate::nets::{self, mix_seed, Mode, Weights};
+use crate::st::{self, SafetensorsFile};
+
+/// File of [`Trainer::save_state`] holding the optimizer's tensors.
+pub const STATE_TENSORS_FILE: &str = "optimizer.safetensors";
+/// File of [`Trainer::save_state`] holding the counters.
+pub const STATE_COUNTERS_FILE: &str = "trainer.json";
 
 /// Optimizer settings; the defaults are the miner's (torch's AdamW defaults
 /// with the original's lr 1e-5 and weight decay 0.01).
@@ -59,6 +67,25 @@ pub struct Trainer {
     grads: BTreeMap<String, Tensor>,
     micro: usize,
     steps: u64,
+    seed: u64,
+    micro_total: u64,
+}
+
+/// The counters of a saved trainer state (`trainer.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerCounters {
+    /// Optimizer steps taken.
+    pub steps: u64,
+    /// Micro-batches accumulated since the last optimizer step.
+    pub micro: usize,
+    /// Micro-batches ever run (picks each one's dropout masks).
+    pub micro_total: u64,
+    /// The dropout seed.
+    pub seed: u64,
+    /// The learning rate in force when saved (informational).
+    pub lr: f64,
+    /// Micro-batches per optimizer step when saved.
+    pub accumulation_steps: usize,
 }
 
 impl Trainer {
@@ -85,7 +112,39 @@ impl Trainer {
             grads: BTreeMap::new(),
             micro: 0,
             steps: 0,
+            seed: 0,
+            micro_total: 0,
         })
+    }
+
+    /// Sets the dropout seed: micro-batch `n` (counted over the trainer's
+    /// life) uses masks drawn from `(seed, n)`, so the same seed, weights and
+    /// batches give the same losses.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// The dropout seed.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Micro-batches run so far (over the trainer's life, saved state included).
+    pub fn micro_steps(&self) -> u64 {
+        self.micro_total
+    }
+
+    /// Micro-batches accumulated since the last optimizer step.
+    pub fn pending_micro_steps(&self) -> usize {
+        self.micro
+    }
+
+    /// Drops the accumulated gradients without stepping (torch's
+    /// `optimizer.zero_grad()`, which the original calls at each epoch start).
+    pub fn zero_grad(&mut self) {
+        self.grads.clear();
+        self.micro = 0;
     }
 
     /// The training settings.
@@ -103,7 +162,7 @@ impl Trainer {
     /// last micro-batch of a group the optimizer steps. Returns the unscaled loss.
     pub fn micro_step(&mut self, batch: &[Vec<u32>]) -> Result<f32> {
         let m = &self.model;
-        let h = m.hidden(batch, Mode::Train)?;
+        let h = m.hidden_seeded(batch, Mode::Train, mix_seed(self.seed, self.micro_total))?;
         let (b, t) = (batch.len(), batch[0].len());
         let d = h.dim(1)?;
         // Positions 0..T-1 of each row predict tokens 1..T.
@@ -128,6 +187,7 @@ impl Trainer {
             }
         }
         self.micro += 1;
+        self.micro_total += 1;
         if self.micro == self.config.accumulation_steps {
             self.optimizer_step()?;
         }
@@ -221,5 +281,136 @@ impl Trainer {
     /// Saves the current model as a `save_pretrained` directory (atomically).
     pub fn save(&self, dir: &Path) -> Result<()> {
         self.snapshot_view().save(dir)
+    }
+
+    /// Saves what [`Trainer::load_state`] needs to continue exactly where this
+    /// trainer is: AdamW moments and pending accumulated gradients
+    /// (`optimizer.safetensors`, f32) and the counters and seed
+    /// (`trainer.json`). The directory is staged and swapped in whole, so a
+    /// crash leaves the previous state intact. The weights are not included:
+    /// save them with [`Trainer::save`].
+    pub fn save_state(&self, dir: &Path) -> Result<()> {
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        fs::create_dir_all(&parent).map_err(|e| ModelError::io(&parent, e))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".tmp-state-")
+            .tempdir_in(&parent)
+            .map_err(|e| ModelError::io(&parent, e))?;
+        let device = self.model.device();
+        let mut tensors: Vec<(String, Tensor)> = Vec::new();
+        for (name, mom) in &self.moments {
+            let shape = self
+                .vars
+                .get(name)
+                .map(|v| v.as_tensor().dims().to_vec())
+                .unwrap_or_else(|| vec![mom.m.len()]);
+            tensors.push((
+                format!("exp_avg.{name}"),
+                Tensor::from_slice(&mom.m, shape.as_slice(), device)?,
+            ));
+            tensors.push((
+                format!("exp_avg_sq.{name}"),
+                Tensor::from_slice(&mom.v, shape.as_slice(), device)?,
+            ));
+        }
+        for (name, g) in &self.grads {
+            tensors.push((format!("grad.{name}"), g.clone()));
+        }
+        st::write(&tmp.path().join(STATE_TENSORS_FILE), &tensors, &[])?;
+        let counters = TrainerCounters {
+            steps: self.steps,
+            micro: self.micro,
+            micro_total: self.micro_total,
+            seed: self.seed,
+            lr: self.config.lr,
+            accumulation_steps: self.config.accumulation_steps,
+        };
+        let json = tmp.path().join(STATE_COUNTERS_FILE);
+        pretrain_core::fsio::atomic_write_json(&json, &counters)
+            .map_err(|e| ModelError::io(&json, e))?;
+        pretrain_core::fsio::replace_dir(tmp.path(), dir).map_err(|e| ModelError::io(dir, e))?;
+        let _ = tmp.keep();
+        Ok(())
+    }
+
+    /// Restores a state written by [`Trainer::save_state`] onto this
+    /// trainer (whose model holds the weights saved with it). Every tensor
+    /// must name a parameter of the model with its shape.
+    pub fn load_state(&mut self, dir: &Path) -> Result<TrainerCounters> {
+        if !dir.exists() {
+            pretrain_core::fsio::recover_dir(dir).map_err(|e| ModelError::io(dir, e))?;
+        }
+        let json = dir.join(STATE_COUNTERS_FILE);
+        let text = fs::read(&json).map_err(|e| ModelError::io(&json, e))?;
+        let counters: TrainerCounters = serde_json::from_slice(&text).map_err(|e| {
+            ModelError::Input(format!("{} is not a trainer state: {e}", json.display()))
+        })?;
+        let file = SafetensorsFile::open(&dir.join(STATE_TENSORS_FILE))?;
+        let device = self.model.device().clone();
+        let mut exp_avg: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+        let mut exp_avg_sq: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+        let mut grads = BTreeMap::new();
+        for info in &file.tensors {
+            let (kind, name) = info.name.split_once('.').ok_or_else(|| {
+                ModelError::st(
+                    STATE_TENSORS_FILE,
+                    format!("unexpected tensor {}", info.name),
+                )
+            })?;
+            let var = self.vars.get(name).ok_or_else(|| {
+                ModelError::st(
+                    STATE_TENSORS_FILE,
+                    format!("tensor {} names no parameter of the model", info.name),
+                )
+            })?;
+            if info.shape.as_slice() != var.as_tensor().dims() {
+                return Err(ModelError::WrongShape {
+                    name: info.name.clone(),
+                    found: info.shape.clone(),
+                    expected: var.as_tensor().dims().to_vec(),
+                });
+            }
+            let t = file.load(info, &device)?;
+            match kind {
+                "exp_avg" => {
+                    exp_avg.insert(name.to_string(), t.flatten_all()?.to_vec1()?);
+                }
+                "exp_avg_sq" => {
+                    exp_avg_sq.insert(name.to_string(), t.flatten_all()?.to_vec1()?);
+                }
+                "grad" => {
+                    grads.insert(name.to_string(), t);
+                }
+                _ => {
+                    return Err(ModelError::st(
+                        STATE_TENSORS_FILE,
+                        format!("unexpected tensor {}", info.name),
+                    ))
+                }
+            }
+        }
+        let mut moments = BTreeMap::new();
+        for (name, m) in exp_avg {
+            let v = exp_avg_sq.remove(&name).ok_or_else(|| {
+                ModelError::st(STATE_TENSORS_FILE, format!("exp_avg_sq.{name} is missing"))
+            })?;
+            moments.insert(name, Moments { m, v });
+        }
+        if let Some(name) = exp_avg_sq.keys().next() {
+            return Err(ModelError::st(
+                STATE_TENSORS_FILE,
+                format!("exp_avg.{name} is missing"),
+            ));
+        }
+        self.moments = moments;
+        self.grads = grads;
+        self.steps = counters.steps;
+        self.micro = counters.micro;
+        self.micro_total = counters.micro_total;
+        self.seed = counters.seed;
+        Ok(counters)
     }
 }

@@ -1,5 +1,5 @@
 //! Losses, logits, parameter counts and files against the reference models
-//! made with `transformers` (`shared/reference/models`).
+//! made with `transformers` (`testdata/models`).
 
 use candle_core::Device;
 use pretrain_model::{CausalLm, Model};

@@ -138,3 +138,133 @@ fn dropout_is_active_in_training_only() {
         "eval mode has no dropout",
     );
 }
+
+/// The tiny GPT-2 with the default config's dropout (0.1 everywhere).
+fn tiny_gpt2_with_dropout() -> Model {
+    let src = Model::load(&models_dir().join("tiny-gpt2/model"), &Device::Cpu).unwrap();
+    let mut cfg = src.config_json().clone();
+    for k in ["attn_pdrop", "embd_pdrop", "resid_pdrop"] {
+        cfg[k] = serde_json::json!(0.1);
+    }
+    Model::from_parts(cfg, src.weights().clone(), &Device::Cpu).unwrap()
+}
+
+fn adam(accumulation_steps: usize) -> TrainConfig {
+    TrainConfig {
+        lr: 1e-3,
+        accumulation_steps,
+        ..TrainConfig::default()
+    }
+}
+
+#[test]
+fn seeded_dropout_repeats_and_each_micro_step_draws_new_masks() {
+    let exp = expected("tiny-gpt2");
+    let batch = rows(&exp["batches"][1]["input_ids"]);
+    // lr 0: only the masks move the loss.
+    let frozen = TrainConfig {
+        lr: 0.0,
+        weight_decay: 0.0,
+        ..TrainConfig::default()
+    };
+    let losses = |seed: u64| -> Vec<f32> {
+        let mut t = Trainer::new(tiny_gpt2_with_dropout(), frozen)
+            .unwrap()
+            .with_seed(seed);
+        (0..4).map(|_| t.micro_step(&batch).unwrap()).collect()
+    };
+    let a = losses(3);
+    assert_eq!(a, losses(3), "same seed, same masks");
+    let b = losses(4);
+    assert!(a.iter().zip(&b).all(|(x, y)| x != y), "{a:?} vs {b:?}");
+    assert!(
+        a.windows(2).all(|w| w[0] != w[1]),
+        "fresh masks per micro-step: {a:?}"
+    );
+}
+
+#[test]
+fn saved_state_continues_exactly_where_it_stopped() {
+    let exp = expected("tiny-gpt2");
+    // Short rows keep the test quick in unoptimised builds.
+    let batches: Vec<Vec<Vec<u32>>> = (0..exp["batches"].as_array().unwrap().len())
+        .map(|i| {
+            rows(&exp["batches"][i]["input_ids"])
+                .into_iter()
+                .map(|r| r[..64.min(r.len())].to_vec())
+                .collect()
+        })
+        .collect();
+    let seq: Vec<&Vec<Vec<u32>>> = batches.iter().cycle().take(7).collect();
+    // Uninterrupted: 7 micro-steps, a step every 2.
+    let mut full = Trainer::new(tiny_gpt2_with_dropout(), adam(2))
+        .unwrap()
+        .with_seed(9);
+    let want: Vec<f32> = seq.iter().map(|b| full.micro_step(b).unwrap()).collect();
+
+    // Stopped after 5 micro-steps (2 steps and one pending gradient), saved,
+    // and continued by a new trainer from the saved weights and state.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut first = Trainer::new(tiny_gpt2_with_dropout(), adam(2))
+        .unwrap()
+        .with_seed(9);
+    for b in &seq[..5] {
+        first.micro_step(b).unwrap();
+    }
+    assert_eq!((first.steps(), first.pending_micro_steps()), (2, 1));
+    first.save(&tmp.path().join("model")).unwrap();
+    first.save_state(&tmp.path().join("state")).unwrap();
+    drop(first);
+    let model = Model::load(&tmp.path().join("model"), &Device::Cpu).unwrap();
+    let mut second = Trainer::new(model, adam(2)).unwrap();
+    let counters = second.load_state(&tmp.path().join("state")).unwrap();
+    assert_eq!(
+        (
+            counters.steps,
+            counters.micro,
+            counters.micro_total,
+            counters.seed
+        ),
+        (2, 1, 5, 9)
+    );
+    let got: Vec<f32> = seq[5..]
+        .iter()
+        .map(|b| second.micro_step(b).unwrap())
+        .collect();
+    assert_eq!(got, want[5..].to_vec());
+    assert_eq!(second.steps(), full.steps());
+    assert_eq!(
+        second.eval_loss(&batches[0]).unwrap(),
+        full.eval_loss(&batches[0]).unwrap()
+    );
+
+    // A state for another model is refused with its reason.
+    let llama = Model::load(&models_dir().join("tiny-llama/model"), &Device::Cpu).unwrap();
+    let err = Trainer::new(llama, adam(2))
+        .unwrap()
+        .load_state(&tmp.path().join("state"))
+        .unwrap_err();
+    assert!(err.to_string().contains("names no parameter"), "{err}");
+}
+
+#[test]
+fn a_save_interrupted_between_its_renames_leaves_the_old_model_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("best");
+    let model = Model::load(&models_dir().join("tiny-gpt2/model"), &Device::Cpu).unwrap();
+    model.save(&dir).unwrap();
+    let first = std::fs::read(dir.join("model.safetensors")).unwrap();
+    // The moment inside `replace_dir` where the old copy is aside and the
+    // new one not yet in place (a crash there leaves exactly this).
+    std::fs::rename(&dir, tmp.path().join("best.old")).unwrap();
+    let back = Model::load(&dir, &Device::Cpu).unwrap();
+    assert_eq!(std::fs::read(dir.join("model.safetensors")).unwrap(), first);
+    assert!(!tmp.path().join("best.old").exists());
+    // Saving over an existing model leaves one whole directory and no leftovers.
+    back.save(&dir).unwrap();
+    let names: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["best".to_string()]);
+}

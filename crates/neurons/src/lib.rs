@@ -4,8 +4,10 @@
 
 #![warn(missing_docs)]
 
+pub mod miner;
 pub mod push;
 pub mod retry;
+pub mod validator;
 
 pub use push::{push, PushError, PushOptions};
 pub use retry::{retry, GaveUp};

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::fake_hf::FakeHub;
 use common::*;
-use pretrain_chain::{Chain, ChainError, Hotkey};
+use pretrain_chain::{Chain, Hotkey};
 use pretrain_core::constants::MAX_MODEL_BYTES;
 use pretrain_core::ModelId;
 use pretrain_neurons::{push, PushError, PushOptions};

@@ -76,7 +76,9 @@ pub fn hf_token() -> Option<String> {
 }
 
 fn token_from_dotenv(path: &Path) -> Option<String> {
-    let iter = dotenvy::from_path_iter(path).ok()?;
+    // A regular file of bounded size only: a `.env` FIFO must not hang every hub command.
+    let bytes = pretrain_core::bounded::read_regular(path, 1 << 20).ok()?;
+    let iter = dotenvy::from_read_iter(bytes.as_slice());
     iter.filter_map(Result::ok)
         .find(|(k, _)| k == "HF_ACCESS_TOKEN")
         .map(|(_, v)| v.trim().to_string())
@@ -1017,6 +1019,17 @@ mod tests {
         std::fs::write(&p, "OTHER=1\n").unwrap();
         assert_eq!(token_from_dotenv(&p), None);
         assert_eq!(token_from_dotenv(&tmp.path().join("missing")), None);
+        // Issue 14, class 2: a `.env` FIFO or device is no token, not a hang.
+        std::fs::remove_file(&p).unwrap();
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&p)
+            .status()
+            .unwrap()
+            .success());
+        assert_eq!(token_from_dotenv(&p), None);
+        let z = tmp.path().join("zero.env");
+        std::os::unix::fs::symlink("/dev/zero", &z).unwrap();
+        assert_eq!(token_from_dotenv(&z), None);
     }
 
     #[test]

@@ -209,10 +209,21 @@ pub fn open_hub(spec: &str, options: HubOptions) -> Result<Box<dyn ModelHub>, Hu
     }
 }
 
-/// Lists the regular files of `dir` as the model hash sees them
+/// Hidden names that may be uploaded: git's attributes file, which every hub repo has and
+/// which holds no secret.
+pub const ALLOWED_HIDDEN: &[&str] = &[".gitattributes"];
+
+/// Lists the files of `dir` to upload, as the model hash sees them
 /// (`/`-separated relative paths, symlinks to files followed, symlinks to
-/// directories skipped), with their sizes.
+/// directories skipped), with their sizes. Refused, so that nothing leaks
+/// and the committed hash is the hash of exactly what was uploaded:
+/// - hidden files and folders (`.env` may hold the hub token, `.git/` the
+///   history, `.netrc`, `.ssh/` ...), except [`ALLOWED_HIDDEN`];
+/// - a symlink whose target is outside `dir` (its target's contents would be uploaded);
+/// - anything that is not a regular file (a FIFO, a device).
 pub fn list_local_files(dir: &Path) -> Result<Vec<(String, PathBuf, u64)>, HubError> {
+    let root = std::fs::canonicalize(dir)
+        .map_err(HubError::io(format!("cannot read {}", dir.display())))?;
     let files = pretrain_core::hash::walk_order(dir).map_err(|e| HubError::Io {
         context: format!("cannot list {}", dir.display()),
         source: std::io::Error::other(e.to_string()),
@@ -232,9 +243,33 @@ pub fn list_local_files(dir: &Path) -> Result<Vec<(String, PathBuf, u64)>, HubEr
             })?
             .replace(std::path::MAIN_SEPARATOR, "/");
         paths::safe_relative_path(&rel)?;
-        let size = std::fs::metadata(&file)
-            .map_err(HubError::io(format!("cannot read {}", file.display())))?
-            .len();
+        if let Some(hidden) = rel
+            .split('/')
+            .find(|part| part.starts_with('.') && !ALLOWED_HIDDEN.contains(part))
+        {
+            return Err(HubError::UnsafePath {
+                path: rel.clone(),
+                reason: format!(
+                    "hidden file or folder {hidden:?} in the model directory: it is never \
+                     uploaded (it may hold secrets such as a hub token); save the model to a \
+                     directory without it"
+                ),
+            });
+        }
+        // Where the file really is: a link out of the directory would upload its target.
+        let real = std::fs::canonicalize(&file)
+            .map_err(HubError::io(format!("cannot read {}", file.display())))?;
+        if !real.starts_with(&root) {
+            return Err(HubError::UnsafePath {
+                path: rel.clone(),
+                reason: format!(
+                    "a symbolic link to {}, outside the model directory",
+                    real.display()
+                ),
+            });
+        }
+        let (_, size) = pretrain_core::bounded::open_regular(&file, u64::MAX)
+            .map_err(HubError::io(format!("cannot upload {}", file.display())))?;
         out.push((rel, file, size));
     }
     Ok(out)
@@ -270,7 +305,7 @@ mod tests {
     fn lists_files_like_the_hash_walk() {
         let dir = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/reference/models/tiny-gpt2/model"
+            "/../../testdata/models/tiny-gpt2/model"
         );
         let files = list_local_files(Path::new(dir)).unwrap();
         let listed: Vec<(&str, u64)> = files.iter().map(|(p, _, s)| (p.as_str(), *s)).collect();

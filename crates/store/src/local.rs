@@ -5,8 +5,11 @@
 //! DIR/repos/<ns>/<name>/commits/<sha>/manifest.json   files, sizes, sha256s
 //! DIR/repos/<ns>/<name>/commits/<sha>/files/...       the files, read-only by convention
 //! DIR/repos/<ns>/<name>/refs/main                     latest commit uploaded
-//! DIR/tmp/                                            uploads being staged
+//! DIR/tmp/upload-XXXX/ + upload-XXXX.lock             uploads being staged
 //! ```
+//! Each staging folder has a lock file held (flock) by the uploading
+//! process; an upload first removes the staging folders whose lock nobody
+//! holds (their process was killed), so killed uploads do not pile up.
 //! A commit is immutable and content-addressed: its sha is the first 40 hex
 //! digits of the sha256 of its manifest (sorted paths, sizes, file sha256s),
 //! so the same upload twice gives the same sha. A commit directory is staged
@@ -58,6 +61,18 @@ impl Manifest {
     }
 }
 
+// A killed upload's staging folder without a lock file is removed after this long.
+const STALE_UNLOCKED_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+// Removes the lock file (and so releases the lock) when the upload is over.
+struct RemoveOnDrop(PathBuf, #[allow(dead_code)] fs::File);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -100,7 +115,8 @@ impl LocalHub {
     /// The latest commit uploaded to `repo_id`, if any.
     pub fn head(&self, repo_id: &str) -> Result<Option<String>, HubError> {
         let repo = RepoId::parse(repo_id)?;
-        match fs::read_to_string(self.repo_dir(&repo).join("refs").join("main")) {
+        let head = self.repo_dir(&repo).join("refs").join("main");
+        match pretrain_core::bounded::read_regular_to_string(&head, 1024) {
             Ok(s) => {
                 let sha = s.trim().to_string();
                 check_commit(&sha)?;
@@ -114,7 +130,10 @@ impl LocalHub {
     fn read_manifest(&self, repo: &RepoId, commit: &str) -> Result<Manifest, HubError> {
         check_commit(commit)?;
         let path = self.commit_dir(repo, commit).join("manifest.json");
-        let text = match fs::read_to_string(&path) {
+        let text = match pretrain_core::bounded::read_regular_to_string(
+            &path,
+            pretrain_core::bounded::SMALL_FILE_LIMIT,
+        ) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(if self.repo_dir(repo).exists() {
@@ -134,14 +153,87 @@ impl LocalHub {
         Ok(manifest)
     }
 
+    /// Removes the staging folders of uploads whose process is gone (killed mid-upload);
+    /// returns how many were removed.
+    pub fn clean_stale_staging(&self) -> Result<usize, HubError> {
+        let tmp = self.root.join("tmp");
+        let entries = match fs::read_dir(&tmp) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(HubError::io(format!("cannot list {}", tmp.display()))(e)),
+        };
+        let mut removed = 0;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("upload-") || name.ends_with(".lock") {
+                continue;
+            }
+            let lock_path = tmp.join(format!("{name}.lock"));
+            let stale = match fs::OpenOptions::new().write(true).open(&lock_path) {
+                // Its owner holds the lock while it uploads; a dead owner's lock is free.
+                Ok(f) => f.try_lock().is_ok(),
+                // No lock file: a folder from before locks existed, or one being set up
+                // this instant; only an old one is stale.
+                Err(_) => e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > STALE_UNLOCKED_AGE),
+            };
+            if stale {
+                debug!(dir = %e.path().display(), "removing a killed upload's staging folder");
+                if fs::remove_dir_all(e.path()).is_ok() {
+                    removed += 1;
+                }
+                let _ = fs::remove_file(&lock_path);
+            }
+        }
+        // Lock files whose folder is gone (a crash between the two removals).
+        if let Ok(entries) = fs::read_dir(&tmp) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(stem) = name.strip_suffix(".lock") {
+                    if stem.starts_with("upload-") && !tmp.join(stem).exists() {
+                        if let Ok(f) = fs::OpenOptions::new().write(true).open(e.path()) {
+                            if f.try_lock().is_ok() {
+                                let _ = fs::remove_file(e.path());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     fn upload_blocking(&self, dir: &Path, repo: &RepoId) -> Result<String, HubError> {
         let files = list_local_files(dir)?;
+        if let Err(e) = self.clean_stale_staging() {
+            debug!(error = %e, "cannot clean old staging folders");
+        }
         let staging = tempfile::Builder::new()
             .prefix("upload-")
             .tempdir_in(self.root.join("tmp"))
             .map_err(HubError::io(
                 "cannot create a staging directory in the local hub",
             ))?;
+        // Held until this function returns (or the process dies): marks the folder as alive.
+        let lock_path = self.root.join("tmp").join(format!(
+            "{}.lock",
+            staging
+                .path()
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ));
+        let lock = fs::File::create(&lock_path).map_err(HubError::io(format!(
+            "cannot create {}",
+            lock_path.display()
+        )))?;
+        lock.lock()
+            .map_err(HubError::io(format!("cannot lock {}", lock_path.display())))?;
+        let _unlock = RemoveOnDrop(lock_path, lock);
         let mut manifest = Manifest {
             repo_id: repo.as_string(),
             files: Vec::with_capacity(files.len()),

@@ -2,7 +2,6 @@
 //! set up a subnet on the embedded chain.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -12,6 +11,7 @@ use pretrain_chain::{connect, ChainOptions, Commitment, Network};
 use pretrain_core::ModelId;
 use serde_json::json;
 
+use super::out::{print_json, print_text};
 use super::wallet::WalletArgs;
 
 /// The chain flags shared by every command that talks to a chain.
@@ -40,16 +40,22 @@ pub struct ChainArgs {
 impl ChainArgs {
     /// The options for [`pretrain_chain::connect`].
     pub fn options(&self) -> anyhow::Result<ChainOptions> {
+        let timeout =
+            pretrain_core::bounded::seconds("--chain_timeout", self.chain_timeout, 86_400.0)
+                .map_err(anyhow::Error::msg)?;
         anyhow::ensure!(
-            self.chain_timeout.is_finite() && self.chain_timeout > 0.0,
-            "--chain_timeout must be a positive number of seconds"
+            !timeout.is_zero(),
+            "--chain_timeout must be more than 0 seconds"
         );
+        if let Some(bt) = self.block_time {
+            pretrain_chain::embedded::check_block_time(bt).context("--block_time")?;
+        }
         Ok(ChainOptions {
             network: self.network,
             chain_endpoint: self.chain_endpoint.clone(),
             chain_dir: self.chain_dir.clone(),
             block_time: self.block_time,
-            timeout: Duration::from_secs_f64(self.chain_timeout),
+            timeout,
         })
     }
 }
@@ -153,21 +159,25 @@ async fn metagraph(args: MetagraphArgs) -> anyhow::Result<()> {
     let chain = connect(&args.chain.options()?).await?;
     let g = chain.metagraph(args.chain.netuid).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&g)?);
-        return Ok(());
+        return print_json(&g);
     }
-    println!(
+    use std::fmt::Write as _;
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
         "subnet {} at block {}: {} neurons",
         g.netuid,
         g.block,
         g.neurons.len()
     );
-    println!(
+    let _ = writeln!(
+        t,
         "{:>5}  {:<48}  {:<48}  {:>14}  {:>9}  VPERMIT",
         "UID", "HOTKEY", "COLDKEY", "STAKE", "INCENTIVE"
     );
     for n in &g.neurons {
-        println!(
+        let _ = writeln!(
+            t,
             "{:>5}  {:<48}  {:<48}  {:>14.4}  {:>9.6}  {}",
             n.uid,
             n.hotkey,
@@ -177,7 +187,7 @@ async fn metagraph(args: MetagraphArgs) -> anyhow::Result<()> {
             if n.validator_permit { "yes" } else { "no" }
         );
     }
-    Ok(())
+    print_text(&t)
 }
 
 fn commitment_json(uid: Option<u16>, c: &Commitment) -> serde_json::Value {
@@ -232,8 +242,7 @@ async fn commitment(args: CommitmentArgs) -> anyhow::Result<()> {
             commitment_json(uid, &c)
         }
     };
-    println!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(())
+    print_json(&out)
 }
 
 async fn register(args: RegisterArgs) -> anyhow::Result<()> {
@@ -257,8 +266,7 @@ async fn register(args: RegisterArgs) -> anyhow::Result<()> {
     };
     chain.create_subnet(netuid, params).await?;
     let r = chain.register(netuid, &hotkey, &coldkey).await?;
-    println!("{}", serde_json::to_string_pretty(&r)?);
-    Ok(())
+    print_json(&r)
 }
 
 async fn stake(args: StakeArgs) -> anyhow::Result<()> {
@@ -266,13 +274,8 @@ async fn stake(args: StakeArgs) -> anyhow::Result<()> {
         Some(h) => h.clone(),
         None => args.wallet.wallet().hotkey_ss58()?,
     };
-    let chain = args.chain.options()?.open_embedded().await?;
+    // Staking needs a registered hotkey, so it never creates a chain.
+    let chain = args.chain.options()?.open_embedded_existing().await?;
     let total = chain.add_stake(&hotkey, args.amount).await?;
-    println!(
-        "{}",
-        serde_json::to_string_pretty(
-            &json!({"hotkey": hotkey, "added": args.amount, "stake": total})
-        )?
-    );
-    Ok(())
+    print_json(&json!({"hotkey": hotkey, "added": args.amount, "stake": total}))
 }

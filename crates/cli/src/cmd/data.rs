@@ -1,12 +1,18 @@
 //! `pretrain tokenize` and `pretrain bench tokenize`.
 
-use std::io::{BufRead, BufWriter, Write};
+use std::io::{BufRead, BufWriter, Read, Write};
 
 use anyhow::{bail, Context};
 use clap::Args;
+use pretrain_core::bounded::check_size;
 use pretrain_data::{
     bench_tokenize, read_all_documents, sample_corpus_dir, LocalSource, Tokenizer,
 };
+
+use super::out::{print_json, stdout_error};
+
+/// Longest input line of `pretrain tokenize`.
+pub const MAX_LINE_BYTES: u64 = 64 << 20;
 
 /// Arguments of `pretrain tokenize`.
 #[derive(Args, Debug)]
@@ -42,19 +48,37 @@ fn line_text(line: &str) -> Option<String> {
     }
 }
 
-/// Reads JSON Lines from stdin and prints one JSON array of ids per line
-/// (blank lines are skipped).
+/// Reads JSON Lines from stdin and prints one JSON array of ids per input
+/// line, so output line N belongs to input line N (a blank line prints `[]`).
 pub fn run_tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
     let tokenizer = Tokenizer::gpt2().context("loading the tokenizer")?;
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
-    for (index, line) in stdin.lock().lines().enumerate() {
-        let line = line.context("reading stdin")?;
+    let mut input = stdin.lock();
+    let mut buf = Vec::new();
+    for index in 0u64.. {
+        buf.clear();
+        // One line at most MAX_LINE_BYTES: a newline-free stream must not fill the memory.
+        let n = (&mut input)
+            .take(MAX_LINE_BYTES + 1)
+            .read_until(b'\n', &mut buf)
+            .context("reading stdin")?;
+        if n == 0 {
+            break;
+        }
+        if buf.last() == Some(&b'\n') {
+            buf.pop();
+        } else if n as u64 > MAX_LINE_BYTES {
+            bail!("line {}: longer than {MAX_LINE_BYTES} bytes", index + 1);
+        }
+        let line =
+            std::str::from_utf8(&buf).with_context(|| format!("line {}: not UTF-8", index + 1))?;
         if line.trim().is_empty() {
+            out.write_all(b"[]\n").map_err(stdout_error)?;
             continue;
         }
-        let Some(text) = line_text(&line) else {
+        let Some(text) = line_text(line) else {
             bail!(
                 "line {}: expected a JSON string or an object with a string \"text\"",
                 index + 1
@@ -66,18 +90,21 @@ pub fn run_tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
             tokenizer.encode(&text)
         }
         .with_context(|| format!("line {}", index + 1))?;
-        serde_json::to_writer(&mut out, &ids)?;
-        out.write_all(b"\n")?;
+        let mut row = serde_json::to_vec(&ids)?;
+        row.push(b'\n');
+        out.write_all(&row).map_err(stdout_error)?;
     }
-    out.flush().context("writing stdout")?;
+    out.flush().map_err(stdout_error)?;
     Ok(())
 }
 
 /// Tokenizer throughput; prints `{"mb_per_s", "tokens_per_s", "peak_rss_bytes", ...}`.
 pub fn run_bench_tokenize(args: BenchTokenizeArgs) -> anyhow::Result<()> {
-    if args.threads == 0 {
-        bail!("--threads must be at least 1");
+    if args.threads == 0 || args.repeat == 0 {
+        bail!("--threads and --repeat must be at least 1");
     }
+    check_size("--threads", args.threads as u64, 1024).map_err(anyhow::Error::msg)?;
+    check_size("--repeat", args.repeat as u64, 100_000).map_err(anyhow::Error::msg)?;
     let dir = match args.dataset.as_deref() {
         None => sample_corpus_dir(),
         Some(spec) => match spec.strip_prefix("local:") {
@@ -98,6 +125,5 @@ pub fn run_bench_tokenize(args: BenchTokenizeArgs) -> anyhow::Result<()> {
         .context("running the benchmark")?;
     let mut json = serde_json::to_value(&result)?;
     json["peak_rss_bytes"] = pretrain_model::bench::peak_rss_bytes().into();
-    println!("{json}");
-    Ok(())
+    print_json(&json)
 }

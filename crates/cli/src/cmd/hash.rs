@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
+use super::out::print_line;
+
 /// Arguments of `pretrain hash`.
 #[derive(Args, Debug)]
 pub struct HashArgs {
@@ -16,6 +18,5 @@ pub struct HashArgs {
 pub fn run(args: HashArgs) -> anyhow::Result<()> {
     let hash = pretrain_core::hash_of_directory(&args.dir)
         .with_context(|| format!("hashing {}", args.dir.display()))?;
-    println!("{hash}");
-    Ok(())
+    print_line(&hash)
 }

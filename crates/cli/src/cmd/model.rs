@@ -5,20 +5,40 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use candle_core::Device;
 use clap::Args;
+use pretrain_core::bounded::{check_size, read_regular, SMALL_FILE_LIMIT};
 use pretrain_model::bench::{bench_eval, bench_train, BenchConfig};
 use pretrain_model::check::{check_model_dir, dir_size, Limits};
 use pretrain_model::model::read_config;
 use pretrain_model::{CausalLm, Model};
 use serde_json::{json, Value};
 
+use super::out::print_json;
+
+/// Largest `--tokens` file read.
+pub const MAX_TOKENS_FILE_BYTES: u64 = 256 << 20;
+/// Most token ids in one `--tokens` batch.
+pub const MAX_BATCH_TOKENS: u64 = 1 << 22;
+/// Most pages `eval --pages` evaluates (the validator uses a few per step).
+pub const MAX_PAGES: u64 = 10_000;
+/// Most rows per batch in `bench`.
+pub const MAX_BENCH_BATCH: u64 = 1024;
+/// Most tokens per row in `bench`.
+pub const MAX_BENCH_SEQ_LEN: u64 = 1 << 16;
+/// Most timed iterations in `bench`.
+pub const MAX_BENCH_ITERS: u64 = 100_000;
+/// Most worker threads.
+pub const MAX_THREADS: u64 = 1024;
+
 /// Arguments of `pretrain eval`.
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["tokens", "pages"])))]
 pub struct EvalArgs {
     /// Model directory (`save_pretrained` layout).
     #[arg(long)]
     pub model: PathBuf,
-    /// JSON file `[[id, ...], ...]`: one batch of equal-length token rows.
-    #[arg(long, required_unless_present = "pages", conflicts_with = "pages")]
+    /// One batch of equal-length token rows: a JSON file `[[id, ...], ...]`,
+    /// or JSON Lines of `[id, ...]` (what `pretrain tokenize` prints).
+    #[arg(long, conflicts_with = "pages")]
     pub tokens: Option<PathBuf>,
     /// Instead of `--tokens`: evaluate on N random pages as the validator
     /// does (batch size 1, 1024 tokens; a failing batch counts as +inf).
@@ -54,10 +74,10 @@ pub struct ModelBenchArgs {
     #[arg(long, default_value_t = 3)]
     pub iters: usize,
     /// Rows per batch.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long = "batch_size", alias = "batch-size", default_value_t = 1)]
     pub batch_size: usize,
     /// Tokens per row.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long = "seq_len", alias = "seq-len", default_value_t = 1024)]
     pub seq_len: usize,
     /// Use this model's `config.json` instead of the default GPT-2 (random weights either way).
     #[arg(long)]
@@ -66,24 +86,60 @@ pub struct ModelBenchArgs {
 
 /// Parses `cpu`, `cuda` or `cuda:N`.
 pub fn parse_device(s: &str) -> anyhow::Result<Device> {
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Device::new_cuda(0).context("opening cuda:0"),
+    let n = match s {
+        "cpu" => return Ok(Device::Cpu),
+        "cuda" => 0,
         other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(n)) => Device::new_cuda(n).with_context(|| format!("opening cuda:{n}")),
+            Some(Ok(n)) => n,
             _ => bail!("unknown device {other:?} (use cpu, cuda or cuda:N)"),
         },
+    };
+    if !cfg!(feature = "cuda") {
+        bail!(
+            "--device {s}: this pretrain was built without CUDA; build it with \
+             `cargo build --release -p pretrain-cli --features cuda` (needs the CUDA toolkit)"
+        );
     }
+    Device::new_cuda(n).with_context(|| format!("opening cuda:{n}"))
 }
 
-fn read_tokens(path: &Path) -> anyhow::Result<Vec<Vec<u32>>> {
-    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_slice(&text).with_context(|| {
+/// The batch of a `--tokens` file: one JSON array of rows, or JSON Lines
+/// with one row per line (`pretrain tokenize`'s output; blank lines skipped).
+pub fn read_tokens(path: &Path) -> anyhow::Result<Vec<Vec<u32>>> {
+    let text = read_regular(path, MAX_TOKENS_FILE_BYTES)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let expected = || {
         format!(
-            "{}: expected JSON [[id, ...], ...] of non-negative 32-bit integers",
+            "{}: expected JSON [[id, ...], ...] or JSON Lines of [id, ...], with non-negative 32-bit integers",
             path.display()
         )
-    })
+    };
+    let rows: Vec<Vec<u32>> = match serde_json::from_slice(&text) {
+        Ok(rows) => rows,
+        Err(whole) => {
+            let lines: Vec<(usize, &[u8])> = text
+                .split(|&b| b == b'\n')
+                .enumerate()
+                .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
+                .collect();
+            if lines.len() <= 1 {
+                // One document: its own error is the useful one.
+                return Err(anyhow::Error::new(whole).context(expected()));
+            }
+            let mut rows = Vec::with_capacity(lines.len());
+            for (i, line) in lines {
+                let row: Vec<u32> = serde_json::from_slice(line)
+                    .with_context(|| format!("line {}", i + 1))
+                    .with_context(expected)?;
+                rows.push(row);
+            }
+            rows
+        }
+    };
+    let total: u64 = rows.iter().map(|r| r.len() as u64).sum();
+    check_size("the number of tokens in --tokens", total, MAX_BATCH_TOKENS)
+        .map_err(anyhow::Error::msg)?;
+    Ok(rows)
 }
 
 /// Non-finite floats as the reference's JSON convention writes them.
@@ -102,7 +158,18 @@ fn json_f64(x: f64) -> Value {
 /// Prints `{"loss": f}` for one batch, or, with `--pages`, the mean loss
 /// over the validator's batches with each batch's loss, the pages and the seed.
 pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
+    if let Some(n) = args.pages {
+        check_size("--pages", n as u64, MAX_PAGES).map_err(anyhow::Error::msg)?;
+    }
     let device = parse_device(&args.device)?;
+    // The validator's checks first (size, parameters, architecture, tensors): loading
+    // reads every weight, so a model over the limits must be refused before that.
+    check_model_dir(&args.model, Limits::default()).with_context(|| {
+        format!(
+            "{} is not a model the validator accepts",
+            args.model.display()
+        )
+    })?;
     let model = Model::load(&args.model, &device)
         .with_context(|| format!("loading model {}", args.model.display()))?;
     let Some(n_pages) = args.pages else {
@@ -111,8 +178,7 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
         };
         let batch = read_tokens(tokens)?;
         let loss = model.loss(&batch).context("computing the loss")?;
-        println!("{}", json!({ "loss": json_f64(loss as f64) }));
-        return Ok(());
+        return print_json(&json!({ "loss": json_f64(loss as f64) }));
     };
     if n_pages == 0 {
         bail!("--pages must be at least 1");
@@ -148,24 +214,30 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_message("evaluating");
+    // The bar draws only on a terminal; a log file gets one line per batch instead.
+    let log_progress = !std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut losses = Vec::with_capacity(batches.len());
-    for batch in &batches {
+    for (i, batch) in batches.iter().enumerate() {
         losses.push(pretrain_model::loss_or_inf(&model, batch) as f64);
         bar.inc(1);
+        if log_progress {
+            tracing::info!(
+                batch = i + 1,
+                of = batches.len(),
+                loss = losses[i],
+                "evaluated"
+            );
+        }
     }
     bar.finish_and_clear();
     let mean = losses.iter().sum::<f64>() / losses.len() as f64;
-    println!(
-        "{}",
-        json!({
-            "loss": json_f64(mean),
-            "losses": losses.iter().map(|&l| json_f64(l)).collect::<Vec<_>>(),
-            "pages": pages,
-            "seed": seed,
-            "dataset": dataset,
-        })
-    );
-    Ok(())
+    print_json(&json!({
+        "loss": json_f64(mean),
+        "losses": losses.iter().map(|&l| json_f64(l)).collect::<Vec<_>>(),
+        "pages": pages,
+        "seed": seed,
+        "dataset": dataset,
+    }))
 }
 
 /// Prints `{"architecture", "params", "size_bytes", "hash", "valid", "reason"}`.
@@ -190,16 +262,26 @@ pub fn run_inspect(args: InspectArgs) -> anyhow::Result<()> {
         "valid": valid,
         "reason": reason,
     });
-    println!("{out}");
-    Ok(())
+    print_json(&out)
 }
 
 /// Runs the evaluation (`train == false`) or training benchmark and prints its JSON.
 pub fn run_bench(args: ModelBenchArgs, train: bool) -> anyhow::Result<()> {
+    // Every size from the command line is bounded before anything is allocated from it.
+    let bound = |flag: &str, v: usize, max: u64| {
+        check_size(flag, v as u64, max).map_err(anyhow::Error::msg)
+    };
+    bound("--batch_size", args.batch_size, MAX_BENCH_BATCH)?;
+    bound("--seq_len", args.seq_len, MAX_BENCH_SEQ_LEN)?;
+    bound("--iters", args.iters, MAX_BENCH_ITERS)?;
+    if args.batch_size == 0 || args.seq_len < 2 {
+        bail!("--batch_size must be at least 1 and --seq_len at least 2");
+    }
     if let Some(n) = args.threads {
         if n == 0 {
             bail!("--threads must be at least 1");
         }
+        bound("--threads", n, MAX_THREADS)?;
         // candle's matmul reads RAYON_NUM_THREADS; the global pool serves the rest.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
         rayon::ThreadPoolBuilder::new()
@@ -214,9 +296,21 @@ pub fn run_bench(args: ModelBenchArgs, train: bool) -> anyhow::Result<()> {
         ..BenchConfig::default()
     };
     if let Some(p) = &args.config {
-        let text = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+        let text = read_regular(p, SMALL_FILE_LIMIT)
+            .with_context(|| format!("reading {}", p.display()))?;
         cfg.config_json =
             serde_json::from_slice(&text).with_context(|| format!("parsing {}", p.display()))?;
+        // Random weights of the config are allocated: bounded as a model to evaluate would be.
+        let parsed = pretrain_model::config::ModelConfig::from_json(&cfg.config_json)
+            .with_context(|| format!("{} is not a supported config", p.display()))?;
+        let limit = Limits::default().max_params;
+        if parsed.param_count() > limit {
+            bail!(
+                "{} declares {} parameters, over the limit of {limit}",
+                p.display(),
+                parsed.param_count()
+            );
+        }
     }
     let r = if train {
         bench_train(&cfg)
@@ -224,6 +318,5 @@ pub fn run_bench(args: ModelBenchArgs, train: bool) -> anyhow::Result<()> {
         bench_eval(&cfg)
     }
     .context("running the benchmark")?;
-    println!("{}", serde_json::to_string(&r)?);
-    Ok(())
+    print_json(&r)
 }

@@ -5,24 +5,42 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use pretrain_chain::wallet::{
-    coldkey_password, Wallet, WalletInfo, DEFAULT_HOTKEY_NAME, DEFAULT_WALLET_NAME,
-    DEFAULT_WALLET_PATH, PASSWORD_ENV,
+    coldkey_password, KeyPair, SafeName, Wallet, WalletInfo, DEFAULT_HOTKEY_NAME,
+    DEFAULT_MNEMONIC_WORDS, DEFAULT_WALLET_NAME, DEFAULT_WALLET_PATH, PASSWORD_ENV,
 };
 use serde_json::json;
 use tracing::warn;
 
+use super::out::{is_stdout_closed, print_json, print_text};
+
 /// The wallet flags shared by every command that needs one (bittensor's names).
+/// Names are checked when parsed ([`SafeName`]): a name that would leave the
+/// wallets root (`../x`, `/abs`, empty, hidden) is refused before anything runs.
 #[derive(Args, Debug, Clone)]
 pub struct WalletArgs {
     /// Directory holding the wallets.
     #[arg(long = "wallet.path", default_value = DEFAULT_WALLET_PATH)]
     pub wallet_path: PathBuf,
     /// Wallet (coldkey) name.
-    #[arg(long = "wallet.name", default_value = DEFAULT_WALLET_NAME)]
+    #[arg(long = "wallet.name", default_value = DEFAULT_WALLET_NAME, value_parser = parse_wallet_name)]
     pub wallet_name: String,
     /// Hotkey name inside the wallet.
-    #[arg(long = "wallet.hotkey", default_value = DEFAULT_HOTKEY_NAME)]
+    #[arg(long = "wallet.hotkey", default_value = DEFAULT_HOTKEY_NAME, value_parser = parse_hotkey_name)]
     pub wallet_hotkey: String,
+}
+
+/// `--wallet.name`: one plain file name.
+pub fn parse_wallet_name(s: &str) -> Result<String, String> {
+    SafeName::wallet(s)
+        .map(|n| n.as_str().to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// `--wallet.hotkey`: one plain file name.
+pub fn parse_hotkey_name(s: &str) -> Result<String, String> {
+    SafeName::hotkey(s)
+        .map(|n| n.as_str().to_string())
+        .map_err(|e| e.to_string())
 }
 
 impl WalletArgs {
@@ -73,8 +91,15 @@ pub struct ListArgs {
 /// Arguments of `pretrain wallet show`.
 #[derive(Args, Debug)]
 pub struct ShowArgs {
-    #[command(flatten)]
-    wallet: WalletArgs,
+    /// Directory holding the wallets.
+    #[arg(long = "wallet.path", default_value = DEFAULT_WALLET_PATH)]
+    wallet_path: PathBuf,
+    /// Wallet (coldkey) name.
+    #[arg(long = "wallet.name", default_value = DEFAULT_WALLET_NAME, value_parser = parse_wallet_name)]
+    wallet_name: String,
+    /// Show only this hotkey (default: every hotkey of the wallet).
+    #[arg(long = "wallet.hotkey", value_parser = parse_hotkey_name)]
+    wallet_hotkey: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -86,21 +111,57 @@ pub fn run(cmd: WalletCommand) -> anyhow::Result<()> {
         WalletCommand::New(args) => new(args),
         WalletCommand::List(args) => {
             let wallets = Wallet::list(&args.wallet_path)?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&wallets)?);
-            } else {
-                print_table(&wallets);
+            for w in &wallets {
+                for p in &w.problems {
+                    warn!(wallet = %w.name, "{p}");
+                }
             }
-            Ok(())
+            if args.json {
+                print_json(&wallets)
+            } else {
+                print_text(&table(&wallets))
+            }
         }
         WalletCommand::Show(args) => {
-            let info = args.wallet.wallet().info()?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&info)?);
-            } else {
-                print_table(std::slice::from_ref(&info));
+            let wallet = Wallet::new(
+                &args.wallet_path,
+                &args.wallet_name,
+                args.wallet_hotkey.as_deref().unwrap_or(DEFAULT_HOTKEY_NAME),
+            );
+            let mut info = wallet.info()?;
+            if let Some(h) = &args.wallet_hotkey {
+                info.hotkeys.retain(|k| &k.name == h);
+                if info.hotkeys.is_empty() {
+                    anyhow::bail!(
+                        "wallet {} has no hotkey {h:?} ({} does not exist)",
+                        info.name,
+                        wallet.hotkey_path().display()
+                    );
+                }
+                // Problems of other hotkeys are not this command's business; this one's are.
+                let hotkeys_dir = wallet.dir().join("hotkeys").display().to_string();
+                info.problems.retain(|p| !p.contains(&hotkeys_dir));
+                if let Err(e) = wallet.hotkey_ss58() {
+                    info.problems.push(e.to_string());
+                }
             }
-            Ok(())
+            // A corrupt or unreadable key file is an error, not a `null` address.
+            if let Some(first) = info.problems.first() {
+                anyhow::bail!(
+                    "wallet {} has unreadable key files: {}",
+                    info.name,
+                    if info.problems.len() == 1 {
+                        first.clone()
+                    } else {
+                        format!("{first} (and {} more)", info.problems.len() - 1)
+                    }
+                );
+            }
+            if args.json {
+                print_json(&info)
+            } else {
+                print_text(&table(std::slice::from_ref(&info)))
+            }
         }
     }
 }
@@ -127,50 +188,71 @@ fn new(args: NewArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let coldkey = if args.hotkey_only {
+    let password = if args.hotkey_only || args.no_password {
         None
     } else {
-        let password = if args.no_password {
-            None
-        } else {
-            Some(
-                coldkey_password(
-                    &format!(
-                        "New password for coldkey {}: ",
-                        wallet.coldkey_path().display()
-                    ),
-                    true,
-                )
-                .with_context(|| format!("use --no_password or set {PASSWORD_ENV}"))?,
+        Some(
+            coldkey_password(
+                &format!(
+                    "New password for coldkey {}: ",
+                    wallet.coldkey_path().display()
+                ),
+                true,
             )
-        };
-        let key = wallet.create_coldkey(None, password.as_deref(), args.overwrite)?;
-        Some(json!({
-            "ss58": key.ss58,
-            "mnemonic": key.mnemonic,
-            "path": key.path,
-            "encrypted": password.is_some(),
-        }))
+            .with_context(|| format!("use --no_password or set {PASSWORD_ENV}"))?,
+        )
     };
-    let hotkey = wallet.create_hotkey(None, args.overwrite)?;
-    warn!("the mnemonics below are the only way to recover these keys: write them down and keep them secret");
+    // The keys are made first and shown before any file is written: a key
+    // file whose mnemonic was never seen (stdout closed, say) cannot exist.
+    let cold = if args.hotkey_only {
+        None
+    } else {
+        Some(KeyPair::generate(DEFAULT_MNEMONIC_WORDS).context("generating the coldkey")?)
+    };
+    let (hot, hot_phrase) =
+        KeyPair::generate(DEFAULT_MNEMONIC_WORDS).context("generating the hotkey")?;
     let out = json!({
         "wallet": wallet.name,
         "path": wallet.dir(),
-        "coldkey": coldkey,
+        "coldkey": cold.as_ref().map(|(pair, phrase)| json!({
+            "ss58": pair.ss58(),
+            "mnemonic": phrase,
+            "path": wallet.coldkey_path(),
+            "encrypted": password.is_some(),
+        })),
         "hotkey": {
             "name": wallet.hotkey,
-            "ss58": hotkey.ss58,
-            "mnemonic": hotkey.mnemonic,
-            "path": hotkey.path,
+            "ss58": hot.ss58(),
+            "mnemonic": hot_phrase,
+            "path": wallet.hotkey_path(),
         },
     });
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    warn!("the mnemonics on stdout are the only way to recover these keys: write them down and keep them secret");
+    if let Err(e) = print_json(&out) {
+        if is_stdout_closed(&e) {
+            // Not the quiet broken-pipe exit: the user must learn that no key was made.
+            anyhow::bail!(
+                "stdout was closed before the mnemonics could be shown: no key was written"
+            );
+        }
+        return Err(e.context("printing the new keys: no key was written"));
+    }
+    if let Some((_, phrase)) = &cold {
+        wallet
+            .create_coldkey(Some(phrase), password.as_deref(), args.overwrite)
+            .context("writing the coldkey (its mnemonic is printed above)")?;
+    }
+    wallet
+        .create_hotkey(Some(&hot_phrase), args.overwrite)
+        .context("writing the hotkey (its mnemonic is printed above)")?;
     Ok(())
 }
 
-fn print_table(wallets: &[WalletInfo]) {
-    println!(
+fn table(wallets: &[WalletInfo]) -> String {
+    use std::fmt::Write as _;
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
         "{:<20} {:<10} {:<50} ENCRYPTED",
         "WALLET", "HOTKEY", "ADDRESS"
     );
@@ -180,14 +262,16 @@ fn print_table(wallets: &[WalletInfo]) {
             Some(false) => "no",
             None => "-",
         };
-        println!(
+        let _ = writeln!(
+            t,
             "{:<20} {:<10} {:<50} {enc}",
             w.name,
             "(coldkey)",
             w.coldkeypub.as_deref().unwrap_or("-")
         );
         for h in &w.hotkeys {
-            println!(
+            let _ = writeln!(
+                t,
                 "{:<20} {:<10} {:<50}",
                 "",
                 h.name,
@@ -195,4 +279,5 @@ fn print_table(wallets: &[WalletInfo]) {
             );
         }
     }
+    t
 }

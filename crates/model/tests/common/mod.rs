@@ -6,11 +6,11 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-/// `shared/reference/models`.
+/// `testdata/models`.
 pub fn models_dir() -> PathBuf {
     PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/reference/models"
+        "/../../testdata/models"
     ))
 }
 

@@ -6,7 +6,11 @@
 #[path = "../../../store/tests/common/mod.rs"]
 mod store_common;
 
-pub use store_common::{copy_dir, fake_hf, reference_expected, reference_files, reference_hash, reference_model_dir};
+// Each test binary uses a different subset of these.
+#[allow(unused_imports)]
+pub use store_common::{
+    copy_dir, fake_hf, reference_expected, reference_files, reference_hash, reference_model_dir,
+};
 
 use std::sync::Mutex;
 

@@ -10,7 +10,7 @@ use serde_json::Value;
 pub fn reference_model_dir() -> PathBuf {
     PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/reference/models/tiny-gpt2/model"
+        "/../../testdata/models/tiny-gpt2/model"
     ))
 }
 
@@ -18,7 +18,7 @@ pub fn reference_model_dir() -> PathBuf {
 pub fn reference_expected() -> Value {
     let p = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/reference/models/tiny-gpt2/expected.json"
+        "/../../testdata/models/tiny-gpt2/expected.json"
     );
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }

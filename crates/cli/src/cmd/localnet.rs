@@ -1,0 +1,673 @@
+//! `pretrain localnet`: the whole subnet on this machine. An embedded chain,
+//! a local hub and the sample corpus under one directory; a validator and N
+//! miners, each its own `pretrain mine` / `pretrain validate` process; a
+//! live leaderboard; a JSON summary at the end.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use pretrain_chain::embedded::{EmbeddedChain, EmbeddedOptions, SubnetParams};
+use pretrain_chain::{Chain, Wallet};
+use pretrain_core::ModelId;
+use serde_json::{json, Value};
+use tokio::process::{Child, Command};
+
+/// Subnet the local network runs (the real one's id, so flags look the same).
+const NETUID: u16 = pretrain_core::constants::SUBNET_UID;
+/// Stake given to the validator so it holds a permit; miners get none.
+const VALIDATOR_STAKE: f64 = 1000.0;
+/// How often the leaderboard is read and drawn.
+const REFRESH: Duration = Duration::from_secs(2);
+/// How long children get to stop after SIGINT before they are killed.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+
+/// Which starting model the miners train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModelKind {
+    /// A 2-layer, 32-wide GPT-2 (1.6M parameters): a full round in a couple of minutes on 2 cores.
+    Tiny,
+    /// The subnet's default GPT-2 (122M parameters): what miners really train; slow on a CPU.
+    Default,
+}
+
+/// Arguments of `pretrain localnet`.
+#[derive(Args, Debug)]
+pub struct LocalnetArgs {
+    /// Number of miners (each a `pretrain mine` process).
+    #[arg(long, default_value_t = 2)]
+    pub miners: usize,
+    /// Stop everything after this many minutes (default: run until Ctrl-C).
+    #[arg(long)]
+    pub minutes: Option<f64>,
+    /// Directory holding the chain, the hub, the wallets, the logs and every
+    /// model (reused if it exists: wallets and registrations are kept).
+    #[arg(long, default_value = "localnet")]
+    pub dir: PathBuf,
+    /// Starting model of the miners.
+    #[arg(long, value_enum, default_value_t = ModelKind::Tiny)]
+    pub model: ModelKind,
+    /// Seconds per block of the embedded chain (a fresh chain only).
+    #[arg(long = "block_time", default_value_t = 1.0)]
+    pub block_time: f64,
+    /// Where pages come from: `local:DIR` or `falcon`; default: the sample corpus.
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Base seed of the miners' page sampling and dropout (miner i uses seed + 1 + i).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// One child process and what it is.
+struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+/// Everything one leaderboard row shows.
+#[derive(Debug, Clone)]
+struct Row {
+    uid: u16,
+    hotkey: String,
+    role: String,
+    model: Option<String>,
+    loss: Option<f64>,
+    win_rate: Option<f64>,
+    weight: f64,
+    incentive: f64,
+}
+
+impl Row {
+    fn json(&self) -> Value {
+        json!({
+            "uid": self.uid,
+            "hotkey": self.hotkey,
+            "role": self.role,
+            "model": self.model,
+            "loss": self.loss.filter(|l| l.is_finite()),
+            "win_rate": self.win_rate,
+            "weight": self.weight,
+            "incentive": self.incentive,
+        })
+    }
+}
+
+/// Paths inside the localnet directory.
+struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    fn wallets(&self) -> PathBuf {
+        self.root.join("wallets")
+    }
+    fn chain(&self) -> PathBuf {
+        self.root.join("chain")
+    }
+    fn hub(&self) -> PathBuf {
+        self.root.join("hub")
+    }
+    fn logs(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+    fn init_model(&self, kind: ModelKind) -> PathBuf {
+        self.root.join("init").join(match kind {
+            ModelKind::Tiny => "tiny-gpt2",
+            ModelKind::Default => "default-gpt2",
+        })
+    }
+    fn miner_dir(&self, i: usize) -> PathBuf {
+        self.root.join(format!("miner-{i}"))
+    }
+    fn validator_dir(&self) -> PathBuf {
+        self.root.join("validator")
+    }
+    fn corpus(&self) -> PathBuf {
+        self.root.join("corpus")
+    }
+    fn leaderboard(&self) -> PathBuf {
+        self.root.join("leaderboard.jsonl")
+    }
+}
+
+/// The config of the tiny model: the reference tiny GPT-2's shape (2 layers,
+/// 32 wide, 4 heads) with the dropout of the default model, so miners train
+/// as they would for real.
+fn tiny_config() -> Value {
+    let mut c = pretrain_model::config::default_gpt2_config_json();
+    if let Some(m) = c.as_object_mut() {
+        m.insert("n_embd".into(), json!(32));
+        m.insert("n_head".into(), json!(4));
+        m.insert("n_layer".into(), json!(2));
+    }
+    c
+}
+
+/// Learning rate of miner `i`: miner 0 learns fast, each next one a hundred
+/// times slower (miner 1 at the original's default of 1e-5 barely moves in
+/// minutes), so miner 0 is clearly the best after its first epoch.
+fn miner_lr(kind: ModelKind, i: usize) -> f64 {
+    let base = match kind {
+        ModelKind::Tiny => 1e-3,
+        ModelKind::Default => 1e-4,
+    };
+    base * 0.01f64.powi(i32::try_from(i.min(8)).unwrap_or(8))
+}
+
+/// Runs the local subnet; prints the final leaderboard as JSON.
+pub fn run(args: LocalnetArgs) -> anyhow::Result<()> {
+    if args.miners == 0 || args.miners > 16 {
+        bail!("--miners must be between 1 and 16");
+    }
+    if let Some(m) = args.minutes {
+        if !(m.is_finite() && m > 0.0 && m <= 7.0 * 24.0 * 60.0) {
+            bail!("--minutes must be a positive number of minutes (at most a week)");
+        }
+    }
+    if !(args.block_time.is_finite() && (0.05..=60.0).contains(&args.block_time)) {
+        bail!("--block_time must be between 0.05 and 60 seconds");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(run_async(args))
+}
+
+async fn run_async(args: LocalnetArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
+    let root = args
+        .dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", args.dir.display()))?;
+    let layout = Layout { root };
+    let started = Instant::now();
+
+    let (validator, miners) = setup_wallets(&layout, args.miners)?;
+    let chain = setup_chain(&layout, args.block_time, &validator, &miners).await?;
+    let init = layout.init_model(args.model);
+    if !init.join("model.safetensors").is_file() {
+        tracing::info!(dir = %init.display(), model = ?args.model, "writing the miners' starting model");
+        let init2 = init.clone();
+        let kind = args.model;
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let device = candle_core::Device::Cpu;
+            let model = match kind {
+                ModelKind::Tiny => pretrain_model::Model::random(tiny_config(), 0, &device)?,
+                ModelKind::Default => pretrain_model::Model::default_gpt2(0, &device)?,
+            };
+            model.save(&init2)?;
+            Ok(())
+        })
+        .await
+        .context("writing the starting model")??;
+    }
+    std::fs::create_dir_all(layout.logs()).context("creating the logs directory")?;
+
+    let dataset = match &args.dataset {
+        Some(d) => d.clone(),
+        None => {
+            let dir = layout.corpus();
+            tokio::task::spawn_blocking(move || write_short_corpus(&dir))
+                .await
+                .context("writing the local corpus")??;
+            format!("local:{}", layout.corpus().display())
+        }
+    };
+    let mut procs = Vec::new();
+    procs.push(spawn_validator(&layout, &dataset).await?);
+    for (i, _) in miners.iter().enumerate() {
+        procs.push(spawn_miner(&layout, &dataset, args.model, i, args.seed).await?);
+    }
+    tracing::info!(
+        dir = %layout.root.display(),
+        "local subnet running: 1 validator, {} miners; logs in {}",
+        miners.len(),
+        layout.logs().display()
+    );
+
+    let deadline = args
+        .minutes
+        .map(|m| started + Duration::from_secs_f64(m * 60.0));
+    let tty = std::io::stderr().is_terminal();
+    let mut last_logged = Instant::now() - Duration::from_secs(3600);
+    let mut rows = Vec::new();
+    let stop_reason = loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break "interrupted",
+            _ = tokio::time::sleep(REFRESH) => {}
+        }
+        match leaderboard(&chain, &layout, &validator, &miners).await {
+            Ok(r) => {
+                rows = r;
+                let line = json!({
+                    "elapsed_s": started.elapsed().as_secs_f64(),
+                    "block": chain.current_block().await.ok(),
+                    "leaderboard": rows.iter().map(Row::json).collect::<Vec<_>>(),
+                });
+                if let Err(e) = pretrain_core::fsio::append_line(&layout.leaderboard(), &line.to_string()) {
+                    tracing::warn!("cannot append to {}: {e}", layout.leaderboard().display());
+                }
+                if tty {
+                    draw(&rows, started.elapsed(), args.minutes);
+                } else if last_logged.elapsed() >= Duration::from_secs(15) {
+                    log_rows(&rows);
+                    last_logged = Instant::now();
+                }
+            }
+            Err(e) => tracing::warn!("reading the leaderboard: {e:#}"),
+        }
+        for p in &mut procs {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                tracing::warn!(
+                    "{} exited ({status}); see {}",
+                    p.name,
+                    p.log.display()
+                );
+            }
+        }
+        procs.retain_mut(|p| !matches!(p.child.try_wait(), Ok(Some(_))));
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break "time is up";
+        }
+        if procs.is_empty() {
+            break "every process exited";
+        }
+    };
+    tracing::info!("stopping the local subnet ({stop_reason})");
+    stop_all(procs).await;
+    if let Ok(r) = leaderboard(&chain, &layout, &validator, &miners).await {
+        rows = r;
+    }
+    if tty {
+        draw(&rows, started.elapsed(), args.minutes);
+    }
+    let summary = json!({
+        "dir": layout.root.display().to_string(),
+        "leaderboard": rows.iter().map(Row::json).collect::<Vec<_>>(),
+    });
+    super::out::print_json(&summary)?;
+    Ok(())
+}
+
+/// Characters kept of each document of the local corpus.
+const SHORT_DOC_CHARS: usize = 400;
+
+/// The sample corpus with each document cut to its first
+/// [`SHORT_DOC_CHARS`] characters, as JSON Lines: a page (100 documents)
+/// is then ~10k tokens instead of ~65k, so a tiny model's epoch takes
+/// seconds on a shared CPU and a full round fits in a couple of minutes.
+fn write_short_corpus(dir: &Path) -> anyhow::Result<()> {
+    let path = dir.join("short-docs.jsonl");
+    if path.is_file() {
+        return Ok(());
+    }
+    let sample = pretrain_data::sample_corpus_dir();
+    let source = pretrain_data::LocalSource::open(&sample)
+        .with_context(|| format!("opening the sample corpus {}", sample.display()))?;
+    let docs = pretrain_data::read_all_documents(&source).context("reading the sample corpus")?;
+    let mut text = String::new();
+    for d in docs {
+        let cut: String = d.chars().take(SHORT_DOC_CHARS).collect();
+        text.push_str(&serde_json::to_string(&json!({ "content": cut }))?);
+        text.push('\n');
+    }
+    pretrain_core::fsio::atomic_write(&path, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Creates (or reuses) the validator's and the miners' wallets, unencrypted:
+/// keys of a throwaway local network.
+fn setup_wallets(layout: &Layout, n: usize) -> anyhow::Result<(Wallet, Vec<Wallet>)> {
+    let make = |name: &str| -> anyhow::Result<Wallet> {
+        let w = Wallet::new(layout.wallets(), name, "default");
+        if !w.hotkey_path().is_file() {
+            w.create(None, false)
+                .with_context(|| format!("creating wallet {name} in {}", layout.wallets().display()))?;
+        }
+        Ok(w)
+    };
+    let validator = make("validator")?;
+    let miners = (0..n)
+        .map(|i| make(&format!("miner-{i}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok((validator, miners))
+}
+
+/// A fresh (or the existing) chain with the subnet, every hotkey registered
+/// and the validator staked. Rate limits are a few blocks so a round fits in minutes.
+async fn setup_chain(
+    layout: &Layout,
+    block_time: f64,
+    validator: &Wallet,
+    miners: &[Wallet],
+) -> anyhow::Result<EmbeddedChain> {
+    let chain = EmbeddedChain::open_async(
+        &layout.chain(),
+        &EmbeddedOptions {
+            block_time: Some(block_time),
+            ..EmbeddedOptions::default()
+        },
+    )
+    .await
+    .with_context(|| format!("opening the chain in {}", layout.chain().display()))?;
+    chain
+        .create_subnet(
+            NETUID,
+            SubnetParams {
+                commit_rate_limit: 5,
+                weights_rate_limit: 5,
+                ..SubnetParams::default()
+            },
+        )
+        .await
+        .context("creating the subnet")?;
+    for w in std::iter::once(validator).chain(miners) {
+        let hot = w.hotkey_ss58().context("reading a hotkey")?;
+        let cold = w.coldkeypub().context("reading a coldkey")?;
+        chain
+            .register(NETUID, &hot, &cold)
+            .await
+            .with_context(|| format!("registering {hot}"))?;
+    }
+    let vhot = validator.hotkey_ss58()?;
+    let g = chain.metagraph(NETUID).await.context("reading the metagraph")?;
+    let staked = g.neurons.iter().any(|n| n.hotkey == vhot && n.stake > 0.0);
+    if !staked {
+        chain
+            .add_stake(&vhot, VALIDATOR_STAKE)
+            .await
+            .context("staking the validator")?;
+    }
+    Ok(chain)
+}
+
+/// Common flags of every child: the wallet, the embedded chain, the local hub, the dataset.
+fn common_flags(layout: &Layout, wallet_name: &str, dataset: &str) -> Vec<String> {
+    [
+        "--wallet.path",
+        &layout.wallets().display().to_string(),
+        "--wallet.name",
+        wallet_name,
+        "--wallet.hotkey",
+        "default",
+        "--subtensor.network",
+        "embedded",
+        "--chain_dir",
+        &layout.chain().display().to_string(),
+        "--netuid",
+        &NETUID.to_string(),
+        "--hub",
+        &format!("local:{}", layout.hub().display()),
+        "--dataset",
+        dataset,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+async fn spawn_validator(layout: &Layout, dataset: &str) -> anyhow::Result<Proc> {
+    let mut a = common_flags(layout, "validator", dataset);
+    a.extend(
+        [
+            "--model_dir",
+            &layout.validator_dir().display().to_string(),
+            "--blocks_per_epoch",
+            "10",
+            "--pages_per_eval",
+            "1",
+            "--update_interval",
+            "5",
+            "--idle_wait",
+            "5",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    spawn(layout, "validator", "validate", &a).await
+}
+
+async fn spawn_miner(
+    layout: &Layout,
+    dataset: &str,
+    kind: ModelKind,
+    i: usize,
+    seed: u64,
+) -> anyhow::Result<Proc> {
+    let name = format!("miner-{i}");
+    let mut a = common_flags(layout, &name, dataset);
+    let (sl, pages) = match kind {
+        ModelKind::Tiny => ("128", "1"),
+        ModelKind::Default => ("1024", "1"),
+    };
+    a.extend(
+        [
+            "--model_dir",
+            &layout.miner_dir(i).display().to_string(),
+            "--load_model_dir",
+            &layout.init_model(kind).display().to_string(),
+            "--hf_repo_id",
+            &format!("localnet/{name}"),
+            "--lr",
+            &miner_lr(kind, i).to_string(),
+            "--bs",
+            "1",
+            "--sl",
+            sl,
+            "--accumulation_steps",
+            "1",
+            "--pages_per_epoch",
+            pages,
+            "--num_epochs",
+            "-1",
+            "--push_every_epoch",
+            "--avg_loss_upload_threshold",
+            "1000",
+            "--seed",
+            &(seed + 1 + i as u64).to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    spawn(layout, &name, "mine", &a).await
+}
+
+async fn spawn(layout: &Layout, name: &str, command: &str, args: &[String]) -> anyhow::Result<Proc> {
+    let exe = std::env::current_exe().context("finding the pretrain executable")?;
+    let log = layout.logs().join(format!("{name}.log"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let err = file.try_clone().with_context(|| format!("opening {}", log.display()))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg(command)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(file)
+        .stderr(err)
+        // One core's worth of threads each: the processes share the machine.
+        .env("RAYON_NUM_THREADS", "1")
+        .env("NO_COLOR", "1")
+        .kill_on_drop(true);
+    #[cfg(target_os = "linux")]
+    unsafe {
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to
+        // signal this child when its parent dies, so no child outlives a
+        // killed localnet.
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {name} (`pretrain {command}`)"))?;
+    tracing::info!(pid = child.id(), log = %log.display(), "started {name}");
+    Ok(Proc {
+        name: name.to_string(),
+        child,
+        log,
+    })
+}
+
+/// SIGINT to every child (they save and stop), then SIGKILL to whoever is
+/// still running after the grace period.
+async fn stop_all(mut procs: Vec<Proc>) {
+    for p in &procs {
+        if let Some(pid) = p.child.id().and_then(|id| i32::try_from(id).ok()) {
+            // SAFETY: sending a signal to our own child's pid.
+            unsafe {
+                libc::kill(pid, libc::SIGINT);
+            }
+        }
+    }
+    let until = Instant::now() + STOP_GRACE;
+    for p in &mut procs {
+        let left = until.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, p.child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                tracing::warn!("{} did not stop in {STOP_GRACE:?}: killing it", p.name);
+                let _ = p.child.kill().await;
+            }
+        }
+    }
+}
+
+/// The validator's latest per-uid loss and win rate, from its metrics file.
+fn validator_view(dir: &Path) -> BTreeMap<u16, (f64, Option<f64>)> {
+    let Ok(data) = pretrain_report::parse::collect(dir) else {
+        return BTreeMap::new();
+    };
+    let Some(last) = data.validators.first().and_then(|v| v.steps.last()) else {
+        return BTreeMap::new();
+    };
+    last.uids
+        .iter()
+        .map(|(uid, p)| (*uid, (p.mean_loss, p.win_rate)))
+        .collect()
+}
+
+async fn leaderboard(
+    chain: &EmbeddedChain,
+    layout: &Layout,
+    validator: &Wallet,
+    miners: &[Wallet],
+) -> anyhow::Result<Vec<Row>> {
+    let g = chain.metagraph(NETUID).await?;
+    let commits = chain.commitments(NETUID).await?;
+    let weights = chain.weights(NETUID).await?;
+    let vhot = validator.hotkey_ss58()?;
+    let vuid = g.neurons.iter().find(|n| n.hotkey == vhot).map(|n| n.uid);
+    let mut wmap: BTreeMap<u16, f64> = BTreeMap::new();
+    if let Some((_, row)) = weights.iter().find(|(uid, _)| Some(*uid) == vuid) {
+        let total: f64 = row.iter().map(|(_, v)| f64::from(*v)).sum();
+        for (uid, v) in row {
+            if total > 0.0 {
+                wmap.insert(*uid, f64::from(*v) / total);
+            }
+        }
+    }
+    let view = validator_view(&layout.validator_dir());
+    let miner_hotkeys: Vec<String> = miners.iter().filter_map(|w| w.hotkey_ss58().ok()).collect();
+    let mut rows = Vec::new();
+    for n in &g.neurons {
+        let role = if n.hotkey == vhot {
+            "validator".to_string()
+        } else if let Some(i) = miner_hotkeys.iter().position(|h| *h == n.hotkey) {
+            format!("miner-{i}")
+        } else {
+            "other".to_string()
+        };
+        let model = commits
+            .iter()
+            .find(|c| c.hotkey == n.hotkey)
+            .map(|c| match ModelId::from_chain_bytes(&c.data) {
+                Ok(id) => format!("{}/{}@{}", id.namespace, id.name, id.commit.as_deref().map(|c| &c[..c.len().min(8)]).unwrap_or("?")),
+                Err(_) => String::from_utf8_lossy(&c.data).into_owned(),
+            });
+        let (loss, win_rate) = match view.get(&n.uid) {
+            Some((l, w)) => (Some(*l), *w),
+            None => (None, None),
+        };
+        rows.push(Row {
+            uid: n.uid,
+            hotkey: n.hotkey.clone(),
+            role,
+            model,
+            loss,
+            win_rate,
+            weight: wmap.get(&n.uid).copied().unwrap_or(0.0),
+            incentive: n.incentive,
+        });
+    }
+    Ok(rows)
+}
+
+fn fmt_opt(x: Option<f64>, digits: usize) -> String {
+    match x {
+        Some(v) if v.is_finite() => format!("{v:.digits$}"),
+        Some(_) => "inf".into(),
+        None => "-".into(),
+    }
+}
+
+fn table(rows: &[Row]) -> String {
+    let mut s = format!(
+        "{:>4}  {:<10}  {:<12}  {:<26}  {:>8}  {:>8}  {:>7}  {:>9}\n",
+        "UID", "ROLE", "HOTKEY", "MODEL", "LOSS", "WIN RATE", "WEIGHT", "INCENTIVE"
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "{:>4}  {:<10}  {:<12}  {:<26}  {:>8}  {:>8}  {:>7.4}  {:>9.4}\n",
+            r.uid,
+            r.role,
+            format!("{}…", &r.hotkey[..r.hotkey.len().min(10)]),
+            r.model.as_deref().unwrap_or("-"),
+            fmt_opt(r.loss, 4),
+            fmt_opt(r.win_rate, 3),
+            r.weight,
+            r.incentive
+        ));
+    }
+    s
+}
+
+/// Redraws the leaderboard in place on a terminal.
+fn draw(rows: &[Row], elapsed: Duration, minutes: Option<f64>) {
+    let limit = minutes
+        .map(|m| format!(" of {:.0}s", m * 60.0))
+        .unwrap_or_else(|| " (Ctrl-C to stop)".into());
+    eprint!(
+        "\x1b[H\x1b[2Jpretrain localnet: {:.0}s{limit}\n\n{}",
+        elapsed.as_secs_f64(),
+        table(rows)
+    );
+}
+
+fn log_rows(rows: &[Row]) {
+    for r in rows.iter().filter(|r| r.role != "validator") {
+        tracing::info!(
+            uid = r.uid,
+            role = %r.role,
+            model = r.model.as_deref().unwrap_or("-"),
+            loss = %fmt_opt(r.loss, 4),
+            win_rate = %fmt_opt(r.win_rate, 3),
+            weight = format_args!("{:.4}", r.weight),
+            incentive = format_args!("{:.4}", r.incentive),
+            "leaderboard"
+        );
+    }
+}

@@ -1,0 +1,186 @@
+//! `pretrain validate`: the validator (the original's flags), and the hidden
+//! `pretrain eval_worker` it starts once per model.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use pretrain_chain::{connect, Network};
+use pretrain_core::Competition;
+use pretrain_neurons::validator::{self, ValidatorConfig, WorkerSpec};
+
+use super::args::{DataArgs, DeviceArgs, HubArgs};
+use super::chain::ChainArgs;
+use super::wallet::WalletArgs;
+
+/// Arguments of `pretrain validate`.
+#[derive(Args, Debug)]
+pub struct ValidateArgs {
+    /// Number of blocks to wait before setting weights.
+    #[arg(long = "blocks_per_epoch", default_value_t = 50)]
+    pub blocks_per_epoch: u64,
+    /// Number of pages used to eval each step.
+    #[arg(long = "pages_per_eval", default_value_t = 3)]
+    pub pages_per_eval: usize,
+    /// Number of uids kept for evaluation after each step.
+    #[arg(long = "sample_min", default_value_t = 30)]
+    pub sample_min: usize,
+    /// Do not set weights on the chain.
+    #[arg(long = "dont_set_weights")]
+    pub dont_set_weights: bool,
+    /// No registration check and no weights on chain.
+    #[arg(long)]
+    pub offline: bool,
+    /// Where models, the state and metrics.jsonl are kept.
+    #[arg(long = "model_dir", default_value = "model-store")]
+    pub model_dir: PathBuf,
+    /// Stop after this many evaluation steps (default: run forever).
+    #[arg(long = "max_steps")]
+    pub max_steps: Option<u64>,
+    /// Models evaluated at once, each in its own process.
+    #[arg(long = "eval_workers", default_value_t = 1)]
+    pub eval_workers: usize,
+    /// Accepted for compatibility; this validator logs to metrics.jsonl, not wandb.
+    #[arg(long = "wandb.off")]
+    pub wandb_off: bool,
+    /// Address-space limit of each evaluation process, in MiB (0: none).
+    #[arg(long = "eval_mem_limit_mb", default_value_t = 16384, hide = true)]
+    pub eval_mem_limit_mb: u64,
+    /// Seconds a worker has to load its model, and again to evaluate it.
+    #[arg(long = "eval_timeout", default_value_t = 600.0, hide = true)]
+    pub eval_timeout: f64,
+    /// Seconds one step may take.
+    #[arg(long = "step_timeout", default_value_t = 1200.0, hide = true)]
+    pub step_timeout: f64,
+    /// Least seconds between two checks of one uid's commitment.
+    #[arg(long = "update_interval", default_value_t = 300.0, hide = true)]
+    pub update_interval: f64,
+    /// Seconds between two cleanups of the model directory.
+    #[arg(long = "clean_interval", default_value_t = 300.0, hide = true)]
+    pub clean_interval: f64,
+    /// Seconds to wait when there is nothing to evaluate or a step failed.
+    #[arg(long = "idle_wait", default_value_t = 60.0, hide = true)]
+    pub idle_wait: f64,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    #[command(flatten)]
+    pub wallet: WalletArgs,
+    #[command(flatten)]
+    pub chain: ChainArgs,
+    #[command(flatten)]
+    pub hub: HubArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
+/// Arguments of the hidden `pretrain eval_worker`.
+#[derive(Args, Debug)]
+pub struct EvalWorkerArgs {
+    /// Model directory to evaluate.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Device.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
+    if !(v.is_finite() && v >= 0.0) {
+        bail!("--{name} must be a number of seconds >= 0");
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// Runs the validator until `--max_steps` steps are done (forever without).
+pub fn run(args: ValidateArgs) -> anyhow::Result<()> {
+    if args.pages_per_eval == 0 {
+        bail!("--pages_per_eval must be at least 1");
+    }
+    if args.eval_workers == 0 {
+        bail!("--eval_workers must be at least 1");
+    }
+    let on_real_chain =
+        args.chain.chain_endpoint.is_some() || args.chain.network != Network::Embedded;
+    if on_real_chain && args.hub.is_local() {
+        bail!(
+            "--hub {} is only visible on this machine; miners on a real chain upload to Hugging Face: use --hub hf",
+            args.hub.hub
+        );
+    }
+    // Opened here so a bad device fails at start, not in every child.
+    args.device.open().context("opening the device")?;
+    let program = std::env::current_exe().context("finding the pretrain executable")?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mem_limit = (args.eval_mem_limit_mb > 0 && args.device.device == "cpu")
+        .then(|| args.eval_mem_limit_mb.saturating_mul(1 << 20));
+    let worker = WorkerSpec {
+        program,
+        args: vec!["eval_worker".into()],
+        device: args.device.device.clone(),
+        mem_limit,
+        load_timeout: seconds("eval_timeout", args.eval_timeout)?,
+        eval_timeout: seconds("eval_timeout", args.eval_timeout)?,
+        threads: Some((cores / args.eval_workers).max(1)),
+    };
+    let mut config = ValidatorConfig::new(args.chain.netuid, args.model_dir.clone(), worker);
+    config.competition = Competition {
+        sample_min: args.sample_min,
+        blocks_per_epoch: args.blocks_per_epoch,
+        pages_per_eval: args.pages_per_eval,
+        ..Competition::default()
+    };
+    config.set_weights = !args.dont_set_weights && !args.offline;
+    config.max_steps = args.max_steps;
+    config.eval_workers = args.eval_workers;
+    config.update_interval = seconds("update_interval", args.update_interval)?;
+    config.clean_interval = seconds("clean_interval", args.clean_interval)?;
+    config.idle_wait = seconds("idle_wait", args.idle_wait)?;
+    config.step_timeout = seconds("step_timeout", args.step_timeout)?;
+    config.call_timeout = seconds("chain_timeout", args.chain.chain_timeout)?;
+
+    let hotkey = if args.offline {
+        None
+    } else {
+        Some(
+            args.wallet
+                .wallet()
+                .hotkey()
+                .context("loading the hotkey")?,
+        )
+    };
+    let hub: Arc<dyn pretrain_store::ModelHub> = Arc::from(args.hub.open(false)?);
+    let source = args.data.open()?;
+    std::fs::create_dir_all(&args.model_dir)
+        .with_context(|| format!("creating {}", args.model_dir.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let chain = connect(&args.chain.options()?)
+            .await
+            .context("connecting to the chain")?;
+        let shared = validator::start(config, chain, hub, source, hotkey)
+            .await
+            .context("starting the validator")?;
+        validator::run(shared).await;
+        anyhow::Ok(())
+    })
+}
+
+/// The child side of the worker protocol (see `validator::worker`).
+pub fn run_worker(args: EvalWorkerArgs) -> anyhow::Result<()> {
+    let device = super::model::parse_device(&args.device)?;
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    let code =
+        validator::worker::run_worker(&args.model, &device, &mut stdin.lock(), &mut stdout.lock())
+            .context("talking to the validator")?;
+    if code != 0 {
+        std::process::exit(code);
+    }
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! The miner: what a miner can script, like the original's `pretrain.mining`
+//! actions, and the training loop behind `pretrain mine`.
+//!
+//! - [`load_remote_model`]: the model a uid has committed, fetched at its
+//!   commit, hash-checked and checked as the validator does; [`best_uid`]
+//!   picks the uid with the highest incentive (`--load_best`).
+//! - [`load_local_model`] / [`load_model_file`] / [`save`]: local models.
+//! - [`push`](crate::push::push): upload then commit.
+//! - [`Training`]: the loop (fresh seeded pages each epoch, AdamW every
+//!   `accumulation_steps` batches, best model kept whole on disk, resumable),
+//!   reporting [`Event`]s to an [`Observer`].
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), pretrain_neurons::miner::MinerError> {
+//! use std::sync::Arc;
+//! use candle_core::Device;
+//! use pretrain_neurons::miner::{self, MinerConfig, NoObserver, RunDir, Training};
+//!
+//! let chain = pretrain_chain::connect(&pretrain_chain::ChainOptions::default()).await?;
+//! let hub = pretrain_store::open_hub("local:/tmp/hub", Default::default())?;
+//! // Start from the model uid 3 committed (downloaded, hash-checked, validated).
+//! let remote = miner::load_remote_model(chain.as_ref(), hub.as_ref(), 9, 3, "models".as_ref(), &Device::Cpu).await?;
+//! let config = MinerConfig { num_epochs: Some(2), ..MinerConfig::default() };
+//! let source = pretrain_data::open_source("falcon")?;
+//! let run = RunDir::create(&config.model_dir, &miner::new_run_id())?;
+//! let mut training = Training::start(remote.model, config, source, run)?;
+//! let summary = training.run(&mut NoObserver).await?;
+//! // The best model is a `save_pretrained` directory: push it.
+//! let hotkey = pretrain_chain::Wallet::new("~/.bittensor/wallets", "default", "default").hotkey()?;
+//! let meta = pretrain_neurons::push(hub.as_ref(), chain.as_ref(), &hotkey, &summary.best_dir,
+//!     "me/my-model", &Default::default()).await?;
+//! # let _ = meta; Ok(()) }
+//! ```
+
+mod config;
+mod load;
+mod train_loop;
+
+pub use config::{new_run_id, MinerConfig, RunDir};
+pub use load::{
+    best_uid, check_hf_token, load_local_model, load_model_file, load_remote_model, save,
+    RemoteModel,
+};
+pub use train_loop::{
+    push_best, EpochSummary, Event, NoObserver, Observer, Progress, StopFlag, Training,
+    TrainingSummary,
+};
+
+use thiserror::Error;
+
+/// Why a miner action failed.
+#[derive(Debug, Error)]
+pub enum MinerError {
+    /// A model could not be loaded, trained or saved.
+    #[error(transparent)]
+    Model(#[from] pretrain_model::ModelError),
+    /// A model fails the validator's checks.
+    #[error("{path} is not a model the validator accepts: {reason}")]
+    Rejected {
+        /// The directory or file.
+        path: String,
+        /// The validator's reason.
+        reason: String,
+    },
+    /// The chain could not be read.
+    #[error("chain: {0}")]
+    Chain(#[from] pretrain_chain::ChainError),
+    /// The wallet could not be read.
+    #[error(transparent)]
+    Wallet(#[from] pretrain_chain::wallet::WalletError),
+    /// The hub could not be reached or refused.
+    #[error("hub: {0}")]
+    Hub(#[from] pretrain_store::HubError),
+    /// The validator's store refused the download.
+    #[error(transparent)]
+    Store(#[from] pretrain_store::StoreError),
+    /// The pages could not be read.
+    #[error("data: {0}")]
+    Data(#[from] pretrain_data::DataError),
+    /// Pushing failed.
+    #[error(transparent)]
+    Push(#[from] crate::push::PushError),
+    /// A uid has nothing usable to load.
+    #[error("{0}")]
+    NoModel(String),
+    /// A setting cannot work.
+    #[error("{0}")]
+    Config(String),
+    /// A file of the run could not be read or written.
+    #[error("{path}: {error}")]
+    Io {
+        /// The file or directory.
+        path: String,
+        /// The error.
+        error: std::io::Error,
+    },
+    /// A background task died.
+    #[error("task failed: {0}")]
+    Task(String),
+}
+
+impl MinerError {
+    pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
+        move |error| Self::Io {
+            path: path.display().to_string(),
+            error,
+        }
+    }
+}

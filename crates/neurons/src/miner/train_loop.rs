@@ -1,0 +1,602 @@
+//! The miner's training loop, as the original's: each epoch draws fresh
+//! random pages (seeded per epoch), trains on `[bs, sl]` batches with the
+//! loss divided by `accumulation_steps` and an AdamW step every
+//! `accumulation_steps` batches, and keeps the model of the best epoch
+//! average loss. Everything a person watches goes to an [`Observer`].
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use candle_core::Device;
+use pretrain_chain::{Chain, Hotkey};
+use pretrain_core::fsio::{append_line, atomic_write_json, recover_dir, replace_dir};
+use pretrain_core::ModelMetadata;
+use pretrain_data::{load_batches, sample_pages, Batch, PageSource, Tokenizer};
+use pretrain_model::nets::mix_seed;
+use pretrain_model::{Model, TrainConfig, Trainer};
+use pretrain_store::ModelHub;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tracing::info;
+
+use super::{load_local_model, MinerConfig, MinerError, RunDir};
+use crate::push::{push, PushOptions};
+
+/// Set to stop training after the current batch (Ctrl-C); the loop saves a
+/// checkpoint before it returns.
+pub type StopFlag = Arc<AtomicBool>;
+
+/// Where a batch leaves the epoch, for progress bars.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    /// Epoch (0-based).
+    pub epoch: u64,
+    /// Batches done in this epoch.
+    pub batch: usize,
+    /// Batches in this epoch.
+    pub batches: usize,
+    /// Loss of the batch just trained (unscaled).
+    pub loss: f32,
+    /// Mean loss of the epoch so far.
+    pub running_loss: f64,
+    /// Training tokens per second in this epoch so far (compute only).
+    pub tokens_per_s: f64,
+}
+
+/// One finished epoch.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EpochSummary {
+    /// Epoch (0-based).
+    pub epoch: u64,
+    /// Mean loss of the epoch's batches.
+    pub avg_loss: f64,
+    /// Batches in the epoch.
+    pub batches: usize,
+    /// Optimizer steps taken since the run began.
+    pub steps: u64,
+    /// Training tokens per second (compute only, this process's batches).
+    pub tokens_per_s: f64,
+    /// Seconds spent training (compute only).
+    pub train_seconds: f64,
+    /// Whether this epoch's average beat every earlier one (the best model was saved).
+    pub improved: bool,
+    /// Best average loss of the run so far.
+    pub best_avg_loss: f64,
+    /// The seed of this epoch's page draw.
+    pub page_seed: u64,
+    /// The pages drawn.
+    pub pages: Vec<u64>,
+}
+
+/// What the loop reports.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// Pages are drawn and tokenized; training the epoch begins.
+    EpochStart {
+        /// Epoch (0-based).
+        epoch: u64,
+        /// Seed of the page draw.
+        page_seed: u64,
+        /// The pages.
+        pages: &'a [u64],
+        /// Batches in the epoch.
+        batches: usize,
+        /// Batches already done (a resumed epoch).
+        done: usize,
+    },
+    /// A batch was trained.
+    Batch(Progress),
+    /// An optimizer step was taken.
+    Step {
+        /// Epoch.
+        epoch: u64,
+        /// Steps since the run began.
+        step: u64,
+        /// Loss of the last batch of the step.
+        loss: f32,
+    },
+    /// An epoch ended.
+    EpochEnd(&'a EpochSummary),
+    /// A new best model was saved.
+    BestSaved {
+        /// Its directory.
+        path: &'a Path,
+        /// Its average loss.
+        avg_loss: f64,
+    },
+    /// Training stopped on request; the checkpoint is saved.
+    Stopped {
+        /// Epoch.
+        epoch: u64,
+        /// Batches done in it.
+        batch: usize,
+    },
+}
+
+/// Receives the loop's [`Event`]s (progress bars, logs).
+pub trait Observer {
+    /// Called for each event, on the loop's task.
+    fn event(&mut self, event: &Event<'_>);
+}
+
+/// An observer that ignores everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoObserver;
+
+impl Observer for NoObserver {
+    fn event(&mut self, _: &Event<'_>) {}
+}
+
+/// How a training run ended.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrainingSummary {
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// The best model (`save_pretrained`).
+    pub best_dir: PathBuf,
+    /// Best epoch average loss (`None`: no epoch finished).
+    pub best_avg_loss: Option<f64>,
+    /// Epochs finished in all (a resumed run included).
+    pub epochs: u64,
+    /// Optimizer steps in all.
+    pub steps: u64,
+    /// Whether it stopped on request before `num_epochs`.
+    pub stopped: bool,
+    /// The average loss of each epoch finished by this call.
+    pub epoch_losses: Vec<f64>,
+}
+
+/// Where the run stands (`checkpoint/position.json`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Position {
+    /// Epochs finished.
+    epoch: u64,
+    /// Batches done in the unfinished epoch `epoch`.
+    batch_in_epoch: usize,
+    /// Sum of those batches' losses.
+    epoch_loss_sum: f64,
+    /// Batches trained since the run began.
+    global_batches: u64,
+    /// Best epoch average so far.
+    best_avg_loss: Option<f64>,
+}
+
+const CHECKPOINT_MODEL: &str = "model";
+const CHECKPOINT_OPTIMIZER: &str = "optimizer";
+const CHECKPOINT_POSITION: &str = "position.json";
+
+/// A training run: the model under training, its data and its directory.
+pub struct Training {
+    config: MinerConfig,
+    trainer: Option<Trainer>,
+    source: Arc<dyn PageSource>,
+    tokenizer: Tokenizer,
+    run: RunDir,
+    pos: Position,
+    stop: StopFlag,
+    started: Instant,
+}
+
+impl std::fmt::Debug for Training {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Training")
+            .field("run", &self.run)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn train_config(c: &MinerConfig) -> TrainConfig {
+    TrainConfig {
+        lr: c.lr,
+        weight_decay: 0.01,
+        accumulation_steps: c.accumulation_steps,
+        ..TrainConfig::default()
+    }
+}
+
+fn check_fits(model: &Model, c: &MinerConfig) -> Result<(), MinerError> {
+    if let Some(max) = model.config().max_positions() {
+        if c.sl > max {
+            return Err(MinerError::Config(format!(
+                "--sl {} exceeds the model's {max} positions",
+                c.sl
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl Training {
+    /// Starts a new run in `run`: writes `run.json` and saves the starting
+    /// model as the first `best/` (as the original saves it before training).
+    pub fn start(
+        model: Model,
+        config: MinerConfig,
+        source: Arc<dyn PageSource>,
+        run: RunDir,
+    ) -> Result<Self, MinerError> {
+        config.validate()?;
+        check_fits(&model, &config)?;
+        let settings = run.settings_file();
+        atomic_write_json(&settings, &config).map_err(MinerError::io(&settings))?;
+        model.save(&run.best_dir())?;
+        info!(dir = %run.root().display(), seed = config.seed, "training run started");
+        let trainer = Trainer::new(model, train_config(&config))?.with_seed(config.seed);
+        Ok(Self {
+            config,
+            trainer: Some(trainer),
+            source,
+            tokenizer: Tokenizer::gpt2()?,
+            run,
+            pos: Position::default(),
+            stop: Arc::new(AtomicBool::new(false)),
+            started: Instant::now(),
+        })
+    }
+
+    /// Continues the run in `run` from its last checkpoint: weights,
+    /// optimizer moments, pending gradients, epoch and step counters (and
+    /// the place inside an interrupted epoch). Settings come from its
+    /// `run.json`; `num_epochs`, when given, replaces the total to reach.
+    pub fn resume(
+        run: RunDir,
+        source: Arc<dyn PageSource>,
+        device: &Device,
+        num_epochs: Option<Option<u64>>,
+    ) -> Result<Self, MinerError> {
+        let settings = run.settings_file();
+        let text = std::fs::read(&settings).map_err(MinerError::io(&settings))?;
+        let mut config: MinerConfig = serde_json::from_slice(&text).map_err(|e| {
+            MinerError::Config(format!(
+                "{} is not a run's settings: {e}",
+                settings.display()
+            ))
+        })?;
+        if let Some(n) = num_epochs {
+            config.num_epochs = n;
+        }
+        config.validate()?;
+        let ckpt = run.checkpoint_dir();
+        recover_dir(&ckpt).map_err(MinerError::io(&ckpt))?;
+        let (trainer, pos) = if ckpt.is_dir() {
+            let model = Model::load(&ckpt.join(CHECKPOINT_MODEL), device)?;
+            check_fits(&model, &config)?;
+            let mut trainer = Trainer::new(model, train_config(&config))?;
+            trainer.load_state(&ckpt.join(CHECKPOINT_OPTIMIZER))?;
+            let p = ckpt.join(CHECKPOINT_POSITION);
+            let text = std::fs::read(&p).map_err(MinerError::io(&p))?;
+            let pos: Position = serde_json::from_slice(&text).map_err(|e| {
+                MinerError::Config(format!("{} is not a checkpoint position: {e}", p.display()))
+            })?;
+            (trainer, pos)
+        } else {
+            // Stopped before the first checkpoint: begin again from the starting model.
+            let best = run.best_dir();
+            recover_dir(&best).map_err(MinerError::io(&best))?;
+            let model = load_local_model(&best, device)?;
+            check_fits(&model, &config)?;
+            let trainer = Trainer::new(model, train_config(&config))?.with_seed(config.seed);
+            (trainer, Position::default())
+        };
+        info!(
+            dir = %run.root().display(),
+            epoch = pos.epoch,
+            batch = pos.batch_in_epoch,
+            steps = trainer.steps(),
+            "resuming the run"
+        );
+        Ok(Self {
+            config,
+            trainer: Some(trainer),
+            source,
+            tokenizer: Tokenizer::gpt2()?,
+            run,
+            pos,
+            stop: Arc::new(AtomicBool::new(false)),
+            started: Instant::now(),
+        })
+    }
+
+    /// The flag that stops the loop after the current batch.
+    pub fn stop_flag(&self) -> StopFlag {
+        self.stop.clone()
+    }
+
+    /// The run directory.
+    pub fn run_dir(&self) -> &RunDir {
+        &self.run
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &MinerConfig {
+        &self.config
+    }
+
+    /// Epochs finished.
+    pub fn epochs_done(&self) -> u64 {
+        self.pos.epoch
+    }
+
+    /// Best epoch average loss so far.
+    pub fn best_avg_loss(&self) -> Option<f64> {
+        self.pos.best_avg_loss
+    }
+
+    /// Whether `num_epochs` are done.
+    pub fn finished(&self) -> bool {
+        matches!(self.config.num_epochs, Some(n) if self.pos.epoch >= n)
+    }
+
+    fn trainer(&self) -> Result<&Trainer, MinerError> {
+        self.trainer
+            .as_ref()
+            .ok_or_else(|| MinerError::Task("a training step failed earlier".into()))
+    }
+
+    /// Trains until `num_epochs` are done or the stop flag is set.
+    pub async fn run(
+        &mut self,
+        observer: &mut dyn Observer,
+    ) -> Result<TrainingSummary, MinerError> {
+        let mut losses = Vec::new();
+        let mut stopped = false;
+        while !self.finished() {
+            match self.run_epoch(observer).await? {
+                Some(s) => losses.push(s.avg_loss),
+                None => {
+                    stopped = true;
+                    break;
+                }
+            }
+        }
+        Ok(self.summary(losses, stopped))
+    }
+
+    /// The run's state as a summary.
+    pub fn summary(&self, epoch_losses: Vec<f64>, stopped: bool) -> TrainingSummary {
+        TrainingSummary {
+            run_dir: self.run.root().to_path_buf(),
+            best_dir: self.run.best_dir(),
+            best_avg_loss: self.pos.best_avg_loss,
+            epochs: self.pos.epoch,
+            steps: self.trainer.as_ref().map(Trainer::steps).unwrap_or(0),
+            stopped,
+            epoch_losses,
+        }
+    }
+
+    /// The pages of epoch `epoch`: drawn from `(seed, epoch)`, so a resumed
+    /// run sees the same pages as an uninterrupted one.
+    pub fn pages_of_epoch(&self, epoch: u64) -> (u64, Vec<u64>) {
+        let page_seed = mix_seed(self.config.seed, epoch);
+        let pages = sample_pages(
+            page_seed,
+            self.source.page_range(),
+            self.config.pages_per_epoch,
+        );
+        (page_seed, pages)
+    }
+
+    /// Trains one epoch (the rest of it, when resumed inside one). `None`
+    /// when the stop flag ended it early (a checkpoint is saved then).
+    pub async fn run_epoch(
+        &mut self,
+        observer: &mut dyn Observer,
+    ) -> Result<Option<EpochSummary>, MinerError> {
+        let epoch = self.pos.epoch;
+        if self.stop.load(Ordering::SeqCst) {
+            self.save_checkpoint().await?;
+            observer.event(&Event::Stopped {
+                epoch,
+                batch: self.pos.batch_in_epoch,
+            });
+            return Ok(None);
+        }
+        let (page_seed, pages) = self.pages_of_epoch(epoch);
+        info!(epoch, page_seed, ?pages, "loading {} pages", pages.len());
+        let batches: Vec<Batch> = load_batches(
+            self.source.as_ref(),
+            &self.tokenizer,
+            &pages,
+            self.config.bs,
+            self.config.sl,
+        )
+        .await?;
+        if batches.is_empty() {
+            return Err(MinerError::Config(format!(
+                "the {} pages of epoch {epoch} hold fewer than one batch of {} x {} tokens: \
+                 raise --pages_per_epoch or lower --bs/--sl",
+                pages.len(),
+                self.config.bs,
+                self.config.sl
+            )));
+        }
+        let n = batches.len();
+        if self.pos.batch_in_epoch == 0 {
+            // The original zeroes the gradients at each epoch start: a
+            // partial accumulation group from the last epoch is dropped.
+            if let Some(t) = self.trainer.as_mut() {
+                t.zero_grad();
+            }
+            self.pos.epoch_loss_sum = 0.0;
+        }
+        let done = self.pos.batch_in_epoch.min(n);
+        observer.event(&Event::EpochStart {
+            epoch,
+            page_seed,
+            pages: &pages,
+            batches: n,
+            done,
+        });
+        let tokens_per_batch = (self.config.bs * self.config.sl) as f64;
+        let mut compute = 0f64;
+        let mut trained = 0usize;
+        for (i, batch) in batches.into_iter().enumerate().skip(done) {
+            if self.stop.load(Ordering::SeqCst) {
+                self.save_checkpoint().await?;
+                observer.event(&Event::Stopped { epoch, batch: i });
+                return Ok(None);
+            }
+            let mut trainer = self
+                .trainer
+                .take()
+                .ok_or_else(|| MinerError::Task("a training step failed earlier".into()))?;
+            let t0 = Instant::now();
+            let (trainer, result) = tokio::task::spawn_blocking(move || {
+                let r = trainer.micro_step(&batch);
+                (trainer, r)
+            })
+            .await
+            .map_err(|e| MinerError::Task(e.to_string()))?;
+            compute += t0.elapsed().as_secs_f64();
+            trained += 1;
+            let stepped = trainer.pending_micro_steps() == 0;
+            let step = trainer.steps();
+            self.trainer = Some(trainer);
+            let loss = result?;
+            self.pos.batch_in_epoch = i + 1;
+            self.pos.epoch_loss_sum += f64::from(loss);
+            self.pos.global_batches += 1;
+            let tokens_per_s = trained as f64 * tokens_per_batch / compute.max(1e-9);
+            if stepped {
+                self.metric(json!({
+                    "event": "step",
+                    "epoch": epoch,
+                    "step": step,
+                    "batch": i + 1,
+                    "loss": loss,
+                    "tokens_per_s": tokens_per_s,
+                    "lr": self.config.lr,
+                }))?;
+                observer.event(&Event::Step { epoch, step, loss });
+            }
+            observer.event(&Event::Batch(Progress {
+                epoch,
+                batch: i + 1,
+                batches: n,
+                loss,
+                running_loss: self.pos.epoch_loss_sum / (i + 1) as f64,
+                tokens_per_s,
+            }));
+        }
+        let avg_loss = self.pos.epoch_loss_sum / n as f64;
+        let improved = avg_loss < self.pos.best_avg_loss.unwrap_or(f64::INFINITY);
+        self.pos.epoch += 1;
+        self.pos.batch_in_epoch = 0;
+        self.pos.epoch_loss_sum = 0.0;
+        if improved {
+            self.pos.best_avg_loss = Some(avg_loss);
+            let best = self.run.best_dir();
+            self.save_model(&best).await?;
+            info!(epoch, avg_loss, dir = %best.display(), "new best average loss; model saved");
+            observer.event(&Event::BestSaved {
+                path: &best,
+                avg_loss,
+            });
+        }
+        let steps = self.trainer()?.steps();
+        let summary = EpochSummary {
+            epoch,
+            avg_loss,
+            batches: n,
+            steps,
+            tokens_per_s: trained as f64 * tokens_per_batch / compute.max(1e-9),
+            train_seconds: compute,
+            improved,
+            best_avg_loss: self.pos.best_avg_loss.unwrap_or(f64::INFINITY),
+            page_seed,
+            pages,
+        };
+        self.metric(json!({
+            "event": "epoch",
+            "epoch": epoch,
+            "step": steps,
+            "loss": avg_loss,
+            "tokens_per_s": summary.tokens_per_s,
+            "lr": self.config.lr,
+            "best": improved,
+        }))?;
+        self.save_checkpoint().await?;
+        observer.event(&Event::EpochEnd(&summary));
+        Ok(Some(summary))
+    }
+
+    /// Appends a metrics line with the wall time.
+    fn metric(&self, mut line: serde_json::Value) -> Result<(), MinerError> {
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        line["time"] = json!(unix);
+        line["wall_s"] = json!(self.started.elapsed().as_secs_f64());
+        let path = self.run.metrics_file();
+        append_line(&path, &line.to_string()).map_err(MinerError::io(&path))
+    }
+
+    async fn save_model(&mut self, dir: &Path) -> Result<(), MinerError> {
+        let trainer = self.trainer()?;
+        // A frozen copy, so the save runs off the async runtime.
+        let model = trainer.model()?;
+        let dir = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || model.save(&dir))
+            .await
+            .map_err(|e| MinerError::Task(e.to_string()))??;
+        Ok(())
+    }
+
+    /// Writes `checkpoint/` whole: the current weights, the optimizer state
+    /// and the position, staged then swapped in.
+    pub async fn save_checkpoint(&mut self) -> Result<(), MinerError> {
+        let root = self.run.root().to_path_buf();
+        let stage = tempfile::Builder::new()
+            .prefix(".tmp-checkpoint-")
+            .tempdir_in(&root)
+            .map_err(MinerError::io(&root))?;
+        let trainer = self
+            .trainer
+            .take()
+            .ok_or_else(|| MinerError::Task("a training step failed earlier".into()))?;
+        let staged = stage.path().to_path_buf();
+        let pos = self.pos.clone();
+        let (trainer, result) = tokio::task::spawn_blocking(move || {
+            let r = (|| -> Result<(), MinerError> {
+                trainer.save(&staged.join(CHECKPOINT_MODEL))?;
+                trainer.save_state(&staged.join(CHECKPOINT_OPTIMIZER))?;
+                let p = staged.join(CHECKPOINT_POSITION);
+                atomic_write_json(&p, &pos).map_err(MinerError::io(&p))?;
+                Ok(())
+            })();
+            (trainer, r)
+        })
+        .await
+        .map_err(|e| MinerError::Task(e.to_string()))?;
+        self.trainer = Some(trainer);
+        result?;
+        let dst = self.run.checkpoint_dir();
+        replace_dir(stage.path(), &dst).map_err(MinerError::io(&dst))?;
+        let _ = stage.keep();
+        Ok(())
+    }
+}
+
+/// Reloads the best model of a run, checks it as a validator would, and
+/// pushes it (upload, then commit, retrying while rate-limited).
+pub async fn push_best(
+    run: &RunDir,
+    hub: &dyn ModelHub,
+    chain: &dyn Chain,
+    hotkey: &Hotkey,
+    repo_id: &str,
+    options: &PushOptions,
+) -> Result<ModelMetadata, MinerError> {
+    let best = run.best_dir();
+    recover_dir(&best).map_err(MinerError::io(&best))?;
+    let b = best.clone();
+    tokio::task::spawn_blocking(move || load_local_model(&b, &Device::Cpu).map(|_| ()))
+        .await
+        .map_err(|e| MinerError::Task(e.to_string()))??;
+    Ok(push(hub, chain, hotkey, &best, repo_id, options).await?)
+}

@@ -1,0 +1,298 @@
+//! The validator: three concurrent loops over one shared state.
+//!
+//! - [`update`]: cycles through the uids (each at most once per
+//!   `update_interval`), reads each hotkey's commitment and, when it
+//!   changed, fetches the model (size from the hub's file list, download,
+//!   hash check) and checks it; a model that passes is tracked and its uid
+//!   queued; a refusal is logged once with its reason.
+//! - [`eval`]: one step = queued uids join the set, pages are drawn (seeded,
+//!   seed logged) and tokenized once, every model is evaluated on the same
+//!   batches in a child process ([`worker`]), scoring (`StepInput::run`),
+//!   state saved, weights set every `blocks_per_epoch` blocks.
+//! - [`clean`]: deletes model directories nothing references.
+//!
+//! Every chain, hub and dataset call has a time limit, a step has one too,
+//! and a failure is logged and retried later: nothing but a bad start-up
+//! configuration ends the process.
+
+pub mod clean;
+pub mod eval;
+pub mod state;
+pub mod update;
+pub mod worker;
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use pretrain_chain::{Chain, ChainError, Hotkey, Metagraph};
+use pretrain_core::Competition;
+use pretrain_data::{PageSource, Tokenizer};
+use pretrain_store::{ModelHub, ModelStore};
+use thiserror::Error;
+use tracing::{info, warn};
+
+pub use state::{Refusal, StateError, ValidatorState};
+pub use worker::WorkerSpec;
+
+/// Everything the validator is told at start.
+#[derive(Debug, Clone)]
+pub struct ValidatorConfig {
+    /// Subnet.
+    pub netuid: u16,
+    /// `--model_dir`: models under `models/`, the state, `metrics.jsonl`.
+    pub model_dir: PathBuf,
+    /// Scoring constants, `sample_min`, `blocks_per_epoch`, `pages_per_eval`.
+    pub competition: Competition,
+    /// Set weights on chain (false with `--dont_set_weights` or `--offline`).
+    pub set_weights: bool,
+    /// Stop after this many steps (`None`: run forever).
+    pub max_steps: Option<u64>,
+    /// Children evaluating at once.
+    pub eval_workers: usize,
+    /// How children are started.
+    pub worker: WorkerSpec,
+    /// Least time between two checks of one uid.
+    pub update_interval: Duration,
+    /// Time between two cleanups.
+    pub clean_interval: Duration,
+    /// Age below which an unreferenced model directory is kept.
+    pub clean_grace: Duration,
+    /// Limit of each chain, hub-metadata and dataset call.
+    pub call_timeout: Duration,
+    /// Limit of one model download (files listing, transfer, hash check).
+    pub download_timeout: Duration,
+    /// Limit of one evaluation step.
+    pub step_timeout: Duration,
+    /// Pause when there is nothing to evaluate or a step failed.
+    pub idle_wait: Duration,
+    /// Largest model repo accepted, in bytes.
+    pub max_model_bytes: u64,
+}
+
+impl ValidatorConfig {
+    /// The original's settings for `model_dir` and `worker`.
+    pub fn new(netuid: u16, model_dir: PathBuf, worker: WorkerSpec) -> Self {
+        Self {
+            netuid,
+            model_dir,
+            competition: Competition::default(),
+            set_weights: true,
+            max_steps: None,
+            eval_workers: 1,
+            worker,
+            update_interval: Duration::from_secs(300),
+            clean_interval: Duration::from_secs(300),
+            clean_grace: Duration::from_secs(300),
+            call_timeout: Duration::from_secs(60),
+            download_timeout: Duration::from_secs(20 * 60),
+            step_timeout: Duration::from_secs(20 * 60),
+            idle_wait: Duration::from_secs(60),
+            max_model_bytes: pretrain_core::constants::MAX_MODEL_BYTES,
+        }
+    }
+}
+
+/// Why the validator could not start.
+#[derive(Debug, Error)]
+pub enum ValidatorError {
+    /// A chain call failed.
+    #[error("chain: {0}")]
+    Chain(#[from] ChainError),
+    /// The hotkey is not registered on the subnet.
+    #[error("hotkey {hotkey} is not registered on subnet {netuid}: register it first (`pretrain chain register`, or btcli on a real chain)")]
+    NotRegistered {
+        /// SS58 address.
+        hotkey: String,
+        /// Subnet.
+        netuid: u16,
+    },
+    /// The hotkey has no validator permit.
+    #[error("hotkey {hotkey} (uid {uid}) has no validator permit on subnet {netuid}: it needs stake (`pretrain chain stake` on the embedded chain)")]
+    NoPermit {
+        /// SS58 address.
+        hotkey: String,
+        /// Its uid.
+        uid: u16,
+        /// Subnet.
+        netuid: u16,
+    },
+    /// A chain call did not answer in time.
+    #[error("{0} did not answer within {1:?}")]
+    Timeout(&'static str, Duration),
+    /// The state file is unusable.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The tokenizer could not be loaded.
+    #[error("tokenizer: {0}")]
+    Data(#[from] pretrain_data::DataError),
+}
+
+/// What the three loops share.
+pub struct Shared {
+    /// Settings.
+    pub config: ValidatorConfig,
+    /// The chain.
+    pub chain: Arc<dyn Chain>,
+    /// Where models come from.
+    pub hub: Arc<dyn ModelHub>,
+    /// Where text pages come from.
+    pub source: Arc<dyn PageSource>,
+    /// GPT-2 tokenizer.
+    pub tokenizer: Arc<Tokenizer>,
+    /// `<model_dir>/models`.
+    pub store: ModelStore,
+    /// The validator's hotkey (`None` offline: weights are never set).
+    pub hotkey: Option<Hotkey>,
+    /// The persistent state; held only for short, non-blocking sections.
+    pub state: Mutex<ValidatorState>,
+    /// The latest metagraph.
+    pub metagraph: RwLock<Metagraph>,
+    /// Set once the update loop has checked every uid: the first step waits
+    /// for it, so that it does not score a partial set of models.
+    pub first_pass_done: AtomicBool,
+}
+
+impl Shared {
+    /// Path of the state file.
+    pub fn state_path(&self) -> PathBuf {
+        ValidatorState::path(&self.config.model_dir)
+    }
+
+    /// Path of the metrics file (one JSON line per step).
+    pub fn metrics_path(&self) -> PathBuf {
+        self.config.model_dir.join("metrics.jsonl")
+    }
+
+    /// Applies `f` to the state and saves it (atomically) before releasing it.
+    pub fn update_state<T>(&self, f: impl FnOnce(&mut ValidatorState) -> T) -> T {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let out = f(&mut s);
+        if let Err(e) = s.save(&self.state_path()) {
+            // Kept in memory; the next save writes it.
+            warn!("cannot save the validator state: {e}");
+        }
+        out
+    }
+
+    /// A copy of the state.
+    pub fn state_snapshot(&self) -> ValidatorState {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A copy of the latest metagraph.
+    pub fn metagraph_snapshot(&self) -> Metagraph {
+        self.metagraph
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Reads the metagraph again (with the call limit); forgets tracked
+    /// models of hotkeys that left the subnet. Errors are logged, not fatal.
+    pub async fn sync_metagraph(&self) {
+        let netuid = self.config.netuid;
+        match tokio::time::timeout(self.config.call_timeout, self.chain.metagraph(netuid)).await {
+            Ok(Ok(g)) => {
+                let hotkeys: std::collections::HashSet<String> =
+                    g.neurons.iter().map(|n| n.hotkey.clone()).collect();
+                *self.metagraph.write().unwrap_or_else(|p| p.into_inner()) = g;
+                self.update_state(|s| {
+                    s.tracked.retain(|hk, _| hotkeys.contains(hk));
+                    s.refused.retain(|hk, _| hotkeys.contains(hk));
+                });
+            }
+            Ok(Err(e)) => warn!("metagraph sync failed: {e}; keeping the previous one"),
+            Err(_) => warn!(
+                "metagraph sync did not answer within {:?}; keeping the previous one",
+                self.config.call_timeout
+            ),
+        }
+    }
+}
+
+/// Connects the pieces, checks the hotkey (unless offline), loads or
+/// creates the state. `hotkey` is `None` when offline.
+pub async fn start(
+    config: ValidatorConfig,
+    chain: Arc<dyn Chain>,
+    hub: Arc<dyn ModelHub>,
+    source: Arc<dyn PageSource>,
+    hotkey: Option<Hotkey>,
+) -> Result<Arc<Shared>, ValidatorError> {
+    let netuid = config.netuid;
+    let limit = config.call_timeout;
+    let metagraph = tokio::time::timeout(limit, chain.metagraph(netuid))
+        .await
+        .map_err(|_| ValidatorError::Timeout("metagraph", limit))??;
+    if let Some(hk) = &hotkey {
+        let uid = metagraph
+            .neurons
+            .iter()
+            .find(|n| n.hotkey == hk.ss58)
+            .ok_or_else(|| ValidatorError::NotRegistered {
+                hotkey: hk.ss58.clone(),
+                netuid,
+            })?;
+        if !uid.validator_permit {
+            return Err(ValidatorError::NoPermit {
+                hotkey: hk.ss58.clone(),
+                uid: uid.uid,
+                netuid,
+            });
+        }
+        info!(uid = uid.uid, hotkey = %hk.ss58, "validator registered with a permit");
+    }
+    let path = ValidatorState::path(&config.model_dir);
+    let mut state = match ValidatorState::load(&path)? {
+        Some(s) if s.netuid == netuid => {
+            info!(
+                step = s.step,
+                tracked = s.tracked.len(),
+                uids_to_eval = ?s.uids_to_eval,
+                pending = ?s.pending_uids,
+                "resuming from {}",
+                path.display()
+            );
+            s
+        }
+        Some(s) => {
+            warn!(
+                "{} belongs to subnet {}, not {netuid}: starting afresh",
+                path.display(),
+                s.netuid
+            );
+            ValidatorState::new(netuid)
+        }
+        None => ValidatorState::new(netuid),
+    };
+    if state.last_epoch_block.is_none() {
+        state.last_epoch_block = Some(metagraph.block);
+    }
+    state.save(&path)?;
+    let tokenizer = Arc::new(Tokenizer::gpt2()?);
+    let store = ModelStore::new(&config.model_dir);
+    Ok(Arc::new(Shared {
+        config,
+        chain,
+        hub,
+        source,
+        tokenizer,
+        store,
+        hotkey,
+        state: Mutex::new(state),
+        metagraph: RwLock::new(metagraph),
+        first_pass_done: AtomicBool::new(false),
+    }))
+}
+
+/// Runs the three loops until `max_steps` steps are done (forever without it).
+pub async fn run(shared: Arc<Shared>) {
+    let updater = tokio::spawn(update::update_loop(shared.clone()));
+    let cleaner = tokio::spawn(clean::clean_loop(shared.clone()));
+    eval::eval_loop(shared.clone()).await;
+    updater.abort();
+    cleaner.abort();
+    info!("validator stopped after its steps");
+}

@@ -1,0 +1,288 @@
+//! The update loop: finds changed commitments and brings their models in.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use pretrain_core::scoring::Uid;
+use pretrain_core::{ModelId, ModelMetadata};
+use pretrain_model::{check_model_dir, Limits};
+use pretrain_store::StoreError;
+use rand::Rng;
+use tracing::{debug, info, warn};
+
+use super::{Refusal, Shared};
+
+/// Cycles through the uids, as the original's `MinerIterator`: sorted,
+/// starting at a random position, and keeping its place (the next uid at or
+/// after the one it would have given) when the uid list changes.
+#[derive(Debug, Clone)]
+pub struct MinerIterator {
+    uids: Vec<Uid>,
+    index: usize,
+}
+
+impl MinerIterator {
+    /// Starts at position `start` (wrapped) of the sorted `uids`.
+    pub fn new(mut uids: Vec<Uid>, start: usize) -> Self {
+        uids.sort_unstable();
+        let index = if uids.is_empty() {
+            0
+        } else {
+            start % uids.len()
+        };
+        Self { uids, index }
+    }
+
+    /// The next uid; `None` while there are none.
+    pub fn next_uid(&mut self) -> Option<Uid> {
+        let uid = *self.uids.get(self.index)?;
+        self.index = (self.index + 1) % self.uids.len();
+        Some(uid)
+    }
+
+    /// Replaces the uids, keeping the position stable.
+    pub fn set_uids(&mut self, mut uids: Vec<Uid>) {
+        uids.sort_unstable();
+        let next = self.uids.get(self.index).copied();
+        self.index = match next {
+            Some(next) => {
+                let i = uids.partition_point(|&u| u < next);
+                if i >= uids.len() {
+                    0
+                } else {
+                    i
+                }
+            }
+            None => 0,
+        };
+        self.uids = uids;
+    }
+}
+
+/// What one check of a hotkey found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SyncOutcome {
+    /// No commitment, or the same one as before (tracked or refused).
+    Unchanged,
+    /// A new model passed every check; it is tracked and its uid queued.
+    Updated(ModelMetadata),
+    /// The new commitment was refused (logged once; the uid scores +inf).
+    Refused(String),
+    /// Could not tell now (network, timeout); tried again next time.
+    Deferred(String),
+}
+
+fn refusal_key(data: &[u8], block: u64) -> (String, u64) {
+    (String::from_utf8_lossy(data).into_owned(), block)
+}
+
+/// Checks one hotkey's commitment and brings its model in if it changed.
+pub async fn sync_hotkey(shared: &Shared, uid: Uid, hotkey: &str) -> SyncOutcome {
+    let cfg = &shared.config;
+    let commitment = match tokio::time::timeout(
+        cfg.call_timeout,
+        shared.chain.commitment(cfg.netuid, hotkey),
+    )
+    .await
+    {
+        Err(_) => {
+            return SyncOutcome::Deferred(format!(
+                "commitment read timed out after {:?}",
+                cfg.call_timeout
+            ))
+        }
+        Ok(Err(e)) => return SyncOutcome::Deferred(format!("commitment read failed: {e}")),
+        Ok(Ok(None)) => return SyncOutcome::Unchanged,
+        Ok(Ok(Some(c))) => c,
+    };
+    let key = refusal_key(&commitment.data, commitment.block);
+    let (tracked, refused) = {
+        let s = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        (
+            s.tracked.get(hotkey).cloned(),
+            s.refused.get(hotkey).cloned(),
+        )
+    };
+    if refused.is_some_and(|r| (r.commitment.clone(), r.block) == key) {
+        return SyncOutcome::Unchanged;
+    }
+    let id = match ModelId::from_chain_bytes(&commitment.data) {
+        Ok(id) => id,
+        Err(e) => {
+            return refuse(
+                shared,
+                uid,
+                hotkey,
+                key,
+                format!("commitment is not a model id: {e}"),
+                None,
+            )
+        }
+    };
+    let metadata = ModelMetadata {
+        id,
+        block: commitment.block,
+    };
+    let path = shared.store.model_path(hotkey, &metadata.id);
+    if tracked.as_ref() == Some(&metadata) && path.as_ref().is_ok_and(|p| p.is_dir()) {
+        return SyncOutcome::Unchanged;
+    }
+    info!(uid, hotkey, model = %metadata.id, block = metadata.block, "new commitment, fetching the model");
+    let fetched = tokio::time::timeout(
+        cfg.download_timeout,
+        shared.store.fetch(
+            shared.hub.as_ref(),
+            hotkey,
+            &metadata.id,
+            cfg.max_model_bytes,
+        ),
+    )
+    .await;
+    let fetched = match fetched {
+        Err(_) => {
+            return SyncOutcome::Deferred(format!(
+                "download did not finish within {:?}",
+                cfg.download_timeout
+            ))
+        }
+        Ok(Err(StoreError::Hub(e))) if e.is_retryable() => {
+            return SyncOutcome::Deferred(format!("hub: {e}"))
+        }
+        Ok(Err(e)) => return refuse(shared, uid, hotkey, key, e.to_string(), None),
+        Ok(Ok(f)) => f,
+    };
+    let dir = fetched.path.clone();
+    let checked =
+        tokio::task::spawn_blocking(move || check_model_dir(&dir, Limits::default())).await;
+    match checked {
+        Ok(Ok(info)) => {
+            info!(uid, hotkey, model = %metadata.id, params = info.params, architecture = ?info.architecture, "model tracked and queued");
+            let m = metadata.clone();
+            let hk = hotkey.to_string();
+            shared.update_state(move |s| {
+                s.tracked.insert(hk.clone(), m);
+                s.refused.remove(&hk);
+                s.pending_uids.insert(uid);
+            });
+            SyncOutcome::Updated(metadata)
+        }
+        Ok(Err(e)) => refuse(shared, uid, hotkey, key, e.to_string(), Some(&metadata.id)),
+        Err(e) => refuse(
+            shared,
+            uid,
+            hotkey,
+            key,
+            format!("model check crashed: {e}"),
+            Some(&metadata.id),
+        ),
+    }
+}
+
+fn refuse(
+    shared: &Shared,
+    uid: Uid,
+    hotkey: &str,
+    key: (String, u64),
+    reason: String,
+    fetched: Option<&ModelId>,
+) -> SyncOutcome {
+    warn!(uid, hotkey, commitment = %key.0, block = key.1, "model refused: {reason}");
+    if let Some(id) = fetched {
+        if let Err(e) = shared.store.remove_model(hotkey, id) {
+            warn!(hotkey, "cannot remove the refused model: {e}");
+        }
+    }
+    let hk = hotkey.to_string();
+    let r = reason.clone();
+    shared.update_state(move |s| {
+        // The latest commitment is what counts: an older model of this
+        // hotkey is no longer evaluated; the uid scores +inf.
+        s.tracked.remove(&hk);
+        s.refused.insert(
+            hk,
+            Refusal {
+                commitment: key.0,
+                block: key.1,
+                reason: r,
+            },
+        );
+        s.pending_uids.insert(uid);
+    });
+    SyncOutcome::Refused(reason)
+}
+
+/// The loop: forever, the next uid, at most once per `update_interval`.
+pub async fn update_loop(shared: Arc<Shared>) {
+    let uids = |s: &Shared| -> Vec<Uid> {
+        s.metagraph_snapshot()
+            .neurons
+            .iter()
+            .map(|n| n.uid)
+            .collect()
+    };
+    let first = uids(&shared);
+    let start = rand::thread_rng().gen_range(0..first.len().max(1));
+    let mut it = MinerIterator::new(first, start);
+    let mut last_checked: HashMap<Uid, Instant> = HashMap::new();
+    loop {
+        let current = uids(&shared);
+        if !shared.first_pass_done.load(Ordering::Relaxed)
+            && current.iter().all(|u| last_checked.contains_key(u))
+        {
+            info!("every uid checked once");
+            shared.first_pass_done.store(true, Ordering::Relaxed);
+        }
+        it.set_uids(current);
+        let Some(uid) = it.next_uid() else {
+            tokio::time::sleep(shared.config.idle_wait).await;
+            continue;
+        };
+        if let Some(t) = last_checked.get(&uid) {
+            let elapsed = t.elapsed();
+            if elapsed < shared.config.update_interval {
+                let wait = shared.config.update_interval - elapsed;
+                debug!("every uid checked within the interval; sleeping {wait:?}");
+                tokio::time::sleep(wait).await;
+            }
+        }
+        last_checked.insert(uid, Instant::now());
+        let hotkey = {
+            let g = shared.metagraph.read().unwrap_or_else(|p| p.into_inner());
+            g.neurons
+                .iter()
+                .find(|n| n.uid == uid)
+                .map(|n| n.hotkey.clone())
+        };
+        let Some(hotkey) = hotkey else { continue };
+        match sync_hotkey(&shared, uid, &hotkey).await {
+            SyncOutcome::Deferred(why) => warn!(uid, %hotkey, "model update deferred: {why}"),
+            outcome => debug!(uid, %hotkey, ?outcome, "checked"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iterator_cycles_and_keeps_its_place() {
+        let mut it = MinerIterator::new(vec![3, 1, 2], 1);
+        assert_eq!(
+            (0..4).map(|_| it.next_uid().unwrap()).collect::<Vec<_>>(),
+            vec![2, 3, 1, 2]
+        );
+        // Next would be 3; 3 left, so the next uid after it is 4.
+        it.set_uids(vec![1, 2, 4, 5]);
+        assert_eq!(it.next_uid(), Some(4));
+        // Next would be 5; nothing at or after it: wrap to the start.
+        it.set_uids(vec![0, 1]);
+        assert_eq!(it.next_uid(), Some(0));
+        let mut empty = MinerIterator::new(vec![], 7);
+        assert_eq!(empty.next_uid(), None);
+        empty.set_uids(vec![8]);
+        assert_eq!(empty.next_uid(), Some(8));
+    }
+}
