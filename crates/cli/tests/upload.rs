@@ -185,3 +185,21 @@ fn upload_refuses_bad_input_before_uploading() {
     assert!(!out.status.success());
     assert!(!hub_dir.join("no-slash").exists());
 }
+
+#[test]
+fn absurd_durations_are_refused_not_panics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, _) = reference_model();
+    let hub = format!("local:{}", tmp.path().join("hub").display());
+    for bad in ["1e300", "nan", "-1", "inf"] {
+        let flag = format!("--commit_retry_delay={bad}");
+        let out = upload(&model, &hub, &tmp.path().join("chain"), &[&flag]);
+        assert_eq!(out.status.code(), Some(1), "{bad}: no panic (101), a refusal");
+        fails_with(&out, "--commit_retry_delay must be a number of seconds");
+    }
+    for flag in ["--idle_wait", "--eval_timeout", "--update_interval"] {
+        let out = pretrain(&["validate", "--offline", flag, "1e300"]);
+        assert_eq!(out.status.code(), Some(1), "{flag}: no panic (101), a refusal");
+        fails_with(&out, &format!("{flag} must be a number of seconds"));
+    }
+}

@@ -131,9 +131,9 @@ async fn mine(args: MineArgs) -> anyhow::Result<()> {
     if !(args.avg_loss_upload_threshold.is_finite()) {
         bail!("--avg_loss_upload_threshold must be a number");
     }
-    if !(args.commit_retry_delay.is_finite() && args.commit_retry_delay >= 0.0) {
-        bail!("--commit_retry_delay must be a number of seconds >= 0");
-    }
+    // Bounded here so the `Duration` made from it later cannot panic (1e300).
+    pretrain_core::bounded::seconds("--commit_retry_delay", args.commit_retry_delay, 86_400.0)
+        .map_err(anyhow::Error::msg)?;
     let epochs = num_epochs(args.num_epochs)?;
     let device = args.device.open()?;
     let online = if args.offline {

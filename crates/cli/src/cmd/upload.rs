@@ -42,9 +42,9 @@ pub struct UploadArgs {
 /// Prints `{"repo_id", "commit", "hash", "block", "model_id"}` once the
 /// model is on the hub and its id on the chain.
 pub fn run(args: UploadArgs) -> anyhow::Result<()> {
-    if !(args.commit_retry_delay.is_finite() && args.commit_retry_delay >= 0.0) {
-        bail!("--commit_retry_delay must be a number of seconds >= 0");
-    }
+    // Bounded here so the `Duration` made from it later cannot panic (1e300).
+    pretrain_core::bounded::seconds("--commit_retry_delay", args.commit_retry_delay, 86_400.0)
+        .map_err(anyhow::Error::msg)?;
     let on_real_chain =
         args.chain.chain_endpoint.is_some() || args.chain.network != Network::Embedded;
     if on_real_chain && args.hub.is_local() {

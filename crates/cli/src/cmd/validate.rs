@@ -87,10 +87,8 @@ pub struct EvalWorkerArgs {
 }
 
 fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
-    if !(v.is_finite() && v >= 0.0) {
-        bail!("--{name} must be a number of seconds >= 0");
-    }
-    Ok(Duration::from_secs_f64(v))
+    // At most a week: `Duration::from_secs_f64` panics on values like 1e300.
+    pretrain_core::bounded::seconds(&format!("--{name}"), v, 7.0 * 86_400.0).map_err(anyhow::Error::msg)
 }
 
 /// Runs the validator until `--max_steps` steps are done (forever without).
