@@ -548,7 +548,9 @@ impl SubtensorChain {
         Ok(c)
     }
 
-    /// Runs `f` under the timeout; drops the connection after a network error so the next call reconnects.
+    /// Runs `f` under the timeout; drops the connection after a network
+    /// error or a timeout (a half-dead socket times out rather than
+    /// erroring) so the next call reconnects.
     async fn call<T, F, Fut>(&self, f: F) -> Result<T, ChainError>
     where
         F: FnOnce(Conn) -> Fut,
@@ -563,12 +565,20 @@ impl SubtensorChain {
             Err(_) => Err(ChainError::Timeout(self.timeout)),
             Ok(r) => r,
         };
-        if let Err(ChainError::Network(e)) = &result {
-            warn!(url = %self.url, error = %e, "subtensor network error; will reconnect on the next call");
-            *self.conn.lock().await = None;
+        if let Err(e) = &result {
+            if drops_connection(e) {
+                warn!(url = %self.url, error = %e, "subtensor call failed; will reconnect on the next call");
+                *self.conn.lock().await = None;
+            }
         }
         result
     }
+}
+
+/// Whether a failed call leaves the connection suspect: after a network
+/// error or a timeout the next call opens a fresh one.
+fn drops_connection(e: &ChainError) -> bool {
+    matches!(e, ChainError::Network(_) | ChainError::Timeout(_))
 }
 
 async fn at_latest(conn: &Conn) -> Result<AtBlock, ChainError> {
@@ -1318,6 +1328,16 @@ mod tests {
             keypair_of(&Hotkey::address_only(ss58)),
             Err(ChainError::Rejected(_))
         ));
+    }
+
+    #[test]
+    fn timeouts_and_network_errors_reconnect_refusals_do_not() {
+        assert!(drops_connection(&ChainError::Timeout(Duration::from_secs(
+            60
+        ))));
+        assert!(drops_connection(&ChainError::Network("reset".into())));
+        assert!(!drops_connection(&ChainError::RateLimited("later".into())));
+        assert!(!drops_connection(&ChainError::Rejected("no".into())));
     }
 
     #[tokio::test]

@@ -65,7 +65,9 @@ fn the_better_miner_earns_more_and_the_report_charts_it() {
     let (m0, m1) = (row(board, "miner-0"), row(board, "miner-1"));
     for m in [m0, m1] {
         assert!(
-            m["model"].as_str().is_some_and(|s| s.starts_with("localnet/miner-")),
+            m["model"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("localnet/miner-")),
             "every miner pushed and committed: {m}"
         );
     }
@@ -73,9 +75,15 @@ fn the_better_miner_earns_more_and_the_report_charts_it() {
     let (l0, l1) = (m0["loss"].as_f64().unwrap(), m1["loss"].as_f64().unwrap());
     assert!(l0 < l1 && l0 < 10.0, "losses {l0} vs {l1}");
     // Weights were set on chain, and the lower-loss miner holds more incentive.
-    let (w0, w1) = (m0["weight"].as_f64().unwrap(), m1["weight"].as_f64().unwrap());
+    let (w0, w1) = (
+        m0["weight"].as_f64().unwrap(),
+        m1["weight"].as_f64().unwrap(),
+    );
     assert!(w0 > w1 && (w0 + w1 - 1.0).abs() < 1e-6, "weights {w0} {w1}");
-    let (i0, i1) = (m0["incentive"].as_f64().unwrap(), m1["incentive"].as_f64().unwrap());
+    let (i0, i1) = (
+        m0["incentive"].as_f64().unwrap(),
+        m1["incentive"].as_f64().unwrap(),
+    );
     assert!(i0 > i1 && i0 > 0.5, "incentive {i0} vs {i1}");
     assert_eq!(m0["win_rate"].as_f64(), Some(1.0));
 
@@ -89,7 +97,11 @@ fn the_better_miner_earns_more_and_the_report_charts_it() {
     }
 
     let out = pretrain().arg("report").arg(&dir).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
     let charts: Vec<String> = rep["charts"]
         .as_array()
@@ -97,8 +109,16 @@ fn the_better_miner_earns_more_and_the_report_charts_it() {
         .iter()
         .map(|c| c.as_str().unwrap().to_string())
         .collect();
-    for name in ["training_loss.png", "validator_loss.png", "validator_weight.png", "incentive.png"] {
-        assert!(charts.iter().any(|c| c.ends_with(name)), "{name} missing: {charts:?}");
+    for name in [
+        "training_loss.png",
+        "validator_loss.png",
+        "validator_weight.png",
+        "incentive.png",
+    ] {
+        assert!(
+            charts.iter().any(|c| c.ends_with(name)),
+            "{name} missing: {charts:?}"
+        );
     }
     assert_eq!(rep["training_runs"], 2, "one run per miner");
     let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
@@ -119,7 +139,10 @@ fn killing_localnet_leaves_no_child_running() {
     let needle = dir.to_str().unwrap().to_string();
     let started = Instant::now();
     while processes_mentioning(&needle).len() < 3 {
-        assert!(started.elapsed() < Duration::from_secs(60), "children never started");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "children never started"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     parent.kill().unwrap(); // SIGKILL: no chance to clean up itself

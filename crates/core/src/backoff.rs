@@ -45,7 +45,10 @@ impl Backoff {
             return None;
         }
         let grown = self.initial.as_secs_f64()
-            * self.factor.max(1.0).powi(attempt.saturating_sub(1).min(64) as i32);
+            * self
+                .factor
+                .max(1.0)
+                .powi(attempt.saturating_sub(1).min(64) as i32);
         let capped = if grown.is_finite() {
             grown.min(self.max.as_secs_f64())
         } else {

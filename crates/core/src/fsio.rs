@@ -44,7 +44,10 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
 /// JSON Lines metrics files. A crash loses at most the line being written.
 pub fn append_line(path: &Path, line: &str) -> io::Result<()> {
     fs::create_dir_all(parent_of(path))?;
-    let mut f = fs::OpenOptions::new().create(true).append(true).open(path)?;
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
     let mut buf = Vec::with_capacity(line.len() + 1);
     buf.extend_from_slice(line.as_bytes());
     buf.push(b'\n');

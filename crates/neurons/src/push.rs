@@ -133,9 +133,12 @@ pub async fn push(
     .to_chain_bytes()?;
 
     info!(repo = %repo, dir = %dir.display(), %hash, "uploading model");
-    let commit = retry("uploading to the hub", &options.upload_backoff, HubError::is_retryable, || {
-        hub.upload(dir, repo_id)
-    })
+    let commit = retry(
+        "uploading to the hub",
+        &options.upload_backoff,
+        HubError::is_retryable,
+        || hub.upload(dir, repo_id),
+    )
     .await
     .map_err(|g| g.error)?;
     check_uploaded(hub, dir, repo_id, &commit).await?;
@@ -148,9 +151,12 @@ pub async fn push(
     };
     let data = id.to_chain_bytes()?;
     let schedule = Backoff::constant(options.retry_delay, options.max_attempts);
-    let block = retry("committing the model to the chain", &schedule, ChainError::is_retryable, || {
-        chain.commit(hotkey, options.netuid, &data)
-    })
+    let block = retry(
+        "committing the model to the chain",
+        &schedule,
+        ChainError::is_retryable,
+        || chain.commit(hotkey, options.netuid, &data),
+    )
     .await
     .map_err(|g| match g.error {
         ChainError::NotRegistered { hotkey, netuid } => PushError::NotRegistered { hotkey, netuid },

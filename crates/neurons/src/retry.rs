@@ -63,22 +63,41 @@ mod tests {
     async fn retries_only_what_can_succeed_later() {
         let fast = Backoff::constant(Duration::from_millis(1), Some(4));
         let mut n = 0;
-        let ok: Result<u32, GaveUp<String>> = retry("x", &fast, |_| true, || {
-            n += 1;
-            let v = n;
-            async move { if v < 3 { Err(format!("busy {v}")) } else { Ok(v) } }
-        })
+        let ok: Result<u32, GaveUp<String>> = retry(
+            "x",
+            &fast,
+            |_| true,
+            || {
+                n += 1;
+                let v = n;
+                async move {
+                    if v < 3 {
+                        Err(format!("busy {v}"))
+                    } else {
+                        Ok(v)
+                    }
+                }
+            },
+        )
         .await;
         assert_eq!(ok.unwrap(), 3);
 
         let mut calls = 0;
-        let permanent = retry("x", &fast, |e: &String| e != "no", || {
-            calls += 1;
-            async { Err::<(), _>("no".to_string()) }
-        })
+        let permanent = retry(
+            "x",
+            &fast,
+            |e: &String| e != "no",
+            || {
+                calls += 1;
+                async { Err::<(), _>("no".to_string()) }
+            },
+        )
         .await
         .unwrap_err();
-        assert_eq!((permanent.attempts, permanent.retryable, calls), (1, false, 1));
+        assert_eq!(
+            (permanent.attempts, permanent.retryable, calls),
+            (1, false, 1)
+        );
 
         let out = retry("x", &fast, |_| true, || async { Err::<(), _>("busy") })
             .await

@@ -44,17 +44,32 @@ pub(crate) fn draw_all(dir: &Path, data: &Collected) -> Result<Vec<PathBuf>, Rep
             })
             .collect::<Vec<_>>();
         let path = dir.join("training_loss.png");
-        line_chart(&path, "Training loss per epoch", "epoch", "average loss", &series)?;
+        line_chart(
+            &path,
+            "Training loss per epoch",
+            "epoch",
+            "average loss",
+            &series,
+        )?;
         out.push(path);
     }
     for (i, v) in data.validators.iter().enumerate() {
-        let suffix = if i == 0 { String::new() } else { format!("_{i}") };
+        let suffix = if i == 0 {
+            String::new()
+        } else {
+            format!("_{i}")
+        };
         let mut loss: BTreeMap<u16, Vec<(f64, f64)>> = BTreeMap::new();
         let mut weight: BTreeMap<u16, Vec<(f64, f64)>> = BTreeMap::new();
         for s in &v.steps {
             for (uid, p) in &s.uids {
-                loss.entry(*uid).or_default().push((s.step as f64, p.mean_loss));
-                weight.entry(*uid).or_default().push((s.step as f64, p.weight));
+                loss.entry(*uid)
+                    .or_default()
+                    .push((s.step as f64, p.mean_loss));
+                weight
+                    .entry(*uid)
+                    .or_default()
+                    .push((s.step as f64, p.weight));
             }
         }
         let to_series = |m: BTreeMap<u16, Vec<(f64, f64)>>| {
@@ -66,14 +81,30 @@ pub(crate) fn draw_all(dir: &Path, data: &Collected) -> Result<Vec<PathBuf>, Rep
                 .collect::<Vec<_>>()
         };
         let path = dir.join(format!("validator_loss{suffix}.png"));
-        line_chart(&path, "Mean loss per uid over validator steps", "step", "mean loss", &to_series(loss))?;
+        line_chart(
+            &path,
+            "Mean loss per uid over validator steps",
+            "step",
+            "mean loss",
+            &to_series(loss),
+        )?;
         out.push(path);
         let path = dir.join(format!("validator_weight{suffix}.png"));
-        line_chart(&path, "Weight per uid over validator steps", "step", "weight", &to_series(weight))?;
+        line_chart(
+            &path,
+            "Weight per uid over validator steps",
+            "step",
+            "weight",
+            &to_series(weight),
+        )?;
         out.push(path);
     }
     for (i, run) in data.incentive.iter().enumerate() {
-        let suffix = if i == 0 { String::new() } else { format!("_{i}") };
+        let suffix = if i == 0 {
+            String::new()
+        } else {
+            format!("_{i}")
+        };
         let mut per: BTreeMap<u16, Vec<(f64, f64)>> = BTreeMap::new();
         for (t, m) in &run.points {
             for (uid, x) in m {
@@ -88,7 +119,13 @@ pub(crate) fn draw_all(dir: &Path, data: &Collected) -> Result<Vec<PathBuf>, Rep
             })
             .collect();
         let path = dir.join(format!("incentive{suffix}.png"));
-        line_chart(&path, "Incentive per uid over time", "seconds", "incentive", &series)?;
+        line_chart(
+            &path,
+            "Incentive per uid over time",
+            "seconds",
+            "incentive",
+            &series,
+        )?;
         out.push(path);
     }
     Ok(out)
@@ -138,7 +175,16 @@ pub(crate) fn line_chart(
         ".{}.tmp.png",
         path.file_stem().and_then(|s| s.to_str()).unwrap_or("chart")
     ));
-    draw(&tmp, title, x_label, y_label, series, &finite, (x0, x1, y0, y1)).map_err(err)?;
+    draw(
+        &tmp,
+        title,
+        x_label,
+        y_label,
+        series,
+        &finite,
+        (x0, x1, y0, y1),
+    )
+    .map_err(err)?;
     std::fs::rename(&tmp, path).map_err(|source| ReportError::Io {
         path: path.to_path_buf(),
         source,
@@ -190,7 +236,9 @@ fn draw(
             .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
             .map_err(|e| err(e.to_string()))?
             .label(s.name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
         chart
             .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
             .map_err(|e| err(e.to_string()))?;

@@ -124,12 +124,13 @@ pub(crate) fn page(dir: &Path, data: &Collected, charts: &[PathBuf]) -> String {
     }
     h.push_str("<h2>Charts</h2>\n");
     for c in charts {
-        let name = c
-            .strip_prefix(dir)
-            .unwrap_or(c)
-            .display()
-            .to_string();
-        let _ = writeln!(h, "<p><img src=\"{}\" alt=\"{}\"></p>", esc(&name), esc(&name));
+        let name = c.strip_prefix(dir).unwrap_or(c).display().to_string();
+        let _ = writeln!(
+            h,
+            "<p><img src=\"{}\" alt=\"{}\"></p>",
+            esc(&name),
+            esc(&name)
+        );
     }
     h.push_str("</body>\n</html>\n");
     h

@@ -284,7 +284,14 @@ fn parse_validator(label: String, lines: &[Value]) -> ValidatorRun {
                     .unwrap_or(f64::INFINITY);
                 let weight = r.get("weight").and_then(num).unwrap_or(0.0);
                 let win_rate = r.get("win_rate").and_then(num);
-                uids.insert(uid, UidPoint { mean_loss, win_rate, weight });
+                uids.insert(
+                    uid,
+                    UidPoint {
+                        mean_loss,
+                        win_rate,
+                        weight,
+                    },
+                );
             }
         } else {
             let list: Vec<u16> = rows
@@ -306,7 +313,14 @@ fn parse_validator(label: String, lines: &[Value]) -> ValidatorRun {
                 let mean_loss = losses.get(&uid).and_then(mean_of).unwrap_or(f64::INFINITY);
                 let weight = weights.get(&uid).and_then(num).unwrap_or(0.0);
                 let win_rate = wins.get(&uid).and_then(num);
-                uids.insert(uid, UidPoint { mean_loss, win_rate, weight });
+                uids.insert(
+                    uid,
+                    UidPoint {
+                        mean_loss,
+                        win_rate,
+                        weight,
+                    },
+                );
             }
         }
         steps.push(ValidatorStep { step, block, uids });
@@ -337,7 +351,11 @@ fn parse_leaderboard(label: String, lines: &[Value]) -> IncentiveRun {
         points.push((t, map));
         last = rows.clone();
     }
-    IncentiveRun { label, points, last }
+    IncentiveRun {
+        label,
+        points,
+        last,
+    }
 }
 
 #[cfg(test)]

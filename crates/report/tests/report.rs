@@ -47,7 +47,10 @@ fn localnet_dir_gives_all_charts_and_a_page() {
         ],
     );
     // Files the report must not read as metrics.
-    write_lines(&dir.join("validator/models/x/metrics.jsonl"), &[serde_json::json!({"epoch": 0, "avg_loss": 1.0})]);
+    write_lines(
+        &dir.join("validator/models/x/metrics.jsonl"),
+        &[serde_json::json!({"epoch": 0, "avg_loss": 1.0})],
+    );
 
     let report = pretrain_report::write_report(dir).unwrap();
     let names: Vec<String> = report
@@ -57,30 +60,62 @@ fn localnet_dir_gives_all_charts_and_a_page() {
         .collect();
     assert_eq!(
         names,
-        ["training_loss.png", "validator_loss.png", "validator_weight.png", "incentive.png"]
+        [
+            "training_loss.png",
+            "validator_loss.png",
+            "validator_weight.png",
+            "incentive.png"
+        ]
     );
-    assert_eq!(report.data.training.len(), 2, "the models/ tree is not read");
-    assert_eq!(report.data.training[0].epochs, vec![(0, 9.0), (1, 7.5), (2, 6.0)]);
+    assert_eq!(
+        report.data.training.len(),
+        2,
+        "the models/ tree is not read"
+    );
+    assert_eq!(
+        report.data.training[0].epochs,
+        vec![(0, 9.0), (1, 7.5), (2, 6.0)]
+    );
 
     for chart in &report.charts {
         let img = image::open(chart).unwrap().to_rgb8();
         assert_eq!(img.dimensions(), (900, 480));
         // Two series in each chart: both colours are drawn, a third is not.
-        assert!(pixels_of(&img, 0) > 50, "{}: first series missing", chart.display());
-        assert!(pixels_of(&img, 1) > 50, "{}: second series missing", chart.display());
+        assert!(
+            pixels_of(&img, 0) > 50,
+            "{}: first series missing",
+            chart.display()
+        );
+        assert!(
+            pixels_of(&img, 1) > 50,
+            "{}: second series missing",
+            chart.display()
+        );
         assert_eq!(pixels_of(&img, 2), 0, "{}: a third series", chart.display());
     }
 
     let html = fs::read_to_string(&report.html).unwrap();
     for n in &names {
-        assert!(html.contains(&format!("<img src=\"{n}\"")), "{n} not referenced");
+        assert!(
+            html.contains(&format!("<img src=\"{n}\"")),
+            "{n} not referenced"
+        );
     }
     assert!(html.contains("5A&lt;script&gt;"), "hotkeys are escaped");
     assert!(!html.contains("<script"), "no scripts on the page");
-    assert!(html.contains("<td>0.8000</td>"), "final incentive in the table");
-    assert!(html.contains("<tr><td>1</td><td>5A&lt;script&gt;</td>"), "uids are integers");
+    assert!(
+        html.contains("<td>0.8000</td>"),
+        "final incentive in the table"
+    );
+    assert!(
+        html.contains("<tr><td>1</td><td>5A&lt;script&gt;</td>"),
+        "uids are integers"
+    );
     let long = "5GmTo9DLLUmMeQKCMnCzZxcDuz1XTzogkwL7MjiDAK8jVmp7";
-    assert!(!html.contains(&format!(">{long}<")), "long hotkeys are shortened");
+    assert!(
+        !html.contains(&format!(">{long}<")),
+        "long hotkeys are shortened"
+    );
 }
 
 #[test]

@@ -19,6 +19,7 @@ use base64::Engine as _;
 use hf_hub::api::tokio::{Api, ApiBuilder};
 use hf_hub::{Cache, Repo, RepoType};
 use indicatif::{ProgressBar, ProgressStyle};
+use pretrain_core::Backoff;
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE};
 use reqwest::{Response, StatusCode};
 use serde::Deserialize;
@@ -190,32 +191,35 @@ impl HfHub {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, HubError>>,
     {
-        let mut delay = self.options.retry_delay;
-        let mut tries = 0;
+        let schedule = self.backoff();
+        let mut tries = 0u32;
         loop {
-            match tokio::time::timeout(limit, attempt()).await {
+            let err = match tokio::time::timeout(limit, attempt()).await {
                 Ok(Ok(v)) => return Ok(v),
-                Ok(Err(e @ (HubError::RateLimited(_) | HubError::Network(_))))
-                    if tries < self.options.retries =>
-                {
-                    tries += 1;
-                    warn!(
-                        "{what}: {e}; retry {tries}/{} in {delay:?}",
-                        self.options.retries
-                    );
-                }
-                Ok(Err(e)) => return Err(e),
-                Err(_) if tries < self.options.retries => {
-                    tries += 1;
-                    warn!(
-                        "{what}: no answer in {limit:?}; retry {tries}/{} in {delay:?}",
-                        self.options.retries
-                    );
-                }
-                Err(_) => return Err(HubError::Network(format!("{what}: no answer in {limit:?}"))),
-            }
+                Ok(Err(e)) if !e.is_retryable() => return Err(e),
+                Ok(Err(e)) => e,
+                Err(_) => HubError::Network(format!("{what}: no answer in {limit:?}")),
+            };
+            tries += 1;
+            let Some(delay) = schedule.delay(tries) else {
+                return Err(err);
+            };
+            warn!(
+                "{what}: {err}; retry {tries}/{} in {delay:?}",
+                self.options.retries
+            );
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    /// The retry schedule of every hub call: `retry_delay`, doubled each
+    /// time up to 30 s, `retries` times.
+    fn backoff(&self) -> Backoff {
+        Backoff {
+            initial: self.options.retry_delay,
+            max: Duration::from_secs(30),
+            factor: 2.0,
+            max_attempts: Some(self.options.retries.saturating_add(1)),
         }
     }
 
@@ -581,21 +585,21 @@ impl HfHub {
                 .await
                 .map_err(HubError::io(format!("cannot create {}", parent.display())))?;
         }
-        let mut delay = self.options.retry_delay;
-        let mut tries = 0;
+        let schedule = self.backoff();
+        let mut tries = 0u32;
         loop {
             match self.fetch_range(&url, commit, file, part, bar, &what).await {
                 Ok(()) => break,
-                Err(e @ (HubError::Network(_) | HubError::RateLimited(_)))
-                    if tries < self.options.retries =>
-                {
+                Err(e) if e.is_retryable() => {
                     tries += 1;
+                    let Some(delay) = schedule.delay(tries) else {
+                        return Err(e);
+                    };
                     warn!(
                         "{what}: {e}; resuming, retry {tries}/{} in {delay:?}",
                         self.options.retries
                     );
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(30));
                 }
                 Err(e) => return Err(e),
             }

@@ -252,7 +252,9 @@ async fn run_async(args: LocalnetArgs) -> anyhow::Result<()> {
                     "block": chain.current_block().await.ok(),
                     "leaderboard": rows.iter().map(Row::json).collect::<Vec<_>>(),
                 });
-                if let Err(e) = pretrain_core::fsio::append_line(&layout.leaderboard(), &line.to_string()) {
+                if let Err(e) =
+                    pretrain_core::fsio::append_line(&layout.leaderboard(), &line.to_string())
+                {
                     tracing::warn!("cannot append to {}: {e}", layout.leaderboard().display());
                 }
                 if tty {
@@ -266,11 +268,7 @@ async fn run_async(args: LocalnetArgs) -> anyhow::Result<()> {
         }
         for p in &mut procs {
             if let Ok(Some(status)) = p.child.try_wait() {
-                tracing::warn!(
-                    "{} exited ({status}); see {}",
-                    p.name,
-                    p.log.display()
-                );
+                tracing::warn!("{} exited ({status}); see {}", p.name, p.log.display());
             }
         }
         procs.retain_mut(|p| !matches!(p.child.try_wait(), Ok(Some(_))));
@@ -329,8 +327,9 @@ fn setup_wallets(layout: &Layout, n: usize) -> anyhow::Result<(Wallet, Vec<Walle
     let make = |name: &str| -> anyhow::Result<Wallet> {
         let w = Wallet::new(layout.wallets(), name, "default");
         if !w.hotkey_path().is_file() {
-            w.create(None, false)
-                .with_context(|| format!("creating wallet {name} in {}", layout.wallets().display()))?;
+            w.create(None, false).with_context(|| {
+                format!("creating wallet {name} in {}", layout.wallets().display())
+            })?;
         }
         Ok(w)
     };
@@ -378,7 +377,10 @@ async fn setup_chain(
             .with_context(|| format!("registering {hot}"))?;
     }
     let vhot = validator.hotkey_ss58()?;
-    let g = chain.metagraph(NETUID).await.context("reading the metagraph")?;
+    let g = chain
+        .metagraph(NETUID)
+        .await
+        .context("reading the metagraph")?;
     let staked = g.neurons.iter().any(|n| n.hotkey == vhot && n.stake > 0.0);
     if !staked {
         chain
@@ -480,7 +482,12 @@ async fn spawn_miner(
     spawn(layout, &name, "mine", &a).await
 }
 
-async fn spawn(layout: &Layout, name: &str, command: &str, args: &[String]) -> anyhow::Result<Proc> {
+async fn spawn(
+    layout: &Layout,
+    name: &str,
+    command: &str,
+    args: &[String],
+) -> anyhow::Result<Proc> {
     let exe = std::env::current_exe().context("finding the pretrain executable")?;
     let log = layout.logs().join(format!("{name}.log"));
     let file = std::fs::OpenOptions::new()
@@ -488,7 +495,9 @@ async fn spawn(layout: &Layout, name: &str, command: &str, args: &[String]) -> a
         .append(true)
         .open(&log)
         .with_context(|| format!("opening {}", log.display()))?;
-    let err = file.try_clone().with_context(|| format!("opening {}", log.display()))?;
+    let err = file
+        .try_clone()
+        .with_context(|| format!("opening {}", log.display()))?;
     let mut cmd = Command::new(exe);
     cmd.arg(command)
         .args(args)
@@ -591,13 +600,22 @@ async fn leaderboard(
         } else {
             "other".to_string()
         };
-        let model = commits
-            .iter()
-            .find(|c| c.hotkey == n.hotkey)
-            .map(|c| match ModelId::from_chain_bytes(&c.data) {
-                Ok(id) => format!("{}/{}@{}", id.namespace, id.name, id.commit.as_deref().map(|c| &c[..c.len().min(8)]).unwrap_or("?")),
-                Err(_) => String::from_utf8_lossy(&c.data).into_owned(),
-            });
+        let model =
+            commits
+                .iter()
+                .find(|c| c.hotkey == n.hotkey)
+                .map(|c| match ModelId::from_chain_bytes(&c.data) {
+                    Ok(id) => format!(
+                        "{}/{}@{}",
+                        id.namespace,
+                        id.name,
+                        id.commit
+                            .as_deref()
+                            .map(|c| &c[..c.len().min(8)])
+                            .unwrap_or("?")
+                    ),
+                    Err(_) => String::from_utf8_lossy(&c.data).into_owned(),
+                });
         let (loss, win_rate) = match view.get(&n.uid) {
             Some((l, w)) => (Some(*l), *w),
             None => (None, None),
