@@ -6,10 +6,7 @@ use std::path::{Path, PathBuf};
 
 use pretrain_chain::wallet::{KeyPair, Wallet, WalletError};
 
-const ROOT: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../testdata/wallet"
-);
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/wallet");
 
 // Values from testdata/wallet/README.md.
 const COLD_MNEMONIC: &str =

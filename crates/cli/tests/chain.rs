@@ -7,10 +7,7 @@ use pretrain_chain::embedded::{EmbeddedChain, EmbeddedOptions};
 use pretrain_chain::wallet::KeyPair;
 use pretrain_chain::{Chain, Hotkey};
 
-const WALLETS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../testdata/wallet"
-);
+const WALLETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/wallet");
 // From testdata/wallet/README.md.
 const COLD_SS58: &str = "5EPCUjPxiHAcNooYipQFWr9NmmXJKpNG5RhcntXwbtUySrgH";
 const HOT_SS58: &str = "5EHgWw2Af1pnoc7f1A8bfmM97W3DAYW8xr82RfhLL9oAabAe";

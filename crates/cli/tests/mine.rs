@@ -11,10 +11,7 @@ use pretrain_store::{open_hub, HubOptions};
 mod common;
 use common::{fails_with, ok_json};
 
-const WALLETS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../testdata/wallet"
-);
+const WALLETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/wallet");
 // From testdata/wallet/README.md.
 const HOT_SS58: &str = "5EHgWw2Af1pnoc7f1A8bfmM97W3DAYW8xr82RfhLL9oAabAe";
 

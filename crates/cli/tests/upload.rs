@@ -9,10 +9,7 @@ use pretrain_core::ModelId;
 use pretrain_store::{open_hub, HubOptions, ModelStore};
 use serde_json::Value;
 
-const WALLETS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../testdata/wallet"
-);
+const WALLETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/wallet");
 // From testdata/wallet/README.md.
 const HOT_SS58: &str = "5EHgWw2Af1pnoc7f1A8bfmM97W3DAYW8xr82RfhLL9oAabAe";
 
@@ -194,12 +191,20 @@ fn absurd_durations_are_refused_not_panics() {
     for bad in ["1e300", "nan", "-1", "inf"] {
         let flag = format!("--commit_retry_delay={bad}");
         let out = upload(&model, &hub, &tmp.path().join("chain"), &[&flag]);
-        assert_eq!(out.status.code(), Some(1), "{bad}: no panic (101), a refusal");
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{bad}: no panic (101), a refusal"
+        );
         fails_with(&out, "--commit_retry_delay must be a number of seconds");
     }
     for flag in ["--idle_wait", "--eval_timeout", "--update_interval"] {
         let out = pretrain(&["validate", "--offline", flag, "1e300"]);
-        assert_eq!(out.status.code(), Some(1), "{flag}: no panic (101), a refusal");
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{flag}: no panic (101), a refusal"
+        );
         fails_with(&out, &format!("{flag} must be a number of seconds"));
     }
 }

@@ -23,10 +23,7 @@ use serde_json::Value;
 mod common;
 use common::ok_json;
 
-const WALLETS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../testdata/wallet"
-);
+const WALLETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/wallet");
 // From testdata/wallet/README.md.
 const VALIDATOR_SS58: &str = "5EHgWw2Af1pnoc7f1A8bfmM97W3DAYW8xr82RfhLL9oAabAe";
 const TINY: &str = concat!(

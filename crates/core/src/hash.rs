@@ -118,10 +118,7 @@ mod tests {
     use serde_json::Value;
 
     fn reference() -> PathBuf {
-        PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../testdata/hash"
-        ))
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/hash"))
     }
 
     fn cases() -> Value {

@@ -31,6 +31,19 @@ impl HubArgs {
         self.hub.starts_with("local:")
     }
 
+    /// Refuses a hub on this machine together with a real chain: what one
+    /// side puts there, the other side of the subnet could never download.
+    pub fn check_reachable_from(&self, chain: &super::chain::ChainArgs) -> anyhow::Result<()> {
+        if chain.is_real() && self.is_local() {
+            anyhow::bail!(
+                "--hub {} is only visible on this machine, so the rest of a real subnet could \
+                 never download its models: use --hub hf",
+                self.hub
+            );
+        }
+        Ok(())
+    }
+
     /// Opens the hub (`~` expanded in `local:` paths).
     pub fn open(&self, progress: bool) -> anyhow::Result<Box<dyn ModelHub>> {
         let spec = match self.hub.strip_prefix("local:") {

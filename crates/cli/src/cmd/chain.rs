@@ -38,6 +38,11 @@ pub struct ChainArgs {
 }
 
 impl ChainArgs {
+    /// Whether these flags name a real node rather than the embedded chain.
+    pub fn is_real(&self) -> bool {
+        self.chain_endpoint.is_some() || self.network != Network::Embedded
+    }
+
     /// The options for [`pretrain_chain::connect`].
     pub fn options(&self) -> anyhow::Result<ChainOptions> {
         let timeout =

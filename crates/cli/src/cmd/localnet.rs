@@ -266,12 +266,13 @@ async fn run_async(args: LocalnetArgs) -> anyhow::Result<()> {
             }
             Err(e) => tracing::warn!("reading the leaderboard: {e:#}"),
         }
-        for p in &mut procs {
-            if let Ok(Some(status)) = p.child.try_wait() {
+        procs.retain_mut(|p| match p.child.try_wait() {
+            Ok(Some(status)) => {
                 tracing::warn!("{} exited ({status}); see {}", p.name, p.log.display());
+                false
             }
-        }
-        procs.retain_mut(|p| !matches!(p.child.try_wait(), Ok(Some(_))));
+            _ => true,
+        });
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break "time is up";
         }

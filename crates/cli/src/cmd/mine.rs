@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use pretrain_chain::{connect, Chain, Hotkey, Network};
+use pretrain_chain::{connect, Chain, Hotkey};
 use pretrain_core::validate_hf_repo_id;
 use pretrain_model::Model;
 use pretrain_neurons::miner::{self, new_run_id, Event, MinerConfig, Observer, RunDir, Training};
@@ -273,15 +273,7 @@ async fn preflight(args: &MineArgs) -> anyhow::Result<Online> {
              4 to 41 characters"
         )
     })?;
-    let on_real_chain =
-        args.chain.chain_endpoint.is_some() || args.chain.network != Network::Embedded;
-    if on_real_chain && args.hub.is_local() {
-        bail!(
-            "--hub {} is only visible on this machine, so validators on a real chain could never \
-             download the model: use --hub hf",
-            args.hub.hub
-        );
-    }
+    args.hub.check_reachable_from(&args.chain)?;
     let wallet = args.wallet.wallet();
     let hotkey = wallet.hotkey().map_err(|e| {
         anyhow::anyhow!(
@@ -462,7 +454,7 @@ fn upload_command(args: &MineArgs, dir: &Path, repo_id: &str) -> String {
     if let Some(e) = &args.chain.chain_endpoint {
         parts.extend(["--subtensor.chain_endpoint".into(), e.clone()]);
     }
-    if args.chain.network == Network::Embedded && args.chain.chain_endpoint.is_none() {
+    if !args.chain.is_real() {
         parts.extend([
             "--chain_dir".into(),
             args.chain.chain_dir.display().to_string(),

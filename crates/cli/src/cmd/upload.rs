@@ -5,9 +5,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
-use pretrain_chain::{connect, Network};
+use pretrain_chain::connect;
 use pretrain_model::check::{check_model_dir, Limits};
 use pretrain_neurons::{push, PushOptions};
 use serde_json::json;
@@ -45,15 +45,7 @@ pub fn run(args: UploadArgs) -> anyhow::Result<()> {
     // Bounded here so the `Duration` made from it later cannot panic (1e300).
     pretrain_core::bounded::seconds("--commit_retry_delay", args.commit_retry_delay, 86_400.0)
         .map_err(anyhow::Error::msg)?;
-    let on_real_chain =
-        args.chain.chain_endpoint.is_some() || args.chain.network != Network::Embedded;
-    if on_real_chain && args.hub.is_local() {
-        bail!(
-            "--hub {} is only visible on this machine, so validators on a real chain could never \
-             download the model: use --hub hf",
-            args.hub.hub
-        );
-    }
+    args.hub.check_reachable_from(&args.chain)?;
     let dir = &args.load_model_dir;
     // A model the validator would reject is refused before anything is uploaded.
     let info = check_model_dir(dir, Limits::default())

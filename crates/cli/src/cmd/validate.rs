@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use pretrain_chain::{connect, Network};
+use pretrain_chain::connect;
 use pretrain_core::Competition;
 use pretrain_neurons::validator::{self, ValidatorConfig, WorkerSpec};
 
@@ -88,7 +88,8 @@ pub struct EvalWorkerArgs {
 
 fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
     // At most a week: `Duration::from_secs_f64` panics on values like 1e300.
-    pretrain_core::bounded::seconds(&format!("--{name}"), v, 7.0 * 86_400.0).map_err(anyhow::Error::msg)
+    pretrain_core::bounded::seconds(&format!("--{name}"), v, 7.0 * 86_400.0)
+        .map_err(anyhow::Error::msg)
 }
 
 /// Runs the validator until `--max_steps` steps are done (forever without).
@@ -99,14 +100,7 @@ pub fn run(args: ValidateArgs) -> anyhow::Result<()> {
     if args.eval_workers == 0 {
         bail!("--eval_workers must be at least 1");
     }
-    let on_real_chain =
-        args.chain.chain_endpoint.is_some() || args.chain.network != Network::Embedded;
-    if on_real_chain && args.hub.is_local() {
-        bail!(
-            "--hub {} is only visible on this machine; miners on a real chain upload to Hugging Face: use --hub hf",
-            args.hub.hub
-        );
-    }
+    args.hub.check_reachable_from(&args.chain)?;
     // Opened here so a bad device fails at start, not in every child.
     args.device.open().context("opening the device")?;
     let program = std::env::current_exe().context("finding the pretrain executable")?;
