@@ -186,3 +186,126 @@ pub(crate) fn check_weights(uids: &[u16], values: &[u16]) -> Result<(), ChainErr
         None => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    use super::embedded::{EmbeddedChain, EmbeddedOptions, SubnetParams};
+    use super::*;
+
+    // A well-known SS58 address (Alice's dev key): valid, and never registered here.
+    const ALICE: &str = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY";
+
+    /// The error convention: walking `source()`, no element's text contains
+    /// its source's text (an error prints its cause or exposes it, never both),
+    /// and no element's text is empty.
+    fn said_once(e: &(dyn Error + 'static)) -> Result<(), String> {
+        let mut cur = Some(e);
+        while let Some(x) = cur {
+            let text = x.to_string();
+            if text.trim().is_empty() {
+                return Err(format!("{x:?} has an empty message"));
+            }
+            if let Some(src) = x.source() {
+                let s = src.to_string();
+                if text.contains(&s) {
+                    return Err(format!("{text:?} repeats its source {s:?}"));
+                }
+            }
+            cur = x.source();
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_check_catches_an_error_that_prints_and_exposes_its_source() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot read x: {source}")]
+        struct Both {
+            source: std::io::Error,
+        }
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot read x")]
+        struct Exposes {
+            #[source]
+            source: std::io::Error,
+        }
+        let io = || std::io::Error::other("disk on fire");
+        assert!(said_once(&Both { source: io() }).is_err());
+        assert!(said_once(&Exposes { source: io() }).is_ok());
+    }
+
+    #[tokio::test]
+    async fn chain_errors_print_or_expose_their_source_never_both() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut errors: Vec<Box<dyn Error + Send + Sync>> = vec![
+            Box::new(ChainError::NotRegistered {
+                hotkey: ALICE.into(),
+                netuid: 9,
+            }),
+            Box::new(ChainError::RateLimited("wait 3 blocks".into())),
+            Box::new(ChainError::Timeout(std::time::Duration::from_secs(60))),
+            Box::new(ChainError::Network("connection reset".into())),
+            Box::new(ChainError::BadResponse("short key".into())),
+            Box::new(ChainError::NoSuchSubnet(9)),
+            Box::new(ChainError::Rejected("no".into())),
+            Box::new(ChainError::Storage("disk on fire".into())),
+        ];
+
+        // Wallet errors from real failures.
+        let w = Wallet::new(tmp.path(), "w", "h");
+        std::fs::create_dir_all(w.hotkey_path()).unwrap(); // a directory where the key file goes
+        let io = w.hotkey().unwrap_err();
+        assert!(matches!(io, WalletError::Io { .. }), "{io:?}");
+        // The cause is printed (and so not exposed).
+        assert!(io.to_string().contains("not a regular file"), "{io}");
+        errors.push(Box::new(io));
+        let w2 = Wallet::new(tmp.path(), "w2", "h");
+        errors.push(Box::new(w2.hotkey().unwrap_err()));
+        std::fs::create_dir_all(w2.hotkey_path().parent().unwrap()).unwrap();
+        std::fs::write(w2.hotkey_path(), b"{not json").unwrap();
+        let malformed = w2.hotkey().unwrap_err();
+        assert!(
+            matches!(malformed, WalletError::Malformed { .. }),
+            "{malformed:?}"
+        );
+        errors.push(Box::new(malformed));
+        errors.push(Box::new(wallet::SafeName::wallet("../up").unwrap_err()));
+
+        // Embedded chain errors from real calls.
+        let options = EmbeddedOptions::default();
+        errors.push(Box::new(
+            EmbeddedChain::open_existing_async(&tmp.path().join("none"), &options)
+                .await
+                .unwrap_err(),
+        ));
+        let chain = EmbeddedChain::open_async(&tmp.path().join("chain"), &options)
+            .await
+            .unwrap();
+        let alice = Hotkey::address_only(ALICE);
+        let e = chain.commit(&alice, 9, b"x").await.unwrap_err();
+        assert!(matches!(e, ChainError::NoSuchSubnet(9)), "{e:?}");
+        errors.push(Box::new(e));
+        chain
+            .create_subnet(9, SubnetParams::default())
+            .await
+            .unwrap();
+        let e = chain.commit(&alice, 9, b"x").await.unwrap_err();
+        assert!(matches!(e, ChainError::NotRegistered { .. }), "{e:?}");
+        errors.push(Box::new(e));
+        let e = chain.commit(&alice, 9, &[b'x'; 129]).await.unwrap_err();
+        assert!(matches!(e, ChainError::Rejected(_)), "{e:?}");
+        errors.push(Box::new(e));
+        errors.push(Box::new(chain.add_stake(ALICE, 1.0).await.unwrap_err()));
+        errors.push(Box::new(
+            subtensor::load_metadata(b"not metadata").unwrap_err(),
+        ));
+
+        for e in &errors {
+            if let Err(problem) = said_once(e.as_ref()) {
+                panic!("{problem}");
+            }
+        }
+    }
+}

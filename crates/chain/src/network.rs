@@ -18,8 +18,8 @@ use crate::{Chain, ChainError};
 pub const DEFAULT_NETWORK: Network = Network::Embedded;
 /// `--chain_dir` when none is given.
 pub const DEFAULT_CHAIN_DIR: &str = "~/.bittensor/pretrain-chain";
-/// `--netuid` when none is given: the pretraining subnet.
-pub const DEFAULT_NETUID: u16 = 9;
+/// `--netuid` when none is given: the pretraining subnet (the core constant).
+pub use pretrain_core::constants::SUBNET_UID as DEFAULT_NETUID;
 
 /// A `--subtensor.network` name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +90,7 @@ impl Default for ChainOptions {
             chain_endpoint: None,
             chain_dir: expand_home(std::path::Path::new(DEFAULT_CHAIN_DIR)),
             block_time: None,
-            timeout: crate::embedded::DEFAULT_CALL_TIMEOUT,
+            timeout: pretrain_core::constants::CHAIN_CALL_TIMEOUT,
         }
     }
 }

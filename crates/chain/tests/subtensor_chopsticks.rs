@@ -185,7 +185,7 @@ async fn subtensor_backend_against_chopsticks() {
     // Chopsticks compiles the runtime first: ~40 s before it answers.
     let started = Instant::now();
     let chain = loop {
-        match SubtensorChain::connect(&url, Duration::from_secs(60)).await {
+        match SubtensorChain::connect(&url, pretrain_core::constants::CHAIN_CALL_TIMEOUT).await {
             Ok(c) => break c,
             Err(e) if started.elapsed() < Duration::from_secs(240) => {
                 eprintln!("waiting for chopsticks: {e}");

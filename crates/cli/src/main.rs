@@ -54,6 +54,8 @@ enum Command {
     Localnet(cmd::localnet::LocalnetArgs),
     /// PNG charts and an HTML page for a miner run, a validator or a localnet directory.
     Report(cmd::report::ReportArgs),
+    /// Replay one case of the later rules (secure hash, model id, hash check, epsilon, wins, weights, schedule).
+    Rules(cmd::rules::RulesArgs),
     /// Internal: evaluates one model for the validator (JSON lines on stdin/stdout).
     #[command(name = "eval_worker", hide = true)]
     EvalWorker(cmd::validate::EvalWorkerArgs),
@@ -82,18 +84,19 @@ fn main() {
     init_logging(&cli);
     let result = match cli.command {
         Command::Hash(args) => cmd::hash::run(args),
-        Command::Eval(args) => cmd::model::run_eval(args),
+        Command::Eval(args) => with_runtime(|rt| cmd::model::run_eval(args, rt)),
         Command::Inspect(args) => cmd::model::run_inspect(args),
         Command::Bench(bench) => cmd::bench::run(bench),
         Command::Score(args) => cmd::score::run(args),
         Command::Tokenize(args) => cmd::data::run_tokenize(args),
         Command::Wallet(c) => cmd::wallet::run(c),
-        Command::Chain(c) => cmd::chain::run(c),
-        Command::Upload(args) => cmd::upload::run(*args),
-        Command::Mine(args) => cmd::mine::run(*args),
-        Command::Validate(args) => cmd::validate::run(*args),
-        Command::Localnet(args) => cmd::localnet::run(args),
+        Command::Chain(c) => with_runtime(|rt| cmd::chain::run(c, rt)),
+        Command::Upload(args) => with_runtime(|rt| cmd::upload::run(*args, rt)),
+        Command::Mine(args) => with_runtime(|rt| cmd::mine::run(*args, rt)),
+        Command::Validate(args) => with_runtime(|rt| cmd::validate::run(*args, rt)),
+        Command::Localnet(args) => with_runtime(|rt| cmd::localnet::run(args, rt)),
         Command::Report(args) => cmd::report::run(args),
+        Command::Rules(args) => cmd::rules::run(args),
         Command::EvalWorker(args) => cmd::validate::run_worker(args),
     };
     if let Err(err) = result {
@@ -106,21 +109,29 @@ fn main() {
     }
 }
 
-/// The error and its causes on one line. Library errors often repeat their
-/// cause in their own message; a cause already said is not said again.
+/// Runs a command that talks to a network on the process's one async
+/// runtime, built here and only for such commands. Two workers are enough
+/// for I/O; heavy compute runs on blocking threads or its own threads.
+fn with_runtime(
+    command: impl FnOnce(&tokio::runtime::Runtime) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::Error::new(e).context("starting the async runtime"))?;
+    command(&runtime)
+}
+
+/// The error and its causes on one line, joined with ": ". Every error of
+/// the project either prints its cause or exposes it as `source()`, never
+/// both, so nothing is said twice.
 fn one_line(err: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in err.chain() {
-        let text = cause.to_string();
-        if line.contains(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-    }
-    line.replace('\n', " ")
+    err.chain()
+        .map(|cause| cause.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+        .replace('\n', " ")
 }
 
 #[cfg(test)]
@@ -128,10 +139,10 @@ mod tests {
     use super::one_line;
 
     #[test]
-    fn causes_are_said_once_on_one_line() {
+    fn causes_are_joined_on_one_line() {
         let inner = std::io::Error::other("disk on fire");
         let err = anyhow::Error::new(inner)
-            .context("reading x: disk on fire")
+            .context("reading x")
             .context("loading\nthe model");
         assert_eq!(one_line(&err), "loading the model: reading x: disk on fire");
     }

@@ -263,12 +263,11 @@ fn metagraph_to_a_closed_stdout_is_quiet() {
     let tmp = tempfile::tempdir().unwrap();
     ok_json(&run(tmp.path(), &["register", "--hotkey", &addr(1)]));
     for extra in [&[][..], &["--json"][..]] {
-        let mut child = cmd(tmp.path(), &[&["metagraph"][..], extra].concat())
-            .stdout(Stdio::piped())
+        let child = cmd(tmp.path(), &[&["metagraph"][..], extra].concat())
+            .stdout(common::closed_pipe())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        drop(child.stdout.take());
         let out = child.wait_with_output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(141), "{err}");

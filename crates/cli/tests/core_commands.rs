@@ -1,5 +1,7 @@
 //! `pretrain hash` and `pretrain score` against the reference vectors.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -151,14 +153,13 @@ const TINY_GPT2: &str = "models/tiny-gpt2/model";
 
 /// Runs `pretrain` with stdout a pipe whose reader is already gone.
 fn with_closed_stdout(args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pretrain"))
+    let child = Command::new(env!("CARGO_BIN_EXE_pretrain"))
         .args(args)
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
+        .stdout(common::closed_pipe())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");
-    drop(child.stdout.take());
     child.wait_with_output().expect("wait")
 }
 

@@ -193,8 +193,8 @@ fn mine_trains_pushes_and_the_commitment_matches_the_hub() {
     let hub = open_hub(&hub, HubOptions::default()).unwrap();
     let got = rt
         .block_on(hub.download(
-            "miner/tiny-mined",
-            id.commit.as_deref().unwrap(),
+            &"miner/tiny-mined".parse().unwrap(),
+            &id.commit.as_deref().unwrap().parse().unwrap(),
             &tmp.path().join("dl"),
         ))
         .unwrap();

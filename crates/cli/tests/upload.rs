@@ -130,7 +130,7 @@ fn upload_commits_the_reference_hash_and_the_validator_fetches_it() {
     let fetched = rt
         .block_on(store.fetch(
             hub.as_ref(),
-            HOT_SS58,
+            &HOT_SS58.parse().unwrap(),
             &id,
             pretrain_core::constants::MAX_MODEL_BYTES,
         ))

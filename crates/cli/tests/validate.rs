@@ -123,14 +123,13 @@ impl Net {
 
     /// Uploads `dir` to `repo` and commits it (with `hash`, default the true one).
     fn push(&self, ss58: &str, dir: &Path, repo: &str, hash: Option<String>) -> (ModelId, u64) {
-        let commit = self.rt.block_on(self.hub.upload(dir, repo)).unwrap();
-        let (ns, name) = repo.split_once('/').unwrap();
-        let id = ModelId {
-            namespace: ns.into(),
-            name: name.into(),
-            commit: Some(commit),
-            hash: Some(hash.unwrap_or_else(|| hash_of_directory(dir).unwrap())),
-        };
+        let repo: pretrain_core::RepoId = repo.parse().unwrap();
+        let commit = self.rt.block_on(self.hub.upload(dir, &repo)).unwrap();
+        let id = ModelId::at(
+            &repo,
+            &commit,
+            hash.unwrap_or_else(|| hash_of_directory(dir).unwrap()),
+        );
         let block = self.commit_raw(ss58, &id.to_chain_bytes().unwrap());
         (id, block)
     }

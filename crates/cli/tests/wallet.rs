@@ -260,7 +260,7 @@ fn wallet_names_that_leave_the_root_are_refused() {
 fn wallet_new_with_a_closed_stdout_writes_no_key() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().to_str().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pretrain"))
+    let child = Command::new(env!("CARGO_BIN_EXE_pretrain"))
         .args([
             "wallet",
             "new",
@@ -271,11 +271,10 @@ fn wallet_new_with_a_closed_stdout_writes_no_key() {
             "--no_password",
         ])
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(common::closed_pipe())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    drop(child.stdout.take());
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -300,13 +299,12 @@ fn wallet_new_with_a_closed_stdout_writes_no_key() {
             "fixture",
         ],
     ] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pretrain"))
+        let child = Command::new(env!("CARGO_BIN_EXE_pretrain"))
             .args(&args)
-            .stdout(Stdio::piped())
+            .stdout(common::closed_pipe())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        drop(child.stdout.take());
         let out = child.wait_with_output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(141), "{args:?}: {err}");

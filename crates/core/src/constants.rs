@@ -1,4 +1,7 @@
-//! The competition constants, in one place.
+//! The competition constants, in one place: every crate (and every clap
+//! default) uses these rather than its own copy.
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -10,10 +13,14 @@ pub const MAX_MODEL_PARAMETERS: u64 = 122_268_040;
 pub const MAX_MODEL_BYTES: u64 = 1024 * 1024 * 1024;
 /// Weights version key sent with `set_weights`.
 pub const WEIGHTS_VERSION_KEY: u64 = 2002;
-/// Subnet id of the pretraining subnet on finney.
+/// Subnet id of the pretraining subnet on finney; the default `--netuid`.
 pub const SUBNET_UID: u16 = 9;
-/// Maximum length in bytes of the compressed model id stored on chain.
-pub const MAX_METADATA_BYTES: usize = 128;
+/// Most bytes one commitment holds: subtensor's largest `Data::Raw` field (`Raw128`).
+pub const MAX_COMMITMENT_BYTES: usize = 128;
+/// Maximum length in bytes of the compressed model id stored on chain (one commitment).
+pub const MAX_METADATA_BYTES: usize = MAX_COMMITMENT_BYTES;
+/// Limit of one chain call unless told otherwise (SPEC: 60 s); the default `--chain_timeout`.
+pub const CHAIN_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Maximum length (characters) of a Hugging Face repo id `namespace/name`.
 pub const MAX_REPO_ID_LENGTH: usize = 41;
 /// End-of-text token of the GPT-2 tokenizer.
@@ -24,7 +31,8 @@ pub const VOCAB_SIZE: usize = 50257;
 pub const ROWS_PER_PAGE: usize = 100;
 /// Highest page offset that pages are drawn from (RefinedWeb rows API).
 pub const MAX_PAGE: u64 = 968_000_015;
-/// Approximate number of blocks between two accepted commitments of one hotkey.
+/// Blocks between two accepted commitments of one hotkey on a subnet
+/// (subtensor's Commitments rate limit; the embedded chain's default).
 pub const COMMIT_RATE_LIMIT_BLOCKS: u64 = 100;
 
 /// Tunable competition parameters. The defaults are the seed-era values

@@ -14,7 +14,7 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum HashError {
     /// A file or directory could not be read (includes broken symlinks and loops).
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {}", path.display())]
     Io {
         /// The path that failed.
         path: PathBuf,
@@ -37,6 +37,16 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> HashError + '_ {
 /// `base64(sha256(bytes))`, standard alphabet, padded (44 characters).
 pub fn hash_of_bytes(bytes: &[u8]) -> String {
     B64.encode(Sha256::digest(bytes))
+}
+
+/// The secure hash a miner commits since 2024: `base64(sha256(model_hash +
+/// hotkey_ss58))` over the UTF-8 of the two texts, so that a copy of the
+/// same files committed under another hotkey does not pass the hash check.
+pub fn secure_hash(model_hash: &str, hotkey_ss58: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(model_hash.as_bytes());
+    hasher.update(hotkey_ss58.as_bytes());
+    B64.encode(hasher.finalize())
 }
 
 /// `base64(sha256(file contents))`, streaming; symlinks are followed. Only
@@ -214,6 +224,16 @@ mod tests {
         }
     }
 
+    /// The upstream unit test of `get_hash_of_two_strings`.
+    #[test]
+    fn secure_hash_of_upstream_test() {
+        assert_eq!(
+            secure_hash("hello", "world"),
+            "k2oYXKqiZrucvpgengXLeM1zKwsygOuURBK7b4+PB68="
+        );
+        assert_eq!(secure_hash("hello", "world"), hash_of_bytes(b"helloworld"));
+    }
+
     #[test]
     fn empty_directory() {
         let tmp = tempfile::tempdir().unwrap();
@@ -243,7 +263,10 @@ mod tests {
                 2 => symlink("/dev/null", &p).unwrap(),
                 _ => symlink("/dev/urandom", &p).unwrap(),
             }
-            let err = hash_of_directory(tmp.path()).unwrap_err().to_string();
+            let err = hash_of_directory(tmp.path()).unwrap_err();
+            // The path in the message, the reason as its source.
+            let cause = std::error::Error::source(&err).map(|s| s.to_string());
+            let err = format!("{err}: {}", cause.unwrap_or_default());
             assert!(err.contains("not a regular file"), "{name}: {err}");
             assert!(err.contains(name), "{name}: {err}");
         }

@@ -113,6 +113,179 @@ impl fmt::Display for ModelId {
     }
 }
 
+/// Competition id of the later protocol (upstream's `CompetitionId`, a Python int).
+pub type CompetitionId = i64;
+
+/// Why a later (5-field) compressed model id could not be parsed; upstream's
+/// chain store turns each into "no valid metadata".
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum LaterModelIdError {
+    /// Fewer than four `:`-separated parts (Python's `IndexError`).
+    #[error("model id {0:?} has fewer than 4 ':'-separated parts")]
+    TooFewParts(String),
+    /// The fifth part is not a decimal integer (Python's `ValueError` from `int()`).
+    #[error("competition id {0:?} is not an integer")]
+    BadCompetitionId(String),
+    /// The fifth part is an integer beyond 64 bits (Python would accept it,
+    /// then find no such competition: the model is not evaluated either way).
+    #[error("competition id {0:?} is out of range")]
+    CompetitionIdOutOfRange(String),
+    /// The compressed form is longer than the chain accepts.
+    #[error("compressed model id is {len} bytes, more than the {max} the chain accepts")]
+    TooLong {
+        /// Length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// The later protocol's model identity (taoverse `ModelId`), committed as
+/// `namespace:name:commit:secure_hash:competition_id`.
+///
+/// The seed's 4-field [`ModelId`] is unchanged; this type is its successor
+/// for schedules whose competitions bind the hash to the hotkey.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LaterModelId {
+    /// Hub namespace (user or organisation).
+    pub namespace: String,
+    /// Repo name inside the namespace.
+    pub name: String,
+    /// Hub commit sha; `None` before upload.
+    pub commit: Option<String>,
+    /// The raw directory hash: only a legacy 4-field id carries one (as its 4th part).
+    pub hash: Option<String>,
+    /// `secure_hash(hash, hotkey)`, the 4th part of the wire form.
+    pub secure_hash: Option<String>,
+    /// The competition the model enters.
+    pub competition_id: CompetitionId,
+}
+
+impl LaterModelId {
+    /// The exact string committed: `ns:name:commit:secure_hash:competition_id`,
+    /// `None` for a missing part.
+    pub fn to_compressed_str(&self) -> String {
+        format!(
+            "{}:{}:{}:{}:{}",
+            self.namespace,
+            self.name,
+            self.commit.as_deref().unwrap_or("None"),
+            self.secure_hash.as_deref().unwrap_or("None"),
+            self.competition_id
+        )
+    }
+
+    /// Parses as upstream's `from_compressed_str` with its default competition 0.
+    pub fn from_compressed_str(s: &str) -> Result<Self, LaterModelIdError> {
+        Self::from_compressed_str_with_default(s, 0)
+    }
+
+    /// Parses as upstream: split on every `:`; fewer than 4 parts is an error;
+    /// a 4-part (legacy) id gets `default_competition_id` and its 4th part as
+    /// both `hash` and `secure_hash`; from 5 parts on, the 5th is the
+    /// competition id read as Python's `int()` does (`" 2"`, `"+2"`, `"0_2"`
+    /// are 2), `hash` is `None` and parts past the 5th are ignored. The
+    /// literal `None` means missing for commit and hashes. Never panics.
+    pub fn from_compressed_str_with_default(
+        s: &str,
+        default_competition_id: CompetitionId,
+    ) -> Result<Self, LaterModelIdError> {
+        let tokens: Vec<&str> = s.split(':').collect();
+        if tokens.len() < 4 {
+            return Err(LaterModelIdError::TooFewParts(s.to_string()));
+        }
+        let opt = |p: &str| (p != "None").then(|| p.to_string());
+        let (competition_id, hash) = if tokens.len() < 5 {
+            (default_competition_id, opt(tokens[3]))
+        } else {
+            (parse_python_int(tokens[4])?, None)
+        };
+        Ok(Self {
+            namespace: tokens[0].to_string(),
+            name: tokens[1].to_string(),
+            commit: opt(tokens[2]),
+            hash,
+            secure_hash: opt(tokens[3]),
+            competition_id,
+        })
+    }
+
+    /// The compressed form, checked against the chain's 128-byte limit.
+    pub fn to_chain_bytes(&self) -> Result<Vec<u8>, LaterModelIdError> {
+        let s = self.to_compressed_str();
+        if s.len() > MAX_METADATA_BYTES {
+            return Err(LaterModelIdError::TooLong {
+                len: s.len(),
+                max: MAX_METADATA_BYTES,
+            });
+        }
+        Ok(s.into_bytes())
+    }
+
+    /// Parses bytes read from chain (lossy UTF-8, as [`ModelId::from_chain_bytes`]).
+    pub fn from_chain_bytes(bytes: &[u8]) -> Result<Self, LaterModelIdError> {
+        Self::from_compressed_str(&String::from_utf8_lossy(bytes))
+    }
+
+    /// `namespace/name`.
+    pub fn repo_id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+impl fmt::Display for LaterModelId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_compressed_str())
+    }
+}
+
+/// Python's `str.isspace`: Unicode White_Space plus the ASCII separators
+/// U+001C..U+001F that Python also strips around an `int()`.
+fn python_isspace(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
+/// Python's `int(text)` (base 10) for ASCII digits: surrounding whitespace,
+/// one optional sign, single underscores between digits, leading zeros.
+/// Non-ASCII decimal digits (which Python also accepts) are refused.
+fn parse_python_int(text: &str) -> Result<CompetitionId, LaterModelIdError> {
+    let bad = || LaterModelIdError::BadCompetitionId(text.to_string());
+    let body = text.trim_matches(python_isspace);
+    let (negative, digits) = match body.as_bytes().first() {
+        Some(b'-') => (true, &body[1..]),
+        Some(b'+') => (false, &body[1..]),
+        _ => (false, body),
+    };
+    if digits.is_empty()
+        || digits.starts_with('_')
+        || digits.ends_with('_')
+        || digits.contains("__")
+    {
+        return Err(bad());
+    }
+    let mut value: i128 = 0;
+    let mut overflow = false;
+    for b in digits.bytes() {
+        match b {
+            b'_' => {}
+            b'0'..=b'9' => {
+                value = value * 10 + i128::from(b - b'0');
+                // Keep scanning for a bad character: "9…9x" is a ValueError first.
+                if value > i128::from(i64::MAX) + 1 {
+                    overflow = true;
+                    value = i128::from(i64::MAX) + 1;
+                }
+            }
+            _ => return Err(bad()),
+        }
+    }
+    let value = if negative { -value } else { value };
+    match CompetitionId::try_from(value) {
+        Ok(v) if !overflow => Ok(v),
+        _ => Err(LaterModelIdError::CompetitionIdOutOfRange(text.to_string())),
+    }
+}
+
 /// A model id together with the block at which it was committed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ModelMetadata {
@@ -234,7 +407,105 @@ mod tests {
         ));
     }
 
+    /// `int()` of Python 3 on each text, as written in its documentation:
+    /// whitespace around, one sign, underscores only between digits.
+    #[test]
+    fn later_competition_id_follows_python_int() {
+        for (text, want) in [
+            ("2", Some(2)),
+            (" 2", Some(2)),
+            ("2\n", Some(2)),
+            ("\t+2 ", Some(2)),
+            ("+2", Some(2)),
+            ("-1", Some(-1)),
+            ("0_2", Some(2)),
+            ("1_000", Some(1000)),
+            ("007", Some(7)),
+            ("\u{a0}3\u{3000}", Some(3)),
+            ("\u{1c}4", Some(4)),
+            ("", None),
+            (" ", None),
+            ("+", None),
+            ("_2", None),
+            ("2_", None),
+            ("2__0", None),
+            ("+-2", None),
+            ("- 2", None),
+            ("0x2", None),
+            ("2.0", None),
+            ("two", None),
+            ("1 2", None),
+        ] {
+            let id = LaterModelId::from_compressed_str(&format!("a:b:None:None:{text}"));
+            assert_eq!(
+                id.as_ref().ok().map(|i| i.competition_id),
+                want,
+                "{text:?}: {id:?}"
+            );
+            if want.is_none() {
+                assert!(
+                    matches!(id, Err(LaterModelIdError::BadCompetitionId(_))),
+                    "{text:?}"
+                );
+            }
+        }
+        assert!(matches!(
+            LaterModelId::from_compressed_str("a:b:c:d:99999999999999999999"),
+            Err(LaterModelIdError::CompetitionIdOutOfRange(_))
+        ));
+        assert_eq!(
+            LaterModelId::from_compressed_str("a:b:c:d:-9223372036854775808")
+                .unwrap()
+                .competition_id,
+            i64::MIN
+        );
+    }
+
+    #[test]
+    fn later_id_extra_parts_ignored_and_legacy_default() {
+        let id = LaterModelId::from_compressed_str("a:b:c:h:3:x:y").unwrap();
+        assert_eq!(id.competition_id, 3);
+        assert_eq!(id.hash, None);
+        assert_eq!(id.secure_hash.as_deref(), Some("h"));
+        assert_eq!(id.to_compressed_str(), "a:b:c:h:3");
+        let legacy = LaterModelId::from_compressed_str_with_default("a:b:c:h", 5).unwrap();
+        assert_eq!(legacy.competition_id, 5);
+        assert_eq!(legacy.hash.as_deref(), Some("h"));
+        assert_eq!(legacy.secure_hash.as_deref(), Some("h"));
+        assert!(matches!(
+            LaterModelId::from_compressed_str("a:b:c"),
+            Err(LaterModelIdError::TooFewParts(_))
+        ));
+        let long = LaterModelId {
+            namespace: "n".repeat(39),
+            name: "m".to_string(),
+            commit: Some("c".repeat(40)),
+            secure_hash: Some("h".repeat(44)),
+            hash: None,
+            competition_id: 2,
+        };
+        // 39 + 1 + 40 + 44 + 1 + 4 separators = 129 bytes.
+        assert!(matches!(
+            long.to_chain_bytes(),
+            Err(LaterModelIdError::TooLong { len: 129, max: 128 })
+        ));
+    }
+
     proptest! {
+        #[test]
+        fn later_parse_never_panics(s in ".*") {
+            let _ = LaterModelId::from_compressed_str(&s);
+        }
+
+        #[test]
+        fn later_roundtrip(ns in "[^:]*", name in "[^:]*",
+                           commit in proptest::option::of("[0-9a-f]{40}"),
+                           secure_hash in proptest::option::of("[A-Za-z0-9+/]{43}="),
+                           competition_id in any::<i64>()) {
+            let id = LaterModelId { namespace: ns, name, commit, hash: None, secure_hash, competition_id };
+            prop_assert_eq!(LaterModelId::from_compressed_str(&id.to_compressed_str()).unwrap(), id);
+        }
+
         #[test]
         fn parse_never_panics(s in ".*") {
             let _ = ModelId::from_compressed_str(&s);

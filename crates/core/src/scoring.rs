@@ -91,6 +91,65 @@ pub enum ScoringError {
     /// A uid appears twice in the evaluation set.
     #[error("uid {0} appears more than once")]
     DuplicateUid(Uid),
+    /// A size from outside is over its bound (checked before anything is allocated from it).
+    #[error("{what} is {value}, over the limit of {max}")]
+    TooLarge {
+        /// Which size.
+        what: &'static str,
+        /// The size given.
+        value: u64,
+        /// Its bound.
+        max: u64,
+    },
+}
+
+/// Most uids a metagraph can have (uids are 16-bit on chain).
+pub const MAX_UIDS: usize = 1 << 16;
+/// Most batches per uid in one step.
+pub const MAX_BATCHES: usize = 1 << 20;
+/// Most (uid, batch) losses one step may hold or make.
+pub const MAX_LOSSES: usize = 1 << 26;
+/// Most head-to-head comparisons (uid x other uid x batch) of one step: a
+/// few seconds of work. A tiny file of failed uids could otherwise ask for
+/// 2^42 (hours).
+pub const MAX_COMPARISONS: usize = 1 << 32;
+
+/// Bounds every size of a step before anything is allocated from it: a small
+/// input must not ask for a huge vector (`n_total_uids` = 2^64-1) or a
+/// huge amount of work.
+fn check_sizes(
+    n_total_uids: usize,
+    n_uids: usize,
+    n_batches: usize,
+    sample_min: usize,
+    n_prev_weights: usize,
+) -> Result<(), ScoringError> {
+    let bound = |what: &'static str, value: usize, max: usize| {
+        if value > max {
+            Err(ScoringError::TooLarge {
+                what,
+                value: value as u64,
+                max: max as u64,
+            })
+        } else {
+            Ok(())
+        }
+    };
+    bound("n_total_uids", n_total_uids, MAX_UIDS)?;
+    bound("the number of uids", n_uids, MAX_UIDS)?;
+    bound("n_batches", n_batches, MAX_BATCHES)?;
+    bound(
+        "uids x n_batches",
+        n_uids.saturating_mul(n_batches),
+        MAX_LOSSES,
+    )?;
+    bound(
+        "uids x uids x n_batches",
+        n_uids.saturating_mul(n_uids).saturating_mul(n_batches),
+        MAX_COMPARISONS,
+    )?;
+    bound("sample_min", sample_min, MAX_UIDS)?;
+    bound("the length of prev_weights", n_prev_weights, MAX_UIDS)
 }
 
 /// Counts, for every uid, the (other uid, batch) pairs it wins (`iswin`).
@@ -271,8 +330,16 @@ pub struct StepOutput {
 }
 
 impl StepInput {
-    /// Checks that the per-uid inputs line up with `uids`.
+    /// Checks that every size is within its bound and that the per-uid
+    /// inputs line up with `uids`.
     pub fn validate(&self) -> Result<(), ScoringError> {
+        check_sizes(
+            self.n_total_uids,
+            self.uids.len(),
+            self.n_batches,
+            self.sample_min,
+            self.prev_weights.len(),
+        )?;
         let n = self.uids.len();
         for (what, got) in [("blocks", self.blocks.len()), ("losses", self.losses.len())] {
             if got != n {
@@ -434,9 +501,18 @@ pub enum StepJsonError {
 }
 
 impl StepJson {
-    /// The step's inputs; a `no_metadata` uid gets block +inf and a
-    /// `load_failed` or `no_metadata` uid losses +inf, whatever the file says.
+    /// The step's inputs, checked ([`StepInput::validate`]); a `no_metadata`
+    /// uid gets block +inf and a `load_failed` or `no_metadata` uid losses
+    /// +inf, whatever the file says. Sizes are bounded before anything is
+    /// allocated from them.
     pub fn to_input(&self) -> Result<StepInput, StepJsonError> {
+        check_sizes(
+            self.n_total_uids,
+            self.uids.len(),
+            self.n_batches,
+            self.sample_min,
+            self.prev_weights.len(),
+        )?;
         let mut blocks = Vec::with_capacity(self.uids.len());
         let mut losses = Vec::with_capacity(self.uids.len());
         for &uid in &self.uids {
@@ -680,6 +756,83 @@ mod tests {
         assert!(matches!(
             short.run(),
             Err(ScoringError::Batches { uid: 2, .. })
+        ));
+    }
+
+    /// Issue 14, class 3: the sizes of a step from outside are refused by
+    /// their bounds before anything is allocated from them.
+    #[test]
+    fn step_sizes_are_bounded_before_allocating() {
+        let c = cases();
+        let base: StepJson = serde_json::from_value(c["steps"][0].clone()).unwrap();
+        let too_large = |step: &StepJson, what: &str| match step.to_input() {
+            Err(StepJsonError::Shape(ScoringError::TooLarge { what: w, .. })) => {
+                assert_eq!(w, what)
+            }
+            other => panic!("{what}: expected TooLarge, got {other:?}"),
+        };
+        let mut s = base.clone();
+        s.n_total_uids = usize::MAX;
+        too_large(&s, "n_total_uids");
+        s.n_total_uids = 1_000_000_000_000;
+        too_large(&s, "n_total_uids");
+        // Every uid without metadata: its +inf losses would be made from n_batches alone.
+        let mut s = base.clone();
+        s.uid_status = s
+            .uids
+            .iter()
+            .map(|u| (u.to_string(), UidStatus::NoMetadata))
+            .collect();
+        s.n_batches = 1_000_000_000_000;
+        too_large(&s, "n_batches");
+        s.n_batches = MAX_BATCHES;
+        s.uids = (0..100).collect();
+        s.n_total_uids = 100;
+        s.uid_status = s
+            .uids
+            .iter()
+            .map(|u| (u.to_string(), UidStatus::NoMetadata))
+            .collect();
+        too_large(&s, "uids x n_batches");
+        // Few losses, but hours of head-to-head comparisons.
+        s.n_batches = 1000;
+        s.uids = (0..3000).collect();
+        s.n_total_uids = 3000;
+        s.uid_status = s
+            .uids
+            .iter()
+            .map(|u| (u.to_string(), UidStatus::NoMetadata))
+            .collect();
+        too_large(&s, "uids x uids x n_batches");
+        let mut s = base.clone();
+        s.sample_min = usize::MAX;
+        too_large(&s, "sample_min");
+        let mut s = base.clone();
+        s.prev_weights = vec![JsonF64(0.0); MAX_UIDS + 1];
+        too_large(&s, "the length of prev_weights");
+        // The message names the field, the value and the bound.
+        let mut s = base.clone();
+        s.n_total_uids = 65_537;
+        assert_eq!(
+            s.to_input().unwrap_err().to_string(),
+            "n_total_uids is 65537, over the limit of 65536"
+        );
+        // At the bounds themselves a step is accepted.
+        let mut s = base.clone();
+        s.n_total_uids = MAX_UIDS;
+        s.prev_weights = vec![JsonF64(0.0); MAX_UIDS];
+        s.sample_min = MAX_UIDS;
+        let input = s.to_input().expect("a step at the bounds");
+        assert_eq!(input.run().unwrap().weights.len(), MAX_UIDS);
+        // StepInput built in code is held to the same bounds.
+        let mut input = base.to_input().unwrap();
+        input.n_total_uids = MAX_UIDS + 1;
+        assert!(matches!(
+            input.run(),
+            Err(ScoringError::TooLarge {
+                what: "n_total_uids",
+                ..
+            })
         ));
     }
 

@@ -29,7 +29,19 @@ pub enum DataError {
     /// The HTTP client could not be set up.
     #[error("cannot set up the HTTP client: {0}")]
     Http(String),
-    /// A local dataset directory could not be read.
+    /// A file or directory of a local dataset could not be read (the I/O
+    /// error kept whole, so callers can branch on its kind).
+    // Printed, not a `source`: `to_string()` stays complete and `{:#}` does
+    // not repeat it (the model crate's convention).
+    #[error("{}: {error}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        error: std::io::Error,
+    },
+    /// A local dataset's contents are unusable (not Parquet, no `content`
+    /// column, no rows, ...).
     #[error("{}: {reason}", path.display())]
     Local {
         /// The file or directory.
@@ -61,6 +73,14 @@ pub enum DataError {
 }
 
 impl DataError {
+    /// An `Io` error for `path`.
+    pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
+        DataError::Io {
+            path: path.into(),
+            error,
+        }
+    }
+
     /// A `Local` error for `path`.
     pub(crate) fn local(path: impl Into<PathBuf>, reason: impl ToString) -> Self {
         DataError::Local {

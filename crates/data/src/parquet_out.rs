@@ -60,18 +60,18 @@ pub fn write_refinedweb_parquet(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| DataError::local(dir, e))?;
-    let file: File = tmp.reopen().map_err(|e| DataError::local(tmp.path(), e))?;
+    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| DataError::io(dir, e))?;
+    let file: File = tmp.reopen().map_err(|e| DataError::io(tmp.path(), e))?;
     write_rows(file, rows, rows_per_group.max(1)).map_err(|e| DataError::local(path, e))?;
     // A temporary file is private (0600); the result is a normal data file.
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
-            .map_err(|e| DataError::local(tmp.path(), e))?;
+            .map_err(|e| DataError::io(tmp.path(), e))?;
     }
     tmp.persist(path)
-        .map_err(|e| DataError::local(path, e.error))?;
+        .map_err(|e| DataError::io(path, e.error))?;
     Ok(())
 }
 

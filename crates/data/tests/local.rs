@@ -102,9 +102,13 @@ fn bad_directories_and_files_are_clear_errors() {
     let err = LocalSource::open(empty.path()).unwrap_err().to_string();
     assert!(err.contains("no *.parquet or *.jsonl"), "{err}");
 
-    let err = LocalSource::open("/nonexistent/dir/for/test")
-        .unwrap_err()
-        .to_string();
+    let err = LocalSource::open("/nonexistent/dir/for/test").unwrap_err();
+    // The I/O error is kept whole: a caller can tell "missing" from "unreadable".
+    assert!(
+        matches!(&err, DataError::Io { error, .. } if error.kind() == std::io::ErrorKind::NotFound),
+        "{err:?}"
+    );
+    let err = err.to_string();
     assert!(err.contains("/nonexistent/dir/for/test"), "{err}");
 
     let dir = tempfile::tempdir().unwrap();

@@ -51,17 +51,21 @@ pub mod check;
 pub mod config;
 pub mod error;
 pub mod evaluate;
-mod fused;
-pub mod loss;
+mod gpt2;
+mod kernels;
+mod llama;
 pub mod model;
-pub mod nets;
-pub mod st;
+mod nn;
+#[cfg(test)]
+mod proptests;
+mod st;
 pub mod train;
 
 pub use check::{check_model_dir, check_reason, Limits, ModelInfo};
 pub use config::{Architecture, Gpt2Config, LlamaConfig, ModelConfig};
 pub use error::{ModelError, Result};
 pub use evaluate::{evaluate, load_for_eval};
-pub use model::{loss_or_inf, CausalLm, Model};
-pub use nets::Mode;
+pub use model::{loss_or_inf, CausalLm, Model, Weights};
+pub use nn::{mix_seed, Mode};
+pub use st::{write as write_safetensors, SafetensorsFile, TensorInfo};
 pub use train::{TrainConfig, Trainer, TrainerCounters};

@@ -13,9 +13,13 @@ use crate::config::{
     default_gpt2_config_json, generation_config_json, to_hf_json, Architecture, ModelConfig,
 };
 use crate::error::{ModelError, Result};
-use crate::loss::eval_loss_from_hidden;
-use crate::nets::{self, Mode, Weights};
+use crate::kernels::loss::eval_loss_from_hidden;
+use crate::nn::{Mode, VarBuilder};
 use crate::st::{self, SafetensorsFile, TensorInfo};
+use crate::{gpt2, llama};
+
+/// Named weights, Hugging Face names to tensors (f32).
+pub type Weights = BTreeMap<String, Tensor>;
 
 /// File name of single-file weights.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -39,13 +43,80 @@ pub trait CausalLm: Send + Sync {
 }
 
 /// A causal language model: config, `config.json` as read, and f32 weights
-/// under their Hugging Face names.
+/// under their Hugging Face names, with the network built from them once.
 #[derive(Clone)]
 pub struct Model {
     config: ModelConfig,
     config_json: Value,
     weights: Weights,
+    net: Net,
     device: Device,
+}
+
+/// The network of one architecture, holding (shared) handles to the weights.
+#[derive(Clone)]
+enum Net {
+    Gpt2(gpt2::Model),
+    Llama(llama::Model),
+}
+
+impl Net {
+    fn new(config: &ModelConfig, weights: &Weights) -> Result<Self> {
+        let vb = VarBuilder::new(weights);
+        Ok(match config {
+            ModelConfig::Gpt2(c) => Net::Gpt2(gpt2::Model::new(c, vb)?),
+            ModelConfig::Llama(c) => Net::Llama(llama::Model::new(c, vb)?),
+        })
+    }
+
+    fn forward(&self, ids: &Tensor, mode: Mode, seed: u64) -> Result<Tensor> {
+        match self {
+            Net::Gpt2(m) => m.forward(ids, mode, seed),
+            Net::Llama(m) => m.forward(ids, mode, seed),
+        }
+    }
+
+    fn lm_head(&self) -> &Tensor {
+        match self {
+            Net::Gpt2(m) => m.lm_head(),
+            Net::Llama(m) => m.lm_head(),
+        }
+    }
+}
+
+/// Checks a batch of token rows against the model and makes the `[B, T]` u32 tensor.
+fn ids_tensor(cfg: &ModelConfig, batch: &[Vec<u32>], device: &Device) -> Result<Tensor> {
+    let b = batch.len();
+    if b == 0 {
+        return Err(ModelError::Input("empty batch".into()));
+    }
+    let t = batch[0].len();
+    if t < 2 {
+        return Err(ModelError::Input(format!(
+            "rows need at least 2 tokens for a next-token loss, got {t}"
+        )));
+    }
+    if let Some((i, r)) = batch.iter().enumerate().find(|(_, r)| r.len() != t) {
+        return Err(ModelError::Input(format!(
+            "rows must have equal length: row 0 has {t} tokens, row {i} has {}",
+            r.len()
+        )));
+    }
+    if let Some(max) = cfg.max_positions() {
+        if t > max {
+            return Err(ModelError::Input(format!(
+                "rows of {t} tokens exceed the model's {max} positions"
+            )));
+        }
+    }
+    let vocab = cfg.vocab_size();
+    if let Some(bad) = batch.iter().flatten().find(|&&x| x as usize >= vocab) {
+        return Err(ModelError::Input(format!(
+            "token id {bad} is outside the vocabulary of {vocab}"
+        )));
+    }
+    let flat: Vec<u32> = batch.iter().flatten().copied().collect();
+    Ok(Tensor::from_vec(flat, (b, t), device)?)
 }
 
 impl std::fmt::Debug for Model {
@@ -211,12 +282,7 @@ impl Model {
         for (name, f, t) in matched {
             weights.insert(name, f.load(t, device)?);
         }
-        Ok(Self {
-            config,
-            config_json,
-            weights,
-            device: device.clone(),
-        })
+        Self::assemble(config, config_json, weights, device.clone())
     }
 
     /// Loads a bare safetensors file (the miner's `--load_model FILE`) with the
@@ -228,12 +294,7 @@ impl Model {
         for (name, f, t) in match_tensors(&config, &files)? {
             weights.insert(name, f.load(t, device)?);
         }
-        Ok(Self {
-            config,
-            config_json,
-            weights,
-            device: device.clone(),
-        })
+        Self::assemble(config, config_json, weights, device.clone())
     }
 
     /// A model with fresh random weights from a `config.json` value, initialised
@@ -273,12 +334,7 @@ impl Model {
             };
             weights.insert(name, Tensor::from_vec(data, shape, device)?);
         }
-        Ok(Self {
-            config,
-            config_json,
-            weights,
-            device: device.clone(),
-        })
+        Self::assemble(config, config_json, weights, device.clone())
     }
 
     /// The subnet's default GPT-2 (122,268,040 parameters) with random weights.
@@ -290,7 +346,9 @@ impl Model {
     pub fn from_parts(config_json: Value, weights: Weights, device: &Device) -> Result<Self> {
         let config = ModelConfig::from_json(&config_json)?;
         for (name, shape) in config.tensor_shapes() {
-            let t = nets::w(&weights, &name)?;
+            let t = weights
+                .get(&name)
+                .ok_or_else(|| ModelError::MissingTensor(name.clone()))?;
             if t.dims() != shape.as_slice() {
                 return Err(ModelError::WrongShape {
                     name,
@@ -299,11 +357,23 @@ impl Model {
                 });
             }
         }
+        Self::assemble(config, config_json, weights, device.clone())
+    }
+
+    /// Builds the network over weights already checked against the config.
+    fn assemble(
+        config: ModelConfig,
+        config_json: Value,
+        weights: Weights,
+        device: Device,
+    ) -> Result<Self> {
+        let net = Net::new(&config, &weights)?;
         Ok(Self {
             config,
             config_json,
             weights,
-            device: device.clone(),
+            net,
+            device,
         })
     }
 
@@ -327,17 +397,26 @@ impl Model {
         &self.device
     }
 
-    /// Final hidden states `[B*T, d]`.
+    /// Final hidden states `[B*T, d]`; training masks are drawn at random
+    /// (see [`Model::hidden_seeded`] for repeatable ones).
     pub fn hidden(&self, batch: &[Vec<u32>], mode: Mode) -> Result<Tensor> {
-        let ids = nets::ids_tensor(&self.config, batch, &self.device)?;
-        nets::hidden(&self.config, &self.weights, &ids, mode)
+        let seed = match mode {
+            Mode::Train => rand::random(),
+            Mode::Eval => 0,
+        };
+        self.hidden_seeded(batch, mode, seed)
     }
 
     /// Final hidden states `[B*T, d]`; in training mode `seed` fixes every
     /// dropout mask (the same seed gives the same masks).
     pub fn hidden_seeded(&self, batch: &[Vec<u32>], mode: Mode, seed: u64) -> Result<Tensor> {
-        let ids = nets::ids_tensor(&self.config, batch, &self.device)?;
-        nets::hidden_seeded(&self.config, &self.weights, &ids, mode, seed)
+        let ids = ids_tensor(&self.config, batch, &self.device)?;
+        self.net.forward(&ids, mode, seed)
+    }
+
+    /// The output projection `[V, d]` (the token embedding when tied).
+    pub(crate) fn lm_head(&self) -> &Tensor {
+        self.net.lm_head()
     }
 
     /// Saves as a `save_pretrained` directory: `config.json`,
@@ -415,13 +494,8 @@ impl Model {
         config_json: Value,
         weights: Weights,
         device: Device,
-    ) -> Self {
-        Self {
-            config,
-            config_json,
-            weights,
-            device,
-        }
+    ) -> Result<Self> {
+        Self::assemble(config, config_json, weights, device)
     }
 }
 
@@ -436,7 +510,7 @@ impl CausalLm for Model {
 
     fn logits(&self, batch: &[Vec<u32>]) -> Result<Tensor> {
         let h = self.hidden(batch, Mode::Eval)?;
-        let out = nets::output_weight(&self.config, &self.weights)?;
+        let out = self.lm_head();
         let v = out.dim(0)?;
         Ok(h.matmul(&out.t()?)?
             .reshape((batch.len(), batch[0].len(), v))?)
@@ -444,8 +518,7 @@ impl CausalLm for Model {
 
     fn loss(&self, batch: &[Vec<u32>]) -> Result<f32> {
         let h = self.hidden(batch, Mode::Eval)?;
-        let out = nets::output_weight(&self.config, &self.weights)?;
-        eval_loss_from_hidden(&h, out, batch)
+        eval_loss_from_hidden(&h, self.lm_head(), batch)
     }
 }
 

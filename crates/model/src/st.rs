@@ -67,6 +67,138 @@ fn dtype_name(d: DType) -> &'static str {
     }
 }
 
+/// A parsed and validated safetensors header.
+pub(crate) struct Header {
+    /// Offset of the data section in the file.
+    pub(crate) data_start: usize,
+    /// The tensors, sorted by offset, tiling the data section exactly.
+    pub(crate) tensors: Vec<TensorInfo>,
+    /// `__metadata__`.
+    pub(crate) metadata: serde_json::Map<String, Value>,
+}
+
+/// Parses and checks the header of a whole safetensors file's bytes.
+pub(crate) fn parse_header(name: &str, mmap: &[u8]) -> Result<Header> {
+    let err = |r: String| ModelError::st(name, r);
+    let len = mmap.len() as u64;
+    if len < 8 {
+        return Err(err(format!(
+            "file of {len} bytes is shorter than the 8-byte header length"
+        )));
+    }
+    let mut n8 = [0u8; 8];
+    n8.copy_from_slice(&mmap[..8]);
+    let n = u64::from_le_bytes(n8);
+    if n > MAX_HEADER_BYTES {
+        return Err(err(format!(
+            "header of {n} bytes exceeds the {MAX_HEADER_BYTES}-byte limit"
+        )));
+    }
+    if 8 + n > len {
+        return Err(err(format!(
+            "header of {n} bytes runs past the end of the {len}-byte file"
+        )));
+    }
+    let data_start = 8 + n as usize;
+    let data_len = mmap.len() - data_start;
+    let header: Value = serde_json::from_slice(&mmap[8..data_start])
+        .map_err(|e| err(format!("header is not valid JSON: {e}")))?;
+    let Value::Object(map) = header else {
+        return Err(err("header is not a JSON object".into()));
+    };
+    let mut metadata = serde_json::Map::new();
+    let mut tensors = Vec::with_capacity(map.len());
+    for (key, v) in map {
+        if key == "__metadata__" {
+            match v {
+                Value::Object(m) if m.values().all(Value::is_string) => metadata = m,
+                _ => return Err(err("__metadata__ must map strings to strings".into())),
+            }
+            continue;
+        }
+        let bad = |what: &str| err(format!("tensor {key}: {what}"));
+        let o = v.as_object().ok_or_else(|| bad("entry is not an object"))?;
+        let ds = o
+            .get("dtype")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("no dtype"))?;
+        let (dtype, size) = dtype_of(ds).ok_or_else(|| bad(&format!("unknown dtype {ds}")))?;
+        let shape: Vec<usize> = o
+            .get("shape")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad("no shape"))?
+            .iter()
+            .map(|x| x.as_u64().and_then(|x| usize::try_from(x).ok()))
+            .collect::<Option<_>>()
+            .ok_or_else(|| bad("shape is not a list of non-negative integers"))?;
+        let offs: Vec<usize> = o
+            .get("data_offsets")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad("no data_offsets"))?
+            .iter()
+            .map(|x| x.as_u64().and_then(|x| usize::try_from(x).ok()))
+            .collect::<Option<_>>()
+            .ok_or_else(|| bad("data_offsets are not non-negative integers"))?;
+        let [start, end] = offs[..] else {
+            return Err(bad("data_offsets must hold two numbers"));
+        };
+        if start > end {
+            return Err(bad(&format!("data_offsets [{start}, {end}] are reversed")));
+        }
+        if end > data_len {
+            return Err(bad(&format!(
+                "data_offsets [{start}, {end}] lie outside the {data_len}-byte data section"
+            )));
+        }
+        let bytes = shape
+            .iter()
+            .try_fold(size, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| bad("shape overflows"))?;
+        if bytes != end - start {
+            return Err(bad(&format!(
+                "{ds} x {shape:?} needs {bytes} bytes but data_offsets [{start}, {end}] hold {}",
+                end - start
+            )));
+        }
+        tensors.push(TensorInfo {
+            name: key,
+            dtype_name: ds.to_string(),
+            dtype,
+            shape,
+            start,
+            end,
+        });
+    }
+    tensors.sort_by_key(|t| (t.start, t.end));
+    // As the safetensors library: tensors tile the data section exactly.
+    let mut pos = 0usize;
+    for t in &tensors {
+        if t.start < pos {
+            return Err(err(format!(
+                "tensor {} overlaps the previous tensor (starts at {} < {pos})",
+                t.name, t.start
+            )));
+        }
+        if t.start > pos {
+            return Err(err(format!(
+                "gap in the data section before tensor {} ({pos}..{})",
+                t.name, t.start
+            )));
+        }
+        pos = t.end;
+    }
+    if pos != data_len {
+        return Err(err(format!(
+            "data section has {data_len} bytes but the tensors cover {pos}"
+        )));
+    }
+    Ok(Header {
+        data_start,
+        tensors,
+        metadata,
+    })
+}
+
 impl SafetensorsFile {
     /// Opens, maps and validates `path`.
     pub fn open(path: &Path) -> Result<Self> {
@@ -84,119 +216,11 @@ impl SafetensorsFile {
     }
 
     fn from_mmap(name: String, mmap: Mmap) -> Result<Self> {
-        let err = |r: String| ModelError::st(&name, r);
-        let len = mmap.len() as u64;
-        if len < 8 {
-            return Err(err(format!(
-                "file of {len} bytes is shorter than the 8-byte header length"
-            )));
-        }
-        let mut n8 = [0u8; 8];
-        n8.copy_from_slice(&mmap[..8]);
-        let n = u64::from_le_bytes(n8);
-        if n > MAX_HEADER_BYTES {
-            return Err(err(format!(
-                "header of {n} bytes exceeds the {MAX_HEADER_BYTES}-byte limit"
-            )));
-        }
-        if 8 + n > len {
-            return Err(err(format!(
-                "header of {n} bytes runs past the end of the {len}-byte file"
-            )));
-        }
-        let data_start = 8 + n as usize;
-        let data_len = mmap.len() - data_start;
-        let header: Value = serde_json::from_slice(&mmap[8..data_start])
-            .map_err(|e| err(format!("header is not valid JSON: {e}")))?;
-        let Value::Object(map) = header else {
-            return Err(err("header is not a JSON object".into()));
-        };
-        let mut metadata = serde_json::Map::new();
-        let mut tensors = Vec::with_capacity(map.len());
-        for (key, v) in map {
-            if key == "__metadata__" {
-                match v {
-                    Value::Object(m) if m.values().all(Value::is_string) => metadata = m,
-                    _ => return Err(err("__metadata__ must map strings to strings".into())),
-                }
-                continue;
-            }
-            let bad = |what: &str| err(format!("tensor {key}: {what}"));
-            let o = v.as_object().ok_or_else(|| bad("entry is not an object"))?;
-            let ds = o
-                .get("dtype")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad("no dtype"))?;
-            let (dtype, size) = dtype_of(ds).ok_or_else(|| bad(&format!("unknown dtype {ds}")))?;
-            let shape: Vec<usize> = o
-                .get("shape")
-                .and_then(Value::as_array)
-                .ok_or_else(|| bad("no shape"))?
-                .iter()
-                .map(|x| x.as_u64().and_then(|x| usize::try_from(x).ok()))
-                .collect::<Option<_>>()
-                .ok_or_else(|| bad("shape is not a list of non-negative integers"))?;
-            let offs: Vec<usize> = o
-                .get("data_offsets")
-                .and_then(Value::as_array)
-                .ok_or_else(|| bad("no data_offsets"))?
-                .iter()
-                .map(|x| x.as_u64().and_then(|x| usize::try_from(x).ok()))
-                .collect::<Option<_>>()
-                .ok_or_else(|| bad("data_offsets are not non-negative integers"))?;
-            let [start, end] = offs[..] else {
-                return Err(bad("data_offsets must hold two numbers"));
-            };
-            if start > end {
-                return Err(bad(&format!("data_offsets [{start}, {end}] are reversed")));
-            }
-            if end > data_len {
-                return Err(bad(&format!(
-                    "data_offsets [{start}, {end}] lie outside the {data_len}-byte data section"
-                )));
-            }
-            let bytes = shape
-                .iter()
-                .try_fold(size, |acc, &d| acc.checked_mul(d))
-                .ok_or_else(|| bad("shape overflows"))?;
-            if bytes != end - start {
-                return Err(bad(&format!(
-                    "{ds} x {shape:?} needs {bytes} bytes but data_offsets [{start}, {end}] hold {}",
-                    end - start
-                )));
-            }
-            tensors.push(TensorInfo {
-                name: key,
-                dtype_name: ds.to_string(),
-                dtype,
-                shape,
-                start,
-                end,
-            });
-        }
-        tensors.sort_by_key(|t| (t.start, t.end));
-        // As the safetensors library: tensors tile the data section exactly.
-        let mut pos = 0usize;
-        for t in &tensors {
-            if t.start < pos {
-                return Err(err(format!(
-                    "tensor {} overlaps the previous tensor (starts at {} < {pos})",
-                    t.name, t.start
-                )));
-            }
-            if t.start > pos {
-                return Err(err(format!(
-                    "gap in the data section before tensor {} ({pos}..{})",
-                    t.name, t.start
-                )));
-            }
-            pos = t.end;
-        }
-        if pos != data_len {
-            return Err(err(format!(
-                "data section has {data_len} bytes but the tensors cover {pos}"
-            )));
-        }
+        let Header {
+            data_start,
+            tensors,
+            metadata,
+        } = parse_header(&name, &mmap)?;
         Ok(Self {
             name,
             mmap,

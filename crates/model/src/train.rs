@@ -6,13 +6,13 @@ use std::fs;
 use std::path::Path;
 
 use candle_core::{Tensor, Var};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
-use crate::loss::cross_entropy;
-use crate::model::{CausalLm, Model};
-use crate::nets::{self, mix_seed, Mode, Weights};
+use crate::kernels::loss::lm_head_cross_entropy;
+use crate::kernels::optimizer::{self, StepCoeffs};
+use crate::model::{CausalLm, Model, Weights};
+use crate::nn::{mix_seed, Mode};
 use crate::st::{self, SafetensorsFile};
 
 /// File of [`Trainer::save_state`] holding the optimizer's tensors.
@@ -106,7 +106,7 @@ impl Trainer {
         }
         Ok(Self {
             config,
-            model: Model::from_trusted_parts(cfg, json, tracked, device),
+            model: Model::from_trusted_parts(cfg, json, tracked, device)?,
             vars,
             moments: BTreeMap::new(),
             grads: BTreeMap::new(),
@@ -170,10 +170,8 @@ impl Trainer {
             .reshape((b, t, d))?
             .narrow(1, 0, t - 1)?
             .reshape((b * (t - 1), d))?;
-        let out = nets::output_weight(m.config(), m.weights())?;
-        let logits = h.matmul(&out.t()?)?;
         let targets: Vec<u32> = batch.iter().flat_map(|r| r[1..].iter().copied()).collect();
-        let loss = cross_entropy(&logits, &targets)?;
+        let loss = lm_head_cross_entropy(&h, m.lm_head(), &targets)?;
         let value = loss.to_vec0::<f32>()?;
         let scaled = (loss / self.config.accumulation_steps as f64)?;
         let mut grads = scaled.backward()?;
@@ -198,41 +196,19 @@ impl Trainer {
     /// single-tensor AdamW), then zero the gradients.
     pub fn optimizer_step(&mut self) -> Result<()> {
         self.steps += 1;
-        let c = self.config;
-        let t = self.steps as i32;
-        let bc1 = 1.0 - c.beta1.powi(t);
-        let bc2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
-        let step_size = (c.lr / bc1) as f32;
-        let decay = (1.0 - c.lr * c.weight_decay) as f32;
-        let b2 = c.beta2 as f32;
-        let (one_b1, one_b2) = ((1.0 - c.beta1) as f32, (1.0 - c.beta2) as f32);
-        let (bc2_sqrt, eps) = (bc2_sqrt as f32, c.eps as f32);
+        let coeffs = StepCoeffs::new(&self.config, self.steps);
         let grads = std::mem::take(&mut self.grads);
         for (name, g) in grads {
             let Some(var) = self.vars.get(&name) else {
                 continue;
             };
-            let g: Vec<f32> = g.flatten_all()?.to_vec1()?;
-            let mut p: Vec<f32> = var.as_tensor().flatten_all()?.to_vec1()?;
+            let n = g.elem_count();
             let mom = self.moments.entry(name).or_insert_with(|| Moments {
-                m: vec![0.0; g.len()],
-                v: vec![0.0; g.len()],
+                m: vec![0.0; n],
+                v: vec![0.0; n],
             });
-            p.par_iter_mut()
-                .zip(mom.m.par_iter_mut())
-                .zip(mom.v.par_iter_mut())
-                .zip(g.par_iter())
-                .with_min_len(4096)
-                .for_each(|(((p, m), v), &g)| {
-                    *p *= decay;
-                    // torch's lerp with weight < 0.5: m + w * (g - m).
-                    *m += one_b1 * (g - *m);
-                    *v = *v * b2 + one_b2 * g * g;
-                    let denom = v.sqrt() / bc2_sqrt + eps;
-                    *p -= step_size * (*m / denom);
-                });
-            let new = Tensor::from_vec(p, var.as_tensor().shape(), var.as_tensor().device())?;
-            var.set(&new)?;
+            // In place on the weights the network holds: no copy of either.
+            optimizer::step(&coeffs, var, &g, &mut mom.m, &mut mom.v)?;
         }
         self.micro = 0;
         Ok(())
@@ -240,12 +216,13 @@ impl Trainer {
 
     /// Eval-mode loss of the current weights (no dropout, no graph).
     pub fn eval_loss(&self, batch: &[Vec<u32>]) -> Result<f32> {
-        self.snapshot_view().loss(batch)
+        self.snapshot_view()?.loss(batch)
     }
 
     /// A model sharing the current weights, detached from training (it sees
     /// later optimizer steps; use [`Trainer::model`] for a frozen copy).
-    fn snapshot_view(&self) -> Model {
+    fn snapshot_view(&self) -> Result<Model> {
+        // Detached: evaluation through these records no graph.
         let weights: Weights = self
             .vars
             .iter()
@@ -265,22 +242,22 @@ impl Trainer {
         for (k, v) in &self.vars {
             weights.insert(k.clone(), v.as_tensor().detach().copy()?);
         }
-        Ok(Model::from_trusted_parts(
+        Model::from_trusted_parts(
             self.model.config().clone(),
             self.model.config_json().clone(),
             weights,
             self.model.device().clone(),
-        ))
+        )
     }
 
     /// Ends training and returns the model with its current weights (no copy).
-    pub fn into_model(self) -> Model {
+    pub fn into_model(self) -> Result<Model> {
         self.snapshot_view()
     }
 
     /// Saves the current model as a `save_pretrained` directory (atomically).
     pub fn save(&self, dir: &Path) -> Result<()> {
-        self.snapshot_view().save(dir)
+        self.snapshot_view()?.save(dir)
     }
 
     /// Saves what [`Trainer::load_state`] needs to continue exactly where this

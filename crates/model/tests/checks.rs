@@ -203,7 +203,7 @@ fn missing_tensor_and_wrong_shape() {
         .filter(|(k, _)| k.as_str() != "transformer.h.1.ln_2.bias")
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    pretrain_model::st::write(
+    pretrain_model::write_safetensors(
         &d.path().join("model.safetensors"),
         &kept,
         &[("format", "pt")],
@@ -242,7 +242,7 @@ fn non_finite_weights_are_allowed_and_give_a_non_finite_loss() {
             }
         })
         .collect();
-    pretrain_model::st::write(
+    pretrain_model::write_safetensors(
         &d.path().join("model.safetensors"),
         &tensors,
         &[("format", "pt")],

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use pretrain_model::config::{default_gpt2_config_json, to_hf_json};
-use pretrain_model::nets::Weights;
-use pretrain_model::st::SafetensorsFile;
+use pretrain_model::SafetensorsFile;
+use pretrain_model::Weights;
 use pretrain_model::{CausalLm, Model, ModelConfig};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -240,7 +240,8 @@ fn sharded_weights_load_like_a_single_file() {
         (a, "model-00001-of-00002.safetensors"),
         (b, "model-00002-of-00002.safetensors"),
     ] {
-        pretrain_model::st::write(&tmp.path().join(name), part, &[("format", "pt")]).unwrap();
+        pretrain_model::write_safetensors(&tmp.path().join(name), part, &[("format", "pt")])
+            .unwrap();
         for (k, _) in part {
             map.insert(k.clone(), Value::String(name.into()));
         }

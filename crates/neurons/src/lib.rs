@@ -4,10 +4,12 @@
 
 #![warn(missing_docs)]
 
+pub mod errors;
 pub mod miner;
 pub mod push;
 pub mod retry;
 pub mod validator;
 
+pub use errors::error_chain;
 pub use push::{push, PushError, PushOptions};
 pub use retry::{retry, GaveUp};

@@ -1,11 +1,11 @@
 //! The miner's push: upload a model directory, then commit its identity to
 //! the chain, retrying while the chain refuses for now (rate limit).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pretrain_chain::{Chain, ChainError, Hotkey};
-use pretrain_core::{Backoff, ModelId, ModelIdError, ModelMetadata};
+use pretrain_core::{Backoff, CommitId, HashError, ModelId, ModelIdError, ModelMetadata};
 use pretrain_store::{list_local_files, HubError, ModelHub, RepoId};
 use thiserror::Error;
 use tracing::info;
@@ -42,27 +42,31 @@ impl Default for PushOptions {
 #[derive(Debug, Error)]
 pub enum PushError {
     /// Upload or listing on the hub failed.
-    #[error("hub: {0}")]
+    #[error("hub")]
     Hub(#[from] HubError),
     /// The directory could not be hashed.
-    #[error("cannot hash {path}: {reason}")]
+    #[error("cannot hash {}", path.display())]
     Hash {
         /// The directory.
-        path: String,
+        path: PathBuf,
         /// Why.
-        reason: String,
+        #[source]
+        source: HashError,
     },
+    /// The hashing task panicked or was cancelled.
+    #[error("the hashing task did not finish")]
+    Task(#[source] tokio::task::JoinError),
     /// The model id does not fit on chain.
-    #[error("model id: {0}")]
+    #[error("model id")]
     ModelId(#[from] ModelIdError),
     /// The hub holds different files at the new commit than the directory,
     /// so the committed hash would not match what validators download.
-    #[error("after upload, {repo_id}@{commit} differs from the directory: {reason}")]
+    #[error("after upload, {repo}@{commit} differs from the directory: {reason}")]
     Mismatch {
-        /// `namespace/name`.
-        repo_id: String,
+        /// The repo.
+        repo: RepoId,
         /// The new commit.
-        commit: String,
+        commit: CommitId,
         /// What differs.
         reason: String,
     },
@@ -87,7 +91,7 @@ pub enum PushError {
     },
 }
 
-/// Pushes the `save_pretrained` directory `dir` to `repo_id` on `hub` and
+/// Pushes the `save_pretrained` directory `dir` to `repo` on `hub` and
 /// commits `namespace:name:commit:hash` for `hotkey` on `chain`. The hash
 /// is that of the directory, which is exactly what the repo holds at the
 /// new commit (checked from the hub's file list). Returns the committed
@@ -97,10 +101,9 @@ pub async fn push(
     chain: &dyn Chain,
     hotkey: &Hotkey,
     dir: &Path,
-    repo_id: &str,
+    repo: &RepoId,
     options: &PushOptions,
 ) -> Result<ModelMetadata, PushError> {
-    let repo = RepoId::parse(repo_id)?;
     // Nothing is written to the hub for a hotkey the chain would refuse.
     match chain.uid_of(options.netuid, &hotkey.ss58).await {
         Ok(Some(_)) => {}
@@ -115,18 +118,15 @@ pub async fn push(
     let d = dir.to_path_buf();
     let hash = tokio::task::spawn_blocking(move || pretrain_core::hash_of_directory(&d))
         .await
-        .map_err(|e| PushError::Hash {
-            path: dir.display().to_string(),
-            reason: e.to_string(),
-        })?
-        .map_err(|e| PushError::Hash {
-            path: dir.display().to_string(),
-            reason: e.to_string(),
+        .map_err(PushError::Task)?
+        .map_err(|source| PushError::Hash {
+            path: dir.to_path_buf(),
+            source,
         })?;
     // Fail before uploading if the id could never fit on chain.
     ModelId {
-        namespace: repo.namespace.clone(),
-        name: repo.name.clone(),
+        namespace: repo.namespace().to_string(),
+        name: repo.name().to_string(),
         commit: Some("0".repeat(40)),
         hash: Some(hash.clone()),
     }
@@ -137,18 +137,13 @@ pub async fn push(
         "uploading to the hub",
         &options.upload_backoff,
         HubError::is_retryable,
-        || hub.upload(dir, repo_id),
+        || hub.upload(dir, repo),
     )
     .await
     .map_err(|g| g.error)?;
-    check_uploaded(hub, dir, repo_id, &commit).await?;
+    check_uploaded(hub, dir, repo, &commit).await?;
 
-    let id = ModelId {
-        namespace: repo.namespace,
-        name: repo.name,
-        commit: Some(commit),
-        hash: Some(hash),
-    };
+    let id = ModelId::at(repo, &commit, hash);
     let data = id.to_chain_bytes()?;
     let schedule = Backoff::constant(options.retry_delay, options.max_attempts);
     let block = retry(
@@ -174,12 +169,12 @@ pub async fn push(
 async fn check_uploaded(
     hub: &dyn ModelHub,
     dir: &Path,
-    repo_id: &str,
-    commit: &str,
+    repo: &RepoId,
+    commit: &CommitId,
 ) -> Result<(), PushError> {
     let mismatch = |reason: String| PushError::Mismatch {
-        repo_id: repo_id.to_string(),
-        commit: commit.to_string(),
+        repo: repo.clone(),
+        commit: commit.clone(),
         reason,
     };
     let mut local: Vec<(String, u64)> = list_local_files(dir)?
@@ -188,7 +183,7 @@ async fn check_uploaded(
         .collect();
     local.sort();
     let mut remote: Vec<(String, u64)> = hub
-        .files_at(repo_id, commit)
+        .files_at(repo, commit)
         .await?
         .into_iter()
         .map(|f| (f.path, f.size))

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use candle_core::Device;
-use common::reference_model_dir;
+use common::{commit_id, reference_model_dir, repo};
 use pretrain_chain::embedded::{EmbeddedChain, EmbeddedOptions, SubnetParams};
 use pretrain_chain::wallet::KeyPair;
 use pretrain_chain::{Chain, Hotkey};
@@ -143,7 +143,7 @@ async fn tiny_model_trains_pushes_and_the_commitment_matches_the_hub() {
         &hub,
         &chain,
         &hotkey,
-        "miner/tiny-trained",
+        &repo("miner/tiny-trained"),
         &fast_push(),
     )
     .await
@@ -155,11 +155,15 @@ async fn tiny_model_trains_pushes_and_the_commitment_matches_the_hub() {
     assert_eq!(id, meta.id);
     let commit = id.commit.clone().unwrap();
     assert_eq!(
-        hub.head("miner/tiny-trained").unwrap().as_deref(),
-        Some(commit.as_str())
+        hub.head(&repo("miner/tiny-trained")).unwrap(),
+        Some(commit_id(&commit))
     );
     let got = hub
-        .download("miner/tiny-trained", &commit, &tmp.path().join("dl"))
+        .download(
+            &repo("miner/tiny-trained"),
+            &commit_id(&commit),
+            &tmp.path().join("dl"),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -314,14 +318,21 @@ async fn load_best_takes_the_model_of_the_highest_incentive() {
         &chain,
         &key(1),
         &reference_model_dir(),
-        "one/tiny",
+        &repo("one/tiny"),
         &fast_push(),
     )
     .await
     .unwrap();
-    let pushed = push(&hub, &chain, &key(2), &other_dir, "two/tiny", &fast_push())
-        .await
-        .unwrap();
+    let pushed = push(
+        &hub,
+        &chain,
+        &key(2),
+        &other_dir,
+        &repo("two/tiny"),
+        &fast_push(),
+    )
+    .await
+    .unwrap();
 
     // The validator (uid 0) favours uid 2.
     chain

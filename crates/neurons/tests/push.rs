@@ -34,7 +34,7 @@ async fn push_retries_while_rate_limited_and_validator_can_fetch() {
         &chain,
         &hotkey,
         &reference_model_dir(),
-        "alice/tiny-gpt2",
+        &repo("alice/tiny-gpt2"),
         &fast(None),
     )
     .await
@@ -45,7 +45,7 @@ async fn push_retries_while_rate_limited_and_validator_can_fetch() {
         "two refusals, then accepted"
     );
     assert_eq!(meta.block, 1001);
-    let commit = hub.head("alice/tiny-gpt2").unwrap().unwrap();
+    let commit = hub.head(&repo("alice/tiny-gpt2")).unwrap().unwrap();
     assert_eq!(
         meta.id.to_compressed_str(),
         format!("alice:tiny-gpt2:{commit}:{}", reference_hash())
@@ -57,7 +57,7 @@ async fn push_retries_while_rate_limited_and_validator_can_fetch() {
     assert_eq!(id, meta.id);
     let model_dir = tempfile::tempdir().unwrap();
     let got = ModelStore::new(model_dir.path())
-        .fetch(&hub, HOTKEY, &id, MAX_MODEL_BYTES)
+        .fetch(&hub, &hk(HOTKEY), &id, MAX_MODEL_BYTES)
         .await
         .unwrap();
     assert_eq!(got.hash, reference_hash());
@@ -75,7 +75,7 @@ async fn push_stops_on_permanent_errors_and_after_max_attempts() {
         &unregistered,
         &hotkey,
         &reference_model_dir(),
-        "alice/m1",
+        &repo("alice/m1"),
         &fast(None),
     )
     .await
@@ -84,7 +84,7 @@ async fn push_stops_on_permanent_errors_and_after_max_attempts() {
     assert!(err.to_string().contains("register it first"), "{err}");
     // Refused before anything was written: no commit attempt, no repo on the hub.
     assert_eq!(*unregistered.attempts.lock().unwrap(), 0);
-    assert_eq!(hub.head("alice/m1").unwrap(), None);
+    assert_eq!(hub.head(&repo("alice/m1")).unwrap(), None);
 
     let limited = FakeChain::new(100, true);
     let err = push(
@@ -92,7 +92,7 @@ async fn push_stops_on_permanent_errors_and_after_max_attempts() {
         &limited,
         &hotkey,
         &reference_model_dir(),
-        "alice/m2",
+        &repo("alice/m2"),
         &fast(Some(3)),
     )
     .await
@@ -103,16 +103,8 @@ async fn push_stops_on_permanent_errors_and_after_max_attempts() {
     );
 
     // A repo id that cannot fit on chain is refused before uploading.
-    let err = push(
-        &hub,
-        &limited,
-        &hotkey,
-        &reference_model_dir(),
-        "a/b",
-        &fast(Some(1)),
-    )
-    .await
-    .unwrap_err();
+    // (It cannot even be built: the type is the check.)
+    let err = "a/b".parse::<pretrain_core::RepoId>().unwrap_err();
     assert!(err.to_string().contains("between 3 and 41"), "{err}");
 }
 
@@ -133,7 +125,7 @@ async fn push_through_the_hf_backend() {
         &chain,
         &hotkey,
         &reference_model_dir(),
-        "alice/tiny-gpt2",
+        &repo("alice/tiny-gpt2"),
         &fast(None),
     )
     .await
@@ -141,7 +133,7 @@ async fn push_through_the_hf_backend() {
     assert_eq!(meta.id.hash.as_deref(), Some(reference_hash().as_str()));
     let model_dir = tempfile::tempdir().unwrap();
     let got = ModelStore::new(model_dir.path())
-        .fetch(&hf, HOTKEY, &meta.id, MAX_MODEL_BYTES)
+        .fetch(&hf, &hk(HOTKEY), &meta.id, MAX_MODEL_BYTES)
         .await
         .unwrap();
     assert_eq!(got.hash, reference_hash());

@@ -38,7 +38,7 @@ pub enum ReportError {
     #[error("{0} holds no metrics.jsonl or leaderboard.jsonl: point at a miner run directory, a validator --model_dir or a localnet --dir")]
     Empty(PathBuf),
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,

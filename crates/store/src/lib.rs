@@ -27,7 +27,7 @@
 //! crate only moves files.
 //!
 //! ```no_run
-//! # async fn example(hotkey: &str, id: pretrain_core::ModelId)
+//! # async fn example(hotkey: &pretrain_core::HotkeyAddress, id: pretrain_core::ModelId)
 //! # -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
 //! use pretrain_store::{open_hub, HubOptions, ModelStore};
@@ -39,7 +39,7 @@
 //!     .fetch(hub.as_ref(), hotkey, &id, pretrain_core::constants::MAX_MODEL_BYTES)
 //!     .await?;
 //! println!("{} at {}", model.hash, model.path.display());
-//! let tracked = [(hotkey.to_string(), id)].into_iter().collect();
+//! let tracked = [(hotkey.clone(), id)].into_iter().collect();
 //! store.delete_unreferenced(&tracked, Duration::from_secs(300))?;
 //! # Ok(()) }
 //! ```
@@ -49,7 +49,7 @@
 //! whole download wraps it in `tokio::time::timeout`. Repo ids are held to
 //! Hugging Face's rule (letters, digits, `-`, `_`, `.`; no empty part), which
 //! is stricter than the original's `validate_hf_repo_id`: an id that could
-//! name a path outside the store is refused with [`HubError::InvalidRepoId`].
+//! name a path outside the store cannot even be built as a [`RepoId`].
 
 #![warn(missing_docs)]
 
@@ -65,7 +65,7 @@ use thiserror::Error;
 
 pub use hf::{hf_token, HfHub, HfOptions};
 pub use local::LocalHub;
-pub use paths::RepoId;
+pub use pretrain_core::{CommitId, HotkeyAddress, IdError, RepoId};
 pub use store::{CleanupReport, FetchedModel, ModelStore, StoreError};
 
 /// One file of a repo at a commit.
@@ -107,17 +107,6 @@ pub enum HubError {
     /// The hub answered something we cannot use.
     #[error("bad response from the hub: {0}")]
     BadResponse(String),
-    /// The repo id is not acceptable.
-    #[error("invalid repo id {repo_id:?}: {reason}")]
-    InvalidRepoId {
-        /// What was given.
-        repo_id: String,
-        /// Why it is refused.
-        reason: String,
-    },
-    /// The commit id is not 40 lowercase hex digits.
-    #[error("invalid commit id {0:?}: expected 40 lowercase hex digits")]
-    InvalidCommit(String),
     /// A path would leave the directory it belongs in.
     #[error("refusing unsafe path {path:?}: {reason}")]
     UnsafePath {
@@ -127,7 +116,7 @@ pub enum HubError {
         reason: String,
     },
     /// A local file or directory operation failed.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         /// What was being done.
         context: String,
@@ -135,6 +124,18 @@ pub enum HubError {
         #[source]
         source: std::io::Error,
     },
+    /// The files of a local directory could not be listed.
+    #[error("cannot list {}", dir.display())]
+    List {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: pretrain_core::HashError,
+    },
+    /// A blocking task of the hub panicked or was cancelled.
+    #[error("a hub task did not finish")]
+    Task(#[source] tokio::task::JoinError),
     /// The `--hub` value is not understood.
     #[error("unknown hub {0:?}: expected \"hf\" or \"local:DIR\"")]
     BadSpec(String),
@@ -157,20 +158,24 @@ impl HubError {
 /// Where model directories are uploaded to and downloaded from.
 #[async_trait]
 pub trait ModelHub: Send + Sync {
-    /// Uploads the files of `dir` as one commit of `repo_id` (created if
+    /// Uploads the files of `dir` as one commit of `repo` (created if
     /// needed); afterwards the repo at that commit holds exactly those files.
     /// Returns the commit sha (40 hex digits).
-    async fn upload(&self, dir: &Path, repo_id: &str) -> Result<String, HubError>;
+    async fn upload(&self, dir: &Path, repo: &RepoId) -> Result<CommitId, HubError>;
 
-    /// The files of `repo_id` at `commit` with their sizes, from the hub's
+    /// The files of `repo` at `commit` with their sizes, from the hub's
     /// metadata (nothing is downloaded).
-    async fn files_at(&self, repo_id: &str, commit: &str) -> Result<Vec<RepoFile>, HubError>;
+    async fn files_at(&self, repo: &RepoId, commit: &CommitId) -> Result<Vec<RepoFile>, HubError>;
 
-    /// Downloads `repo_id` at `commit` into
+    /// Downloads `repo` at `commit` into
     /// `dest/models--<ns>--<name>/snapshots/<commit>/` (replacing nothing
     /// that is already complete there) and returns that directory.
-    async fn download(&self, repo_id: &str, commit: &str, dest: &Path)
-        -> Result<PathBuf, HubError>;
+    async fn download(
+        &self,
+        repo: &RepoId,
+        commit: &CommitId,
+        dest: &Path,
+    ) -> Result<PathBuf, HubError>;
 }
 
 /// Options for [`open_hub`].
@@ -224,9 +229,9 @@ pub const ALLOWED_HIDDEN: &[&str] = &[".gitattributes"];
 pub fn list_local_files(dir: &Path) -> Result<Vec<(String, PathBuf, u64)>, HubError> {
     let root = std::fs::canonicalize(dir)
         .map_err(HubError::io(format!("cannot read {}", dir.display())))?;
-    let files = pretrain_core::hash::walk_order(dir).map_err(|e| HubError::Io {
-        context: format!("cannot list {}", dir.display()),
-        source: std::io::Error::other(e.to_string()),
+    let files = pretrain_core::hash::walk_order(dir).map_err(|source| HubError::List {
+        dir: dir.to_path_buf(),
+        source,
     })?;
     let mut out = Vec::with_capacity(files.len());
     for file in files {
@@ -299,6 +304,28 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn errors_say_their_own_part_and_expose_the_cause() {
+        let denied = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied");
+        let err = HubError::io("cannot read x")(denied);
+        assert_eq!(err.to_string(), "cannot read x");
+        let cause = std::error::Error::source(&err)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .unwrap();
+        assert_eq!(cause.kind(), std::io::ErrorKind::PermissionDenied);
+        // A wrapper adds nothing and hides nothing.
+        let store = StoreError::from(HubError::NotFound("repo a/b".into()));
+        assert_eq!(store.to_string(), "not found: repo a/b");
+        assert!(std::error::Error::source(&store).is_none());
+        let not_a_dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../testdata/models/tiny-gpt2/model/config.json"
+        );
+        let listing = list_local_files(Path::new(not_a_dir)).unwrap_err();
+        assert!(matches!(listing, HubError::List { .. }), "{listing}");
+        assert!(std::error::Error::source(&listing).is_some());
     }
 
     #[test]

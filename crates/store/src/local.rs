@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::{debug, info};
 
-use crate::paths::{check_commit, safe_relative_path, RepoId};
-use crate::{list_local_files, HubError, ModelHub, RepoFile};
+use crate::paths::safe_relative_path;
+use crate::{list_local_files, CommitId, HubError, ModelHub, RepoFile, RepoId};
 
 /// One file of a commit's manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,31 +104,29 @@ impl LocalHub {
     fn repo_dir(&self, repo: &RepoId) -> PathBuf {
         self.root
             .join("repos")
-            .join(&repo.namespace)
-            .join(&repo.name)
+            .join(repo.namespace())
+            .join(repo.name())
     }
 
-    fn commit_dir(&self, repo: &RepoId, commit: &str) -> PathBuf {
-        self.repo_dir(repo).join("commits").join(commit)
+    fn commit_dir(&self, repo: &RepoId, commit: &CommitId) -> PathBuf {
+        self.repo_dir(repo).join("commits").join(commit.as_str())
     }
 
-    /// The latest commit uploaded to `repo_id`, if any.
-    pub fn head(&self, repo_id: &str) -> Result<Option<String>, HubError> {
-        let repo = RepoId::parse(repo_id)?;
-        let head = self.repo_dir(&repo).join("refs").join("main");
+    /// The latest commit uploaded to `repo`, if any.
+    pub fn head(&self, repo: &RepoId) -> Result<Option<CommitId>, HubError> {
+        let head = self.repo_dir(repo).join("refs").join("main");
         match pretrain_core::bounded::read_regular_to_string(&head, 1024) {
-            Ok(s) => {
-                let sha = s.trim().to_string();
-                check_commit(&sha)?;
-                Ok(Some(sha))
-            }
+            Ok(s) => s
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|e| HubError::BadResponse(format!("corrupt head of {repo}: {e}"))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(HubError::io(format!("cannot read head of {repo_id}"))(e)),
+            Err(e) => Err(HubError::io(format!("cannot read head of {repo}"))(e)),
         }
     }
 
-    fn read_manifest(&self, repo: &RepoId, commit: &str) -> Result<Manifest, HubError> {
-        check_commit(commit)?;
+    fn read_manifest(&self, repo: &RepoId, commit: &CommitId) -> Result<Manifest, HubError> {
         let path = self.commit_dir(repo, commit).join("manifest.json");
         let text = match pretrain_core::bounded::read_regular_to_string(
             &path,
@@ -207,10 +205,10 @@ impl LocalHub {
         Ok(removed)
     }
 
-    fn upload_blocking(&self, dir: &Path, repo: &RepoId) -> Result<String, HubError> {
+    fn upload_blocking(&self, dir: &Path, repo: &RepoId) -> Result<CommitId, HubError> {
         let files = list_local_files(dir)?;
         if let Err(e) = self.clean_stale_staging() {
-            debug!(error = %e, "cannot clean old staging folders");
+            debug!(error = ?e, "cannot clean old staging folders");
         }
         let staging = tempfile::Builder::new()
             .prefix("upload-")
@@ -235,7 +233,7 @@ impl LocalHub {
             .map_err(HubError::io(format!("cannot lock {}", lock_path.display())))?;
         let _unlock = RemoveOnDrop(lock_path, lock);
         let mut manifest = Manifest {
-            repo_id: repo.as_string(),
+            repo_id: repo.to_string(),
             files: Vec::with_capacity(files.len()),
         };
         for (rel, src, _) in &files {
@@ -248,7 +246,10 @@ impl LocalHub {
             });
         }
         manifest.files.sort_by(|a, b| a.path.cmp(&b.path));
-        let sha = manifest.commit_sha();
+        let sha: CommitId = manifest
+            .commit_sha()
+            .parse()
+            .map_err(|e| HubError::BadResponse(format!("local hub commit id: {e}")))?;
         let json = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| HubError::BadResponse(e.to_string()))?;
         write_synced(&staging.path().join("manifest.json"), &json)?;
@@ -256,7 +257,7 @@ impl LocalHub {
         let commits = self.repo_dir(repo).join("commits");
         fs::create_dir_all(&commits)
             .map_err(HubError::io(format!("cannot create {}", commits.display())))?;
-        let target = commits.join(&sha);
+        let target = commits.join(sha.as_str());
         let staged = staging.keep();
         if let Err(e) = fs::rename(&staged, &target) {
             // Someone (maybe another process) already made this very commit.
@@ -274,13 +275,13 @@ impl LocalHub {
         Ok(sha)
     }
 
-    fn set_head(&self, repo: &RepoId, sha: &str) -> Result<(), HubError> {
+    fn set_head(&self, repo: &RepoId, sha: &CommitId) -> Result<(), HubError> {
         let refs = self.repo_dir(repo).join("refs");
         fs::create_dir_all(&refs)
             .map_err(HubError::io(format!("cannot create {}", refs.display())))?;
         let mut tmp =
             tempfile::NamedTempFile::new_in(&refs).map_err(HubError::io("cannot write a ref"))?;
-        tmp.write_all(sha.as_bytes())
+        tmp.write_all(sha.as_str().as_bytes())
             .map_err(HubError::io("cannot write a ref"))?;
         tmp.persist(refs.join("main"))
             .map_err(|e| HubError::io("cannot write a ref")(e.error))?;
@@ -290,12 +291,12 @@ impl LocalHub {
     fn download_blocking(
         &self,
         repo: &RepoId,
-        commit: &str,
+        commit: &CommitId,
         dest: &Path,
     ) -> Result<PathBuf, HubError> {
         let manifest = self.read_manifest(repo, commit)?;
         let repo_dir = dest.join(repo.folder_name());
-        let target = repo_dir.join("snapshots").join(commit);
+        let target = repo_dir.join("snapshots").join(commit.as_str());
         if target.is_dir() {
             return Ok(target);
         }
@@ -396,20 +397,18 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, HubError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| HubError::io("local hub task failed")(std::io::Error::other(e.to_string())))?
+        .map_err(HubError::Task)?
 }
 
 #[async_trait]
 impl ModelHub for LocalHub {
-    async fn upload(&self, dir: &Path, repo_id: &str) -> Result<String, HubError> {
-        let repo = RepoId::parse(repo_id)?;
-        let (hub, dir) = (self.clone(), dir.to_path_buf());
+    async fn upload(&self, dir: &Path, repo: &RepoId) -> Result<CommitId, HubError> {
+        let (hub, dir, repo) = (self.clone(), dir.to_path_buf(), repo.clone());
         blocking(move || hub.upload_blocking(&dir, &repo)).await
     }
 
-    async fn files_at(&self, repo_id: &str, commit: &str) -> Result<Vec<RepoFile>, HubError> {
-        let repo = RepoId::parse(repo_id)?;
-        let manifest = self.read_manifest(&repo, commit)?;
+    async fn files_at(&self, repo: &RepoId, commit: &CommitId) -> Result<Vec<RepoFile>, HubError> {
+        let manifest = self.read_manifest(repo, commit)?;
         Ok(manifest
             .files
             .into_iter()
@@ -422,13 +421,16 @@ impl ModelHub for LocalHub {
 
     async fn download(
         &self,
-        repo_id: &str,
-        commit: &str,
+        repo: &RepoId,
+        commit: &CommitId,
         dest: &Path,
     ) -> Result<PathBuf, HubError> {
-        let repo = RepoId::parse(repo_id)?;
-        check_commit(commit)?;
-        let (hub, commit, dest) = (self.clone(), commit.to_string(), dest.to_path_buf());
+        let (hub, repo, commit, dest) = (
+            self.clone(),
+            repo.clone(),
+            commit.clone(),
+            dest.to_path_buf(),
+        );
         blocking(move || hub.download_blocking(&repo, &commit, &dest)).await
     }
 }

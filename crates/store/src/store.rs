@@ -6,11 +6,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use pretrain_core::ModelId;
+use pretrain_core::{HashError, HotkeyAddress, IdError, ModelId};
 use thiserror::Error;
 use tracing::{info, warn};
 
-use crate::paths::{check_commit, check_hotkey, safe_relative_path, RepoId};
+use crate::paths::safe_relative_path;
 use crate::{HubError, ModelHub};
 
 /// Errors of the model store.
@@ -20,9 +20,13 @@ pub enum StoreError {
     /// a name was unsafe.
     #[error(transparent)]
     Hub(#[from] HubError),
-    /// The model id has no commit or no hash, so it cannot be fetched and checked.
-    #[error("model id {0} has no {1}")]
-    Incomplete(String, &'static str),
+    /// The model id names no repo and commit that can be fetched (no
+    /// commit, or a repo id that is not safe).
+    #[error(transparent)]
+    Id(#[from] IdError),
+    /// The model id has no hash, so what is downloaded cannot be checked.
+    #[error("model id {0} has no hash")]
+    NoHash(String),
     /// The downloaded files do not hash to the committed hash; they were deleted.
     #[error("hash mismatch for {model}: committed {expected}, downloaded {actual} (deleted)")]
     HashMismatch {
@@ -34,7 +38,7 @@ pub enum StoreError {
         actual: String,
     },
     /// A local file operation failed.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         /// What was being done.
         context: String,
@@ -42,6 +46,25 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// The downloaded directory could not be hashed.
+    #[error("cannot hash {}", dir.display())]
+    Hash {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: HashError,
+    },
+    /// The verification task panicked or was cancelled.
+    #[error("the verification task did not finish")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+impl StoreError {
+    fn hashing(dir: &Path) -> impl FnOnce(HashError) -> StoreError {
+        let dir = dir.to_path_buf();
+        move |source| StoreError::Hash { dir, source }
+    }
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -91,25 +114,20 @@ impl ModelStore {
         &self.root
     }
 
-    /// `<root>/<hotkey>`, after checking the hotkey is a safe name.
-    pub fn hotkey_dir(&self, hotkey: &str) -> Result<PathBuf, StoreError> {
-        check_hotkey(hotkey)?;
-        Ok(self.root.join(hotkey))
+    /// `<root>/<hotkey>`.
+    pub fn hotkey_dir(&self, hotkey: &HotkeyAddress) -> PathBuf {
+        self.root.join(hotkey.as_str())
     }
 
-    /// Where `hotkey`'s model `id` lives (whether or not it is there).
-    pub fn model_path(&self, hotkey: &str, id: &ModelId) -> Result<PathBuf, StoreError> {
-        let repo = RepoId::parse(&id.repo_id())?;
-        let commit = id
-            .commit
-            .as_deref()
-            .ok_or_else(|| StoreError::Incomplete(id.to_compressed_str(), "commit"))?;
-        check_commit(commit)?;
+    /// Where `hotkey`'s model `id` lives (whether or not it is there); an
+    /// id without a commit or with an unsafe repo id has no place.
+    pub fn model_path(&self, hotkey: &HotkeyAddress, id: &ModelId) -> Result<PathBuf, StoreError> {
+        let (repo, commit) = id.hub_location()?;
         Ok(self
-            .hotkey_dir(hotkey)?
+            .hotkey_dir(hotkey)
             .join(repo.folder_name())
             .join("snapshots")
-            .join(commit))
+            .join(commit.as_str()))
     }
 
     /// Downloads (unless already there) and verifies `hotkey`'s model `id`:
@@ -120,28 +138,30 @@ impl ModelStore {
     pub async fn fetch(
         &self,
         hub: &dyn ModelHub,
-        hotkey: &str,
+        hotkey: &HotkeyAddress,
         id: &ModelId,
         max_bytes: u64,
     ) -> Result<FetchedModel, StoreError> {
-        let path = self.model_path(hotkey, id)?;
+        let (repo, commit) = id.hub_location()?;
         let expected = id
             .hash
             .clone()
-            .ok_or_else(|| StoreError::Incomplete(id.to_compressed_str(), "hash"))?;
-        let repo_id = id.repo_id();
-        let commit = id.commit.clone().unwrap_or_default();
-        let hotkey_dir = self.hotkey_dir(hotkey)?;
+            .ok_or_else(|| StoreError::NoHash(id.to_compressed_str()))?;
+        let hotkey_dir = self.hotkey_dir(hotkey);
+        let path = hotkey_dir
+            .join(repo.folder_name())
+            .join("snapshots")
+            .join(commit.as_str());
 
-        let files = hub.files_at(&repo_id, &commit).await?;
+        let files = hub.files_at(&repo, &commit).await?;
         for f in &files {
             safe_relative_path(&f.path)?;
         }
         let listed: u64 = files.iter().map(|f| f.size).sum();
         if listed > max_bytes {
             return Err(HubError::TooLarge {
-                repo_id,
-                commit,
+                repo_id: repo.to_string(),
+                commit: commit.to_string(),
                 size: listed,
                 limit: max_bytes,
             }
@@ -151,10 +171,10 @@ impl ModelStore {
         fs::create_dir_all(&self.root)
             .map_err(io(format!("cannot create {}", self.root.display())))?;
         ensure_real_dir(&hotkey_dir)?;
-        let got = hub.download(&repo_id, &commit, &hotkey_dir).await?;
+        let got = hub.download(&repo, &commit, &hotkey_dir).await?;
         if got != path {
             return Err(HubError::BadResponse(format!(
-                "the hub put {repo_id}@{commit} at {}, expected {}",
+                "the hub put {repo}@{commit} at {}, expected {}",
                 got.display(),
                 path.display()
             ))
@@ -164,14 +184,11 @@ impl ModelStore {
         let (p, hk) = (path.clone(), hotkey_dir.clone());
         let checked = tokio::task::spawn_blocking(move || -> Result<(String, u64), StoreError> {
             let size = resolve_symlinks(&p, &hk)?;
-            let hash = pretrain_core::hash_of_directory(&p).map_err(|e| StoreError::Io {
-                context: format!("cannot hash {}", p.display()),
-                source: std::io::Error::other(e.to_string()),
-            })?;
+            let hash = pretrain_core::hash_of_directory(&p).map_err(StoreError::hashing(&p))?;
             Ok((hash, size))
         })
         .await
-        .map_err(|e| io("verification task failed")(std::io::Error::other(e.to_string())))?;
+        .map_err(StoreError::Task)?;
         let (hash, size) = match checked {
             Ok(v) => v,
             Err(e) => {
@@ -182,15 +199,15 @@ impl ModelStore {
         if size > max_bytes {
             remove_dir(&path);
             return Err(HubError::TooLarge {
-                repo_id,
-                commit,
+                repo_id: repo.to_string(),
+                commit: commit.to_string(),
                 size,
                 limit: max_bytes,
             }
             .into());
         }
         if hash != expected {
-            warn!(hotkey, model = %id, %hash, "hash mismatch, deleting the download");
+            warn!(%hotkey, model = %id, %hash, "hash mismatch, deleting the download");
             remove_dir(&path);
             return Err(StoreError::HashMismatch {
                 model: id.to_compressed_str(),
@@ -198,13 +215,13 @@ impl ModelStore {
                 actual: hash,
             });
         }
-        info!(hotkey, model = %id, size, "model fetched and verified");
+        info!(%hotkey, model = %id, size, "model fetched and verified");
         Ok(FetchedModel { path, hash, size })
     }
 
     /// Deletes `hotkey`'s snapshot of `id` (e.g. a model that failed the
     /// validator's checks); returns whether there was one.
-    pub fn remove_model(&self, hotkey: &str, id: &ModelId) -> Result<bool, StoreError> {
+    pub fn remove_model(&self, hotkey: &HotkeyAddress, id: &ModelId) -> Result<bool, StoreError> {
         let path = self.model_path(hotkey, id)?;
         if !is_real_dir(&path) {
             return Ok(false);
@@ -221,7 +238,7 @@ impl ModelStore {
     /// are left alone.
     pub fn delete_unreferenced(
         &self,
-        tracked: &HashMap<String, ModelId>,
+        tracked: &HashMap<HotkeyAddress, ModelId>,
         grace: Duration,
     ) -> Result<CleanupReport, StoreError> {
         let mut report = CleanupReport::default();
@@ -232,11 +249,15 @@ impl ModelStore {
         };
         for entry in entries {
             let entry = entry.map_err(io(format!("cannot list {}", self.root.display())))?;
-            let Some(hotkey) = entry.file_name().to_str().map(str::to_string) else {
+            let Some(hotkey) = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| name.parse::<HotkeyAddress>().ok())
+            else {
                 continue;
             };
             let path = entry.path();
-            if check_hotkey(&hotkey).is_err() || !is_real_dir(&path) {
+            if !is_real_dir(&path) {
                 continue;
             }
             match tracked.get(&hotkey) {
@@ -254,8 +275,12 @@ impl ModelStore {
         grace: Duration,
         report: &mut CleanupReport,
     ) -> Result<(), StoreError> {
-        let keep_repo = RepoId::parse(&id.repo_id()).ok().map(|r| r.folder_name());
-        let keep_commit = id.commit.clone().unwrap_or_default();
+        let location = id.hub_location().ok();
+        let keep_repo = location.as_ref().map(|(r, _)| r.folder_name());
+        let keep_commit = location
+            .as_ref()
+            .map(|(_, c)| c.to_string())
+            .unwrap_or_default();
         for entry in
             fs::read_dir(hotkey_dir).map_err(io(format!("cannot list {}", hotkey_dir.display())))?
         {

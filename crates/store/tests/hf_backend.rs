@@ -36,14 +36,14 @@ async fn upload_list_download_round_trip() {
     let server = FakeHub::start(TOKEN);
     let hf = hub(&server, Some(TOKEN), 2);
     let commit = hf
-        .upload(&reference_model_dir(), "alice/tiny-gpt2")
+        .upload(&reference_model_dir(), &repo("alice/tiny-gpt2"))
         .await
         .unwrap();
-    assert_eq!(commit.len(), 40);
+    assert_eq!(commit.as_str().len(), 40);
 
     // The hub's initial `.gitattributes` was deleted: the commit is exactly the directory.
     let listed: Vec<(String, u64)> = hf
-        .files_at("alice/tiny-gpt2", &commit)
+        .files_at(&repo("alice/tiny-gpt2"), &commit)
         .await
         .unwrap()
         .into_iter()
@@ -70,7 +70,7 @@ async fn upload_list_download_round_trip() {
 
     let dest = tempfile::tempdir().unwrap();
     let dir = hf
-        .download("alice/tiny-gpt2", &commit, dest.path())
+        .download(&repo("alice/tiny-gpt2"), &commit, dest.path())
         .await
         .unwrap();
     assert_eq!(
@@ -90,7 +90,7 @@ async fn upload_list_download_round_trip() {
 
     // A second upload of the same directory creates a new commit (as git does) with the same files.
     let again = hf
-        .upload(&reference_model_dir(), "alice/tiny-gpt2")
+        .upload(&reference_model_dir(), &repo("alice/tiny-gpt2"))
         .await
         .unwrap();
     assert_ne!(again, commit);
@@ -108,7 +108,7 @@ async fn multipart_lfs_upload() {
     server.state.lock().unwrap().multipart_chunk = Some(4 * 1024 * 1024);
     let hf = hub(&server, Some(TOKEN), 2);
     let commit = hf
-        .upload(&reference_model_dir(), "alice/multi")
+        .upload(&reference_model_dir(), &repo("alice/multi"))
         .await
         .unwrap();
     let parts = server
@@ -119,7 +119,7 @@ async fn multipart_lfs_upload() {
     assert_eq!(parts, 2, "6,668,456 bytes in 4 MiB parts");
     let dest = tempfile::tempdir().unwrap();
     let dir = hf
-        .download("alice/multi", &commit, dest.path())
+        .download(&repo("alice/multi"), &commit, dest.path())
         .await
         .unwrap();
     assert_eq!(hash_of_directory(&dir).unwrap(), reference_hash());
@@ -129,7 +129,7 @@ async fn multipart_lfs_upload() {
 async fn unauthorised() {
     let server = FakeHub::start(TOKEN);
     let err = hub(&server, Some("hf_wrong"), 2)
-        .upload(&reference_model_dir(), "alice/tiny")
+        .upload(&reference_model_dir(), &repo("alice/tiny"))
         .await
         .unwrap_err();
     assert!(matches!(err, HubError::Unauthorized(_)), "{err}");
@@ -138,21 +138,21 @@ async fn unauthorised() {
     // Without a token nothing is even sent.
     let before = server.seen().len();
     let err = hub(&server, None, 2)
-        .upload(&reference_model_dir(), "alice/tiny")
+        .upload(&reference_model_dir(), &repo("alice/tiny"))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("HF_ACCESS_TOKEN"), "{err}");
     assert_eq!(server.seen().len(), before);
 
     // A gated repo cannot be listed or downloaded without the token.
-    let commit = server.add_repo("corp/gated", &[("config.json", b"{}")], true);
+    let commit = commit_id(&server.add_repo("corp/gated", &[("config.json", b"{}")], true));
     let err = hub(&server, None, 2)
-        .files_at("corp/gated", &commit)
+        .files_at(&repo("corp/gated"), &commit)
         .await
         .unwrap_err();
     assert!(matches!(err, HubError::Unauthorized(_)), "{err}");
     let files = hub(&server, Some(TOKEN), 2)
-        .files_at("corp/gated", &commit)
+        .files_at(&repo("corp/gated"), &commit)
         .await
         .unwrap();
     assert_eq!(files.len(), 1);
@@ -162,16 +162,19 @@ async fn unauthorised() {
 async fn not_found() {
     let server = FakeHub::start(TOKEN);
     let hf = hub(&server, Some(TOKEN), 2);
-    let missing = "0123456789abcdef0123456789abcdef01234567";
-    let err = hf.files_at("alice/nothing", missing).await.unwrap_err();
+    let missing = &commit_id("0123456789abcdef0123456789abcdef01234567");
+    let err = hf
+        .files_at(&repo("alice/nothing"), missing)
+        .await
+        .unwrap_err();
     assert!(matches!(err, HubError::NotFound(_)), "{err}");
     assert!(err.to_string().contains("Repository not found"), "{err}");
     server.add_repo("alice/some", &[("a.txt", b"a")], false);
-    let err = hf.files_at("alice/some", missing).await.unwrap_err();
+    let err = hf.files_at(&repo("alice/some"), missing).await.unwrap_err();
     assert!(matches!(err, HubError::NotFound(_)), "{err}");
     let dest = tempfile::tempdir().unwrap();
     let err = hf
-        .download("alice/some", missing, dest.path())
+        .download(&repo("alice/some"), missing, dest.path())
         .await
         .unwrap_err();
     assert!(matches!(err, HubError::NotFound(_)), "{err}");
@@ -180,10 +183,10 @@ async fn not_found() {
 #[tokio::test]
 async fn rate_limited_then_ok_and_persistently() {
     let server = FakeHub::start(TOKEN);
-    let commit = server.add_repo("alice/rl", &[("a.txt", b"hello")], false);
+    let commit = commit_id(&server.add_repo("alice/rl", &[("a.txt", b"hello")], false));
     server.fail("GET", "/api/models/alice/rl", 429, 2);
     let files = hub(&server, None, 3)
-        .files_at("alice/rl", &commit)
+        .files_at(&repo("alice/rl"), &commit)
         .await
         .unwrap();
     assert_eq!(files[0].size, 5);
@@ -196,7 +199,7 @@ async fn rate_limited_then_ok_and_persistently() {
 
     server.fail("GET", "/api/models/alice/rl", 429, 100);
     let err = hub(&server, None, 2)
-        .files_at("alice/rl", &commit)
+        .files_at(&repo("alice/rl"), &commit)
         .await
         .unwrap_err();
     assert!(matches!(err, HubError::RateLimited(_)), "{err}");
@@ -206,7 +209,7 @@ async fn rate_limited_then_ok_and_persistently() {
     server.fail("GET", "/alice/rl/resolve/", 429, 1);
     let dest = tempfile::tempdir().unwrap();
     let dir = hub(&server, None, 3)
-        .download("alice/rl", &commit, dest.path())
+        .download(&repo("alice/rl"), &commit, dest.path())
         .await
         .unwrap();
     assert_eq!(std::fs::read(dir.join("a.txt")).unwrap(), b"hello");
@@ -217,7 +220,7 @@ async fn truncated_download_resumes_with_range() {
     let server = FakeHub::start(TOKEN);
     let hf = hub(&server, Some(TOKEN), 3);
     let commit = hf
-        .upload(&reference_model_dir(), "alice/trunc")
+        .upload(&reference_model_dir(), &repo("alice/trunc"))
         .await
         .unwrap();
     server
@@ -228,7 +231,7 @@ async fn truncated_download_resumes_with_range() {
         .insert("model.safetensors".into(), (1, 1_000_000));
     let dest = tempfile::tempdir().unwrap();
     let dir = hf
-        .download("alice/trunc", &commit, dest.path())
+        .download(&repo("alice/trunc"), &commit, dest.path())
         .await
         .unwrap();
     assert_eq!(hash_of_directory(&dir).unwrap(), reference_hash());
@@ -248,7 +251,7 @@ async fn truncated_download_resumes_with_range() {
 async fn interrupted_download_resumes_in_a_later_call() {
     let server = FakeHub::start(TOKEN);
     let commit = hub(&server, Some(TOKEN), 0)
-        .upload(&reference_model_dir(), "alice/later")
+        .upload(&reference_model_dir(), &repo("alice/later"))
         .await
         .unwrap();
     server
@@ -259,7 +262,7 @@ async fn interrupted_download_resumes_in_a_later_call() {
         .insert("model.safetensors".into(), (1, 3_000_000));
     let dest = tempfile::tempdir().unwrap();
     let err = hub(&server, None, 0)
-        .download("alice/later", &commit, dest.path())
+        .download(&repo("alice/later"), &commit, dest.path())
         .await
         .unwrap_err();
     assert!(matches!(err, HubError::Network(_)), "{err}");
@@ -274,7 +277,7 @@ async fn interrupted_download_resumes_in_a_later_call() {
         .exists());
 
     let dir = hub(&server, None, 0)
-        .download("alice/later", &commit, dest.path())
+        .download(&repo("alice/later"), &commit, dest.path())
         .await
         .unwrap();
     assert_eq!(hash_of_directory(&dir).unwrap(), reference_hash());
@@ -303,7 +306,10 @@ async fn over_one_gib_is_refused_before_any_download() {
         .size_override
         .insert("model.safetensors".into(), 1024 * 1024 * 1024);
     let hf = hub(&server, None, 1);
-    let files = hf.files_at("alice/huge", &commit).await.unwrap();
+    let files = hf
+        .files_at(&repo("alice/huge"), &commit_id(&commit))
+        .await
+        .unwrap();
     assert_eq!(
         files.iter().map(|f| f.size).sum::<u64>(),
         1024 * 1024 * 1024 + 2
@@ -320,7 +326,7 @@ async fn over_one_gib_is_refused_before_any_download() {
     let err = store
         .fetch(
             &hf,
-            "5F3sa2TJAWMqDhXG6jhV4N8ko9SxwGy8TpaNS1repo5EYjQX",
+            &hk("5F3sa2TJAWMqDhXG6jhV4N8ko9SxwGy8TpaNS1repo5EYjQX"),
             &id,
             pretrain_core::constants::MAX_MODEL_BYTES,
         )
@@ -341,7 +347,7 @@ async fn over_one_gib_is_refused_before_any_download() {
 async fn hostile_file_names_are_refused() {
     for name in ["../../evil.txt", "/etc/evil", "a/../../evil"] {
         let server = FakeHub::start(TOKEN);
-        let commit = server.add_repo("alice/evil", &[("config.json", b"{}")], false);
+        let commit = commit_id(&server.add_repo("alice/evil", &[("config.json", b"{}")], false));
         server
             .state
             .lock()
@@ -352,7 +358,7 @@ async fn hostile_file_names_are_refused() {
         let inner = dest.path().join("inner");
         std::fs::create_dir(&inner).unwrap();
         let err = hub(&server, None, 1)
-            .download("alice/evil", &commit, &inner)
+            .download(&repo("alice/evil"), &commit, &inner)
             .await
             .unwrap_err();
         assert!(matches!(err, HubError::UnsafePath { .. }), "{name}: {err}");
@@ -365,7 +371,7 @@ async fn hostile_file_names_are_refused() {
 #[tokio::test]
 async fn server_sending_more_than_listed_is_cut_off() {
     let server = FakeHub::start(TOKEN);
-    let commit = server.add_repo("alice/liar", &[("a.bin", &[7u8; 1000])], false);
+    let commit = commit_id(&server.add_repo("alice/liar", &[("a.bin", &[7u8; 1000])], false));
     server
         .state
         .lock()
@@ -374,7 +380,7 @@ async fn server_sending_more_than_listed_is_cut_off() {
         .insert("a.bin".into(), 10);
     let dest = tempfile::tempdir().unwrap();
     let err = hub(&server, None, 1)
-        .download("alice/liar", &commit, dest.path())
+        .download(&repo("alice/liar"), &commit, dest.path())
         .await
         .unwrap_err();
     assert!(
@@ -388,7 +394,7 @@ async fn server_errors_are_retried_and_then_reported() {
     let server = FakeHub::start(TOKEN);
     server.fail("POST", "/api/models/alice/flaky/commit/main", 503, 1);
     let commit = hub(&server, Some(TOKEN), 2)
-        .upload(&reference_model_dir(), "alice/flaky")
+        .upload(&reference_model_dir(), &repo("alice/flaky"))
         .await
         .unwrap();
     let commits = server
@@ -403,12 +409,12 @@ async fn server_errors_are_retried_and_then_reported() {
             .last()
             .unwrap()
             .0,
-        commit
+        commit.as_str()
     );
 
     server.fail("GET", "/api/models/alice/flaky", 500, 100);
     let err = hub(&server, Some(TOKEN), 1)
-        .files_at("alice/flaky", &commit)
+        .files_at(&repo("alice/flaky"), &commit)
         .await
         .unwrap_err();
     assert!(matches!(err, HubError::Network(_)), "{err}");

@@ -14,20 +14,21 @@ async fn upload_list_download_round_trip() {
     let root = tempfile::tempdir().unwrap();
     let hub = LocalHub::open(root.path()).unwrap();
     let commit = hub
-        .upload(&reference_model_dir(), "alice/tiny-gpt2")
+        .upload(&reference_model_dir(), &repo("alice/tiny-gpt2"))
         .await
         .unwrap();
-    assert_eq!(commit.len(), 40);
+    assert_eq!(commit.as_str().len(), 40);
     assert!(commit
+        .as_str()
         .bytes()
         .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
     assert_eq!(
-        hub.head("alice/tiny-gpt2").unwrap().as_deref(),
-        Some(commit.as_str())
+        hub.head(&repo("alice/tiny-gpt2")).unwrap().as_ref(),
+        Some(&commit)
     );
 
     let listed: Vec<(String, u64)> = hub
-        .files_at("alice/tiny-gpt2", &commit)
+        .files_at(&repo("alice/tiny-gpt2"), &commit)
         .await
         .unwrap()
         .into_iter()
@@ -37,7 +38,7 @@ async fn upload_list_download_round_trip() {
 
     let dest = tempfile::tempdir().unwrap();
     let dir = hub
-        .download("alice/tiny-gpt2", &commit, dest.path())
+        .download(&repo("alice/tiny-gpt2"), &commit, dest.path())
         .await
         .unwrap();
     assert_eq!(
@@ -49,7 +50,7 @@ async fn upload_list_download_round_trip() {
     assert_eq!(hash_of_directory(&dir).unwrap(), reference_hash());
     // Downloading again is a no-op returning the same place.
     assert_eq!(
-        hub.download("alice/tiny-gpt2", &commit, dest.path())
+        hub.download(&repo("alice/tiny-gpt2"), &commit, dest.path())
             .await
             .unwrap(),
         dir
@@ -65,15 +66,15 @@ async fn same_content_same_sha_other_content_other_sha() {
     )
     .unwrap();
     let a = hub
-        .upload(&reference_model_dir(), "alice/one")
+        .upload(&reference_model_dir(), &repo("alice/one"))
         .await
         .unwrap();
     let b = hub
-        .upload(&reference_model_dir(), "alice/one")
+        .upload(&reference_model_dir(), &repo("alice/one"))
         .await
         .unwrap();
     let c = hub
-        .upload(&reference_model_dir(), "bob/other")
+        .upload(&reference_model_dir(), &repo("bob/other"))
         .await
         .unwrap();
     assert_eq!(a, b);
@@ -82,30 +83,42 @@ async fn same_content_same_sha_other_content_other_sha() {
     let changed = tempfile::tempdir().unwrap();
     copy_dir(&reference_model_dir(), changed.path());
     std::fs::write(changed.path().join("generation_config.json"), b"{}").unwrap();
-    let d = hub.upload(changed.path(), "alice/one").await.unwrap();
+    let d = hub
+        .upload(changed.path(), &repo("alice/one"))
+        .await
+        .unwrap();
     assert_ne!(a, d);
     // Both commits stay readable; the head moved.
-    assert_eq!(hub.files_at("alice/one", &a).await.unwrap().len(), 3);
-    assert_eq!(hub.files_at("alice/one", &d).await.unwrap()[1].size, 2);
+    assert_eq!(hub.files_at(&repo("alice/one"), &a).await.unwrap().len(), 3);
+    assert_eq!(
+        hub.files_at(&repo("alice/one"), &d).await.unwrap()[1].size,
+        2
+    );
 }
 
 #[tokio::test]
 async fn errors_are_typed() {
     let root = tempfile::tempdir().unwrap();
     let hub = LocalHub::open(root.path()).unwrap();
-    let missing = "0123456789abcdef0123456789abcdef01234567";
-    let err = hub.files_at("alice/none", missing).await.unwrap_err();
+    let missing = &commit_id("0123456789abcdef0123456789abcdef01234567");
+    let err = hub
+        .files_at(&repo("alice/none"), missing)
+        .await
+        .unwrap_err();
     assert!(matches!(err, HubError::NotFound(_)), "{err}");
     assert!(err.to_string().contains("repo alice/none"), "{err}");
-    hub.upload(&reference_model_dir(), "alice/some")
+    hub.upload(&reference_model_dir(), &repo("alice/some"))
         .await
         .unwrap();
-    let err = hub.files_at("alice/some", missing).await.unwrap_err();
-    assert!(err.to_string().contains("commit 0123456789abcdef"), "{err}");
-    let err = hub.files_at("alice/some", "main").await.unwrap_err();
-    assert!(matches!(err, HubError::InvalidCommit(_)), "{err}");
     let err = hub
-        .upload(Path::new("/nonexistent/dir"), "alice/x")
+        .files_at(&repo("alice/some"), missing)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("commit 0123456789abcdef"), "{err}");
+    // A branch name is not a commit: it cannot even be asked for.
+    assert!("main".parse::<pretrain_store::CommitId>().is_err());
+    let err = hub
+        .upload(Path::new("/nonexistent/dir"), &repo("alice/x"))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("/nonexistent/dir"), "{err}");
@@ -117,7 +130,10 @@ async fn errors_are_typed() {
 async fn tampered_local_hub_is_refused() {
     let root = tempfile::tempdir().unwrap();
     let hub = LocalHub::open(root.path()).unwrap();
-    let commit = hub.upload(&reference_model_dir(), "alice/t").await.unwrap();
+    let commit = hub
+        .upload(&reference_model_dir(), &repo("alice/t"))
+        .await
+        .unwrap();
     let commit_dir = root.path().join("repos/alice/t/commits").join(&commit);
     let manifest_path = commit_dir.join("manifest.json");
     let original = std::fs::read_to_string(&manifest_path).unwrap();
@@ -127,7 +143,7 @@ async fn tampered_local_hub_is_refused() {
         original.replace("\"config.json\"", "\"../../../../evil.json\""),
     )
     .unwrap();
-    let err = hub.files_at("alice/t", &commit).await.unwrap_err();
+    let err = hub.files_at(&repo("alice/t"), &commit).await.unwrap_err();
     assert!(matches!(err, HubError::UnsafePath { .. }), "{err}");
 
     std::fs::write(&manifest_path, &original).unwrap();
@@ -138,7 +154,7 @@ async fn tampered_local_hub_is_refused() {
     std::os::unix::fs::symlink(&secret, &f).unwrap();
     let dest = tempfile::tempdir().unwrap();
     let err = hub
-        .download("alice/t", &commit, dest.path())
+        .download(&repo("alice/t"), &commit, dest.path())
         .await
         .unwrap_err();
     assert!(err.to_string().contains("symlink"), "{err}");
@@ -162,7 +178,7 @@ async fn child_uploader() {
     let work = tempfile::tempdir().unwrap();
     for i in 0..6 {
         // Every round both processes upload the reference model, and each a variant of its own.
-        hub.upload(&reference_model_dir(), "shared/repo")
+        hub.upload(&reference_model_dir(), &repo("shared/repo"))
             .await
             .unwrap();
         let own = work.path().join(format!("v{i}"));
@@ -172,7 +188,7 @@ async fn child_uploader() {
             format!("{{\"v\": \"{which}-{i}\"}}"),
         )
         .unwrap();
-        hub.upload(&own, "shared/repo").await.unwrap();
+        hub.upload(&own, &repo("shared/repo")).await.unwrap();
     }
 }
 
@@ -197,22 +213,26 @@ async fn concurrent_uploads_from_two_processes() {
     }
 
     let hub = LocalHub::open(root.path()).unwrap();
-    let commits: Vec<String> = std::fs::read_dir(root.path().join("repos/shared/repo/commits"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
+    let commits: Vec<pretrain_store::CommitId> =
+        std::fs::read_dir(root.path().join("repos/shared/repo/commits"))
+            .unwrap()
+            .map(|e| commit_id(&e.unwrap().file_name().into_string().unwrap()))
+            .collect();
     // One reference commit and 6 variants from each process.
     assert_eq!(commits.len(), 13, "{commits:?}");
     let reference = hub
-        .upload(&reference_model_dir(), "shared/repo")
+        .upload(&reference_model_dir(), &repo("shared/repo"))
         .await
         .unwrap();
     assert!(commits.contains(&reference));
     let dest = tempfile::tempdir().unwrap();
     for c in &commits {
         // Every commit is complete and intact (download checks sizes and sha256s).
-        let dir = hub.download("shared/repo", c, dest.path()).await.unwrap();
-        let files = hub.files_at("shared/repo", c).await.unwrap();
+        let dir = hub
+            .download(&repo("shared/repo"), c, dest.path())
+            .await
+            .unwrap();
+        let files = hub.files_at(&repo("shared/repo"), c).await.unwrap();
         assert_eq!(files.len(), 3);
         if c == &reference {
             assert_eq!(hash_of_directory(&dir).unwrap(), reference_hash());
@@ -223,7 +243,7 @@ async fn concurrent_uploads_from_two_processes() {
         std::fs::read_dir(root.path().join("tmp")).unwrap().count(),
         0
     );
-    let head = hub.head("shared/repo").unwrap().unwrap();
+    let head = hub.head(&repo("shared/repo")).unwrap().unwrap();
     assert!(commits.contains(&head));
 }
 
@@ -303,14 +323,14 @@ async fn uploads_refuse_secrets_links_out_and_special_files() {
         spoil(&dir);
         let root = case.join("hub");
         let hub = LocalHub::open(&root).unwrap();
-        let err = hub.upload(&dir, "alice/tiny").await.unwrap_err();
-        let msg = err.to_string();
+        let err = hub.upload(&dir, &repo("alice/tiny")).await.unwrap_err();
+        let msg = error_chain(&err);
         assert!(
             matches!(err, HubError::UnsafePath { .. } | HubError::Io { .. }),
             "{name}: {msg}"
         );
         assert!(msg.contains(needle), "{name}: {msg}");
-        assert_eq!(hub.head("alice/tiny").unwrap(), None, "{name}");
+        assert_eq!(hub.head(&repo("alice/tiny")).unwrap(), None, "{name}");
         assert_eq!(
             std::fs::read_dir(root.join("tmp")).unwrap().count(),
             0,
@@ -323,10 +343,10 @@ async fn uploads_refuse_secrets_links_out_and_special_files() {
     std::fs::rename(dir.join("config.json"), dir.join("real-config.json")).unwrap();
     symlink("real-config.json", dir.join("config.json")).unwrap();
     let hub = LocalHub::open(tmp.path().join("ok/hub")).unwrap();
-    let commit = hub.upload(&dir, "alice/tiny").await.unwrap();
+    let commit = hub.upload(&dir, &repo("alice/tiny")).await.unwrap();
     let dest = tempfile::tempdir().unwrap();
     let got = hub
-        .download("alice/tiny", &commit, dest.path())
+        .download(&repo("alice/tiny"), &commit, dest.path())
         .await
         .unwrap();
     assert_eq!(
@@ -355,7 +375,7 @@ async fn killed_uploads_staging_folders_are_cleaned() {
     held.lock().unwrap();
     // A fresh folder without a lock file (being set up right now) is kept too.
     std::fs::create_dir(t.join("upload-new")).unwrap();
-    hub.upload(&reference_model_dir(), "alice/tiny")
+    hub.upload(&reference_model_dir(), &repo("alice/tiny"))
         .await
         .unwrap();
     let mut left: Vec<String> = std::fs::read_dir(&t)
@@ -415,7 +435,7 @@ async fn a_process_killed_mid_upload_leaves_nothing_after_the_next_upload() {
         }
     }
     let hub = LocalHub::open(&root).unwrap();
-    hub.upload(&reference_model_dir(), "bob/tiny")
+    hub.upload(&reference_model_dir(), &repo("bob/tiny"))
         .await
         .unwrap();
     assert_eq!(std::fs::read_dir(root.join("tmp")).unwrap().count(), 0);
@@ -435,7 +455,7 @@ fn child_uploader_until_killed() {
     rt.block_on(async {
         let hub = LocalHub::open(&root).unwrap();
         loop {
-            hub.upload(&reference_model_dir(), "alice/tiny")
+            hub.upload(&reference_model_dir(), &repo("alice/tiny"))
                 .await
                 .unwrap();
         }

@@ -10,7 +10,9 @@ use async_trait::async_trait;
 use common::*;
 use pretrain_core::constants::MAX_MODEL_BYTES;
 use pretrain_core::ModelId;
-use pretrain_store::{HubError, LocalHub, ModelHub, ModelStore, RepoFile, StoreError};
+use pretrain_store::{
+    CommitId, HotkeyAddress, HubError, LocalHub, ModelHub, ModelStore, RepoFile, RepoId, StoreError,
+};
 
 const HOTKEY: &str = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY";
 const OTHER: &str = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty";
@@ -29,10 +31,10 @@ async fn local_with_reference() -> (tempfile::TempDir, LocalHub, String) {
     let root = tempfile::tempdir().unwrap();
     let hub = LocalHub::open(root.path()).unwrap();
     let commit = hub
-        .upload(&reference_model_dir(), "alice/tiny-gpt2")
+        .upload(&reference_model_dir(), &repo("alice/tiny-gpt2"))
         .await
         .unwrap();
-    (root, hub, commit)
+    (root, hub, commit.to_string())
 }
 
 #[tokio::test]
@@ -43,7 +45,7 @@ async fn fetch_places_and_verifies_the_model() {
     let got = store
         .fetch(
             &hub,
-            HOTKEY,
+            &hk(HOTKEY),
             &id("alice/tiny-gpt2", &commit, &reference_hash()),
             MAX_MODEL_BYTES,
         )
@@ -62,7 +64,7 @@ async fn fetch_places_and_verifies_the_model() {
     let again = store
         .fetch(
             &hub,
-            HOTKEY,
+            &hk(HOTKEY),
             &id("alice/tiny-gpt2", &commit, &reference_hash()),
             MAX_MODEL_BYTES,
         )
@@ -71,9 +73,9 @@ async fn fetch_places_and_verifies_the_model() {
     assert_eq!(again, got);
 
     let mid = id("alice/tiny-gpt2", &commit, &reference_hash());
-    assert!(store.remove_model(HOTKEY, &mid).unwrap());
+    assert!(store.remove_model(&hk(HOTKEY), &mid).unwrap());
     assert!(!got.path.exists());
-    assert!(!store.remove_model(HOTKEY, &mid).unwrap());
+    assert!(!store.remove_model(&hk(HOTKEY), &mid).unwrap());
 }
 
 #[tokio::test]
@@ -87,13 +89,13 @@ async fn tampered_download_is_rejected_and_deleted() {
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     std::fs::write(&weights, bytes).unwrap();
-    let commit = hub.upload(&tampered, "mallory/model").await.unwrap();
+    let commit = hub.upload(&tampered, &repo("mallory/model")).await.unwrap();
 
     let model_dir = tempfile::tempdir().unwrap();
     let store = ModelStore::new(model_dir.path());
-    let mid = id("mallory/model", &commit, &reference_hash());
+    let mid = id("mallory/model", commit.as_str(), &reference_hash());
     let err = store
-        .fetch(&hub, HOTKEY, &mid, MAX_MODEL_BYTES)
+        .fetch(&hub, &hk(HOTKEY), &mid, MAX_MODEL_BYTES)
         .await
         .unwrap_err();
     match &err {
@@ -106,7 +108,7 @@ async fn tampered_download_is_rejected_and_deleted() {
         other => panic!("expected a hash mismatch, got {other}"),
     }
     assert!(
-        !store.model_path(HOTKEY, &mid).unwrap().exists(),
+        !store.model_path(&hk(HOTKEY), &mid).unwrap().exists(),
         "the download is deleted"
     );
 }
@@ -119,7 +121,7 @@ async fn size_limit_is_checked_before_downloading() {
     let mid = id("alice/tiny-gpt2", &commit, &reference_hash());
     let total: u64 = reference_files().iter().map(|f| f.1).sum();
     let err = store
-        .fetch(&hub, HOTKEY, &mid, total - 1)
+        .fetch(&hub, &hk(HOTKEY), &mid, total - 1)
         .await
         .unwrap_err();
     assert!(
@@ -127,7 +129,7 @@ async fn size_limit_is_checked_before_downloading() {
         "{err}"
     );
     assert!(!model_dir.path().join("models").join(HOTKEY).exists());
-    store.fetch(&hub, HOTKEY, &mid, total).await.unwrap();
+    store.fetch(&hub, &hk(HOTKEY), &mid, total).await.unwrap();
 }
 
 #[tokio::test]
@@ -136,19 +138,10 @@ async fn unsafe_repo_ids_hotkeys_and_commits_are_refused() {
     let model_dir = tempfile::tempdir().unwrap();
     let store = ModelStore::new(model_dir.path());
     let h = reference_hash();
-    let cases: Vec<(&str, ModelId, &str)> = vec![
+    let cases: Vec<(ModelId, &str)> = vec![
+        (id("../tiny-gpt2", &commit, &h), "would leave the directory"),
+        (id("alice/..", &commit, &h), "would leave the directory"),
         (
-            HOTKEY,
-            id("../tiny-gpt2", &commit, &h),
-            "would leave the directory",
-        ),
-        (
-            HOTKEY,
-            id("alice/..", &commit, &h),
-            "would leave the directory",
-        ),
-        (
-            HOTKEY,
             ModelId {
                 namespace: "/etc".into(),
                 name: "x".into(),
@@ -158,7 +151,6 @@ async fn unsafe_repo_ids_hotkeys_and_commits_are_refused() {
             "format",
         ),
         (
-            HOTKEY,
             id(
                 "alice/tiny-gpt2",
                 "../../../../../../../../../../../../../x",
@@ -167,18 +159,25 @@ async fn unsafe_repo_ids_hotkeys_and_commits_are_refused() {
             "40 lowercase hex",
         ),
         (
-            "../escape",
-            id("alice/tiny-gpt2", &commit, &h),
-            "hotkey must be",
+            ModelId {
+                commit: None,
+                ..id("alice/tiny-gpt2", &commit, &h)
+            },
+            "has no commit",
         ),
-        ("/abs", id("alice/tiny-gpt2", &commit, &h), "hotkey must be"),
     ];
-    for (hotkey, mid, why) in cases {
+    for (mid, why) in cases {
         let err = store
-            .fetch(&hub, hotkey, &mid, MAX_MODEL_BYTES)
+            .fetch(&hub, &hk(HOTKEY), &mid, MAX_MODEL_BYTES)
             .await
             .unwrap_err();
-        assert!(err.to_string().contains(why), "{hotkey} {mid}: {err}");
+        assert!(matches!(err, StoreError::Id(_)), "{mid}: {err}");
+        assert!(err.to_string().contains(why), "{mid}: {err}");
+    }
+    // A hotkey that would name a path elsewhere cannot be built at all.
+    for bad in ["../escape", "/abs", "", "a.b"] {
+        let err = bad.parse::<HotkeyAddress>().unwrap_err().to_string();
+        assert!(err.contains("SS58 address"), "{bad}: {err}");
     }
     let none: Vec<_> = std::fs::read_dir(model_dir.path()).unwrap().collect();
     assert!(none.is_empty(), "nothing was written");
@@ -192,22 +191,23 @@ struct ScriptedHub {
 
 #[async_trait]
 impl ModelHub for ScriptedHub {
-    async fn upload(&self, _dir: &Path, _repo_id: &str) -> Result<String, HubError> {
+    async fn upload(&self, _dir: &Path, _repo: &RepoId) -> Result<CommitId, HubError> {
         unimplemented!()
     }
-    async fn files_at(&self, _repo_id: &str, _commit: &str) -> Result<Vec<RepoFile>, HubError> {
+    async fn files_at(
+        &self,
+        _repo: &RepoId,
+        _commit: &CommitId,
+    ) -> Result<Vec<RepoFile>, HubError> {
         Ok(self.files.clone())
     }
     async fn download(
         &self,
-        repo_id: &str,
-        commit: &str,
+        repo: &RepoId,
+        commit: &CommitId,
         dest: &Path,
     ) -> Result<PathBuf, HubError> {
-        let dir = dest
-            .join(format!("models--{}", repo_id.replace('/', "--")))
-            .join("snapshots")
-            .join(commit);
+        let dir = dest.join(repo.folder_name()).join("snapshots").join(commit);
         std::fs::create_dir_all(&dir).unwrap();
         (self.make)(&dir);
         Ok(dir)
@@ -230,7 +230,7 @@ async fn listed_file_names_that_escape_are_refused() {
         let err = ModelStore::new(model_dir.path())
             .fetch(
                 &hub,
-                HOTKEY,
+                &hk(HOTKEY),
                 &id("alice/tiny-gpt2", COMMIT, &reference_hash()),
                 MAX_MODEL_BYTES,
             )
@@ -263,7 +263,7 @@ async fn symlinks_out_of_the_store_are_refused_and_inside_ones_resolved() {
     let store = ModelStore::new(model_dir.path());
     let mid = id("alice/tiny-gpt2", COMMIT, &reference_hash());
     let err = store
-        .fetch(&hub, HOTKEY, &mid, MAX_MODEL_BYTES)
+        .fetch(&hub, &hk(HOTKEY), &mid, MAX_MODEL_BYTES)
         .await
         .unwrap_err();
     assert!(
@@ -271,7 +271,7 @@ async fn symlinks_out_of_the_store_are_refused_and_inside_ones_resolved() {
         "{err}"
     );
     assert!(
-        !store.model_path(HOTKEY, &mid).unwrap().exists(),
+        !store.model_path(&hk(HOTKEY), &mid).unwrap().exists(),
         "the snapshot is deleted"
     );
     assert_eq!(
@@ -298,7 +298,7 @@ async fn symlinks_out_of_the_store_are_refused_and_inside_ones_resolved() {
         }),
     };
     let got = store
-        .fetch(&hub, HOTKEY, &mid, MAX_MODEL_BYTES)
+        .fetch(&hub, &hk(HOTKEY), &mid, MAX_MODEL_BYTES)
         .await
         .unwrap();
     assert_eq!(got.hash, reference_hash());
@@ -319,7 +319,7 @@ async fn hotkey_directory_symlinked_elsewhere_is_refused() {
     let err = ModelStore::new(model_dir.path())
         .fetch(
             &hub,
-            HOTKEY,
+            &hk(HOTKEY),
             &id("alice/tiny-gpt2", &commit, &reference_hash()),
             MAX_MODEL_BYTES,
         )
@@ -335,34 +335,36 @@ async fn cleanup_removes_only_unreferenced_and_stale() {
     let changed = root.path().join("changed");
     copy_dir(&reference_model_dir(), &changed);
     std::fs::write(changed.join("generation_config.json"), b"{}").unwrap();
-    let commit2 = hub.upload(&changed, "alice/tiny-gpt2").await.unwrap();
+    let commit2 = hub
+        .upload(&changed, &repo("alice/tiny-gpt2"))
+        .await
+        .unwrap();
     let hash2 = pretrain_core::hash_of_directory(&changed).unwrap();
 
     let model_dir = tempfile::tempdir().unwrap();
     let store = ModelStore::new(model_dir.path());
     let keep = id("alice/tiny-gpt2", &commit, &reference_hash());
-    let old = id("alice/tiny-gpt2", &commit2, &hash2);
+    let old = id("alice/tiny-gpt2", commit2.as_str(), &hash2);
     let kept = store
-        .fetch(&hub, HOTKEY, &keep, MAX_MODEL_BYTES)
+        .fetch(&hub, &hk(HOTKEY), &keep, MAX_MODEL_BYTES)
         .await
         .unwrap()
         .path;
     let old_path = store
-        .fetch(&hub, HOTKEY, &old, MAX_MODEL_BYTES)
+        .fetch(&hub, &hk(HOTKEY), &old, MAX_MODEL_BYTES)
         .await
         .unwrap()
         .path;
     let other_hotkey = store
-        .fetch(&hub, OTHER, &keep, MAX_MODEL_BYTES)
+        .fetch(&hub, &hk(OTHER), &keep, MAX_MODEL_BYTES)
         .await
         .unwrap()
         .path;
     let abandoned = store
-        .hotkey_dir(HOTKEY)
-        .unwrap()
+        .hotkey_dir(&hk(HOTKEY))
         .join("models--alice--tiny-gpt2/.partial-x");
     std::fs::create_dir_all(&abandoned).unwrap();
-    let other_repo = store.hotkey_dir(HOTKEY).unwrap().join("models--bob--old");
+    let other_repo = store.hotkey_dir(&hk(HOTKEY)).join("models--bob--old");
     std::fs::create_dir_all(other_repo.join("snapshots")).unwrap();
     // Things the clean loop must never touch: a symlink out of the root
     // named like a hotkey, and a name that is not a hotkey.
@@ -375,7 +377,7 @@ async fn cleanup_removes_only_unreferenced_and_stale() {
     let stray = store.root().join("not-a-hotkey");
     std::fs::create_dir_all(&stray).unwrap();
 
-    let tracked: HashMap<String, ModelId> = [(HOTKEY.to_string(), keep.clone())].into();
+    let tracked: HashMap<_, ModelId> = [(hk(HOTKEY), keep.clone())].into();
 
     // Inside the grace period nothing goes.
     let report = store
@@ -389,7 +391,7 @@ async fn cleanup_removes_only_unreferenced_and_stale() {
     removed.sort();
     let mut expected = vec![
         old_path.clone(),
-        store.hotkey_dir(OTHER).unwrap(),
+        store.hotkey_dir(&hk(OTHER)),
         abandoned.clone(),
         other_repo.clone(),
     ];

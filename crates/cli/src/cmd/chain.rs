@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use pretrain_chain::embedded::SubnetParams;
-use pretrain_chain::network::{DEFAULT_CHAIN_DIR, DEFAULT_NETUID};
+use pretrain_chain::network::DEFAULT_CHAIN_DIR;
 use pretrain_chain::{connect, ChainOptions, Commitment, Network};
 use pretrain_core::ModelId;
 use serde_json::json;
@@ -30,10 +30,10 @@ pub struct ChainArgs {
     #[arg(long = "block_time")]
     pub block_time: Option<f64>,
     /// Subnet.
-    #[arg(long, default_value_t = DEFAULT_NETUID)]
+    #[arg(long, default_value_t = pretrain_core::constants::SUBNET_UID)]
     pub netuid: u16,
     /// Limit for each chain call, in seconds.
-    #[arg(long = "chain_timeout", default_value_t = 60.0)]
+    #[arg(long = "chain_timeout", default_value_t = pretrain_core::constants::CHAIN_CALL_TIMEOUT.as_secs_f64())]
     pub chain_timeout: f64,
 }
 
@@ -121,7 +121,7 @@ pub struct RegisterArgs {
     #[arg(long = "max_validators", default_value_t = pretrain_chain::embedded::DEFAULT_MAX_VALIDATORS)]
     max_validators: u16,
     /// For a subnet created by this call: blocks between two commitments of a hotkey.
-    #[arg(long = "commit_rate_limit", default_value_t = pretrain_chain::embedded::DEFAULT_COMMIT_RATE_LIMIT)]
+    #[arg(long = "commit_rate_limit", default_value_t = pretrain_core::constants::COMMIT_RATE_LIMIT_BLOCKS)]
     commit_rate_limit: u64,
     /// For a subnet created by this call: blocks between two set_weights of a hotkey.
     #[arg(long = "weights_rate_limit", default_value_t = pretrain_chain::embedded::DEFAULT_WEIGHTS_RATE_LIMIT)]
@@ -144,12 +144,7 @@ pub struct StakeArgs {
 }
 
 /// Runs a `pretrain chain` command.
-pub fn run(cmd: ChainCommand) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+pub fn run(cmd: ChainCommand, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     rt.block_on(async move {
         match cmd {
             ChainCommand::Metagraph(a) => metagraph(a).await,

@@ -117,6 +117,7 @@ pub fn run_bench_tokenize(args: BenchTokenizeArgs) -> anyhow::Result<()> {
     let tokenizer = Tokenizer::gpt2().context("loading the tokenizer")?;
     tracing::info!(
         documents = documents.len(),
+        repeat = args.repeat,
         threads = args.threads,
         dir = %dir.display(),
         "tokenizing"

@@ -60,6 +60,9 @@ pub struct LocalnetArgs {
     /// Base seed of the miners' page sampling and dropout (miner i uses seed + 1 + i).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Passed on to the validator and every miner.
+    #[command(flatten)]
+    pub schedule: super::rules::ScheduleArgs,
 }
 
 /// One child process and what it is.
@@ -160,7 +163,7 @@ fn miner_lr(kind: ModelKind, i: usize) -> f64 {
 }
 
 /// Runs the local subnet; prints the final leaderboard as JSON.
-pub fn run(args: LocalnetArgs) -> anyhow::Result<()> {
+pub fn run(args: LocalnetArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     if args.miners == 0 || args.miners > 16 {
         bail!("--miners must be between 1 and 16");
     }
@@ -172,11 +175,20 @@ pub fn run(args: LocalnetArgs) -> anyhow::Result<()> {
     if !(args.block_time.is_finite() && (0.05..=60.0).contains(&args.block_time)) {
         bail!("--block_time must be between 0.05 and 60 seconds");
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    // Checked here, before any child starts; a file is passed on as an absolute path.
+    args.schedule.load()?;
+    let mut args = args;
+    let builtin = pretrain_core::rules::schedule::BUILTIN
+        .iter()
+        .any(|(name, _)| *name == args.schedule.schedule);
+    if !builtin {
+        let path = std::path::Path::new(&args.schedule.schedule);
+        args.schedule.schedule = path
+            .canonicalize()
+            .with_context(|| format!("resolving --schedule {}", path.display()))?
+            .display()
+            .to_string();
+    }
     rt.block_on(run_async(args))
 }
 
@@ -222,9 +234,10 @@ async fn run_async(args: LocalnetArgs) -> anyhow::Result<()> {
         }
     };
     let mut procs = Vec::new();
-    procs.push(spawn_validator(&layout, &dataset).await?);
+    let schedule = args.schedule.schedule.as_str();
+    procs.push(spawn_validator(&layout, &dataset, schedule).await?);
     for (i, _) in miners.iter().enumerate() {
-        procs.push(spawn_miner(&layout, &dataset, args.model, i, args.seed).await?);
+        procs.push(spawn_miner(&layout, &dataset, schedule, args.model, i, args.seed).await?);
     }
     tracing::info!(
         dir = %layout.root.display(),
@@ -392,8 +405,8 @@ async fn setup_chain(
     Ok(chain)
 }
 
-/// Common flags of every child: the wallet, the embedded chain, the local hub, the dataset.
-fn common_flags(layout: &Layout, wallet_name: &str, dataset: &str) -> Vec<String> {
+/// Common flags of every child: the wallet, the embedded chain, the local hub, the dataset, the schedule.
+fn common_flags(layout: &Layout, wallet_name: &str, dataset: &str, schedule: &str) -> Vec<String> {
     [
         "--wallet.path",
         &layout.wallets().display().to_string(),
@@ -411,14 +424,16 @@ fn common_flags(layout: &Layout, wallet_name: &str, dataset: &str) -> Vec<String
         &format!("local:{}", layout.hub().display()),
         "--dataset",
         dataset,
+        "--schedule",
+        schedule,
     ]
     .iter()
     .map(|s| s.to_string())
     .collect()
 }
 
-async fn spawn_validator(layout: &Layout, dataset: &str) -> anyhow::Result<Proc> {
-    let mut a = common_flags(layout, "validator", dataset);
+async fn spawn_validator(layout: &Layout, dataset: &str, schedule: &str) -> anyhow::Result<Proc> {
+    let mut a = common_flags(layout, "validator", dataset, schedule);
     a.extend(
         [
             "--model_dir",
@@ -441,12 +456,13 @@ async fn spawn_validator(layout: &Layout, dataset: &str) -> anyhow::Result<Proc>
 async fn spawn_miner(
     layout: &Layout,
     dataset: &str,
+    schedule: &str,
     kind: ModelKind,
     i: usize,
     seed: u64,
 ) -> anyhow::Result<Proc> {
     let name = format!("miner-{i}");
-    let mut a = common_flags(layout, &name, dataset);
+    let mut a = common_flags(layout, &name, dataset, schedule);
     let (sl, pages) = match kind {
         ModelKind::Tiny => ("128", "1"),
         ModelKind::Default => ("1024", "1"),

@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use pretrain_chain::{connect, Chain, Hotkey};
-use pretrain_core::validate_hf_repo_id;
+use pretrain_core::RepoId;
 use pretrain_model::Model;
 use pretrain_neurons::miner::{self, new_run_id, Event, MinerConfig, Observer, RunDir, Training};
 use pretrain_neurons::PushOptions;
@@ -30,7 +30,7 @@ pub struct MineArgs {
     pub offline: bool,
     /// Hugging Face repo to push to, `namespace/name` (needed unless --offline).
     #[arg(long = "hf_repo_id")]
-    pub hf_repo_id: Option<String>,
+    pub hf_repo_id: Option<RepoId>,
     /// Push only when the best epoch average loss is below this (0: never push).
     #[arg(long = "avg_loss_upload_threshold", default_value_t = 0.0)]
     pub avg_loss_upload_threshold: f64,
@@ -91,6 +91,8 @@ pub struct MineArgs {
     #[arg(long = "max_commit_attempts")]
     pub max_commit_attempts: Option<u32>,
     #[command(flatten)]
+    pub schedule: super::rules::ScheduleArgs,
+    #[command(flatten)]
     pub hub: HubArgs,
     #[command(flatten)]
     pub data: DataArgs,
@@ -105,17 +107,12 @@ pub struct MineArgs {
 /// What a push needs, checked before training.
 struct Online {
     hotkey: Hotkey,
-    repo_id: String,
+    repo_id: RepoId,
     chain: std::sync::Arc<dyn Chain>,
 }
 
 /// Runs the miner; prints a JSON summary on stdout at the end.
-pub fn run(args: MineArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+pub fn run(args: MineArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     runtime.block_on(mine(args))
 }
 
@@ -135,12 +132,24 @@ async fn mine(args: MineArgs) -> anyhow::Result<()> {
     pretrain_core::bounded::seconds("--commit_retry_delay", args.commit_retry_delay, 86_400.0)
         .map_err(anyhow::Error::msg)?;
     let epochs = num_epochs(args.num_epochs)?;
+    let schedule = args.schedule.load()?;
     let device = args.device.open()?;
     let online = if args.offline {
         None
     } else {
         Some(preflight(&args).await?)
     };
+    // Offline there is no block: the schedule's latest entry applies.
+    let block = match &online {
+        Some(o) => Some(
+            o.chain
+                .current_block()
+                .await
+                .context("reading the current block")?,
+        ),
+        None => None,
+    };
+    let active = args.schedule.active(&schedule, block)?;
     if args.wandb_entity.is_some() || args.wandb_project.is_some() {
         warn!("--wandb_entity/--wandb_project: there is no W&B client in this build; metrics are kept in the run's metrics.jsonl");
     }
@@ -172,6 +181,18 @@ async fn mine(args: MineArgs) -> anyhow::Result<()> {
         };
         config.validate()?;
         let model = starting_model(&args, seed, &device, online.as_ref()).await?;
+        active
+            .spec
+            .check_model(&pretrain_core::rules::schedule::ModelFacts {
+                parameters: model.stored_values(),
+                architecture: model.config().architecture().class_name(),
+            })
+            .with_context(|| {
+                format!(
+                    "the starting model does not fit --schedule {}",
+                    active.schedule
+                )
+            })?;
         let run = RunDir::create(&args.model_dir, &new_run_id())?;
         info!(dir = %run.root().display(), "saving the starting model");
         Training::start(model, config, source, run)?
@@ -267,15 +288,10 @@ async fn preflight(args: &MineArgs) -> anyhow::Result<Online> {
              pass --offline to train without pushing"
         )
     })?;
-    validate_hf_repo_id(&repo_id).map_err(|e| {
-        anyhow::anyhow!(
-            "--hf_repo_id {repo_id:?} is not a usable repo id ({e}): it must be namespace/name, \
-             4 to 41 characters"
-        )
-    })?;
     args.hub.check_reachable_from(&args.chain)?;
     let wallet = args.wallet.wallet();
     let hotkey = wallet.hotkey().map_err(|e| {
+        let e = crate::one_line(&anyhow::Error::new(e));
         anyhow::anyhow!(
             "cannot load hotkey {}/{} under {} ({e}): create it with `pretrain wallet new \
              --wallet.name {} --wallet.hotkey {}` (or btcli), or pass --offline",
@@ -427,14 +443,14 @@ fn shell_quote(s: &str) -> String {
 }
 
 /// The `pretrain upload ...` command that pushes `dir` with this run's settings.
-fn upload_command(args: &MineArgs, dir: &Path, repo_id: &str) -> String {
+fn upload_command(args: &MineArgs, dir: &Path, repo_id: &RepoId) -> String {
     let mut parts: Vec<String> = vec![
         "pretrain".into(),
         "upload".into(),
         "--load_model_dir".into(),
         dir.display().to_string(),
         "--hf_repo_id".into(),
-        repo_id.into(),
+        repo_id.to_string(),
         "--hub".into(),
         args.hub.hub.clone(),
     ];

@@ -10,6 +10,7 @@ pub mod mine;
 pub mod model;
 pub mod out;
 pub mod report;
+pub mod rules;
 pub mod score;
 pub mod upload;
 pub mod validate;

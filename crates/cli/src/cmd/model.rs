@@ -103,18 +103,21 @@ pub fn parse_device(s: &str) -> anyhow::Result<Device> {
     Device::new_cuda(n).with_context(|| format!("opening cuda:{n}"))
 }
 
-/// The batch of a `--tokens` file: one JSON array of rows, or JSON Lines
-/// with one row per line (`pretrain tokenize`'s output; blank lines skipped).
+/// Reads the token batch of `eval --tokens` (see [`parse_tokens`]).
 pub fn read_tokens(path: &Path) -> anyhow::Result<Vec<Vec<u32>>> {
     let text = read_regular(path, MAX_TOKENS_FILE_BYTES)
         .with_context(|| format!("reading {}", path.display()))?;
-    let expected = || {
-        format!(
-            "{}: expected JSON [[id, ...], ...] or JSON Lines of [id, ...], with non-negative 32-bit integers",
-            path.display()
-        )
-    };
-    let rows: Vec<Vec<u32>> = match serde_json::from_slice(&text) {
+    parse_tokens(&text).with_context(|| path.display().to_string())
+}
+
+/// Parses a token batch: one JSON document `[[id, ...], ...]`, or JSON
+/// Lines of `[id, ...]` as `tokenize` prints them (blank lines skipped, one
+/// line is one row). Ids are non-negative 32-bit integers and the total
+/// number of ids is bounded before the model sees them.
+pub fn parse_tokens(text: &[u8]) -> anyhow::Result<Vec<Vec<u32>>> {
+    const EXPECTED: &str =
+        "expected JSON [[id, ...], ...] or JSON Lines of [id, ...], with non-negative 32-bit integers";
+    let rows: Vec<Vec<u32>> = match serde_json::from_slice(text) {
         Ok(rows) => rows,
         Err(whole) => {
             let lines: Vec<(usize, &[u8])> = text
@@ -122,15 +125,23 @@ pub fn read_tokens(path: &Path) -> anyhow::Result<Vec<Vec<u32>>> {
                 .enumerate()
                 .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
                 .collect();
-            if lines.len() <= 1 {
-                // One document: its own error is the useful one.
-                return Err(anyhow::Error::new(whole).context(expected()));
+            if lines.is_empty() {
+                return Err(anyhow::Error::new(whole).context(EXPECTED));
             }
             let mut rows = Vec::with_capacity(lines.len());
             for (i, line) in lines {
-                let row: Vec<u32> = serde_json::from_slice(line)
-                    .with_context(|| format!("line {}", i + 1))
-                    .with_context(expected)?;
+                let row: Vec<u32> = match serde_json::from_slice(line) {
+                    Ok(row) => row,
+                    // A single document that is not a batch: its own error is the useful one.
+                    Err(_) if i == 0 && !text.contains(&b'\n') => {
+                        return Err(anyhow::Error::new(whole).context(EXPECTED))
+                    }
+                    Err(e) => {
+                        return Err(anyhow::Error::new(e)
+                            .context(format!("line {}", i + 1))
+                            .context(EXPECTED))
+                    }
+                };
                 rows.push(row);
             }
             rows
@@ -157,7 +168,7 @@ fn json_f64(x: f64) -> Value {
 
 /// Prints `{"loss": f}` for one batch, or, with `--pages`, the mean loss
 /// over the validator's batches with each batch's loss, the pages and the seed.
-pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
+pub fn run_eval(args: EvalArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     if let Some(n) = args.pages {
         check_size("--pages", n as u64, MAX_PAGES).map_err(anyhow::Error::msg)?;
     }
@@ -193,10 +204,6 @@ pub fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     let pages = pretrain_data::sample_pages(seed, source.page_range(), n_pages);
     tracing::info!(%dataset, seed, ?pages, "loading pages");
     let tokenizer = pretrain_data::Tokenizer::gpt2().context("loading the GPT-2 tokenizer")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     let batches = runtime
         .block_on(pretrain_data::load_batches(
             source.as_ref(),
@@ -319,4 +326,81 @@ pub fn run_bench(args: ModelBenchArgs, train: bool) -> anyhow::Result<()> {
     }
     .context("running the benchmark")?;
     print_json(&r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn token_batches_in_both_forms() {
+        assert_eq!(
+            parse_tokens(b"[[1, 2], [3]]").unwrap(),
+            vec![vec![1, 2], vec![3]]
+        );
+        // `tokenize`'s output, one line included, blank lines skipped.
+        assert_eq!(parse_tokens(b"[5, 6]\n").unwrap(), vec![vec![5, 6]]);
+        assert_eq!(
+            parse_tokens(b"[5]\n\n[]\n[7]").unwrap(),
+            vec![vec![5], vec![], vec![7]]
+        );
+        for (bad, why) in [
+            (&b""[..], "expected JSON"),
+            (b"[[-1]]", "expected JSON"),
+            (b"[[4294967296]]", "expected JSON"),
+            (b"[1, 2]\n[x]", "line 2"),
+            (b"{\"a\": 1}", "expected JSON"),
+        ] {
+            let err = format!("{:#}", parse_tokens(bad).unwrap_err());
+            assert!(
+                err.contains(why),
+                "{:?}: {err}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let over = format!(
+            "[[{}]]",
+            vec!["0"; (MAX_BATCH_TOKENS + 1) as usize].join(",")
+        );
+        let err = format!("{:#}", parse_tokens(over.as_bytes()).unwrap_err());
+        assert!(err.contains("number of tokens"), "{err}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_bytes_parse_or_are_refused_with_a_reason(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            match parse_tokens(&bytes) {
+                Ok(rows) => prop_assert!(rows.iter().map(Vec::len).sum::<usize>() as u64 <= MAX_BATCH_TOKENS),
+                Err(e) => {
+                    let text = format!("{e:#}");
+                    prop_assert!(text.contains("expected JSON"), "{}", text);
+                }
+            }
+        }
+
+        #[test]
+        fn json_shaped_text_parses_or_is_refused(text in "[\\[\\], 0-9\n-]{0,64}") {
+            if let Err(e) = parse_tokens(text.as_bytes()) {
+                let text = format!("{e:#}");
+                prop_assert!(text.contains("expected JSON"), "{}", text);
+            }
+        }
+
+        #[test]
+        fn both_forms_round_trip(rows in proptest::collection::vec(proptest::collection::vec(any::<u32>(), 0..8), 1..6)) {
+            let whole = serde_json::to_string(&rows).unwrap();
+            prop_assert_eq!(parse_tokens(whole.as_bytes()).unwrap(), rows.clone());
+            let lines: String = rows
+                .iter()
+                .map(|r| format!("{}\n", serde_json::to_string(r).unwrap()))
+                .collect();
+            // One empty row as a line, `[]`, is also the empty batch: the one ambiguous text.
+            if rows != vec![Vec::<u32>::new()] {
+                prop_assert_eq!(parse_tokens(lines.as_bytes()).unwrap(), rows);
+            }
+        }
+    }
 }

@@ -24,7 +24,7 @@ pub struct UploadArgs {
     pub load_model_dir: PathBuf,
     /// Hugging Face repo to upload to, `namespace/name`.
     #[arg(long = "hf_repo_id")]
-    pub hf_repo_id: String,
+    pub hf_repo_id: pretrain_core::RepoId,
     #[command(flatten)]
     pub hub: HubArgs,
     /// Seconds between two commit attempts while the chain rate-limits them.
@@ -41,7 +41,7 @@ pub struct UploadArgs {
 
 /// Prints `{"repo_id", "commit", "hash", "block", "model_id"}` once the
 /// model is on the hub and its id on the chain.
-pub fn run(args: UploadArgs) -> anyhow::Result<()> {
+pub fn run(args: UploadArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     // Bounded here so the `Duration` made from it later cannot panic (1e300).
     pretrain_core::bounded::seconds("--commit_retry_delay", args.commit_retry_delay, 86_400.0)
         .map_err(anyhow::Error::msg)?;
@@ -63,11 +63,6 @@ pub fn run(args: UploadArgs) -> anyhow::Result<()> {
         max_attempts: args.max_commit_attempts,
         ..PushOptions::default()
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     let meta = runtime.block_on(async {
         let chain = connect(&args.chain.options()?)
             .await

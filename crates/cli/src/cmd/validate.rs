@@ -64,6 +64,8 @@ pub struct ValidateArgs {
     #[arg(long = "idle_wait", default_value_t = 60.0, hide = true)]
     pub idle_wait: f64,
     #[command(flatten)]
+    pub schedule: super::rules::ScheduleArgs,
+    #[command(flatten)]
     pub device: DeviceArgs,
     #[command(flatten)]
     pub wallet: WalletArgs,
@@ -93,7 +95,8 @@ fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
 }
 
 /// Runs the validator until `--max_steps` steps are done (forever without).
-pub fn run(args: ValidateArgs) -> anyhow::Result<()> {
+pub fn run(args: ValidateArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    let schedule = args.schedule.load()?;
     if args.pages_per_eval == 0 {
         bail!("--pages_per_eval must be at least 1");
     }
@@ -146,15 +149,24 @@ pub fn run(args: ValidateArgs) -> anyhow::Result<()> {
     let source = args.data.open()?;
     std::fs::create_dir_all(&args.model_dir)
         .with_context(|| format!("creating {}", args.model_dir.display()))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     runtime.block_on(async {
         let chain = connect(&args.chain.options()?)
             .await
             .context("connecting to the chain")?;
+        let block = tokio::time::timeout(config.call_timeout, chain.current_block())
+            .await
+            .context("reading the current block: no answer")?
+            .context("reading the current block")?;
+        // The competition active now sets the scoring constants and the model limits.
+        let active = args.schedule.active(&schedule, Some(block))?;
+        config.competition = Competition {
+            sample_min: args.sample_min,
+            blocks_per_epoch: args.blocks_per_epoch,
+            pages_per_eval: args.pages_per_eval,
+            ..active.params
+        };
+        config.max_model_bytes = active.spec.constraints.max_bytes;
+        config.constraints = Some(active.spec.constraints.clone());
         let shared = validator::start(config, chain, hub, source, hotkey)
             .await
             .context("starting the validator")?;

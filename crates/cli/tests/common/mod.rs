@@ -21,3 +21,12 @@ pub fn fails_with(out: &Output, needle: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("error:") && err.contains(needle), "{err}");
 }
+
+/// A stdout whose reader is already gone, so the child's first write fails
+/// with EPIPE whatever the timing (dropping a piped stdout after spawning
+/// races with a child that writes at once).
+pub fn closed_pipe() -> std::process::Stdio {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    writer.into()
+}

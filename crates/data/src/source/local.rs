@@ -160,14 +160,14 @@ impl PageSource for LocalSource {
 }
 
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
-    let entries = std::fs::read_dir(dir).map_err(|e| DataError::local(dir, e))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))?;
     for entry in entries {
-        let entry = entry.map_err(|e| DataError::local(dir, e))?;
+        let entry = entry.map_err(|e| DataError::io(dir, e))?;
         if entry.file_name().to_string_lossy().starts_with('.') {
             continue;
         }
         let path = entry.path();
-        let file_type = entry.file_type().map_err(|e| DataError::local(&path, e))?;
+        let file_type = entry.file_type().map_err(|e| DataError::io(&path, e))?;
         if file_type.is_dir() {
             collect_files(&path, out)?;
         } else {
@@ -178,7 +178,7 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
 }
 
 fn open_parquet(path: &Path) -> Result<SerializedFileReader<File>, DataError> {
-    let file = File::open(path).map_err(|e| DataError::local(path, e))?;
+    let file = File::open(path).map_err(|e| DataError::io(path, e))?;
     SerializedFileReader::new(file)
         .map_err(|e| DataError::local(path, format!("not a readable Parquet file: {e}")))
 }
@@ -265,7 +265,7 @@ fn read_parquet_rows(
 }
 
 fn scan_jsonl(path: &Path) -> Result<Kind, DataError> {
-    let file = File::open(path).map_err(|e| DataError::local(path, e))?;
+    let file = File::open(path).map_err(|e| DataError::io(path, e))?;
     let mut reader = BufReader::new(file);
     let mut line_starts = Vec::new();
     let mut offset = 0u64;
@@ -274,7 +274,7 @@ fn scan_jsonl(path: &Path) -> Result<Kind, DataError> {
         line.clear();
         let n = reader
             .read_until(b'\n', &mut line)
-            .map_err(|e| DataError::local(path, e))?;
+            .map_err(|e| DataError::io(path, e))?;
         if n == 0 {
             break;
         }
@@ -300,9 +300,9 @@ fn read_jsonl_rows(
     let (from, to) = (from as usize, to as usize);
     let start = line_starts[from];
     let end = line_starts.get(to).copied().unwrap_or(len);
-    let mut file = File::open(path).map_err(|e| DataError::local(path, e))?;
+    let mut file = File::open(path).map_err(|e| DataError::io(path, e))?;
     file.seek(SeekFrom::Start(start))
-        .map_err(|e| DataError::local(path, e))?;
+        .map_err(|e| DataError::io(path, e))?;
     let mut bytes = vec![0u8; (end - start) as usize];
     file.read_exact(&mut bytes)
         .map_err(|e| DataError::local(path, format!("changed since it was opened: {e}")))?;

@@ -84,12 +84,15 @@ pub async fn load_remote_model(
     }
     info!(uid, %hotkey, model = %id, block = commitment.block, "fetching the committed model");
     let store = ModelStore::new(download_dir);
-    let fetched = store.fetch(hub, &hotkey, &id, MAX_MODEL_BYTES).await?;
+    let address: pretrain_core::HotkeyAddress = hotkey
+        .parse()
+        .map_err(|e| MinerError::NoModel(format!("uid {uid}: {e}")))?;
+    let fetched = store.fetch(hub, &address, &id, MAX_MODEL_BYTES).await?;
     let path = fetched.path.clone();
     let dev = device.clone();
     let model = tokio::task::spawn_blocking(move || load_local_model(&path, &dev))
         .await
-        .map_err(|e| MinerError::Task(e.to_string()))??;
+        .map_err(MinerError::Join)??;
     Ok(RemoteModel {
         model,
         metadata: ModelMetadata {

@@ -27,8 +27,10 @@
 //! let summary = training.run(&mut NoObserver).await?;
 //! // The best model is a `save_pretrained` directory: push it.
 //! let hotkey = pretrain_chain::Wallet::new("~/.bittensor/wallets", "default", "default").hotkey()?;
+//! // The repo id is checked where it enters (a flag), once.
+//! # let repo: pretrain_core::RepoId = "me/my-model".parse().unwrap();
 //! let meta = pretrain_neurons::push(hub.as_ref(), chain.as_ref(), &hotkey, &summary.best_dir,
-//!     "me/my-model", &Default::default()).await?;
+//!     &repo, &Default::default()).await?;
 //! # let _ = meta; Ok(()) }
 //! ```
 
@@ -63,19 +65,19 @@ pub enum MinerError {
         reason: String,
     },
     /// The chain could not be read.
-    #[error("chain: {0}")]
+    #[error("chain")]
     Chain(#[from] pretrain_chain::ChainError),
     /// The wallet could not be read.
     #[error(transparent)]
     Wallet(#[from] pretrain_chain::wallet::WalletError),
     /// The hub could not be reached or refused.
-    #[error("hub: {0}")]
+    #[error("hub")]
     Hub(#[from] pretrain_store::HubError),
     /// The validator's store refused the download.
     #[error(transparent)]
     Store(#[from] pretrain_store::StoreError),
     /// The pages could not be read.
-    #[error("data: {0}")]
+    #[error("data")]
     Data(#[from] pretrain_data::DataError),
     /// Pushing failed.
     #[error(transparent)]
@@ -97,6 +99,9 @@ pub enum MinerError {
     /// A background task died.
     #[error("task failed: {0}")]
     Task(String),
+    /// A background task panicked or was cancelled.
+    #[error("a background task did not finish")]
+    Join(#[source] tokio::task::JoinError),
 }
 
 impl MinerError {

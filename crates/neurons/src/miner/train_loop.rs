@@ -14,7 +14,7 @@ use pretrain_chain::{Chain, Hotkey};
 use pretrain_core::fsio::{append_line, atomic_write_json, recover_dir, replace_dir};
 use pretrain_core::ModelMetadata;
 use pretrain_data::{load_batches, sample_pages, Batch, PageSource, Tokenizer};
-use pretrain_model::nets::mix_seed;
+use pretrain_model::mix_seed;
 use pretrain_model::{Model, TrainConfig, Trainer};
 use pretrain_store::ModelHub;
 use serde::{Deserialize, Serialize};
@@ -450,7 +450,7 @@ impl Training {
                 (trainer, r)
             })
             .await
-            .map_err(|e| MinerError::Task(e.to_string()))?;
+            .map_err(MinerError::Join)?;
             compute += t0.elapsed().as_secs_f64();
             trained += 1;
             let stepped = trainer.pending_micro_steps() == 0;
@@ -543,7 +543,7 @@ impl Training {
         let dir = dir.to_path_buf();
         tokio::task::spawn_blocking(move || model.save(&dir))
             .await
-            .map_err(|e| MinerError::Task(e.to_string()))??;
+            .map_err(MinerError::Join)??;
         Ok(())
     }
 
@@ -572,7 +572,7 @@ impl Training {
             (trainer, r)
         })
         .await
-        .map_err(|e| MinerError::Task(e.to_string()))?;
+        .map_err(MinerError::Join)?;
         self.trainer = Some(trainer);
         result?;
         let dst = self.run.checkpoint_dir();
@@ -589,7 +589,7 @@ pub async fn push_best(
     hub: &dyn ModelHub,
     chain: &dyn Chain,
     hotkey: &Hotkey,
-    repo_id: &str,
+    repo: &pretrain_core::RepoId,
     options: &PushOptions,
 ) -> Result<ModelMetadata, MinerError> {
     let best = run.best_dir();
@@ -597,6 +597,6 @@ pub async fn push_best(
     let b = best.clone();
     tokio::task::spawn_blocking(move || load_local_model(&b, &Device::Cpu).map(|_| ()))
         .await
-        .map_err(|e| MinerError::Task(e.to_string()))??;
-    Ok(push(hub, chain, hotkey, &best, repo_id, options).await?)
+        .map_err(MinerError::Join)??;
+    Ok(push(hub, chain, hotkey, &best, repo, options).await?)
 }

@@ -10,7 +10,7 @@ use super::Shared;
 
 /// One cleanup pass; returns how many directories were removed.
 pub async fn clean_once(shared: &Shared) -> usize {
-    let tracked: HashMap<String, pretrain_core::ModelId> = shared
+    let tracked: HashMap<pretrain_core::HotkeyAddress, pretrain_core::ModelId> = shared
         .state_snapshot()
         .tracked
         .into_iter()
@@ -26,7 +26,7 @@ pub async fn clean_once(shared: &Shared) -> usize {
             report.removed.len()
         }
         Ok(Err(e)) => {
-            warn!("model cleanup failed: {e}");
+            warn!("model cleanup failed: {}", crate::error_chain(&e));
             0
         }
         Err(e) => {

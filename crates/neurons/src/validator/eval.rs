@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use pretrain_core::constants::{SEQUENCE_LENGTH, WEIGHTS_VERSION_KEY};
 use pretrain_core::scoring::{JsonF64, StepInput, Uid};
-use pretrain_core::weights_for_emit;
+use pretrain_core::{weights_for_emit, HotkeyAddress};
 use serde::Serialize;
 use thiserror::Error;
 use tracing::{error, info, warn};
@@ -19,18 +19,27 @@ use super::Shared;
 #[derive(Debug, Error)]
 pub enum StepError {
     /// The pages could not be fetched or tokenized.
-    #[error("loading pages {pages:?}: {reason}")]
+    #[error("loading pages {pages:?}")]
     Data {
         /// The pages drawn.
         pages: Vec<u64>,
         /// What went wrong.
-        reason: String,
+        #[source]
+        source: pretrain_data::DataError,
+    },
+    /// The pages did not arrive within the step's data limit.
+    #[error("loading pages {pages:?}: timed out after {limit:?}")]
+    DataTimeout {
+        /// The pages drawn.
+        pages: Vec<u64>,
+        /// The limit.
+        limit: Duration,
     },
     /// The pages held less than one batch.
     #[error("pages {0:?} hold less than one batch of tokens")]
     NoBatches(Vec<u64>),
     /// The scoring inputs did not line up (a bug).
-    #[error("scoring: {0}")]
+    #[error("scoring")]
     Scoring(#[from] pretrain_core::scoring::ScoringError),
 }
 
@@ -148,13 +157,13 @@ pub async fn run_step(shared: &Shared) -> Result<Option<StepReport>, StepError> 
         ),
     )
     .await
-    .map_err(|_| StepError::Data {
+    .map_err(|_| StepError::DataTimeout {
         pages: pages.clone(),
-        reason: format!("timed out after {data_limit:?}"),
+        limit: data_limit,
     })?
-    .map_err(|e| StepError::Data {
+    .map_err(|source| StepError::Data {
         pages: pages.clone(),
-        reason: e.to_string(),
+        source,
     })?;
     if batches.is_empty() {
         return Err(StepError::NoBatches(pages));
@@ -167,20 +176,28 @@ pub async fn run_step(shared: &Shared) -> Result<Option<StepReport>, StepError> 
     let mut models = BTreeMap::new();
     for &uid in &uids {
         let hotkey = graph.neurons[usize::from(uid)].hotkey.clone();
-        match state.tracked.get(&hotkey) {
-            Some(meta) => match shared.store.model_path(&hotkey, &meta.id) {
+        // A hotkey that is no address was never tracked (the update loop refuses it).
+        let address = hotkey.parse::<HotkeyAddress>().ok();
+        match address
+            .as_ref()
+            .and_then(|a| state.tracked.get(a).map(|m| (a, m)))
+        {
+            Some((address, meta)) => match shared.store.model_path(address, &meta.id) {
                 Ok(dir) => {
                     jobs.push(ModelJob { uid, dir });
                     models.insert(uid, meta.clone());
                 }
                 Err(e) => {
-                    errors.insert(uid, format!("no usable model path: {e}"));
+                    errors.insert(
+                        uid,
+                        format!("no usable model path: {}", crate::error_chain(&e)),
+                    );
                 }
             },
             None => {
-                let why = state
-                    .refused
-                    .get(&hotkey)
+                let why = address
+                    .as_ref()
+                    .and_then(|a| state.refused.get(a))
                     .map(|r| format!("refused: {}", r.reason))
                     .unwrap_or_else(|| "no valid model committed".into());
                 errors.insert(uid, why);
@@ -314,8 +331,9 @@ pub async fn maybe_set_weights(shared: &Shared) -> Option<WeightsSet> {
             None
         }
         Ok(Err(e)) => {
+            let e = crate::error_chain(&e);
             warn!("set_weights failed: {e}");
-            Some(e.to_string())
+            Some(e)
         }
         Err(_) => {
             warn!("set_weights did not answer within {:?}", cfg.call_timeout);
@@ -374,7 +392,8 @@ pub async fn eval_loop(shared: Arc<Shared>) {
             }
             Ok(Err(e)) => {
                 error!(
-                    "step failed: {e}; retrying in {:?}",
+                    "step failed: {}; retrying in {:?}",
+                    crate::error_chain(&e),
                     shared.config.idle_wait
                 );
                 tokio::time::sleep(shared.config.idle_wait).await;

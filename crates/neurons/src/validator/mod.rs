@@ -69,6 +69,9 @@ pub struct ValidatorConfig {
     pub idle_wait: Duration,
     /// Largest model repo accepted, in bytes.
     pub max_model_bytes: u64,
+    /// The active competition's constraints (`--schedule`): parameter range
+    /// and architectures checked after download. `None`: the seed's limits.
+    pub constraints: Option<pretrain_core::rules::Constraints>,
 }
 
 impl ValidatorConfig {
@@ -85,11 +88,12 @@ impl ValidatorConfig {
             update_interval: Duration::from_secs(300),
             clean_interval: Duration::from_secs(300),
             clean_grace: Duration::from_secs(300),
-            call_timeout: Duration::from_secs(60),
+            call_timeout: pretrain_core::constants::CHAIN_CALL_TIMEOUT,
             download_timeout: Duration::from_secs(20 * 60),
             step_timeout: Duration::from_secs(20 * 60),
             idle_wait: Duration::from_secs(60),
             max_model_bytes: pretrain_core::constants::MAX_MODEL_BYTES,
+            constraints: None,
         }
     }
 }
@@ -98,7 +102,7 @@ impl ValidatorConfig {
 #[derive(Debug, Error)]
 pub enum ValidatorError {
     /// A chain call failed.
-    #[error("chain: {0}")]
+    #[error("chain")]
     Chain(#[from] ChainError),
     /// The hotkey is not registered on the subnet.
     #[error("hotkey {hotkey} is not registered on subnet {netuid}: register it first (`pretrain chain register`, or btcli on a real chain)")]
@@ -125,7 +129,7 @@ pub enum ValidatorError {
     #[error(transparent)]
     State(#[from] StateError),
     /// The tokenizer could not be loaded.
-    #[error("tokenizer: {0}")]
+    #[error("tokenizer")]
     Data(#[from] pretrain_data::DataError),
 }
 
@@ -171,7 +175,10 @@ impl Shared {
         let out = f(&mut s);
         if let Err(e) = s.save(&self.state_path()) {
             // Kept in memory; the next save writes it.
-            warn!("cannot save the validator state: {e}");
+            warn!(
+                "cannot save the validator state: {}",
+                crate::error_chain(&e)
+            );
         }
         out
     }
@@ -199,11 +206,14 @@ impl Shared {
                     g.neurons.iter().map(|n| n.hotkey.clone()).collect();
                 *self.metagraph.write().unwrap_or_else(|p| p.into_inner()) = g;
                 self.update_state(|s| {
-                    s.tracked.retain(|hk, _| hotkeys.contains(hk));
-                    s.refused.retain(|hk, _| hotkeys.contains(hk));
+                    s.tracked.retain(|hk, _| hotkeys.contains(hk.as_str()));
+                    s.refused.retain(|hk, _| hotkeys.contains(hk.as_str()));
                 });
             }
-            Ok(Err(e)) => warn!("metagraph sync failed: {e}; keeping the previous one"),
+            Ok(Err(e)) => warn!(
+                "metagraph sync failed: {}; keeping the previous one",
+                crate::error_chain(&e)
+            ),
             Err(_) => warn!(
                 "metagraph sync did not answer within {:?}; keeping the previous one",
                 self.config.call_timeout

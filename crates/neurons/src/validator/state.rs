@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use pretrain_core::scoring::Uid;
-use pretrain_core::ModelMetadata;
+use pretrain_core::{HotkeyAddress, ModelMetadata};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -20,7 +20,7 @@ pub const STATE_VERSION: u32 = 1;
 #[derive(Debug, Error)]
 pub enum StateError {
     /// The file could not be read or written.
-    #[error("validator state {path}: {source}")]
+    #[error("validator state {}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
@@ -60,9 +60,9 @@ pub struct ValidatorState {
     /// Evaluation steps completed.
     pub step: u64,
     /// The model tracked per hotkey: downloaded, verified and checked.
-    pub tracked: BTreeMap<String, ModelMetadata>,
+    pub tracked: BTreeMap<HotkeyAddress, ModelMetadata>,
     /// The refused latest commitment per hotkey.
-    pub refused: BTreeMap<String, Refusal>,
+    pub refused: BTreeMap<HotkeyAddress, Refusal>,
     /// Uids evaluated in the next step.
     pub uids_to_eval: BTreeSet<Uid>,
     /// Uids whose model changed, joining at the next step.
@@ -150,7 +150,7 @@ mod tests {
         let mut s = ValidatorState::new(9);
         s.step = 3;
         s.tracked.insert(
-            "hk".into(),
+            "hk".parse().unwrap(),
             ModelMetadata {
                 id: ModelId::from_compressed_str("a:b:None:None").unwrap(),
                 block: 7,
@@ -167,6 +167,15 @@ mod tests {
         s.save(&path).unwrap();
         let err = ValidatorState::load(&path).unwrap_err().to_string();
         assert!(err.contains("format version"), "{err}");
+        // Hotkeys stay plain strings on disk, and one that could name a path
+        // elsewhere (the store joins it to its root) is refused on load.
+        s.version = STATE_VERSION;
+        s.save(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"hk\""), "{text}");
+        std::fs::write(&path, text.replace("\"hk\"", "\"../hk\"")).unwrap();
+        let err = ValidatorState::load(&path).unwrap_err().to_string();
+        assert!(err.contains("invalid hotkey"), "{err}");
         std::fs::write(&path, b"{not json").unwrap();
         assert!(matches!(
             ValidatorState::load(&path),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use pretrain_core::scoring::Uid;
-use pretrain_core::{ModelId, ModelMetadata};
+use pretrain_core::{HotkeyAddress, ModelId, ModelMetadata};
 use pretrain_model::{check_model_dir, Limits};
 use pretrain_store::StoreError;
 use rand::Rng;
@@ -79,11 +79,11 @@ fn refusal_key(data: &[u8], block: u64) -> (String, u64) {
 }
 
 /// Checks one hotkey's commitment and brings its model in if it changed.
-pub async fn sync_hotkey(shared: &Shared, uid: Uid, hotkey: &str) -> SyncOutcome {
+pub async fn sync_hotkey(shared: &Shared, uid: Uid, hotkey: &HotkeyAddress) -> SyncOutcome {
     let cfg = &shared.config;
     let commitment = match tokio::time::timeout(
         cfg.call_timeout,
-        shared.chain.commitment(cfg.netuid, hotkey),
+        shared.chain.commitment(cfg.netuid, hotkey.as_str()),
     )
     .await
     {
@@ -93,7 +93,12 @@ pub async fn sync_hotkey(shared: &Shared, uid: Uid, hotkey: &str) -> SyncOutcome
                 cfg.call_timeout
             ))
         }
-        Ok(Err(e)) => return SyncOutcome::Deferred(format!("commitment read failed: {e}")),
+        Ok(Err(e)) => {
+            return SyncOutcome::Deferred(format!(
+                "commitment read failed: {}",
+                crate::error_chain(&e)
+            ))
+        }
         Ok(Ok(None)) => return SyncOutcome::Unchanged,
         Ok(Ok(Some(c))) => c,
     };
@@ -129,7 +134,7 @@ pub async fn sync_hotkey(shared: &Shared, uid: Uid, hotkey: &str) -> SyncOutcome
     if tracked.as_ref() == Some(&metadata) && path.as_ref().is_ok_and(|p| p.is_dir()) {
         return SyncOutcome::Unchanged;
     }
-    info!(uid, hotkey, model = %metadata.id, block = metadata.block, "new commitment, fetching the model");
+    info!(uid, %hotkey, model = %metadata.id, block = metadata.block, "new commitment, fetching the model");
     let fetched = tokio::time::timeout(
         cfg.download_timeout,
         shared.store.fetch(
@@ -148,19 +153,48 @@ pub async fn sync_hotkey(shared: &Shared, uid: Uid, hotkey: &str) -> SyncOutcome
             ))
         }
         Ok(Err(StoreError::Hub(e))) if e.is_retryable() => {
-            return SyncOutcome::Deferred(format!("hub: {e}"))
+            return SyncOutcome::Deferred(format!("hub: {}", crate::error_chain(&e)))
         }
-        Ok(Err(e)) => return refuse(shared, uid, hotkey, key, e.to_string(), None),
+        Ok(Err(e)) => return refuse(shared, uid, hotkey, key, crate::error_chain(&e), None),
         Ok(Ok(f)) => f,
     };
     let dir = fetched.path.clone();
-    let checked =
-        tokio::task::spawn_blocking(move || check_model_dir(&dir, Limits::default())).await;
+    let limits = cfg
+        .constraints
+        .as_ref()
+        .map_or_else(Limits::default, |c| Limits {
+            max_params: c.max_parameters,
+            max_bytes: cfg.max_model_bytes,
+        });
+    let checked = tokio::task::spawn_blocking(move || check_model_dir(&dir, limits)).await;
+    // The schedule's competition may also set a floor and allow fewer architectures.
+    let checked = checked.map(|r| {
+        r.map_err(|e| crate::error_chain(&e))
+            .and_then(|info| match &cfg.constraints {
+                Some(c) if info.params < c.min_parameters => Err(format!(
+                    "{} parameters, fewer than the competition's minimum {}",
+                    info.params, c.min_parameters
+                )),
+                Some(c)
+                    if !c
+                        .architectures
+                        .iter()
+                        .any(|a| a == info.architecture.class_name()) =>
+                {
+                    Err(format!(
+                        "architecture {} is not allowed in the competition ([{}])",
+                        info.architecture.class_name(),
+                        c.architectures.join(", ")
+                    ))
+                }
+                _ => Ok(info),
+            })
+    });
     match checked {
         Ok(Ok(info)) => {
-            info!(uid, hotkey, model = %metadata.id, params = info.params, architecture = ?info.architecture, "model tracked and queued");
+            info!(uid, %hotkey, model = %metadata.id, params = info.params, architecture = ?info.architecture, "model tracked and queued");
             let m = metadata.clone();
-            let hk = hotkey.to_string();
+            let hk = hotkey.clone();
             shared.update_state(move |s| {
                 s.tracked.insert(hk.clone(), m);
                 s.refused.remove(&hk);
@@ -168,7 +202,7 @@ pub async fn sync_hotkey(shared: &Shared, uid: Uid, hotkey: &str) -> SyncOutcome
             });
             SyncOutcome::Updated(metadata)
         }
-        Ok(Err(e)) => refuse(shared, uid, hotkey, key, e.to_string(), Some(&metadata.id)),
+        Ok(Err(reason)) => refuse(shared, uid, hotkey, key, reason, Some(&metadata.id)),
         Err(e) => refuse(
             shared,
             uid,
@@ -183,18 +217,18 @@ pub async fn sync_hotkey(shared: &Shared, uid: Uid, hotkey: &str) -> SyncOutcome
 fn refuse(
     shared: &Shared,
     uid: Uid,
-    hotkey: &str,
+    hotkey: &HotkeyAddress,
     key: (String, u64),
     reason: String,
     fetched: Option<&ModelId>,
 ) -> SyncOutcome {
-    warn!(uid, hotkey, commitment = %key.0, block = key.1, "model refused: {reason}");
+    warn!(uid, %hotkey, commitment = %key.0, block = key.1, "model refused: {reason}");
     if let Some(id) = fetched {
         if let Err(e) = shared.store.remove_model(hotkey, id) {
-            warn!(hotkey, "cannot remove the refused model: {e}");
+            warn!(%hotkey, "cannot remove the refused model: {}", crate::error_chain(&e));
         }
     }
-    let hk = hotkey.to_string();
+    let hk = hotkey.clone();
     let r = reason.clone();
     shared.update_state(move |s| {
         // The latest commitment is what counts: an older model of this
@@ -256,6 +290,14 @@ pub async fn update_loop(shared: Arc<Shared>) {
                 .map(|n| n.hotkey.clone())
         };
         let Some(hotkey) = hotkey else { continue };
+        let hotkey = match hotkey.parse::<HotkeyAddress>() {
+            Ok(h) => h,
+            Err(e) => {
+                // Never tracked, so it scores +inf; said once per pass.
+                warn!(uid, "hotkey refused: {e}");
+                continue;
+            }
+        };
         match sync_hotkey(&shared, uid, &hotkey).await {
             SyncOutcome::Deferred(why) => warn!(uid, %hotkey, "model update deferred: {why}"),
             outcome => debug!(uid, %hotkey, ?outcome, "checked"),

@@ -9,7 +9,8 @@ mod store_common;
 // Each test binary uses a different subset of these.
 #[allow(unused_imports)]
 pub use store_common::{
-    copy_dir, fake_hf, reference_expected, reference_files, reference_hash, reference_model_dir,
+    commit_id, copy_dir, fake_hf, hk, reference_expected, reference_files, reference_hash,
+    reference_model_dir, repo,
 };
 
 use std::sync::Mutex;

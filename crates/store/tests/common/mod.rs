@@ -56,3 +56,30 @@ pub fn copy_dir(src: &Path, dst: &Path) {
         std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
     }
 }
+
+/// A repo id known to be valid.
+pub fn repo(s: &str) -> pretrain_core::RepoId {
+    s.parse().unwrap()
+}
+
+/// A commit id known to be valid.
+pub fn commit_id(s: &str) -> pretrain_core::CommitId {
+    s.parse().unwrap()
+}
+
+/// A hotkey known to be valid.
+pub fn hk(s: &str) -> pretrain_core::HotkeyAddress {
+    s.parse().unwrap()
+}
+
+/// An error and its sources joined with ": ", as the CLI prints them.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,399 @@
+//! Typed identities checked once where they enter the program (a flag, a
+//! chain commitment, a hub's answer): a hub repo ([`RepoId`]), a hub commit
+//! ([`CommitId`]) and a hotkey address ([`HotkeyAddress`]). Each one is safe
+//! to use as a path component, so code holding one never re-checks it.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::model_id::validate_hf_repo_id;
+use crate::ModelId;
+
+/// Why a repo id, commit id or hotkey is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum IdError {
+    /// The repo id is not `namespace/name` with safe parts.
+    #[error("invalid repo id {repo_id:?}: {reason}")]
+    RepoId {
+        /// What was given.
+        repo_id: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// The commit id is not 40 lowercase hex digits.
+    #[error("invalid commit id {0:?}: expected 40 lowercase hex digits")]
+    Commit(String),
+    /// The hotkey is not an SS58 address.
+    #[error("invalid hotkey {0:?}: an SS58 address is 1 to 64 ASCII letters or digits")]
+    Hotkey(String),
+    /// The model id has no commit, so it names no fixed content.
+    #[error("model id {0} has no commit")]
+    NoCommit(String),
+}
+
+/// A hub repo `namespace/name`, both parts checked safe as path components.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RepoId {
+    namespace: String,
+    name: String,
+}
+
+impl RepoId {
+    /// Builds a repo id from its two parts, with the rules of [`RepoId::from_str`].
+    pub fn new(namespace: &str, name: &str) -> Result<Self, IdError> {
+        format!("{namespace}/{name}").parse()
+    }
+
+    /// User or organisation.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// Repo name inside the namespace.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The folder `huggingface_hub` keeps this model repo in: `models--<ns>--<name>`.
+    pub fn folder_name(&self) -> String {
+        format!("models--{}--{}", self.namespace, self.name)
+    }
+}
+
+impl FromStr for RepoId {
+    type Err = IdError;
+
+    /// Parses `namespace/name`: the original's `validate_hf_repo_id` plus
+    /// both parts non-empty, only `A-Z a-z 0-9 - _ .` and not `.`/`..`,
+    /// which is also what the Hugging Face Hub accepts.
+    fn from_str(repo_id: &str) -> Result<Self, IdError> {
+        let refuse = |reason: String| IdError::RepoId {
+            repo_id: repo_id.to_string(),
+            reason,
+        };
+        let (namespace, name) = validate_hf_repo_id(repo_id).map_err(|e| refuse(e.to_string()))?;
+        for (what, part) in [("namespace", &namespace), ("name", &name)] {
+            if part.is_empty() {
+                return Err(refuse(format!("{what} is empty")));
+            }
+            if part == "." || part == ".." {
+                return Err(refuse(format!("{what} {part:?} would leave the directory")));
+            }
+            if !part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                return Err(refuse(format!(
+                    "{what} may only contain letters, digits, '-', '_' and '.'"
+                )));
+            }
+        }
+        Ok(Self { namespace, name })
+    }
+}
+
+impl fmt::Display for RepoId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+impl TryFrom<String> for RepoId {
+    type Error = IdError;
+    fn try_from(s: String) -> Result<Self, IdError> {
+        s.parse()
+    }
+}
+
+impl From<RepoId> for String {
+    fn from(r: RepoId) -> String {
+        r.to_string()
+    }
+}
+
+/// A hub commit: exactly 40 lowercase hex digits (a git sha).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CommitId(String);
+
+impl CommitId {
+    /// The 40 hex digits.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for CommitId {
+    type Err = IdError;
+    fn from_str(commit: &str) -> Result<Self, IdError> {
+        if commit.len() == 40
+            && commit
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            Ok(Self(commit.to_string()))
+        } else {
+            Err(IdError::Commit(commit.to_string()))
+        }
+    }
+}
+
+impl fmt::Display for CommitId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for CommitId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Safe as a single path component, which is what it is checked for.
+impl AsRef<std::path::Path> for CommitId {
+    fn as_ref(&self) -> &std::path::Path {
+        std::path::Path::new(&self.0)
+    }
+}
+
+impl PartialEq<str> for CommitId {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl TryFrom<String> for CommitId {
+    type Error = IdError;
+    fn try_from(s: String) -> Result<Self, IdError> {
+        s.parse()
+    }
+}
+
+impl From<CommitId> for String {
+    fn from(c: CommitId) -> String {
+        c.0
+    }
+}
+
+/// A hotkey's SS58 address as used in names on disk: 1 to 64 base58-range
+/// characters, so only ASCII letters and digits (the checksum is the chain
+/// crate's business; this type only guarantees a safe, plausible name).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct HotkeyAddress(String);
+
+/// The SS58 hotkey type under its chain name.
+pub type Ss58 = HotkeyAddress;
+
+impl HotkeyAddress {
+    /// The address text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for HotkeyAddress {
+    type Err = IdError;
+    fn from_str(hotkey: &str) -> Result<Self, IdError> {
+        if !hotkey.is_empty()
+            && hotkey.len() <= 64
+            && hotkey.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
+            Ok(Self(hotkey.to_string()))
+        } else {
+            Err(IdError::Hotkey(hotkey.to_string()))
+        }
+    }
+}
+
+impl fmt::Display for HotkeyAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for HotkeyAddress {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Safe as a single path component, which is what it is checked for.
+impl AsRef<std::path::Path> for HotkeyAddress {
+    fn as_ref(&self) -> &std::path::Path {
+        std::path::Path::new(&self.0)
+    }
+}
+
+impl PartialEq<str> for HotkeyAddress {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl TryFrom<String> for HotkeyAddress {
+    type Error = IdError;
+    fn try_from(s: String) -> Result<Self, IdError> {
+        s.parse()
+    }
+}
+
+impl From<HotkeyAddress> for String {
+    fn from(h: HotkeyAddress) -> String {
+        h.0
+    }
+}
+
+impl ModelId {
+    /// A model id for `repo` at `commit` with content hash `hash`.
+    pub fn at(repo: &RepoId, commit: &CommitId, hash: impl Into<String>) -> Self {
+        Self {
+            namespace: repo.namespace.clone(),
+            name: repo.name.clone(),
+            commit: Some(commit.to_string()),
+            hash: Some(hash.into()),
+        }
+    }
+
+    /// The repo and commit this id names, checked: what a chain commitment
+    /// is parsed into before anything is fetched or named on disk.
+    pub fn hub_location(&self) -> Result<(RepoId, CommitId), IdError> {
+        let repo = RepoId::new(&self.namespace, &self.name)?;
+        let commit = self
+            .commit
+            .as_deref()
+            .ok_or_else(|| IdError::NoCommit(self.to_compressed_str()))?
+            .parse()?;
+        Ok((repo, commit))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn repo_ids() {
+        let r: RepoId = "alice/tiny-gpt2".parse().unwrap();
+        assert_eq!(r.folder_name(), "models--alice--tiny-gpt2");
+        assert_eq!(r.to_string(), "alice/tiny-gpt2");
+        assert_eq!((r.namespace(), r.name()), ("alice", "tiny-gpt2"));
+        for bad in [
+            "../x", "a/..", "./abc", "/abc", "abc/", "a b/c", "a\\b/c", "ab", "a/b/c", "a/b\0c",
+        ] {
+            let err = bad.parse::<RepoId>().unwrap_err();
+            assert!(matches!(err, IdError::RepoId { .. }), "{bad}: {err}");
+        }
+        let err = "../x".parse::<RepoId>().unwrap_err().to_string();
+        assert!(err.contains("would leave the directory"), "{err}");
+        // The original's length rule: 3 < len <= 41 characters.
+        assert!(format!("a/{}", "b".repeat(39)).parse::<RepoId>().is_ok());
+        assert!(format!("a/{}", "b".repeat(40)).parse::<RepoId>().is_err());
+    }
+
+    #[test]
+    fn commits_and_hotkeys() {
+        let c: CommitId = "0123456789abcdef0123456789abcdef01234567".parse().unwrap();
+        assert_eq!(c.as_str(), "0123456789abcdef0123456789abcdef01234567");
+        for bad in [
+            "",
+            "main",
+            "0123456789ABCDEF0123456789abcdef01234567",
+            "0123456789abcdef0123456789abcdef0123456",
+            "../../../../../../../../../../../../../a",
+        ] {
+            assert_eq!(bad.parse::<CommitId>(), Err(IdError::Commit(bad.into())));
+        }
+        let h: HotkeyAddress = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            h.to_string(),
+            "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"
+        );
+        for bad in ["", "..", "a/b", "/abs", "x".repeat(65).as_str(), "é"] {
+            assert!(bad.parse::<HotkeyAddress>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn serde_as_strings_and_checked() {
+        let r: RepoId = serde_json::from_str("\"alice/m1\"").unwrap();
+        assert_eq!(serde_json::to_string(&r).unwrap(), "\"alice/m1\"");
+        assert!(serde_json::from_str::<RepoId>("\"../m1\"").is_err());
+        let map: std::collections::BTreeMap<HotkeyAddress, u32> =
+            serde_json::from_str(r#"{"5Abc": 1}"#).unwrap();
+        assert_eq!(serde_json::to_string(&map).unwrap(), r#"{"5Abc":1}"#);
+        assert!(
+            serde_json::from_str::<std::collections::BTreeMap<HotkeyAddress, u32>>(r#"{"a/b": 1}"#)
+                .is_err()
+        );
+        assert!(serde_json::from_str::<CommitId>("\"main\"").is_err());
+    }
+
+    #[test]
+    fn model_id_location() {
+        let id =
+            ModelId::from_compressed_str("alice:m1:0123456789abcdef0123456789abcdef01234567:h")
+                .unwrap();
+        let (repo, commit) = id.hub_location().unwrap();
+        assert_eq!(repo.to_string(), "alice/m1");
+        assert_eq!(ModelId::at(&repo, &commit, "h"), id);
+        let none = ModelId::from_compressed_str("alice:m1:None:h").unwrap();
+        assert!(matches!(none.hub_location(), Err(IdError::NoCommit(_))));
+        let evil = ModelId::from_compressed_str("..:m1:0123456789abcdef0123456789abcdef01234567:h")
+            .unwrap();
+        assert!(matches!(evil.hub_location(), Err(IdError::RepoId { .. })));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn repo_id_parse_never_panics_and_round_trips(s in "\\PC{0,48}") {
+            match s.parse::<RepoId>() {
+                Ok(r) => {
+                    prop_assert_eq!(r.to_string(), s.clone());
+                    prop_assert_eq!(r.to_string().parse::<RepoId>().unwrap(), r);
+                }
+                Err(e) => prop_assert!(!e.to_string().is_empty()),
+            }
+        }
+
+        #[test]
+        fn valid_repo_ids_round_trip(ns in "[A-Za-z0-9_-][A-Za-z0-9._-]{0,15}",
+                                     name in "[A-Za-z0-9_-][A-Za-z0-9._-]{1,15}") {
+            let r = RepoId::new(&ns, &name).unwrap();
+            prop_assert_eq!(r.to_string().parse::<RepoId>().unwrap(), r.clone());
+            prop_assert_eq!(r.folder_name(), format!("models--{ns}--{name}"));
+        }
+
+        #[test]
+        fn commit_parse_never_panics_and_round_trips(s in "[0-9a-fA-F./]{0,42}|\\PC{0,42}") {
+            match s.parse::<CommitId>() {
+                Ok(c) => {
+                    prop_assert_eq!(c.as_str().len(), 40);
+                    prop_assert_eq!(c.to_string().parse::<CommitId>().unwrap(), c);
+                }
+                Err(e) => prop_assert_eq!(e, IdError::Commit(s.clone())),
+            }
+        }
+
+        #[test]
+        fn hotkey_parse_never_panics_and_round_trips(s in "[1-9A-HJ-NP-Za-km-z]{0,66}|\\PC{0,66}") {
+            match s.parse::<HotkeyAddress>() {
+                Ok(h) => {
+                    prop_assert!(!s.contains(['/', '.', '\\']));
+                    prop_assert_eq!(h.to_string().parse::<HotkeyAddress>().unwrap(), h);
+                }
+                Err(e) => prop_assert_eq!(e, IdError::Hotkey(s.clone())),
+            }
+        }
+    }
+}

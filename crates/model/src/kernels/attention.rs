@@ -1,0 +1,507 @@
+//! Causal scaled-dot-product attention on `[B, H, T, hd]` q, k, v, heads
+//! merged into `[B * T, H * hd]`. On the CPU each head runs on one thread and
+//! no `[H, T, T]` tensor outlives it: evaluation works in blocks of query rows
+//! that only meet the keys they can see; training's backward recomputes the
+//! probabilities from q and k and regenerates the dropout mask from its seed.
+//! [`causal_softmax_rows`] is the one causal softmax of both.
+
+use candle_core::{CpuStorage, Layout, Shape, Tensor, D};
+use rayon::prelude::*;
+
+use super::activations::mask_in_place;
+use super::gemm::gemm_f32;
+use super::loss::fast_exp;
+use super::{contiguous_f32, is_cpu_f32, with_cpu_f32};
+use crate::error::Result;
+use crate::nn::{DropSeeds, Mode};
+
+/// Query rows per block in evaluation: a `[BLOCK, T]` score buffer per thread.
+const EVAL_BLOCK: usize = 128;
+
+super::avx2_dispatch! {
+    /// Causal softmax in place on rows of scores `row_len` wide: row `i` is
+    /// query position `first + i`, sees keys `0..=first + i`, and the keys after
+    /// it become exactly 0. NaN propagates to the whole row, as in torch.
+    fn causal_softmax_rows(scores: &mut [f32], row_len: usize, first: usize) -> () {
+        for (i, row) in scores.chunks_mut(row_len).enumerate() {
+            let (seen, masked) = row.split_at_mut((first + i + 1).min(row_len));
+            let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for x in seen.iter_mut() {
+                *x = fast_exp(*x - max);
+                sum += *x;
+            }
+            let inv = 1.0 / sum;
+            for x in seen.iter_mut() {
+                *x *= inv;
+            }
+            masked.fill(0.0);
+        }
+    }
+}
+
+/// One head of causal attention for evaluation, into `out` (`[T, hd]`).
+fn eval_head(q: &[f32], k: &[f32], v: &[f32], t: usize, hd: usize, scale: f32, out: &mut [f32]) {
+    let mut s = vec![0f32; EVAL_BLOCK.min(t) * t];
+    let mut r0 = 0;
+    while r0 < t {
+        let n = EVAL_BLOCK.min(t - r0);
+        let r1 = r0 + n;
+        let s = &mut s[..n * r1];
+        // Scores of rows r0..r1 against the keys 0..r1 they may see.
+        gemm_f32(
+            n,
+            r1,
+            hd,
+            s,
+            r1,
+            false,
+            (&q[r0 * hd..], hd, 1),
+            (k, 1, hd),
+            scale,
+            1,
+        );
+        causal_softmax_rows(s, r1, r0);
+        gemm_f32(
+            n,
+            hd,
+            r1,
+            &mut out[r0 * hd..],
+            hd,
+            false,
+            (s, r1, 1),
+            (v, hd, 1),
+            1.0,
+            1,
+        );
+        r0 = r1;
+    }
+}
+
+/// Writes per-head `[T, hd]` outputs into the merged `[B * T, H * hd]` layout.
+fn scatter_heads(heads: &[Vec<f32>], b: usize, h: usize, t: usize, hd: usize) -> Vec<f32> {
+    debug_assert_eq!(heads.len(), b * h);
+    let mut merged = vec![0f32; b * t * h * hd];
+    for (bh, head) in heads.iter().enumerate() {
+        let (bi, hi) = (bh / h, bh % h);
+        for (i, row) in head.chunks(hd).enumerate() {
+            let at = ((bi * t + i) * h + hi) * hd;
+            merged[at..at + hd].copy_from_slice(row);
+        }
+    }
+    merged
+}
+
+fn eval_cpu(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> candle_core::Result<Tensor> {
+    let (b, h, t, hd) = q.dims4()?;
+    let per_head: Vec<Vec<f32>> = with_cpu_f32(q, |qs| {
+        with_cpu_f32(k, |ks| {
+            with_cpu_f32(v, |vs| {
+                (0..b * h)
+                    .into_par_iter()
+                    .map(|bh| {
+                        let r = bh * t * hd..(bh + 1) * t * hd;
+                        let mut out = vec![0f32; t * hd];
+                        eval_head(
+                            &qs[r.clone()],
+                            &ks[r.clone()],
+                            &vs[r],
+                            t,
+                            hd,
+                            scale,
+                            &mut out,
+                        );
+                        out
+                    })
+                    .collect()
+            })
+        })
+    })???;
+    Tensor::from_vec(
+        scatter_heads(&per_head, b, h, t, hd),
+        (b * t, h * hd),
+        q.device(),
+    )
+}
+
+/// Training attention with dropout `p` on the probabilities (see the module docs).
+struct TrainOp {
+    scale: f32,
+    p: f32,
+    seed: u64,
+}
+
+impl TrainOp {
+    /// Probabilities of head `bh` (`[T, T]`, causal, before dropout).
+    fn probs(&self, q: &[f32], k: &[f32], t: usize, hd: usize) -> Vec<f32> {
+        let mut out = vec![0f32; t * t];
+        gemm_f32(
+            t,
+            t,
+            hd,
+            &mut out,
+            t,
+            false,
+            (q, hd, 1),
+            (k, 1, hd),
+            self.scale,
+            1,
+        );
+        causal_softmax_rows(&mut out, t, 0);
+        out
+    }
+
+    /// Applies head `bh`'s dropout mask (scaled) in place.
+    fn mask(&self, bh: usize, t: usize, m: &mut [f32]) {
+        mask_in_place(self.seed, self.p, (bh * t * t) as u64, m);
+    }
+}
+
+impl candle_core::CustomOp3 for TrainOp {
+    fn name(&self) -> &'static str {
+        "causal-attention-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (b, h, t, hd) = l1.shape().dims4()?;
+        if l2.shape().dims4()? != (b, h, t, hd) || l3.shape().dims4()? != (b, h, t, hd) {
+            candle_core::bail!("attention: q, k, v shapes differ");
+        }
+        let (q, k, v) = (
+            contiguous_f32(s1, l1)?,
+            contiguous_f32(s2, l2)?,
+            contiguous_f32(s3, l3)?,
+        );
+        let heads: Vec<Vec<f32>> = (0..b * h)
+            .into_par_iter()
+            .map(|bh| {
+                let r = bh * t * hd..(bh + 1) * t * hd;
+                let mut pm = self.probs(&q[r.clone()], &k[r.clone()], t, hd);
+                self.mask(bh, t, &mut pm);
+                let mut o = vec![0f32; t * hd];
+                gemm_f32(
+                    t,
+                    hd,
+                    t,
+                    &mut o,
+                    hd,
+                    false,
+                    (&pm, t, 1),
+                    (&v[r], hd, 1),
+                    1.0,
+                    1,
+                );
+                o
+            })
+            .collect();
+        Ok((
+            CpuStorage::F32(scatter_heads(&heads, b, h, t, hd)),
+            Shape::from((b * t, h * hd)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (b, h, t, hd) = q.dims4()?;
+        let grads: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = with_cpu_f32(q, |qs| {
+            with_cpu_f32(k, |ks| {
+                with_cpu_f32(v, |vs| {
+                    with_cpu_f32(grad, |go| {
+                        (0..b * h)
+                            .into_par_iter()
+                            .map(|bh| self.head_bwd(bh, (b, h, t, hd), qs, ks, vs, go))
+                            .collect()
+                    })
+                })
+            })
+        })????;
+        let n = b * h * t * hd;
+        let (mut dq, mut dk, mut dv) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for (a, bb, c) in grads {
+            dq.extend(a);
+            dk.extend(bb);
+            dv.extend(c);
+        }
+        let dev = q.device();
+        Ok((
+            Some(Tensor::from_vec(dq, (b, h, t, hd), dev)?),
+            Some(Tensor::from_vec(dk, (b, h, t, hd), dev)?),
+            Some(Tensor::from_vec(dv, (b, h, t, hd), dev)?),
+        ))
+    }
+}
+
+impl TrainOp {
+    /// dQ, dK, dV of head `bh` from the merged output gradient `go`.
+    fn head_bwd(
+        &self,
+        bh: usize,
+        (_b, h, t, hd): (usize, usize, usize, usize),
+        qs: &[f32],
+        ks: &[f32],
+        vs: &[f32],
+        go: &[f32],
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (bi, hi) = (bh / h, bh % h);
+        let r = bh * t * hd..(bh + 1) * t * hd;
+        let (q, k, v) = (&qs[r.clone()], &ks[r.clone()], &vs[r]);
+        // dO of this head, [T, hd], gathered from the merged layout.
+        let mut d_o = vec![0f32; t * hd];
+        for i in 0..t {
+            let at = ((bi * t + i) * h + hi) * hd;
+            d_o[i * hd..(i + 1) * hd].copy_from_slice(&go[at..at + hd]);
+        }
+        let probs = self.probs(q, k, t, hd);
+        let mut dropped = probs.clone();
+        self.mask(bh, t, &mut dropped);
+        // dV = P'^T dO
+        let mut dv = vec![0f32; t * hd];
+        gemm_f32(
+            t,
+            hd,
+            t,
+            &mut dv,
+            hd,
+            false,
+            (&dropped, 1, t),
+            (&d_o, hd, 1),
+            1.0,
+            1,
+        );
+        drop(dropped);
+        // dP' = dO V^T, then back through dropout and softmax into dS.
+        let mut ds = vec![0f32; t * t];
+        gemm_f32(
+            t,
+            t,
+            hd,
+            &mut ds,
+            t,
+            false,
+            (&d_o, hd, 1),
+            (v, 1, hd),
+            1.0,
+            1,
+        );
+        self.mask(bh, t, &mut ds);
+        for (i, (g, p)) in ds.chunks_mut(t).zip(probs.chunks(t)).enumerate() {
+            let dot: f32 = g[..=i].iter().zip(&p[..=i]).map(|(a, b)| a * b).sum();
+            for (g, &p) in g[..=i].iter_mut().zip(&p[..=i]) {
+                *g = p * (*g - dot);
+            }
+            g[i + 1..].fill(0.0);
+        }
+        // dQ = scale dS K, dK = scale dS^T Q
+        let mut dq = vec![0f32; t * hd];
+        gemm_f32(
+            t,
+            hd,
+            t,
+            &mut dq,
+            hd,
+            false,
+            (&ds, t, 1),
+            (k, hd, 1),
+            self.scale,
+            1,
+        );
+        let mut dk = vec![0f32; t * hd];
+        gemm_f32(
+            t,
+            hd,
+            t,
+            &mut dk,
+            hd,
+            false,
+            (&ds, 1, t),
+            (q, hd, 1),
+            self.scale,
+            1,
+        );
+        (dq, dk, dv)
+    }
+}
+
+/// Other devices: candle's ops, the mask added as `-inf` (dropout unseeded).
+fn composed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, p: f32, mode: Mode) -> Result<Tensor> {
+    let (b, h, t, hd) = q.dims4()?;
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    let mask = Tensor::from_vec(mask, (t, t), q.device())?;
+    let scores = ((q * scale)?.matmul(&k.t()?)?).broadcast_add(&mask)?;
+    let mut probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+    if mode == Mode::Train && p > 0.0 {
+        probs = candle_nn::ops::dropout(&probs, p)?;
+    }
+    Ok(probs.matmul(v)?.transpose(1, 2)?.reshape((b * t, h * hd))?)
+}
+
+/// Causal attention of `[B, H, T, hd]` q, k, v (contiguous), merged into
+/// `[B * T, H * hd]`; dropout `p` on the probabilities in training, its mask
+/// drawn from `seeds` (one seed per call, drawn in every mode).
+pub(crate) fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    p: f32,
+    mode: Mode,
+    seeds: &mut DropSeeds,
+) -> Result<Tensor> {
+    let seed = seeds.next();
+    if !is_cpu_f32(q) {
+        return composed(q, k, v, scale, p, mode);
+    }
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    Ok(match mode {
+        Mode::Eval => eval_cpu(&q, &k, &v, scale as f32)?,
+        Mode::Train => {
+            let op = TrainOp {
+                scale: scale as f32,
+                p,
+                seed,
+            };
+            q.apply_op3(&k, &v, op)?
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::activations::keep;
+    use candle_core::{Device, Var};
+
+    fn flat(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    /// Attention from candle's own ops, with an explicit dropout mask.
+    fn reference(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        scale: f64,
+        keep_mask: Option<Tensor>,
+    ) -> Tensor {
+        let (b, h, t, hd) = q.dims4().unwrap();
+        let mask: Vec<f32> = (0..t)
+            .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
+        let mask = Tensor::from_vec(mask, (t, t), q.device()).unwrap();
+        let scores = (q.matmul(&k.t().unwrap()).unwrap() * scale)
+            .unwrap()
+            .broadcast_add(&mask)
+            .unwrap();
+        let mut probs = candle_nn::ops::softmax(&scores, D::Minus1).unwrap();
+        if let Some(m) = keep_mask {
+            probs = (probs * m).unwrap();
+        }
+        probs
+            .matmul(v)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((b * t, h * hd))
+            .unwrap()
+    }
+
+    #[test]
+    fn eval_attention_in_blocks_matches_candle() {
+        let dev = Device::Cpu;
+        // 300 positions: three query blocks, the last one partial.
+        let (b, h, t, hd) = (2, 3, 300, 8);
+        let mk = || Tensor::randn(0f32, 1.0, (b, h, t, hd), &dev).unwrap();
+        let (q, k, v) = (mk(), mk(), mk());
+        let ours =
+            causal_attention(&q, &k, &v, 0.35, 0.0, Mode::Eval, &mut DropSeeds::new(0)).unwrap();
+        let want = reference(&q, &k, &v, 0.35, None);
+        for (a, b) in flat(&ours).iter().zip(&flat(&want)) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn causal_softmax_masks_the_future_and_propagates_nan() {
+        let mut s = vec![1.0, 2.0, 3.0, 1.0, 2.0, 3.0];
+        causal_softmax_rows(&mut s, 3, 1);
+        let e = (1f32.exp(), 2f32.exp());
+        assert!((s[0] - e.0 / (e.0 + e.1)).abs() < 1e-6 && s[2] == 0.0);
+        assert!((s[3..].iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        let mut s = vec![f32::NAN, 0.0];
+        causal_softmax_rows(&mut s, 2, 1);
+        assert!(s.iter().all(|x| x.is_nan()));
+    }
+
+    #[test]
+    fn training_attention_matches_candle_forward_and_backward() {
+        let dev = Device::Cpu;
+        let (b, h, t, hd) = (2, 2, 20, 4);
+        for p in [0.0f32, 0.3] {
+            let mk = || {
+                Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, h, t, hd), &dev).unwrap()).unwrap()
+            };
+            let (q, k, v) = (mk(), mk(), mk());
+            let w = Tensor::randn(0f32, 1.0, (b * t, h * hd), &dev).unwrap();
+            let mut seeds = DropSeeds::new(99);
+            let seed = DropSeeds::new(99).next();
+            let ours = causal_attention(
+                q.as_tensor(),
+                k.as_tensor(),
+                v.as_tensor(),
+                0.5,
+                p,
+                Mode::Train,
+                &mut seeds,
+            )
+            .unwrap();
+            let keep_mask = (p > 0.0).then(|| {
+                let m: Vec<f32> = (0..b * h * t * t)
+                    .map(|i| {
+                        if keep(seed, i as u64, p) {
+                            1.0 / (1.0 - p)
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
+                Tensor::from_vec(m, (b, h, t, t), &dev).unwrap()
+            });
+            let want = reference(q.as_tensor(), k.as_tensor(), v.as_tensor(), 0.5, keep_mask);
+            for (a, c) in flat(&ours).iter().zip(&flat(&want)) {
+                assert!((a - c).abs() < 1e-5, "forward p={p}: {a} vs {c}");
+            }
+            let gf = (ours * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let gs = (want * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            for x in [&q, &k, &v] {
+                let (a, c) = (
+                    flat(gf.get(x.as_tensor()).unwrap()),
+                    flat(gs.get(x.as_tensor()).unwrap()),
+                );
+                assert!(
+                    a.iter().zip(&c).all(|(a, b)| (a - b).abs() < 1e-4),
+                    "backward p={p}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! The one call into `gemm` the kernels share, with every invariant the raw
+//! pointer call relies on checked first, and the evaluation `Conv1D`.
+
+use candle_core::Tensor;
+
+use super::{activations, is_cpu_f32, with_cpu_f32};
+
+/// `dst[m x n] = (accumulate ? dst : 0) + beta * lhs[m x k] @ rhs[k x n]` on
+/// row-major buffers given as (slice, row stride, column stride); `dst` has
+/// unit column stride and row stride `dst_rs`.
+///
+/// Safe to call with any arguments: it panics instead of letting the kernel
+/// read or write out of bounds. The invariants `gemm::gemm` relies on, all
+/// asserted here:
+/// - every element the kernel reads of `lhs` and `rhs`, and writes of `dst`,
+///   lies inside its slice (the last index of each operand is in bounds);
+/// - distinct `dst` elements do not overlap (`dst_rs >= n` when `m > 1`), so
+///   the threads writing different rows never write the same place;
+/// - `dst` does not alias `lhs` or `rhs` (guaranteed by `&mut` against `&`);
+/// - strides fit in `isize` (they index slices, which never exceed `isize::MAX`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_f32(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: (&[f32], usize, usize),
+    rhs: (&[f32], usize, usize),
+    beta: f32,
+    threads: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last =
+        |rs: usize, cs: usize, rows: usize, cols: usize| (rows - 1) * rs + (cols.max(1) - 1) * cs;
+    assert!(m == 1 || dst_rs >= n, "gemm: dst rows overlap");
+    assert!(dst.len() > last(dst_rs, 1, m, n), "gemm: dst too short");
+    if k > 0 {
+        assert!(
+            lhs.0.len() > last(lhs.1, lhs.2, m, k),
+            "gemm: lhs too short"
+        );
+        assert!(
+            rhs.0.len() > last(rhs.1, rhs.2, k, n),
+            "gemm: rhs too short"
+        );
+    }
+    let stride = |s: usize| isize::try_from(s).expect("gemm: stride fits isize");
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above are every condition `gemm::gemm` needs: each
+    // index it forms from (m, n, k) and the strides is inside its slice,
+    // `dst` rows do not overlap and `dst` is exclusively borrowed.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            stride(dst_rs),
+            accumulate,
+            lhs.0.as_ptr(),
+            stride(lhs.2),
+            stride(lhs.1),
+            rhs.0.as_ptr(),
+            stride(rhs.2),
+            stride(rhs.1),
+            1.0,
+            beta,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// `x @ W + bias` for `[N, in]` rows and a Conv1D weight `[in, out]`, the bias
+/// added by the GEMM itself (evaluation on CPU; elsewhere candle's ops).
+pub(crate) fn conv1d_eval(x: &Tensor, w: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, din) = x.dims2()?;
+    let (win, dout) = w.dims2()?;
+    if !is_cpu_f32(x) || win != din || bias.dims1()? != dout {
+        return x.matmul(w)?.broadcast_add(bias);
+    }
+    let mut out = with_cpu_f32(bias, |b| b.repeat(n))?;
+    let threads = candle_core::utils::get_num_threads();
+    with_cpu_f32(x, |xs| {
+        with_cpu_f32(w, |ws| {
+            gemm_f32(
+                n,
+                dout,
+                din,
+                &mut out,
+                dout,
+                true,
+                (xs, din, 1),
+                (ws, dout, 1),
+                1.0,
+                threads,
+            )
+        })
+    })??;
+    Tensor::from_vec(out, (n, dout), x.device())
+}
+
+/// `a @ W + b` for training, with its backward (`da = g W^T`, `dW = a^T g`,
+/// `db = sum of g's rows`): one output buffer instead of candle's matmul
+/// result plus a second one for the bias (~28 MB a GPT-2 layer at `[1, 1024]`).
+/// With `gelu`, `a = gelu_new(x)` is computed on the fly from the input `x`
+/// and recomputed in backward, so the MLP's `[T, 4d]` GELU output is never
+/// kept for backward (12.5 MB a GPT-2 layer at `[1, 1024]`).
+struct Conv1dTrain {
+    gelu: bool,
+}
+
+impl Conv1dTrain {
+    /// The GEMM's left operand: `x` itself, or `gelu_new(x)` in a new buffer.
+    fn input<'a>(&self, x: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
+        if self.gelu {
+            std::borrow::Cow::Owned(activations::gelu_slice(x))
+        } else {
+            std::borrow::Cow::Borrowed(x)
+        }
+    }
+}
+
+impl candle_core::CustomOp3 for Conv1dTrain {
+    fn name(&self) -> &'static str {
+        "conv1d-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+        s3: &candle_core::CpuStorage,
+        l3: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (n, din) = l1.shape().dims2()?;
+        let (win, dout) = l2.shape().dims2()?;
+        if win != din || l3.shape().dims1()? != dout {
+            candle_core::bail!(
+                "conv1d: shapes [{n}, {din}] x [{win}, {dout}] + [{:?}]",
+                l3.shape()
+            );
+        }
+        let (x, w, b) = (
+            super::contiguous_f32(s1, l1)?,
+            super::contiguous_f32(s2, l2)?,
+            super::contiguous_f32(s3, l3)?,
+        );
+        let a = self.input(x);
+        let mut out = b.repeat(n);
+        let threads = candle_core::utils::get_num_threads();
+        gemm_f32(
+            n,
+            dout,
+            din,
+            &mut out,
+            dout,
+            true,
+            (&a, din, 1),
+            (w, dout, 1),
+            1.0,
+            threads,
+        );
+        Ok((
+            candle_core::CpuStorage::F32(out),
+            candle_core::Shape::from((n, dout)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, din) = x.dims2()?;
+        let dout = w.dim(1)?;
+        let threads = candle_core::utils::get_num_threads();
+        let (dx, dw, db) = with_cpu_f32(x, |xs| {
+            with_cpu_f32(w, |ws| {
+                with_cpu_f32(grad, |g| {
+                    let mut dx = vec![0f32; n * din];
+                    gemm_f32(
+                        n,
+                        din,
+                        dout,
+                        &mut dx,
+                        din,
+                        false,
+                        (g, dout, 1),
+                        (ws, 1, dout),
+                        1.0,
+                        threads,
+                    );
+                    if self.gelu {
+                        activations::gelu_grad_slice(xs, &mut dx);
+                    }
+                    let a = self.input(xs);
+                    let mut dw = vec![0f32; din * dout];
+                    gemm_f32(
+                        din,
+                        dout,
+                        n,
+                        &mut dw,
+                        dout,
+                        false,
+                        (&a, 1, din),
+                        (g, dout, 1),
+                        1.0,
+                        threads,
+                    );
+                    let mut db = vec![0f32; dout];
+                    for row in g.chunks(dout) {
+                        for (d, &v) in db.iter_mut().zip(row) {
+                            *d += v;
+                        }
+                    }
+                    (dx, dw, db)
+                })
+            })
+        })???;
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, (n, din), dev)?),
+            Some(Tensor::from_vec(dw, (din, dout), dev)?),
+            Some(Tensor::from_vec(db, dout, b.device())?),
+        ))
+    }
+}
+
+/// `x @ W + bias` for training (see [`Conv1dTrain`]); other devices use candle's ops.
+pub(crate) fn conv1d_train(x: &Tensor, w: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+    if !is_cpu_f32(x) {
+        return x.matmul(w)?.broadcast_add(bias);
+    }
+    x.contiguous()?.apply_op3(
+        &w.contiguous()?,
+        &bias.contiguous()?,
+        Conv1dTrain { gelu: false },
+    )
+}
+
+/// `gelu_new(x) @ W + bias` for training, the GELU output recomputed in
+/// backward instead of kept (see [`Conv1dTrain`]); other devices use candle's ops.
+pub(crate) fn gelu_conv1d_train(
+    x: &Tensor,
+    w: &Tensor,
+    bias: &Tensor,
+) -> candle_core::Result<Tensor> {
+    if !is_cpu_f32(x) {
+        return x.gelu()?.matmul(w)?.broadcast_add(bias);
+    }
+    x.contiguous()?.apply_op3(
+        &w.contiguous()?,
+        &bias.contiguous()?,
+        Conv1dTrain { gelu: true },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn conv1d_forward_and_gradients_match_candle() {
+        let dev = Device::Cpu;
+        let mk = |s: (usize, usize)| {
+            Var::from_tensor(&Tensor::randn(0f32, 1.0, s, &dev).unwrap()).unwrap()
+        };
+        let (x, w) = (mk((37, 24)), mk((24, 40)));
+        let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, 40, &dev).unwrap()).unwrap();
+        let g = Tensor::randn(0f32, 1.0, (37, 40), &dev).unwrap();
+        let ours = conv1d_train(x.as_tensor(), w.as_tensor(), b.as_tensor()).unwrap();
+        let theirs = x
+            .as_tensor()
+            .matmul(w.as_tensor())
+            .unwrap()
+            .broadcast_add(b.as_tensor())
+            .unwrap();
+        let evals = conv1d_eval(x.as_tensor(), w.as_tensor(), b.as_tensor()).unwrap();
+        let flat = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+        for y in [&ours, &evals] {
+            assert!(flat(y)
+                .iter()
+                .zip(&flat(&theirs))
+                .all(|(a, b)| (a - b).abs() < 1e-4));
+        }
+        // GELU fused into the GEMM's input, against candle's gelu then matmul.
+        let fused = gelu_conv1d_train(x.as_tensor(), w.as_tensor(), b.as_tensor()).unwrap();
+        let plain = x
+            .as_tensor()
+            .gelu()
+            .unwrap()
+            .matmul(w.as_tensor())
+            .unwrap()
+            .broadcast_add(b.as_tensor())
+            .unwrap();
+        assert!(flat(&fused)
+            .iter()
+            .zip(&flat(&plain))
+            .all(|(a, b)| (a - b).abs() < 1e-4));
+        let gf = (fused * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let gp = (plain * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        for t in [x.as_tensor(), w.as_tensor(), b.as_tensor()] {
+            let (a, c) = (flat(gf.get(t).unwrap()), flat(gp.get(t).unwrap()));
+            assert!(
+                a.iter().zip(&c).all(|(a, b)| (a - b).abs() < 1e-4),
+                "gelu: {a:?} vs {c:?}"
+            );
+        }
+        let ga = (ours * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (theirs * &g)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for t in [x.as_tensor(), w.as_tensor(), b.as_tensor()] {
+            let (a, c) = (flat(ga.get(t).unwrap()), flat(gb.get(t).unwrap()));
+            assert!(
+                a.iter().zip(&c).all(|(a, b)| (a - b).abs() < 1e-4),
+                "{a:?} vs {c:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! torch's AdamW (single-tensor form, decoupled weight decay), applied in
+//! place on a parameter's storage: no copy of the weights or the gradient.
+
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, InplaceOp2, Layout, Tensor};
+use rayon::prelude::*;
+
+use super::contiguous_f32;
+use crate::error::Result;
+use crate::train::TrainConfig;
+
+/// The scalars of one AdamW step, from the settings and the step number.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StepCoeffs {
+    step_size: f32,
+    decay: f32,
+    b2: f32,
+    one_b1: f32,
+    one_b2: f32,
+    bc2_sqrt: f32,
+    eps: f32,
+}
+
+impl StepCoeffs {
+    /// Step `t` (1-based) under `c`, rounded to f32 as torch does.
+    pub(crate) fn new(c: &TrainConfig, t: u64) -> Self {
+        let t = t.min(i32::MAX as u64) as i32;
+        let bc1 = 1.0 - c.beta1.powi(t);
+        let bc2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
+        Self {
+            step_size: (c.lr / bc1) as f32,
+            decay: (1.0 - c.lr * c.weight_decay) as f32,
+            b2: c.beta2 as f32,
+            one_b1: (1.0 - c.beta1) as f32,
+            one_b2: (1.0 - c.beta2) as f32,
+            bc2_sqrt: bc2_sqrt as f32,
+            eps: c.eps as f32,
+        }
+    }
+}
+
+/// One AdamW step on slices: parameters `p`, moments `m`, `v`, gradient `g`.
+pub(crate) fn adamw_update(c: &StepCoeffs, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
+    p.par_iter_mut()
+        .zip(m.par_iter_mut())
+        .zip(v.par_iter_mut())
+        .zip(g.par_iter())
+        .with_min_len(4096)
+        .for_each(|(((p, m), v), &g)| {
+            *p *= c.decay;
+            // torch's lerp with weight < 0.5: m + w * (g - m).
+            *m += c.one_b1 * (g - *m);
+            *v = *v * c.b2 + c.one_b2 * g * g;
+            let denom = v.sqrt() / c.bc2_sqrt + c.eps;
+            *p -= c.step_size * (*m / denom);
+        });
+}
+
+/// [`adamw_update`] as an in-place op on the parameter's storage.
+struct InPlace<'a> {
+    coeffs: StepCoeffs,
+    moments: Mutex<(&'a mut [f32], &'a mut [f32])>,
+}
+
+impl InplaceOp2 for InPlace<'_> {
+    fn name(&self) -> &'static str {
+        "adamw"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
+        let g = contiguous_f32(s2, l2)?;
+        let (a, b) = l1
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("adamw: non-contiguous parameter".into()))?;
+        let CpuStorage::F32(p) = s1 else {
+            candle_core::bail!("adamw: parameters must be f32");
+        };
+        let p = &mut p[a..b];
+        let mut guard = self
+            .moments
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("adamw: poisoned moments".into()))?;
+        let (m, v) = &mut *guard;
+        if p.len() != g.len() || m.len() != g.len() || v.len() != g.len() {
+            candle_core::bail!("adamw: parameter, gradient and moments differ in size");
+        }
+        adamw_update(&self.coeffs, p, m, v, g);
+        Ok(())
+    }
+}
+
+/// One AdamW step on `param` (f32, contiguous) with gradient `grad`; the
+/// moments are updated in place. Devices other than the CPU copy through host memory.
+pub(crate) fn step(
+    coeffs: &StepCoeffs,
+    param: &candle_core::Var,
+    grad: &Tensor,
+    m: &mut [f32],
+    v: &mut [f32],
+) -> Result<()> {
+    let grad = grad.contiguous()?;
+    let t = param.as_tensor();
+    if t.device().is_cpu() {
+        let op = InPlace {
+            coeffs: *coeffs,
+            moments: Mutex::new((m, v)),
+        };
+        t.inplace_op2(&grad, &op)?;
+    } else {
+        let g: Vec<f32> = grad.flatten_all()?.to_vec1()?;
+        let mut p: Vec<f32> = t.flatten_all()?.to_vec1()?;
+        adamw_update(coeffs, &mut p, m, v, &g);
+        param.set(&Tensor::from_vec(p, t.shape(), t.device())?)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,294 @@
+//! Downloads into the `huggingface_hub` snapshot layout: only listed,
+//! checked paths, never more bytes than listed, resumed with `Range`.
+
+use std::path::{Path, PathBuf};
+
+use hf_hub::{Repo, RepoType};
+use indicatif::{ProgressBar, ProgressStyle};
+use pretrain_core::{CommitId, RepoId};
+use reqwest::header::{CONTENT_RANGE, RANGE};
+use reqwest::StatusCode;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use tracing::{info, warn};
+
+use super::http::{check_status, encode_path, network};
+use super::HfHub;
+use crate::paths::safe_relative_path;
+use crate::{HubError, ModelHub, RepoFile};
+
+impl HfHub {
+    /// Downloads `repo` at `commit` into
+    /// `dest/models--<ns>--<name>/snapshots/<commit>/`, resuming what an
+    /// earlier call left in `.partial-<commit>/`.
+    pub(super) async fn download_snapshot(
+        &self,
+        repo: &RepoId,
+        commit: &CommitId,
+        dest: &Path,
+    ) -> Result<PathBuf, HubError> {
+        let repo_dir = dest.join(repo.folder_name());
+        let target = repo_dir.join("snapshots").join(commit.as_str());
+        if tokio::fs::metadata(&target)
+            .await
+            .map(|m| m.is_dir())
+            .unwrap_or(false)
+        {
+            return Ok(target);
+        }
+        let files = self.files_at(repo, commit).await?;
+        // Kept across calls so that an interrupted download resumes.
+        let staging = repo_dir.join(format!(".partial-{commit}"));
+        let done_dir = staging.join("files");
+        let parts_dir = staging.join("parts");
+        let total: u64 = files.iter().map(|f| f.size).sum();
+        let bar = if self.options.progress {
+            let bar = ProgressBar::new(total);
+            if let Ok(style) = ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_message(format!("{repo}@{}", &commit.as_str()[..8]));
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        tokio::fs::create_dir_all(&done_dir)
+            .await
+            .map_err(HubError::io(format!(
+                "cannot create {}",
+                done_dir.display()
+            )))?;
+        for file in &files {
+            let rel = safe_relative_path(&file.path)?;
+            let done = done_dir.join(&rel);
+            if let Ok(m) = tokio::fs::symlink_metadata(&done).await {
+                if m.is_file() && m.len() == file.size {
+                    bar.inc(file.size);
+                    continue;
+                }
+                if !m.is_file() {
+                    return Err(HubError::UnsafePath {
+                        path: file.path.clone(),
+                        reason: "something that is not a file is in the way of the download".into(),
+                    });
+                }
+                let _ = tokio::fs::remove_file(&done).await;
+            }
+            let part = parts_dir.join(hex_id(&file.path));
+            if let Ok(m) = tokio::fs::metadata(&part).await {
+                bar.inc(m.len().min(file.size));
+            }
+            self.download_file(repo, commit, file, &part, &done, &bar)
+                .await?;
+        }
+        bar.finish_and_clear();
+        let snapshots = repo_dir.join("snapshots");
+        tokio::fs::create_dir_all(&snapshots)
+            .await
+            .map_err(HubError::io(format!(
+                "cannot create {}",
+                snapshots.display()
+            )))?;
+        if let Err(e) = tokio::fs::rename(&done_dir, &target).await {
+            if !target.is_dir() {
+                return Err(HubError::io(format!(
+                    "cannot move the download to {}",
+                    target.display()
+                ))(e));
+            }
+        }
+        let _ = tokio::fs::remove_dir_all(&staging).await;
+        info!(%repo, %commit, bytes = total, "downloaded");
+        Ok(target)
+    }
+
+    /// Downloads one listed file into `done` (complete files), resuming
+    /// from `part` (bytes already fetched) with `Range`.
+    async fn download_file(
+        &self,
+        repo: &RepoId,
+        commit: &CommitId,
+        file: &RepoFile,
+        part: &Path,
+        done: &Path,
+        bar: &ProgressBar,
+    ) -> Result<(), HubError> {
+        let api_repo = self.api.repo(Repo::with_revision(
+            repo.to_string(),
+            RepoType::Model,
+            commit.to_string(),
+        ));
+        let url = api_repo.url(&encode_path(&file.path));
+        let what = format!("downloading {} of {repo}@{commit}", file.path);
+        if let Some(parent) = part.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(HubError::io(format!("cannot create {}", parent.display())))?;
+        }
+        let schedule = self.backoff();
+        let mut tries = 0u32;
+        loop {
+            match self.fetch_range(&url, commit, file, part, bar, &what).await {
+                Ok(()) => break,
+                Err(e) if e.is_retryable() => {
+                    tries += 1;
+                    let Some(delay) = schedule.delay(tries) else {
+                        return Err(e);
+                    };
+                    warn!(
+                        "{what}: {e}; resuming, retry {tries}/{} in {delay:?}",
+                        self.options.retries
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(parent) = done.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(HubError::io(format!("cannot create {}", parent.display())))?;
+        }
+        tokio::fs::rename(part, done)
+            .await
+            .map_err(HubError::io(format!(
+                "cannot move {} into place",
+                file.path
+            )))
+    }
+
+    /// One attempt: asks for the bytes not yet in `part` and appends them.
+    async fn fetch_range(
+        &self,
+        url: &str,
+        commit: &CommitId,
+        file: &RepoFile,
+        part: &Path,
+        bar: &ProgressBar,
+        what: &str,
+    ) -> Result<(), HubError> {
+        let mut have = match tokio::fs::metadata(part).await {
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        };
+        if have > file.size {
+            have = 0;
+        }
+        if have == file.size && file.size > 0 {
+            return Ok(());
+        }
+        let mut req = self.api.client().get(url);
+        if have > 0 {
+            req = req.header(RANGE, format!("bytes={have}-"));
+        }
+        let resp = tokio::time::timeout(self.options.timeout, req.send())
+            .await
+            .map_err(|_| {
+                HubError::Network(format!("{what}: no answer in {:?}", self.options.timeout))
+            })?
+            .map_err(|e| network(what, e))?;
+        if resp.status() == StatusCode::RANGE_NOT_SATISFIABLE && have > 0 {
+            // Our part file does not fit the server's file: start over.
+            let _ = tokio::fs::remove_file(part).await;
+            return Err(HubError::Network(format!(
+                "{what}: range refused, restarting"
+            )));
+        }
+        let resp = check_status(resp, what).await?;
+        if let Some(c) = resp
+            .headers()
+            .get("x-repo-commit")
+            .and_then(|v| v.to_str().ok())
+        {
+            if c != commit.as_str() {
+                return Err(HubError::BadResponse(format!(
+                    "{what}: the hub served commit {c}"
+                )));
+            }
+        }
+        let resumed = resp.status() == StatusCode::PARTIAL_CONTENT;
+        if resumed {
+            let start = resp
+                .headers()
+                .get(CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("bytes "))
+                .and_then(|v| v.split('-').next())
+                .and_then(|v| v.parse::<u64>().ok());
+            if start != Some(have) {
+                let _ = tokio::fs::remove_file(part).await;
+                return Err(HubError::BadResponse(format!(
+                    "{what}: asked for bytes from {have}, got {start:?}"
+                )));
+            }
+        } else {
+            // The server sent the whole file.
+            bar.set_position(bar.position().saturating_sub(have));
+            have = 0;
+        }
+        let mut out = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(resumed)
+            .write(true)
+            .truncate(!resumed)
+            .open(part)
+            .await
+            .map_err(HubError::io(format!("cannot write {}", part.display())))?;
+        let mut resp = resp;
+        let mut written = have;
+        loop {
+            let chunk = tokio::time::timeout(self.options.timeout, resp.chunk())
+                .await
+                .map_err(|_| HubError::Network(format!("{what}: transfer stalled")));
+            let chunk = match chunk {
+                Ok(Ok(Some(c))) => c,
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => {
+                    out.sync_all().await.ok();
+                    return Err(HubError::Network(format!(
+                        "{what}: transfer broke off at {written} of {} bytes: {e}",
+                        file.size
+                    )));
+                }
+                Err(e) => {
+                    out.sync_all().await.ok();
+                    return Err(e);
+                }
+            };
+            written += chunk.len() as u64;
+            if written > file.size {
+                drop(out);
+                let _ = tokio::fs::remove_file(part).await;
+                return Err(HubError::BadResponse(format!(
+                    "{what}: the hub sent more than the {} bytes it listed",
+                    file.size
+                )));
+            }
+            out.write_all(&chunk)
+                .await
+                .map_err(HubError::io(format!("cannot write {}", part.display())))?;
+            bar.inc(chunk.len() as u64);
+        }
+        out.sync_all()
+            .await
+            .map_err(HubError::io(format!("cannot write {}", part.display())))?;
+        if written < file.size {
+            return Err(HubError::Network(format!(
+                "{what}: transfer broke off at {written} of {} bytes",
+                file.size
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A flat, safe file name for a repo path's partial download.
+fn hex_id(path: &str) -> String {
+    Sha256::digest(path.as_bytes())
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -1,0 +1,72 @@
+//! The retry schedule of every hub call.
+
+use std::time::Duration;
+
+use pretrain_core::Backoff;
+use tracing::warn;
+
+use super::HfHub;
+use crate::HubError;
+
+impl HfHub {
+    /// Runs `attempt` until it succeeds, fails for a reason retrying cannot
+    /// fix, or the retries are spent (429, 5xx and network failures retry).
+    pub(super) async fn retrying<T, F, Fut>(&self, what: &str, attempt: F) -> Result<T, HubError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, HubError>>,
+    {
+        self.retrying_within(what, self.options.timeout, attempt)
+            .await
+    }
+
+    /// [`Self::retrying`] with its own limit per attempt (a large upload
+    /// takes longer than an API call; stalls are caught by the client's
+    /// read timeout).
+    pub(super) async fn retrying_within<T, F, Fut>(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut attempt: F,
+    ) -> Result<T, HubError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, HubError>>,
+    {
+        let schedule = self.backoff();
+        let mut tries = 0u32;
+        loop {
+            let err = match tokio::time::timeout(limit, attempt()).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) if !e.is_retryable() => return Err(e),
+                Ok(Err(e)) => e,
+                Err(_) => HubError::Network(format!("{what}: no answer in {limit:?}")),
+            };
+            tries += 1;
+            let Some(delay) = schedule.delay(tries) else {
+                return Err(err);
+            };
+            warn!(
+                "{what}: {err}; retry {tries}/{} in {delay:?}",
+                self.options.retries
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// The retry schedule of every hub call: `retry_delay`, doubled each
+    /// time up to 30 s, `retries` times.
+    pub(super) fn backoff(&self) -> Backoff {
+        Backoff {
+            initial: self.options.retry_delay,
+            max: Duration::from_secs(30),
+            factor: 2.0,
+            max_attempts: Some(self.options.retries.saturating_add(1)),
+        }
+    }
+
+    /// Time allowed for sending `bytes`: the request timeout plus 256 KiB/s.
+    pub(super) fn transfer_limit(&self, bytes: u64) -> Duration {
+        self.options.timeout + Duration::from_secs(bytes / (256 * 1024))
+    }
+}

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Ours vs PyTorch / Hugging Face, side by side in one run on this machine,
+# printed as the README's performance table (Markdown) with `lscpu`'s model
+# name and the exact commands. Runs are interleaved (ours, theirs, ours,
+# theirs, ...) so drifting load hits both sides alike.
+#
+#   scripts/bench_vs_torch.sh                 # 2 threads, 2 runs each
+#   THREADS=4 RUNS=3 PYTHON=/path/to/venv/bin/python scripts/bench_vs_torch.sh
+#
+# Needs: cargo; Python with torch, transformers==4.34.1 (tokenizers 0.14)
+# and pyarrow (`pip install torch transformers==4.34.1 pyarrow`).
+# Raw JSON lines go to $OUT (default target/bench_vs_torch), the table to stdout.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+THREADS="${THREADS:-2}"
+RUNS="${RUNS:-2}"
+ITERS="${ITERS:-3}"
+PYTHON="${PYTHON:-python3}"
+OUT="${OUT:-target/bench_vs_torch}"
+mkdir -p "$OUT"
+RAW="$OUT/raw.jsonl"
+: >"$RAW"
+
+"$PYTHON" -c 'import torch, transformers, pyarrow' 2>/dev/null || {
+    echo "bench_vs_torch: $PYTHON lacks torch, transformers or pyarrow" >&2
+    exit 1
+}
+cargo build --release -p pretrain-cli >&2
+BIN=target/release/pretrain
+
+# run SIDE NAME THREADS CMD...: appends {"side","bench","threads","run","result"} to $RAW.
+run() {
+    local side=$1 bench=$2 threads=$3
+    shift 3
+    echo "== $side $bench threads=$threads: $*" >&2
+    local json
+    json=$("$@" 2>>"$OUT/stderr.log" | tail -n 1)
+    printf '{"side":"%s","bench":"%s","threads":%s,"result":%s}\n' \
+        "$side" "$bench" "$threads" "$json" >>"$RAW"
+}
+
+for r in $(seq 1 "$RUNS"); do
+    for what in eval train; do
+        run ours "$what" "$THREADS" "$BIN" bench "$what" --threads "$THREADS" --iters "$ITERS"
+        run torch "$what" "$THREADS" "$PYTHON" crates/model/benches/torch_bench.py "$what" \
+            --threads "$THREADS" --iters "$ITERS"
+    done
+    for t in 1 "$THREADS"; do
+        run ours tokenize "$t" "$BIN" bench tokenize --threads "$t"
+        run hf tokenize "$t" "$PYTHON" crates/data/benches/hf_tokenize_bench.py --threads "$t"
+    done
+done
+
+CPU=$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -n 1)
+TORCH=$("$PYTHON" -c 'import torch; print(torch.__version__)')
+TRANSFORMERS=$("$PYTHON" -c 'import transformers; print(transformers.__version__)')
+TOKENIZERS=$("$PYTHON" -c 'import tokenizers; print(tokenizers.__version__)')
+export CPU TORCH TRANSFORMERS TOKENIZERS THREADS RUNS ITERS RAW PYTHON
+
+"$PYTHON" - <<'PY'
+import json, os
+
+rows = [json.loads(l) for l in open(os.environ["RAW"]) if l.strip()]
+def pick(side, bench, threads, key):
+    return [r["result"][key] for r in rows
+            if r["side"] == side and r["bench"] == bench and r["threads"] == threads]
+def span(xs, fmt):
+    if not xs:
+        return "n/a"
+    lo, hi = min(xs), max(xs)
+    return fmt(lo) if fmt(lo) == fmt(hi) else f"{fmt(lo)}-{fmt(hi)}"
+def ratio(a, b):
+    if not a or not b:
+        return "n/a"
+    lo, hi = min(a) / max(b), max(a) / min(b)
+    return f"{lo:.2f}x" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}-{hi:.2f}x"
+tps = lambda x: f"{x:.0f}"
+gb = lambda x: f"{x / 1e9:.2f}"
+mbs = lambda x: f"{x:.1f}"
+t = int(os.environ["THREADS"])
+print(f"CPU: {os.environ['CPU']} (lscpu), {t} threads, fp32, release build; "
+      f"PyTorch {os.environ['TORCH']}, transformers {os.environ['TRANSFORMERS']}, "
+      f"tokenizers {os.environ['TOKENIZERS']}; interleaved runs per side: {os.environ['RUNS']}, "
+      f"{os.environ['ITERS']} timed iterations after a warm-up.\n")
+print("| benchmark | ours | PyTorch / Hugging Face | ratio |")
+print("|---|---|---|---|")
+for bench, label in [("eval", "evaluation, default GPT-2, batch `[1, 1024]`"),
+                     ("train", "training step (forward, backward, AdamW), same model and batch")]:
+    o, p = pick("ours", bench, t, "tokens_per_s"), pick("torch", bench, t, "tokens_per_s")
+    orss, prss = pick("ours", bench, t, "peak_rss_bytes"), pick("torch", bench, t, "peak_rss_bytes")
+    print(f"| {label}, {t} threads | {span(o, tps)} tokens/s, peak RSS {span(orss, gb)} GB "
+          f"| {span(p, tps)} tokens/s, peak RSS {span(prss, gb)} GB | {ratio(o, p)} |")
+for th in sorted({1, t}):
+    o, h = pick("ours", "tokenize", th, "mb_per_s"), pick("hf", "tokenize", th, "mb_per_s")
+    how = "`GPT2TokenizerFast`" if th == 1 else "`GPT2TokenizerFast.__call__` on a page: `encode_batch`"
+    print(f"| tokenizing the sample corpus (dataset rule), {th} thread{'s' if th > 1 else ''} "
+          f"| {span(o, mbs)} MB/s | {span(h, mbs)} MB/s ({how}) | {ratio(o, h)} |")
+o1, o2 = pick("ours", "tokenize", 1, "mb_per_s"), pick("ours", "tokenize", t, "mb_per_s")
+if t > 1 and o1 and o2:
+    print(f"\nOur tokenizer, {t} threads vs 1: {ratio(o2, o1)}.")
+py = os.environ["PYTHON"]
+print(f"""
+```
+cargo build --release -p pretrain-cli
+target/release/pretrain bench eval --threads {t} --iters {os.environ['ITERS']}      # and train
+target/release/pretrain bench tokenize --threads 1      # and --threads {t}
+{py} crates/model/benches/torch_bench.py eval --threads {t} --iters {os.environ['ITERS']}   # and train
+{py} crates/data/benches/hf_tokenize_bench.py --threads 1   # and --threads {t}
+```
+(all of it: `scripts/bench_vs_torch.sh`, THREADS={t} RUNS={os.environ['RUNS']})""")
+PY
