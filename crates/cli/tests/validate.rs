@@ -792,3 +792,51 @@ fn measure_step_time() {
             .all(|u| u["error"].is_null()));
     }
 }
+
+/// Issue 16, `eval_block_delay`: with a schedule whose competition waits 20
+/// blocks (4 s at 0.2 s a block), a fresh commitment is deferred with its
+/// reason, then evaluated once the delay has passed, never before.
+#[test]
+fn a_model_is_not_evaluated_before_its_eval_block_delay() {
+    let _heavy = HEAVY.lock().unwrap_or_else(|p| p.into_inner());
+    let net = Net::new();
+    let schedule = net.dir("delay.toml");
+    let seed_rules = fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../core/schedules/sn9-2024-01.toml"
+    ))
+    .unwrap();
+    assert!(seed_rules.contains("eval_block_delay = 0"));
+    fs::write(
+        &schedule,
+        seed_rules.replace("eval_block_delay = 0", "eval_block_delay = 20"),
+    )
+    .unwrap();
+    let (hk, uid) = net.miner(5);
+    let (_, commit_block) = net.push(&hk, Path::new(TINY), "m/tiny", None);
+
+    let log = net.dir("delay.log");
+    let mut child = net
+        .validate_cmd(&["--schedule", schedule.to_str().unwrap(), "--max_steps", "1"])
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for("the first step", Duration::from_secs(240), || {
+        net.metrics().len() == 1
+    });
+    let status = child.wait().unwrap();
+    let stderr = fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("eval_block_delay = 20 blocks"),
+        "the model was never deferred: {stderr}"
+    );
+    let line = &net.metrics()[0];
+    let row = uid_row(line, uid);
+    assert!(row["mean_loss"].as_f64().unwrap().is_finite(), "{row}");
+    let fetched_at = line["block"].as_u64().unwrap();
+    assert!(
+        fetched_at >= commit_block + 20,
+        "evaluated at block {fetched_at}, committed at {commit_block}"
+    );
+}

@@ -130,6 +130,25 @@ pub async fn sync_hotkey(shared: &Shared, uid: Uid, hotkey: &HotkeyAddress) -> S
         id,
         block: commitment.block,
     };
+    // Upstream's `eval_block_delay`, checked before anything is fetched: a
+    // model is only evaluated on data drawn after it was committed. The
+    // metagraph's block may lag the chain, which only delays, never admits
+    // early. A deferred model is simply looked at again on a later pass.
+    if let Some(delay) = cfg
+        .constraints
+        .as_ref()
+        .map(|c| c.eval_block_delay)
+        .filter(|&d| d > 0)
+    {
+        let current = shared.metagraph_snapshot().block;
+        let age = current.saturating_sub(metadata.block);
+        if current < metadata.block || age < delay {
+            return SyncOutcome::Deferred(format!(
+                "committed at block {} ({age} blocks ago): not evaluated before eval_block_delay = {delay} blocks have passed",
+                metadata.block
+            ));
+        }
+    }
     let path = shared.store.model_path(hotkey, &metadata.id);
     if tracked.as_ref() == Some(&metadata) && path.as_ref().is_ok_and(|p| p.is_dir()) {
         return SyncOutcome::Unchanged;
