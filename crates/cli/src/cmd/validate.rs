@@ -165,8 +165,7 @@ pub fn run(args: ValidateArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Res
             pages_per_eval: args.pages_per_eval,
             ..active.params
         };
-        config.max_model_bytes = active.spec.constraints.max_bytes;
-        config.constraints = Some(active.spec.constraints.clone());
+        config.competition_spec = Some(active.spec.clone());
         let shared = validator::start(config, chain, hub, source, hotkey)
             .await
             .context("starting the validator")?;

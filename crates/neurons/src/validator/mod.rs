@@ -67,11 +67,10 @@ pub struct ValidatorConfig {
     pub step_timeout: Duration,
     /// Pause when there is nothing to evaluate or a step failed.
     pub idle_wait: Duration,
-    /// Largest model repo accepted, in bytes.
-    pub max_model_bytes: u64,
-    /// The active competition's constraints (`--schedule`): parameter range
-    /// and architectures checked after download. `None`: the seed's limits.
-    pub constraints: Option<pretrain_core::rules::Constraints>,
+    /// The active competition (`--schedule`): its repo size, parameter
+    /// range, architectures and `eval_block_delay` gate every model.
+    /// `None`: the seed's limits.
+    pub competition_spec: Option<pretrain_core::rules::CompetitionSpec>,
 }
 
 impl ValidatorConfig {
@@ -92,9 +91,17 @@ impl ValidatorConfig {
             download_timeout: Duration::from_secs(20 * 60),
             step_timeout: Duration::from_secs(20 * 60),
             idle_wait: Duration::from_secs(60),
-            max_model_bytes: pretrain_core::constants::MAX_MODEL_BYTES,
-            constraints: None,
+            competition_spec: None,
         }
+    }
+
+    /// Largest model repo accepted, in bytes.
+    pub fn max_model_bytes(&self) -> u64 {
+        self.competition_spec
+            .as_ref()
+            .map_or(pretrain_core::constants::MAX_MODEL_BYTES, |s| {
+                s.constraints.max_bytes
+            })
     }
 }
 

@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use pretrain_core::rules::schedule::ModelFacts;
 use pretrain_core::scoring::Uid;
 use pretrain_core::{HotkeyAddress, ModelId, ModelMetadata};
 use pretrain_model::{check_model_dir, Limits};
@@ -135,12 +136,16 @@ pub async fn sync_hotkey(shared: &Shared, uid: Uid, hotkey: &HotkeyAddress) -> S
     // metagraph's block may lag the chain, which only delays, never admits
     // early. A deferred model is simply looked at again on a later pass.
     if let Some(delay) = cfg
-        .constraints
+        .competition_spec
         .as_ref()
-        .map(|c| c.eval_block_delay)
+        .map(|c| c.constraints.eval_block_delay)
         .filter(|&d| d > 0)
     {
-        let current = shared.metagraph_snapshot().block;
+        let current = shared
+            .metagraph
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .block;
         let age = current.saturating_sub(metadata.block);
         if current < metadata.block || age < delay {
             return SyncOutcome::Deferred(format!(
@@ -160,7 +165,7 @@ pub async fn sync_hotkey(shared: &Shared, uid: Uid, hotkey: &HotkeyAddress) -> S
             shared.hub.as_ref(),
             hotkey,
             &metadata.id,
-            cfg.max_model_bytes,
+            cfg.max_model_bytes(),
         ),
     )
     .await;
@@ -179,35 +184,26 @@ pub async fn sync_hotkey(shared: &Shared, uid: Uid, hotkey: &HotkeyAddress) -> S
     };
     let dir = fetched.path.clone();
     let limits = cfg
-        .constraints
+        .competition_spec
         .as_ref()
         .map_or_else(Limits::default, |c| Limits {
-            max_params: c.max_parameters,
-            max_bytes: cfg.max_model_bytes,
+            max_params: c.constraints.max_parameters,
+            max_bytes: c.constraints.max_bytes,
         });
     let checked = tokio::task::spawn_blocking(move || check_model_dir(&dir, limits)).await;
     // The schedule's competition may also set a floor and allow fewer architectures.
     let checked = checked.map(|r| {
-        r.map_err(|e| crate::error_chain(&e))
-            .and_then(|info| match &cfg.constraints {
-                Some(c) if info.params < c.min_parameters => Err(format!(
-                    "{} parameters, fewer than the competition's minimum {}",
-                    info.params, c.min_parameters
-                )),
-                Some(c)
-                    if !c
-                        .architectures
-                        .iter()
-                        .any(|a| a == info.architecture.class_name()) =>
-                {
-                    Err(format!(
-                        "architecture {} is not allowed in the competition ([{}])",
-                        info.architecture.class_name(),
-                        c.architectures.join(", ")
-                    ))
-                }
-                _ => Ok(info),
+        r.map_err(|e| crate::error_chain(&e)).and_then(|info| {
+            let Some(spec) = &cfg.competition_spec else {
+                return Ok(info);
+            };
+            spec.check_model(&ModelFacts {
+                parameters: info.params,
+                architecture: info.architecture.class_name(),
             })
+            .map(|()| info)
+            .map_err(|e| e.to_string())
+        })
     });
     match checked {
         Ok(Ok(info)) => {
