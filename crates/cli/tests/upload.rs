@@ -208,3 +208,76 @@ fn absurd_durations_are_refused_not_panics() {
         fails_with(&out, &format!("{flag} must be a number of seconds"));
     }
 }
+
+#[test]
+fn upload_under_a_later_schedule_commits_the_secure_hash_and_publishes_after() {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let chain_dir = tmp.path().join("chain");
+    let hub_dir = tmp.path().join("hub");
+    let hub = format!("local:{}", hub_dir.display());
+    let (model, expected) = reference_model();
+    let mut reg = vec!["chain".to_string(), "register".into()];
+    reg.extend(common(&chain_dir));
+    ok_json(&pretrain(
+        &reg.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+    let later = ["--schedule", "localnet-two"];
+
+    // An unscheduled competition is refused, naming the scheduled ones, before any upload.
+    fails_with(
+        &upload(
+            &model,
+            &hub,
+            &chain_dir,
+            &[&later[..], &["--competition_id", "5"]].concat(),
+        ),
+        "scheduled: 1 (TINY_GPT2), 2 (TINY_LLAMA)",
+    );
+    assert!(!hub_dir.join("repos").exists(), "nothing reached the hub");
+
+    let out = ok_json(&upload(
+        &model,
+        &hub,
+        &chain_dir,
+        &[
+            &later[..],
+            &["--competition_id", "1", "--update_repo_visibility"],
+        ]
+        .concat(),
+    ));
+    // taoverse's get_hash_of_two_strings over the original's hash of these files.
+    let model_hash = expected["hash_of_directory"].as_str().unwrap();
+    let secure = base64::engine::general_purpose::STANDARD
+        .encode(sha2::Sha256::digest(format!("{model_hash}{HOT_SS58}")));
+    let commit = out["commit"].as_str().unwrap();
+    assert_eq!(
+        out["model_id"].as_str().unwrap(),
+        format!("miner:tiny-gpt2:{commit}:{secure}:1")
+    );
+    assert_eq!(out["hash"], model_hash);
+    assert_eq!(out["competition_id"], 1);
+    let c = ok_json(&pretrain(&[
+        "chain",
+        "commitment",
+        "--uid",
+        "0",
+        "--chain_dir",
+        chain_dir.to_str().unwrap(),
+    ]));
+    assert_eq!(c["data"], out["model_id"]);
+    // Public after the commitment: anyone can list it.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let hub = open_hub(&hub, HubOptions::default()).unwrap();
+    let files = rt
+        .block_on(hub.files_at(
+            &"miner/tiny-gpt2".parse().unwrap(),
+            &commit.parse().unwrap(),
+        ))
+        .unwrap();
+    assert_eq!(files.len(), 3);
+}

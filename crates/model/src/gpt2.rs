@@ -6,7 +6,8 @@ use candle_core::Tensor;
 
 use crate::config::Gpt2Config as Config;
 use crate::error::Result;
-use crate::kernels::{activations, attention};
+use crate::kernels::embedding::{token_embedding, GradSink};
+use crate::kernels::{attention, is_cpu_f32};
 use crate::nn::{dropout, Conv1D, DropSeeds, LayerNorm, Mode, VarBuilder};
 
 /// `GPT2Attention`: fused q/k/v projection, causal attention, output projection.
@@ -52,6 +53,19 @@ impl Attention {
         let d = x.dim(1)?;
         let (nh, hd) = (self.n_head, d / self.n_head);
         let qkv = self.c_attn.forward(x, mode)?;
+        if mode == Mode::Train && is_cpu_f32(&qkv) {
+            // Straight from `qkv`: no per-head copies kept for backward.
+            let y = attention::causal_attention_qkv_train(
+                &qkv,
+                (b, t, nh),
+                self.scale,
+                self.attn_pdrop,
+                seeds,
+            )?;
+            return self
+                .c_proj
+                .forward_dropout(&y, false, self.resid_pdrop, mode, seeds);
+        }
         let heads = |j: usize| -> Result<Tensor> {
             Ok(qkv
                 .narrow(1, j * d, d)?
@@ -61,8 +75,8 @@ impl Attention {
         };
         let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
         let y = attention::causal_attention(&q, &k, &v, self.scale, self.attn_pdrop, mode, seeds)?;
-        let y = self.c_proj.forward(&y, mode)?;
-        dropout(y, self.resid_pdrop, mode, seeds)
+        self.c_proj
+            .forward_dropout(&y, false, self.resid_pdrop, mode, seeds)
     }
 }
 
@@ -85,14 +99,9 @@ impl Mlp {
 
     fn forward(&self, x: &Tensor, mode: Mode, seeds: &mut DropSeeds) -> Result<Tensor> {
         let h = self.c_fc.forward(x, mode)?;
-        let h = match mode {
-            Mode::Eval => self
-                .c_proj
-                .forward(&activations::gelu_new_eval(&h)?, mode)?,
-            // The GELU output is recomputed in backward rather than kept.
-            Mode::Train => self.c_proj.forward_gelu_train(&h)?,
-        };
-        dropout(h, self.resid_pdrop, mode, seeds)
+        // In training the GELU output is recomputed in backward rather than kept.
+        self.c_proj
+            .forward_dropout(&h, true, self.resid_pdrop, mode, seeds)
     }
 }
 
@@ -169,15 +178,22 @@ impl Model {
     }
 
     /// Final hidden states `[B*T, d]` for `ids` `[B, T]` (u32); in training,
-    /// `seed` fixes every dropout mask of the pass.
-    pub(crate) fn forward(&self, ids: &Tensor, mode: Mode, seed: u64) -> Result<Tensor> {
+    /// `seed` fixes every dropout mask of the pass. With `head_sink` (the
+    /// sink of the output head's weight gradient) and tied embeddings, the
+    /// token embedding adds its gradient there too.
+    pub(crate) fn forward(
+        &self,
+        ids: &Tensor,
+        mode: Mode,
+        seed: u64,
+        head_sink: Option<&GradSink>,
+    ) -> Result<Tensor> {
         let seeds = &mut DropSeeds::new(seed);
         let (b, t) = ids.dims2()?;
         let d = self.wte.dim(1)?;
-        let tok = self
-            .wte
-            .embedding(&ids.flatten_all()?)?
-            .reshape((b, t, d))?;
+        let tied = self.lm_head.id() == self.wte.id();
+        let sink = head_sink.filter(|_| tied && mode == Mode::Train);
+        let tok = token_embedding(&self.wte, ids, sink)?.reshape((b, t, d))?;
         let pos = self.wpe.narrow(0, 0, t)?;
         let mut h = dropout(
             tok.broadcast_add(&pos)?.reshape((b * t, d))?,

@@ -13,6 +13,7 @@ use crate::config::{
     default_gpt2_config_json, generation_config_json, to_hf_json, Architecture, ModelConfig,
 };
 use crate::error::{ModelError, Result};
+use crate::kernels::embedding::GradSink;
 use crate::kernels::loss::eval_loss_from_hidden;
 use crate::nn::{Mode, VarBuilder};
 use crate::st::{self, SafetensorsFile, TensorInfo};
@@ -69,9 +70,15 @@ impl Net {
         })
     }
 
-    fn forward(&self, ids: &Tensor, mode: Mode, seed: u64) -> Result<Tensor> {
+    fn forward(
+        &self,
+        ids: &Tensor,
+        mode: Mode,
+        seed: u64,
+        head_sink: Option<&GradSink>,
+    ) -> Result<Tensor> {
         match self {
-            Net::Gpt2(m) => m.forward(ids, mode, seed),
+            Net::Gpt2(m) => m.forward(ids, mode, seed, head_sink),
             Net::Llama(m) => m.forward(ids, mode, seed),
         }
     }
@@ -411,7 +418,20 @@ impl Model {
     /// dropout mask (the same seed gives the same masks).
     pub fn hidden_seeded(&self, batch: &[Vec<u32>], mode: Mode, seed: u64) -> Result<Tensor> {
         let ids = ids_tensor(&self.config, batch, &self.device)?;
-        self.net.forward(&ids, mode, seed)
+        self.net.forward(&ids, mode, seed, None)
+    }
+
+    /// [`Model::hidden_seeded`] in training mode, where a token embedding
+    /// tied to the output head adds its weight gradient to `head_sink`
+    /// instead of candle's gradient store.
+    pub(crate) fn hidden_train(
+        &self,
+        batch: &[Vec<u32>],
+        seed: u64,
+        head_sink: &GradSink,
+    ) -> Result<Tensor> {
+        let ids = ids_tensor(&self.config, batch, &self.device)?;
+        self.net.forward(&ids, Mode::Train, seed, Some(head_sink))
     }
 
     /// The output projection `[V, d]` (the token embedding when tied).

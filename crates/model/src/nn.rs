@@ -124,9 +124,37 @@ impl Conv1D {
 }
 
 impl Conv1D {
-    /// `gelu_new(x) @ W + b` in training, keeping only `x` for backward.
-    pub(crate) fn forward_gelu_train(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(gemm::gelu_conv1d_train(x, &self.weight, &self.bias)?)
+    /// `dropout(a @ W + b, p)` with `a = gelu_new(x)` if `gelu`, else `x`.
+    /// The dropout site draws its seed as [`dropout`] does; in training one
+    /// op does it all and keeps only `x` for backward.
+    pub(crate) fn forward_dropout(
+        &self,
+        x: &Tensor,
+        gelu: bool,
+        p: f32,
+        mode: Mode,
+        seeds: &mut DropSeeds,
+    ) -> Result<Tensor> {
+        match mode {
+            Mode::Eval => {
+                let y = if gelu {
+                    self.forward(&activations::gelu_new_eval(x)?, mode)?
+                } else {
+                    self.forward(x, mode)?
+                };
+                dropout(y, p, mode, seeds)
+            }
+            Mode::Train => {
+                let seed = seeds.next();
+                Ok(gemm::conv1d_train_with(
+                    x,
+                    &self.weight,
+                    &self.bias,
+                    gelu,
+                    Some((p, seed)),
+                )?)
+            }
+        }
     }
 }
 

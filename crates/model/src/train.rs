@@ -9,10 +9,11 @@ use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
+use crate::kernels::embedding::GradSink;
 use crate::kernels::loss::lm_head_cross_entropy;
 use crate::kernels::optimizer::{self, StepCoeffs};
 use crate::model::{CausalLm, Model, Weights};
-use crate::nn::{mix_seed, Mode};
+use crate::nn::mix_seed;
 use crate::st::{self, SafetensorsFile};
 
 /// File of [`Trainer::save_state`] holding the optimizer's tensors.
@@ -162,21 +163,39 @@ impl Trainer {
     /// last micro-batch of a group the optimizer steps. Returns the unscaled loss.
     pub fn micro_step(&mut self, batch: &[Vec<u32>]) -> Result<f32> {
         let m = &self.model;
-        let h = m.hidden_seeded(batch, Mode::Train, mix_seed(self.seed, self.micro_total))?;
-        let (b, t) = (batch.len(), batch[0].len());
-        let d = h.dim(1)?;
-        // Positions 0..T-1 of each row predict tokens 1..T.
-        let h = h
-            .reshape((b, t, d))?
-            .narrow(1, 0, t - 1)?
-            .reshape((b * (t - 1), d))?;
+        // The output head's weight gradient (with a tied embedding's rows)
+        // is written here in place rather than summed by candle into new
+        // [V, d] tensors (see `kernels::embedding`).
+        let head_sink = GradSink::default();
+        let h = {
+            let h = m.hidden_train(batch, mix_seed(self.seed, self.micro_total), &head_sink)?;
+            let (b, t) = (batch.len(), batch[0].len());
+            let d = h.dim(1)?;
+            // Positions 0..T-1 of each row predict tokens 1..T.
+            h.reshape((b, t, d))?
+                .narrow(1, 0, t - 1)?
+                .reshape((b * (t - 1), d))?
+        };
         let targets: Vec<u32> = batch.iter().flat_map(|r| r[1..].iter().copied()).collect();
-        let loss = lm_head_cross_entropy(&h, m.lm_head(), &targets)?;
+        let loss = lm_head_cross_entropy(&h, m.lm_head(), &targets, Some(&head_sink))?;
         let value = loss.to_vec0::<f32>()?;
-        let scaled = (loss / self.config.accumulation_steps as f64)?;
-        let mut grads = scaled.backward()?;
+        let mut grads = (loss / self.config.accumulation_steps as f64)?.backward()?;
+        // The graph (every activation) is freed here, before the optimizer runs.
+        drop(h);
+        let head_id = m.lm_head().id();
         for (name, var) in &self.vars {
-            if let Some(g) = grads.remove(var.as_tensor()) {
+            let mut g = grads.remove(var.as_tensor());
+            if var.as_tensor().id() == head_id {
+                if let Some(sunk) = head_sink.take() {
+                    let t = var.as_tensor();
+                    let sunk = Tensor::from_vec(sunk, t.shape(), t.device())?;
+                    g = Some(match g {
+                        Some(g) => (sunk + g)?,
+                        None => sunk,
+                    });
+                }
+            }
+            if let Some(g) = g {
                 let g = match self.grads.remove(name) {
                     Some(prev) => (prev + g)?,
                     None => g,
@@ -184,6 +203,7 @@ impl Trainer {
                 self.grads.insert(name.clone(), g);
             }
         }
+        drop(grads);
         self.micro += 1;
         self.micro_total += 1;
         if self.micro == self.config.accumulation_steps {

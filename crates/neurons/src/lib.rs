@@ -11,5 +11,5 @@ pub mod retry;
 pub mod validator;
 
 pub use errors::error_chain;
-pub use push::{push, PushError, PushOptions};
+pub use push::{make_public, push, push_later, LaterPushed, PushError, PushOptions};
 pub use retry::{retry, GaveUp};

@@ -1,12 +1,20 @@
 //! The miner's push: upload a model directory, then commit its identity to
 //! the chain, retrying while the chain refuses for now (rate limit).
+//!
+//! [`push`] is the seed's (public repo, `namespace:name:commit:hash`);
+//! [`push_later`] the later protocol's (private repo,
+//! `namespace:name:commit:secure_hash:competition_id`), after which
+//! [`make_public`] publishes the repo once the commitment has landed.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pretrain_chain::{Chain, ChainError, Hotkey};
-use pretrain_core::{Backoff, CommitId, HashError, ModelId, ModelIdError, ModelMetadata};
-use pretrain_store::{list_local_files, HubError, ModelHub, RepoId};
+use pretrain_core::{
+    Backoff, CommitId, CompetitionId, HashError, LaterModelId, LaterModelIdError, ModelId,
+    ModelIdError, ModelMetadata,
+};
+use pretrain_store::{list_local_files, HubError, ModelHub, RepoId, Visibility};
 use thiserror::Error;
 use tracing::info;
 
@@ -59,6 +67,9 @@ pub enum PushError {
     /// The model id does not fit on chain.
     #[error("model id")]
     ModelId(#[from] ModelIdError),
+    /// The later protocol's model id does not fit on chain.
+    #[error("model id")]
+    LaterModelId(#[from] LaterModelIdError),
     /// The hub holds different files at the new commit than the directory,
     /// so the committed hash would not match what validators download.
     #[error("after upload, {repo}@{commit} differs from the directory: {reason}")]
@@ -105,24 +116,8 @@ pub async fn push(
     options: &PushOptions,
 ) -> Result<ModelMetadata, PushError> {
     // Nothing is written to the hub for a hotkey the chain would refuse.
-    match chain.uid_of(options.netuid, &hotkey.ss58).await {
-        Ok(Some(_)) => {}
-        Ok(None) => {
-            return Err(PushError::NotRegistered {
-                hotkey: hotkey.ss58.clone(),
-                netuid: options.netuid,
-            })
-        }
-        Err(e) => return Err(PushError::Chain(e)),
-    }
-    let d = dir.to_path_buf();
-    let hash = tokio::task::spawn_blocking(move || pretrain_core::hash_of_directory(&d))
-        .await
-        .map_err(PushError::Task)?
-        .map_err(|source| PushError::Hash {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+    ensure_registered(chain, hotkey, options.netuid).await?;
+    let hash = hash_dir(dir).await?;
     // Fail before uploading if the id could never fit on chain.
     ModelId {
         namespace: repo.namespace().to_string(),
@@ -133,24 +128,153 @@ pub async fn push(
     .to_chain_bytes()?;
 
     info!(repo = %repo, dir = %dir.display(), %hash, "uploading model");
-    let commit = retry(
-        "uploading to the hub",
-        &options.upload_backoff,
-        HubError::is_retryable,
-        || hub.upload(dir, repo),
-    )
-    .await
-    .map_err(|g| g.error)?;
-    check_uploaded(hub, dir, repo, &commit).await?;
+    let commit = upload(hub, dir, repo, Visibility::Public, options).await?;
+    check_uploaded(hub, dir, repo, &commit, false).await?;
 
     let id = ModelId::at(repo, &commit, hash);
     let data = id.to_chain_bytes()?;
+    let block = commit_data(chain, hotkey, &data, options).await?;
+    info!(model = %id, block, "model committed to the chain");
+    Ok(ModelMetadata { id, block })
+}
+
+/// What [`push_later`] committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaterPushed {
+    /// The committed id (5 fields, with the secure hash and the competition).
+    pub id: LaterModelId,
+    /// `hash_of_directory` of the uploaded files (what the secure hash binds to the hotkey).
+    pub model_hash: String,
+    /// Block the commitment landed in.
+    pub block: u64,
+}
+
+/// The later protocol's push (taoverse's miner): uploads `dir` to `repo`
+/// **private** (a new repo; an existing one keeps its visibility), then
+/// commits `namespace:name:commit:secure_hash:competition_id` where the
+/// secure hash is `secure_hash(hash_of_directory(dir), hotkey)`: the hash of
+/// exactly what the repo holds at the new commit (checked from the hub's
+/// file list, as the owner sees it). Call [`make_public`] afterwards so
+/// validators can download it.
+pub async fn push_later(
+    hub: &dyn ModelHub,
+    chain: &dyn Chain,
+    hotkey: &Hotkey,
+    dir: &Path,
+    repo: &RepoId,
+    competition_id: CompetitionId,
+    options: &PushOptions,
+) -> Result<LaterPushed, PushError> {
+    ensure_registered(chain, hotkey, options.netuid).await?;
+    let model_hash = hash_dir(dir).await?;
+    let secure = pretrain_core::secure_hash(&model_hash, &hotkey.ss58);
+    let id_at = |commit: String| LaterModelId {
+        namespace: repo.namespace().to_string(),
+        name: repo.name().to_string(),
+        commit: Some(commit),
+        hash: None,
+        secure_hash: Some(secure.clone()),
+        competition_id,
+    };
+    // Fail before uploading if the id could never fit on chain.
+    id_at("0".repeat(40)).to_chain_bytes()?;
+
+    info!(repo = %repo, dir = %dir.display(), hash = %model_hash, competition_id,
+        "uploading model (private until the commitment lands)");
+    let commit = upload(hub, dir, repo, Visibility::Private, options).await?;
+    check_uploaded(hub, dir, repo, &commit, true).await?;
+
+    let id = id_at(commit.as_str().to_string());
+    let data = id.to_chain_bytes()?;
+    let block = commit_data(chain, hotkey, &data, options).await?;
+    info!(model = %id, block, "model committed to the chain");
+    Ok(LaterPushed {
+        id,
+        model_hash,
+        block,
+    })
+}
+
+/// Makes `repo` public (upstream's `--update_repo_visibility`, once the
+/// commitment has landed), retrying while the hub is unreachable or
+/// rate-limits on the `backoff` schedule.
+pub async fn make_public(
+    hub: &dyn ModelHub,
+    repo: &RepoId,
+    backoff: &Backoff,
+) -> Result<(), HubError> {
+    retry(
+        "making the repo public",
+        backoff,
+        HubError::is_retryable,
+        || hub.set_visibility(repo, Visibility::Public),
+    )
+    .await
+    .map_err(|g| g.error)?;
+    info!(%repo, "repo is public");
+    Ok(())
+}
+
+/// Refuses a hotkey without a uid on the subnet.
+async fn ensure_registered(
+    chain: &dyn Chain,
+    hotkey: &Hotkey,
+    netuid: u16,
+) -> Result<(), PushError> {
+    match chain.uid_of(netuid, &hotkey.ss58).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(PushError::NotRegistered {
+            hotkey: hotkey.ss58.clone(),
+            netuid,
+        }),
+        Err(e) => Err(PushError::Chain(e)),
+    }
+}
+
+/// `hash_of_directory(dir)`, off the runtime.
+async fn hash_dir(dir: &Path) -> Result<String, PushError> {
+    let d = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || pretrain_core::hash_of_directory(&d))
+        .await
+        .map_err(PushError::Task)?
+        .map_err(|source| PushError::Hash {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+/// Uploads with retries while the hub is unreachable or rate-limits.
+async fn upload(
+    hub: &dyn ModelHub,
+    dir: &Path,
+    repo: &RepoId,
+    visibility: Visibility,
+    options: &PushOptions,
+) -> Result<CommitId, PushError> {
+    retry(
+        "uploading to the hub",
+        &options.upload_backoff,
+        HubError::is_retryable,
+        || hub.upload_as(dir, repo, visibility),
+    )
+    .await
+    .map_err(|g| PushError::Hub(g.error))
+}
+
+/// Commits `data` for `hotkey`, retrying while the chain says "later";
+/// returns the block it landed in.
+async fn commit_data(
+    chain: &dyn Chain,
+    hotkey: &Hotkey,
+    data: &[u8],
+    options: &PushOptions,
+) -> Result<u64, PushError> {
     let schedule = Backoff::constant(options.retry_delay, options.max_attempts);
-    let block = retry(
+    retry(
         "committing the model to the chain",
         &schedule,
         ChainError::is_retryable,
-        || chain.commit(hotkey, options.netuid, &data),
+        || chain.commit(hotkey, options.netuid, data),
     )
     .await
     .map_err(|g| match g.error {
@@ -160,17 +284,17 @@ pub async fn push(
             last: e,
         },
         e => PushError::Chain(e),
-    })?;
-    info!(model = %id, block, "model committed to the chain");
-    Ok(ModelMetadata { id, block })
+    })
 }
 
 /// Checks that the hub's files at `commit` are exactly the directory's.
+/// `as_owner`: list as the repo's owner (a private repo is listed too).
 async fn check_uploaded(
     hub: &dyn ModelHub,
     dir: &Path,
     repo: &RepoId,
     commit: &CommitId,
+    as_owner: bool,
 ) -> Result<(), PushError> {
     let mismatch = |reason: String| PushError::Mismatch {
         repo: repo.clone(),
@@ -182,12 +306,12 @@ async fn check_uploaded(
         .map(|(p, _, s)| (p, s))
         .collect();
     local.sort();
-    let mut remote: Vec<(String, u64)> = hub
-        .files_at(repo, commit)
-        .await?
-        .into_iter()
-        .map(|f| (f.path, f.size))
-        .collect();
+    let listed = if as_owner {
+        hub.files_at_as_owner(repo, commit).await?
+    } else {
+        hub.files_at(repo, commit).await?
+    };
+    let mut remote: Vec<(String, u64)> = listed.into_iter().map(|f| (f.path, f.size)).collect();
     remote.sort();
     if local != remote {
         let extra: Vec<_> = remote

@@ -8,9 +8,10 @@ use common::fake_hf::FakeHub;
 use common::*;
 use pretrain_chain::{Chain, Hotkey};
 use pretrain_core::constants::MAX_MODEL_BYTES;
+use pretrain_core::Backoff;
 use pretrain_core::ModelId;
-use pretrain_neurons::{push, PushError, PushOptions};
-use pretrain_store::{HfHub, HfOptions, LocalHub, ModelStore};
+use pretrain_neurons::{make_public, push, push_later, PushError, PushOptions};
+use pretrain_store::{HfHub, HfOptions, HubError, LocalHub, ModelHub, ModelStore, Visibility};
 
 const HOTKEY: &str = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY";
 
@@ -146,4 +147,121 @@ async fn push_through_the_hf_backend() {
             .join("models--alice--tiny-gpt2/snapshots")
             .join(meta.id.commit.unwrap())
     );
+}
+
+/// taoverse's `get_hash_of_two_strings`, written out independently of the code under test.
+fn two_strings_hash(a: &str, b: &str) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(format!("{a}{b}")))
+}
+
+#[tokio::test]
+async fn push_later_uploads_private_commits_five_fields_and_make_public_publishes() {
+    let server = FakeHub::start("hf_tok");
+    let hf = |token: Option<&str>| {
+        HfHub::new(HfOptions {
+            endpoint: server.url.clone(),
+            token: token.map(str::to_string),
+            retry_delay: Duration::from_millis(10),
+            ..HfOptions::default()
+        })
+        .unwrap()
+    };
+    let owner = hf(Some("hf_tok"));
+    let chain = FakeChain::new(1, true);
+    let hotkey = Hotkey::address_only(HOTKEY);
+    let r = repo("alice/tiny-later");
+    let pushed = push_later(
+        &owner,
+        &chain,
+        &hotkey,
+        &reference_model_dir(),
+        &r,
+        2,
+        &fast(None),
+    )
+    .await
+    .unwrap();
+    let commit = pushed.id.commit.clone().unwrap();
+    let secure = two_strings_hash(&reference_hash(), HOTKEY);
+    let on_chain = chain.commitment(9, HOTKEY).await.unwrap().unwrap();
+    assert_eq!(
+        String::from_utf8(on_chain.data).unwrap(),
+        format!("alice:tiny-later:{commit}:{secure}:2")
+    );
+    assert_eq!(pushed.model_hash, reference_hash());
+    assert_eq!(pushed.block, 1001);
+    assert_eq!(pushed.id.hash, None);
+
+    // Private: a validator (no token) finds nothing until it is made public.
+    let stranger = hf(None);
+    let commit = commit_id(&commit);
+    let err = stranger.files_at(&r, &commit).await.unwrap_err();
+    assert!(matches!(err, HubError::NotFound(_)), "{err}");
+    server.fail("PUT", "/api/models/alice/tiny-later/settings", 429, 1);
+    make_public(
+        &owner,
+        &r,
+        &Backoff::constant(Duration::from_millis(5), Some(3)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(stranger.files_at(&r, &commit).await.unwrap().len(), 3);
+
+    // The 5-field id must fit in 128 bytes: a 41-character repo id cannot
+    // (41 + 40 + 44 + 1 + 4 separators = 130), refused before any upload.
+    let long = repo(&format!("alice/{}", "x".repeat(35)));
+    let root = tempfile::tempdir().unwrap();
+    let local = LocalHub::open(root.path()).unwrap();
+    let err = push_later(
+        &local,
+        &chain,
+        &hotkey,
+        &reference_model_dir(),
+        &long,
+        2,
+        &fast(None),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, PushError::LaterModelId(_)), "{err}");
+    assert_eq!(local.head(&long).unwrap(), None);
+}
+
+#[tokio::test]
+async fn push_later_on_the_local_hub_keeps_the_repo_private() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = LocalHub::open(root.path()).unwrap();
+    let chain = FakeChain::new(0, true);
+    let hotkey = Hotkey::address_only(HOTKEY);
+    let r = repo("alice/tiny-local");
+    let pushed = push_later(
+        &hub,
+        &chain,
+        &hotkey,
+        &reference_model_dir(),
+        &r,
+        0,
+        &fast(None),
+    )
+    .await
+    .unwrap();
+    assert_eq!(hub.visibility(&r).unwrap(), Some(Visibility::Private));
+    assert_eq!(
+        pushed.id.secure_hash.as_deref(),
+        Some(two_strings_hash(&reference_hash(), HOTKEY).as_str())
+    );
+    let commit = commit_id(pushed.id.commit.as_deref().unwrap());
+    assert!(matches!(
+        hub.files_at(&r, &commit).await,
+        Err(HubError::NotFound(_))
+    ));
+    make_public(&hub, &r, &Backoff::default()).await.unwrap();
+    assert_eq!(hub.files_at(&r, &commit).await.unwrap().len(), 3);
+    // Making a missing repo public is NotFound, not retried.
+    let err = make_public(&hub, &repo("alice/nothing"), &Backoff::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, HubError::NotFound(_)), "{err}");
 }

@@ -44,6 +44,9 @@ pub struct ValidatorStep {
     pub block: Option<u64>,
     /// The evaluated uids.
     pub uids: BTreeMap<u16, UidPoint>,
+    /// The competition evaluated (later protocol: one per step); `None` for
+    /// the seed's validator, which evaluates every model at each step.
+    pub competition: Option<i64>,
 }
 
 /// A validator's steps.
@@ -323,7 +326,13 @@ fn parse_validator(label: String, lines: &[Value]) -> ValidatorRun {
                 );
             }
         }
-        steps.push(ValidatorStep { step, block, uids });
+        let competition = l.get("competition").and_then(Value::as_i64);
+        steps.push(ValidatorStep {
+            step,
+            block,
+            uids,
+            competition,
+        });
     }
     ValidatorRun { label, steps }
 }

@@ -8,6 +8,11 @@
 //! - `local:DIR` ([`LocalHub`]): repos as folders of immutable,
 //!   content-addressed commits, safe for several processes at once.
 //!
+//! Repos are [`Visibility::Public`] or [`Visibility::Private`]: a private
+//! repo is missing ([`HubError::NotFound`]) to every reader but its owner
+//! (the later protocol's miners upload private and publish after their
+//! commitment lands).
+//!
 //! Both download a commit into `DEST/models--<ns>--<name>/snapshots/<commit>/`
 //! (the `huggingface_hub` cache layout) with real files (no symlinks),
 //! atomically (staged, then renamed into place).
@@ -155,17 +160,82 @@ impl HubError {
     }
 }
 
+/// Who may read a repo. A private repo is answered to anyone but its owner
+/// as if it did not exist ([`HubError::NotFound`]), as Hugging Face answers
+/// a stranger with 404: the later protocol's miners upload private and make
+/// the repo public only once their commitment is on chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Visibility {
+    /// Anyone may list and download it.
+    Public,
+    /// Only its owner (the token's account) may.
+    Private,
+}
+
+impl std::fmt::Display for Visibility {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Visibility::Public => "public",
+            Visibility::Private => "private",
+        })
+    }
+}
+
+impl std::str::FromStr for Visibility {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "public" => Ok(Visibility::Public),
+            "private" => Ok(Visibility::Private),
+            other => Err(format!(
+                "unknown visibility {other:?}: expected \"public\" or \"private\""
+            )),
+        }
+    }
+}
+
 /// Where model directories are uploaded to and downloaded from.
 #[async_trait]
 pub trait ModelHub: Send + Sync {
-    /// Uploads the files of `dir` as one commit of `repo` (created if
-    /// needed); afterwards the repo at that commit holds exactly those files.
-    /// Returns the commit sha (40 hex digits).
-    async fn upload(&self, dir: &Path, repo: &RepoId) -> Result<CommitId, HubError>;
+    /// Uploads the files of `dir` as one commit of `repo`, public if the
+    /// repo is new (an existing repo keeps its visibility).
+    async fn upload(&self, dir: &Path, repo: &RepoId) -> Result<CommitId, HubError> {
+        self.upload_as(dir, repo, Visibility::Public).await
+    }
+
+    /// Uploads the files of `dir` as one commit of `repo`; afterwards the
+    /// repo at that commit holds exactly those files. A new repo is created
+    /// with `visibility`; an existing one keeps its own (as Hugging Face's
+    /// `create_repo` on an existing repo changes nothing): use
+    /// [`ModelHub::set_visibility`] to change it. Returns the commit sha
+    /// (40 hex digits).
+    async fn upload_as(
+        &self,
+        dir: &Path,
+        repo: &RepoId,
+        visibility: Visibility,
+    ) -> Result<CommitId, HubError>;
+
+    /// Makes `repo` public or private; [`HubError::NotFound`] if it does not exist.
+    async fn set_visibility(&self, repo: &RepoId, visibility: Visibility) -> Result<(), HubError>;
 
     /// The files of `repo` at `commit` with their sizes, from the hub's
     /// metadata (nothing is downloaded).
     async fn files_at(&self, repo: &RepoId, commit: &CommitId) -> Result<Vec<RepoFile>, HubError>;
+
+    /// [`ModelHub::files_at`] as the repo's owner sees it: a private repo is
+    /// listed too. The uploader's check that the hub holds what it sent. The
+    /// default is `files_at`, right for a hub whose requests carry the
+    /// owner's token.
+    async fn files_at_as_owner(
+        &self,
+        repo: &RepoId,
+        commit: &CommitId,
+    ) -> Result<Vec<RepoFile>, HubError> {
+        self.files_at(repo, commit).await
+    }
 
     /// Downloads `repo` at `commit` into
     /// `dest/models--<ns>--<name>/snapshots/<commit>/` (replacing nothing
@@ -283,6 +353,19 @@ pub fn list_local_files(dir: &Path) -> Result<Vec<(String, PathBuf, u64)>, HubEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn visibility_names_are_huggingface_words() {
+        for (v, name) in [
+            (Visibility::Public, "public"),
+            (Visibility::Private, "private"),
+        ] {
+            assert_eq!(v.to_string(), name);
+            assert_eq!(serde_json::to_value(v).unwrap(), serde_json::json!(name));
+            assert_eq!(name.parse::<Visibility>().unwrap(), v);
+        }
+        assert!("Public".parse::<Visibility>().is_err());
+    }
 
     #[test]
     fn open_hub_specs() {

@@ -5,6 +5,7 @@
 //! DIR/repos/<ns>/<name>/commits/<sha>/manifest.json   files, sizes, sha256s
 //! DIR/repos/<ns>/<name>/commits/<sha>/files/...       the files, read-only by convention
 //! DIR/repos/<ns>/<name>/refs/main                     latest commit uploaded
+//! DIR/repos/<ns>/<name>/visibility                    `public` or `private` (absent: public)
 //! DIR/tmp/upload-XXXX/ + upload-XXXX.lock             uploads being staged
 //! ```
 //! Each staging folder has a lock file held (flock) by the uploading
@@ -16,6 +17,12 @@
 //! under `tmp/` and appears by a single `rename`, so readers in other
 //! processes see either nothing or a complete commit; two processes racing
 //! to create the same commit both succeed with the same content.
+//!
+//! Visibility is set when a repo gets its first commit and changed only by
+//! [`ModelHub::set_visibility`]; a private repo is answered as missing to
+//! every reader ([`HubError::NotFound`]), as Hugging Face answers a
+//! stranger; only the uploader's own check ([`ModelHub::files_at_as_owner`])
+//! sees it.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -27,7 +34,7 @@ use sha2::{Digest, Sha256};
 use tracing::{debug, info};
 
 use crate::paths::safe_relative_path;
-use crate::{list_local_files, CommitId, HubError, ModelHub, RepoFile, RepoId};
+use crate::{list_local_files, CommitId, HubError, ModelHub, RepoFile, RepoId, Visibility};
 
 /// One file of a commit's manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +113,62 @@ impl LocalHub {
             .join("repos")
             .join(repo.namespace())
             .join(repo.name())
+    }
+
+    fn visibility_file(&self, repo: &RepoId) -> PathBuf {
+        self.repo_dir(repo).join("visibility")
+    }
+
+    /// The visibility of `repo`, or `None` if it has no commit yet. A repo
+    /// without a visibility file (made before there was one) is public.
+    pub fn visibility(&self, repo: &RepoId) -> Result<Option<Visibility>, HubError> {
+        if self.head(repo)?.is_none() {
+            return Ok(None);
+        }
+        self.stored_visibility(repo)
+            .map(|v| Some(v.unwrap_or(Visibility::Public)))
+    }
+
+    fn stored_visibility(&self, repo: &RepoId) -> Result<Option<Visibility>, HubError> {
+        let path = self.visibility_file(repo);
+        match pretrain_core::bounded::read_regular_to_string(&path, 1024) {
+            Ok(s) => {
+                s.trim().parse().map(Some).map_err(|e| {
+                    HubError::BadResponse(format!("corrupt visibility of {repo}: {e}"))
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(HubError::io(format!(
+                "cannot read the visibility of {repo}"
+            ))(e)),
+        }
+    }
+
+    fn write_visibility(&self, repo: &RepoId, visibility: Visibility) -> Result<(), HubError> {
+        let path = self.visibility_file(repo);
+        pretrain_core::fsio::atomic_write(&path, visibility.to_string().as_bytes())
+            .map_err(HubError::io(format!("cannot write {}", path.display())))
+    }
+
+    /// Readers other than the owner see a private repo as missing.
+    fn check_readable(&self, repo: &RepoId) -> Result<(), HubError> {
+        if self.stored_visibility(repo)? == Some(Visibility::Private) {
+            return Err(HubError::NotFound(format!("repo {repo} is private")));
+        }
+        Ok(())
+    }
+
+    fn set_visibility_blocking(
+        &self,
+        repo: &RepoId,
+        visibility: Visibility,
+    ) -> Result<(), HubError> {
+        if self.head(repo)?.is_none() {
+            return Err(HubError::NotFound(format!("repo {repo}")));
+        }
+        self.write_visibility(repo, visibility)?;
+        info!(%repo, %visibility, "repo visibility set");
+        Ok(())
     }
 
     fn commit_dir(&self, repo: &RepoId, commit: &CommitId) -> PathBuf {
@@ -205,7 +268,12 @@ impl LocalHub {
         Ok(removed)
     }
 
-    fn upload_blocking(&self, dir: &Path, repo: &RepoId) -> Result<CommitId, HubError> {
+    fn upload_blocking(
+        &self,
+        dir: &Path,
+        repo: &RepoId,
+        visibility: Visibility,
+    ) -> Result<CommitId, HubError> {
         let files = list_local_files(dir)?;
         if let Err(e) = self.clean_stale_staging() {
             debug!(error = ?e, "cannot clean old staging folders");
@@ -257,6 +325,12 @@ impl LocalHub {
         let commits = self.repo_dir(repo).join("commits");
         fs::create_dir_all(&commits)
             .map_err(HubError::io(format!("cannot create {}", commits.display())))?;
+        // A new repo gets its visibility before its first commit appears, so a
+        // private one is never readable, even for an instant; an existing one
+        // keeps its own.
+        if self.head(repo)?.is_none() && self.stored_visibility(repo)?.is_none() {
+            self.write_visibility(repo, visibility)?;
+        }
         let target = commits.join(sha.as_str());
         let staged = staging.keep();
         if let Err(e) = fs::rename(&staged, &target) {
@@ -402,12 +476,31 @@ async fn blocking<T: Send + 'static>(
 
 #[async_trait]
 impl ModelHub for LocalHub {
-    async fn upload(&self, dir: &Path, repo: &RepoId) -> Result<CommitId, HubError> {
+    async fn upload_as(
+        &self,
+        dir: &Path,
+        repo: &RepoId,
+        visibility: Visibility,
+    ) -> Result<CommitId, HubError> {
         let (hub, dir, repo) = (self.clone(), dir.to_path_buf(), repo.clone());
-        blocking(move || hub.upload_blocking(&dir, &repo)).await
+        blocking(move || hub.upload_blocking(&dir, &repo, visibility)).await
+    }
+
+    async fn set_visibility(&self, repo: &RepoId, visibility: Visibility) -> Result<(), HubError> {
+        let (hub, repo) = (self.clone(), repo.clone());
+        blocking(move || hub.set_visibility_blocking(&repo, visibility)).await
     }
 
     async fn files_at(&self, repo: &RepoId, commit: &CommitId) -> Result<Vec<RepoFile>, HubError> {
+        self.check_readable(repo)?;
+        self.files_at_as_owner(repo, commit).await
+    }
+
+    async fn files_at_as_owner(
+        &self,
+        repo: &RepoId,
+        commit: &CommitId,
+    ) -> Result<Vec<RepoFile>, HubError> {
         let manifest = self.read_manifest(repo, commit)?;
         Ok(manifest
             .files
@@ -431,7 +524,11 @@ impl ModelHub for LocalHub {
             commit.clone(),
             dest.to_path_buf(),
         );
-        blocking(move || hub.download_blocking(&repo, &commit, &dest)).await
+        blocking(move || {
+            hub.check_readable(&repo)?;
+            hub.download_blocking(&repo, &commit, &dest)
+        })
+        .await
     }
 }
 

@@ -37,6 +37,16 @@ pub enum StoreError {
         /// Hash of what was downloaded.
         actual: String,
     },
+    /// The caller's check of the downloaded hash refused it (the later
+    /// protocol's hotkey-bound hash check); the download was deleted.
+    #[error("hash check failed for {model} (deleted)")]
+    HashCheck {
+        /// The model id.
+        model: String,
+        /// The hashes that did not match (boxed: it is large, and rare).
+        #[source]
+        source: Box<pretrain_core::rules::HashCheckError>,
+    },
     /// A local file operation failed.
     #[error("{context}")]
     Io {
@@ -142,11 +152,42 @@ impl ModelStore {
         id: &ModelId,
         max_bytes: u64,
     ) -> Result<FetchedModel, StoreError> {
-        let (repo, commit) = id.hub_location()?;
+        id.hub_location()?;
         let expected = id
             .hash
             .clone()
             .ok_or_else(|| StoreError::NoHash(id.to_compressed_str()))?;
+        let model = id.to_compressed_str();
+        self.fetch_verified(hub, hotkey, id, max_bytes, move |actual: &str| {
+            if actual == expected {
+                Ok(())
+            } else {
+                Err(StoreError::HashMismatch {
+                    model,
+                    expected,
+                    actual: actual.to_string(),
+                })
+            }
+        })
+        .await
+    }
+
+    /// [`ModelStore::fetch`] with the caller deciding which hash of the
+    /// download is accepted: `verify` gets `hash_of_directory` of the files
+    /// and returns the error to fail with (the download is then deleted).
+    /// Only the repo and commit of `id` are used to find the files.
+    pub async fn fetch_verified<F>(
+        &self,
+        hub: &dyn ModelHub,
+        hotkey: &HotkeyAddress,
+        id: &ModelId,
+        max_bytes: u64,
+        verify: F,
+    ) -> Result<FetchedModel, StoreError>
+    where
+        F: FnOnce(&str) -> Result<(), StoreError> + Send,
+    {
+        let (repo, commit) = id.hub_location()?;
         let hotkey_dir = self.hotkey_dir(hotkey);
         let path = hotkey_dir
             .join(repo.folder_name())
@@ -206,14 +247,10 @@ impl ModelStore {
             }
             .into());
         }
-        if hash != expected {
-            warn!(%hotkey, model = %id, %hash, "hash mismatch, deleting the download");
+        if let Err(e) = verify(&hash) {
+            warn!(%hotkey, model = %id, %hash, "hash refused, deleting the download");
             remove_dir(&path);
-            return Err(StoreError::HashMismatch {
-                model: id.to_compressed_str(),
-                expected,
-                actual: hash,
-            });
+            return Err(e);
         }
         info!(%hotkey, model = %id, size, "model fetched and verified");
         Ok(FetchedModel { path, hash, size })

@@ -7,7 +7,7 @@ use std::time::Duration;
 use common::fake_hf::FakeHub;
 use common::*;
 use pretrain_core::{hash_of_directory, ModelId};
-use pretrain_store::{HfHub, HfOptions, HubError, ModelHub, ModelStore};
+use pretrain_store::{HfHub, HfOptions, HubError, ModelHub, ModelStore, Visibility};
 
 const TOKEN: &str = "hf_test_token";
 
@@ -419,4 +419,86 @@ async fn server_errors_are_retried_and_then_reported() {
         .unwrap_err();
     assert!(matches!(err, HubError::Network(_)), "{err}");
     assert!(err.to_string().contains("500"), "{err}");
+}
+
+#[tokio::test]
+async fn private_upload_then_made_public_through_the_settings_api() {
+    let server = FakeHub::start(TOKEN);
+    let owner = hub(&server, Some(TOKEN), 2);
+    let r = repo("alice/secret");
+    let commit = owner
+        .upload_as(&reference_model_dir(), &r, Visibility::Private)
+        .await
+        .unwrap();
+    // The repo was created private (huggingface_hub's create_repo(private=True)).
+    let create = server
+        .seen()
+        .into_iter()
+        .find(|s| s.method == "POST" && s.path == "/api/repos/create")
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&create.body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"name": "secret", "organization": "alice", "private": true})
+    );
+    // A stranger gets 404; the owner lists it.
+    let stranger = hub(&server, None, 2);
+    let err = stranger.files_at(&r, &commit).await.unwrap_err();
+    assert!(matches!(err, HubError::NotFound(_)), "{err}");
+    let own = owner.files_at_as_owner(&r, &commit).await.unwrap();
+    let own: Vec<(String, u64)> = own.into_iter().map(|f| (f.path, f.size)).collect();
+    assert_eq!(own, reference_files());
+
+    // One 503 on the settings call is retried; the request is
+    // PUT /api/models/{repo}/settings {"private": false} with the token.
+    server.fail("PUT", "/api/models/alice/secret/settings", 503, 1);
+    owner.set_visibility(&r, Visibility::Public).await.unwrap();
+    let puts: Vec<_> = server
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "PUT" && s.path == "/api/models/alice/secret/settings")
+        .collect();
+    assert_eq!(puts.len(), 2, "one 503, then the change");
+    let last = puts.last().unwrap();
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&last.body).unwrap(),
+        serde_json::json!({"private": false})
+    );
+    assert_eq!(
+        last.headers.get("authorization").map(String::as_str),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
+    let dest = tempfile::tempdir().unwrap();
+    let dir = stranger.download(&r, &commit, dest.path()).await.unwrap();
+    assert_eq!(hash_of_directory(&dir).unwrap(), reference_hash());
+
+    // A later upload does not make it private again (create_repo -> 409, unchanged).
+    owner
+        .upload_as(&reference_model_dir(), &r, Visibility::Private)
+        .await
+        .unwrap();
+    assert!(!server.state.lock().unwrap().repos["alice/secret"].private);
+
+    // Back to private: {"private": true}.
+    owner.set_visibility(&r, Visibility::Private).await.unwrap();
+    assert!(server.state.lock().unwrap().repos["alice/secret"].private);
+    let last = server.seen().into_iter().last().unwrap();
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&last.body).unwrap(),
+        serde_json::json!({"private": true})
+    );
+
+    // A missing repo is NotFound; no token, no request.
+    let err = owner
+        .set_visibility(&repo("alice/nothing"), Visibility::Public)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, HubError::NotFound(_)), "{err}");
+    let before = server.seen().len();
+    let err = stranger
+        .set_visibility(&r, Visibility::Public)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, HubError::Unauthorized(_)), "{err}");
+    assert_eq!(server.seen().len(), before);
 }

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use common::*;
 use pretrain_core::hash_of_directory;
-use pretrain_store::{open_hub, HubError, HubOptions, LocalHub, ModelHub};
+use pretrain_store::{open_hub, HubError, HubOptions, LocalHub, ModelHub, Visibility};
 
 #[tokio::test]
 async fn upload_list_download_round_trip() {
@@ -460,4 +460,120 @@ fn child_uploader_until_killed() {
                 .unwrap();
         }
     });
+}
+
+/// Writes a one-file model directory (small, so the tests stay fast).
+fn small_dir(root: &Path, content: &[u8]) -> std::path::PathBuf {
+    let dir = root.join(format!("src-{}", content.len()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), content).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn a_private_repo_is_missing_to_readers_until_made_public() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = LocalHub::open(root.path()).unwrap();
+    let r = repo("alice/secret");
+    let src = small_dir(root.path(), b"{\"a\":1}");
+    let commit = hub.upload_as(&src, &r, Visibility::Private).await.unwrap();
+    assert_eq!(hub.visibility(&r).unwrap(), Some(Visibility::Private));
+
+    // Readers get NotFound, as a stranger gets 404 from Hugging Face.
+    let err = hub.files_at(&r, &commit).await.unwrap_err();
+    assert!(matches!(err, HubError::NotFound(_)), "{err}");
+    assert_eq!(err.to_string(), "not found: repo alice/secret is private");
+    let dest = tempfile::tempdir().unwrap();
+    let err = hub.download(&r, &commit, dest.path()).await.unwrap_err();
+    assert!(matches!(err, HubError::NotFound(_)), "{err}");
+    assert!(err.to_string().contains("is private"), "{err}");
+    assert!(!dest.path().join("models--alice--secret").exists());
+    // The owner's own check sees the files.
+    let own = hub.files_at_as_owner(&r, &commit).await.unwrap();
+    assert_eq!(own.len(), 1);
+    assert_eq!((own[0].path.as_str(), own[0].size), ("config.json", 7));
+
+    // Another upload, even a "public" one, does not change an existing repo.
+    let src2 = small_dir(root.path(), b"{\"a\":22}");
+    let second = hub.upload(&src2, &r).await.unwrap();
+    assert_ne!(second, commit);
+    assert_eq!(hub.visibility(&r).unwrap(), Some(Visibility::Private));
+    assert!(matches!(
+        hub.files_at(&r, &second).await,
+        Err(HubError::NotFound(_))
+    ));
+
+    // Made public: every commit is readable.
+    hub.set_visibility(&r, Visibility::Public).await.unwrap();
+    assert_eq!(hub.visibility(&r).unwrap(), Some(Visibility::Public));
+    assert_eq!(hub.files_at(&r, &commit).await.unwrap()[0].size, 7);
+    let dir = hub.download(&r, &second, dest.path()).await.unwrap();
+    assert_eq!(
+        std::fs::read(dir.join("config.json")).unwrap(),
+        b"{\"a\":22}"
+    );
+    // And private again.
+    hub.set_visibility(&r, Visibility::Private).await.unwrap();
+    assert!(matches!(
+        hub.files_at(&r, &commit).await,
+        Err(HubError::NotFound(_))
+    ));
+    // Another process opening the same hub sees the same.
+    let other = LocalHub::open(root.path()).unwrap();
+    assert_eq!(other.visibility(&r).unwrap(), Some(Visibility::Private));
+}
+
+#[tokio::test]
+async fn visibility_of_new_existing_and_missing_repos() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = LocalHub::open(root.path()).unwrap();
+    let src = small_dir(root.path(), b"{}");
+
+    // Missing repo: NotFound, and nothing is created.
+    let err = hub
+        .set_visibility(&repo("alice/nothing"), Visibility::Public)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, HubError::NotFound(_)), "{err}");
+    assert!(!root.path().join("repos/alice/nothing").exists());
+    assert_eq!(hub.visibility(&repo("alice/nothing")).unwrap(), None);
+
+    // `upload` creates public; a later private upload does not hide it.
+    let r = repo("alice/open");
+    let c = hub.upload(&src, &r).await.unwrap();
+    assert_eq!(hub.visibility(&r).unwrap(), Some(Visibility::Public));
+    hub.upload_as(&src, &r, Visibility::Private).await.unwrap();
+    assert_eq!(hub.visibility(&r).unwrap(), Some(Visibility::Public));
+    assert_eq!(hub.files_at(&r, &c).await.unwrap().len(), 1);
+
+    // A repo from before visibility files existed is public.
+    let legacy = repo("alice/legacy");
+    let c = hub
+        .upload_as(&src, &legacy, Visibility::Private)
+        .await
+        .unwrap();
+    std::fs::remove_file(root.path().join("repos/alice/legacy/visibility")).unwrap();
+    assert_eq!(hub.visibility(&legacy).unwrap(), Some(Visibility::Public));
+    assert_eq!(hub.files_at(&legacy, &c).await.unwrap().len(), 1);
+
+    // Through the trait object too (what the miner and validator hold).
+    let dynhub = open_hub(
+        &format!("local:{}", root.path().display()),
+        HubOptions::default(),
+    )
+    .unwrap();
+    let hidden = repo("bob/hidden");
+    let c = dynhub
+        .upload_as(&src, &hidden, Visibility::Private)
+        .await
+        .unwrap();
+    assert!(matches!(
+        dynhub.files_at(&hidden, &c).await,
+        Err(HubError::NotFound(_))
+    ));
+    dynhub
+        .set_visibility(&hidden, Visibility::Public)
+        .await
+        .unwrap();
+    assert_eq!(dynhub.files_at(&hidden, &c).await.unwrap().len(), 1);
 }

@@ -11,7 +11,8 @@ use common::*;
 use pretrain_core::constants::MAX_MODEL_BYTES;
 use pretrain_core::ModelId;
 use pretrain_store::{
-    CommitId, HotkeyAddress, HubError, LocalHub, ModelHub, ModelStore, RepoFile, RepoId, StoreError,
+    CommitId, HotkeyAddress, HubError, LocalHub, ModelHub, ModelStore, RepoFile, RepoId,
+    StoreError, Visibility,
 };
 
 const HOTKEY: &str = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY";
@@ -191,7 +192,19 @@ struct ScriptedHub {
 
 #[async_trait]
 impl ModelHub for ScriptedHub {
-    async fn upload(&self, _dir: &Path, _repo: &RepoId) -> Result<CommitId, HubError> {
+    async fn upload_as(
+        &self,
+        _dir: &Path,
+        _repo: &RepoId,
+        _visibility: Visibility,
+    ) -> Result<CommitId, HubError> {
+        unimplemented!()
+    }
+    async fn set_visibility(
+        &self,
+        _repo: &RepoId,
+        _visibility: Visibility,
+    ) -> Result<(), HubError> {
         unimplemented!()
     }
     async fn files_at(

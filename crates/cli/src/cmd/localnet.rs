@@ -13,7 +13,8 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use pretrain_chain::embedded::{EmbeddedChain, EmbeddedOptions, SubnetParams};
 use pretrain_chain::{Chain, Wallet};
-use pretrain_core::ModelId;
+use pretrain_core::rules::{CompetitionSpec, Protocol, Schedule};
+use pretrain_core::{LaterModelId, ModelId};
 use serde_json::{json, Value};
 use tokio::process::{Child, Command};
 
@@ -79,6 +80,7 @@ struct Row {
     hotkey: String,
     role: String,
     model: Option<String>,
+    competition: Option<i64>,
     loss: Option<f64>,
     win_rate: Option<f64>,
     weight: f64,
@@ -92,6 +94,7 @@ impl Row {
             "hotkey": self.hotkey,
             "role": self.role,
             "model": self.model,
+            "competition": self.competition,
             "loss": self.loss.filter(|l| l.is_finite()),
             "win_rate": self.win_rate,
             "weight": self.weight,
@@ -118,10 +121,11 @@ impl Layout {
     fn logs(&self) -> PathBuf {
         self.root.join("logs")
     }
-    fn init_model(&self, kind: ModelKind) -> PathBuf {
-        self.root.join("init").join(match kind {
-            ModelKind::Tiny => "tiny-gpt2",
-            ModelKind::Default => "default-gpt2",
+    fn init_model(&self, start: Start) -> PathBuf {
+        self.root.join("init").join(match start {
+            Start::Gpt2(ModelKind::Tiny) => "tiny-gpt2",
+            Start::Gpt2(ModelKind::Default) => "default-gpt2",
+            Start::TinyLlama => "tiny-llama",
         })
     }
     fn miner_dir(&self, i: usize) -> PathBuf {
@@ -149,6 +153,105 @@ fn tiny_config() -> Value {
         m.insert("n_layer".into(), json!(2));
     }
     c
+}
+
+/// The config of the tiny LLaMA: the reference tiny LLaMA's shape (2
+/// layers, 32 wide, 4 heads, 2 key-value heads; 3.3M parameters, most of
+/// them the untied embedding and output matrices).
+fn tiny_llama_config() -> Value {
+    json!({
+        "architectures": ["LlamaForCausalLM"],
+        "attention_bias": false,
+        "bos_token_id": 50256,
+        "eos_token_id": 50256,
+        "hidden_act": "silu",
+        "hidden_size": 32,
+        "initializer_range": 0.02,
+        "intermediate_size": 64,
+        "max_position_embeddings": 1024,
+        "model_type": "llama",
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-06,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": false,
+        "torch_dtype": "float32",
+        "vocab_size": 50257
+    })
+}
+
+/// The starting model of a miner: a GPT-2 of the chosen size, or the tiny
+/// LLaMA for a competition that only admits LLaMA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    Gpt2(ModelKind),
+    TinyLlama,
+}
+
+impl Start {
+    /// What a miner of `competition` (`None`: the seed's single one) starts from.
+    fn for_competition(
+        kind: ModelKind,
+        competition: Option<&CompetitionSpec>,
+    ) -> anyhow::Result<Self> {
+        let Some(c) = competition else {
+            return Ok(Start::Gpt2(kind));
+        };
+        let allows = |a: &str| c.constraints.architectures.iter().any(|x| x == a);
+        if allows("GPT2LMHeadModel") {
+            return Ok(Start::Gpt2(kind));
+        }
+        if allows("LlamaForCausalLM") {
+            if kind == ModelKind::Default {
+                bail!(
+                    "competition {} ({}) admits only LLaMA models, and localnet has only a tiny \
+                     LLaMA: run it with --model tiny",
+                    c.id,
+                    c.name
+                );
+            }
+            return Ok(Start::TinyLlama);
+        }
+        bail!(
+            "competition {} ({}) admits none of the architectures localnet can start from \
+             (GPT2LMHeadModel, LlamaForCausalLM): [{}]",
+            c.id,
+            c.name,
+            c.constraints.architectures.join(", ")
+        )
+    }
+
+    fn write(self, dir: &Path) -> anyhow::Result<()> {
+        let device = candle_core::Device::Cpu;
+        let model = match self {
+            Start::Gpt2(ModelKind::Tiny) => {
+                pretrain_model::Model::random(tiny_config(), 0, &device)?
+            }
+            Start::Gpt2(ModelKind::Default) => pretrain_model::Model::default_gpt2(0, &device)?,
+            Start::TinyLlama => pretrain_model::Model::random(tiny_llama_config(), 0, &device)?,
+        };
+        model.save(dir)?;
+        Ok(())
+    }
+}
+
+/// The competitions of the entry active at `block` under the later
+/// protocol, each checked runnable here (`None`: the seed's protocol, one
+/// competition, no competition ids).
+fn later_competitions(
+    schedule: &Schedule,
+    block: u64,
+) -> anyhow::Result<Option<Vec<CompetitionSpec>>> {
+    if schedule.protocol() != Protocol::Later {
+        return Ok(None);
+    }
+    let entry = schedule.active_entry(block)?;
+    for c in &entry.competitions {
+        c.support()
+            .with_context(|| format!("schedule {} at block {block}", schedule.name))?;
+    }
+    Ok(Some(entry.competitions.clone()))
 }
 
 /// Learning rate of miner `i`: miner 0 learns fast, each next one a hundred
@@ -203,23 +306,64 @@ async fn run_async(args: LocalnetArgs) -> anyhow::Result<()> {
     let started = Instant::now();
 
     let (validator, miners) = setup_wallets(&layout, args.miners)?;
-    let chain = setup_chain(&layout, args.block_time, &validator, &miners).await?;
-    let init = layout.init_model(args.model);
-    if !init.join("model.safetensors").is_file() {
-        tracing::info!(dir = %init.display(), model = ?args.model, "writing the miners' starting model");
-        let init2 = init.clone();
-        let kind = args.model;
-        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            let device = candle_core::Device::Cpu;
-            let model = match kind {
-                ModelKind::Tiny => pretrain_model::Model::random(tiny_config(), 0, &device)?,
-                ModelKind::Default => pretrain_model::Model::default_gpt2(0, &device)?,
-            };
-            model.save(&init2)?;
-            Ok(())
-        })
+    let schedule = args.schedule.load()?;
+    // A commitment younger than eval_block_delay is not evaluated, and each
+    // new one replaces the last: miners that commit every few blocks would
+    // never be evaluated, so commits are spaced by more than the delay.
+    let delay = schedule
+        .entries
+        .iter()
+        .flat_map(|e| &e.competitions)
+        .map(|c| c.constraints.eval_block_delay)
+        .max()
+        .unwrap_or(0);
+    let commit_rate_limit = if delay > 0 { delay + 10 } else { 5 };
+    let chain = setup_chain(
+        &layout,
+        args.block_time,
+        commit_rate_limit,
+        &validator,
+        &miners,
+    )
+    .await?;
+    let block = chain
+        .current_block()
         .await
-        .context("writing the starting model")??;
+        .context("reading the current block")?;
+    let competitions = later_competitions(&schedule, block)?;
+    // Miner i joins competition i mod n: with two competitions and two
+    // miners, each competition has one.
+    let assigned: Vec<Option<CompetitionSpec>> = (0..miners.len())
+        .map(|i| competitions.as_ref().map(|cs| cs[i % cs.len()].clone()))
+        .collect();
+    if let Some(cs) = &competitions {
+        if miners.len() < cs.len() {
+            tracing::warn!(
+                "{} competitions and {} miners: some competitions have no miner",
+                cs.len(),
+                miners.len()
+            );
+        }
+    }
+    let mut starts = Vec::with_capacity(assigned.len());
+    for c in &assigned {
+        starts.push(Start::for_competition(args.model, c.as_ref())?);
+    }
+    let mut distinct: Vec<Start> = Vec::new();
+    for s in &starts {
+        if !distinct.contains(s) {
+            distinct.push(*s);
+        }
+    }
+    for start in distinct {
+        let init = layout.init_model(start);
+        if init.join("model.safetensors").is_file() {
+            continue;
+        }
+        tracing::info!(dir = %init.display(), model = ?start, "writing a starting model");
+        tokio::task::spawn_blocking(move || start.write(&init))
+            .await
+            .context("writing the starting model")??;
     }
     std::fs::create_dir_all(layout.logs()).context("creating the logs directory")?;
 
@@ -234,10 +378,17 @@ async fn run_async(args: LocalnetArgs) -> anyhow::Result<()> {
         }
     };
     let mut procs = Vec::new();
-    let schedule = args.schedule.schedule.as_str();
-    procs.push(spawn_validator(&layout, &dataset, schedule).await?);
+    let schedule_arg = args.schedule.schedule.as_str();
+    procs.push(spawn_validator(&layout, &dataset, schedule_arg).await?);
     for (i, _) in miners.iter().enumerate() {
-        procs.push(spawn_miner(&layout, &dataset, schedule, args.model, i, args.seed).await?);
+        let miner = MinerSpec {
+            index: i,
+            kind: args.model,
+            start: starts[i],
+            competition: assigned[i].as_ref().map(|c| c.id),
+            seed: args.seed,
+        };
+        procs.push(spawn_miner(&layout, &dataset, schedule_arg, &miner).await?);
     }
     tracing::info!(
         dir = %layout.root.display(),
@@ -257,7 +408,7 @@ async fn run_async(args: LocalnetArgs) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => break "interrupted",
             _ = tokio::time::sleep(REFRESH) => {}
         }
-        match leaderboard(&chain, &layout, &validator, &miners).await {
+        match leaderboard(&chain, &layout, &validator, &miners, competitions.is_some()).await {
             Ok(r) => {
                 rows = r;
                 let line = json!({
@@ -295,16 +446,19 @@ async fn run_async(args: LocalnetArgs) -> anyhow::Result<()> {
     };
     tracing::info!("stopping the local subnet ({stop_reason})");
     stop_all(procs).await;
-    if let Ok(r) = leaderboard(&chain, &layout, &validator, &miners).await {
+    if let Ok(r) = leaderboard(&chain, &layout, &validator, &miners, competitions.is_some()).await {
         rows = r;
     }
     if tty {
         draw(&rows, started.elapsed(), args.minutes);
     }
-    let summary = json!({
+    let mut summary = json!({
         "dir": layout.root.display().to_string(),
         "leaderboard": rows.iter().map(Row::json).collect::<Vec<_>>(),
     });
+    if let (Some(cs), Some(m)) = (&competitions, summary.as_object_mut()) {
+        m.insert("competitions".into(), competitions_json(cs, &rows));
+    }
     super::out::print_json(&summary)?;
     Ok(())
 }
@@ -359,6 +513,7 @@ fn setup_wallets(layout: &Layout, n: usize) -> anyhow::Result<(Wallet, Vec<Walle
 async fn setup_chain(
     layout: &Layout,
     block_time: f64,
+    commit_rate_limit: u64,
     validator: &Wallet,
     miners: &[Wallet],
 ) -> anyhow::Result<EmbeddedChain> {
@@ -375,7 +530,7 @@ async fn setup_chain(
         .create_subnet(
             NETUID,
             SubnetParams {
-                commit_rate_limit: 5,
+                commit_rate_limit,
                 weights_rate_limit: 5,
                 ..SubnetParams::default()
             },
@@ -453,16 +608,30 @@ async fn spawn_validator(layout: &Layout, dataset: &str, schedule: &str) -> anyh
     spawn(layout, "validator", "validate", &a).await
 }
 
+/// What one miner process is given.
+struct MinerSpec {
+    index: usize,
+    kind: ModelKind,
+    start: Start,
+    /// Its competition under the later protocol.
+    competition: Option<i64>,
+    seed: u64,
+}
+
 async fn spawn_miner(
     layout: &Layout,
     dataset: &str,
     schedule: &str,
-    kind: ModelKind,
-    i: usize,
-    seed: u64,
+    m: &MinerSpec,
 ) -> anyhow::Result<Proc> {
+    let (i, kind, seed) = (m.index, m.kind, m.seed);
     let name = format!("miner-{i}");
     let mut a = common_flags(layout, &name, dataset, schedule);
+    if let Some(c) = m.competition {
+        // Uploaded private, made public once the commitment landed (upstream's miner flags).
+        a.extend(["--competition_id".to_string(), c.to_string()]);
+        a.push("--update_repo_visibility".into());
+    }
     let (sl, pages) = match kind {
         ModelKind::Tiny => ("128", "1"),
         ModelKind::Default => ("1024", "1"),
@@ -472,7 +641,7 @@ async fn spawn_miner(
             "--model_dir",
             &layout.miner_dir(i).display().to_string(),
             "--load_model_dir",
-            &layout.init_model(kind).display().to_string(),
+            &layout.init_model(m.start).display().to_string(),
             "--hf_repo_id",
             &format!("localnet/{name}"),
             "--lr",
@@ -577,13 +746,76 @@ fn validator_view(dir: &Path) -> BTreeMap<u16, (f64, Option<f64>)> {
     let Ok(data) = pretrain_report::parse::collect(dir) else {
         return BTreeMap::new();
     };
-    let Some(last) = data.validators.first().and_then(|v| v.steps.last()) else {
+    let Some(run) = data.validators.first() else {
         return BTreeMap::new();
     };
-    last.uids
-        .iter()
+    // The latest step of each competition (the seed's validator has one:
+    // `None`); a later validator evaluates one competition per step.
+    let mut latest: BTreeMap<Option<i64>, &pretrain_report::parse::ValidatorStep> = BTreeMap::new();
+    for step in &run.steps {
+        latest.insert(step.competition, step);
+    }
+    latest
+        .values()
+        .flat_map(|s| s.uids.iter())
         .map(|(uid, p)| (*uid, (p.mean_loss, p.win_rate)))
         .collect()
+}
+
+/// `namespace/name@commit8` of a commitment and, under the later protocol,
+/// its competition; the raw text when it is no model id.
+fn describe_commitment(data: &[u8], later: bool) -> (Option<String>, Option<i64>) {
+    let short = |ns: &str, name: &str, commit: Option<&str>| {
+        format!(
+            "{ns}/{name}@{}",
+            commit.map(|c| &c[..c.len().min(8)]).unwrap_or("?")
+        )
+    };
+    let raw = || Some(String::from_utf8_lossy(data).into_owned());
+    if later {
+        match LaterModelId::from_chain_bytes(data) {
+            Ok(id) => (
+                Some(short(&id.namespace, &id.name, id.commit.as_deref())),
+                Some(id.competition_id),
+            ),
+            Err(_) => (raw(), None),
+        }
+    } else {
+        match ModelId::from_chain_bytes(data) {
+            Ok(id) => (
+                Some(short(&id.namespace, &id.name, id.commit.as_deref())),
+                None,
+            ),
+            Err(_) => (raw(), None),
+        }
+    }
+}
+
+/// Per competition of the summary: its share, the uids committed to it,
+/// and its winner (the one holding the most incentive).
+fn competitions_json(competitions: &[CompetitionSpec], rows: &[Row]) -> Value {
+    let list: Vec<Value> = competitions
+        .iter()
+        .map(|c| {
+            let members: Vec<&Row> = rows
+                .iter()
+                .filter(|r| r.competition == Some(c.id))
+                .collect();
+            let winner = members
+                .iter()
+                .max_by(|a, b| a.incentive.total_cmp(&b.incentive))
+                .filter(|r| r.incentive > 0.0);
+            json!({
+                "id": c.id,
+                "name": c.name,
+                "share": c.reward_share,
+                "uids": members.iter().map(|r| r.uid).collect::<Vec<_>>(),
+                "winner": winner.map(|r| r.uid),
+                "winner_incentive": winner.map(|r| r.incentive),
+            })
+        })
+        .collect();
+    Value::Array(list)
 }
 
 async fn leaderboard(
@@ -591,6 +823,7 @@ async fn leaderboard(
     layout: &Layout,
     validator: &Wallet,
     miners: &[Wallet],
+    later: bool,
 ) -> anyhow::Result<Vec<Row>> {
     let g = chain.metagraph(NETUID).await?;
     let commits = chain.commitments(NETUID).await?;
@@ -617,22 +850,11 @@ async fn leaderboard(
         } else {
             "other".to_string()
         };
-        let model =
-            commits
-                .iter()
-                .find(|c| c.hotkey == n.hotkey)
-                .map(|c| match ModelId::from_chain_bytes(&c.data) {
-                    Ok(id) => format!(
-                        "{}/{}@{}",
-                        id.namespace,
-                        id.name,
-                        id.commit
-                            .as_deref()
-                            .map(|c| &c[..c.len().min(8)])
-                            .unwrap_or("?")
-                    ),
-                    Err(_) => String::from_utf8_lossy(&c.data).into_owned(),
-                });
+        let commitment = commits.iter().find(|c| c.hotkey == n.hotkey);
+        let (model, competition) = match commitment {
+            None => (None, None),
+            Some(c) => describe_commitment(&c.data, later),
+        };
         let (loss, win_rate) = match view.get(&n.uid) {
             Some((l, w)) => (Some(*l), *w),
             None => (None, None),
@@ -642,6 +864,7 @@ async fn leaderboard(
             hotkey: n.hotkey.clone(),
             role,
             model,
+            competition,
             loss,
             win_rate,
             weight: wmap.get(&n.uid).copied().unwrap_or(0.0),
@@ -661,15 +884,17 @@ fn fmt_opt(x: Option<f64>, digits: usize) -> String {
 
 fn table(rows: &[Row]) -> String {
     let mut s = format!(
-        "{:>4}  {:<10}  {:<12}  {:<26}  {:>8}  {:>8}  {:>7}  {:>9}\n",
-        "UID", "ROLE", "HOTKEY", "MODEL", "LOSS", "WIN RATE", "WEIGHT", "INCENTIVE"
+        "{:>4}  {:<10}  {:<12}  {:>4}  {:<26}  {:>8}  {:>8}  {:>7}  {:>9}\n",
+        "UID", "ROLE", "HOTKEY", "COMP", "MODEL", "LOSS", "WIN RATE", "WEIGHT", "INCENTIVE"
     );
     for r in rows {
         s.push_str(&format!(
-            "{:>4}  {:<10}  {:<12}  {:<26}  {:>8}  {:>8}  {:>7.4}  {:>9.4}\n",
+            "{:>4}  {:<10}  {:<12}  {:>4}  {:<26}  {:>8}  {:>8}  {:>7.4}  {:>9.4}\n",
             r.uid,
             r.role,
             format!("{}…", &r.hotkey[..r.hotkey.len().min(10)]),
+            r.competition
+                .map_or_else(|| "-".to_string(), |c| c.to_string()),
             r.model.as_deref().unwrap_or("-"),
             fmt_opt(r.loss, 4),
             fmt_opt(r.win_rate, 3),
@@ -698,6 +923,7 @@ fn log_rows(rows: &[Row]) {
             uid = r.uid,
             role = %r.role,
             model = r.model.as_deref().unwrap_or("-"),
+            competition = ?r.competition,
             loss = %fmt_opt(r.loss, 4),
             win_rate = %fmt_opt(r.win_rate, 3),
             weight = format_args!("{:.4}", r.weight),

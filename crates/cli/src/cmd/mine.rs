@@ -1,6 +1,12 @@
 //! `pretrain mine`: the miner (the original's `neurons/miner.py`). Checks
 //! everything a push will need before training, trains, keeps the best
 //! model whole on disk, and pushes it when it beats the threshold.
+//!
+//! Under a later-protocol schedule ([`Protocol::Later`]) it enters one
+//! competition (`--competition_id`), uploads the repo private, commits
+//! `namespace:name:commit:secure_hash:competition_id`, and with
+//! `--update_repo_visibility` makes the repo public once the commitment has
+//! landed. Under the seed's schedule nothing of this applies.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -11,7 +17,8 @@ use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use pretrain_chain::{connect, Chain, Hotkey};
-use pretrain_core::RepoId;
+use pretrain_core::rules::Protocol;
+use pretrain_core::{CompetitionId, RepoId};
 use pretrain_model::Model;
 use pretrain_neurons::miner::{self, new_run_id, Event, MinerConfig, Observer, RunDir, Training};
 use pretrain_neurons::PushOptions;
@@ -90,6 +97,14 @@ pub struct MineArgs {
     /// Give up after this many commit attempts (default: retry until it lands, as the original).
     #[arg(long = "max_commit_attempts")]
     pub max_commit_attempts: Option<u32>,
+    /// Competition to enter, by id (later-protocol schedules; default: the
+    /// only one scheduled at the current block).
+    #[arg(long = "competition_id", allow_negative_numbers = true)]
+    pub competition_id: Option<CompetitionId>,
+    /// Make the repo public once the commitment has landed (later-protocol
+    /// schedules upload it private; validators cannot download it before).
+    #[arg(long = "update_repo_visibility")]
+    pub update_repo_visibility: bool,
     #[command(flatten)]
     pub schedule: super::rules::ScheduleArgs,
     #[command(flatten)]
@@ -103,6 +118,12 @@ pub struct MineArgs {
     #[command(flatten)]
     pub chain: ChainArgs,
 }
+
+/// Longest `namespace/name` under the later protocol (taoverse's
+/// `MAX_REPO_ID_LENGTH`): what is left of the chain's 128 bytes after the
+/// commit (40), the secure hash (44), a 2-digit competition id and 4 separators.
+pub const LATER_MAX_REPO_ID_LENGTH: usize =
+    pretrain_core::constants::MAX_METADATA_BYTES - 40 - 44 - 2 - 4;
 
 /// What a push needs, checked before training.
 struct Online {
@@ -133,6 +154,10 @@ async fn mine(args: MineArgs) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     let epochs = num_epochs(args.num_epochs)?;
     let schedule = args.schedule.load()?;
+    let later = schedule.protocol() == Protocol::Later;
+    if later {
+        check_later_repo_id(args.hf_repo_id.as_ref())?;
+    }
     let device = args.device.open()?;
     let online = if args.offline {
         None
@@ -149,7 +174,26 @@ async fn mine(args: MineArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let active = args.schedule.active(&schedule, block)?;
+    let active = if later {
+        args.schedule
+            .competition(&schedule, block, args.competition_id)?
+    } else {
+        let active = args.schedule.active(&schedule, block)?;
+        if let Some(id) = args.competition_id {
+            if id != active.spec.id {
+                bail!(
+                    "--competition_id {id}: schedule {} runs competition {} ({}) only",
+                    active.schedule,
+                    active.spec.id,
+                    active.spec.name
+                );
+            }
+        }
+        super::rules::ScheduledCompetition {
+            schedule: active.schedule,
+            spec: active.spec,
+        }
+    };
     if args.wandb_entity.is_some() || args.wandb_project.is_some() {
         warn!("--wandb_entity/--wandb_project: there is no W&B client in this build; metrics are kept in the run's metrics.jsonl");
     }
@@ -227,7 +271,9 @@ async fn mine(args: MineArgs) -> anyhow::Result<()> {
                 losses.push(s.avg_loss);
                 if args.push_every_epoch && s.improved && s.avg_loss < threshold {
                     if let Some(o) = &online {
-                        match push_run(&args, o, training.run_dir()).await {
+                        match push_run(&args, o, training.run_dir(), later_spec(&active, later))
+                            .await
+                        {
                             Ok(meta) => {
                                 pushed_loss = s.avg_loss;
                                 pushed = Some(meta);
@@ -253,7 +299,8 @@ async fn mine(args: MineArgs) -> anyhow::Result<()> {
         if best < threshold {
             if best < pushed_loss {
                 info!("best average loss {best} is below the threshold {threshold}: pushing");
-                pushed = Some(push_run(&args, o, training.run_dir()).await?);
+                pushed =
+                    Some(push_run(&args, o, training.run_dir(), later_spec(&active, later)).await?);
             }
         } else {
             info!("best average loss {best} did not meet the threshold {threshold}: not uploading");
@@ -270,12 +317,7 @@ async fn mine(args: MineArgs) -> anyhow::Result<()> {
             "stopped": summary.stopped,
             "epoch_losses": summary.epoch_losses,
             "seed": training.config().seed,
-            "pushed": pushed.map(|m| json!({
-                "model_id": m.id.to_string(),
-                "commit": m.id.commit,
-                "hash": m.id.hash,
-                "block": m.block,
-            })),
+            "pushed": pushed.map(|p| p.to_json()),
     }))
 }
 
@@ -393,42 +435,170 @@ async fn starting_model(
     Ok(Model::default_gpt2(seed, device)?)
 }
 
-/// Pushes the run's best model; on failure the error carries the command
-/// that finishes the job.
+/// `Some(competition)` under the later protocol.
+fn later_spec(
+    active: &super::rules::ScheduledCompetition,
+    later: bool,
+) -> Option<&pretrain_core::rules::CompetitionSpec> {
+    later.then_some(&active.spec)
+}
+
+/// Refuses a repo id too long for the later protocol's 5-field model id.
+pub(super) fn check_later_repo_id(repo: Option<&RepoId>) -> anyhow::Result<()> {
+    if let Some(repo) = repo {
+        let len = repo.to_string().len();
+        if len > LATER_MAX_REPO_ID_LENGTH {
+            bail!(
+                "--hf_repo_id {repo} is {len} bytes; under the later protocol a repo id is at \
+                 most {LATER_MAX_REPO_ID_LENGTH} bytes (namespace/name), so that \
+                 namespace:name:commit:secure_hash:competition_id fits in the chain's {} bytes",
+                pretrain_core::constants::MAX_METADATA_BYTES
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What a push committed.
+enum Pushed {
+    /// The seed's 4-field id.
+    Seed(pretrain_core::ModelMetadata),
+    /// The later protocol's 5-field id.
+    Later(pretrain_neurons::LaterPushed),
+}
+
+impl Pushed {
+    /// The `pushed` object of the miner's output.
+    fn to_json(&self) -> serde_json::Value {
+        match self {
+            Pushed::Seed(m) => json!({
+                "model_id": m.id.to_string(),
+                "commit": m.id.commit,
+                "hash": m.id.hash,
+                "block": m.block,
+                "competition_id": null,
+                "secure_hash": null,
+            }),
+            Pushed::Later(p) => json!({
+                "model_id": p.id.to_string(),
+                "commit": p.id.commit,
+                "hash": p.model_hash,
+                "block": p.block,
+                "competition_id": p.id.competition_id,
+                "secure_hash": p.id.secure_hash,
+            }),
+        }
+    }
+}
+
+/// Pushes the run's best model (`later`: the later protocol's push into
+/// that competition, then the repo made public if asked); on failure the
+/// error carries the command that finishes the job.
 async fn push_run(
     args: &MineArgs,
     online: &Online,
     run: &RunDir,
-) -> anyhow::Result<pretrain_core::ModelMetadata> {
+    later: Option<&pretrain_core::rules::CompetitionSpec>,
+) -> anyhow::Result<Pushed> {
     let options = PushOptions {
         netuid: args.chain.netuid,
         retry_delay: Duration::from_secs_f64(args.commit_retry_delay),
         max_attempts: args.max_commit_attempts,
         ..PushOptions::default()
     };
-    let result = async {
-        let hub = args.hub.open(true)?;
-        Ok::<_, anyhow::Error>(
-            miner::push_best(
-                run,
-                hub.as_ref(),
-                online.chain.as_ref(),
-                &online.hotkey,
-                &online.repo_id,
-                &options,
-            )
-            .await?,
+    let hub = match args.hub.open(true) {
+        Ok(hub) => hub,
+        Err(e) => return Err(push_failed(args, online, run, later, &e)),
+    };
+    let Some(spec) = later else {
+        return miner::push_best(
+            run,
+            hub.as_ref(),
+            online.chain.as_ref(),
+            &online.hotkey,
+            &online.repo_id,
+            &options,
         )
+        .await
+        .map(Pushed::Seed)
+        .map_err(|e| push_failed(args, online, run, later, &e.into()));
+    };
+    let pushed = miner::push_best_later(
+        run,
+        hub.as_ref(),
+        online.chain.as_ref(),
+        &online.hotkey,
+        &online.repo_id,
+        spec,
+        &options,
+    )
+    .await
+    .map_err(|e| push_failed(args, online, run, later, &e.into()))?;
+    if args.update_repo_visibility {
+        pretrain_neurons::make_public(hub.as_ref(), &online.repo_id, &options.upload_backoff)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "the commitment {} landed in block {}, but {} is still private, so \
+                     validators cannot download it ({}); make it public by hand: {}",
+                    pushed.id,
+                    pushed.block,
+                    online.repo_id,
+                    crate::one_line(&anyhow::Error::new(e)),
+                    make_public_hint(&args.hub, &online.repo_id)
+                )
+            })?;
+    } else {
+        info!(
+            repo = %online.repo_id,
+            "the repo stays private until you make it public (--update_repo_visibility does it \
+             after the commitment lands); validators cannot download it before"
+        );
     }
-    .await;
-    result.map_err(|e| {
-        anyhow::anyhow!(
-            "pushing {} failed ({}); the model stays there; finish with: {}",
-            run.best_dir().display(),
-            crate::one_line(&e),
-            upload_command(args, &run.best_dir(), &online.repo_id)
-        )
-    })
+    Ok(Pushed::Later(pushed))
+}
+
+/// How to make `repo` public without this program.
+pub(super) fn make_public_hint(hub: &HubArgs, repo: &RepoId) -> String {
+    match hub.hub.strip_prefix("local:") {
+        Some(dir) => format!(
+            "write `public` into {}",
+            Path::new(dir)
+                .join("repos")
+                .join(repo.namespace())
+                .join(repo.name())
+                .join("visibility")
+                .display()
+        ),
+        None => {
+            let endpoint = hub
+                .hub_endpoint
+                .clone()
+                .or_else(|| std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()))
+                .unwrap_or_else(|| pretrain_store::hf::DEFAULT_ENDPOINT.to_string());
+            format!(
+                "{}/{repo}/settings (Change repository visibility), or huggingface_hub's \
+                 HfApi().update_repo_settings(\"{repo}\", private=False)",
+                endpoint.trim_end_matches('/')
+            )
+        }
+    }
+}
+
+/// A failed push: the model stays on disk; the error says how to finish.
+fn push_failed(
+    args: &MineArgs,
+    online: &Online,
+    run: &RunDir,
+    later: Option<&pretrain_core::rules::CompetitionSpec>,
+    e: &anyhow::Error,
+) -> anyhow::Error {
+    anyhow::anyhow!(
+        "pushing {} failed ({}); the model stays there; finish with: {}",
+        run.best_dir().display(),
+        crate::one_line(e),
+        upload_command(args, &run.best_dir(), &online.repo_id, later)
+    )
 }
 
 fn shell_quote(s: &str) -> String {
@@ -443,7 +613,12 @@ fn shell_quote(s: &str) -> String {
 }
 
 /// The `pretrain upload ...` command that pushes `dir` with this run's settings.
-fn upload_command(args: &MineArgs, dir: &Path, repo_id: &RepoId) -> String {
+fn upload_command(
+    args: &MineArgs,
+    dir: &Path,
+    repo_id: &RepoId,
+    later: Option<&pretrain_core::rules::CompetitionSpec>,
+) -> String {
     let mut parts: Vec<String> = vec![
         "pretrain".into(),
         "upload".into(),
@@ -477,6 +652,17 @@ fn upload_command(args: &MineArgs, dir: &Path, repo_id: &RepoId) -> String {
         ]);
     }
     parts.extend(["--netuid".into(), args.chain.netuid.to_string()]);
+    if let Some(spec) = later {
+        parts.extend([
+            "--schedule".into(),
+            args.schedule.schedule.clone(),
+            "--competition_id".into(),
+            spec.id.to_string(),
+        ]);
+        if args.update_repo_visibility {
+            parts.push("--update_repo_visibility".into());
+        }
+    }
     parts
         .iter()
         .map(|p| shell_quote(p))

@@ -460,3 +460,74 @@ impl ScheduleArgs {
         })
     }
 }
+
+/// A competition of a later-protocol schedule that a miner enters.
+#[derive(Debug, Clone)]
+pub struct ScheduledCompetition {
+    /// The schedule's name.
+    pub schedule: String,
+    /// The competition as scheduled.
+    pub spec: pretrain_core::rules::CompetitionSpec,
+}
+
+impl ScheduleArgs {
+    /// The competition with `id` in the entry active at `block` (`None`,
+    /// offline: the latest entry); without `id`, the entry's only
+    /// competition. Refused, naming the scheduled ids, when it is not
+    /// scheduled there or there is more than one to choose from; refused
+    /// with the reason when this build cannot evaluate its models.
+    pub fn competition(
+        &self,
+        schedule: &Schedule,
+        block: Option<u64>,
+        id: Option<CompetitionId>,
+    ) -> anyhow::Result<ScheduledCompetition> {
+        let entry = match block {
+            Some(b) => schedule.active_entry(b)?,
+            None => schedule
+                .entries
+                .last()
+                .context("the schedule has no entries")?,
+        };
+        let at = match block {
+            Some(b) => format!("at block {b}"),
+            None => format!("from block {} (its latest entry)", entry.start_block),
+        };
+        let scheduled = entry
+            .competitions
+            .iter()
+            .map(|c| format!("{} ({})", c.id, c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let spec = match id {
+            Some(id) => entry.competition(id).with_context(|| {
+                format!(
+                    "--competition_id {id} is not scheduled {at} by schedule {}; scheduled: {scheduled}",
+                    schedule.name
+                )
+            })?,
+            None => match entry.competitions.as_slice() {
+                [only] => only,
+                _ => bail!(
+                    "schedule {} runs {} competitions {at}: {scheduled}; choose one with --competition_id",
+                    schedule.name,
+                    entry.competitions.len()
+                ),
+            },
+        };
+        spec.support()?;
+        tracing::info!(
+            schedule = %schedule.name,
+            start_block = entry.start_block,
+            competition = spec.id,
+            name = %spec.name,
+            max_parameters = spec.constraints.max_parameters,
+            max_bytes = spec.constraints.max_bytes,
+            "competition entered"
+        );
+        Ok(ScheduledCompetition {
+            schedule: schedule.name.clone(),
+            spec: spec.clone(),
+        })
+    }
+}

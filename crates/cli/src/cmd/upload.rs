@@ -1,6 +1,10 @@
 //! `pretrain upload`: push an existing `save_pretrained` directory (the
 //! original's `upload_model` script): check it as a validator would, upload
 //! it to the hub, then commit its identity to the chain under the hotkey.
+//! Under a later-protocol `--schedule` it is `pretrain mine`'s later push:
+//! checked against the competition entered, uploaded private, committed
+//! with the secure hash and `--competition_id`, and made public with
+//! `--update_repo_visibility` once the commitment has landed.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,6 +12,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use pretrain_chain::connect;
+use pretrain_core::rules::Protocol;
+use pretrain_core::CompetitionId;
 use pretrain_model::check::{check_model_dir, Limits};
 use pretrain_neurons::{push, PushOptions};
 use serde_json::json;
@@ -33,6 +39,16 @@ pub struct UploadArgs {
     /// Give up after this many commit attempts (default: retry until it lands, as the original).
     #[arg(long = "max_commit_attempts")]
     pub max_commit_attempts: Option<u32>,
+    /// Competition to enter, by id (later-protocol schedules; default: the
+    /// only one scheduled at the current block).
+    #[arg(long = "competition_id", allow_negative_numbers = true)]
+    pub competition_id: Option<CompetitionId>,
+    /// Make the repo public once the commitment has landed (later-protocol
+    /// schedules upload it private).
+    #[arg(long = "update_repo_visibility")]
+    pub update_repo_visibility: bool,
+    #[command(flatten)]
+    pub schedule: super::rules::ScheduleArgs,
     #[command(flatten)]
     pub wallet: WalletArgs,
     #[command(flatten)]
@@ -46,6 +62,22 @@ pub fn run(args: UploadArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Resul
     pretrain_core::bounded::seconds("--commit_retry_delay", args.commit_retry_delay, 86_400.0)
         .map_err(anyhow::Error::msg)?;
     args.hub.check_reachable_from(&args.chain)?;
+    let schedule = args.schedule.load()?;
+    if schedule.protocol() == Protocol::Later {
+        return upload_later(&args, &schedule, runtime);
+    }
+    // The seed's repos are public from the start: --update_repo_visibility has nothing to do.
+    if let Some(id) = args.competition_id {
+        let active = args.schedule.active(&schedule, None)?;
+        if id != active.spec.id {
+            anyhow::bail!(
+                "--competition_id {id}: schedule {} runs competition {} ({}) only",
+                active.schedule,
+                active.spec.id,
+                active.spec.name
+            );
+        }
+    }
     let dir = &args.load_model_dir;
     // A model the validator would reject is refused before anything is uploaded.
     let info = check_model_dir(dir, Limits::default())
@@ -87,6 +119,105 @@ pub fn run(args: UploadArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Resul
             "block": meta.block,
             "model_id": meta.id.to_string(),
             "hotkey": hotkey.ss58,
+        })
+    );
+    Ok(())
+}
+
+/// The later protocol's upload: the model checked against the competition
+/// scheduled now, pushed private with its secure hash, then made public if asked.
+fn upload_later(
+    args: &UploadArgs,
+    schedule: &pretrain_core::Schedule,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<()> {
+    super::mine::check_later_repo_id(Some(&args.hf_repo_id))?;
+    let dir = &args.load_model_dir;
+    let hotkey = args
+        .wallet
+        .wallet()
+        .hotkey()
+        .context("loading the hotkey")?;
+    let options = PushOptions {
+        netuid: args.chain.netuid,
+        retry_delay: Duration::from_secs_f64(args.commit_retry_delay),
+        max_attempts: args.max_commit_attempts,
+        ..PushOptions::default()
+    };
+    let pushed = runtime.block_on(async {
+        let chain = connect(&args.chain.options()?)
+            .await
+            .context("connecting to the chain")?;
+        let block = chain
+            .current_block()
+            .await
+            .context("reading the current block")?;
+        let entered = args
+            .schedule
+            .competition(schedule, Some(block), args.competition_id)?;
+        let spec = &entered.spec;
+        // A model the validator would reject is refused before anything is uploaded.
+        let limits = Limits {
+            max_params: spec.constraints.max_parameters,
+            max_bytes: spec.constraints.max_bytes,
+        };
+        let info = check_model_dir(dir, limits)
+            .with_context(|| format!("{} is not a model the validator accepts", dir.display()))?;
+        spec.check_model(&pretrain_core::rules::schedule::ModelFacts {
+            parameters: info.params,
+            architecture: info.architecture.class_name(),
+        })
+        .with_context(|| {
+            format!(
+                "{} does not fit competition {} ({}) of --schedule {}",
+                dir.display(),
+                spec.id,
+                spec.name,
+                entered.schedule
+            )
+        })?;
+        tracing::info!(?info, "model checked");
+        let hub = args.hub.open(true)?;
+        let pushed = pretrain_neurons::push_later(
+            hub.as_ref(),
+            chain.as_ref(),
+            &hotkey,
+            dir,
+            &args.hf_repo_id,
+            spec.id,
+            &options,
+        )
+        .await
+        .with_context(|| format!("pushing {} to {}", dir.display(), args.hf_repo_id))?;
+        if args.update_repo_visibility {
+            pretrain_neurons::make_public(hub.as_ref(), &args.hf_repo_id, &options.upload_backoff)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "the commitment {} landed in block {}, but {} is still private, so \
+                         validators cannot download it ({}); make it public by hand: {}",
+                        pushed.id,
+                        pushed.block,
+                        args.hf_repo_id,
+                        crate::one_line(&anyhow::Error::new(e)),
+                        super::mine::make_public_hint(&args.hub, &args.hf_repo_id)
+                    )
+                })?;
+        }
+        Ok::<_, anyhow::Error>(pushed)
+    })?;
+    println!(
+        "{}",
+        json!({
+            "repo_id": args.hf_repo_id,
+            "commit": pushed.id.commit,
+            "hash": pushed.model_hash,
+            "block": pushed.block,
+            "model_id": pushed.id.to_string(),
+            "hotkey": hotkey.ss58,
+            "competition_id": pushed.id.competition_id,
+            "secure_hash": pushed.id.secure_hash,
+            "public": args.update_repo_visibility,
         })
     );
     Ok(())

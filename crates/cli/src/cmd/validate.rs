@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use pretrain_chain::connect;
+use pretrain_core::rules::Protocol;
 use pretrain_core::Competition;
 use pretrain_neurons::validator::{self, ValidatorConfig, WorkerSpec};
 
@@ -157,15 +158,43 @@ pub fn run(args: ValidateArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Res
             .await
             .context("reading the current block: no answer")?
             .context("reading the current block")?;
-        // The competition active now sets the scoring constants and the model limits.
-        let active = args.schedule.active(&schedule, Some(block))?;
-        config.competition = Competition {
-            sample_min: args.sample_min,
-            blocks_per_epoch: args.blocks_per_epoch,
-            pages_per_eval: args.pages_per_eval,
-            ..active.params
-        };
-        config.competition_spec = Some(active.spec.clone());
+        match schedule.protocol() {
+            Protocol::Seed => {
+                // The competition active now sets the scoring constants and the model limits.
+                let active = args.schedule.active(&schedule, Some(block))?;
+                config.competition = Competition {
+                    sample_min: args.sample_min,
+                    blocks_per_epoch: args.blocks_per_epoch,
+                    pages_per_eval: args.pages_per_eval,
+                    ..active.params
+                };
+            }
+            Protocol::Later => {
+                // Each competition brings its own scoring constants and
+                // limits; the schedule must have an entry now.
+                let entry = schedule
+                    .active_entry(block)
+                    .with_context(|| format!("schedule {} at block {block}", schedule.name))?;
+                for c in &entry.competitions {
+                    match c.support() {
+                        Ok(()) => tracing::info!(
+                            competition = c.id,
+                            name = %c.name,
+                            share = c.reward_share,
+                            max_parameters = c.constraints.max_parameters,
+                            max_bytes = c.constraints.max_bytes,
+                            "competition (later protocol)"
+                        ),
+                        Err(why) => tracing::warn!(
+                            competition = c.id,
+                            share = c.reward_share,
+                            "its models are refused: {why}"
+                        ),
+                    }
+                }
+            }
+        }
+        config.schedule = schedule;
         let shared = validator::start(config, chain, hub, source, hotkey)
             .await
             .context("starting the validator")?;

@@ -21,7 +21,8 @@ use thiserror::Error;
 pub use check::{accepts_download, admit, check_download, HashCheckError, Refusal};
 pub use epsilon::EpsilonFunc;
 pub use schedule::{
-    CompetitionSpec, Constraints, Schedule, ScheduleEntry, ScoringParams, Unsupported, WinsRule,
+    CompetitionSpec, Constraints, Protocol, Schedule, ScheduleEntry, ScoringParams, Unsupported,
+    WinsRule,
 };
 pub use weights::CompetitionTracker;
 pub use wins::{

@@ -20,6 +20,8 @@ use crate::model_id::CompetitionId;
 pub const SN9_2024_01: &str = "sn9-2024-01";
 /// Upstream's table at pretraining 6.0.4.
 pub const SN9_LATER: &str = "sn9-later";
+/// Two tiny competitions for `pretrain localnet` (later protocol).
+pub const LOCALNET_TWO: &str = "localnet-two";
 /// The schedules shipped in the binary, by name.
 pub const BUILTIN: &[(&str, &str)] = &[
     (
@@ -27,6 +29,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../schedules/sn9-2024-01.toml"),
     ),
     (SN9_LATER, include_str!("../../schedules/sn9-later.toml")),
+    (
+        LOCALNET_TWO,
+        include_str!("../../schedules/localnet-two.toml"),
+    ),
 ];
 /// Largest schedule file read.
 pub const MAX_SCHEDULE_BYTES: u64 = 1 << 20;
@@ -64,6 +70,20 @@ pub struct ScoringParams {
     pub sample_min: usize,
     /// How wins are counted.
     pub wins: WinsRule,
+}
+
+/// Which generation of the subnet's protocol a schedule runs: it decides the
+/// model id miners commit, the validator's hash check and how it scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// January 2024: 4-field ids carrying the raw model hash, one per-batch
+    /// competition at a time, [`crate::scoring::StepInput`].
+    Seed,
+    /// Later (pretraining 4.x-6.x): 5-field ids with the hotkey-bound secure
+    /// hash and a competition id, one competition per validator step,
+    /// per-competition moving averages summed by reward share.
+    Later,
 }
 
 /// What a competition's models must satisfy.
@@ -461,6 +481,22 @@ impl Schedule {
                     ));
                 }
             }
+            // The seed's validator keeps one moving average over all uids:
+            // it cannot split rewards between competitions.
+            if e.competitions.len() > 1
+                && e.competitions
+                    .iter()
+                    .any(|c| c.scoring.wins == WinsRule::PerBatch)
+            {
+                return Err(invalid(
+                    name,
+                    format!(
+                        "entry at block {at} runs {} competitions, and per_batch wins (the seed's \
+                         protocol) allow one competition per entry",
+                        e.competitions.len()
+                    ),
+                ));
+            }
             // math.isclose(sum, 1.0): relative tolerance 1e-9.
             if (sum - 1.0).abs() > 1e-9 {
                 let list: Vec<String> = e
@@ -477,7 +513,37 @@ impl Schedule {
                 ));
             }
         }
+        let kinds: std::collections::BTreeSet<_> = self
+            .entries
+            .iter()
+            .flat_map(|e| &e.competitions)
+            .map(|c| c.scoring.wins == WinsRule::PerBatch)
+            .collect();
+        if kinds.len() > 1 {
+            return Err(invalid(
+                name,
+                "mixes per_batch and mean_loss_competitive competitions: a schedule runs either \
+                 the seed's protocol or the later one"
+                    .into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// The protocol of this schedule: [`Protocol::Seed`] when every
+    /// competition counts wins per batch, [`Protocol::Later`] otherwise
+    /// ([`Schedule::validate`] refuses a mix).
+    pub fn protocol(&self) -> Protocol {
+        let per_batch = self
+            .entries
+            .iter()
+            .flat_map(|e| &e.competitions)
+            .all(|c| c.scoring.wins == WinsRule::PerBatch);
+        if per_batch {
+            Protocol::Seed
+        } else {
+            Protocol::Later
+        }
     }
 
     /// The entry active at `block`: the last whose start is at or before it.
@@ -573,6 +639,26 @@ competitions = [{ competition = "A", share = 0.25, eval_block_delay = 3 }, { com
             Schedule::from_toml("x", &typo),
             Err(RulesError::Parse { .. })
         ));
+    }
+
+    #[test]
+    fn protocol_follows_the_wins_rule_and_mixes_are_refused() {
+        assert_eq!(Schedule::default_schedule().protocol(), Protocol::Seed);
+        let later = Schedule::by_name_or_file(SN9_LATER).unwrap();
+        assert_eq!(later.protocol(), Protocol::Later);
+        assert_eq!(two("0.75").unwrap().protocol(), Protocol::Later);
+        let local = Schedule::by_name_or_file(LOCALNET_TWO).unwrap();
+        assert_eq!(local.protocol(), Protocol::Later);
+        let e = local.active_entry(0).unwrap();
+        assert_eq!(e.shares(), vec![(1, 0.6), (2, 0.4)]);
+        assert!(e.competitions.iter().all(|c| c.support().is_ok()));
+        let mixed = TWO.replace("SHARE", "0.75").replacen(
+            "wins = \"mean_loss_competitive\"",
+            "wins = \"per_batch\"",
+            1,
+        );
+        let err = Schedule::from_toml("x", &mixed).unwrap_err().to_string();
+        assert!(err.contains("per_batch"), "{err}");
     }
 
     #[test]

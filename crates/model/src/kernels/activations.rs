@@ -116,12 +116,21 @@ pub(crate) fn mask_in_place(seed: u64, p: f32, base: u64, x: &mut [f32]) {
 }
 
 /// `x` times the dropout mask of `seed`, on all threads.
-fn apply_mask(seed: u64, p: f32, x: &[f32]) -> Vec<f32> {
+pub(crate) fn apply_mask(seed: u64, p: f32, x: &[f32]) -> Vec<f32> {
     let mut out = x.to_vec();
-    out.par_chunks_mut(CHUNK)
+    mask_all_in_place(seed, p, &mut out);
+    out
+}
+
+/// Multiplies all of `x` in place by the dropout mask of `seed` (the same
+/// mask as [`dropout`] applies to a tensor of `x`'s values), on all threads.
+pub(crate) fn mask_all_in_place(seed: u64, p: f32, x: &mut [f32]) {
+    if p <= 0.0 {
+        return;
+    }
+    x.par_chunks_mut(CHUNK)
         .enumerate()
         .for_each(|(c, o)| mask_in_place(seed, p, (c * CHUNK) as u64, o));
-    out
 }
 
 struct Dropout {

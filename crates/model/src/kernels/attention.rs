@@ -132,8 +132,9 @@ struct TrainOp {
 }
 
 impl TrainOp {
-    /// Probabilities of head `bh` (`[T, T]`, causal, before dropout).
-    fn probs(&self, q: &[f32], k: &[f32], t: usize, hd: usize) -> Vec<f32> {
+    /// Probabilities of one head (`[T, T]`, causal, before dropout) from
+    /// its `q` and `k`, whose rows are `rs` apart.
+    fn probs(&self, q: &[f32], k: &[f32], t: usize, hd: usize, rs: usize) -> Vec<f32> {
         let mut out = vec![0f32; t * t];
         gemm_f32(
             t,
@@ -142,8 +143,8 @@ impl TrainOp {
             &mut out,
             t,
             false,
-            (q, hd, 1),
-            (k, 1, hd),
+            (q, rs, 1),
+            (k, 1, rs),
             self.scale,
             1,
         );
@@ -184,7 +185,7 @@ impl candle_core::CustomOp3 for TrainOp {
             .into_par_iter()
             .map(|bh| {
                 let r = bh * t * hd..(bh + 1) * t * hd;
-                let mut pm = self.probs(&q[r.clone()], &k[r.clone()], t, hd);
+                let mut pm = self.probs(&q[r.clone()], &k[r.clone()], t, hd, hd);
                 self.mask(bh, t, &mut pm);
                 let mut o = vec![0f32; t * hd];
                 gemm_f32(
@@ -260,16 +261,28 @@ impl TrainOp {
         vs: &[f32],
         go: &[f32],
     ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        let (bi, hi) = (bh / h, bh % h);
         let r = bh * t * hd..(bh + 1) * t * hd;
         let (q, k, v) = (&qs[r.clone()], &ks[r.clone()], &vs[r]);
+        self.head_grads(bh, (h, t, hd), (q, k, v, hd), go)
+    }
+
+    /// dQ, dK, dV (`[T, hd]` each) of head `bh` whose q, k, v rows are `rs`
+    /// apart, from the merged output gradient `go`.
+    fn head_grads(
+        &self,
+        bh: usize,
+        (h, t, hd): (usize, usize, usize),
+        (q, k, v, rs): (&[f32], &[f32], &[f32], usize),
+        go: &[f32],
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (bi, hi) = (bh / h, bh % h);
         // dO of this head, [T, hd], gathered from the merged layout.
         let mut d_o = vec![0f32; t * hd];
         for i in 0..t {
             let at = ((bi * t + i) * h + hi) * hd;
             d_o[i * hd..(i + 1) * hd].copy_from_slice(&go[at..at + hd]);
         }
-        let probs = self.probs(q, k, t, hd);
+        let probs = self.probs(q, k, t, hd, rs);
         let mut dropped = probs.clone();
         self.mask(bh, t, &mut dropped);
         // dV = P'^T dO
@@ -297,7 +310,7 @@ impl TrainOp {
             t,
             false,
             (&d_o, hd, 1),
-            (v, 1, hd),
+            (v, 1, rs),
             1.0,
             1,
         );
@@ -319,7 +332,7 @@ impl TrainOp {
             hd,
             false,
             (&ds, t, 1),
-            (k, hd, 1),
+            (k, rs, 1),
             self.scale,
             1,
         );
@@ -332,12 +345,143 @@ impl TrainOp {
             hd,
             false,
             (&ds, 1, t),
-            (q, hd, 1),
+            (q, rs, 1),
             self.scale,
             1,
         );
         (dq, dk, dv)
     }
+}
+
+/// [`TrainOp`] reading q, k and v in place from the fused projection
+/// `qkv` `[B*T, 3*H*hd]` (q, k, v side by side in each row, heads in order):
+/// no per-head copies of q, k and v are made, and none is kept for backward
+/// (they were 3 x 3 MB a GPT-2 layer at `[1, 1024]`), and the gradient comes
+/// back as one `[B*T, 3*H*hd]` tensor.
+struct TrainQkvOp {
+    op: TrainOp,
+    b: usize,
+    t: usize,
+    h: usize,
+}
+
+impl TrainQkvOp {
+    /// Head `bh`'s q, k and v within `qkv` (each starting at its row 0; rows `3d` apart).
+    fn head<'a>(&self, qkv: &'a [f32], bh: usize, hd: usize) -> (&'a [f32], &'a [f32], &'a [f32]) {
+        let d = self.h * hd;
+        let (bi, hi) = (bh / self.h, bh % self.h);
+        let at = bi * self.t * 3 * d + hi * hd;
+        (&qkv[at..], &qkv[at + d..], &qkv[at + 2 * d..])
+    }
+
+    fn dims(&self, l: &Layout) -> candle_core::Result<usize> {
+        let (rows, width) = l.shape().dims2()?;
+        if rows != self.b * self.t || width % (3 * self.h) != 0 {
+            candle_core::bail!(
+                "attention: qkv is [{rows}, {width}], not [{}, 3 * {} * hd]",
+                self.b * self.t,
+                self.h
+            );
+        }
+        Ok(width / (3 * self.h))
+    }
+}
+
+impl candle_core::CustomOp1 for TrainQkvOp {
+    fn name(&self) -> &'static str {
+        "causal-attention-qkv-train"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let hd = self.dims(l)?;
+        let (b, h, t) = (self.b, self.h, self.t);
+        let qkv = contiguous_f32(s, l)?;
+        let heads: Vec<Vec<f32>> = (0..b * h)
+            .into_par_iter()
+            .map(|bh| {
+                let (q, k, v) = self.head(qkv, bh, hd);
+                let mut pm = self.op.probs(q, k, t, hd, 3 * h * hd);
+                self.op.mask(bh, t, &mut pm);
+                let mut o = vec![0f32; t * hd];
+                gemm_f32(
+                    t,
+                    hd,
+                    t,
+                    &mut o,
+                    hd,
+                    false,
+                    (&pm, t, 1),
+                    (v, 3 * h * hd, 1),
+                    1.0,
+                    1,
+                );
+                o
+            })
+            .collect();
+        Ok((
+            CpuStorage::F32(scatter_heads(&heads, b, h, t, hd)),
+            Shape::from((b * t, h * hd)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        qkv: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let (b, h, t) = (self.b, self.h, self.t);
+        let (rows, width) = qkv.dims2()?;
+        let hd = width / (3 * h);
+        let d = h * hd;
+        let grads: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = with_cpu_f32(qkv, |qkv| {
+            with_cpu_f32(grad, |go| {
+                (0..b * h)
+                    .into_par_iter()
+                    .map(|bh| {
+                        let (q, k, v) = self.head(qkv, bh, hd);
+                        self.op.head_grads(bh, (h, t, hd), (q, k, v, 3 * d), go)
+                    })
+                    .collect()
+            })
+        })??;
+        let mut dqkv = vec![0f32; rows * width];
+        for (bh, parts) in grads.iter().enumerate() {
+            let (bi, hi) = (bh / h, bh % h);
+            for (j, part) in [&parts.0, &parts.1, &parts.2].into_iter().enumerate() {
+                for (i, row) in part.chunks(hd).enumerate() {
+                    let at = (bi * t + i) * 3 * d + j * d + hi * hd;
+                    dqkv[at..at + hd].copy_from_slice(row);
+                }
+            }
+        }
+        Ok(Some(Tensor::from_vec(dqkv, (rows, width), qkv.device())?))
+    }
+}
+
+/// Training attention straight from GPT-2's fused projection `qkv`
+/// `[B*T, 3*H*hd]` (see [`TrainQkvOp`]), merged into `[B*T, H*hd]`; draws
+/// one seed, as [`causal_attention`] does. CPU f32 only: elsewhere split the
+/// heads and call [`causal_attention`].
+pub(crate) fn causal_attention_qkv_train(
+    qkv: &Tensor,
+    (b, t, h): (usize, usize, usize),
+    scale: f64,
+    p: f32,
+    seeds: &mut DropSeeds,
+) -> Result<Tensor> {
+    let seed = seeds.next();
+    let op = TrainQkvOp {
+        op: TrainOp {
+            scale: scale as f32,
+            p,
+            seed,
+        },
+        b,
+        t,
+        h,
+    };
+    Ok(qkv.contiguous()?.apply_op1(op)?)
 }
 
 /// Other devices: candle's ops, the mask added as `-inf` (dropout unseeded).
@@ -450,6 +594,60 @@ mod tests {
         let mut s = vec![f32::NAN, 0.0];
         causal_softmax_rows(&mut s, 2, 1);
         assert!(s.iter().all(|x| x.is_nan()));
+    }
+
+    #[test]
+    fn attention_from_fused_qkv_matches_split_heads() {
+        let dev = Device::Cpu;
+        let (b, h, t, hd) = (2, 3, 17, 4);
+        let d = h * hd;
+        for p in [0.0f32, 0.3] {
+            let qkv =
+                Var::from_tensor(&Tensor::randn(0f32, 1.0, (b * t, 3 * d), &dev).unwrap()).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (b * t, d), &dev).unwrap();
+            let fused = causal_attention_qkv_train(
+                qkv.as_tensor(),
+                (b, t, h),
+                0.5,
+                p,
+                &mut DropSeeds::new(5),
+            )
+            .unwrap();
+            // The existing path: heads split out of qkv as GPT-2 did, then TrainOp.
+            let heads = |j: usize| {
+                qkv.as_tensor()
+                    .narrow(1, j * d, d)
+                    .unwrap()
+                    .reshape((b, t, h, hd))
+                    .unwrap()
+                    .transpose(1, 2)
+                    .unwrap()
+                    .contiguous()
+                    .unwrap()
+            };
+            let split = causal_attention(
+                &heads(0),
+                &heads(1),
+                &heads(2),
+                0.5,
+                p,
+                Mode::Train,
+                &mut DropSeeds::new(5),
+            )
+            .unwrap();
+            let close = |a: &[f32], c: &[f32]| {
+                a.len() == c.len() && a.iter().zip(c).all(|(a, c)| (a - c).abs() < 1e-5)
+            };
+            assert!(close(&flat(&fused), &flat(&split)), "forward p={p}");
+            let gf = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let gs = (split * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let (a, c) = (
+                flat(gf.get(qkv.as_tensor()).unwrap()),
+                flat(gs.get(qkv.as_tensor()).unwrap()),
+            );
+            assert!(close(&a, &c), "backward p={p}");
+            assert!(a.iter().any(|&x| x != 0.0));
+        }
     }
 
     #[test]

@@ -117,8 +117,13 @@ pub(crate) fn conv1d_eval(x: &Tensor, w: &Tensor, bias: &Tensor) -> candle_core:
 /// With `gelu`, `a = gelu_new(x)` is computed on the fly from the input `x`
 /// and recomputed in backward, so the MLP's `[T, 4d]` GELU output is never
 /// kept for backward (12.5 MB a GPT-2 layer at `[1, 1024]`).
+/// With `dropout` `(p, seed)`, the output is dropped out in place (the mask
+/// [`activations::dropout`] would draw for `seed`) and backward masks the
+/// incoming gradient: the output before dropout is never kept (3 MB per
+/// residual branch of a GPT-2 layer at `[1, 1024]`).
 struct Conv1dTrain {
     gelu: bool,
+    dropout: Option<(f32, u64)>,
 }
 
 impl Conv1dTrain {
@@ -174,6 +179,9 @@ impl candle_core::CustomOp3 for Conv1dTrain {
             1.0,
             threads,
         );
+        if let Some((p, seed)) = self.dropout {
+            activations::mask_all_in_place(seed, p, &mut out);
+        }
         Ok((
             candle_core::CpuStorage::F32(out),
             candle_core::Shape::from((n, dout)),
@@ -194,6 +202,14 @@ impl candle_core::CustomOp3 for Conv1dTrain {
         let (dx, dw, db) = with_cpu_f32(x, |xs| {
             with_cpu_f32(w, |ws| {
                 with_cpu_f32(grad, |g| {
+                    let masked;
+                    let g = match self.dropout {
+                        Some((p, seed)) => {
+                            masked = activations::apply_mask(seed, p, g);
+                            &masked[..]
+                        }
+                        None => g,
+                    };
                     let mut dx = vec![0f32; n * din];
                     gemm_f32(
                         n,
@@ -245,30 +261,43 @@ impl candle_core::CustomOp3 for Conv1dTrain {
 
 /// `x @ W + bias` for training (see [`Conv1dTrain`]); other devices use candle's ops.
 pub(crate) fn conv1d_train(x: &Tensor, w: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
-    if !is_cpu_f32(x) {
-        return x.matmul(w)?.broadcast_add(bias);
-    }
-    x.contiguous()?.apply_op3(
-        &w.contiguous()?,
-        &bias.contiguous()?,
-        Conv1dTrain { gelu: false },
-    )
+    conv1d_train_with(x, w, bias, false, None)
 }
 
 /// `gelu_new(x) @ W + bias` for training, the GELU output recomputed in
 /// backward instead of kept (see [`Conv1dTrain`]); other devices use candle's ops.
+#[cfg(test)]
 pub(crate) fn gelu_conv1d_train(
     x: &Tensor,
     w: &Tensor,
     bias: &Tensor,
 ) -> candle_core::Result<Tensor> {
+    conv1d_train_with(x, w, bias, true, None)
+}
+
+/// `dropout(a @ W + bias)` for training with `a = gelu_new(x)` if `gelu`
+/// else `x`, dropout `(p, seed)` if given (see [`Conv1dTrain`]); other
+/// devices use candle's ops and [`activations::dropout`].
+pub(crate) fn conv1d_train_with(
+    x: &Tensor,
+    w: &Tensor,
+    bias: &Tensor,
+    gelu: bool,
+    dropout: Option<(f32, u64)>,
+) -> candle_core::Result<Tensor> {
+    let dropout = dropout.filter(|&(p, _)| p > 0.0);
     if !is_cpu_f32(x) {
-        return x.gelu()?.matmul(w)?.broadcast_add(bias);
+        let a = if gelu { x.gelu()? } else { x.clone() };
+        let y = a.matmul(w)?.broadcast_add(bias)?;
+        return match dropout {
+            Some((p, seed)) => activations::dropout(&y, p, seed),
+            None => Ok(y),
+        };
     }
     x.contiguous()?.apply_op3(
         &w.contiguous()?,
         &bias.contiguous()?,
-        Conv1dTrain { gelu: true },
+        Conv1dTrain { gelu, dropout },
     )
 }
 
@@ -276,6 +305,34 @@ pub(crate) fn gelu_conv1d_train(
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    #[test]
+    fn conv1d_with_dropout_matches_conv1d_then_dropout() {
+        let dev = Device::Cpu;
+        let mk = |s: (usize, usize)| {
+            Var::from_tensor(&Tensor::randn(0f32, 1.0, s, &dev).unwrap()).unwrap()
+        };
+        // 37 x 300 outputs span several of the dropout kernel's chunks.
+        let (x, w) = (mk((37, 24)), mk((24, 300)));
+        let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, 300, &dev).unwrap()).unwrap();
+        let g = Tensor::randn(0f32, 1.0, (37, 300), &dev).unwrap();
+        let flat = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+        for gelu in [false, true] {
+            let (xs, ws, bs) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
+            let fused = conv1d_train_with(xs, ws, bs, gelu, Some((0.3, 11))).unwrap();
+            let plain = conv1d_train_with(xs, ws, bs, gelu, None).unwrap();
+            let plain = activations::dropout(&plain, 0.3, 11).unwrap();
+            let (a, c) = (flat(&fused), flat(&plain));
+            assert_eq!(a, c, "forward, gelu {gelu}");
+            assert!(a.iter().filter(|&&v| v == 0.0).count() > a.len() / 5);
+            let gf = (fused * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            let gp = (plain * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            for t in [xs, ws, bs] {
+                let (a, c) = (flat(gf.get(t).unwrap()), flat(gp.get(t).unwrap()));
+                assert_eq!(a, c, "backward, gelu {gelu}");
+            }
+        }
+    }
 
     #[test]
     fn conv1d_forward_and_gradients_match_candle() {

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
+use super::embedding::GradSink;
 use super::gemm::gemm_f32;
 use super::{contiguous_f32, is_cpu_f32, with_cpu_f32};
 use crate::error::{ModelError, Result};
@@ -193,7 +194,15 @@ fn chunk_nll_sum(logits: &Tensor, targets: &[u32]) -> Result<f64> {
 /// `h` and `W`. On the CPU one op does it all: forward keeps the logits,
 /// backward turns them into their gradient in place and runs the two GEMMs
 /// (`dh = G W`, `dW = G^T h`), so no `[N, V]` gradient is ever allocated.
-pub(crate) fn lm_head_cross_entropy(h: &Tensor, w: &Tensor, targets: &[u32]) -> Result<Tensor> {
+/// With `sink`, `dW` is added into it instead of being handed to candle
+/// (see [`GradSink`]); without, or off the CPU, `W` gets its gradient from
+/// candle as usual.
+pub(crate) fn lm_head_cross_entropy(
+    h: &Tensor,
+    w: &Tensor,
+    targets: &[u32],
+    sink: Option<&GradSink>,
+) -> Result<Tensor> {
     let (n, d) = h.dims2()?;
     let (v, wd) = w.dims2()?;
     if n != targets.len() || d != wd {
@@ -211,6 +220,7 @@ pub(crate) fn lm_head_cross_entropy(h: &Tensor, w: &Tensor, targets: &[u32]) -> 
         let op = HeadCrossEntropy {
             targets: Arc::new(targets.to_vec()),
             saved: Mutex::new(None),
+            sink: sink.cloned(),
         };
         Ok(h.contiguous()?.apply_op2(&w.contiguous()?, op)?)
     } else {
@@ -225,6 +235,8 @@ struct HeadCrossEntropy {
     targets: Arc<Vec<u32>>,
     /// The logits and each row's log-sum-exp, from forward to backward.
     saved: Mutex<Option<(Vec<f32>, Vec<f32>)>>,
+    /// Where `dW` goes, if not to candle.
+    sink: Option<GradSink>,
 }
 
 impl HeadCrossEntropy {
@@ -315,26 +327,39 @@ impl CustomOp2 for HeadCrossEntropy {
                     1.0,
                     threads,
                 );
-                let mut dw = vec![0f32; v * d];
-                gemm_f32(
-                    v,
-                    d,
-                    n,
-                    &mut dw,
-                    d,
-                    false,
-                    (&grad, 1, v),
-                    (hs, d, 1),
-                    1.0,
-                    threads,
-                );
-                (dh, dw)
+                let dw_into = |dw: &mut [f32]| {
+                    gemm_f32(
+                        v,
+                        d,
+                        n,
+                        dw,
+                        d,
+                        true,
+                        (&grad, 1, v),
+                        (hs, d, 1),
+                        1.0,
+                        threads,
+                    )
+                };
+                let dw = match &self.sink {
+                    Some(sink) => {
+                        sink.accumulate(v * d, dw_into)?;
+                        None
+                    }
+                    None => {
+                        let mut dw = vec![0f32; v * d];
+                        dw_into(&mut dw);
+                        Some(dw)
+                    }
+                };
+                Ok::<_, candle_core::Error>((dh, dw))
             })
-        })??;
-        Ok((
-            Some(Tensor::from_vec(dh, (n, d), h.device())?),
-            Some(Tensor::from_vec(dw, (v, d), w.device())?),
-        ))
+        })???;
+        let dw = match dw {
+            Some(dw) => Some(Tensor::from_vec(dw, (v, d), w.device())?),
+            None => None,
+        };
+        Ok((Some(Tensor::from_vec(dh, (n, d), h.device())?), dw))
     }
 }
 

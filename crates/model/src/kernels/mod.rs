@@ -1,6 +1,7 @@
 //! CPU kernels by family, as candle custom ops where they need a backward:
 //! [`attention`] (the one causal softmax, evaluation and training attention),
-//! [`norms`], [`activations`] (GELU, dropout), [`loss`], [`optimizer`]
+//! [`norms`], [`activations`] (GELU, dropout), [`loss`], [`embedding`]
+//! (training's token embedding and the gradient sink), [`optimizer`]
 //! (AdamW), and [`gemm`] (the checked GEMM call they share). Other devices
 //! run candle's composed ops instead.
 
@@ -34,6 +35,7 @@ pub(crate) use avx2_dispatch;
 
 pub(crate) mod activations;
 pub(crate) mod attention;
+pub(crate) mod embedding;
 pub(crate) mod gemm;
 pub(crate) mod loss;
 pub(crate) mod norms;

@@ -44,8 +44,8 @@ pub use load::{
     RemoteModel,
 };
 pub use train_loop::{
-    push_best, EpochSummary, Event, NoObserver, Observer, Progress, StopFlag, Training,
-    TrainingSummary,
+    push_best, push_best_later, EpochSummary, Event, NoObserver, Observer, Progress, StopFlag,
+    Training, TrainingSummary,
 };
 
 use thiserror::Error;

@@ -22,7 +22,7 @@ use serde_json::json;
 use tracing::info;
 
 use super::{load_local_model, MinerConfig, MinerError, RunDir};
-use crate::push::{push, PushOptions};
+use crate::push::{push, push_later, LaterPushed, PushOptions};
 
 /// Set to stop training after the current batch (Ctrl-C); the loop saves a
 /// checkpoint before it returns.
@@ -599,4 +599,42 @@ pub async fn push_best(
         .await
         .map_err(MinerError::Join)??;
     Ok(push(hub, chain, hotkey, &best, repo, options).await?)
+}
+
+/// [`push_best`] under the later protocol: the best model is also checked
+/// against `competition` (parameter range, architecture), then uploaded
+/// private and committed with its secure hash and the competition's id
+/// ([`push_later`]); the caller makes the repo public afterwards.
+pub async fn push_best_later(
+    run: &RunDir,
+    hub: &dyn ModelHub,
+    chain: &dyn Chain,
+    hotkey: &Hotkey,
+    repo: &pretrain_core::RepoId,
+    competition: &pretrain_core::rules::CompetitionSpec,
+    options: &PushOptions,
+) -> Result<LaterPushed, MinerError> {
+    let best = run.best_dir();
+    recover_dir(&best).map_err(MinerError::io(&best))?;
+    let b = best.clone();
+    let (parameters, architecture) = tokio::task::spawn_blocking(move || {
+        load_local_model(&b, &Device::Cpu).map(|m| {
+            (
+                m.stored_values(),
+                m.config().architecture().class_name().to_string(),
+            )
+        })
+    })
+    .await
+    .map_err(MinerError::Join)??;
+    competition
+        .check_model(&pretrain_core::rules::schedule::ModelFacts {
+            parameters,
+            architecture: &architecture,
+        })
+        .map_err(|e| MinerError::Rejected {
+            path: best.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    Ok(push_later(hub, chain, hotkey, &best, repo, competition.id, options).await?)
 }

@@ -14,7 +14,7 @@ pub async fn clean_once(shared: &Shared) -> usize {
         .state_snapshot()
         .tracked
         .into_iter()
-        .map(|(hk, m)| (hk, m.id))
+        .map(|(hk, t)| (hk, t.id))
         .collect();
     let store = shared.store.clone();
     let grace = shared.config.clean_grace;

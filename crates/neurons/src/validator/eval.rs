@@ -1,11 +1,15 @@
 //! The eval loop: steps of evaluation and scoring, and weight setting.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pretrain_chain::Metagraph;
 use pretrain_core::constants::{SEQUENCE_LENGTH, WEIGHTS_VERSION_KEY};
+use pretrain_core::model_id::CompetitionId;
+use pretrain_core::rules::weights::scatter;
+use pretrain_core::rules::{self, Contender, Protocol, Wins};
 use pretrain_core::scoring::{JsonF64, StepInput, Uid};
 use pretrain_core::{weights_for_emit, HotkeyAddress};
 use serde::Serialize;
@@ -13,7 +17,7 @@ use thiserror::Error;
 use tracing::{error, info, warn};
 
 use super::worker::{evaluate_models, ModelJob};
-use super::Shared;
+use super::{LaterState, Shared, TrackedModel, ValidatorState};
 
 /// Why a step could not run (it is tried again later).
 #[derive(Debug, Error)]
@@ -41,6 +45,9 @@ pub enum StepError {
     /// The scoring inputs did not line up (a bug).
     #[error("scoring")]
     Scoring(#[from] pretrain_core::scoring::ScoringError),
+    /// The schedule has no entry now, or the later scoring refused its inputs.
+    #[error("competition rules")]
+    Rules(#[from] pretrain_core::rules::RulesError),
 }
 
 /// One uid's line of a step.
@@ -50,6 +57,8 @@ pub struct UidReport {
     pub uid: Uid,
     /// Its hotkey.
     pub hotkey: String,
+    /// The competition it was evaluated in (`None` under the seed protocol).
+    pub competition: Option<CompetitionId>,
     /// The evaluated model (`None`: no valid model).
     pub model: Option<String>,
     /// Commit block (`None`: no valid model).
@@ -62,7 +71,8 @@ pub struct UidReport {
     pub wins: u64,
     /// Win rate.
     pub win_rate: f64,
-    /// Moving-average weight after the step.
+    /// Moving-average weight after the step (the subnet weight, across
+    /// competitions, under the later protocol).
     pub weight: f32,
     /// Why it scored +inf, if it did.
     pub error: Option<String>,
@@ -75,6 +85,8 @@ pub struct StepReport {
     pub step: u64,
     /// Block of the metagraph the step used.
     pub block: u64,
+    /// The competition evaluated (`None` under the seed protocol).
+    pub competition: Option<CompetitionId>,
     /// Seed the pages were drawn with.
     pub seed: u64,
     /// The pages.
@@ -85,9 +97,9 @@ pub struct StepReport {
     pub n_total_uids: usize,
     /// Per evaluated uid, ascending.
     pub uids: Vec<UidReport>,
-    /// All weights after the step.
+    /// All weights after the step (the subnet weights under the later protocol).
     pub weights: Vec<f32>,
-    /// Uids kept for the next step.
+    /// Uids kept for the next step (of this competition, under the later protocol).
     pub uids_to_eval_next: Vec<Uid>,
     /// Seconds spent loading pages.
     pub data_s: f64,
@@ -122,6 +134,127 @@ fn mean(v: &[f64]) -> f64 {
 
 /// One step. `Ok(None)` when there is nothing to evaluate.
 pub async fn run_step(shared: &Shared) -> Result<Option<StepReport>, StepError> {
+    match shared.config.protocol() {
+        Protocol::Seed => run_seed_step(shared).await,
+        Protocol::Later => run_later_step(shared).await,
+    }
+}
+
+/// Draws `pages_per_eval` pages (seeded; seed logged) and tokenizes them
+/// into batches of `sequence_length` tokens, within the data limit.
+async fn load_step_batches(
+    shared: &Shared,
+    step: u64,
+    uids: &[Uid],
+    sequence_length: usize,
+) -> Result<(u64, Vec<u64>, Vec<Vec<Vec<u32>>>), StepError> {
+    let cfg = &shared.config;
+    let comp = cfg.competition;
+    let seed = pretrain_data::random_seed();
+    let pages = pretrain_data::sample_pages(seed, shared.source.page_range(), comp.pages_per_eval);
+    info!(seed, ?pages, uids = ?uids, "step {step}: loading pages");
+    // One limit per page fetched, as each is one dataset call.
+    let data_limit = cfg.call_timeout * (pages.len().max(1) as u32);
+    let batches = tokio::time::timeout(
+        data_limit,
+        pretrain_data::load_batches(
+            shared.source.as_ref(),
+            &shared.tokenizer,
+            &pages,
+            comp.batch_size,
+            sequence_length,
+        ),
+    )
+    .await
+    .map_err(|_| StepError::DataTimeout {
+        pages: pages.clone(),
+        limit: data_limit,
+    })?
+    .map_err(|source| StepError::Data {
+        pages: pages.clone(),
+        source,
+    })?;
+    if batches.is_empty() {
+        return Err(StepError::NoBatches(pages));
+    }
+    Ok((seed, pages, batches))
+}
+
+/// The models of a step and what is known about each uid before evaluation.
+#[derive(Default)]
+struct StepModels {
+    jobs: Vec<ModelJob>,
+    errors: BTreeMap<Uid, String>,
+    hotkeys: BTreeMap<Uid, String>,
+    models: BTreeMap<Uid, TrackedModel>,
+}
+
+fn step_models(
+    shared: &Shared,
+    state: &ValidatorState,
+    graph: &Metagraph,
+    uids: &[Uid],
+) -> StepModels {
+    let mut m = StepModels::default();
+    for &uid in uids {
+        let hotkey = graph.neurons[usize::from(uid)].hotkey.clone();
+        // A hotkey that is no address was never tracked (the update loop refuses it).
+        let address = hotkey.parse::<HotkeyAddress>().ok();
+        match address
+            .as_ref()
+            .and_then(|a| state.tracked.get(a).map(|t| (a, t)))
+        {
+            Some((address, tracked)) => match shared.store.model_path(address, &tracked.id) {
+                Ok(dir) => {
+                    m.jobs.push(ModelJob { uid, dir });
+                    m.models.insert(uid, tracked.clone());
+                }
+                Err(e) => {
+                    m.errors.insert(
+                        uid,
+                        format!("no usable model path: {}", crate::error_chain(&e)),
+                    );
+                }
+            },
+            None => {
+                let why = address
+                    .as_ref()
+                    .and_then(|a| state.refused.get(a))
+                    .map(|r| format!("refused: {}", r.reason))
+                    .unwrap_or_else(|| "no valid model committed".into());
+                m.errors.insert(uid, why);
+            }
+        }
+        m.hotkeys.insert(uid, hotkey);
+    }
+    m
+}
+
+/// Each uid's losses from the workers' results (`+inf` for every batch
+/// of a model that could not be evaluated; the reason goes to `errors`).
+fn step_losses(
+    uids: &[Uid],
+    results: &BTreeMap<Uid, Result<Vec<f64>, String>>,
+    errors: &mut BTreeMap<Uid, String>,
+    n_batches: usize,
+) -> Vec<Vec<f64>> {
+    uids.iter()
+        .map(|uid| match results.get(uid) {
+            Some(Ok(l)) => l.clone(),
+            Some(Err(reason)) => {
+                errors.insert(*uid, reason.clone());
+                vec![f64::INFINITY; n_batches]
+            }
+            None => {
+                errors.entry(*uid).or_insert_with(|| "not evaluated".into());
+                vec![f64::INFINITY; n_batches]
+            }
+        })
+        .collect()
+}
+
+/// A step of the seed protocol: one moving average over every uid.
+async fn run_seed_step(shared: &Shared) -> Result<Option<StepReport>, StepError> {
     let started = Instant::now();
     let cfg = &shared.config;
     let comp = cfg.competition;
@@ -141,94 +274,28 @@ pub async fn run_step(shared: &Shared) -> Result<Option<StepReport>, StepError> 
         return Ok(None);
     }
 
-    let seed = pretrain_data::random_seed();
-    let pages = pretrain_data::sample_pages(seed, shared.source.page_range(), comp.pages_per_eval);
-    info!(seed, ?pages, uids = ?uids, "step {}: loading pages", state.step + 1);
-    // One limit per page fetched, as each is one dataset call.
-    let data_limit = cfg.call_timeout * (pages.len().max(1) as u32);
-    let batches = tokio::time::timeout(
-        data_limit,
-        pretrain_data::load_batches(
-            shared.source.as_ref(),
-            &shared.tokenizer,
-            &pages,
-            comp.batch_size,
-            SEQUENCE_LENGTH,
-        ),
-    )
-    .await
-    .map_err(|_| StepError::DataTimeout {
-        pages: pages.clone(),
-        limit: data_limit,
-    })?
-    .map_err(|source| StepError::Data {
-        pages: pages.clone(),
-        source,
-    })?;
-    if batches.is_empty() {
-        return Err(StepError::NoBatches(pages));
-    }
+    let (seed, pages, batches) =
+        load_step_batches(shared, state.step + 1, &uids, SEQUENCE_LENGTH).await?;
     let data_s = started.elapsed().as_secs_f64();
 
-    let mut jobs = Vec::new();
-    let mut errors: BTreeMap<Uid, String> = BTreeMap::new();
-    let mut hotkeys = BTreeMap::new();
-    let mut models = BTreeMap::new();
-    for &uid in &uids {
-        let hotkey = graph.neurons[usize::from(uid)].hotkey.clone();
-        // A hotkey that is no address was never tracked (the update loop refuses it).
-        let address = hotkey.parse::<HotkeyAddress>().ok();
-        match address
-            .as_ref()
-            .and_then(|a| state.tracked.get(a).map(|m| (a, m)))
-        {
-            Some((address, meta)) => match shared.store.model_path(address, &meta.id) {
-                Ok(dir) => {
-                    jobs.push(ModelJob { uid, dir });
-                    models.insert(uid, meta.clone());
-                }
-                Err(e) => {
-                    errors.insert(
-                        uid,
-                        format!("no usable model path: {}", crate::error_chain(&e)),
-                    );
-                }
-            },
-            None => {
-                let why = address
-                    .as_ref()
-                    .and_then(|a| state.refused.get(a))
-                    .map(|r| format!("refused: {}", r.reason))
-                    .unwrap_or_else(|| "no valid model committed".into());
-                errors.insert(uid, why);
-            }
-        }
-        hotkeys.insert(uid, hotkey);
-    }
+    let StepModels {
+        jobs,
+        mut errors,
+        hotkeys,
+        models,
+    } = step_models(shared, &state, &graph, &uids);
     let eval_started = Instant::now();
     let spec = Arc::new(cfg.worker.clone());
     let results = evaluate_models(spec, jobs, &batches, cfg.eval_workers).await;
     let eval_s = eval_started.elapsed().as_secs_f64();
 
     let n_batches = batches.len();
-    let mut losses = Vec::with_capacity(uids.len());
-    let mut blocks = Vec::with_capacity(uids.len());
-    for &uid in &uids {
-        let l = match results.get(&uid) {
-            Some(Ok(l)) => l.clone(),
-            Some(Err(reason)) => {
-                errors.insert(uid, reason.clone());
-                vec![f64::INFINITY; n_batches]
-            }
-            None => {
-                errors.entry(uid).or_insert_with(|| "not evaluated".into());
-                vec![f64::INFINITY; n_batches]
-            }
-        };
-        losses.push(l);
-        // As the original: the block of tracked metadata, +inf (None) without.
-        blocks.push(models.get(&uid).map(|m| m.block));
-    }
+    let losses = step_losses(&uids, &results, &mut errors, n_batches);
+    // As the original: the block of tracked metadata, +inf (None) without.
+    let blocks: Vec<Option<u64>> = uids
+        .iter()
+        .map(|uid| models.get(uid).map(|m| m.block))
+        .collect();
     let input = StepInput {
         n_total_uids: graph.neurons.len(),
         uids: uids.clone(),
@@ -255,7 +322,8 @@ pub async fn run_step(shared: &Shared) -> Result<Option<StepReport>, StepError> 
         .map(|(k, &uid)| UidReport {
             uid,
             hotkey: hotkeys.get(&uid).cloned().unwrap_or_default(),
-            model: models.get(&uid).map(|m| m.id.to_compressed_str()),
+            competition: None,
+            model: models.get(&uid).map(TrackedModel::model_str),
             block: blocks[k],
             losses: losses[k].iter().map(|&l| JsonF64(l)).collect(),
             mean_loss: JsonF64(mean(&losses[k])),
@@ -269,6 +337,7 @@ pub async fn run_step(shared: &Shared) -> Result<Option<StepReport>, StepError> 
     Ok(Some(StepReport {
         step,
         block: graph.block,
+        competition: None,
         seed,
         pages,
         n_batches,
@@ -276,6 +345,213 @@ pub async fn run_step(shared: &Shared) -> Result<Option<StepReport>, StepError> 
         uids: uid_reports,
         weights: out.weights,
         uids_to_eval_next: out.uids_to_eval_next,
+        data_s,
+        eval_s,
+        step_s: started.elapsed().as_secs_f64(),
+        weights_set: None,
+    }))
+}
+
+/// Upstream's choice of the uids kept for a competition's next step: the
+/// `sample_min` best by priority (1 + the competition's moving-average
+/// weight when it is at least 0.001, else the win rate; uids filtered out
+/// by the competitive filter are not ranked), then, while fewer than
+/// `sample_min`, the others by ascending score. Stable: ties keep the
+/// contenders' order. Ascending.
+pub fn keep_for_next_step(
+    contenders: &[Contender],
+    wins: &Wins,
+    competition_weights: &[f32],
+    sample_min: usize,
+) -> Vec<Uid> {
+    let priority = |uid: Uid, rate: f64| {
+        let w = competition_weights
+            .get(usize::from(uid))
+            .copied()
+            .unwrap_or(0.0);
+        if w >= 0.001 {
+            1.0 + f64::from(w)
+        } else {
+            rate
+        }
+    };
+    let mut ranked: Vec<(Uid, f64)> = wins
+        .win_rate
+        .iter()
+        .map(|&(uid, rate)| (uid, priority(uid, rate)))
+        .collect();
+    // Stable and descending, as Python's sorted(..., reverse=True).
+    ranked.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal));
+    let mut keep: BTreeSet<Uid> = ranked.iter().take(sample_min).map(|r| r.0).collect();
+    let mut by_score: Vec<&Contender> = contenders.iter().collect();
+    by_score.sort_by(|a, b| {
+        a.score
+            .partial_cmp(&b.score)
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    for c in by_score {
+        if keep.len() >= sample_min {
+            break;
+        }
+        keep.insert(c.uid);
+    }
+    keep.into_iter().collect()
+}
+
+/// A step of the later protocol: the competition whose turn it is
+/// evaluates its tracked models; its moving average is updated and the
+/// subnet weights are the competitions' averages summed by share.
+async fn run_later_step(shared: &Shared) -> Result<Option<StepReport>, StepError> {
+    let started = Instant::now();
+    let cfg = &shared.config;
+    let graph = shared.metagraph_snapshot();
+    let entry = cfg.schedule.active_entry(graph.block)?.clone();
+    // The turn advances on every attempt, so that a competition without
+    // models does not hold up the others.
+    let turn = shared.update_state(|s| {
+        let later = s
+            .later
+            .get_or_insert_with(|| LaterState::new(graph.neurons.len()));
+        later.turn += 1;
+        later.turn - 1
+    });
+    let spec = entry.competition_for_step(turn).clone();
+    let c = spec.id;
+    if let Err(why) = spec.support() {
+        info!(
+            "turn {turn}: competition {c} ({}) is not evaluated: {why}",
+            spec.name
+        );
+        return Ok(None);
+    }
+    let sequence_length = spec.constraints.sequence_length.unwrap_or(SEQUENCE_LENGTH);
+    // Its uids: the eval set joined by the models that changed, keeping only
+    // uids whose hotkey's tracked model is in this competition.
+    let in_competition = |s: &ValidatorState, uid: Uid| {
+        graph
+            .neurons
+            .get(usize::from(uid))
+            .and_then(|n| n.hotkey.parse::<HotkeyAddress>().ok())
+            .and_then(|hk| s.tracked.get(&hk).map(|t| t.competition == Some(c)))
+            .unwrap_or(false)
+    };
+    let state = shared.update_state(|s| {
+        let snapshot = s.clone();
+        if let Some(later) = s.later.as_mut() {
+            let pending = later.pending_uids.remove(&c).unwrap_or_default();
+            let set = later.uids_to_eval.entry(c).or_default();
+            set.extend(pending);
+            set.retain(|&u| in_competition(&snapshot, u));
+        }
+        s.clone()
+    });
+    let uids: Vec<Uid> = state
+        .later
+        .as_ref()
+        .and_then(|l| l.uids_to_eval.get(&c))
+        .map(|set| set.iter().copied().collect())
+        .unwrap_or_default();
+    if uids.is_empty() {
+        info!(
+            "turn {turn}: competition {c} ({}) has no models to evaluate",
+            spec.name
+        );
+        return Ok(None);
+    }
+
+    let (seed, pages, batches) =
+        load_step_batches(shared, state.step + 1, &uids, sequence_length).await?;
+    let data_s = started.elapsed().as_secs_f64();
+    let StepModels {
+        jobs,
+        mut errors,
+        hotkeys,
+        models,
+    } = step_models(shared, &state, &graph, &uids);
+    let eval_started = Instant::now();
+    let worker = Arc::new(cfg.worker.clone());
+    let results = evaluate_models(worker, jobs, &batches, cfg.eval_workers).await;
+    let eval_s = eval_started.elapsed().as_secs_f64();
+
+    let n_batches = batches.len();
+    let losses = step_losses(&uids, &results, &mut errors, n_batches);
+    let contenders: Vec<Contender> = uids
+        .iter()
+        .zip(&losses)
+        .map(|(&uid, l)| {
+            let score = mean(l);
+            Contender {
+                uid,
+                // NaN never wins (and would break the ordering): +inf.
+                score: if score.is_nan() { f64::INFINITY } else { score },
+                block: models.get(&uid).map_or(u64::MAX, |m| m.block),
+            }
+        })
+        .collect();
+    let scored = rules::score_competition(
+        &contenders,
+        &spec.constraints.epsilon,
+        graph.block,
+        spec.scoring.temperature,
+        true,
+    )?;
+    let step_weights = scatter(graph.neurons.len(), &scored.step_weights);
+    let active: Vec<CompetitionId> = entry.competitions.iter().map(|k| k.id).collect();
+    let shares = entry.shares();
+    let (step, weights, next) = shared.update_state(|s| {
+        let later = s
+            .later
+            .get_or_insert_with(|| LaterState::new(graph.neurons.len()));
+        later.tracker.record(c, &step_weights, spec.scoring.alpha);
+        later.tracker.reset_competitions(&active);
+        let weights = later.tracker.subnet_weights(&shares);
+        let next = keep_for_next_step(
+            &contenders,
+            &scored.wins,
+            later.tracker.competition_weights(c).unwrap_or(&[]),
+            spec.scoring.sample_min,
+        );
+        later.uids_to_eval.insert(c, next.iter().copied().collect());
+        s.weights = weights.clone();
+        s.step += 1;
+        (s.step, weights, next)
+    });
+
+    let uid_reports: Vec<UidReport> = contenders
+        .iter()
+        .zip(&losses)
+        .map(|(k, l)| UidReport {
+            uid: k.uid,
+            hotkey: hotkeys.get(&k.uid).cloned().unwrap_or_default(),
+            competition: Some(c),
+            model: models.get(&k.uid).map(TrackedModel::model_str),
+            block: models.get(&k.uid).map(|m| m.block),
+            losses: l.iter().map(|&x| JsonF64(x)).collect(),
+            mean_loss: JsonF64(k.score),
+            wins: scored
+                .wins
+                .wins
+                .iter()
+                .find(|(u, _)| *u == k.uid)
+                .map_or(0, |w| w.1),
+            win_rate: scored.wins.rate_of(k.uid),
+            weight: weights.get(usize::from(k.uid)).copied().unwrap_or(0.0),
+            error: errors.get(&k.uid).cloned(),
+        })
+        .collect();
+    info!(competition = c, name = %spec.name, competitive = ?scored.competitive_uids, "step {step}: competition {c}");
+    log_table(step, &uid_reports);
+    Ok(Some(StepReport {
+        step,
+        block: graph.block,
+        competition: Some(c),
+        seed,
+        pages,
+        n_batches,
+        n_total_uids: graph.neurons.len(),
+        uids: uid_reports,
+        weights,
+        uids_to_eval_next: next,
         data_s,
         eval_s,
         step_s: started.elapsed().as_secs_f64(),
@@ -403,5 +679,40 @@ pub async fn eval_loop(shared: Arc<Shared>) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_uids_rank_by_weight_then_win_rate_then_fill_by_score() {
+        let c = |uid, score| Contender {
+            uid,
+            score,
+            block: 1,
+        };
+        let contenders = [c(1, 3.0), c(2, 2.0), c(3, 1.0), c(4, 5.0)];
+        // Only 2 and 3 passed the competitive filter.
+        let wins = Wins {
+            wins: vec![(2, 0), (3, 1)],
+            win_rate: vec![(2, 0.0), (3, 1.0)],
+        };
+        // Uid 2 holds weight (priority 1.5); uid 3's is below 0.001, so its
+        // win rate (1.0) counts.
+        let weights = [0.0, 0.0, 0.5, 0.0005, 0.0];
+        assert_eq!(keep_for_next_step(&contenders, &wins, &weights, 1), vec![2]);
+        // Then the best score among the rest: uid 1 (3.0) before uid 4 (5.0).
+        assert_eq!(
+            keep_for_next_step(&contenders, &wins, &weights, 3),
+            vec![1, 2, 3]
+        );
+        assert_eq!(
+            keep_for_next_step(&contenders, &wins, &weights, 10),
+            vec![1, 2, 3, 4]
+        );
+        // Without weights the win rate decides: uid 3.
+        assert_eq!(keep_for_next_step(&contenders, &wins, &[], 1), vec![3]);
     }
 }

@@ -11,6 +11,18 @@
 //!   state saved, weights set every `blocks_per_epoch` blocks.
 //! - [`clean`]: deletes model directories nothing references.
 //!
+//! The schedule's protocol decides the rules. Under the seed's (the default
+//! schedule) every model is in one competition and a step scores all of
+//! them per batch. Under the later one (issue 16) a commitment is a 5-field
+//! id: its competition must be scheduled at its commit block and now, the
+//! model is fetched only once `eval_block_delay` blocks old (until then, and
+//! while its repo is missing or private, it is deferred), the download must
+//! hash, with the miner's hotkey, to the committed secure hash, and it is
+//! checked against its own competition's limits. Each step then evaluates
+//! one competition in turn, scores it by mean loss with the competitive
+//! filter, updates that competition's moving average, and the subnet
+//! weights are the competitions' averages summed by reward share.
+//!
 //! Every chain, hub and dataset call has a time limit, a step has one too,
 //! and a failure is logged and retried later: nothing but a bad start-up
 //! configuration ends the process.
@@ -27,13 +39,14 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use pretrain_chain::{Chain, ChainError, Hotkey, Metagraph};
+use pretrain_core::rules::{CompetitionSpec, Protocol, Schedule};
 use pretrain_core::Competition;
 use pretrain_data::{PageSource, Tokenizer};
 use pretrain_store::{ModelHub, ModelStore};
 use thiserror::Error;
 use tracing::{info, warn};
 
-pub use state::{Refusal, StateError, ValidatorState};
+pub use state::{LaterState, Refusal, StateError, TrackedModel, ValidatorState};
 pub use worker::WorkerSpec;
 
 /// Everything the validator is told at start.
@@ -67,10 +80,12 @@ pub struct ValidatorConfig {
     pub step_timeout: Duration,
     /// Pause when there is nothing to evaluate or a step failed.
     pub idle_wait: Duration,
-    /// The active competition (`--schedule`): its repo size, parameter
-    /// range, architectures and `eval_block_delay` gate every model.
-    /// `None`: the seed's limits.
-    pub competition_spec: Option<pretrain_core::rules::CompetitionSpec>,
+    /// The competitions by block (`--schedule`). Under the seed protocol
+    /// the entry active at the current block holds one competition, whose
+    /// repo size, parameter range, architectures and `eval_block_delay`
+    /// gate every model; under the later one each model is checked against
+    /// its own competition and each step evaluates one competition in turn.
+    pub schedule: Schedule,
 }
 
 impl ValidatorConfig {
@@ -91,17 +106,23 @@ impl ValidatorConfig {
             download_timeout: Duration::from_secs(20 * 60),
             step_timeout: Duration::from_secs(20 * 60),
             idle_wait: Duration::from_secs(60),
-            competition_spec: None,
+            schedule: Schedule::default_schedule(),
         }
     }
 
-    /// Largest model repo accepted, in bytes.
-    pub fn max_model_bytes(&self) -> u64 {
-        self.competition_spec
-            .as_ref()
-            .map_or(pretrain_core::constants::MAX_MODEL_BYTES, |s| {
-                s.constraints.max_bytes
-            })
+    /// The protocol the schedule runs.
+    pub fn protocol(&self) -> Protocol {
+        self.schedule.protocol()
+    }
+
+    /// Under the seed protocol, the competition active at `block` (the
+    /// first of its entry; a seed entry has one); `None` before the
+    /// schedule's first entry.
+    pub fn seed_spec(&self, block: u64) -> Option<&CompetitionSpec> {
+        self.schedule
+            .active_entry(block)
+            .ok()
+            .and_then(|e| e.competitions.first())
     }
 }
 
@@ -286,6 +307,19 @@ pub async fn start(
     };
     if state.last_epoch_block.is_none() {
         state.last_epoch_block = Some(metagraph.block);
+    }
+    match config.protocol() {
+        Protocol::Later => {
+            if state.later.is_none() {
+                state.later = Some(LaterState::new(metagraph.neurons.len()));
+            }
+        }
+        // A seed state file keeps the seed's format.
+        Protocol::Seed => {
+            if state.later.take().is_some() {
+                warn!("dropping the later protocol's state: the schedule runs the seed protocol");
+            }
+        }
     }
     state.save(&path)?;
     let tokenizer = Arc::new(Tokenizer::gpt2()?);

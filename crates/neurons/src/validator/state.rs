@@ -6,8 +6,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use pretrain_core::model_id::CompetitionId;
+use pretrain_core::rules::CompetitionTracker;
 use pretrain_core::scoring::Uid;
-use pretrain_core::{HotkeyAddress, ModelMetadata};
+use pretrain_core::{HotkeyAddress, ModelId, ModelMetadata};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -50,6 +52,69 @@ pub struct Refusal {
     pub reason: String,
 }
 
+/// A model the validator downloaded, verified and checked.
+///
+/// On disk it is the seed's `{"id": .., "block": ..}` (a [`ModelMetadata`]),
+/// plus `"competition"` under the later protocol only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackedModel {
+    /// The committed model; under the later protocol `hash` holds the
+    /// committed (secure) hash, the 4th field of the commitment.
+    pub id: ModelId,
+    /// Block of the commitment.
+    pub block: u64,
+    /// The competition it entered (later protocol; `None` under the seed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub competition: Option<CompetitionId>,
+}
+
+impl TrackedModel {
+    /// A seed-protocol model.
+    pub fn seed(metadata: ModelMetadata) -> Self {
+        Self {
+            id: metadata.id,
+            block: metadata.block,
+            competition: None,
+        }
+    }
+
+    /// The commitment as reported: the seed's 4 fields, or the later
+    /// protocol's 5 (`ns:name:commit:secure_hash:competition`).
+    pub fn model_str(&self) -> String {
+        match self.competition {
+            None => self.id.to_compressed_str(),
+            Some(c) => format!("{}:{c}", self.id.to_compressed_str()),
+        }
+    }
+}
+
+/// What only the later protocol keeps: whose turn it is, an evaluation
+/// set per competition and the per-competition moving averages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LaterState {
+    /// Steps attempted (one competition each, in turn), including those
+    /// that found nothing to evaluate.
+    pub turn: u64,
+    /// Per competition, the uids evaluated at its next step.
+    pub uids_to_eval: BTreeMap<CompetitionId, BTreeSet<Uid>>,
+    /// Per competition, uids whose model changed, joining at its next step.
+    pub pending_uids: BTreeMap<CompetitionId, BTreeSet<Uid>>,
+    /// Per-competition moving averages of the weights.
+    pub tracker: CompetitionTracker,
+}
+
+impl LaterState {
+    /// Nothing evaluated yet, over a metagraph of `num_neurons`.
+    pub fn new(num_neurons: usize) -> Self {
+        Self {
+            turn: 0,
+            uids_to_eval: BTreeMap::new(),
+            pending_uids: BTreeMap::new(),
+            tracker: CompetitionTracker::new(num_neurons),
+        }
+    }
+}
+
 /// The validator's persistent state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ValidatorState {
@@ -60,7 +125,7 @@ pub struct ValidatorState {
     /// Evaluation steps completed.
     pub step: u64,
     /// The model tracked per hotkey: downloaded, verified and checked.
-    pub tracked: BTreeMap<HotkeyAddress, ModelMetadata>,
+    pub tracked: BTreeMap<HotkeyAddress, TrackedModel>,
     /// The refused latest commitment per hotkey.
     pub refused: BTreeMap<HotkeyAddress, Refusal>,
     /// Uids evaluated in the next step.
@@ -71,6 +136,9 @@ pub struct ValidatorState {
     pub weights: Vec<f32>,
     /// Block at which weights were last set (or the validator started).
     pub last_epoch_block: Option<u64>,
+    /// The later protocol's part (absent under the seed, so its file is unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub later: Option<LaterState>,
 }
 
 impl ValidatorState {
@@ -86,6 +154,7 @@ impl ValidatorState {
             pending_uids: BTreeSet::new(),
             weights: Vec::new(),
             last_epoch_block: None,
+            later: None,
         }
     }
 
@@ -119,7 +188,16 @@ impl ValidatorState {
                 ),
             });
         }
-        if state.weights.iter().any(|w| !w.is_finite()) {
+        let later_weights = state
+            .later
+            .iter()
+            .flat_map(|l| l.tracker.all_weights().values().flatten());
+        if state
+            .weights
+            .iter()
+            .chain(later_weights)
+            .any(|w| !w.is_finite())
+        {
             return Err(StateError::Corrupt {
                 path: path.to_path_buf(),
                 reason: "non-finite weights".into(),
@@ -140,7 +218,6 @@ impl ValidatorState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pretrain_core::ModelId;
 
     #[test]
     fn round_trips_and_refuses_other_versions() {
@@ -151,10 +228,10 @@ mod tests {
         s.step = 3;
         s.tracked.insert(
             "hk".parse().unwrap(),
-            ModelMetadata {
+            TrackedModel::seed(ModelMetadata {
                 id: ModelId::from_compressed_str("a:b:None:None").unwrap(),
                 block: 7,
-            },
+            }),
         );
         s.uids_to_eval.insert(2);
         s.pending_uids.insert(5);
@@ -177,6 +254,98 @@ mod tests {
         let err = ValidatorState::load(&path).unwrap_err().to_string();
         assert!(err.contains("invalid hotkey"), "{err}");
         std::fs::write(&path, b"{not json").unwrap();
+        assert!(matches!(
+            ValidatorState::load(&path),
+            Err(StateError::Corrupt { .. })
+        ));
+    }
+
+    /// A state file of the seed protocol as this validator wrote it before
+    /// the later protocol existed: it loads, and is written back unchanged
+    /// (no `later`, no `competition` keys).
+    #[test]
+    fn a_seed_state_file_is_read_and_written_unchanged() {
+        let text = r#"{
+  "version": 1,
+  "netuid": 9,
+  "step": 4,
+  "tracked": {
+    "5EHgWw2Af1pnoc7f1A8bfmM97W3DAYW8xr82RfhLL9oAabAe": {
+      "id": {
+        "namespace": "m",
+        "name": "best",
+        "commit": "0123456789012345678901234567890123456789",
+        "hash": "abc="
+      },
+      "block": 12
+    }
+  },
+  "refused": {
+    "5DfhGyQdFobKM8NsWvEeAKk5EQQgYe9AydgJ7rMB6E1EqRzV": {
+      "commitment": "junk",
+      "block": 3,
+      "reason": "commitment is not a model id"
+    }
+  },
+  "uids_to_eval": [
+    1
+  ],
+  "pending_uids": [],
+  "weights": [
+    0.0,
+    1.0
+  ],
+  "last_epoch_block": 10
+}
+"#;
+        let dir = tempfile::tempdir().unwrap();
+        let path = ValidatorState::path(dir.path());
+        std::fs::write(&path, text).unwrap();
+        let s = ValidatorState::load(&path).unwrap().unwrap();
+        assert!(s.later.is_none());
+        let t = s.tracked.values().next().unwrap();
+        assert_eq!((t.block, t.competition), (12, None));
+        assert_eq!(
+            t.model_str(),
+            "m:best:0123456789012345678901234567890123456789:abc="
+        );
+        s.save(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+    }
+
+    #[test]
+    fn the_later_part_round_trips_and_out_of_range_tracker_weights_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = ValidatorState::path(dir.path());
+        let mut s = ValidatorState::new(9);
+        let mut later = LaterState::new(3);
+        later.turn = 5;
+        later.uids_to_eval.insert(2, [1, 2].into());
+        later.pending_uids.insert(1, [0].into());
+        later.tracker.record(2, &[0.0, 1.0, 3.0], 0.5);
+        s.later = Some(later);
+        s.tracked.insert(
+            "hk".parse().unwrap(),
+            TrackedModel {
+                id: ModelId::from_compressed_str("a:b:c:sec").unwrap(),
+                block: 7,
+                competition: Some(2),
+            },
+        );
+        s.save(&path).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(v["tracked"]["hk"]["competition"], 2);
+        assert_eq!(v["later"]["turn"], 5);
+        assert_eq!(v["later"]["uids_to_eval"]["2"], serde_json::json!([1, 2]));
+        let hk: HotkeyAddress = "hk".parse().unwrap();
+        assert_eq!(s.tracked[&hk].model_str(), "a:b:c:sec:2");
+        assert_eq!(ValidatorState::load(&path).unwrap().unwrap(), s);
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        // 0.75 is the third uid's share of competition 2 (3 of 4).
+        assert!(text.contains("0.75"), "{text}");
+        // 1e39 is beyond f32: the file is refused, not read as +inf.
+        std::fs::write(&path, text.replace("0.75", "1e39")).unwrap();
         assert!(matches!(
             ValidatorState::load(&path),
             Err(StateError::Corrupt { .. })

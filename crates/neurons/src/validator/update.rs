@@ -6,14 +6,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use pretrain_core::rules::schedule::ModelFacts;
+use pretrain_core::rules::{self, CompetitionSpec, Protocol};
 use pretrain_core::scoring::Uid;
-use pretrain_core::{HotkeyAddress, ModelId, ModelMetadata};
+use pretrain_core::{HotkeyAddress, LaterModelId, ModelId, ModelMetadata};
 use pretrain_model::{check_model_dir, Limits};
-use pretrain_store::StoreError;
+use pretrain_store::{HubError, StoreError};
 use rand::Rng;
 use tracing::{debug, info, warn};
 
-use super::{Refusal, Shared};
+use super::{Refusal, Shared, TrackedModel};
 
 /// Cycles through the uids, as the original's `MinerIterator`: sorted,
 /// starting at a random position, and keeping its place (the next uid at or
@@ -114,38 +115,76 @@ pub async fn sync_hotkey(shared: &Shared, uid: Uid, hotkey: &HotkeyAddress) -> S
     if refused.is_some_and(|r| (r.commitment.clone(), r.block) == key) {
         return SyncOutcome::Unchanged;
     }
-    let id = match ModelId::from_chain_bytes(&commitment.data) {
+    let ctx = HotkeyCheck {
+        shared,
+        uid,
+        hotkey,
+        key,
+        tracked,
+    };
+    match cfg.protocol() {
+        Protocol::Seed => sync_seed(ctx, &commitment.data, commitment.block).await,
+        Protocol::Later => sync_later(ctx, &commitment.data, commitment.block).await,
+    }
+}
+
+/// One hotkey's check in progress.
+struct HotkeyCheck<'a> {
+    shared: &'a Shared,
+    uid: Uid,
+    hotkey: &'a HotkeyAddress,
+    /// The commitment as a refusal key.
+    key: (String, u64),
+    /// What the hotkey had tracked before.
+    tracked: Option<TrackedModel>,
+}
+
+impl HotkeyCheck<'_> {
+    fn refuse(self, reason: String, fetched: Option<&ModelId>) -> SyncOutcome {
+        refuse(
+            self.shared,
+            self.uid,
+            self.hotkey,
+            self.key,
+            reason,
+            fetched,
+        )
+    }
+
+    /// Whether `model` is what is tracked already, on disk.
+    fn unchanged(&self, model: &TrackedModel) -> bool {
+        let path = self.shared.store.model_path(self.hotkey, &model.id);
+        self.tracked.as_ref() == Some(model) && path.as_ref().is_ok_and(|p| p.is_dir())
+    }
+
+    fn current_block(&self) -> u64 {
+        self.shared
+            .metagraph
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .block
+    }
+}
+
+async fn sync_seed(ctx: HotkeyCheck<'_>, data: &[u8], block: u64) -> SyncOutcome {
+    let cfg = &ctx.shared.config;
+    let id = match ModelId::from_chain_bytes(data) {
         Ok(id) => id,
-        Err(e) => {
-            return refuse(
-                shared,
-                uid,
-                hotkey,
-                key,
-                format!("commitment is not a model id: {e}"),
-                None,
-            )
-        }
+        Err(e) => return ctx.refuse(format!("commitment is not a model id: {e}"), None),
     };
-    let metadata = ModelMetadata {
-        id,
-        block: commitment.block,
-    };
+    let metadata = ModelMetadata { id, block };
+    // The metagraph's block may lag the chain, which only delays, never
+    // admits early.
+    let current = ctx.current_block();
+    let spec = cfg.seed_spec(current).cloned();
     // Upstream's `eval_block_delay`, checked before anything is fetched: a
-    // model is only evaluated on data drawn after it was committed. The
-    // metagraph's block may lag the chain, which only delays, never admits
-    // early. A deferred model is simply looked at again on a later pass.
-    if let Some(delay) = cfg
-        .competition_spec
+    // model is only evaluated on data drawn after it was committed. A
+    // deferred model is simply looked at again on a later pass.
+    if let Some(delay) = spec
         .as_ref()
         .map(|c| c.constraints.eval_block_delay)
         .filter(|&d| d > 0)
     {
-        let current = shared
-            .metagraph
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .block;
         let age = current.saturating_sub(metadata.block);
         if current < metadata.block || age < delay {
             return SyncOutcome::Deferred(format!(
@@ -154,19 +193,21 @@ pub async fn sync_hotkey(shared: &Shared, uid: Uid, hotkey: &HotkeyAddress) -> S
             ));
         }
     }
-    let path = shared.store.model_path(hotkey, &metadata.id);
-    if tracked.as_ref() == Some(&metadata) && path.as_ref().is_ok_and(|p| p.is_dir()) {
+    let model = TrackedModel::seed(metadata.clone());
+    if ctx.unchanged(&model) {
         return SyncOutcome::Unchanged;
     }
-    info!(uid, %hotkey, model = %metadata.id, block = metadata.block, "new commitment, fetching the model");
+    info!(uid = ctx.uid, hotkey = %ctx.hotkey, model = %metadata.id, block, "new commitment, fetching the model");
+    let max_bytes = spec
+        .as_ref()
+        .map_or(pretrain_core::constants::MAX_MODEL_BYTES, |s| {
+            s.constraints.max_bytes
+        });
     let fetched = tokio::time::timeout(
         cfg.download_timeout,
-        shared.store.fetch(
-            shared.hub.as_ref(),
-            hotkey,
-            &metadata.id,
-            cfg.max_model_bytes(),
-        ),
+        ctx.shared
+            .store
+            .fetch(ctx.shared.hub.as_ref(), ctx.hotkey, &metadata.id, max_bytes),
     )
     .await;
     let fetched = match fetched {
@@ -179,22 +220,104 @@ pub async fn sync_hotkey(shared: &Shared, uid: Uid, hotkey: &HotkeyAddress) -> S
         Ok(Err(StoreError::Hub(e))) if e.is_retryable() => {
             return SyncOutcome::Deferred(format!("hub: {}", crate::error_chain(&e)))
         }
-        Ok(Err(e)) => return refuse(shared, uid, hotkey, key, crate::error_chain(&e), None),
+        Ok(Err(e)) => return ctx.refuse(crate::error_chain(&e), None),
         Ok(Ok(f)) => f,
     };
-    let dir = fetched.path.clone();
-    let limits = cfg
-        .competition_spec
-        .as_ref()
-        .map_or_else(Limits::default, |c| Limits {
-            max_params: c.constraints.max_parameters,
-            max_bytes: c.constraints.max_bytes,
-        });
+    check_and_track(ctx, model, fetched.path, spec).await
+}
+
+async fn sync_later(ctx: HotkeyCheck<'_>, data: &[u8], block: u64) -> SyncOutcome {
+    let cfg = &ctx.shared.config;
+    let id = match LaterModelId::from_chain_bytes(data) {
+        Ok(id) => id,
+        Err(e) => return ctx.refuse(format!("commitment is not a model id: {e}"), None),
+    };
+    // Upstream's order: the competition at the commit block, now, then the
+    // current competition's `eval_block_delay`; all before the "unchanged"
+    // short cut, so a tracked model of a retired competition is dropped.
+    let current = ctx.current_block();
+    let spec = match rules::admit(&cfg.schedule, id.competition_id, block, current) {
+        Ok(spec) => spec.clone(),
+        Err(why) if why.is_retryable() => {
+            return SyncOutcome::Deferred(format!(
+                "{id} committed at block {block}, now {current}: {why}"
+            ))
+        }
+        Err(why) => return ctx.refuse(why.to_string(), None),
+    };
+    if let Err(why) = spec.support() {
+        return ctx.refuse(why.to_string(), None);
+    }
+    let model = TrackedModel {
+        id: ModelId {
+            namespace: id.namespace.clone(),
+            name: id.name.clone(),
+            commit: id.commit.clone(),
+            hash: id.secure_hash.clone(),
+        },
+        block,
+        competition: Some(id.competition_id),
+    };
+    if ctx.unchanged(&model) {
+        return SyncOutcome::Unchanged;
+    }
+    info!(uid = ctx.uid, hotkey = %ctx.hotkey, model = %id, block, competition = spec.id, "new commitment, fetching the model");
+    let hotkey_ss58 = ctx.hotkey.as_str().to_string();
+    let shown = id.to_compressed_str();
+    let verify = move |downloaded: &str| {
+        rules::check_download(&id, downloaded, &hotkey_ss58).map_err(|source| {
+            StoreError::HashCheck {
+                model: shown,
+                source: Box::new(source),
+            }
+        })
+    };
+    let fetched = tokio::time::timeout(
+        cfg.download_timeout,
+        ctx.shared.store.fetch_verified(
+            ctx.shared.hub.as_ref(),
+            ctx.hotkey,
+            &model.id,
+            spec.constraints.max_bytes,
+            verify,
+        ),
+    )
+    .await;
+    let fetched = match fetched {
+        Err(_) => {
+            return SyncOutcome::Deferred(format!(
+                "download did not finish within {:?}",
+                cfg.download_timeout
+            ))
+        }
+        // A missing repo, or one still private (the miner makes it public
+        // once its commitment landed): upstream retries it later.
+        Ok(Err(StoreError::Hub(e))) if e.is_retryable() || matches!(e, HubError::NotFound(_)) => {
+            return SyncOutcome::Deferred(format!("hub: {}", crate::error_chain(&e)))
+        }
+        Ok(Err(e)) => return ctx.refuse(crate::error_chain(&e), None),
+        Ok(Ok(f)) => f,
+    };
+    check_and_track(ctx, model, fetched.path, Some(spec)).await
+}
+
+/// Checks the fetched model's files, then against the competition
+/// (parameter range, architectures); tracks and queues it, or refuses it.
+async fn check_and_track(
+    ctx: HotkeyCheck<'_>,
+    model: TrackedModel,
+    dir: std::path::PathBuf,
+    spec: Option<CompetitionSpec>,
+) -> SyncOutcome {
+    let limits = spec.as_ref().map_or_else(Limits::default, |c| Limits {
+        max_params: c.constraints.max_parameters,
+        max_bytes: c.constraints.max_bytes,
+    });
     let checked = tokio::task::spawn_blocking(move || check_model_dir(&dir, limits)).await;
-    // The schedule's competition may also set a floor and allow fewer architectures.
+    // The competition may also set a floor and allow fewer architectures.
     let checked = checked.map(|r| {
         r.map_err(|e| crate::error_chain(&e)).and_then(|info| {
-            let Some(spec) = &cfg.competition_spec else {
+            let Some(spec) = &spec else {
                 return Ok(info);
             };
             spec.check_model(&ModelFacts {
@@ -207,25 +330,36 @@ pub async fn sync_hotkey(shared: &Shared, uid: Uid, hotkey: &HotkeyAddress) -> S
     });
     match checked {
         Ok(Ok(info)) => {
-            info!(uid, %hotkey, model = %metadata.id, params = info.params, architecture = ?info.architecture, "model tracked and queued");
-            let m = metadata.clone();
+            let (uid, hotkey) = (ctx.uid, ctx.hotkey);
+            info!(uid, %hotkey, model = %model.model_str(), params = info.params, architecture = ?info.architecture, "model tracked and queued");
+            let m = model.clone();
             let hk = hotkey.clone();
-            shared.update_state(move |s| {
+            ctx.shared.update_state(move |s| {
+                let competition = m.competition;
                 s.tracked.insert(hk.clone(), m);
                 s.refused.remove(&hk);
-                s.pending_uids.insert(uid);
+                match (competition, s.later.as_mut()) {
+                    (Some(c), Some(later)) => {
+                        later.pending_uids.entry(c).or_default().insert(uid);
+                    }
+                    _ => {
+                        s.pending_uids.insert(uid);
+                    }
+                }
             });
-            SyncOutcome::Updated(metadata)
+            SyncOutcome::Updated(ModelMetadata {
+                id: model.id,
+                block: model.block,
+            })
         }
-        Ok(Err(reason)) => refuse(shared, uid, hotkey, key, reason, Some(&metadata.id)),
-        Err(e) => refuse(
-            shared,
-            uid,
-            hotkey,
-            key,
-            format!("model check crashed: {e}"),
-            Some(&metadata.id),
-        ),
+        Ok(Err(reason)) => {
+            let id = model.id.clone();
+            ctx.refuse(reason, Some(&id))
+        }
+        Err(e) => {
+            let id = model.id.clone();
+            ctx.refuse(format!("model check crashed: {e}"), Some(&id))
+        }
     }
 }
 
@@ -247,7 +381,7 @@ fn refuse(
     let r = reason.clone();
     shared.update_state(move |s| {
         // The latest commitment is what counts: an older model of this
-        // hotkey is no longer evaluated; the uid scores +inf.
+        // hotkey is no longer evaluated.
         s.tracked.remove(&hk);
         s.refused.insert(
             hk,
@@ -257,7 +391,11 @@ fn refuse(
                 reason: r,
             },
         );
-        s.pending_uids.insert(uid);
+        // The seed scores the uid +inf at its next step; the later protocol
+        // evaluates only tracked models, so the uid leaves its competition.
+        if s.later.is_none() {
+            s.pending_uids.insert(uid);
+        }
     });
     SyncOutcome::Refused(reason)
 }

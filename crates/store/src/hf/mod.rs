@@ -11,7 +11,7 @@
 //! resumes with `Range` from the last byte on disk, also across calls.
 //!
 //! Here: options, the token, the client and the repo listing; `upload`
-//! (repo creation, LFS, commit), `download` (snapshots, resumable files),
+//! (repo creation public or private, visibility changes, LFS, commit), `download` (snapshots, resumable files),
 //! `http` (URL paths, status mapping) and `retry` (the shared schedule).
 
 mod download;
@@ -29,7 +29,7 @@ use pretrain_core::{CommitId, RepoId};
 use serde::Deserialize;
 
 use crate::paths::safe_relative_path;
-use crate::{HubError, ModelHub, RepoFile};
+use crate::{HubError, ModelHub, RepoFile, Visibility};
 use http::send_json;
 
 /// The public Hugging Face Hub.
@@ -199,8 +199,17 @@ impl HfHub {
 
 #[async_trait]
 impl ModelHub for HfHub {
-    async fn upload(&self, dir: &Path, repo: &RepoId) -> Result<CommitId, HubError> {
-        self.upload_dir(dir, repo).await
+    async fn upload_as(
+        &self,
+        dir: &Path,
+        repo: &RepoId,
+        visibility: Visibility,
+    ) -> Result<CommitId, HubError> {
+        self.upload_dir(dir, repo, visibility).await
+    }
+
+    async fn set_visibility(&self, repo: &RepoId, visibility: Visibility) -> Result<(), HubError> {
+        self.put_visibility(repo, visibility).await
     }
 
     async fn files_at(&self, repo: &RepoId, commit: &CommitId) -> Result<Vec<RepoFile>, HubError> {

@@ -15,7 +15,7 @@ use tracing::{debug, info};
 
 use super::http::{check_status, header_map, network, send_json};
 use super::HfHub;
-use crate::{list_local_files, HubError};
+use crate::{list_local_files, HubError, Visibility};
 
 /// A local file prepared for upload.
 struct LocalFile {
@@ -27,9 +27,14 @@ struct LocalFile {
 }
 
 impl HfHub {
-    /// Uploads the files of `dir` as one commit of `repo`: the repo at the
-    /// new commit holds exactly those files.
-    pub(super) async fn upload_dir(&self, dir: &Path, repo: &RepoId) -> Result<CommitId, HubError> {
+    /// Uploads the files of `dir` as one commit of `repo` (created with
+    /// `visibility` if new): the repo at the new commit holds exactly those files.
+    pub(super) async fn upload_dir(
+        &self,
+        dir: &Path,
+        repo: &RepoId,
+        visibility: Visibility,
+    ) -> Result<CommitId, HubError> {
         self.require_token()?;
         let d = dir.to_path_buf();
         let files = tokio::task::spawn_blocking(move || prepare_files(&d))
@@ -41,7 +46,7 @@ impl HfHub {
                 dir.display()
             )));
         }
-        self.create_repo(repo).await?;
+        self.create_repo(repo, visibility).await?;
         // Files of the previous revision that the new one lacks are deleted,
         // so the repo at the new commit is exactly `dir` (and hashes the same).
         let deleted: Vec<String> = match self.list(repo, "main").await {
@@ -66,16 +71,19 @@ impl HfHub {
         Ok(commit)
     }
 
-    async fn create_repo(&self, repo: &RepoId) -> Result<(), HubError> {
+    /// Creates `repo` with `visibility`; an existing repo is left as it is
+    /// (the hub answers 409, and its visibility does not change).
+    async fn create_repo(&self, repo: &RepoId, visibility: Visibility) -> Result<(), HubError> {
         let token = self.require_token()?;
         let url = format!("{}/api/repos/create", self.options.endpoint);
         let what = format!("creating repo {repo}");
+        let private = visibility == Visibility::Private;
         self.retrying(&what, || async {
             let resp = self
                 .client
                 .post(&url)
                 .bearer_auth(token)
-                .json(&json!({"name": repo.name(), "organization": repo.namespace(), "private": false}))
+                .json(&json!({"name": repo.name(), "organization": repo.namespace(), "private": private}))
                 .send()
                 .await
                 .map_err(|e| network(&what, e))?;
@@ -86,6 +94,33 @@ impl HfHub {
             check_status(resp, &what).await.map(|_| ())
         })
         .await
+    }
+
+    /// Makes `repo` public or private: huggingface_hub's
+    /// `update_repo_settings(private=...)`, `PUT /api/models/{repo}/settings`.
+    pub(super) async fn put_visibility(
+        &self,
+        repo: &RepoId,
+        visibility: Visibility,
+    ) -> Result<(), HubError> {
+        let token = self.require_token()?;
+        let url = format!("{}/api/models/{}/settings", self.options.endpoint, repo);
+        let what = format!("making {repo} {visibility}");
+        let body = json!({"private": visibility == Visibility::Private});
+        self.retrying(&what, || async {
+            let resp = self
+                .client
+                .put(&url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .map_err(|e| network(&what, e))?;
+            check_status(resp, &what).await.map(|_| ())
+        })
+        .await?;
+        info!(%repo, %visibility, "repo visibility set");
+        Ok(())
     }
 
     async fn preupload(&self, repo: &RepoId, files: &[LocalFile]) -> Result<Vec<bool>, HubError> {

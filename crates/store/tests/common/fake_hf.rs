@@ -1,7 +1,8 @@
 //! A small Hugging Face Hub stand-in on 127.0.0.1: the endpoints `HfHub`
 //! uses (repo creation, repo info with sizes, pre-upload, Git LFS batch with
 //! basic and multipart transfers, NDJSON commits, `resolve` downloads with
-//! `Range`), answering as the hub does, plus scripted failures.
+//! `Range`, repo settings), answering as the hub does (a private repo is
+//! 404 to anyone without the token), plus scripted failures.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -20,6 +21,7 @@ pub struct Seen {
     pub method: String,
     pub path: String,
     pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
 }
 
 #[derive(Debug, Default)]
@@ -28,6 +30,8 @@ pub struct FakeRepo {
     pub commits: Vec<(String, BTreeMap<String, Vec<u8>>)>,
     /// Needs the token even to read.
     pub gated: bool,
+    /// Answered as missing (404) to anyone without the token.
+    pub private: bool,
 }
 
 impl FakeRepo {
@@ -107,6 +111,7 @@ impl FakeHub {
             FakeRepo {
                 commits: vec![(sha.clone(), files)],
                 gated,
+                private: false,
             },
         );
         sha
@@ -275,6 +280,7 @@ fn route(req: &Request, state: &Mutex<State>, base: &str) -> Reply {
         method: req.method.clone(),
         path: req.path.clone(),
         headers: req.headers.clone(),
+        body: req.body.clone(),
     });
     for f in st.failures.iter_mut() {
         if f.3 > 0 && f.0 == req.method && req.path.starts_with(&f.1) {
@@ -314,6 +320,7 @@ fn route(req: &Request, state: &Mutex<State>, base: &str) -> Reply {
                 FakeRepo {
                     commits: vec![(sha, files)],
                     gated: false,
+                    private: v["private"].as_bool().unwrap_or(false),
                 },
             );
             reply(200, json!({ "url": format!("{base}/{id}") }))
@@ -323,6 +330,9 @@ fn route(req: &Request, state: &Mutex<State>, base: &str) -> Reply {
             let Some(repo) = st.repos.get(&id) else {
                 return error(404, "Repository not found");
             };
+            if repo.private && !authorized(req, &st) {
+                return error(404, "Repository not found");
+            }
             if repo.gated && !authorized(req, &st) {
                 return error(401, "Access to this repo is restricted");
             }
@@ -350,6 +360,24 @@ fn route(req: &Request, state: &Mutex<State>, base: &str) -> Reply {
                 siblings.push(json!({"rfilename": p, "size": size}));
             }
             reply(200, json!({"id": id, "sha": sha, "siblings": siblings}))
+        }
+        ("PUT", ["api", "models", ns, name, "settings"]) => {
+            if !authorized(req, &st) {
+                return error(401, "Invalid credentials in Authorization header");
+            }
+            let Ok(v) = serde_json::from_slice::<Value>(&req.body) else {
+                return error(400, "bad json");
+            };
+            let Some(repo) = st.repos.get_mut(&format!("{ns}/{name}")) else {
+                return error(404, "Repository not found");
+            };
+            if let Some(p) = v.get("private") {
+                let Some(p) = p.as_bool() else {
+                    return error(400, "private must be a boolean");
+                };
+                repo.private = p;
+            }
+            reply(200, json!({}))
         }
         ("POST", ["api", "models", _ns, _name, "preupload", "main"]) => {
             if !authorized(req, &st) {
@@ -515,6 +543,9 @@ fn route(req: &Request, state: &Mutex<State>, base: &str) -> Reply {
             let Some(repo) = st.repos.get(&id) else {
                 return error(404, "Repository not found");
             };
+            if repo.private && !authorized(req, &st) {
+                return error(404, "Repository not found");
+            }
             if repo.gated && !authorized(req, &st) {
                 return error(401, "Access to this repo is restricted");
             }
