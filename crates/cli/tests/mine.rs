@@ -9,76 +9,10 @@ use pretrain_core::{hash_of_directory, ModelId};
 use pretrain_store::{open_hub, HubOptions};
 
 mod common;
+#[path = "common/mining.rs"]
+mod mining;
 use common::{fails_with, ok_json};
-
-const WALLETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/wallet");
-// From testdata/wallet/README.md.
-const HOT_SS58: &str = "5EHgWw2Af1pnoc7f1A8bfmM97W3DAYW8xr82RfhLL9oAabAe";
-
-fn tiny_model() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../testdata/models/tiny-gpt2/model"
-    ))
-}
-
-fn pretrain(args: &[String]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pretrain"))
-        .args(args)
-        .stdin(Stdio::null())
-        .env_remove("HF_ACCESS_TOKEN")
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run pretrain")
-}
-
-fn s(v: &[&str]) -> Vec<String> {
-    v.iter().map(|x| x.to_string()).collect()
-}
-
-fn chain_flags(chain_dir: &Path) -> Vec<String> {
-    wallet_chain_flags(chain_dir, "fixture")
-}
-
-fn wallet_chain_flags(chain_dir: &Path, wallet: &str) -> Vec<String> {
-    s(&[
-        "--wallet.path",
-        WALLETS,
-        "--wallet.name",
-        wallet,
-        "--wallet.hotkey",
-        "default",
-        "--chain_dir",
-        chain_dir.to_str().unwrap(),
-        "--block_time",
-        "0.05",
-    ])
-}
-
-fn register(chain_dir: &Path) {
-    let mut args = s(&["chain", "register", "--commit_rate_limit", "1"]);
-    args.extend(chain_flags(chain_dir));
-    ok_json(&pretrain(&args));
-}
-
-/// A small slice of the sample corpus (110 documents cut to 100
-/// characters: pages 0..=10 of 100 rows), so training takes seconds.
-fn corpus_slice(dir: &Path) -> String {
-    if !dir.join("slice.jsonl").is_file() {
-        let sample = pretrain_data::LocalSource::open(pretrain_data::sample_corpus_dir()).unwrap();
-        let mut docs = sample.read_page(0).unwrap();
-        docs.extend(sample.read_page(100).unwrap());
-        let mut text = String::new();
-        for d in docs.iter().take(110) {
-            let cut: String = d.chars().take(100).collect();
-            text.push_str(&serde_json::json!({ "content": cut }).to_string());
-            text.push('\n');
-        }
-        std::fs::create_dir_all(dir).unwrap();
-        std::fs::write(dir.join("slice.jsonl"), text).unwrap();
-    }
-    format!("local:{}", dir.display())
-}
+use mining::*;
 
 /// A short training run of the tiny model on a slice of the sample corpus.
 fn mine(tmp: &Path, hub: &str, epochs: u32, extra: &[&str]) -> Output {

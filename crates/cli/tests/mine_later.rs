@@ -4,8 +4,8 @@
 //! and `--update_repo_visibility`, and the competition refused before
 //! training when it is not scheduled or the model does not fit it.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::Output;
 
 use base64::Engine as _;
 use pretrain_core::hash_of_directory;
@@ -13,71 +13,10 @@ use pretrain_store::{HubError, LocalHub, ModelHub, Visibility};
 use sha2::Digest as _;
 
 mod common;
+#[path = "common/mining.rs"]
+mod mining;
 use common::{fails_with, ok_json};
-
-const WALLETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/wallet");
-// From testdata/wallet/README.md.
-const HOT_SS58: &str = "5EHgWw2Af1pnoc7f1A8bfmM97W3DAYW8xr82RfhLL9oAabAe";
-
-fn tiny_model() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../testdata/models/tiny-gpt2/model"
-    ))
-}
-
-fn pretrain(args: &[String]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pretrain"))
-        .args(args)
-        .stdin(Stdio::null())
-        .env_remove("HF_ACCESS_TOKEN")
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run pretrain")
-}
-
-fn s(v: &[&str]) -> Vec<String> {
-    v.iter().map(|x| x.to_string()).collect()
-}
-
-fn chain_flags(chain_dir: &Path) -> Vec<String> {
-    s(&[
-        "--wallet.path",
-        WALLETS,
-        "--wallet.name",
-        "fixture",
-        "--wallet.hotkey",
-        "default",
-        "--chain_dir",
-        chain_dir.to_str().unwrap(),
-        "--block_time",
-        "0.05",
-    ])
-}
-
-fn register(chain_dir: &Path) {
-    let mut args = s(&["chain", "register", "--commit_rate_limit", "1"]);
-    args.extend(chain_flags(chain_dir));
-    ok_json(&pretrain(&args));
-}
-
-/// 110 short documents of the sample corpus, so an epoch takes a second.
-fn corpus_slice(dir: &Path) -> String {
-    if !dir.join("slice.jsonl").is_file() {
-        let sample = pretrain_data::LocalSource::open(pretrain_data::sample_corpus_dir()).unwrap();
-        let mut docs = sample.read_page(0).unwrap();
-        docs.extend(sample.read_page(100).unwrap());
-        let mut text = String::new();
-        for d in docs.iter().take(110) {
-            let cut: String = d.chars().take(100).collect();
-            text.push_str(&serde_json::json!({ "content": cut }).to_string());
-            text.push('\n');
-        }
-        std::fs::create_dir_all(dir).unwrap();
-        std::fs::write(dir.join("slice.jsonl"), text).unwrap();
-    }
-    format!("local:{}", dir.display())
-}
+use mining::*;
 
 /// One short epoch of the tiny GPT-2 under `localnet-two`, pushing to the local hub.
 fn mine_later(tmp: &Path, extra: &[&str]) -> Output {

@@ -11,26 +11,23 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
-use pretrain_chain::embedded::{EmbeddedChain, EmbeddedOptions};
 use pretrain_chain::wallet::KeyPair;
-use pretrain_chain::{Chain, Hotkey};
 use pretrain_core::scoring::{StepInput, Uid};
 use pretrain_core::{hash_of_directory, weights_for_emit, Competition, ModelId};
 use pretrain_model::{Model, TrainConfig, Trainer};
-use pretrain_store::{LocalHub, ModelHub};
+use pretrain_store::ModelHub;
 use serde_json::Value;
 
 mod common;
+#[path = "common/net.rs"]
+mod net;
 use common::ok_json;
+use net::{Net, WALLETS};
 
-const WALLETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/wallet");
-// From testdata/wallet/README.md.
-const VALIDATOR_SS58: &str = "5EHgWw2Af1pnoc7f1A8bfmM97W3DAYW8xr82RfhLL9oAabAe";
 const TINY: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../testdata/models/tiny-gpt2/model"
 );
-const NETUID: u16 = 9;
 
 // The validators of these tests each use both cores: one at a time.
 static HEAVY: Mutex<()> = Mutex::new(());
@@ -51,77 +48,8 @@ fn copy_dir(src: &Path, dst: &Path) {
     }
 }
 
-struct Net {
-    tmp: tempfile::TempDir,
-    rt: tokio::runtime::Runtime,
-    chain: EmbeddedChain,
-    hub: LocalHub,
-}
-
+/// Committing models the seed's way (4-field ids with the raw hash).
 impl Net {
-    fn new() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let chain_dir = tmp.path().join("chain");
-        let wallet = [
-            "--wallet.path",
-            WALLETS,
-            "--wallet.name",
-            "fixture",
-            "--wallet.hotkey",
-            "default",
-            "--chain_dir",
-            chain_dir.to_str().unwrap(),
-            "--block_time",
-            "0.2",
-        ];
-        let mut reg = vec!["chain", "register", "--weights_rate_limit", "0"];
-        reg.extend(wallet);
-        ok_json(&pretrain(&reg));
-        let mut stake = vec!["chain", "stake", "--amount", "1000"];
-        stake.extend(wallet);
-        ok_json(&pretrain(&stake));
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let chain = rt
-            .block_on(EmbeddedChain::open_async(
-                &chain_dir,
-                &EmbeddedOptions::default(),
-            ))
-            .unwrap();
-        let hub = LocalHub::open(tmp.path().join("hub")).unwrap();
-        Net {
-            tmp,
-            rt,
-            chain,
-            hub,
-        }
-    }
-
-    fn dir(&self, name: &str) -> PathBuf {
-        self.tmp.path().join(name)
-    }
-
-    /// A registered miner hotkey; returns its address and uid.
-    fn miner(&self, seed: u8) -> (String, Uid) {
-        let ss58 = KeyPair::from_secret_seed([seed; 32]).unwrap().ss58();
-        let reg = self
-            .rt
-            .block_on(self.chain.register(NETUID, &ss58, &ss58))
-            .unwrap();
-        (ss58, reg.uid)
-    }
-
-    fn commit_raw(&self, ss58: &str, data: &[u8]) -> u64 {
-        let hk = Hotkey::address_only(ss58);
-        self.rt
-            .block_on(self.chain.commit(&hk, NETUID, data))
-            .unwrap()
-    }
-
-    /// Uploads `dir` to `repo` and commits it (with `hash`, default the true one).
     fn push(&self, ss58: &str, dir: &Path, repo: &str, hash: Option<String>) -> (ModelId, u64) {
         let repo: pretrain_core::RepoId = repo.parse().unwrap();
         let commit = self.rt.block_on(self.hub.upload(dir, &repo)).unwrap();
@@ -143,95 +71,6 @@ impl Net {
             .join("commits")
             .join(id.commit.as_ref().unwrap())
             .join("manifest.json")
-    }
-
-    /// A corpus of short documents (the sample corpus's first 150, cut to
-    /// 250 bytes or so): a page is a few batches of 1024 tokens, so a tiny
-    /// model is evaluated in seconds.
-    fn small_corpus(&self) -> PathBuf {
-        self.corpus("corpus", 250)
-    }
-
-    /// The sample corpus's first 150 documents, each cut to about `bytes`.
-    fn corpus(&self, name: &str, bytes: usize) -> PathBuf {
-        let dir = self.dir(name);
-        if dir.exists() {
-            return dir;
-        }
-        let sample = pretrain_data::LocalSource::open(pretrain_data::sample_corpus_dir()).unwrap();
-        let docs = pretrain_data::read_all_documents(&sample).unwrap();
-        let mut text = String::new();
-        for d in docs.iter().take(150) {
-            let mut end = d.len().min(bytes);
-            while !d.is_char_boundary(end) {
-                end -= 1;
-            }
-            text.push_str(&serde_json::json!({ "content": &d[..end] }).to_string());
-            text.push('\n');
-        }
-        fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join("docs.jsonl"), text).unwrap();
-        dir
-    }
-
-    fn validate_cmd(&self, extra: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_pretrain"));
-        c.arg("validate");
-        if !extra.contains(&"--dataset") {
-            c.arg("--dataset")
-                .arg(format!("local:{}", self.small_corpus().display()));
-        }
-        c.args([
-            "--wallet.path",
-            WALLETS,
-            "--wallet.name",
-            "fixture",
-            "--wallet.hotkey",
-            "default",
-            "--chain_dir",
-            self.dir("chain").to_str().unwrap(),
-            "--hub",
-            &format!("local:{}", self.dir("hub").display()),
-            "--model_dir",
-            self.dir("validator").to_str().unwrap(),
-            "--pages_per_eval",
-            "1",
-            "--blocks_per_epoch",
-            "0",
-            "--update_interval",
-            "0.3",
-            "--idle_wait",
-            "0.3",
-        ])
-        .args(extra)
-        .stdin(Stdio::null());
-        c
-    }
-
-    fn state(&self) -> Value {
-        serde_json::from_slice(&fs::read(self.dir("validator/validator_state.json")).unwrap())
-            .unwrap()
-    }
-
-    fn metrics(&self) -> Vec<Value> {
-        fs::read_to_string(self.dir("validator/metrics.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-
-    fn chain_weights(&self) -> Vec<(u16, u16)> {
-        let rows = self.rt.block_on(self.chain.weights(NETUID)).unwrap();
-        let me = self
-            .rt
-            .block_on(self.chain.uid_of(NETUID, VALIDATOR_SS58))
-            .unwrap()
-            .unwrap();
-        rows.into_iter()
-            .find(|r| r.0 == me)
-            .map(|r| r.1)
-            .unwrap_or_default()
     }
 }
 

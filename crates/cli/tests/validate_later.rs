@@ -7,26 +7,22 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Child;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
-use pretrain_chain::embedded::{EmbeddedChain, EmbeddedOptions};
-use pretrain_chain::wallet::KeyPair;
-use pretrain_chain::{Chain, Hotkey};
 use pretrain_core::scoring::Uid;
-use pretrain_core::{hash_of_directory, secure_hash, CommitId, LaterModelId, RepoId};
-use pretrain_store::{LocalHub, ModelHub, Visibility};
+use pretrain_core::{hash_of_directory, secure_hash, LaterModelId};
+use pretrain_store::{ModelHub, Visibility};
 use serde_json::Value;
 
 mod common;
-use common::ok_json;
+#[path = "common/net.rs"]
+mod net;
+use net::Net;
 
-const WALLETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/wallet");
-// From testdata/wallet/README.md.
-const VALIDATOR_SS58: &str = "5EHgWw2Af1pnoc7f1A8bfmM97W3DAYW8xr82RfhLL9oAabAe";
 const TINY_GPT2: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../testdata/models/tiny-gpt2/model"
@@ -35,98 +31,14 @@ const TINY_LLAMA: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../testdata/models/tiny-llama/model"
 );
-const NETUID: u16 = 9;
 /// `eval_block_delay` of both competitions of `localnet-two`.
 const DELAY: u64 = 20;
 
 // Each validator uses both cores: one at a time.
 static HEAVY: Mutex<()> = Mutex::new(());
 
-struct Net {
-    tmp: tempfile::TempDir,
-    rt: tokio::runtime::Runtime,
-    chain: EmbeddedChain,
-    hub: LocalHub,
-}
-
+/// Committing models the later way (5-field ids with the secure hash).
 impl Net {
-    fn new() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let chain_dir = tmp.path().join("chain");
-        let wallet = [
-            "--wallet.path",
-            WALLETS,
-            "--wallet.name",
-            "fixture",
-            "--wallet.hotkey",
-            "default",
-            "--chain_dir",
-            chain_dir.to_str().unwrap(),
-            "--block_time",
-            "0.2",
-        ];
-        let run = |args: &[&str]| {
-            Command::new(env!("CARGO_BIN_EXE_pretrain"))
-                .args(args)
-                .stdin(Stdio::null())
-                .output()
-                .unwrap()
-        };
-        let mut reg = vec!["chain", "register", "--weights_rate_limit", "0"];
-        reg.extend(wallet);
-        ok_json(&run(&reg));
-        let mut stake = vec!["chain", "stake", "--amount", "1000"];
-        stake.extend(wallet);
-        ok_json(&run(&stake));
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let chain = rt
-            .block_on(EmbeddedChain::open_async(
-                &chain_dir,
-                &EmbeddedOptions::default(),
-            ))
-            .unwrap();
-        let hub = LocalHub::open(tmp.path().join("hub")).unwrap();
-        Net {
-            tmp,
-            rt,
-            chain,
-            hub,
-        }
-    }
-
-    fn dir(&self, name: &str) -> PathBuf {
-        self.tmp.path().join(name)
-    }
-
-    /// A registered miner hotkey; returns its address and uid.
-    fn miner(&self, seed: u8) -> (String, Uid) {
-        let ss58 = KeyPair::from_secret_seed([seed; 32]).unwrap().ss58();
-        let reg = self
-            .rt
-            .block_on(self.chain.register(NETUID, &ss58, &ss58))
-            .unwrap();
-        (ss58, reg.uid)
-    }
-
-    fn upload(&self, dir: &Path, repo: &str, visibility: Visibility) -> CommitId {
-        let repo: RepoId = repo.parse().unwrap();
-        self.rt
-            .block_on(self.hub.upload_as(dir, &repo, visibility))
-            .unwrap()
-    }
-
-    /// Commits `data` for `ss58`; returns the block.
-    fn commit_raw(&self, ss58: &str, data: &[u8]) -> u64 {
-        let hk = Hotkey::address_only(ss58);
-        self.rt
-            .block_on(self.chain.commit(&hk, NETUID, data))
-            .unwrap()
-    }
-
     /// Uploads `dir` to `repo` and commits its 5-field id, the secure hash
     /// bound to `ss58`, in `competition`; returns the commitment and block.
     fn push(
@@ -137,7 +49,7 @@ impl Net {
         competition: i64,
         visibility: Visibility,
     ) -> (String, u64) {
-        let commit = self.upload(dir, repo, visibility);
+        let commit = self.upload_as(dir, repo, visibility);
         let (namespace, name) = repo.split_once('/').unwrap();
         let id = LaterModelId {
             namespace: namespace.into(),
@@ -150,93 +62,6 @@ impl Net {
         let text = id.to_compressed_str();
         let block = self.commit_raw(ss58, &id.to_chain_bytes().unwrap());
         (text, block)
-    }
-
-    fn block(&self) -> u64 {
-        self.rt.block_on(self.chain.current_block()).unwrap()
-    }
-
-    /// A corpus of 150 short documents: a page is a few batches of 1024
-    /// tokens, so a tiny model is evaluated in seconds.
-    fn small_corpus(&self) -> PathBuf {
-        let dir = self.dir("corpus");
-        if dir.exists() {
-            return dir;
-        }
-        let sample = pretrain_data::LocalSource::open(pretrain_data::sample_corpus_dir()).unwrap();
-        let docs = pretrain_data::read_all_documents(&sample).unwrap();
-        let mut text = String::new();
-        for d in docs.iter().take(150) {
-            let mut end = d.len().min(250);
-            while !d.is_char_boundary(end) {
-                end -= 1;
-            }
-            text.push_str(&serde_json::json!({ "content": &d[..end] }).to_string());
-            text.push('\n');
-        }
-        fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join("docs.jsonl"), text).unwrap();
-        dir
-    }
-
-    fn validate_cmd(&self, extra: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_pretrain"));
-        c.arg("validate")
-            .arg("--dataset")
-            .arg(format!("local:{}", self.small_corpus().display()))
-            .args([
-                "--schedule",
-                "localnet-two",
-                "--wallet.path",
-                WALLETS,
-                "--wallet.name",
-                "fixture",
-                "--wallet.hotkey",
-                "default",
-                "--chain_dir",
-                self.dir("chain").to_str().unwrap(),
-                "--hub",
-                &format!("local:{}", self.dir("hub").display()),
-                "--model_dir",
-                self.dir("validator").to_str().unwrap(),
-                "--pages_per_eval",
-                "1",
-                "--blocks_per_epoch",
-                "0",
-                "--update_interval",
-                "0.3",
-                "--idle_wait",
-                "0.3",
-            ])
-            .args(extra)
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn state(&self) -> Value {
-        serde_json::from_slice(&fs::read(self.dir("validator/validator_state.json")).unwrap())
-            .unwrap()
-    }
-
-    fn metrics(&self) -> Vec<Value> {
-        fs::read_to_string(self.dir("validator/metrics.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-
-    fn chain_weights(&self) -> Vec<(u16, u16)> {
-        let rows = self.rt.block_on(self.chain.weights(NETUID)).unwrap();
-        let me = self
-            .rt
-            .block_on(self.chain.uid_of(NETUID, VALIDATOR_SS58))
-            .unwrap()
-            .unwrap();
-        rows.into_iter()
-            .find(|r| r.0 == me)
-            .map(|r| r.1)
-            .unwrap_or_default()
     }
 }
 
@@ -307,7 +132,10 @@ fn later_two_competitions_weights_follow_shares_and_a_copy_is_refused() {
         net.block() >= ready
     });
 
-    let out = net.validate_cmd(&["--max_steps", "4"]).output().unwrap();
+    let out = net
+        .validate_cmd(&["--schedule", "localnet-two", "--max_steps", "4"])
+        .output()
+        .unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
     let m = net.metrics();
@@ -471,7 +299,7 @@ fn later_a_private_repo_is_deferred_then_evaluated_once_public() {
 
     let log = net.dir("validator.log");
     let child = KillOnDrop(
-        net.validate_cmd(&["--max_steps", "60"])
+        net.validate_cmd(&["--schedule", "localnet-two", "--max_steps", "60"])
             .stderr(fs::File::create(&log).unwrap())
             .spawn()
             .unwrap(),

@@ -18,7 +18,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use pretrain_chain::{connect, Chain, Hotkey};
 use pretrain_core::rules::Protocol;
-use pretrain_core::{CompetitionId, RepoId};
+use pretrain_core::RepoId;
 use pretrain_model::Model;
 use pretrain_neurons::miner::{self, new_run_id, Event, MinerConfig, Observer, RunDir, Training};
 use pretrain_neurons::PushOptions;
@@ -97,16 +97,8 @@ pub struct MineArgs {
     /// Give up after this many commit attempts (default: retry until it lands, as the original).
     #[arg(long = "max_commit_attempts")]
     pub max_commit_attempts: Option<u32>,
-    /// Competition to enter, by id (later-protocol schedules; default: the
-    /// only one scheduled at the current block).
-    #[arg(long = "competition_id", allow_negative_numbers = true)]
-    pub competition_id: Option<CompetitionId>,
-    /// Make the repo public once the commitment has landed (later-protocol
-    /// schedules upload it private; validators cannot download it before).
-    #[arg(long = "update_repo_visibility")]
-    pub update_repo_visibility: bool,
     #[command(flatten)]
-    pub schedule: super::rules::ScheduleArgs,
+    pub competition: super::rules::CompetitionArgs,
     #[command(flatten)]
     pub hub: HubArgs,
     #[command(flatten)]
@@ -153,7 +145,7 @@ async fn mine(args: MineArgs) -> anyhow::Result<()> {
     pretrain_core::bounded::seconds("--commit_retry_delay", args.commit_retry_delay, 86_400.0)
         .map_err(anyhow::Error::msg)?;
     let epochs = num_epochs(args.num_epochs)?;
-    let schedule = args.schedule.load()?;
+    let schedule = args.competition.schedule.load()?;
     let later = schedule.protocol() == Protocol::Later;
     if later {
         check_later_repo_id(args.hf_repo_id.as_ref())?;
@@ -174,26 +166,7 @@ async fn mine(args: MineArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let active = if later {
-        args.schedule
-            .competition(&schedule, block, args.competition_id)?
-    } else {
-        let active = args.schedule.active(&schedule, block)?;
-        if let Some(id) = args.competition_id {
-            if id != active.spec.id {
-                bail!(
-                    "--competition_id {id}: schedule {} runs competition {} ({}) only",
-                    active.schedule,
-                    active.spec.id,
-                    active.spec.name
-                );
-            }
-        }
-        super::rules::ScheduledCompetition {
-            schedule: active.schedule,
-            spec: active.spec,
-        }
-    };
+    let active = args.competition.entered(&schedule, block)?;
     if args.wandb_entity.is_some() || args.wandb_project.is_some() {
         warn!("--wandb_entity/--wandb_project: there is no W&B client in this build; metrics are kept in the run's metrics.jsonl");
     }
@@ -534,20 +507,15 @@ async fn push_run(
     )
     .await
     .map_err(|e| push_failed(args, online, run, later, &e.into()))?;
-    if args.update_repo_visibility {
-        pretrain_neurons::make_public(hub.as_ref(), &online.repo_id, &options.upload_backoff)
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "the commitment {} landed in block {}, but {} is still private, so \
-                     validators cannot download it ({}); make it public by hand: {}",
-                    pushed.id,
-                    pushed.block,
-                    online.repo_id,
-                    crate::one_line(&anyhow::Error::new(e)),
-                    make_public_hint(&args.hub, &online.repo_id)
-                )
-            })?;
+    if args.competition.update_repo_visibility {
+        publish(
+            hub.as_ref(),
+            &args.hub,
+            &online.repo_id,
+            &options.upload_backoff,
+            &pushed,
+        )
+        .await?;
     } else {
         info!(
             repo = %online.repo_id,
@@ -559,7 +527,30 @@ async fn push_run(
 }
 
 /// How to make `repo` public without this program.
-pub(super) fn make_public_hint(hub: &HubArgs, repo: &RepoId) -> String {
+/// `--update_repo_visibility`: makes `repo` public once the commitment
+/// `pushed` has landed; the error says how to do it by hand.
+pub(super) async fn publish(
+    hub: &dyn pretrain_store::ModelHub,
+    hub_args: &HubArgs,
+    repo: &RepoId,
+    backoff: &pretrain_core::Backoff,
+    pushed: &pretrain_neurons::LaterPushed,
+) -> anyhow::Result<()> {
+    pretrain_neurons::make_public(hub, repo, backoff)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "the commitment {} landed in block {}, but {repo} is still private, so \
+                 validators cannot download it ({}); make it public by hand: {}",
+                pushed.id,
+                pushed.block,
+                crate::one_line(&anyhow::Error::new(e)),
+                make_public_hint(hub_args, repo)
+            )
+        })
+}
+
+fn make_public_hint(hub: &HubArgs, repo: &RepoId) -> String {
     match hub.hub.strip_prefix("local:") {
         Some(dir) => format!(
             "write `public` into {}",
@@ -655,11 +646,11 @@ fn upload_command(
     if let Some(spec) = later {
         parts.extend([
             "--schedule".into(),
-            args.schedule.schedule.clone(),
+            args.competition.schedule.schedule.clone(),
             "--competition_id".into(),
             spec.id.to_string(),
         ]);
-        if args.update_repo_visibility {
+        if args.competition.update_repo_visibility {
             parts.push("--update_repo_visibility".into());
         }
     }

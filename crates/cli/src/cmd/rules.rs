@@ -461,6 +461,54 @@ impl ScheduleArgs {
     }
 }
 
+/// The competition flags of `mine` and `upload` (upstream's names) with the schedule.
+#[derive(Args, Debug, Clone)]
+pub struct CompetitionArgs {
+    /// Competition to enter, by id (later-protocol schedules; default: the
+    /// only one scheduled at the current block).
+    #[arg(long = "competition_id", allow_negative_numbers = true)]
+    pub competition_id: Option<CompetitionId>,
+    /// Make the repo public once the commitment has landed (later-protocol
+    /// schedules upload it private; validators cannot download it before).
+    #[arg(long = "update_repo_visibility")]
+    pub update_repo_visibility: bool,
+    #[command(flatten)]
+    pub schedule: ScheduleArgs,
+}
+
+impl CompetitionArgs {
+    /// The competition entered at `block` (`None`, offline: the latest
+    /// entry): under the later protocol the one `--competition_id` names (or
+    /// the entry's only one); under the seed's, the single active
+    /// competition, which `--competition_id` may only repeat.
+    pub fn entered(
+        &self,
+        schedule: &Schedule,
+        block: Option<u64>,
+    ) -> anyhow::Result<ScheduledCompetition> {
+        if schedule.protocol() == pretrain_core::rules::Protocol::Later {
+            return self
+                .schedule
+                .competition(schedule, block, self.competition_id);
+        }
+        let active = self.schedule.active(schedule, block)?;
+        if let Some(id) = self.competition_id {
+            if id != active.spec.id {
+                bail!(
+                    "--competition_id {id}: schedule {} runs competition {} ({}) only",
+                    active.schedule,
+                    active.spec.id,
+                    active.spec.name
+                );
+            }
+        }
+        Ok(ScheduledCompetition {
+            schedule: active.schedule,
+            spec: active.spec,
+        })
+    }
+}
+
 /// A competition of a later-protocol schedule that a miner enters.
 #[derive(Debug, Clone)]
 pub struct ScheduledCompetition {

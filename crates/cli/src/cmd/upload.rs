@@ -13,7 +13,6 @@ use anyhow::Context;
 use clap::Args;
 use pretrain_chain::connect;
 use pretrain_core::rules::Protocol;
-use pretrain_core::CompetitionId;
 use pretrain_model::check::{check_model_dir, Limits};
 use pretrain_neurons::{push, PushOptions};
 use serde_json::json;
@@ -39,16 +38,8 @@ pub struct UploadArgs {
     /// Give up after this many commit attempts (default: retry until it lands, as the original).
     #[arg(long = "max_commit_attempts")]
     pub max_commit_attempts: Option<u32>,
-    /// Competition to enter, by id (later-protocol schedules; default: the
-    /// only one scheduled at the current block).
-    #[arg(long = "competition_id", allow_negative_numbers = true)]
-    pub competition_id: Option<CompetitionId>,
-    /// Make the repo public once the commitment has landed (later-protocol
-    /// schedules upload it private).
-    #[arg(long = "update_repo_visibility")]
-    pub update_repo_visibility: bool,
     #[command(flatten)]
-    pub schedule: super::rules::ScheduleArgs,
+    pub competition: super::rules::CompetitionArgs,
     #[command(flatten)]
     pub wallet: WalletArgs,
     #[command(flatten)]
@@ -62,21 +53,13 @@ pub fn run(args: UploadArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Resul
     pretrain_core::bounded::seconds("--commit_retry_delay", args.commit_retry_delay, 86_400.0)
         .map_err(anyhow::Error::msg)?;
     args.hub.check_reachable_from(&args.chain)?;
-    let schedule = args.schedule.load()?;
+    let schedule = args.competition.schedule.load()?;
     if schedule.protocol() == Protocol::Later {
         return upload_later(&args, &schedule, runtime);
     }
     // The seed's repos are public from the start: --update_repo_visibility has nothing to do.
-    if let Some(id) = args.competition_id {
-        let active = args.schedule.active(&schedule, None)?;
-        if id != active.spec.id {
-            anyhow::bail!(
-                "--competition_id {id}: schedule {} runs competition {} ({}) only",
-                active.schedule,
-                active.spec.id,
-                active.spec.name
-            );
-        }
+    if args.competition.competition_id.is_some() {
+        args.competition.entered(&schedule, None)?;
     }
     let dir = &args.load_model_dir;
     // A model the validator would reject is refused before anything is uploaded.
@@ -152,9 +135,7 @@ fn upload_later(
             .current_block()
             .await
             .context("reading the current block")?;
-        let entered = args
-            .schedule
-            .competition(schedule, Some(block), args.competition_id)?;
+        let entered = args.competition.entered(schedule, Some(block))?;
         let spec = &entered.spec;
         // A model the validator would reject is refused before anything is uploaded.
         let limits = Limits {
@@ -189,20 +170,15 @@ fn upload_later(
         )
         .await
         .with_context(|| format!("pushing {} to {}", dir.display(), args.hf_repo_id))?;
-        if args.update_repo_visibility {
-            pretrain_neurons::make_public(hub.as_ref(), &args.hf_repo_id, &options.upload_backoff)
-                .await
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "the commitment {} landed in block {}, but {} is still private, so \
-                         validators cannot download it ({}); make it public by hand: {}",
-                        pushed.id,
-                        pushed.block,
-                        args.hf_repo_id,
-                        crate::one_line(&anyhow::Error::new(e)),
-                        super::mine::make_public_hint(&args.hub, &args.hf_repo_id)
-                    )
-                })?;
+        if args.competition.update_repo_visibility {
+            super::mine::publish(
+                hub.as_ref(),
+                &args.hub,
+                &args.hf_repo_id,
+                &options.upload_backoff,
+                &pushed,
+            )
+            .await?;
         }
         Ok::<_, anyhow::Error>(pushed)
     })?;
@@ -217,7 +193,7 @@ fn upload_later(
             "hotkey": hotkey.ss58,
             "competition_id": pushed.id.competition_id,
             "secure_hash": pushed.id.secure_hash,
-            "public": args.update_repo_visibility,
+            "public": args.competition.update_repo_visibility,
         })
     );
     Ok(())

@@ -253,6 +253,60 @@ fn step_losses(
         .collect()
 }
 
+/// What evaluating a step's uids gave.
+struct Evaluated {
+    seed: u64,
+    pages: Vec<u64>,
+    n_batches: usize,
+    /// Per uid (in the order asked), a loss per batch.
+    losses: Vec<Vec<f64>>,
+    errors: BTreeMap<Uid, String>,
+    hotkeys: BTreeMap<Uid, String>,
+    models: BTreeMap<Uid, TrackedModel>,
+    /// Seconds from the step's start until the batches were ready.
+    data_s: f64,
+    eval_s: f64,
+}
+
+/// The part of a step both protocols share: pages drawn and tokenized at
+/// `sequence_length`, then every uid's model evaluated on the same batches.
+async fn evaluate_uids(
+    shared: &Shared,
+    state: &ValidatorState,
+    graph: &Metagraph,
+    uids: &[Uid],
+    sequence_length: usize,
+    started: Instant,
+) -> Result<Evaluated, StepError> {
+    let cfg = &shared.config;
+    let (seed, pages, batches) =
+        load_step_batches(shared, state.step + 1, uids, sequence_length).await?;
+    let data_s = started.elapsed().as_secs_f64();
+    let StepModels {
+        jobs,
+        mut errors,
+        hotkeys,
+        models,
+    } = step_models(shared, state, graph, uids);
+    let eval_started = Instant::now();
+    let worker = Arc::new(cfg.worker.clone());
+    let results = evaluate_models(worker, jobs, &batches, cfg.eval_workers).await;
+    let eval_s = eval_started.elapsed().as_secs_f64();
+    let n_batches = batches.len();
+    let losses = step_losses(uids, &results, &mut errors, n_batches);
+    Ok(Evaluated {
+        seed,
+        pages,
+        n_batches,
+        losses,
+        errors,
+        hotkeys,
+        models,
+        data_s,
+        eval_s,
+    })
+}
+
 /// A step of the seed protocol: one moving average over every uid.
 async fn run_seed_step(shared: &Shared) -> Result<Option<StepReport>, StepError> {
     let started = Instant::now();
@@ -274,23 +328,17 @@ async fn run_seed_step(shared: &Shared) -> Result<Option<StepReport>, StepError>
         return Ok(None);
     }
 
-    let (seed, pages, batches) =
-        load_step_batches(shared, state.step + 1, &uids, SEQUENCE_LENGTH).await?;
-    let data_s = started.elapsed().as_secs_f64();
-
-    let StepModels {
-        jobs,
-        mut errors,
+    let Evaluated {
+        seed,
+        pages,
+        n_batches,
+        losses,
+        errors,
         hotkeys,
         models,
-    } = step_models(shared, &state, &graph, &uids);
-    let eval_started = Instant::now();
-    let spec = Arc::new(cfg.worker.clone());
-    let results = evaluate_models(spec, jobs, &batches, cfg.eval_workers).await;
-    let eval_s = eval_started.elapsed().as_secs_f64();
-
-    let n_batches = batches.len();
-    let losses = step_losses(&uids, &results, &mut errors, n_batches);
+        data_s,
+        eval_s,
+    } = evaluate_uids(shared, &state, &graph, &uids, SEQUENCE_LENGTH, started).await?;
     // As the original: the block of tracked metadata, +inf (None) without.
     let blocks: Vec<Option<u64>> = uids
         .iter()
@@ -459,22 +507,17 @@ async fn run_later_step(shared: &Shared) -> Result<Option<StepReport>, StepError
         return Ok(None);
     }
 
-    let (seed, pages, batches) =
-        load_step_batches(shared, state.step + 1, &uids, sequence_length).await?;
-    let data_s = started.elapsed().as_secs_f64();
-    let StepModels {
-        jobs,
-        mut errors,
+    let Evaluated {
+        seed,
+        pages,
+        n_batches,
+        losses,
+        errors,
         hotkeys,
         models,
-    } = step_models(shared, &state, &graph, &uids);
-    let eval_started = Instant::now();
-    let worker = Arc::new(cfg.worker.clone());
-    let results = evaluate_models(worker, jobs, &batches, cfg.eval_workers).await;
-    let eval_s = eval_started.elapsed().as_secs_f64();
-
-    let n_batches = batches.len();
-    let losses = step_losses(&uids, &results, &mut errors, n_batches);
+        data_s,
+        eval_s,
+    } = evaluate_uids(shared, &state, &graph, &uids, sequence_length, started).await?;
     let contenders: Vec<Contender> = uids
         .iter()
         .zip(&losses)
