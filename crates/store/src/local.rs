@@ -71,6 +71,28 @@ impl Manifest {
 // A killed upload's staging folder without a lock file is removed after this long.
 const STALE_UNLOCKED_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
 
+/// An upload's staging folder, removed on drop unless kept.
+struct StagingDir(Option<PathBuf>);
+
+impl StagingDir {
+    fn path(&self) -> &Path {
+        self.0.as_deref().unwrap_or(Path::new(""))
+    }
+
+    /// Keeps the folder (it is about to be renamed into place).
+    fn keep(mut self) -> PathBuf {
+        self.0.take().unwrap_or_default()
+    }
+}
+
+impl Drop for StagingDir {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = fs::remove_dir_all(p);
+        }
+    }
+}
+
 // Removes the lock file (and so releases the lock) when the upload is over.
 struct RemoveOnDrop(PathBuf, #[allow(dead_code)] fs::File);
 
@@ -268,6 +290,46 @@ impl LocalHub {
         Ok(removed)
     }
 
+    /// A fresh `tmp/upload-XXXX/` with its lock file `tmp/upload-XXXX.lock`
+    /// created and locked *before* the folder, so a live upload's folder is
+    /// never seen without its held lock.
+    fn new_staging(&self) -> Result<(StagingDir, RemoveOnDrop), HubError> {
+        let tmp = self.root.join("tmp");
+        for _ in 0..16 {
+            let lock_file = tempfile::Builder::new()
+                .prefix("upload-")
+                .suffix(".lock")
+                .tempfile_in(&tmp)
+                .map_err(HubError::io(
+                    "cannot create a staging lock in the local hub",
+                ))?;
+            let (lock, lock_path) = lock_file
+                .keep()
+                .map_err(|e| HubError::io("cannot keep a staging lock")(e.error))?;
+            let unlock = RemoveOnDrop(lock_path.clone(), lock);
+            unlock
+                .1
+                .lock()
+                .map_err(HubError::io(format!("cannot lock {}", lock_path.display())))?;
+            let name = lock_path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let dir = tmp.join(name.trim_end_matches(".lock"));
+            match fs::create_dir(&dir) {
+                Ok(()) => return Ok((StagingDir(Some(dir)), unlock)),
+                // A leftover folder of that name (from before locks existed): another name.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(HubError::io(format!("cannot create {}", dir.display()))(e)),
+            }
+        }
+        Err(HubError::io(
+            "cannot create a staging directory in the local hub",
+        )(std::io::Error::other(
+            "16 names in a row were taken",
+        )))
+    }
+
     fn upload_blocking(
         &self,
         dir: &Path,
@@ -278,28 +340,10 @@ impl LocalHub {
         if let Err(e) = self.clean_stale_staging() {
             debug!(error = ?e, "cannot clean old staging folders");
         }
-        let staging = tempfile::Builder::new()
-            .prefix("upload-")
-            .tempdir_in(self.root.join("tmp"))
-            .map_err(HubError::io(
-                "cannot create a staging directory in the local hub",
-            ))?;
-        // Held until this function returns (or the process dies): marks the folder as alive.
-        let lock_path = self.root.join("tmp").join(format!(
-            "{}.lock",
-            staging
-                .path()
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        ));
-        let lock = fs::File::create(&lock_path).map_err(HubError::io(format!(
-            "cannot create {}",
-            lock_path.display()
-        )))?;
-        lock.lock()
-            .map_err(HubError::io(format!("cannot lock {}", lock_path.display())))?;
-        let _unlock = RemoveOnDrop(lock_path, lock);
+        // The lock comes first, then its folder: a process killed at any
+        // instant leaves either an unlocked lock file or a folder whose lock
+        // is free, both of which the next upload removes.
+        let (staging, _unlock) = self.new_staging()?;
         let mut manifest = Manifest {
             repo_id: repo.to_string(),
             files: Vec::with_capacity(files.len()),
