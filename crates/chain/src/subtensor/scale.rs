@@ -17,7 +17,51 @@ use crate::ChainError;
 /// Decodes runtime metadata (`RuntimeMetadataPrefixed`, V14-V16, as returned by
 /// `state_getMetadata` / `Metadata_metadata_at_version`).
 pub fn load_metadata(bytes: &[u8]) -> Result<Metadata, ChainError> {
+    // subxt-metadata 0.51's `decode_runtime_metadata`, when neither the
+    // prefixed nor the bare decode succeeds, calls itself on the *same*
+    // input whenever the input's SCALE compact prefix equals the input's
+    // length: endless recursion, a stack overflow, an aborted process. One
+    // trailing zero byte (SCALE decoding ignores what follows) takes such
+    // input out of that branch without changing what it decodes to.
+    let padded;
+    let bytes = if compact_prefix(bytes) == Some(bytes.len() as u64) {
+        padded = [bytes, &[0]].concat();
+        padded.as_slice()
+    } else {
+        bytes
+    };
     Metadata::decode_from(bytes).map_err(|e| ChainError::BadResponse(format!("metadata: {e}")))
+}
+
+/// The value of the SCALE compact integer at the start of `bytes`, if one
+/// fits in a `u64` (as `Compact::<u64>::decode` reads it).
+fn compact_prefix(bytes: &[u8]) -> Option<u64> {
+    let b0 = *bytes.first()?;
+    let le = |n: usize| -> Option<u64> {
+        let raw = bytes.get(..n)?;
+        Some(
+            raw.iter()
+                .rev()
+                .fold(0u64, |acc, &b| (acc << 8) | u64::from(b)),
+        )
+    };
+    match b0 & 0b11 {
+        0 => Some(u64::from(b0 >> 2)),
+        1 => le(2).map(|v| v >> 2),
+        2 => le(4).map(|v| v >> 2),
+        _ => {
+            let n = usize::from(b0 >> 2) + 4;
+            if n > 8 {
+                return None;
+            }
+            let raw = bytes.get(1..1 + n)?;
+            Some(
+                raw.iter()
+                    .rev()
+                    .fold(0u64, |acc, &b| (acc << 8) | u64::from(b)),
+            )
+        }
+    }
 }
 
 /// Whether the runtime has storage entry `pallet.entry`.
@@ -145,4 +189,55 @@ pub(super) fn account_from_bytes(bytes: &[u8], what: &str) -> Result<[u8; 32], C
             bytes.len()
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_prefix_reads_scale_compact_integers() {
+        // The SCALE codec's documented encodings of each mode's edges.
+        let cases: &[(&[u8], u64)] = &[
+            (&[0x00], 0),
+            (&[0x04], 1),
+            (&[0xfc], 63),
+            (&[0x01, 0x01], 64),
+            (&[0xfd, 0xff], 16383),
+            (&[0x02, 0x00, 0x01, 0x00], 16384),
+            (&[0xfe, 0xff, 0xff, 0xff], (1 << 30) - 1),
+            (&[0x03, 0x00, 0x00, 0x00, 0x40], 1 << 30),
+            (
+                &[0x13, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+                u64::MAX,
+            ),
+        ];
+        for (bytes, v) in cases {
+            assert_eq!(compact_prefix(bytes), Some(*v), "{bytes:02x?}");
+        }
+        assert_eq!(compact_prefix(&[]), None);
+        assert_eq!(compact_prefix(&[0x01]), None, "two-byte mode, one byte");
+        assert_eq!(
+            compact_prefix(&[0x17, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            None,
+            "over 64 bits"
+        );
+    }
+
+    /// subxt-metadata recursed forever on these (found by the proptest of
+    /// `load_metadata`): a stack overflow aborted the whole process.
+    #[test]
+    fn bytes_whose_length_prefix_is_their_own_length_are_refused() {
+        for bytes in [vec![0x14, 0, 0, 0, 0], vec![0x04], {
+            let mut b = vec![0x01, 0x01];
+            b.resize(64, 7);
+            b
+        }] {
+            let err = load_metadata(&bytes).unwrap_err().to_string();
+            assert!(
+                err.starts_with("bad response from chain: metadata: "),
+                "{err}"
+            );
+        }
+    }
 }
