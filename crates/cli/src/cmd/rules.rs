@@ -380,7 +380,8 @@ fn contenders(c: &WinsCase) -> anyhow::Result<Vec<Contender>> {
 #[derive(Args, Debug, Clone)]
 pub struct ScheduleArgs {
     /// Competition schedule: a built-in name (`sn9-2024-01`, the default: the
-    /// seed's rules; `sn9-later`: pretraining 6.0.4) or a TOML file (docs/rules.md).
+    /// seed's rules; `sn9-later`: pretraining 6.0.4; `localnet-two`: two tiny
+    /// competitions, later protocol) or a TOML file (docs/rules.md).
     #[arg(long = "schedule", default_value = pretrain_core::rules::schedule::SN9_2024_01)]
     pub schedule: String,
 }
