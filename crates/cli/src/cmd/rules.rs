@@ -11,7 +11,8 @@ use clap::{Args, ValueEnum};
 use pretrain_core::bounded::{read_limited, read_regular};
 use pretrain_core::rules::check::check_download;
 use pretrain_core::rules::{
-    score_competition, CompetitionTracker, Contender, EpsilonFunc, Schedule,
+    score_competition, CompetitionSpec, CompetitionTracker, Contender, EpsilonFunc, Schedule,
+    ScheduleEntry,
 };
 use pretrain_core::scoring::{JsonF64, Uid};
 use pretrain_core::{secure_hash, CompetitionId, LaterModelId, LaterModelIdError};
@@ -392,7 +393,7 @@ pub struct ActiveCompetition {
     /// The schedule's name.
     pub schedule: String,
     /// The competition as scheduled.
-    pub spec: pretrain_core::rules::CompetitionSpec,
+    pub spec: CompetitionSpec,
     /// Its seed-era scoring parameters (epsilon, temperature, alpha, sample_min, sequence length).
     pub params: pretrain_core::Competition,
 }
@@ -419,13 +420,7 @@ impl ScheduleArgs {
         schedule: &Schedule,
         block: Option<u64>,
     ) -> anyhow::Result<ActiveCompetition> {
-        let entry = match block {
-            Some(b) => schedule.active_entry(b)?,
-            None => schedule
-                .entries
-                .last()
-                .context("the schedule has no entries")?,
-        };
+        let entry = entry_at(schedule, block)?;
         let names: Vec<&str> = entry.competitions.iter().map(|c| c.name.as_str()).collect();
         let [spec] = entry.competitions.as_slice() else {
             bail!(
@@ -445,21 +440,37 @@ impl ScheduleArgs {
                 schedule.name, spec.id, spec.name, spec.scoring.wins, spec.constraints.epsilon
             )
         })?;
-        tracing::info!(
-            schedule = %schedule.name,
-            start_block = entry.start_block,
-            competition = spec.id,
-            name = %spec.name,
-            max_parameters = spec.constraints.max_parameters,
-            max_bytes = spec.constraints.max_bytes,
-            "active competition"
-        );
+        log_competition(schedule, entry, spec, "active competition");
         Ok(ActiveCompetition {
             schedule: schedule.name.clone(),
             spec: spec.clone(),
             params,
         })
     }
+}
+
+/// The entry active at `block`; offline (`None`), the schedule's latest.
+fn entry_at(schedule: &Schedule, block: Option<u64>) -> anyhow::Result<&ScheduleEntry> {
+    Ok(match block {
+        Some(b) => schedule.active_entry(b)?,
+        None => schedule
+            .entries
+            .last()
+            .context("the schedule has no entries")?,
+    })
+}
+
+/// One log line naming the competition a command runs and its limits.
+fn log_competition(schedule: &Schedule, entry: &ScheduleEntry, spec: &CompetitionSpec, what: &str) {
+    tracing::info!(
+        schedule = %schedule.name,
+        start_block = entry.start_block,
+        competition = spec.id,
+        name = %spec.name,
+        max_parameters = spec.constraints.max_parameters,
+        max_bytes = spec.constraints.max_bytes,
+        "{what}"
+    );
 }
 
 /// The competition flags of `mine` and `upload` (upstream's names) with the schedule.
@@ -516,7 +527,7 @@ pub struct ScheduledCompetition {
     /// The schedule's name.
     pub schedule: String,
     /// The competition as scheduled.
-    pub spec: pretrain_core::rules::CompetitionSpec,
+    pub spec: CompetitionSpec,
 }
 
 impl ScheduleArgs {
@@ -531,13 +542,7 @@ impl ScheduleArgs {
         block: Option<u64>,
         id: Option<CompetitionId>,
     ) -> anyhow::Result<ScheduledCompetition> {
-        let entry = match block {
-            Some(b) => schedule.active_entry(b)?,
-            None => schedule
-                .entries
-                .last()
-                .context("the schedule has no entries")?,
-        };
+        let entry = entry_at(schedule, block)?;
         let at = match block {
             Some(b) => format!("at block {b}"),
             None => format!("from block {} (its latest entry)", entry.start_block),
@@ -565,15 +570,7 @@ impl ScheduleArgs {
             },
         };
         spec.support()?;
-        tracing::info!(
-            schedule = %schedule.name,
-            start_block = entry.start_block,
-            competition = spec.id,
-            name = %spec.name,
-            max_parameters = spec.constraints.max_parameters,
-            max_bytes = spec.constraints.max_bytes,
-            "competition entered"
-        );
+        log_competition(schedule, entry, spec, "competition entered");
         Ok(ScheduledCompetition {
             schedule: schedule.name.clone(),
             spec: spec.clone(),

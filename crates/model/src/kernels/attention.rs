@@ -156,6 +156,21 @@ impl TrainOp {
     fn mask(&self, bh: usize, t: usize, m: &mut [f32]) {
         mask_in_place(self.seed, self.p, (bh * t * t) as u64, m);
     }
+
+    /// Output (`[T, hd]`) of head `bh` whose q, k, v rows are `rs` apart:
+    /// dropped-out probabilities times v.
+    fn head_out(
+        &self,
+        bh: usize,
+        (t, hd): (usize, usize),
+        (q, k, v, rs): (&[f32], &[f32], &[f32], usize),
+    ) -> Vec<f32> {
+        let mut pm = self.probs(q, k, t, hd, rs);
+        self.mask(bh, t, &mut pm);
+        let mut o = vec![0f32; t * hd];
+        gemm_f32(t, hd, t, &mut o, hd, false, (&pm, t, 1), (v, rs, 1), 1.0, 1);
+        o
+    }
 }
 
 impl candle_core::CustomOp3 for TrainOp {
@@ -185,22 +200,7 @@ impl candle_core::CustomOp3 for TrainOp {
             .into_par_iter()
             .map(|bh| {
                 let r = bh * t * hd..(bh + 1) * t * hd;
-                let mut pm = self.probs(&q[r.clone()], &k[r.clone()], t, hd, hd);
-                self.mask(bh, t, &mut pm);
-                let mut o = vec![0f32; t * hd];
-                gemm_f32(
-                    t,
-                    hd,
-                    t,
-                    &mut o,
-                    hd,
-                    false,
-                    (&pm, t, 1),
-                    (&v[r], hd, 1),
-                    1.0,
-                    1,
-                );
-                o
+                self.head_out(bh, (t, hd), (&q[r.clone()], &k[r.clone()], &v[r], hd))
             })
             .collect();
         Ok((
@@ -400,22 +400,7 @@ impl candle_core::CustomOp1 for TrainQkvOp {
             .into_par_iter()
             .map(|bh| {
                 let (q, k, v) = self.head(qkv, bh, hd);
-                let mut pm = self.op.probs(q, k, t, hd, 3 * h * hd);
-                self.op.mask(bh, t, &mut pm);
-                let mut o = vec![0f32; t * hd];
-                gemm_f32(
-                    t,
-                    hd,
-                    t,
-                    &mut o,
-                    hd,
-                    false,
-                    (&pm, t, 1),
-                    (v, 3 * h * hd, 1),
-                    1.0,
-                    1,
-                );
-                o
+                self.op.head_out(bh, (t, hd), (q, k, v, 3 * h * hd))
             })
             .collect();
         Ok((
