@@ -6,6 +6,12 @@
 #
 #   scripts/bench_vs_torch.sh                 # 2 threads, 2 runs each
 #   THREADS=4 RUNS=3 PYTHON=/path/to/venv/bin/python scripts/bench_vs_torch.sh
+#   BENCHES=eval RUNS=6 scripts/bench_vs_torch.sh   # only some of eval, train, tokenize
+#
+# Each ratio is taken within a pair of adjacent runs (ours and theirs, their
+# order alternating from run to run), so load that comes and goes on a shared
+# machine hits both sides of a pair alike; the table gives the median pair
+# and the range over pairs.
 #
 # Needs: cargo; Python with torch, transformers==4.34.1 (tokenizers 0.14)
 # and pyarrow (`pip install torch transformers==4.34.1 pyarrow`).
@@ -16,6 +22,7 @@ cd "$(dirname "$0")/.."
 THREADS="${THREADS:-2}"
 RUNS="${RUNS:-2}"
 ITERS="${ITERS:-3}"
+BENCHES="${BENCHES:-eval train tokenize}"
 PYTHON="${PYTHON:-python3}"
 OUT="${OUT:-target/bench_vs_torch}"
 mkdir -p "$OUT"
@@ -40,15 +47,33 @@ run() {
         "$side" "$bench" "$threads" "$json" >>"$RAW"
 }
 
+# pair R FIRST SECOND: runs the two commands (arrays named FIRST and SECOND),
+# the first one first in odd runs, second first in even runs.
+pair() {
+    local r=$1 a=$2 b=$3
+    local -n a_cmd=$a b_cmd=$b
+    if ((r % 2)); then
+        run "${a_cmd[@]}"
+        run "${b_cmd[@]}"
+    else
+        run "${b_cmd[@]}"
+        run "${a_cmd[@]}"
+    fi
+}
+
 for r in $(seq 1 "$RUNS"); do
     for what in eval train; do
-        run ours "$what" "$THREADS" "$BIN" bench "$what" --threads "$THREADS" --iters "$ITERS"
-        run torch "$what" "$THREADS" "$PYTHON" crates/model/benches/torch_bench.py "$what" \
-            --threads "$THREADS" --iters "$ITERS"
+        [[ " $BENCHES " == *" $what "* ]] || continue
+        ours=(ours "$what" "$THREADS" "$BIN" bench "$what" --threads "$THREADS" --iters "$ITERS")
+        theirs=(torch "$what" "$THREADS" "$PYTHON" crates/model/benches/torch_bench.py "$what"
+            --threads "$THREADS" --iters "$ITERS")
+        pair "$r" ours theirs
     done
+    [[ " $BENCHES " == *" tokenize "* ]] || continue
     for t in 1 "$THREADS"; do
-        run ours tokenize "$t" "$BIN" bench tokenize --threads "$t"
-        run hf tokenize "$t" "$PYTHON" crates/data/benches/hf_tokenize_bench.py --threads "$t"
+        ours=(ours tokenize "$t" "$BIN" bench tokenize --threads "$t")
+        theirs=(hf tokenize "$t" "$PYTHON" crates/data/benches/hf_tokenize_bench.py --threads "$t")
+        pair "$r" ours theirs
     done
 done
 
@@ -71,10 +96,15 @@ def span(xs, fmt):
     lo, hi = min(xs), max(xs)
     return fmt(lo) if fmt(lo) == fmt(hi) else f"{fmt(lo)}-{fmt(hi)}"
 def ratio(a, b):
-    if not a or not b:
+    # Within pairs of adjacent runs (the i-th of each side): median (range).
+    rs = sorted(x / y for x, y in zip(a, b))
+    if not rs:
         return "n/a"
-    lo, hi = min(a) / max(b), max(a) / min(b)
-    return f"{lo:.2f}x" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}-{hi:.2f}x"
+    mid = len(rs) // 2
+    med = rs[mid] if len(rs) % 2 else (rs[mid - 1] + rs[mid]) / 2
+    lo, hi = rs[0], rs[-1]
+    rng = f"{lo:.2f}" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}-{hi:.2f}"
+    return f"{med:.2f}x ({rng})"
 tps = lambda x: f"{x:.0f}"
 gb = lambda x: f"{x / 1e9:.2f}"
 mbs = lambda x: f"{x:.1f}"
@@ -83,16 +113,20 @@ print(f"CPU: {os.environ['CPU']} (lscpu), {t} threads, fp32, release build; "
       f"PyTorch {os.environ['TORCH']}, transformers {os.environ['TRANSFORMERS']}, "
       f"tokenizers {os.environ['TOKENIZERS']}; interleaved runs per side: {os.environ['RUNS']}, "
       f"{os.environ['ITERS']} timed iterations after a warm-up.\n")
-print("| benchmark | ours | PyTorch / Hugging Face | ratio |")
+print("| benchmark | ours | PyTorch / Hugging Face | ratio: median pair (range) |")
 print("|---|---|---|---|")
 for bench, label in [("eval", "evaluation, default GPT-2, batch `[1, 1024]`"),
                      ("train", "training step (forward, backward, AdamW), same model and batch")]:
     o, p = pick("ours", bench, t, "tokens_per_s"), pick("torch", bench, t, "tokens_per_s")
+    if not o:
+        continue
     orss, prss = pick("ours", bench, t, "peak_rss_bytes"), pick("torch", bench, t, "peak_rss_bytes")
     print(f"| {label}, {t} threads | {span(o, tps)} tokens/s, peak RSS {span(orss, gb)} GB "
           f"| {span(p, tps)} tokens/s, peak RSS {span(prss, gb)} GB | {ratio(o, p)} |")
 for th in sorted({1, t}):
     o, h = pick("ours", "tokenize", th, "mb_per_s"), pick("hf", "tokenize", th, "mb_per_s")
+    if not o:
+        continue
     how = "`GPT2TokenizerFast`" if th == 1 else "`GPT2TokenizerFast.__call__` on a page: `encode_batch`"
     print(f"| tokenizing the sample corpus (dataset rule), {th} thread{'s' if th > 1 else ''} "
           f"| {span(o, mbs)} MB/s | {span(h, mbs)} MB/s ({how}) | {ratio(o, h)} |")

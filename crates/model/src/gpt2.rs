@@ -53,13 +53,14 @@ impl Attention {
         let d = x.dim(1)?;
         let (nh, hd) = (self.n_head, d / self.n_head);
         let qkv = self.c_attn.forward(x, mode)?;
-        if mode == Mode::Train && is_cpu_f32(&qkv) {
-            // Straight from `qkv`: no per-head copies kept for backward.
-            let y = attention::causal_attention_qkv_train(
+        if is_cpu_f32(&qkv) {
+            // Straight from `qkv`: no per-head copies (kept for backward, in training).
+            let y = attention::causal_attention_qkv(
                 &qkv,
                 (b, t, nh),
                 self.scale,
                 self.attn_pdrop,
+                mode,
                 seeds,
             )?;
             return self
@@ -98,6 +99,12 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor, mode: Mode, seeds: &mut DropSeeds) -> Result<Tensor> {
+        if mode == Mode::Eval {
+            let h = self.c_fc.forward_gelu_eval(x)?;
+            return self
+                .c_proj
+                .forward_dropout(&h, false, self.resid_pdrop, mode, seeds);
+        }
         let h = self.c_fc.forward(x, mode)?;
         // In training the GELU output is recomputed in backward rather than kept.
         self.c_proj

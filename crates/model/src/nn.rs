@@ -117,13 +117,18 @@ impl Conv1D {
     /// `[N, in]` rows to `[N, out]`, the bias added inside the GEMM.
     pub(crate) fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         Ok(match mode {
-            Mode::Eval => gemm::conv1d_eval(x, &self.weight, &self.bias)?,
+            Mode::Eval => gemm::conv1d_eval(x, &self.weight, &self.bias, false)?,
             Mode::Train => gemm::conv1d_train(x, &self.weight, &self.bias)?,
         })
     }
 }
 
 impl Conv1D {
+    /// `gelu_new(x @ W + b)` in evaluation, the GELU applied in place.
+    pub(crate) fn forward_gelu_eval(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(gemm::conv1d_eval(x, &self.weight, &self.bias, true)?)
+    }
+
     /// `dropout(a @ W + b, p)` with `a = gelu_new(x)` if `gelu`, else `x`.
     /// The dropout site draws its seed as [`dropout`] does; in training one
     /// op does it all and keeps only `x` for backward.

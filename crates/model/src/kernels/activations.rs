@@ -28,9 +28,10 @@ fn fast_tanh(u: f32) -> f32 {
 }
 
 super::avx2_dispatch! {
-    /// `out = gelu_new(x)` element-wise.
-    fn gelu_chunk(x: &[f32], out: &mut [f32]) -> () {
-        for (o, &v) in out.iter_mut().zip(x) {
+    /// `x = gelu_new(x)` element-wise, in place.
+    fn gelu_chunk(x: &mut [f32]) -> () {
+        for o in x.iter_mut() {
+            let v = *o;
             *o = 0.5 * v * (1.0 + fast_tanh(GELU_C * (v + 0.044715 * v * v * v)));
         }
     }
@@ -53,8 +54,16 @@ pub(crate) fn gelu_slice(x: &[f32]) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
     out.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
-        .for_each(|(o, x)| gelu_chunk(x, o));
+        .for_each(|(o, x)| {
+            o.copy_from_slice(x);
+            gelu_chunk(o);
+        });
     out
+}
+
+/// `gelu_new` of every value in place, on all threads.
+pub(crate) fn gelu_in_place(x: &mut [f32]) {
+    x.par_chunks_mut(CHUNK).for_each(gelu_chunk);
 }
 
 /// `g *= gelu_new'(x)` element-wise, on all threads.

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use super::activations::mask_in_place;
 use super::gemm::gemm_f32;
-use super::loss::fast_exp;
+use super::loss::{exp_shifted_in_place, row_max};
 use super::{contiguous_f32, is_cpu_f32, with_cpu_f32};
 use crate::error::Result;
 use crate::nn::{DropSeeds, Mode};
@@ -25,13 +25,8 @@ super::avx2_dispatch! {
     fn causal_softmax_rows(scores: &mut [f32], row_len: usize, first: usize) -> () {
         for (i, row) in scores.chunks_mut(row_len).enumerate() {
             let (seen, masked) = row.split_at_mut((first + i + 1).min(row_len));
-            let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for x in seen.iter_mut() {
-                *x = fast_exp(*x - max);
-                sum += *x;
-            }
-            let inv = 1.0 / sum;
+            let max = row_max(seen);
+            let inv = 1.0 / exp_shifted_in_place(seen, max);
             for x in seen.iter_mut() {
                 *x *= inv;
             }
@@ -40,8 +35,15 @@ super::avx2_dispatch! {
     }
 }
 
-/// One head of causal attention for evaluation, into `out` (`[T, hd]`).
-fn eval_head(q: &[f32], k: &[f32], v: &[f32], t: usize, hd: usize, scale: f32, out: &mut [f32]) {
+/// One head of causal attention for evaluation, into `out` (`[T, hd]`), its
+/// q, k and v rows `rs` apart.
+fn eval_head(
+    (q, k, v, rs): (&[f32], &[f32], &[f32], usize),
+    t: usize,
+    hd: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
     let mut s = vec![0f32; EVAL_BLOCK.min(t) * t];
     let mut r0 = 0;
     while r0 < t {
@@ -56,8 +58,8 @@ fn eval_head(q: &[f32], k: &[f32], v: &[f32], t: usize, hd: usize, scale: f32, o
             s,
             r1,
             false,
-            (&q[r0 * hd..], hd, 1),
-            (k, 1, hd),
+            (&q[r0 * rs..], rs, 1),
+            (k, 1, rs),
             scale,
             1,
         );
@@ -70,7 +72,7 @@ fn eval_head(q: &[f32], k: &[f32], v: &[f32], t: usize, hd: usize, scale: f32, o
             hd,
             false,
             (s, r1, 1),
-            (v, hd, 1),
+            (v, rs, 1),
             1.0,
             1,
         );
@@ -103,9 +105,7 @@ fn eval_cpu(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> candle_core::Resu
                         let r = bh * t * hd..(bh + 1) * t * hd;
                         let mut out = vec![0f32; t * hd];
                         eval_head(
-                            &qs[r.clone()],
-                            &ks[r.clone()],
-                            &vs[r],
+                            (&qs[r.clone()], &ks[r.clone()], &vs[r], hd),
                             t,
                             hd,
                             scale,
@@ -365,13 +365,48 @@ struct TrainQkvOp {
     h: usize,
 }
 
+/// Head `bh`'s q, k and v within the fused projection `qkv` `[B*T, 3*H*hd]`
+/// of `t` positions and `h` heads (each starting at its row 0; rows `3*H*hd` apart).
+fn qkv_head(qkv: &[f32], (t, h, hd): (usize, usize, usize), bh: usize) -> (&[f32], &[f32], &[f32]) {
+    let d = h * hd;
+    let (bi, hi) = (bh / h, bh % h);
+    let at = bi * t * 3 * d + hi * hd;
+    (&qkv[at..], &qkv[at + d..], &qkv[at + 2 * d..])
+}
+
+/// Evaluation attention straight from the fused projection `qkv` (see
+/// [`qkv_head`]), merged into `[B*T, H*hd]`: no per-head copies of q, k, v.
+fn eval_qkv_cpu(qkv: &Tensor, (b, t, h): (usize, usize, usize), scale: f32) -> Result<Tensor> {
+    let (rows, width) = qkv.dims2()?;
+    if rows != b * t || width % (3 * h) != 0 {
+        return Err(crate::error::ModelError::Input(format!(
+            "attention: qkv is [{rows}, {width}], not [{}, 3 * {h} * hd]",
+            b * t
+        )));
+    }
+    let hd = width / (3 * h);
+    let per_head: Vec<Vec<f32>> = with_cpu_f32(qkv, |qkv| {
+        (0..b * h)
+            .into_par_iter()
+            .map(|bh| {
+                let (q, k, v) = qkv_head(qkv, (t, h, hd), bh);
+                let mut out = vec![0f32; t * hd];
+                eval_head((q, k, v, width), t, hd, scale, &mut out);
+                out
+            })
+            .collect()
+    })?;
+    Ok(Tensor::from_vec(
+        scatter_heads(&per_head, b, h, t, hd),
+        (b * t, h * hd),
+        qkv.device(),
+    )?)
+}
+
 impl TrainQkvOp {
-    /// Head `bh`'s q, k and v within `qkv` (each starting at its row 0; rows `3d` apart).
+    /// Head `bh`'s q, k and v within `qkv` (see [`qkv_head`]).
     fn head<'a>(&self, qkv: &'a [f32], bh: usize, hd: usize) -> (&'a [f32], &'a [f32], &'a [f32]) {
-        let d = self.h * hd;
-        let (bi, hi) = (bh / self.h, bh % self.h);
-        let at = bi * self.t * 3 * d + hi * hd;
-        (&qkv[at..], &qkv[at + d..], &qkv[at + 2 * d..])
+        qkv_head(qkv, (self.t, self.h, hd), bh)
     }
 
     fn dims(&self, l: &Layout) -> candle_core::Result<usize> {
@@ -444,18 +479,22 @@ impl candle_core::CustomOp1 for TrainQkvOp {
     }
 }
 
-/// Training attention straight from GPT-2's fused projection `qkv`
-/// `[B*T, 3*H*hd]` (see [`TrainQkvOp`]), merged into `[B*T, H*hd]`; draws
-/// one seed, as [`causal_attention`] does. CPU f32 only: elsewhere split the
-/// heads and call [`causal_attention`].
-pub(crate) fn causal_attention_qkv_train(
+/// Attention straight from GPT-2's fused projection `qkv` `[B*T, 3*H*hd]`
+/// (see [`TrainQkvOp`] and [`eval_qkv_cpu`]), merged into `[B*T, H*hd]`;
+/// draws one seed, as [`causal_attention`] does. CPU f32 only: elsewhere
+/// split the heads and call [`causal_attention`].
+pub(crate) fn causal_attention_qkv(
     qkv: &Tensor,
     (b, t, h): (usize, usize, usize),
     scale: f64,
     p: f32,
+    mode: Mode,
     seeds: &mut DropSeeds,
 ) -> Result<Tensor> {
     let seed = seeds.next();
+    if mode == Mode::Eval {
+        return eval_qkv_cpu(qkv, (b, t, h), scale as f32);
+    }
     let op = TrainQkvOp {
         op: TrainOp {
             scale: scale as f32,
@@ -570,6 +609,38 @@ mod tests {
     }
 
     #[test]
+    fn eval_attention_from_fused_qkv_matches_candle() {
+        let dev = Device::Cpu;
+        // 300 positions: three query blocks, the last one partial.
+        let (b, h, t, hd) = (2, 3, 300, 8);
+        let d = h * hd;
+        let qkv = Tensor::randn(0f32, 1.0, (b * t, 3 * d), &dev).unwrap();
+        let heads = |j: usize| {
+            qkv.narrow(1, j * d, d)
+                .unwrap()
+                .reshape((b, t, h, hd))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        let ours = causal_attention_qkv(
+            &qkv,
+            (b, t, h),
+            0.35,
+            0.0,
+            Mode::Eval,
+            &mut DropSeeds::new(0),
+        )
+        .unwrap();
+        let want = reference(&heads(0), &heads(1), &heads(2), 0.35, None);
+        for (a, b) in flat(&ours).iter().zip(&flat(&want)) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+
+    #[test]
     fn causal_softmax_masks_the_future_and_propagates_nan() {
         let mut s = vec![1.0, 2.0, 3.0, 1.0, 2.0, 3.0];
         causal_softmax_rows(&mut s, 3, 1);
@@ -590,11 +661,12 @@ mod tests {
             let qkv =
                 Var::from_tensor(&Tensor::randn(0f32, 1.0, (b * t, 3 * d), &dev).unwrap()).unwrap();
             let w = Tensor::randn(0f32, 1.0, (b * t, d), &dev).unwrap();
-            let fused = causal_attention_qkv_train(
+            let fused = causal_attention_qkv(
                 qkv.as_tensor(),
                 (b, t, h),
                 0.5,
                 p,
+                Mode::Train,
                 &mut DropSeeds::new(5),
             )
             .unwrap();

@@ -83,12 +83,20 @@ pub(crate) fn gemm_f32(
 }
 
 /// `x @ W + bias` for `[N, in]` rows and a Conv1D weight `[in, out]`, the bias
-/// added by the GEMM itself (evaluation on CPU; elsewhere candle's ops).
-pub(crate) fn conv1d_eval(x: &Tensor, w: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+/// added by the GEMM itself, then `gelu_new` in place if `gelu` (evaluation
+/// on CPU; elsewhere candle's ops).
+pub(crate) fn conv1d_eval(
+    x: &Tensor,
+    w: &Tensor,
+    bias: &Tensor,
+    gelu: bool,
+) -> candle_core::Result<Tensor> {
     let (n, din) = x.dims2()?;
     let (win, dout) = w.dims2()?;
     if !is_cpu_f32(x) || win != din || bias.dims1()? != dout {
-        return x.matmul(w)?.broadcast_add(bias);
+        let y = x.matmul(w)?.broadcast_add(bias)?;
+        // candle's `gelu` is the tanh form, as `gelu_new`.
+        return if gelu { y.gelu() } else { Ok(y) };
     }
     let mut out = with_cpu_f32(bias, |b| b.repeat(n))?;
     let threads = candle_core::utils::get_num_threads();
@@ -108,6 +116,9 @@ pub(crate) fn conv1d_eval(x: &Tensor, w: &Tensor, bias: &Tensor) -> candle_core:
             )
         })
     })??;
+    if gelu {
+        activations::gelu_in_place(&mut out);
+    }
     Tensor::from_vec(out, (n, dout), x.device())
 }
 
@@ -350,7 +361,7 @@ mod tests {
             .unwrap()
             .broadcast_add(b.as_tensor())
             .unwrap();
-        let evals = conv1d_eval(x.as_tensor(), w.as_tensor(), b.as_tensor()).unwrap();
+        let evals = conv1d_eval(x.as_tensor(), w.as_tensor(), b.as_tensor(), false).unwrap();
         let flat = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
         for y in [&ours, &evals] {
             assert!(flat(y)

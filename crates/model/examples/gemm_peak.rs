@@ -1,0 +1,74 @@
+//! The fp32 GEMM throughput of this machine through `gemm` (the crate every
+//! kernel here calls), on the shapes of the default GPT-2 at `[1, 1024]`: the
+//! ceiling evaluation and training run against (~270 GFLOP an evaluation).
+//!
+//!     cargo run --release -p pretrain-model --example gemm_peak -- 2   # threads
+
+use std::time::Instant;
+
+fn main() {
+    let threads: usize = match std::env::args().nth(1).map(|s| s.parse()) {
+        None => 2,
+        Some(Ok(t)) if t > 0 => t,
+        Some(_) => {
+            eprintln!("usage: gemm_peak [THREADS]");
+            std::process::exit(2);
+        }
+    };
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // (m, n, k): c_attn, attention c_proj, c_fc, MLP c_proj, a vocabulary block.
+    let shapes = [
+        (1024usize, 2280usize, 760usize),
+        (1024, 760, 760),
+        (1024, 3040, 760),
+        (1024, 760, 3040),
+        (1023, 4096, 760),
+    ];
+    for (m, n, k) in shapes {
+        let a: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.01).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 * 0.01).collect();
+        let mut c = vec![0f32; m * n];
+        let mut run = || {
+            // SAFETY: row-major a [m, k], b [k, n], c [m, n], each exactly that
+            // long, strides their widths; c is exclusively borrowed.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    c.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    a.as_ptr(),
+                    1,
+                    k as isize,
+                    b.as_ptr(),
+                    1,
+                    n as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    par,
+                )
+            }
+        };
+        run();
+        let reps = 5;
+        let start = Instant::now();
+        for _ in 0..reps {
+            run();
+        }
+        let secs = start.elapsed().as_secs_f64() / reps as f64;
+        let gflops = 2.0 * (m * n * k) as f64 / secs / 1e9;
+        println!(
+            "{{\"m\":{m},\"n\":{n},\"k\":{k},\"threads\":{threads},\"gflop_per_s\":{gflops:.1}}}"
+        );
+    }
+}
