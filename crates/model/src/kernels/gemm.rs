@@ -49,37 +49,86 @@ pub(crate) fn gemm_f32(
         );
     }
     let stride = |s: usize| isize::try_from(s).expect("gemm: stride fits isize");
-    let par = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
+    let (dst_ptr, lhs_ptr, rhs_ptr) = (
+        SendPtr(dst.as_mut_ptr()),
+        lhs.0.as_ptr() as usize,
+        rhs.0.as_ptr() as usize,
+    );
+    // Columns `c0..c0 + nc` of the product, on `par` threads.
+    let part = |c0: usize, nc: usize, par: gemm::Parallelism| {
+        // SAFETY: the asserts above are every condition `gemm::gemm` needs
+        // for the whole product: each index it forms from (m, n, k) and the
+        // strides is inside its slice, `dst` rows do not overlap and `dst` is
+        // exclusively borrowed. Columns `c0..c0 + nc` (within `0..n`) of
+        // `dst` and of `rhs` are a sub-matrix of those, so they are in bounds
+        // too, and distinct column ranges of `dst` never share an element,
+        // so parts running at once write disjoint places.
+        unsafe {
+            gemm::gemm(
+                m,
+                nc,
+                k,
+                dst_ptr.get().add(c0),
+                1,
+                stride(dst_rs),
+                accumulate,
+                lhs_ptr as *const f32,
+                stride(lhs.2),
+                stride(lhs.1),
+                (rhs_ptr as *const f32).add(c0 * rhs.2),
+                stride(rhs.2),
+                stride(rhs.1),
+                1.0,
+                beta,
+                false,
+                false,
+                false,
+                par,
+            );
+        }
     };
-    // SAFETY: the asserts above are every condition `gemm::gemm` needs: each
-    // index it forms from (m, n, k) and the strides is inside its slice,
-    // `dst` rows do not overlap and `dst` is exclusively borrowed.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            stride(dst_rs),
-            accumulate,
-            lhs.0.as_ptr(),
-            stride(lhs.2),
-            stride(lhs.1),
-            rhs.0.as_ptr(),
-            stride(rhs.2),
-            stride(rhs.1),
-            1.0,
-            beta,
-            false,
-            false,
-            false,
-            par,
-        );
+    let width = split_width(m, n, k, threads);
+    if width < n {
+        // Column blocks handed out by rayon as threads come free: `gemm`'s own
+        // split gives each thread an equal share up front, so a core slowed by
+        // other load held every GEMM back (10-15% on a shared machine).
+        use rayon::prelude::*;
+        (0..n.div_ceil(width))
+            .into_par_iter()
+            .for_each(|j| part(j * width, width.min(n - j * width), gemm::Parallelism::None));
+    } else if threads > 1 {
+        part(0, n, gemm::Parallelism::Rayon(threads));
+    } else {
+        part(0, n, gemm::Parallelism::None);
     }
+}
+
+/// A raw `dst` pointer that the parts of one GEMM share; see [`gemm_f32`].
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+
+impl SendPtr {
+    /// The pointer (a method, so closures capture the `Send` wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+// SAFETY: the parts of one GEMM write disjoint columns through it (see
+// `gemm_f32`), and it does not outlive the `&mut` borrow it came from.
+unsafe impl Send for SendPtr {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for SendPtr {}
+
+/// Column-block width for splitting a GEMM over `threads`: `n` itself (no
+/// split) for one thread or a small product, else about four blocks a
+/// thread, a multiple of 16 columns.
+fn split_width(m: usize, n: usize, k: usize, threads: usize) -> usize {
+    const MIN_FLOPS: usize = 1 << 24;
+    if threads <= 1 || n < 64 || m.saturating_mul(n).saturating_mul(k) < MIN_FLOPS {
+        return n;
+    }
+    n.div_ceil(4 * threads).next_multiple_of(16).max(16)
 }
 
 /// `x @ W + bias` for `[N, in]` rows and a Conv1D weight `[in, out]`, the bias
@@ -316,6 +365,61 @@ pub(crate) fn conv1d_train_with(
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    #[test]
+    fn gemm_split_in_column_blocks_matches_the_definition() {
+        // Large enough to be split over two threads, with a transposed rhs,
+        // a dst wider than n, accumulation and a scale.
+        let (m, n, k, dst_rs) = (70, 1000, 300, 1003);
+        assert!(split_width(m, n, k, 2) < n);
+        let lhs: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 31 % 17) as f32 - 8.0) * 0.1)
+            .collect();
+        // rhs[kk][j] stored at j * k + kk (row stride 1, column stride k).
+        let rhs: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1)
+            .collect();
+        let mut dst: Vec<f32> = (0..m * dst_rs).map(|i| (i % 5) as f32).collect();
+        let before = dst.clone();
+        gemm_f32(
+            m,
+            n,
+            k,
+            &mut dst,
+            dst_rs,
+            true,
+            (&lhs, k, 1),
+            (&rhs, 1, k),
+            0.5,
+            2,
+        );
+        for i in 0..m {
+            for j in 0..dst_rs {
+                let got = dst[i * dst_rs + j];
+                if j >= n {
+                    assert_eq!(got, before[i * dst_rs + j], "column {j} past n was written");
+                    continue;
+                }
+                let dot: f64 = (0..k)
+                    .map(|kk| lhs[i * k + kk] as f64 * rhs[j * k + kk] as f64)
+                    .sum();
+                let want = before[i * dst_rs + j] as f64 + 0.5 * dot;
+                assert!(
+                    (got as f64 - want).abs() < 1e-3,
+                    "({i}, {j}): {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn split_width_keeps_small_or_single_threaded_products_whole() {
+        assert_eq!(split_width(1024, 3040, 760, 1), 3040);
+        assert_eq!(split_width(4, 4, 4, 2), 4);
+        assert_eq!(split_width(1024, 48, 760, 2), 48);
+        let w = split_width(1024, 3040, 760, 2);
+        assert!(w.is_multiple_of(16) && 3040usize.div_ceil(w) == 8, "{w}");
+    }
 
     #[test]
     fn conv1d_with_dropout_matches_conv1d_then_dropout() {
