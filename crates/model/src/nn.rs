@@ -131,7 +131,9 @@ impl Conv1D {
 
     /// `dropout(a @ W + b, p)` with `a = gelu_new(x)` if `gelu`, else `x`.
     /// The dropout site draws its seed as [`dropout`] does; in training one
-    /// op does it all and keeps only `x` for backward.
+    /// op does it all and keeps only `x` for backward. `gelu` is for
+    /// training: evaluation applies it in place to the previous layer's
+    /// output ([`Conv1D::forward_gelu_eval`]) and passes `false`.
     pub(crate) fn forward_dropout(
         &self,
         x: &Tensor,
@@ -141,14 +143,10 @@ impl Conv1D {
         seeds: &mut DropSeeds,
     ) -> Result<Tensor> {
         match mode {
-            Mode::Eval => {
-                let y = if gelu {
-                    self.forward(&activations::gelu_new_eval(x)?, mode)?
-                } else {
-                    self.forward(x, mode)?
-                };
-                dropout(y, p, mode, seeds)
-            }
+            Mode::Eval if gelu => Err(ModelError::Input(
+                "evaluation applies GELU to the previous layer's output".into(),
+            )),
+            Mode::Eval => dropout(self.forward(x, mode)?, p, mode, seeds),
             Mode::Train => {
                 let seed = seeds.next();
                 Ok(gemm::conv1d_train_with(

@@ -73,30 +73,6 @@ pub(crate) fn gelu_grad_slice(x: &[f32], g: &mut [f32]) {
         .for_each(|(g, x)| gelu_grad_chunk(x, g));
 }
 
-/// HF's `gelu_new` for evaluation (training recomputes it inside
-/// `gemm::gelu_conv1d_train` instead of keeping its output).
-struct GeluNew;
-
-impl CustomOp1 for GeluNew {
-    fn name(&self) -> &'static str {
-        "gelu-new"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s, l)?;
-        Ok((CpuStorage::F32(gelu_slice(x)), l.shape().clone()))
-    }
-}
-
-/// HF's `gelu_new` (tanh form) for evaluation: no graph.
-pub(crate) fn gelu_new_eval(x: &Tensor) -> candle_core::Result<Tensor> {
-    if !is_cpu_f32(x) {
-        // candle's `gelu` is the tanh form too.
-        return x.gelu();
-    }
-    x.contiguous()?.apply_op1_no_bwd(&GeluNew)
-}
-
 /// Keep-decision of element `i` for dropout `p` under `seed`: a counter-based
 /// hash, so backward regenerates the forward mask instead of storing it.
 #[inline(always)]
@@ -226,7 +202,9 @@ mod tests {
     fn gelu_matches_candle() {
         let x = Tensor::randn(0f32, 2.0, (37, 24), &Device::Cpu).unwrap();
         let flat = |t: Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
-        let (a, b) = (flat(gelu_new_eval(&x).unwrap()), flat(x.gelu().unwrap()));
+        let mut a = flat(x.clone());
+        gelu_in_place(&mut a);
+        let b = flat(x.gelu().unwrap());
         assert!(a.iter().zip(&b).all(|(a, b)| (a - b).abs() < 1e-5));
     }
 }

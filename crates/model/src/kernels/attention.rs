@@ -40,7 +40,7 @@ super::avx2_dispatch! {
     /// over the keys row `i` sees, 0 after them.
     fn softmax_grad_rows(grads: &mut [f32], probs: &[f32], t: usize) -> () {
         for (i, (g, p)) in grads.chunks_mut(t).zip(probs.chunks(t)).enumerate() {
-            let (g, p) = (&mut g[..], &p[..=i]);
+            let p = &p[..=i];
             // Eight partial sums, so that the dot product vectorises.
             let mut acc = [0f32; 8];
             let mut gc = g[..=i].chunks_exact(8);
@@ -60,15 +60,15 @@ super::avx2_dispatch! {
     }
 }
 
-/// One head of causal attention for evaluation, into `out` (`[T, hd]`), its
-/// q, k and v rows `rs` apart.
+/// One head of causal attention for evaluation (`[T, hd]`), its q, k and v
+/// rows `rs` apart.
 fn eval_head(
     (q, k, v, rs): (&[f32], &[f32], &[f32], usize),
     t: usize,
     hd: usize,
     scale: f32,
-    out: &mut [f32],
-) {
+) -> Vec<f32> {
+    let mut out = vec![0f32; t * hd];
     let mut s = vec![0f32; EVAL_BLOCK.min(t) * t];
     let mut r0 = 0;
     while r0 < t {
@@ -103,11 +103,16 @@ fn eval_head(
         );
         r0 = r1;
     }
+    out
 }
 
-/// Writes per-head `[T, hd]` outputs into the merged `[B * T, H * hd]` layout.
-fn scatter_heads(heads: &[Vec<f32>], b: usize, h: usize, t: usize, hd: usize) -> Vec<f32> {
-    debug_assert_eq!(heads.len(), b * h);
+/// The `[T, hd]` outputs `head(bh)` of every head, run in parallel, merged
+/// into the `[B * T, H * hd]` layout.
+fn merged_heads(
+    (b, h, t, hd): (usize, usize, usize, usize),
+    head: impl Fn(usize) -> Vec<f32> + Send + Sync,
+) -> Vec<f32> {
+    let heads: Vec<Vec<f32>> = (0..b * h).into_par_iter().map(head).collect();
     let mut merged = vec![0f32; b * t * h * hd];
     for (bh, head) in heads.iter().enumerate() {
         let (bi, hi) = (bh / h, bh % h);
@@ -121,32 +126,17 @@ fn scatter_heads(heads: &[Vec<f32>], b: usize, h: usize, t: usize, hd: usize) ->
 
 fn eval_cpu(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> candle_core::Result<Tensor> {
     let (b, h, t, hd) = q.dims4()?;
-    let per_head: Vec<Vec<f32>> = with_cpu_f32(q, |qs| {
+    let merged = with_cpu_f32(q, |qs| {
         with_cpu_f32(k, |ks| {
             with_cpu_f32(v, |vs| {
-                (0..b * h)
-                    .into_par_iter()
-                    .map(|bh| {
-                        let r = bh * t * hd..(bh + 1) * t * hd;
-                        let mut out = vec![0f32; t * hd];
-                        eval_head(
-                            (&qs[r.clone()], &ks[r.clone()], &vs[r], hd),
-                            t,
-                            hd,
-                            scale,
-                            &mut out,
-                        );
-                        out
-                    })
-                    .collect()
+                merged_heads((b, h, t, hd), |bh| {
+                    let r = bh * t * hd..(bh + 1) * t * hd;
+                    eval_head((&qs[r.clone()], &ks[r.clone()], &vs[r], hd), t, hd, scale)
+                })
             })
         })
     })???;
-    Tensor::from_vec(
-        scatter_heads(&per_head, b, h, t, hd),
-        (b * t, h * hd),
-        q.device(),
-    )
+    Tensor::from_vec(merged, (b * t, h * hd), q.device())
 }
 
 /// Training attention with dropout `p` on the probabilities (see the module docs).
@@ -221,17 +211,11 @@ impl candle_core::CustomOp3 for TrainOp {
             contiguous_f32(s2, l2)?,
             contiguous_f32(s3, l3)?,
         );
-        let heads: Vec<Vec<f32>> = (0..b * h)
-            .into_par_iter()
-            .map(|bh| {
-                let r = bh * t * hd..(bh + 1) * t * hd;
-                self.head_out(bh, (t, hd), (&q[r.clone()], &k[r.clone()], &v[r], hd))
-            })
-            .collect();
-        Ok((
-            CpuStorage::F32(scatter_heads(&heads, b, h, t, hd)),
-            Shape::from((b * t, h * hd)),
-        ))
+        let merged = merged_heads((b, h, t, hd), |bh| {
+            let r = bh * t * hd..(bh + 1) * t * hd;
+            self.head_out(bh, (t, hd), (&q[r.clone()], &k[r.clone()], &v[r], hd))
+        });
+        Ok((CpuStorage::F32(merged), Shape::from((b * t, h * hd))))
     }
 
     fn bwd(
@@ -393,33 +377,30 @@ fn qkv_head(qkv: &[f32], (t, h, hd): (usize, usize, usize), bh: usize) -> (&[f32
     (&qkv[at..], &qkv[at + d..], &qkv[at + 2 * d..])
 }
 
+/// The head width of a fused projection `qkv` of shape `shape`, checked to
+/// be `[B*T, 3*H*hd]`.
+fn qkv_head_dim(shape: &Shape, (b, t, h): (usize, usize, usize)) -> candle_core::Result<usize> {
+    let (rows, width) = shape.dims2()?;
+    if rows != b * t || width % (3 * h) != 0 {
+        candle_core::bail!(
+            "attention: qkv is [{rows}, {width}], not [{}, 3 * {h} * hd]",
+            b * t
+        );
+    }
+    Ok(width / (3 * h))
+}
+
 /// Evaluation attention straight from the fused projection `qkv` (see
 /// [`qkv_head`]), merged into `[B*T, H*hd]`: no per-head copies of q, k, v.
 fn eval_qkv_cpu(qkv: &Tensor, (b, t, h): (usize, usize, usize), scale: f32) -> Result<Tensor> {
-    let (rows, width) = qkv.dims2()?;
-    if rows != b * t || width % (3 * h) != 0 {
-        return Err(crate::error::ModelError::Input(format!(
-            "attention: qkv is [{rows}, {width}], not [{}, 3 * {h} * hd]",
-            b * t
-        )));
-    }
-    let hd = width / (3 * h);
-    let per_head: Vec<Vec<f32>> = with_cpu_f32(qkv, |qkv| {
-        (0..b * h)
-            .into_par_iter()
-            .map(|bh| {
-                let (q, k, v) = qkv_head(qkv, (t, h, hd), bh);
-                let mut out = vec![0f32; t * hd];
-                eval_head((q, k, v, width), t, hd, scale, &mut out);
-                out
-            })
-            .collect()
+    let hd = qkv_head_dim(qkv.shape(), (b, t, h))?;
+    let merged = with_cpu_f32(qkv, |qkv| {
+        merged_heads((b, h, t, hd), |bh| {
+            let (q, k, v) = qkv_head(qkv, (t, h, hd), bh);
+            eval_head((q, k, v, 3 * h * hd), t, hd, scale)
+        })
     })?;
-    Ok(Tensor::from_vec(
-        scatter_heads(&per_head, b, h, t, hd),
-        (b * t, h * hd),
-        qkv.device(),
-    )?)
+    Ok(Tensor::from_vec(merged, (b * t, h * hd), qkv.device())?)
 }
 
 impl TrainQkvOp {
@@ -429,15 +410,7 @@ impl TrainQkvOp {
     }
 
     fn dims(&self, l: &Layout) -> candle_core::Result<usize> {
-        let (rows, width) = l.shape().dims2()?;
-        if rows != self.b * self.t || width % (3 * self.h) != 0 {
-            candle_core::bail!(
-                "attention: qkv is [{rows}, {width}], not [{}, 3 * {} * hd]",
-                self.b * self.t,
-                self.h
-            );
-        }
-        Ok(width / (3 * self.h))
+        qkv_head_dim(l.shape(), (self.b, self.t, self.h))
     }
 }
 
@@ -450,17 +423,11 @@ impl candle_core::CustomOp1 for TrainQkvOp {
         let hd = self.dims(l)?;
         let (b, h, t) = (self.b, self.h, self.t);
         let qkv = contiguous_f32(s, l)?;
-        let heads: Vec<Vec<f32>> = (0..b * h)
-            .into_par_iter()
-            .map(|bh| {
-                let (q, k, v) = self.head(qkv, bh, hd);
-                self.op.head_out(bh, (t, hd), (q, k, v, 3 * h * hd))
-            })
-            .collect();
-        Ok((
-            CpuStorage::F32(scatter_heads(&heads, b, h, t, hd)),
-            Shape::from((b * t, h * hd)),
-        ))
+        let merged = merged_heads((b, h, t, hd), |bh| {
+            let (q, k, v) = self.head(qkv, bh, hd);
+            self.op.head_out(bh, (t, hd), (q, k, v, 3 * h * hd))
+        });
+        Ok((CpuStorage::F32(merged), Shape::from((b * t, h * hd))))
     }
 
     fn bwd(

@@ -49,11 +49,7 @@ pub(crate) fn gemm_f32(
         );
     }
     let stride = |s: usize| isize::try_from(s).expect("gemm: stride fits isize");
-    let (dst_ptr, lhs_ptr, rhs_ptr) = (
-        SendPtr(dst.as_mut_ptr()),
-        lhs.0.as_ptr() as usize,
-        rhs.0.as_ptr() as usize,
-    );
+    let dst_ptr = SendPtr(dst.as_mut_ptr());
     // Columns `c0..c0 + nc` of the product, on `par` threads.
     let part = |c0: usize, nc: usize, par: gemm::Parallelism| {
         // SAFETY: the asserts above are every condition `gemm::gemm` needs
@@ -72,10 +68,10 @@ pub(crate) fn gemm_f32(
                 1,
                 stride(dst_rs),
                 accumulate,
-                lhs_ptr as *const f32,
+                lhs.0.as_ptr(),
                 stride(lhs.2),
                 stride(lhs.1),
-                (rhs_ptr as *const f32).add(c0 * rhs.2),
+                rhs.0.as_ptr().add(c0 * rhs.2),
                 stride(rhs.2),
                 stride(rhs.1),
                 1.0,
