@@ -1,7 +1,8 @@
 //! Causal scaled-dot-product attention on `[B, H, T, hd]` q, k, v, heads
 //! merged into `[B * T, H * hd]`. On the CPU each head runs on one thread and
-//! no `[H, T, T]` tensor outlives it: evaluation works in blocks of query rows
-//! that only meet the keys they can see; training's backward recomputes the
+//! no `[H, T, T]` tensor outlives it: both evaluation and training work in
+//! blocks of query rows that only meet the keys they can see (about half the
+//! products of a full `T x T`), and training's backward recomputes the
 //! probabilities from q and k and regenerates the dropout mask from its seed.
 //! [`causal_softmax_rows`] is the one causal softmax of both.
 
@@ -15,8 +16,15 @@ use super::{contiguous_f32, is_cpu_f32, with_cpu_f32};
 use crate::error::Result;
 use crate::nn::{DropSeeds, Mode};
 
-/// Query rows per block in evaluation: a `[BLOCK, T]` score buffer per thread.
-const EVAL_BLOCK: usize = 128;
+/// Query rows per block: a `[BLOCK, T]` score buffer per thread.
+const BLOCK: usize = 128;
+
+/// The query blocks `(r0, r1)` of `t` positions.
+fn blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..t)
+        .step_by(BLOCK)
+        .map(move |r0| (r0, (r0 + BLOCK).min(t)))
+}
 
 super::avx2_dispatch! {
     /// Causal softmax in place on rows of scores `row_len` wide: row `i` is
@@ -36,14 +44,16 @@ super::avx2_dispatch! {
 }
 
 super::avx2_dispatch! {
-    /// Softmax backward in place on causal rows `t` wide: `g = p * (g - <g, p>)`
-    /// over the keys row `i` sees, 0 after them.
-    fn softmax_grad_rows(grads: &mut [f32], probs: &[f32], t: usize) -> () {
-        for (i, (g, p)) in grads.chunks_mut(t).zip(probs.chunks(t)).enumerate() {
-            let p = &p[..=i];
+    /// Softmax backward in place on causal rows `row_len` wide, row `i` being
+    /// query position `first + i`: `g = p * (g - <g, p>)` over the keys it
+    /// sees, 0 after them.
+    fn softmax_grad_rows(grads: &mut [f32], probs: &[f32], row_len: usize, first: usize) -> () {
+        for (i, (g, p)) in grads.chunks_mut(row_len).zip(probs.chunks(row_len)).enumerate() {
+            let seen = (first + i + 1).min(row_len);
+            let p = &p[..seen];
             // Eight partial sums, so that the dot product vectorises.
             let mut acc = [0f32; 8];
-            let mut gc = g[..=i].chunks_exact(8);
+            let mut gc = g[..seen].chunks_exact(8);
             let mut pc = p.chunks_exact(8);
             for (a, b) in (&mut gc).zip(&mut pc) {
                 for k in 0..8 {
@@ -52,45 +62,56 @@ super::avx2_dispatch! {
             }
             let tail: f32 = gc.remainder().iter().zip(pc.remainder()).map(|(a, b)| a * b).sum();
             let dot = acc.iter().sum::<f32>() + tail;
-            for (g, &p) in g[..=i].iter_mut().zip(p) {
+            for (g, &p) in g[..seen].iter_mut().zip(p) {
                 *g = p * (*g - dot);
             }
-            g[i + 1..].fill(0.0);
+            g[seen..].fill(0.0);
         }
     }
 }
 
-/// One head of causal attention for evaluation (`[T, hd]`), its q, k and v
-/// rows `rs` apart.
-fn eval_head(
-    (q, k, v, rs): (&[f32], &[f32], &[f32], usize),
-    t: usize,
+/// Probabilities of query rows `r0..r1` against the keys `0..r1` they see,
+/// into `s` (`[r1 - r0, r1]`), from q and k rows `rs` apart: causal softmax
+/// of the scaled scores, before any dropout.
+fn block_probs(
+    (q, k, rs): (&[f32], &[f32], usize),
+    (r0, r1): (usize, usize),
     hd: usize,
     scale: f32,
+    s: &mut [f32],
+) {
+    gemm_f32(
+        r1 - r0,
+        r1,
+        hd,
+        s,
+        r1,
+        false,
+        (&q[r0 * rs..], rs, 1),
+        (k, 1, rs),
+        scale,
+        1,
+    );
+    causal_softmax_rows(s, r1, r0);
+}
+
+/// One head of causal attention (`[T, hd]`), its q, k and v rows `rs`
+/// apart; `dropout(r0, r1, s)` may change block `(r0, r1)`'s probabilities
+/// before they meet v (training's dropout).
+fn head_forward(
+    (q, k, v, rs): (&[f32], &[f32], &[f32], usize),
+    (t, hd): (usize, usize),
+    scale: f32,
+    dropout: impl Fn(usize, usize, &mut [f32]),
 ) -> Vec<f32> {
     let mut out = vec![0f32; t * hd];
-    let mut s = vec![0f32; EVAL_BLOCK.min(t) * t];
-    let mut r0 = 0;
-    while r0 < t {
-        let n = EVAL_BLOCK.min(t - r0);
-        let r1 = r0 + n;
-        let s = &mut s[..n * r1];
-        // Scores of rows r0..r1 against the keys 0..r1 they may see.
+    let mut buf = vec![0f32; BLOCK.min(t) * t];
+    for (r0, r1) in blocks(t) {
+        let s = &mut buf[..(r1 - r0) * r1];
+        block_probs((q, k, rs), (r0, r1), hd, scale, s);
+        dropout(r0, r1, s);
         gemm_f32(
-            n,
-            r1,
-            hd,
-            s,
-            r1,
-            false,
-            (&q[r0 * rs..], rs, 1),
-            (k, 1, rs),
-            scale,
-            1,
-        );
-        causal_softmax_rows(s, r1, r0);
-        gemm_f32(
-            n,
+            r1 - r0,
             hd,
             r1,
             &mut out[r0 * hd..],
@@ -101,9 +122,14 @@ fn eval_head(
             1.0,
             1,
         );
-        r0 = r1;
     }
     out
+}
+
+/// One head of causal attention for evaluation (`[T, hd]`), its q, k and v
+/// rows `rs` apart.
+fn eval_head(qkv: (&[f32], &[f32], &[f32], usize), t: usize, hd: usize, scale: f32) -> Vec<f32> {
+    head_forward(qkv, (t, hd), scale, |_, _, _| {})
 }
 
 /// The `[T, hd]` outputs `head(bh)` of every head, run in parallel, merged
@@ -147,29 +173,17 @@ struct TrainOp {
 }
 
 impl TrainOp {
-    /// Probabilities of one head (`[T, T]`, causal, before dropout) from
-    /// its `q` and `k`, whose rows are `rs` apart.
-    fn probs(&self, q: &[f32], k: &[f32], t: usize, hd: usize, rs: usize) -> Vec<f32> {
-        let mut out = vec![0f32; t * t];
-        gemm_f32(
-            t,
-            t,
-            hd,
-            &mut out,
-            t,
-            false,
-            (q, rs, 1),
-            (k, 1, rs),
-            self.scale,
-            1,
-        );
-        causal_softmax_rows(&mut out, t, 0);
-        out
-    }
-
-    /// Applies head `bh`'s dropout mask (scaled) in place.
-    fn mask(&self, bh: usize, t: usize, m: &mut [f32]) {
-        mask_in_place(self.seed, self.p, (bh * t * t) as u64, m);
+    /// Applies head `bh`'s dropout mask (scaled) in place to block
+    /// `(r0, r1)`'s rows (`[r1 - r0, r1]`) of its `[T, T]` probabilities; the
+    /// keys after each query are 0 and stay 0, so only those it sees are drawn.
+    fn mask_block(&self, bh: usize, t: usize, (r0, r1): (usize, usize), m: &mut [f32]) {
+        if self.p <= 0.0 {
+            return;
+        }
+        for (i, row) in m.chunks_mut(r1).enumerate() {
+            let at = (bh * t + r0 + i) * t;
+            mask_in_place(self.seed, self.p, at as u64, &mut row[..r0 + i + 1]);
+        }
     }
 
     /// Output (`[T, hd]`) of head `bh` whose q, k, v rows are `rs` apart:
@@ -178,13 +192,11 @@ impl TrainOp {
         &self,
         bh: usize,
         (t, hd): (usize, usize),
-        (q, k, v, rs): (&[f32], &[f32], &[f32], usize),
+        qkv: (&[f32], &[f32], &[f32], usize),
     ) -> Vec<f32> {
-        let mut pm = self.probs(q, k, t, hd, rs);
-        self.mask(bh, t, &mut pm);
-        let mut o = vec![0f32; t * hd];
-        gemm_f32(t, hd, t, &mut o, hd, false, (&pm, t, 1), (v, rs, 1), 1.0, 1);
-        o
+        head_forward(qkv, (t, hd), self.scale, |r0, r1, s| {
+            self.mask_block(bh, t, (r0, r1), s)
+        })
     }
 }
 
@@ -276,7 +288,7 @@ impl TrainOp {
     }
 
     /// dQ, dK, dV (`[T, hd]` each) of head `bh` whose q, k, v rows are `rs`
-    /// apart, from the merged output gradient `go`.
+    /// apart, from the merged output gradient `go`, one query block at a time.
     fn head_grads(
         &self,
         bh: usize,
@@ -285,73 +297,60 @@ impl TrainOp {
         go: &[f32],
     ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let (bi, hi) = (bh / h, bh % h);
-        // dO of this head, [T, hd], gathered from the merged layout.
-        let mut d_o = vec![0f32; t * hd];
-        for i in 0..t {
-            let at = ((bi * t + i) * h + hi) * hd;
-            d_o[i * hd..(i + 1) * hd].copy_from_slice(&go[at..at + hd]);
+        // dO of this head: its rows in the merged layout, `h * hd` apart.
+        let (d_o, ors) = (&go[(bi * t * h + hi) * hd..], h * hd);
+        let (mut dq, mut dk, mut dv) = (vec![0f32; t * hd], vec![0f32; t * hd], vec![0f32; t * hd]);
+        let mut pbuf = vec![0f32; BLOCK.min(t) * t];
+        let mut dbuf = vec![0f32; BLOCK.min(t) * t];
+        for (r0, r1) in blocks(t) {
+            let n = r1 - r0;
+            let (p, ds) = (&mut pbuf[..n * r1], &mut dbuf[..n * r1]);
+            let d_ob = &d_o[r0 * ors..];
+            block_probs((q, k, rs), (r0, r1), hd, self.scale, p);
+            // dP' = dO V^T, then back through dropout and softmax into dS.
+            gemm_f32(n, r1, hd, ds, r1, false, (d_ob, ors, 1), (v, 1, rs), 1.0, 1);
+            self.mask_block(bh, t, (r0, r1), ds);
+            softmax_grad_rows(ds, p, r1, r0);
+            // dV[..r1] += P'^T dO, with P' the dropped-out probabilities.
+            self.mask_block(bh, t, (r0, r1), p);
+            gemm_f32(
+                r1,
+                hd,
+                n,
+                &mut dv,
+                hd,
+                true,
+                (p, 1, r1),
+                (d_ob, ors, 1),
+                1.0,
+                1,
+            );
+            // dQ[r0..r1] = scale dS K, dK[..r1] += scale dS^T Q
+            gemm_f32(
+                n,
+                hd,
+                r1,
+                &mut dq[r0 * hd..],
+                hd,
+                false,
+                (ds, r1, 1),
+                (k, rs, 1),
+                self.scale,
+                1,
+            );
+            gemm_f32(
+                r1,
+                hd,
+                n,
+                &mut dk,
+                hd,
+                true,
+                (ds, 1, r1),
+                (&q[r0 * rs..], rs, 1),
+                self.scale,
+                1,
+            );
         }
-        let probs = self.probs(q, k, t, hd, rs);
-        let mut dropped = probs.clone();
-        self.mask(bh, t, &mut dropped);
-        // dV = P'^T dO
-        let mut dv = vec![0f32; t * hd];
-        gemm_f32(
-            t,
-            hd,
-            t,
-            &mut dv,
-            hd,
-            false,
-            (&dropped, 1, t),
-            (&d_o, hd, 1),
-            1.0,
-            1,
-        );
-        drop(dropped);
-        // dP' = dO V^T, then back through dropout and softmax into dS.
-        let mut ds = vec![0f32; t * t];
-        gemm_f32(
-            t,
-            t,
-            hd,
-            &mut ds,
-            t,
-            false,
-            (&d_o, hd, 1),
-            (v, 1, rs),
-            1.0,
-            1,
-        );
-        self.mask(bh, t, &mut ds);
-        softmax_grad_rows(&mut ds, &probs, t);
-        // dQ = scale dS K, dK = scale dS^T Q
-        let mut dq = vec![0f32; t * hd];
-        gemm_f32(
-            t,
-            hd,
-            t,
-            &mut dq,
-            hd,
-            false,
-            (&ds, t, 1),
-            (k, rs, 1),
-            self.scale,
-            1,
-        );
-        let mut dk = vec![0f32; t * hd];
-        gemm_f32(
-            t,
-            hd,
-            t,
-            &mut dk,
-            hd,
-            false,
-            (&ds, 1, t),
-            (q, rs, 1),
-            self.scale,
-            1,
-        );
         (dq, dk, dv)
     }
 }
@@ -696,8 +695,11 @@ mod tests {
     #[test]
     fn training_attention_matches_candle_forward_and_backward() {
         let dev = Device::Cpu;
-        let (b, h, t, hd) = (2, 2, 20, 4);
-        for p in [0.0f32, 0.3] {
+        // 20 positions: one query block; 300: three, the last one partial.
+        for ((b, h, t, hd), p) in [(2, 2, 20, 4), (1, 2, 300, 8)]
+            .into_iter()
+            .flat_map(|dims| [(dims, 0.0f32), (dims, 0.3)])
+        {
             let mk = || {
                 Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, h, t, hd), &dev).unwrap()).unwrap()
             };
@@ -729,7 +731,7 @@ mod tests {
             });
             let want = reference(q.as_tensor(), k.as_tensor(), v.as_tensor(), 0.5, keep_mask);
             for (a, c) in flat(&ours).iter().zip(&flat(&want)) {
-                assert!((a - c).abs() < 1e-5, "forward p={p}: {a} vs {c}");
+                assert!((a - c).abs() < 1e-5, "forward t={t} p={p}: {a} vs {c}");
             }
             let gf = (ours * &w).unwrap().sum_all().unwrap().backward().unwrap();
             let gs = (want * &w).unwrap().sum_all().unwrap().backward().unwrap();
@@ -740,7 +742,7 @@ mod tests {
                 );
                 assert!(
                     a.iter().zip(&c).all(|(a, b)| (a - b).abs() < 1e-4),
-                    "backward p={p}"
+                    "backward t={t} p={p}"
                 );
             }
         }
