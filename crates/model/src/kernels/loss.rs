@@ -44,11 +44,7 @@ super::avx2_dispatch! {
         let mut acc = [0f32; 8];
         let mut chunks = row.chunks_exact(8);
         for c in &mut chunks {
-            let mut x = [0f32; 8];
-            for k in 0..8 {
-                x[k] = c[k] - max;
-            }
-            let e = fast_exp8(x);
+            let e = exp8_shifted(c, max);
             for k in 0..8 {
                 acc[k] += e[k];
             }
@@ -170,11 +166,7 @@ super::avx2_dispatch! {
     fn softmax_scaled_in_place(row: &mut [f32], lse: f32, scale: f32) -> () {
         let mut chunks = row.chunks_exact_mut(8);
         for c in &mut chunks {
-            let mut x = [0f32; 8];
-            for k in 0..8 {
-                x[k] = c[k] - lse;
-            }
-            let e = fast_exp8(x);
+            let e = exp8_shifted(c, lse);
             for k in 0..8 {
                 c[k] = e[k] * scale;
             }
@@ -206,12 +198,22 @@ pub(crate) fn row_max(row: &[f32]) -> f32 {
 /// to whole-register vector code (the scalar form inlined into a reduction
 /// did not).
 #[inline(always)]
-pub(crate) fn fast_exp8(x: [f32; 8]) -> [f32; 8] {
+fn fast_exp8(x: [f32; 8]) -> [f32; 8] {
     let mut out = [0f32; 8];
     for k in 0..8 {
         out[k] = fast_exp(x[k]);
     }
     out
+}
+
+/// `exp(c[k] - shift)` of eight values, as whole-register vector code.
+#[inline(always)]
+fn exp8_shifted(c: &[f32], shift: f32) -> [f32; 8] {
+    let mut x = [0f32; 8];
+    for k in 0..8 {
+        x[k] = c[k] - shift;
+    }
+    fast_exp8(x)
 }
 
 /// `x = exp(x - shift)` over a row in place, returning the sum: eight
@@ -221,11 +223,7 @@ pub(crate) fn exp_shifted_in_place(row: &mut [f32], shift: f32) -> f32 {
     let mut acc = [0f32; 8];
     let mut chunks = row.chunks_exact_mut(8);
     for c in &mut chunks {
-        let mut x = [0f32; 8];
-        for k in 0..8 {
-            x[k] = c[k] - shift;
-        }
-        let e = fast_exp8(x);
+        let e = exp8_shifted(c, shift);
         c.copy_from_slice(&e);
         for k in 0..8 {
             acc[k] += e[k];
