@@ -1,5 +1,7 @@
 //! `pretrain chain ...` on the embedded chain, several processes at once.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is its job
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 

@@ -1,5 +1,7 @@
 //! `pretrain hash` and `pretrain score` against the reference vectors.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is its job
+
 mod common;
 
 use std::path::{Path, PathBuf};

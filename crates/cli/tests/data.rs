@@ -1,5 +1,7 @@
 //! `pretrain tokenize` and `pretrain bench tokenize` end to end.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is its job
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 

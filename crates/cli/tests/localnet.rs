@@ -4,6 +4,8 @@
 //! the larger incentive; `pretrain report` then charts the directory; and
 //! no child outlives a killed localnet.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is its job
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

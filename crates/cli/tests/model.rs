@@ -1,5 +1,7 @@
 //! `pretrain eval`, `pretrain inspect` and `pretrain bench eval|train` end to end.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is its job
+
 use std::path::PathBuf;
 use std::process::Command;
 

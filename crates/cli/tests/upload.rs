@@ -2,6 +2,8 @@
 //! the embedded chain and a local hub; then the validator's store fetches
 //! and verifies what was committed.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is its job
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 

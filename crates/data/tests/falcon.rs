@@ -1,6 +1,8 @@
 //! The rows API client against a local HTTP server that replays the
 //! datasets-server's answers and failures (never the real server).
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is its job
+
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

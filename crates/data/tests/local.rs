@@ -1,5 +1,7 @@
 //! The `local:DIR` backend on Parquet and JSONL files written here.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is its job
+
 use std::path::Path;
 
 use pretrain_data::{

@@ -1,6 +1,8 @@
 //! Losses, logits, parameter counts and files against the reference models
 //! made with `transformers` (`testdata/models`).
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is its job
+
 use candle_core::Device;
 use pretrain_model::{CausalLm, Model};
 use serde_json::Value;

@@ -1,5 +1,7 @@
 //! AdamW training parity with `torch.optim.AdamW` on the reference models.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is its job
+
 use candle_core::Device;
 use pretrain_model::{Model, TrainConfig, Trainer};
 use serde_json::Value;

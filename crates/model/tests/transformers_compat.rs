@@ -3,6 +3,8 @@
 //! Python, torch or transformers are missing (`PRETRAIN_PYTHON` picks the
 //! interpreter, default `python3`).
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is its job
+
 use std::process::Command;
 
 use candle_core::Device;

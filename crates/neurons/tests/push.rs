@@ -1,5 +1,7 @@
 //! The miner's push: upload, model id, commit with retries while rate-limited.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is its job
+
 mod common;
 
 use std::time::Duration;

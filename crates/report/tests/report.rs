@@ -2,6 +2,8 @@
 //! local subnet write them: the charts decode and show one line per series,
 //! and the page references them.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is its job
+
 use std::fs;
 
 use plotters::style::{Color, Palette, Palette99};

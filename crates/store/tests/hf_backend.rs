@@ -1,5 +1,7 @@
 //! The `hf` backend against a hub stand-in on 127.0.0.1 (tests/common/fake_hf.rs).
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is its job
+
 mod common;
 
 use std::time::Duration;

@@ -1,5 +1,7 @@
 //! The `local:DIR` hub: round trip, content addressing, several processes.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is its job
+
 mod common;
 
 use std::path::Path;

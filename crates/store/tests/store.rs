@@ -1,5 +1,7 @@
 //! The validator's model store: fetch, verify, path-escape refusals, cleanup.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is its job
+
 mod common;
 
 use std::collections::HashMap;
