@@ -225,7 +225,7 @@ fn step(global_step: u64, strong_loss: f64) -> ValidatorStep {
         uid_data: vec![
             UidStep {
                 uid: 1,
-                block: 10,
+                block: Some(10),
                 average_loss: 6.5,
                 win_rate: 0.0,
                 win_total: 0,
@@ -233,7 +233,7 @@ fn step(global_step: u64, strong_loss: f64) -> ValidatorStep {
             },
             UidStep {
                 uid: 2,
-                block: 11,
+                block: Some(11),
                 average_loss: strong_loss,
                 win_rate: 1.0,
                 win_total: 8,
@@ -242,7 +242,7 @@ fn step(global_step: u64, strong_loss: f64) -> ValidatorStep {
             // A model that failed: +inf, which the dashboards must drop.
             UidStep {
                 uid: 3,
-                block: 12,
+                block: Some(12),
                 average_loss: f64::INFINITY,
                 win_rate: 0.0,
                 win_total: 0,

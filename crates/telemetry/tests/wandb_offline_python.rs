@@ -63,7 +63,7 @@ async fn an_offline_run_reads_back_in_wandbs_own_reader() {
             let uid_data: Vec<UidStep> = (0..40u16)
                 .map(|u| UidStep {
                     uid: u,
-                    block: 1000 + u as u64,
+                    block: Some(1000 + u as u64),
                     average_loss: if u == 39 {
                         f64::INFINITY
                     } else {

@@ -25,8 +25,9 @@ pub const MAX_RUN_STEPS_PER_WANDB_RUN: u64 = 100;
 pub struct UidStep {
     /// The uid.
     pub uid: u16,
-    /// The block of its commitment.
-    pub block: u64,
+    /// The block of its commitment (`None`: it had no valid model; the
+    /// dashboards drop such lines).
+    pub block: Option<u64>,
     /// Mean loss over the step's batches (+inf when it failed).
     #[serde(serialize_with = "finite_or_null")]
     pub average_loss: f64,
@@ -191,7 +192,11 @@ impl ValidatorLog {
     /// Logs one step. As the original: after every 100 steps the run is
     /// finished and a new one started before the step is logged.
     pub async fn log_step(&mut self, step: &ValidatorStep) -> Result<(), WandbError> {
-        if self.run_step_count > 0 && self.run_step_count.is_multiple_of(MAX_RUN_STEPS_PER_WANDB_RUN) {
+        if self.run_step_count > 0
+            && self
+                .run_step_count
+                .is_multiple_of(MAX_RUN_STEPS_PER_WANDB_RUN)
+        {
             if let Some(run) = self.run.take() {
                 if let Err(e) = run.finish(0).await {
                     tracing::warn!(error = %e, "W&B: could not finish the run before rotating");
@@ -232,7 +237,7 @@ mod tests {
             uid_data: vec![
                 UidStep {
                     uid: 2,
-                    block: 40,
+                    block: Some(40),
                     average_loss: 3.25,
                     win_rate: 1.0,
                     win_total: 6,
@@ -240,7 +245,7 @@ mod tests {
                 },
                 UidStep {
                     uid: 5,
-                    block: 41,
+                    block: Some(41),
                     average_loss: f64::INFINITY,
                     win_rate: 0.0,
                     win_total: 0,
