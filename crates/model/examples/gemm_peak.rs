@@ -1,10 +1,14 @@
 //! The fp32 GEMM throughput of this machine through `gemm` (the crate every
 //! kernel here calls), on the shapes of the default GPT-2 at `[1, 1024]`: the
 //! ceiling evaluation and training run against (~270 GFLOP an evaluation).
+//! Where the CPU has AVX512-BF16, each shape also runs through the bf16 GEMM
+//! (`pretrain_model::gemm_bf16`, weights packed once, A converted per call).
 //!
 //!     cargo run --release -p pretrain-model --example gemm_peak -- 2   # threads
 
 use std::time::Instant;
+
+use pretrain_model::gemm_bf16 as bf16;
 
 fn main() {
     let threads: usize = match std::env::args().nth(1).map(|s| s.parse()) {
@@ -68,7 +72,28 @@ fn main() {
         let secs = start.elapsed().as_secs_f64() / reps as f64;
         let gflops = 2.0 * (m * n * k) as f64 / secs / 1e9;
         println!(
-            "{{\"m\":{m},\"n\":{n},\"k\":{k},\"threads\":{threads},\"gflop_per_s\":{gflops:.1}}}"
+            "{{\"m\":{m},\"n\":{n},\"k\":{k},\"threads\":{threads},\"dtype\":\"f32\",\"gflop_per_s\":{gflops:.1}}}"
         );
+        if bf16::support().is_ok() {
+            let packed = match bf16::PackedB::pack(&b, k, n, n, 1) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("bf16: {e}");
+                    std::process::exit(1);
+                }
+            };
+            let mut run = || bf16::gemm(m, &a, k, 1, &packed, &mut c, n, true, threads > 1);
+            let _ = run();
+            let start = Instant::now();
+            for _ in 0..reps {
+                let _ = run();
+            }
+            let secs = start.elapsed().as_secs_f64() / reps as f64;
+            let bf = 2.0 * (m * n * k) as f64 / secs / 1e9;
+            println!(
+                "{{\"m\":{m},\"n\":{n},\"k\":{k},\"threads\":{threads},\"dtype\":\"bf16\",\"gflop_per_s\":{bf:.1},\"vs_f32\":{:.2}}}",
+                bf / gflops
+            );
+        }
     }
 }

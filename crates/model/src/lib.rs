@@ -65,6 +65,8 @@ pub use check::{check_model_dir, check_reason, Limits, ModelInfo};
 pub use config::{Architecture, Gpt2Config, LlamaConfig, ModelConfig};
 pub use error::{ModelError, Result};
 pub use evaluate::{evaluate, load_for_eval};
+/// The bf16 GEMM (AVX512-BF16), for `--dtype bf16` on CPU.
+pub use kernels::gemm_bf16;
 pub use model::{loss_or_inf, CausalLm, Model, Weights};
 pub use nn::{mix_seed, Mode};
 pub use st::{write as write_safetensors, SafetensorsFile, TensorInfo};

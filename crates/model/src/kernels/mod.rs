@@ -37,6 +37,7 @@ pub(crate) mod activations;
 pub(crate) mod attention;
 pub(crate) mod embedding;
 pub(crate) mod gemm;
+pub mod gemm_bf16;
 pub(crate) mod loss;
 pub(crate) mod norms;
 pub(crate) mod optimizer;
