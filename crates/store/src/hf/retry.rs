@@ -5,6 +5,7 @@ use std::time::Duration;
 use pretrain_core::Backoff;
 use tracing::warn;
 
+use super::http::{with_retry_hint, MAX_RETRY_AFTER};
 use super::HfHub;
 use crate::HubError;
 
@@ -36,14 +37,15 @@ impl HfHub {
         let schedule = self.backoff();
         let mut tries = 0u32;
         loop {
-            let err = match tokio::time::timeout(limit, attempt()).await {
+            let (result, hint) = with_retry_hint(tokio::time::timeout(limit, attempt())).await;
+            let err = match result {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) if !e.is_retryable() => return Err(e),
                 Ok(Err(e)) => e,
                 Err(_) => HubError::Network(format!("{what}: no answer in {limit:?}")),
             };
             tries += 1;
-            let Some(delay) = schedule.delay(tries) else {
+            let Some(delay) = self.retry_delay(&schedule, tries, hint) else {
                 return Err(err);
             };
             warn!(
@@ -52,6 +54,19 @@ impl HfHub {
             );
             tokio::time::sleep(delay).await;
         }
+    }
+
+    /// The wait before retry `tries` (from 1): the schedule's, or longer if
+    /// the hub said so in `Retry-After` (`hint`, already bounded by
+    /// [`MAX_RETRY_AFTER`]); `None` once the retries are spent.
+    pub(super) fn retry_delay(
+        &self,
+        schedule: &Backoff,
+        tries: u32,
+        hint: Option<Duration>,
+    ) -> Option<Duration> {
+        let delay = schedule.delay(tries)?;
+        Some(hint.map_or(delay, |h| delay.max(h.min(MAX_RETRY_AFTER))))
     }
 
     /// The retry schedule of every hub call: `retry_delay`, doubled each
