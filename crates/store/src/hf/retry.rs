@@ -85,3 +85,39 @@ impl HfHub {
         self.options.timeout + Duration::from_secs(bytes / (256 * 1024))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::HfOptions;
+
+    #[test]
+    fn retry_after_lengthens_the_wait_up_to_a_minute() {
+        let hub = HfHub::new(HfOptions {
+            retry_delay: Duration::from_secs(2),
+            retries: 3,
+            ..HfOptions::default()
+        })
+        .unwrap();
+        let s = hub.backoff();
+        let secs = Duration::from_secs;
+        assert_eq!(hub.retry_delay(&s, 1, None), Some(secs(2)));
+        assert_eq!(hub.retry_delay(&s, 1, Some(secs(5))), Some(secs(5)));
+        // A longer wait than asked is kept; a huge one is cut to a minute.
+        assert_eq!(hub.retry_delay(&s, 2, Some(secs(1))), Some(secs(4)));
+        assert_eq!(hub.retry_delay(&s, 1, Some(secs(3600))), Some(secs(60)));
+        // The retries stay bounded whatever the hub says.
+        assert_eq!(hub.retry_delay(&s, 4, Some(secs(1))), None);
+    }
+
+    #[test]
+    fn only_the_hubs_conflicting_operation_409_is_retried() {
+        use super::super::http::is_conflicting_operation;
+        assert!(is_conflicting_operation(
+            "Cannot create repo: another conflicting operation is in progress"
+        ));
+        assert!(!is_conflicting_operation(
+            "You already created this model repo"
+        ));
+    }
+}
