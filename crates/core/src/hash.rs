@@ -122,6 +122,25 @@ pub fn hash_of_directory(dir: impl AsRef<Path>) -> Result<String, HashError> {
     Ok(B64.encode(hasher.finalize()))
 }
 
+/// [`hash_of_directory`] over only the files of `dir` whose `/`-separated
+/// path relative to `dir` is in `keep`, in [`walk_order`]: the hash of the
+/// directory as it would be if it held only those files (what the original
+/// hashes after `from_pretrained` downloaded just the model's files).
+pub fn hash_of_files_in(dir: impl AsRef<Path>, keep: &[String]) -> Result<String, HashError> {
+    let dir = dir.as_ref();
+    let mut hasher = Sha256::new();
+    for file in walk_order(dir)? {
+        let rel = file
+            .strip_prefix(dir)
+            .map(|r| r.to_string_lossy().replace(std::path::MAIN_SEPARATOR, "/"))
+            .unwrap_or_default();
+        if keep.contains(&rel) {
+            hasher.update(hash_of_file(&file)?.as_bytes());
+        }
+    }
+    Ok(B64.encode(hasher.finalize()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,6 +251,32 @@ mod tests {
             "k2oYXKqiZrucvpgengXLeM1zKwsygOuURBK7b4+PB68="
         );
         assert_eq!(secure_hash("hello", "world"), hash_of_bytes(b"helloworld"));
+    }
+
+    /// The subset hash of a tree is the full hash of a tree holding only that subset
+    /// (the reference's `flat` tree plus two files that are left out).
+    #[test]
+    fn subset_hash_is_the_hash_of_the_subset_alone() {
+        let c = cases();
+        let flat = &c["trees"].as_array().unwrap()[0];
+        assert_eq!(flat["name"], "flat");
+        let tmp = tempfile::tempdir().unwrap();
+        let mut keep = Vec::new();
+        for f in flat["files"].as_array().unwrap() {
+            let path = f["path"].as_str().unwrap();
+            fs::write(tmp.path().join(path), b64(&f["content_b64"])).unwrap();
+            keep.push(path.to_string());
+        }
+        fs::write(tmp.path().join(".gitattributes"), b"*.bin filter=lfs\n").unwrap();
+        fs::write(tmp.path().join("README.md"), b"# model\n").unwrap();
+        assert_eq!(
+            hash_of_files_in(tmp.path(), &keep).unwrap(),
+            flat["hash_of_directory"].as_str().unwrap()
+        );
+        assert_ne!(
+            hash_of_directory(tmp.path()).unwrap(),
+            flat["hash_of_directory"].as_str().unwrap()
+        );
     }
 
     #[test]

@@ -231,15 +231,20 @@ async fn ensure_registered(
     }
 }
 
-/// `hash_of_directory(dir)`, off the runtime.
+/// The hash the original's miner commits for `dir`: `hash_of_directory`
+/// over the files `from_pretrained` fetches back from the repo (for a
+/// `save_pretrained` directory, all of them), off the runtime.
 async fn hash_dir(dir: &Path) -> Result<String, PushError> {
     let d = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || pretrain_core::hash_of_directory(&d))
+    tokio::task::spawn_blocking(move || pretrain_store::pretrained::hash_of_model_dir(&d))
         .await
         .map_err(PushError::Task)?
-        .map_err(|source| PushError::Hash {
-            path: dir.to_path_buf(),
-            source,
+        .map_err(|e| match e {
+            HubError::List { source, .. } => PushError::Hash {
+                path: dir.to_path_buf(),
+                source,
+            },
+            e => PushError::Hub(e),
         })
 }
 
@@ -287,7 +292,9 @@ async fn commit_data(
     })
 }
 
-/// Checks that the hub's files at `commit` are exactly the directory's.
+/// Checks that the hub holds the directory at `commit`: every file of it
+/// with its size, and nothing else but the Hub's `.gitattributes`; so the
+/// files `from_pretrained` fetches are the directory's (and hash the same).
 /// `as_owner`: list as the repo's owner (a private repo is listed too).
 async fn check_uploaded(
     hub: &dyn ModelHub,
@@ -311,7 +318,12 @@ async fn check_uploaded(
     } else {
         hub.files_at(repo, commit).await?
     };
-    let mut remote: Vec<(String, u64)> = listed.into_iter().map(|f| (f.path, f.size)).collect();
+    let has_own_attributes = local.iter().any(|f| f.0 == ".gitattributes");
+    let mut remote: Vec<(String, u64)> = listed
+        .into_iter()
+        .filter(|f| has_own_attributes || f.path != ".gitattributes")
+        .map(|f| (f.path, f.size))
+        .collect();
     remote.sort();
     if local != remote {
         let extra: Vec<_> = remote

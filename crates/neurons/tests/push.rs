@@ -209,7 +209,8 @@ async fn push_later_uploads_private_commits_five_fields_and_make_public_publishe
     )
     .await
     .unwrap();
-    assert_eq!(stranger.files_at(&r, &commit).await.unwrap().len(), 3);
+    // The model and the Hub's .gitattributes (kept since issue 30).
+    assert_eq!(stranger.files_at(&r, &commit).await.unwrap().len(), 4);
 
     // The 5-field id must fit in 128 bytes: a 41-character repo id cannot
     // (41 + 40 + 44 + 1 + 4 separators = 130), refused before any upload.
@@ -260,10 +261,94 @@ async fn push_later_on_the_local_hub_keeps_the_repo_private() {
         Err(HubError::NotFound(_))
     ));
     make_public(&hub, &r, &Backoff::default()).await.unwrap();
-    assert_eq!(hub.files_at(&r, &commit).await.unwrap().len(), 3);
-    // Making a missing repo public is NotFound, not retried.
+    assert_eq!(hub.files_at(&r, &commit).await.unwrap().len(), 4); // and .gitattributes
+                                                                   // Making a missing repo public is NotFound, not retried.
     let err = make_public(&hub, &repo("alice/nothing"), &Backoff::default())
         .await
         .unwrap_err();
     assert!(matches!(err, HubError::NotFound(_)), "{err}");
+}
+
+/// Issue 30: what our miner pushes keeps the Hub's `.gitattributes` (so the
+/// repo keeps its LFS rules) and is accepted by the seed's hash check and by
+/// the later protocol's secure-hash check, both over what `from_pretrained`
+/// fetches; the directory in the README's example also carries a model
+/// card, which is uploaded but neither hashed nor downloaded.
+#[tokio::test]
+async fn pushed_repos_keep_gitattributes_and_pass_both_hash_rules() {
+    let server = FakeHub::start("hf_tok");
+    let hf = HfHub::new(HfOptions {
+        endpoint: server.url.clone(),
+        token: Some("hf_tok".into()),
+        retry_delay: Duration::from_millis(10),
+        ..HfOptions::default()
+    })
+    .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("model");
+    copy_dir(&reference_model_dir(), &dir);
+    std::fs::write(dir.join("README.md"), "# tiny\n").unwrap();
+    let chain = FakeChain::new(0, true);
+    let hotkey = Hotkey::address_only(HOTKEY);
+
+    let meta = push(&hf, &chain, &hotkey, &dir, &repo("alice/seed"), &fast(None))
+        .await
+        .unwrap();
+    // The original's hash: that of the three model files alone.
+    assert_eq!(meta.id.hash.as_deref(), Some(reference_hash().as_str()));
+    let commit = commit_id(meta.id.commit.as_deref().unwrap());
+    let listed: Vec<String> = hf
+        .files_at(&repo("alice/seed"), &commit)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.path)
+        .collect();
+    assert!(listed.contains(&".gitattributes".to_string()), "{listed:?}");
+    assert!(listed.contains(&"README.md".to_string()), "{listed:?}");
+    let store = ModelStore::new(root.path().join("validator"));
+    let got = store
+        .fetch(&hf, &hk(HOTKEY), &meta.id, MAX_MODEL_BYTES)
+        .await
+        .unwrap();
+    assert_eq!(got.hash, reference_hash());
+
+    let later_chain = FakeChain::new(0, true);
+    let pushed = push_later(
+        &hf,
+        &later_chain,
+        &hotkey,
+        &dir,
+        &repo("alice/later"),
+        0,
+        &fast(None),
+    )
+    .await
+    .unwrap();
+    make_public(&hf, &repo("alice/later"), &Backoff::default())
+        .await
+        .unwrap();
+    let id = pushed.id.clone();
+    let seed_view = ModelId {
+        namespace: id.namespace.clone(),
+        name: id.name.clone(),
+        commit: id.commit.clone(),
+        hash: id.secure_hash.clone(),
+    };
+    let got = store
+        .fetch_verified(&hf, &hk(HOTKEY), &seed_view, MAX_MODEL_BYTES, |h| {
+            pretrain_core::rules::check_download(&id, h, HOTKEY).map_err(|e| {
+                pretrain_store::StoreError::HashCheck {
+                    model: id.to_compressed_str(),
+                    source: Box::new(e),
+                }
+            })
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.hash, reference_hash());
+    assert_eq!(
+        pushed.id.secure_hash.as_deref(),
+        Some(two_strings_hash(&reference_hash(), HOTKEY).as_str())
+    );
 }

@@ -13,7 +13,8 @@
 //! (the later protocol's miners upload private and publish after their
 //! commitment lands).
 //!
-//! Both download a commit into `DEST/models--<ns>--<name>/snapshots/<commit>/`
+//! Both download a commit's model files (what transformers' `from_pretrained`
+//! fetches, [`pretrained`]) into `DEST/models--<ns>--<name>/snapshots/<commit>/`
 //! (the `huggingface_hub` cache layout) with real files (no symlinks),
 //! atomically (staged, then renamed into place).
 //!
@@ -61,6 +62,7 @@
 pub mod hf;
 pub mod local;
 pub mod paths;
+pub mod pretrained;
 pub mod store;
 
 use std::path::{Path, PathBuf};
@@ -206,7 +208,8 @@ pub trait ModelHub: Send + Sync {
     }
 
     /// Uploads the files of `dir` as one commit of `repo`; afterwards the
-    /// repo at that commit holds exactly those files. A new repo is created
+    /// repo at that commit holds exactly those files, and a `.gitattributes`
+    /// (the directory's own, else the one the Hub wrote at the repo's creation). A new repo is created
     /// with `visibility`; an existing one keeps its own (as Hugging Face's
     /// `create_repo` on an existing repo changes nothing): use
     /// [`ModelHub::set_visibility`] to change it. Returns the commit sha
@@ -237,9 +240,12 @@ pub trait ModelHub: Send + Sync {
         self.files_at(repo, commit).await
     }
 
-    /// Downloads `repo` at `commit` into
+    /// Downloads the model files of `repo` at `commit` (those that
+    /// transformers' `from_pretrained` fetches: [`pretrained::select`]; not
+    /// `.gitattributes` or a `README.md`) into
     /// `dest/models--<ns>--<name>/snapshots/<commit>/` (replacing nothing
-    /// that is already complete there) and returns that directory.
+    /// that is already complete there) and returns that directory, whose
+    /// `hash_of_directory` is then the hash the original computes.
     async fn download(
         &self,
         repo: &RepoId,

@@ -8,6 +8,10 @@
 //! DIR/repos/<ns>/<name>/visibility                    `public` or `private` (absent: public)
 //! DIR/tmp/upload-XXXX/ + upload-XXXX.lock             uploads being staged
 //! ```
+//! As on Hugging Face, every commit holds a `.gitattributes` (the uploaded
+//! directory's own, else the head's, else the Hub's default for a new repo),
+//! and a download fetches only what `from_pretrained` would
+//! ([`crate::pretrained`]).
 //! Each staging folder has a lock file held (flock) by the uploading
 //! process; an upload first removes the staging folders whose lock nobody
 //! holds (their process was killed), so killed uploads do not pile up.
@@ -34,6 +38,7 @@ use sha2::{Digest, Sha256};
 use tracing::{debug, info};
 
 use crate::paths::safe_relative_path;
+use crate::pretrained;
 use crate::{list_local_files, CommitId, HubError, ModelHub, RepoFile, RepoId, Visibility};
 
 /// One file of a commit's manifest.
@@ -67,6 +72,9 @@ impl Manifest {
         hex(&hasher.finalize())[..40].to_string()
     }
 }
+
+/// Git's attributes file, which every Hub repo holds from its creation.
+const GITATTRIBUTES: &str = ".gitattributes";
 
 // A killed upload's staging folder without a lock file is removed after this long.
 const STALE_UNLOCKED_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -357,6 +365,40 @@ impl LocalHub {
                 sha256,
             });
         }
+        // As on the Hub, every commit holds a `.gitattributes`: the
+        // directory's own, else the one of the repo's head, else the one the
+        // Hub writes into a new repo.
+        if !manifest.files.iter().any(|f| f.path == GITATTRIBUTES) {
+            let dst = staging.path().join("files").join(GITATTRIBUTES);
+            let inherited = match self.head(repo)? {
+                Some(head) => self
+                    .read_manifest(repo, &head)
+                    .ok()
+                    .filter(|m| m.files.iter().any(|f| f.path == GITATTRIBUTES))
+                    .map(|_| {
+                        self.commit_dir(repo, &head)
+                            .join("files")
+                            .join(GITATTRIBUTES)
+                    }),
+                None => None,
+            };
+            let (size, sha256) = match inherited {
+                Some(src) => copy_hashing(&src, &dst)?,
+                None => {
+                    let files = staging.path().join("files");
+                    fs::create_dir_all(&files)
+                        .map_err(HubError::io(format!("cannot create {}", files.display())))?;
+                    let bytes = pretrained::HUB_GITATTRIBUTES.as_bytes();
+                    write_synced(&dst, bytes)?;
+                    (bytes.len() as u64, hex(&Sha256::digest(bytes)))
+                }
+            };
+            manifest.files.push(ManifestFile {
+                path: GITATTRIBUTES.to_string(),
+                size,
+                sha256,
+            });
+        }
         manifest.files.sort_by(|a, b| a.path.cmp(&b.path));
         let sha: CommitId = manifest
             .commit_sha()
@@ -430,7 +472,31 @@ impl LocalHub {
                 repo_dir.display()
             )))?;
         let files_dir = self.commit_dir(repo, commit).join("files");
-        for f in &manifest.files {
+        // Only what `from_pretrained` fetches, as from the Hugging Face hub.
+        let listed: Vec<RepoFile> = manifest
+            .files
+            .iter()
+            .map(|f| RepoFile {
+                path: f.path.clone(),
+                size: f.size,
+            })
+            .collect();
+        let index = match pretrained::index_to_read(&listed) {
+            Some(ix) => {
+                let p = files_dir.join(safe_relative_path(&ix.path)?);
+                Some(
+                    pretrain_core::bounded::read_regular(&p, pretrained::INDEX_LIMIT)
+                        .map_err(HubError::io(format!("cannot read {}", p.display())))?,
+                )
+            }
+            None => None,
+        };
+        let wanted = pretrained::select(&listed, index.as_deref())?;
+        for f in manifest
+            .files
+            .iter()
+            .filter(|f| wanted.iter().any(|w| w.path == f.path))
+        {
             let rel = safe_relative_path(&f.path)?;
             let src = files_dir.join(&rel);
             // The hub directory is not trusted more than a remote hub.

@@ -43,7 +43,8 @@ async fn upload_list_download_round_trip() {
         .unwrap();
     assert_eq!(commit.as_str().len(), 40);
 
-    // The hub's initial `.gitattributes` was deleted: the commit is exactly the directory.
+    // Issue 30: the hub's initial `.gitattributes` is kept (it was deleted
+    // before): the commit is the directory and it.
     let listed: Vec<(String, u64)> = hf
         .files_at(&repo("alice/tiny-gpt2"), &commit)
         .await
@@ -51,7 +52,7 @@ async fn upload_list_download_round_trip() {
         .into_iter()
         .map(|f| (f.path, f.size))
         .collect();
-    assert_eq!(listed, reference_files());
+    assert_eq!(listed, with_hub_gitattributes(reference_files()));
 
     // The safetensors went through LFS, without our token leaking to the storage URL.
     let seen = server.seen();
@@ -449,7 +450,8 @@ async fn private_upload_then_made_public_through_the_settings_api() {
     assert!(matches!(err, HubError::NotFound(_)), "{err}");
     let own = owner.files_at_as_owner(&r, &commit).await.unwrap();
     let own: Vec<(String, u64)> = own.into_iter().map(|f| (f.path, f.size)).collect();
-    assert_eq!(own, reference_files());
+    // Issue 30: and the Hub's .gitattributes, kept.
+    assert_eq!(own, with_hub_gitattributes(reference_files()));
 
     // One 503 on the settings call is retried; the request is
     // PUT /api/models/{repo}/settings {"private": false} with the token.

@@ -36,7 +36,8 @@ async fn upload_list_download_round_trip() {
         .into_iter()
         .map(|f| (f.path, f.size))
         .collect();
-    assert_eq!(listed, reference_files());
+    // Issue 30: with the .gitattributes the Hub writes at creation.
+    assert_eq!(listed, with_hub_gitattributes(reference_files()));
 
     let dest = tempfile::tempdir().unwrap();
     let dir = hub
@@ -91,9 +92,10 @@ async fn same_content_same_sha_other_content_other_sha() {
         .unwrap();
     assert_ne!(a, d);
     // Both commits stay readable; the head moved.
-    assert_eq!(hub.files_at(&repo("alice/one"), &a).await.unwrap().len(), 3);
+    // Issue 30: each commit also holds the Hub's .gitattributes (sorted first).
+    assert_eq!(hub.files_at(&repo("alice/one"), &a).await.unwrap().len(), 4);
     assert_eq!(
-        hub.files_at(&repo("alice/one"), &d).await.unwrap()[1].size,
+        hub.files_at(&repo("alice/one"), &d).await.unwrap()[2].size,
         2
     );
 }
@@ -235,7 +237,11 @@ async fn concurrent_uploads_from_two_processes() {
             .await
             .unwrap();
         let files = hub.files_at(&repo("shared/repo"), c).await.unwrap();
-        assert_eq!(files.len(), 3);
+        assert_eq!(
+            files.len(),
+            4,
+            "the model and the Hub's .gitattributes (issue 30)"
+        );
         if c == &reference {
             assert_eq!(hash_of_directory(&dir).unwrap(), reference_hash());
         }
@@ -339,7 +345,8 @@ async fn uploads_refuse_secrets_links_out_and_special_files() {
             "{name}"
         );
     }
-    // Links inside the directory and .gitattributes are fine, and upload what the hash hashes.
+    // Links inside the directory and .gitattributes are fine, and upload what
+    // the hash hashes: since issue 30, the files `from_pretrained` fetches.
     let dir = model_copy(&tmp.path().join("ok"));
     std::fs::write(dir.join(".gitattributes"), "*.safetensors filter=lfs\n").unwrap();
     std::fs::rename(dir.join("config.json"), dir.join("real-config.json")).unwrap();
@@ -353,8 +360,9 @@ async fn uploads_refuse_secrets_links_out_and_special_files() {
         .unwrap();
     assert_eq!(
         hash_of_directory(&got).unwrap(),
-        hash_of_directory(&dir).unwrap()
+        pretrain_store::pretrained::hash_of_model_dir(&dir).unwrap()
     );
+    assert_eq!(hash_of_directory(&got).unwrap(), reference_hash());
 }
 
 /// Issue 14, class 6: staging folders of killed uploads piled up. A folder
@@ -492,8 +500,9 @@ async fn a_private_repo_is_missing_to_readers_until_made_public() {
     assert!(!dest.path().join("models--alice--secret").exists());
     // The owner's own check sees the files.
     let own = hub.files_at_as_owner(&r, &commit).await.unwrap();
-    assert_eq!(own.len(), 1);
-    assert_eq!((own[0].path.as_str(), own[0].size), ("config.json", 7));
+    // Issue 30: after the Hub's .gitattributes.
+    assert_eq!(own.len(), 2);
+    assert_eq!((own[1].path.as_str(), own[1].size), ("config.json", 7));
 
     // Another upload, even a "public" one, does not change an existing repo.
     let src2 = small_dir(root.path(), b"{\"a\":22}");
@@ -508,7 +517,7 @@ async fn a_private_repo_is_missing_to_readers_until_made_public() {
     // Made public: every commit is readable.
     hub.set_visibility(&r, Visibility::Public).await.unwrap();
     assert_eq!(hub.visibility(&r).unwrap(), Some(Visibility::Public));
-    assert_eq!(hub.files_at(&r, &commit).await.unwrap()[0].size, 7);
+    assert_eq!(hub.files_at(&r, &commit).await.unwrap()[1].size, 7);
     let dir = hub.download(&r, &second, dest.path()).await.unwrap();
     assert_eq!(
         std::fs::read(dir.join("config.json")).unwrap(),
@@ -546,7 +555,7 @@ async fn visibility_of_new_existing_and_missing_repos() {
     assert_eq!(hub.visibility(&r).unwrap(), Some(Visibility::Public));
     hub.upload_as(&src, &r, Visibility::Private).await.unwrap();
     assert_eq!(hub.visibility(&r).unwrap(), Some(Visibility::Public));
-    assert_eq!(hub.files_at(&r, &c).await.unwrap().len(), 1);
+    assert_eq!(hub.files_at(&r, &c).await.unwrap().len(), 2); // and .gitattributes
 
     // A repo from before visibility files existed is public.
     let legacy = repo("alice/legacy");
@@ -556,7 +565,7 @@ async fn visibility_of_new_existing_and_missing_repos() {
         .unwrap();
     std::fs::remove_file(root.path().join("repos/alice/legacy/visibility")).unwrap();
     assert_eq!(hub.visibility(&legacy).unwrap(), Some(Visibility::Public));
-    assert_eq!(hub.files_at(&legacy, &c).await.unwrap().len(), 1);
+    assert_eq!(hub.files_at(&legacy, &c).await.unwrap().len(), 2);
 
     // Through the trait object too (what the miner and validator hold).
     let dynhub = open_hub(
@@ -577,5 +586,5 @@ async fn visibility_of_new_existing_and_missing_repos() {
         .set_visibility(&hidden, Visibility::Public)
         .await
         .unwrap();
-    assert_eq!(dynhub.files_at(&hidden, &c).await.unwrap().len(), 1);
+    assert_eq!(dynhub.files_at(&hidden, &c).await.unwrap().len(), 2);
 }

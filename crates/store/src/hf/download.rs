@@ -12,10 +12,10 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tracing::{info, warn};
 
-use super::http::{check_status, encode_path, network};
+use super::http::{check_status, encode_path, network, with_retry_hint};
 use super::HfHub;
 use crate::paths::safe_relative_path;
-use crate::{HubError, ModelHub, RepoFile};
+use crate::{pretrained, HubError, ModelHub, RepoFile};
 
 impl HfHub {
     /// Downloads `repo` at `commit` into
@@ -36,11 +36,37 @@ impl HfHub {
         {
             return Ok(target);
         }
-        let files = self.files_at(repo, commit).await?;
+        let listed = self.files_at(repo, commit).await?;
+        for f in &listed {
+            safe_relative_path(&f.path)?;
+        }
         // Kept across calls so that an interrupted download resumes.
         let staging = repo_dir.join(format!(".partial-{commit}"));
         let done_dir = staging.join("files");
         let parts_dir = staging.join("parts");
+        // Only what `from_pretrained` fetches; a sharded model's index first,
+        // since it names the shards.
+        let index = match pretrained::index_to_read(&listed) {
+            Some(ix) if ix.size > pretrained::INDEX_LIMIT => {
+                return Err(HubError::BadResponse(format!(
+                    "{repo}@{commit}: {} is {} bytes, more than {}",
+                    ix.path,
+                    ix.size,
+                    pretrained::INDEX_LIMIT
+                )))
+            }
+            Some(ix) => {
+                let done = done_dir.join(safe_relative_path(&ix.path)?);
+                self.fetch_listed(repo, commit, ix, &parts_dir, &done, &ProgressBar::hidden())
+                    .await?;
+                let bytes = tokio::fs::read(&done)
+                    .await
+                    .map_err(HubError::io(format!("cannot read {}", done.display())))?;
+                Some(bytes)
+            }
+            None => None,
+        };
+        let files = pretrained::select(&listed, index.as_deref())?;
         let total: u64 = files.iter().map(|f| f.size).sum();
         let bar = if self.options.progress {
             let bar = ProgressBar::new(total);
@@ -61,26 +87,8 @@ impl HfHub {
                 done_dir.display()
             )))?;
         for file in &files {
-            let rel = safe_relative_path(&file.path)?;
-            let done = done_dir.join(&rel);
-            if let Ok(m) = tokio::fs::symlink_metadata(&done).await {
-                if m.is_file() && m.len() == file.size {
-                    bar.inc(file.size);
-                    continue;
-                }
-                if !m.is_file() {
-                    return Err(HubError::UnsafePath {
-                        path: file.path.clone(),
-                        reason: "something that is not a file is in the way of the download".into(),
-                    });
-                }
-                let _ = tokio::fs::remove_file(&done).await;
-            }
-            let part = parts_dir.join(hex_id(&file.path));
-            if let Ok(m) = tokio::fs::metadata(&part).await {
-                bar.inc(m.len().min(file.size));
-            }
-            self.download_file(repo, commit, file, &part, &done, &bar)
+            let done = done_dir.join(safe_relative_path(&file.path)?);
+            self.fetch_listed(repo, commit, file, &parts_dir, &done, &bar)
                 .await?;
         }
         bar.finish_and_clear();
@@ -102,6 +110,38 @@ impl HfHub {
         let _ = tokio::fs::remove_dir_all(&staging).await;
         info!(%repo, %commit, bytes = total, "downloaded");
         Ok(target)
+    }
+
+    /// Puts one listed file at `done` unless a complete copy is already
+    /// there, resuming a partial one from `parts_dir`.
+    async fn fetch_listed(
+        &self,
+        repo: &RepoId,
+        commit: &CommitId,
+        file: &RepoFile,
+        parts_dir: &Path,
+        done: &Path,
+        bar: &ProgressBar,
+    ) -> Result<(), HubError> {
+        if let Ok(m) = tokio::fs::symlink_metadata(done).await {
+            if m.is_file() && m.len() == file.size {
+                bar.inc(file.size);
+                return Ok(());
+            }
+            if !m.is_file() {
+                return Err(HubError::UnsafePath {
+                    path: file.path.clone(),
+                    reason: "something that is not a file is in the way of the download".into(),
+                });
+            }
+            let _ = tokio::fs::remove_file(done).await;
+        }
+        let part = parts_dir.join(hex_id(&file.path));
+        if let Ok(m) = tokio::fs::metadata(&part).await {
+            bar.inc(m.len().min(file.size));
+        }
+        self.download_file(repo, commit, file, &part, done, bar)
+            .await
     }
 
     /// Downloads one listed file into `done` (complete files), resuming
@@ -130,11 +170,13 @@ impl HfHub {
         let schedule = self.backoff();
         let mut tries = 0u32;
         loop {
-            match self.fetch_range(&url, commit, file, part, bar, &what).await {
+            let (result, hint) =
+                with_retry_hint(self.fetch_range(&url, commit, file, part, bar, &what)).await;
+            match result {
                 Ok(()) => break,
                 Err(e) if e.is_retryable() => {
                     tries += 1;
-                    let Some(delay) = schedule.delay(tries) else {
+                    let Some(delay) = self.retry_delay(&schedule, tries, hint) else {
                         return Err(e);
                     };
                     warn!(

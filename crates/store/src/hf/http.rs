@@ -1,10 +1,53 @@
 //! HTTP helpers: URL paths, headers, and the hub's answers mapped onto [`HubError`].
 
-use reqwest::header::{HeaderMap, HeaderValue};
+use std::cell::Cell;
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
 use reqwest::{Response, StatusCode};
 use serde_json::Value;
 
 use crate::HubError;
+
+/// The longest `Retry-After` honoured: a hub asking for more gets retried
+/// after this (the retries stay bounded).
+pub(super) const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+tokio::task_local! {
+    /// The `Retry-After` of the last 429/503 answer within one attempt
+    /// ([`with_retry_hint`]): the retry loops see only [`HubError`]s.
+    static RETRY_HINT: Cell<Option<Duration>>;
+}
+
+/// Runs one attempt and returns its result with the `Retry-After` (bounded
+/// by [`MAX_RETRY_AFTER`]) of a 429 or 503 answer it got, if any.
+pub(super) async fn with_retry_hint<T>(
+    attempt: impl std::future::Future<Output = T>,
+) -> (T, Option<Duration>) {
+    RETRY_HINT
+        .scope(Cell::new(None), async {
+            let out = attempt.await;
+            (out, RETRY_HINT.with(Cell::get))
+        })
+        .await
+}
+
+/// `Retry-After` in delta-seconds (an HTTP date is not read: our own
+/// schedule applies then).
+fn retry_after(resp: &Response) -> Option<Duration> {
+    let v = resp.headers().get(RETRY_AFTER)?.to_str().ok()?;
+    let secs: u64 = v.trim().parse().ok()?;
+    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+}
+
+/// Whether a 409's message is the Hub's "another conflicting operation is
+/// in progress" (retried, as huggingface_hub's `create_repo` does), not a
+/// plain conflict (the repo exists).
+pub(super) fn is_conflicting_operation(message: &str) -> bool {
+    message
+        .to_ascii_lowercase()
+        .contains("conflicting operation")
+}
 
 /// Percent-encodes a repo path for a URL, keeping `/`.
 pub(super) fn encode_path(path: &str) -> String {
@@ -62,6 +105,15 @@ pub(super) async fn check_status(resp: Response, what: &str) -> Result<Response,
     if status.is_success() {
         return Ok(resp);
     }
+    if matches!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    ) {
+        if let Some(wait) = retry_after(&resp) {
+            // Outside a retry loop there is no one to tell.
+            let _ = RETRY_HINT.try_with(|h| h.set(Some(wait)));
+        }
+    }
     let message = resp
         .headers()
         .get("x-error-message")
@@ -80,6 +132,7 @@ pub(super) async fn check_status(resp: Response, what: &str) -> Result<Response,
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => HubError::Unauthorized(text),
         StatusCode::NOT_FOUND => HubError::NotFound(text),
         StatusCode::TOO_MANY_REQUESTS => HubError::RateLimited(text),
+        StatusCode::CONFLICT if is_conflicting_operation(&message) => HubError::RateLimited(text),
         s if s.is_server_error() => HubError::Network(text),
         _ => HubError::BadResponse(text),
     })

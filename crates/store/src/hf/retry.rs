@@ -5,6 +5,7 @@ use std::time::Duration;
 use pretrain_core::Backoff;
 use tracing::warn;
 
+use super::http::{with_retry_hint, MAX_RETRY_AFTER};
 use super::HfHub;
 use crate::HubError;
 
@@ -36,14 +37,15 @@ impl HfHub {
         let schedule = self.backoff();
         let mut tries = 0u32;
         loop {
-            let err = match tokio::time::timeout(limit, attempt()).await {
+            let (result, hint) = with_retry_hint(tokio::time::timeout(limit, attempt())).await;
+            let err = match result {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) if !e.is_retryable() => return Err(e),
                 Ok(Err(e)) => e,
                 Err(_) => HubError::Network(format!("{what}: no answer in {limit:?}")),
             };
             tries += 1;
-            let Some(delay) = schedule.delay(tries) else {
+            let Some(delay) = self.retry_delay(&schedule, tries, hint) else {
                 return Err(err);
             };
             warn!(
@@ -52,6 +54,19 @@ impl HfHub {
             );
             tokio::time::sleep(delay).await;
         }
+    }
+
+    /// The wait before retry `tries` (from 1): the schedule's, or longer if
+    /// the hub said so in `Retry-After` (`hint`, already bounded by
+    /// [`MAX_RETRY_AFTER`]); `None` once the retries are spent.
+    pub(super) fn retry_delay(
+        &self,
+        schedule: &Backoff,
+        tries: u32,
+        hint: Option<Duration>,
+    ) -> Option<Duration> {
+        let delay = schedule.delay(tries)?;
+        Some(hint.map_or(delay, |h| delay.max(h.min(MAX_RETRY_AFTER))))
     }
 
     /// The retry schedule of every hub call: `retry_delay`, doubled each
@@ -68,5 +83,41 @@ impl HfHub {
     /// Time allowed for sending `bytes`: the request timeout plus 256 KiB/s.
     pub(super) fn transfer_limit(&self, bytes: u64) -> Duration {
         self.options.timeout + Duration::from_secs(bytes / (256 * 1024))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::HfOptions;
+
+    #[test]
+    fn retry_after_lengthens_the_wait_up_to_a_minute() {
+        let hub = HfHub::new(HfOptions {
+            retry_delay: Duration::from_secs(2),
+            retries: 3,
+            ..HfOptions::default()
+        })
+        .unwrap();
+        let s = hub.backoff();
+        let secs = Duration::from_secs;
+        assert_eq!(hub.retry_delay(&s, 1, None), Some(secs(2)));
+        assert_eq!(hub.retry_delay(&s, 1, Some(secs(5))), Some(secs(5)));
+        // A longer wait than asked is kept; a huge one is cut to a minute.
+        assert_eq!(hub.retry_delay(&s, 2, Some(secs(1))), Some(secs(4)));
+        assert_eq!(hub.retry_delay(&s, 1, Some(secs(3600))), Some(secs(60)));
+        // The retries stay bounded whatever the hub says.
+        assert_eq!(hub.retry_delay(&s, 4, Some(secs(1))), None);
+    }
+
+    #[test]
+    fn only_the_hubs_conflicting_operation_409_is_retried() {
+        use super::super::http::is_conflicting_operation;
+        assert!(is_conflicting_operation(
+            "Cannot create repo: another conflicting operation is in progress"
+        ));
+        assert!(!is_conflicting_operation(
+            "You already created this model repo"
+        ));
     }
 }

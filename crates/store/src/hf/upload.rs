@@ -2,6 +2,7 @@
 //! transfers) and the NDJSON commit API.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -13,9 +14,26 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tracing::{debug, info};
 
-use super::http::{check_status, header_map, network, send_json};
+use super::http::{check_status, header_map, is_conflicting_operation, network, send_json};
 use super::HfHub;
 use crate::{list_local_files, HubError, Visibility};
+
+/// Git's attributes file: the Hub writes one into every new repo.
+const GITATTRIBUTES: &str = ".gitattributes";
+
+/// Files per pre-upload request (huggingface_hub's chunk).
+const PREUPLOAD_CHUNK: usize = 256;
+
+/// How a file is committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Its content in the commit.
+    Regular,
+    /// Through Git LFS, by its sha256.
+    Lfs,
+    /// Left out (`shouldIgnore`: the repo's `.gitignore` matches it).
+    Ignored,
+}
 
 /// A local file prepared for upload.
 struct LocalFile {
@@ -28,7 +46,8 @@ struct LocalFile {
 
 impl HfHub {
     /// Uploads the files of `dir` as one commit of `repo` (created with
-    /// `visibility` if new): the repo at the new commit holds exactly those files.
+    /// `visibility` if new): the repo at the new commit holds exactly those
+    /// files and the `.gitattributes` the Hub wrote at its creation.
     pub(super) async fn upload_dir(
         &self,
         dir: &Path,
@@ -48,31 +67,41 @@ impl HfHub {
         }
         self.create_repo(repo, visibility).await?;
         // Files of the previous revision that the new one lacks are deleted,
-        // so the repo at the new commit is exactly `dir` (and hashes the same).
-        let deleted: Vec<String> = match self.list(repo, "main").await {
-            Ok((_, old)) => old
-                .into_iter()
-                .map(|f| f.path)
-                .filter(|p| !files.iter().any(|f| &f.path == p))
-                .collect(),
-            Err(HubError::NotFound(_)) => Vec::new(),
+        // so the repo at the new commit holds `dir` (and what `from_pretrained`
+        // fetches from it hashes as `dir` does); the `.gitattributes` the Hub
+        // wrote at creation stays (without it, LFS files clone as pointers).
+        let (parent, deleted): (Option<String>, Vec<String>) = match self.list(repo, "main").await {
+            Ok((sha, old)) => (
+                sha,
+                old.into_iter()
+                    .map(|f| f.path)
+                    .filter(|p| p != GITATTRIBUTES && !files.iter().any(|f| &f.path == p))
+                    .collect(),
+            ),
+            Err(HubError::NotFound(_)) => (None, Vec::new()),
             Err(e) => return Err(e),
         };
-        let lfs = self.preupload(repo, &files).await?;
+        let modes = self.preupload(repo, &files).await?;
         let lfs_files: Vec<&LocalFile> = files
             .iter()
-            .zip(&lfs)
-            .filter(|(_, &l)| l)
+            .zip(&modes)
+            .filter(|(_, &m)| m == Mode::Lfs)
             .map(|(f, _)| f)
             .collect();
         self.upload_lfs(repo, &lfs_files).await?;
-        let commit = self.commit(repo, &files, &lfs, &deleted).await?;
+        let commit = self
+            .commit(repo, &files, &modes, &deleted, parent.as_deref())
+            .await?;
         info!(%repo, %commit, files = files.len(), deleted = deleted.len(), "uploaded to the hub");
         Ok(commit)
     }
 
     /// Creates `repo` with `visibility`; an existing repo is left as it is
-    /// (the hub answers 409, and its visibility does not change).
+    /// (the hub answers 409, and its visibility does not change). As
+    /// huggingface_hub's `create_repo(exist_ok=True)`: a 409 "another
+    /// conflicting operation is in progress" is retried, and a 403 (a
+    /// fine-grained token that may write this repo but create none) is fine
+    /// if `GET /api/models/{repo}` shows the repo exists.
     async fn create_repo(&self, repo: &RepoId, visibility: Visibility) -> Result<(), HubError> {
         let token = self.require_token()?;
         let url = format!("{}/api/repos/create", self.options.endpoint);
@@ -87,13 +116,46 @@ impl HfHub {
                 .send()
                 .await
                 .map_err(|e| network(&what, e))?;
-            if resp.status() == StatusCode::CONFLICT {
-                debug!(%repo, "repo already exists");
-                return Ok(());
+            match resp.status() {
+                StatusCode::CONFLICT => {
+                    let text = resp.text().await.unwrap_or_default();
+                    if is_conflicting_operation(&text) {
+                        return Err(HubError::RateLimited(format!(
+                            "{what}: HTTP 409: another conflicting operation is in progress"
+                        )));
+                    }
+                    debug!(%repo, "repo already exists");
+                    Ok(())
+                }
+                StatusCode::FORBIDDEN => {
+                    let refused = check_status(resp, &what).await.err().unwrap_or_else(|| {
+                        HubError::Unauthorized(format!("{what}: HTTP 403"))
+                    });
+                    if self.repo_exists(repo).await? {
+                        debug!(%repo, "may not create repos, but the repo exists");
+                        Ok(())
+                    } else {
+                        Err(refused)
+                    }
+                }
+                _ => check_status(resp, &what).await.map(|_| ()),
             }
-            check_status(resp, &what).await.map(|_| ())
         })
         .await
+    }
+
+    /// Whether `GET /api/models/{repo}` (huggingface_hub's `repo_info`)
+    /// finds the repo with our token; a network failure is an error (retried).
+    async fn repo_exists(&self, repo: &RepoId) -> Result<bool, HubError> {
+        let token = self.require_token()?;
+        let url = format!("{}/api/models/{}", self.options.endpoint, repo);
+        let what = format!("checking that {repo} exists");
+        let req = self.client.get(&url).bearer_auth(token);
+        match send_json::<Value>(req, &what).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_retryable() => Err(e),
+            Err(_) => Ok(false),
+        }
     }
 
     /// Makes `repo` public or private: huggingface_hub's
@@ -123,43 +185,58 @@ impl HfHub {
         Ok(())
     }
 
-    async fn preupload(&self, repo: &RepoId, files: &[LocalFile]) -> Result<Vec<bool>, HubError> {
+    /// How each file goes: huggingface_hub's `_fetch_upload_modes`, 256
+    /// files a request; `shouldIgnore` files are left out, and an empty file
+    /// is always regular (S3 answers 501 to an empty LFS upload).
+    async fn preupload(&self, repo: &RepoId, files: &[LocalFile]) -> Result<Vec<Mode>, HubError> {
         let token = self.require_token()?;
         let url = format!(
             "{}/api/models/{}/preupload/main",
             self.options.endpoint, repo
         );
         let what = format!("asking {repo} how to upload");
-        let body = json!({"files": files.iter().map(|f| json!({
-            "path": f.path, "sample": B64.encode(&f.sample), "size": f.size,
-        })).collect::<Vec<_>>()});
-        let answer: Value = self
-            .retrying(&what, || {
-                send_json(self.client.post(&url).bearer_auth(token).json(&body), &what)
-            })
-            .await?;
-        let modes = answer["files"]
-            .as_array()
-            .ok_or_else(|| HubError::BadResponse(format!("{what}: no \"files\" in the answer")))?;
-        files
-            .iter()
-            .map(|f| {
-                let mode = modes
+        let mut modes = Vec::with_capacity(files.len());
+        for chunk in files.chunks(PREUPLOAD_CHUNK) {
+            let body = json!({"files": chunk.iter().map(|f| json!({
+                "path": f.path, "sample": B64.encode(&f.sample), "size": f.size,
+            })).collect::<Vec<_>>()});
+            let answer: Value = self
+                .retrying(&what, || {
+                    send_json(self.client.post(&url).bearer_auth(token).json(&body), &what)
+                })
+                .await?;
+            let listed = answer["files"].as_array().ok_or_else(|| {
+                HubError::BadResponse(format!("{what}: no \"files\" in the answer"))
+            })?;
+            for f in chunk {
+                let entry = listed
                     .iter()
                     .find(|m| m["path"].as_str() == Some(&f.path))
-                    .and_then(|m| m["uploadMode"].as_str())
                     .ok_or_else(|| {
                         HubError::BadResponse(format!("{what}: no upload mode for {}", f.path))
                     })?;
-                match mode {
-                    "lfs" => Ok(true),
-                    "regular" => Ok(false),
-                    other => Err(HubError::BadResponse(format!(
-                        "{what}: unknown upload mode {other:?}"
-                    ))),
-                }
-            })
-            .collect()
+                let mode = match entry["uploadMode"].as_str() {
+                    Some("lfs") => Mode::Lfs,
+                    Some("regular") => Mode::Regular,
+                    other => {
+                        return Err(HubError::BadResponse(format!(
+                            "{what}: unknown upload mode {other:?} for {}",
+                            f.path
+                        )))
+                    }
+                };
+                let mode = if entry["shouldIgnore"].as_bool() == Some(true) {
+                    debug!(path = %f.path, "the hub ignores this file (its .gitignore)");
+                    Mode::Ignored
+                } else if f.size == 0 {
+                    Mode::Regular
+                } else {
+                    mode
+                };
+                modes.push(mode);
+            }
+        }
+        Ok(modes)
     }
 
     async fn upload_lfs(&self, repo: &RepoId, files: &[&LocalFile]) -> Result<(), HubError> {
@@ -348,28 +425,37 @@ impl HfHub {
         .await
     }
 
+    /// The NDJSON commit. A retry first checks whether the previous try
+    /// landed after all (the head moved from `parent` and holds every file
+    /// with its size, and none of the deleted ones): then that commit is the
+    /// answer, and nothing is sent twice.
     async fn commit(
         &self,
         repo: &RepoId,
         files: &[LocalFile],
-        lfs: &[bool],
+        modes: &[Mode],
         deleted: &[String],
+        parent: Option<&str>,
     ) -> Result<CommitId, HubError> {
         let token = self.require_token()?;
         let mut lines = vec![json!({"key": "header", "value": {
             "summary": "Upload model with pretrain",
             "description": "",
         }})];
-        for (f, &is_lfs) in files.iter().zip(lfs) {
-            if is_lfs {
-                lines.push(json!({"key": "lfsFile", "value": {"path": f.path, "algo": "sha256", "oid": f.sha256}}));
-            } else {
-                let bytes = tokio::fs::read(&f.abs)
-                    .await
-                    .map_err(HubError::io(format!("cannot read {}", f.abs.display())))?;
-                lines.push(json!({"key": "file", "value": {
-                    "content": B64.encode(bytes), "path": f.path, "encoding": "base64",
-                }}));
+        for (f, &mode) in files.iter().zip(modes) {
+            match mode {
+                Mode::Ignored => {}
+                Mode::Lfs => lines.push(json!({"key": "lfsFile", "value": {
+                    "path": f.path, "algo": "sha256", "oid": f.sha256, "size": f.size,
+                }})),
+                Mode::Regular => {
+                    let bytes = tokio::fs::read(&f.abs)
+                        .await
+                        .map_err(HubError::io(format!("cannot read {}", f.abs.display())))?;
+                    lines.push(json!({"key": "file", "value": {
+                        "content": B64.encode(bytes), "path": f.path, "encoding": "base64",
+                    }}));
+                }
             }
         }
         for path in deleted {
@@ -378,15 +464,22 @@ impl HfHub {
         let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
         let url = format!("{}/api/models/{}/commit/main", self.options.endpoint, repo);
         let what = format!("committing to {repo}");
+        let sent = AtomicBool::new(false);
         let answer: Value = self
-            .retrying(&what, || {
+            .retrying(&what, || async {
+                if sent.swap(true, Ordering::SeqCst) {
+                    if let Some(landed) = self.landed(repo, files, modes, deleted, parent).await? {
+                        info!(%repo, commit = %landed, "the previous try of the commit had landed");
+                        return Ok(json!({ "commitOid": landed }));
+                    }
+                }
                 let req = self
                     .client
                     .post(&url)
                     .bearer_auth(token)
                     .header(CONTENT_TYPE, "application/x-ndjson")
                     .body(body.clone());
-                send_json(req, &what)
+                send_json(req, &what).await
             })
             .await?;
         let oid = answer["commitOid"]
@@ -394,6 +487,31 @@ impl HfHub {
             .ok_or_else(|| HubError::BadResponse(format!("{what}: no commitOid in the answer")))?;
         oid.parse()
             .map_err(|_| HubError::BadResponse(format!("{what}: bad commitOid {oid:?}")))
+    }
+
+    /// The head of `repo` if it moved from `parent` and holds the commit
+    /// being sent (same paths and sizes; the deleted files gone).
+    async fn landed(
+        &self,
+        repo: &RepoId,
+        files: &[LocalFile],
+        modes: &[Mode],
+        deleted: &[String],
+        parent: Option<&str>,
+    ) -> Result<Option<String>, HubError> {
+        let (head, remote) = match self.list(repo, "main").await {
+            Ok(v) => v,
+            Err(HubError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let Some(head) = head else { return Ok(None) };
+        if Some(head.as_str()) == parent {
+            return Ok(None);
+        }
+        let holds = files.iter().zip(modes).all(|(f, &m)| {
+            m == Mode::Ignored || remote.iter().any(|r| r.path == f.path && r.size == f.size)
+        }) && !remote.iter().any(|r| deleted.contains(&r.path));
+        Ok(holds.then_some(head))
     }
 }
 

@@ -57,6 +57,18 @@ pub struct State {
     pub multipart_chunk: Option<u64>,
     /// Extra siblings listed by repo info (names a hostile server might send).
     pub extra_siblings: Vec<(String, u64)>,
+    /// The token is fine-grained: it may write existing repos but create
+    /// none (`POST /api/repos/create` answers 403).
+    pub forbid_create: bool,
+    /// Repo creations answered 409 "another conflicting operation is in
+    /// progress" before one goes through.
+    pub create_conflicts: usize,
+    /// Paths the preupload answer marks `shouldIgnore` (the repo's `.gitignore`).
+    pub ignored: Vec<String>,
+    /// Commits applied and then answered with this status anyway (times left, status).
+    pub land_then_fail: Option<(usize, u16)>,
+    /// `Retry-After` sent with scripted 429/503 failures (default "0" for 429).
+    pub retry_after: Option<String>,
     commit_counter: u64,
 }
 
@@ -219,6 +231,8 @@ struct Reply {
     body: Vec<u8>,
     /// Send only this many body bytes, then cut the connection.
     cut_at: Option<usize>,
+    /// An answer to HEAD: this Content-Length, no body.
+    head_len: Option<usize>,
 }
 
 fn reply(status: u16, body: Value) -> Reply {
@@ -227,6 +241,7 @@ fn reply(status: u16, body: Value) -> Reply {
         headers: vec![("Content-Type".into(), "application/json".into())],
         body: body.to_string().into_bytes(),
         cut_at: None,
+        head_len: None,
     }
 }
 
@@ -245,16 +260,19 @@ fn handle(mut stream: TcpStream, state: &Mutex<State>, base: &str) -> std::io::R
         200 => "OK",
         206 => "Partial Content",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         409 => "Conflict",
         416 => "Range Not Satisfiable",
         429 => "Too Many Requests",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
         _ => "Other",
     };
     let mut head = format!(
         "HTTP/1.1 {} {reason}\r\nContent-Length: {}\r\nConnection: close\r\n",
         reply.status,
-        reply.body.len()
+        reply.head_len.unwrap_or(reply.body.len())
     );
     for (k, v) in &reply.headers {
         head.push_str(&format!("{k}: {v}\r\n"));
@@ -287,8 +305,10 @@ fn route(req: &Request, state: &Mutex<State>, base: &str) -> Reply {
             f.3 -= 1;
             let status = f.2;
             let mut r = error(status, "scripted failure");
-            if status == 429 {
-                r.headers.push(("Retry-After".into(), "0".into()));
+            match (&st.retry_after, status) {
+                (Some(v), 429 | 503) => r.headers.push(("Retry-After".into(), v.clone())),
+                (None, 429) => r.headers.push(("Retry-After".into(), "0".into())),
+                _ => {}
             }
             return r;
         }
@@ -305,13 +325,28 @@ fn route(req: &Request, state: &Mutex<State>, base: &str) -> Reply {
                 v["organization"].as_str().unwrap_or(""),
                 v["name"].as_str().unwrap_or("")
             );
+            if st.create_conflicts > 0 {
+                st.create_conflicts -= 1;
+                return error(
+                    409,
+                    "Cannot create repo: another conflicting operation is in progress",
+                );
+            }
+            if st.forbid_create {
+                return error(
+                    403,
+                    "You don't have the rights to create a model under the namespace",
+                );
+            }
             if st.repos.contains_key(&id) {
                 return error(409, "You already created this model repo");
             }
             // The hub starts every repo with a `.gitattributes` commit.
             let files: BTreeMap<String, Vec<u8>> = [(
                 ".gitattributes".to_string(),
-                b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n".to_vec(),
+                pretrain_store::pretrained::HUB_GITATTRIBUTES
+                    .as_bytes()
+                    .to_vec(),
             )]
             .into();
             let sha = st.new_sha(&files);
@@ -324,6 +359,19 @@ fn route(req: &Request, state: &Mutex<State>, base: &str) -> Reply {
                 },
             );
             reply(200, json!({ "url": format!("{base}/{id}") }))
+        }
+        ("GET", ["api", "models", ns, name]) => {
+            // huggingface_hub's repo_info / model_info without a revision.
+            let id = format!("{ns}/{name}");
+            let Some(repo) = st.repos.get(&id) else {
+                return error(404, "Repository not found");
+            };
+            if (repo.private || repo.gated) && !authorized(req, &st) {
+                return error(404, "Repository not found");
+            }
+            let (sha, files) = repo.main().cloned().unwrap_or_default();
+            let siblings: Vec<Value> = files.keys().map(|p| json!({ "rfilename": p })).collect();
+            reply(200, json!({"id": id, "sha": sha, "siblings": siblings}))
         }
         ("GET", ["api", "models", ns, name, "revision", rev]) => {
             let id = format!("{ns}/{name}");
@@ -344,7 +392,8 @@ fn route(req: &Request, state: &Mutex<State>, base: &str) -> Reply {
             let Some((sha, files)) = found else {
                 return error(404, "Invalid rev id");
             };
-            let blobs = req.query.contains("blobs=true");
+            // huggingface_hub sends `blobs=True`.
+            let blobs = req.query.to_ascii_lowercase().contains("blobs=true");
             let mut siblings: Vec<Value> = files
                 .iter()
                 .map(|(p, c)| {
@@ -392,7 +441,8 @@ fn route(req: &Request, state: &Mutex<State>, base: &str) -> Reply {
                 .map(|f| {
                     let p = f["path"].as_str().unwrap_or("");
                     let lfs = p.ends_with(".safetensors") || p.ends_with(".bin");
-                    json!({"path": p, "uploadMode": if lfs {"lfs"} else {"regular"}, "shouldIgnore": false})
+                    let ignore = st.ignored.iter().any(|i| i == p);
+                    json!({"path": p, "uploadMode": if lfs {"lfs"} else {"regular"}, "shouldIgnore": ignore})
                 })
                 .collect();
             reply(200, json!({ "files": files }))
@@ -436,6 +486,13 @@ fn route(req: &Request, state: &Mutex<State>, base: &str) -> Reply {
             let mut r = reply(200, json!({"transfer": "basic", "objects": objects}));
             r.headers[0].1 = "application/vnd.git-lfs+json".into();
             r
+        }
+        ("PUT", ["lfs-upload", _]) if req.body.is_empty() => {
+            // What S3 answers to an empty upload.
+            error(
+                501,
+                "A header you provided implies functionality that is not implemented",
+            )
         }
         ("PUT", ["lfs-upload", oid]) => {
             let digest = hex(&Sha256::digest(&req.body));
@@ -532,12 +589,18 @@ fn route(req: &Request, state: &Mutex<State>, base: &str) -> Reply {
                 .unwrap()
                 .commits
                 .push((sha.clone(), files));
+            if let Some((left, status)) = st.land_then_fail.as_mut() {
+                if *left > 0 {
+                    *left -= 1;
+                    return error(*status, "the commit landed, the answer got lost");
+                }
+            }
             reply(
                 200,
                 json!({"commitOid": sha, "commitUrl": format!("{base}/{id}/commit/{sha}")}),
             )
         }
-        ("GET", [ns, name, "resolve", rev, rest @ ..]) => {
+        ("GET" | "HEAD", [ns, name, "resolve", rev, rest @ ..]) => {
             let id = format!("{ns}/{name}");
             let path = rest.join("/");
             let Some(repo) = st.repos.get(&id) else {
@@ -553,7 +616,10 @@ fn route(req: &Request, state: &Mutex<State>, base: &str) -> Reply {
                 return error(404, "Revision not found");
             };
             let Some(content) = files.get(&path) else {
-                return error(404, "Entry not found");
+                let mut r = error(404, "Entry not found");
+                r.headers
+                    .push(("X-Error-Code".into(), "EntryNotFound".into()));
+                return r;
             };
             let (sha, content) = (sha.clone(), content.clone());
             let mut start = 0usize;
@@ -594,11 +660,23 @@ fn route(req: &Request, state: &Mutex<State>, base: &str) -> Reply {
                     cut_at = Some(*at);
                 }
             }
+            if req.method == "HEAD" {
+                // The headers of the GET, and no body (huggingface_hub's
+                // get_hf_file_metadata reads the size from Content-Length).
+                return Reply {
+                    status,
+                    headers,
+                    body: Vec::new(),
+                    cut_at: None,
+                    head_len: Some(body.len()),
+                };
+            }
             Reply {
                 status,
                 headers,
                 body,
                 cut_at,
+                head_len: None,
             }
         }
         _ => error(404, "no such endpoint"),

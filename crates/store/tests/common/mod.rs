@@ -1,4 +1,6 @@
 #![allow(dead_code)]
+// Test helpers: a failure here is a failed test.
+#![allow(clippy::unwrap_used)]
 
 pub mod fake_hf;
 
@@ -46,6 +48,16 @@ pub fn reference_files() -> Vec<(String, u64)> {
         .collect();
     v.sort();
     v
+}
+
+/// `files` with the `.gitattributes` the Hub writes into a new repo, sorted.
+pub fn with_hub_gitattributes(mut files: Vec<(String, u64)>) -> Vec<(String, u64)> {
+    files.push((
+        ".gitattributes".to_string(),
+        pretrain_store::pretrained::HUB_GITATTRIBUTES.len() as u64,
+    ));
+    files.sort();
+    files
 }
 
 /// Copies a flat directory.
