@@ -1,5 +1,7 @@
 //! `pretrain chain ...` on the embedded chain, several processes at once.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 

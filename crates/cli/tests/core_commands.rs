@@ -1,5 +1,7 @@
 //! `pretrain hash` and `pretrain score` against the reference vectors.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -1,5 +1,7 @@
 //! `pretrain tokenize` and `pretrain bench tokenize` end to end.
 
+#![allow(clippy::unwrap_used)]
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 

@@ -4,6 +4,8 @@
 //! the larger incentive; `pretrain report` then charts the directory; and
 //! no child outlives a killed localnet.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

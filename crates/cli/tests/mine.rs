@@ -2,6 +2,8 @@
 //! local hub, the sample corpus and the tiny reference GPT-2; and every bad
 //! input refused before training with nothing half-written.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 

@@ -4,6 +4,8 @@
 //! and `--update_repo_visibility`, and the competition refused before
 //! training when it is not scheduled or the model does not fit it.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::process::Output;
 

@@ -1,5 +1,7 @@
 //! `pretrain eval`, `pretrain inspect` and `pretrain bench eval|train` end to end.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::PathBuf;
 use std::process::Command;
 

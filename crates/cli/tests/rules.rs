@@ -2,6 +2,8 @@
 //! (transcribed from upstream taoverse e350d5e / pretraining 42328de): the
 //! command sees only a case's inputs and must print the expected outputs.
 
+#![allow(clippy::unwrap_used)]
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

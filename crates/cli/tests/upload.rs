@@ -2,6 +2,8 @@
 //! the embedded chain and a local hub; then the validator's store fetches
 //! and verifies what was committed.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 

@@ -2,6 +2,8 @@
 //! chain, a local hub and the shipped sample corpus; tiny models of known
 //! different quality; a kill -9 and a restart; and hostile miners.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;

@@ -5,6 +5,8 @@
 //! 5-field commitments written straight to the embedded chain, models on a
 //! local hub.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;

@@ -1,5 +1,7 @@
 //! `pretrain wallet new|list|show` against the bittensor fixture wallet.
 
+#![allow(clippy::unwrap_used)]
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};

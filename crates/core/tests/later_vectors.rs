@@ -1,6 +1,8 @@
 //! Every case of `testdata/later/vectors.json` (transcribed from upstream
 //! taoverse e350d5e / pretraining 42328de) through the library.
 
+#![allow(clippy::unwrap_used)]
+
 use pretrain_core::rules::schedule::SN9_LATER;
 use pretrain_core::rules::{
     accepts_download, compute_competitive_uids, compute_wins, score_competition,

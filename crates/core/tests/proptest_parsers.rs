@@ -4,6 +4,8 @@
 //! Arbitrary input never panics and is either accepted or refused with a
 //! reason; round trips hold where there are any.
 
+#![allow(clippy::unwrap_used)]
+
 use pretrain_core::constants::MAX_COMMITMENT_BYTES;
 use pretrain_core::scoring::StepJson;
 use pretrain_core::{ModelId, ModelIdError};

@@ -1,6 +1,8 @@
 //! The rows API client against a local HTTP server that replays the
 //! datasets-server's answers and failures (never the real server).
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -1,5 +1,7 @@
 //! The `local:DIR` backend on Parquet and JSONL files written here.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 
 use pretrain_data::{

@@ -1,6 +1,8 @@
 //! The tokenizer and batching against the golden vectors made with the
 //! original (Hugging Face `GPT2TokenizerFast`, `SubsetFalconLoader`).
 
+#![allow(clippy::unwrap_used)]
+
 use pretrain_data::{
     make_batches, remainder_len, FalconConfig, FalconSource, Tokenizer, EOS_TOKEN_ID,
 };

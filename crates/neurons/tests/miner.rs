@@ -1,6 +1,8 @@
 //! The miner's library API end to end on the offline backends: the embedded
 //! chain, a local hub and the sample corpus, with the tiny reference GPT-2.
 
+#![allow(clippy::unwrap_used)]
+
 #[allow(unused_imports)] // each test binary uses a different part of common
 mod common;
 

@@ -1,5 +1,7 @@
 //! The miner's push: upload, model id, commit with retries while rate-limited.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;

@@ -2,6 +2,7 @@
 //! workers written in `sh`: answers are taken as sent, every misbehaviour
 //! costs only that model, and the next model loads while one evaluates.
 
+#![allow(clippy::unwrap_used)]
 #![cfg(unix)]
 
 use std::path::PathBuf;

@@ -2,6 +2,8 @@
 //! local subnet write them: the charts decode and show one line per series,
 //! and the page references them.
 
+#![allow(clippy::unwrap_used)]
+
 use std::fs;
 
 use plotters::style::{Color, Palette, Palette99};
