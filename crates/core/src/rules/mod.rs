@@ -1,4 +1,4 @@
-//! The subnet's rules as data (issue 16): schedules of competitions switched
+//! The subnet's rules as data: schedules of competitions switched
 //! by block ([`schedule`]), the later protocol's epsilon ([`epsilon`]), wins
 //! ([`wins`]) and weights across competitions ([`weights`]), and the
 //! validator's hash check ([`check`]).
