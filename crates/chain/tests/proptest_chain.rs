@@ -252,7 +252,7 @@ proptest! {
     }
 
     #[test]
-    fn any_bytes_as_metadata_are_refused_with_a_reason(
+    fn any_bytes_as_metadata_never_panic_and_a_refusal_has_a_reason(
         bytes in prop_oneof![
             proptest::collection::vec(any::<u8>(), 0..256),
             // The `meta` magic and a version byte, then anything.

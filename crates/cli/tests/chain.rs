@@ -166,7 +166,7 @@ fn commitments_read_back_by_uid_and_hotkey() {
     );
 }
 
-/// Issue 14, class 5: many processes on a fresh chain directory (no file
+/// Hostile input, class 5: many processes on a fresh chain directory (no file
 /// yet), each registering a hotkey and then staking it, all at once; repeated
 /// on new directories. No write is ever lost.
 #[test]
@@ -214,7 +214,7 @@ fn processes_register_and_stake_at_once() {
     }
 }
 
-/// Issue 14, class 5 through the command line: `register --block_time 1e-300`
+/// Hostile input, class 5 through the command line: `register --block_time 1e-300`
 /// failed and left the directory unusable; now it is refused before anything
 /// is written and the next command works. Same for other unusable numbers,
 /// and for `--chain_timeout 1e300` (it panicked).
@@ -259,7 +259,7 @@ fn bad_numbers_are_refused_and_leave_the_chain_usable() {
     assert_eq!(g["neurons"][0]["stake"], 3.0);
 }
 
-/// Issue 14, class 4: `chain metagraph | true` panicked; now a quiet 141.
+/// Hostile input, class 4: `chain metagraph | true` panicked; now a quiet 141.
 #[test]
 fn metagraph_to_a_closed_stdout_is_quiet() {
     let tmp = tempfile::tempdir().unwrap();

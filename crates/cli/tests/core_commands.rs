@@ -149,7 +149,7 @@ fn score_rejects_malformed_files_with_one_line() {
     }
 }
 
-// ---- Issue 14: hostile inputs (classes 2, 3, 4, 7) ----
+// ---- Hostile inputs (classes 2, 3, 4, 7) ----
 
 const TINY_GPT2: &str = "models/tiny-gpt2/model";
 
@@ -173,7 +173,7 @@ fn assert_quiet_broken_pipe(out: &Output, what: &str) {
     assert!(!err.contains("error:"), "{what}: {err}");
 }
 
-/// Issue 14, class 4: `hash DIR | true` panicked (rc 101); so did inspect and
+/// Hostile input, class 4: `hash DIR | true` panicked (rc 101); so did inspect and
 /// score. Each now exits quietly with 141 (128 + SIGPIPE, as a Unix filter).
 #[test]
 fn closed_stdout_is_a_quiet_exit_not_a_panic() {
@@ -209,7 +209,7 @@ fn model_copy(tmp: &Path) -> PathBuf {
     dst
 }
 
-/// Issue 14, class 2: a FIFO or a link to /dev/zero in a model directory made
+/// Hostile input, class 2: a FIFO or a link to /dev/zero in a model directory made
 /// `hash` and `inspect` hang, and `config.json` linked to /dev/zero made `eval`
 /// read until memory ran out. Each is now a one-line error, quickly.
 #[cfg(unix)]
@@ -272,7 +272,7 @@ fn special_files_in_a_model_directory_are_errors_not_hangs() {
     assert!(t0.elapsed() < std::time::Duration::from_secs(60));
 }
 
-/// Issue 14, class 3: small inputs asking for huge allocations are refused
+/// Hostile input, class 3: small inputs asking for huge allocations are refused
 /// with a reason before anything is allocated.
 #[test]
 fn sizes_from_outside_are_bounded_before_allocating() {
@@ -343,7 +343,7 @@ fn sizes_from_outside_are_bounded_before_allocating() {
     assert!(t0.elapsed() < std::time::Duration::from_secs(10));
 }
 
-/// Issue 14, class 3: `eval` refuses a model `inspect` calls invalid for its
+/// Hostile input, class 3: `eval` refuses a model `inspect` calls invalid for its
 /// size (over 1 GiB) instead of loading it; here a symlinked 1.1 GiB sparse
 /// file next to the weights, which `inspect` must count too.
 #[test]

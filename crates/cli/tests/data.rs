@@ -103,7 +103,7 @@ fn bench_tokenize_prints_throughput_json() {
     assert!((3.0..5.0).contains(&ratio), "{ratio} bytes per id");
 }
 
-/// Issue 14, class 7: `tokenize` dropped blank lines, so output line N no
+/// Hostile input, class 7: `tokenize` dropped blank lines, so output line N no
 /// longer belonged to input line N. Now a blank line (empty or spaces) gives
 /// `[]`, with and without --document, and the line count always matches.
 #[test]
@@ -133,7 +133,7 @@ fn tokenize_keeps_one_output_line_per_input_line() {
     }
 }
 
-/// Issue 14, class 4 for tokenize: a closed stdout is a quiet 141, no panic.
+/// Hostile input, class 4 for tokenize: a closed stdout is a quiet 141, no panic.
 #[test]
 fn tokenize_to_a_closed_stdout_is_quiet() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_pretrain"))

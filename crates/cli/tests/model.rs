@@ -245,7 +245,7 @@ fn eval_needs_tokens_or_pages() {
     assert!(err.contains("--tokens") || err.contains("--pages"), "{err}");
 }
 
-// ---- Issue 14, class 7 ----
+// ---- Hostile input, class 7 ----
 
 /// `eval --tokens` takes `tokenize`'s output (JSON Lines, one row per line)
 /// as well as one JSON array, with the same loss.

@@ -85,7 +85,7 @@ fn upload_commits_the_reference_hash_and_the_validator_fetches_it() {
             &chain_dir,
             &["--max_commit_attempts", "2", "--commit_retry_delay", "0"],
         ),
-        // Reading commands never create a chain (issue 14): there is none yet.
+        // Reading commands never create a chain: there is none yet.
         "no embedded chain",
     );
     let mut reg = vec!["chain".to_string(), "register".into()];

@@ -634,7 +634,7 @@ fn measure_step_time() {
     }
 }
 
-/// Issue 16, `eval_block_delay`: with a schedule whose competition waits 20
+/// `eval_block_delay`: with a schedule whose competition waits 20
 /// blocks (4 s at 0.2 s a block), a fresh commitment is deferred with its
 /// reason, then evaluated once the delay has passed, never before.
 #[test]

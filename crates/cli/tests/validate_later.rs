@@ -1,4 +1,4 @@
-//! `pretrain validate` under the later protocol (issue 16) end to end on the
+//! `pretrain validate` under the later protocol end to end on the
 //! offline backends: the built-in two-competition schedule `localnet-two`
 //! (tiny GPT-2 in competition 1 with share 0.6, tiny LLaMA in competition 2
 //! with share 0.4, `eval_block_delay` 20 blocks = 4 s at 0.2 s a block),

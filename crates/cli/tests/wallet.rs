@@ -184,7 +184,7 @@ fn new_encrypts_the_coldkey_with_the_password_from_the_environment() {
     );
 }
 
-// ---- Issue 14 ----
+// ---- Hostile inputs ----
 
 fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
@@ -199,7 +199,7 @@ fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// Issue 14, class 1: `--wallet.name ../escaped` wrote keys next to the root;
+/// Hostile input, class 1: `--wallet.name ../escaped` wrote keys next to the root;
 /// `--wallet.hotkey ../../../hot`, absolute names and an empty name did the
 /// same. Each is refused at parsing (usage error, exit 2), nothing written.
 #[test]
@@ -255,7 +255,7 @@ fn wallet_names_that_leave_the_root_are_refused() {
     assert!(!tmp.path().join("c").exists());
 }
 
-/// Issue 14, class 4: `wallet new` panicked on a closed stdout after writing
+/// Hostile input, class 4: `wallet new` panicked on a closed stdout after writing
 /// its keys, so the mnemonic was lost. Now the keys are shown first: with
 /// stdout closed, it fails saying so and writes no key at all.
 #[test]
@@ -314,7 +314,7 @@ fn wallet_new_with_a_closed_stdout_writes_no_key() {
     }
 }
 
-/// Issue 14, class 7: `wallet show --wallet.hotkey X` shows only X (it
+/// Hostile input, class 7: `wallet show --wallet.hotkey X` shows only X (it
 /// listed every hotkey), a missing X is an error, and a corrupt key file
 /// is an error naming it (it exited 0 with `null`).
 #[test]

@@ -288,7 +288,7 @@ mod tests {
         );
     }
 
-    /// Issue 14, class 2: a FIFO or a link to a device in a model directory
+    /// Hostile input: a FIFO or a link to a device in a model directory
     /// made hashing hang; now each is an error naming the file.
     #[cfg(unix)]
     #[test]

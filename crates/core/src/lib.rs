@@ -11,6 +11,7 @@ pub mod constants;
 pub mod fsio;
 pub mod hash;
 pub mod ids;
+pub mod metrics;
 pub mod model_id;
 pub mod rules;
 pub mod scoring;

@@ -113,6 +113,35 @@ impl fmt::Display for ModelId {
     }
 }
 
+/// Longest `namespace/name` in a competition model id (taoverse's
+/// `MAX_REPO_ID_LENGTH`): what is left of the chain's 128 bytes after the
+/// commit (40), the secure hash (44), a 2-digit competition id and 4 separators.
+pub const MAX_COMPETITION_REPO_ID_LENGTH: usize = MAX_METADATA_BYTES - 40 - 44 - 2 - 4;
+
+/// A repo id too long for a competition model id.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error(
+    "{repo} is {len} bytes; under the later protocol a repo id is at most \
+     {MAX_COMPETITION_REPO_ID_LENGTH} bytes (namespace/name), so that \
+     namespace:name:commit:secure_hash:competition_id fits in the chain's {MAX_METADATA_BYTES} bytes"
+)]
+pub struct RepoIdTooLong {
+    /// The repo id.
+    pub repo: String,
+    /// Its length in bytes.
+    pub len: usize,
+}
+
+/// Refuses a repo id too long for the 5-field competition model id.
+pub fn check_competition_repo_id(repo: &crate::RepoId) -> Result<(), RepoIdTooLong> {
+    let repo = repo.to_string();
+    let len = repo.len();
+    if len > MAX_COMPETITION_REPO_ID_LENGTH {
+        return Err(RepoIdTooLong { repo, len });
+    }
+    Ok(())
+}
+
 /// Competition id of the later protocol (upstream's `CompetitionId`, a Python int).
 pub type CompetitionId = i64;
 
@@ -317,6 +346,26 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::Value;
+
+    #[test]
+    fn a_competition_repo_id_fits_beside_commit_secure_hash_and_a_two_digit_id() {
+        // taoverse's MAX_REPO_ID_LENGTH: 128 - 40 - 44 - 2 - 4.
+        assert_eq!(MAX_COMPETITION_REPO_ID_LENGTH, 38);
+        let ok: crate::RepoId = format!("me/{}", "a".repeat(35)).parse().unwrap();
+        assert!(check_competition_repo_id(&ok).is_ok());
+        let long: crate::RepoId = format!("me/{}", "a".repeat(36)).parse().unwrap();
+        let e = check_competition_repo_id(&long).unwrap_err();
+        assert_eq!(e.len, 39);
+        assert!(e.to_string().contains("at most 38 bytes"), "{e}");
+        // The longest that fits, committed whole, is within the chain's limit.
+        let full = format!(
+            "me:{}:{}:{}:99",
+            "a".repeat(35),
+            "c".repeat(40),
+            "s".repeat(44)
+        );
+        assert!(full.len() <= MAX_METADATA_BYTES);
+    }
 
     fn cases() -> Value {
         let path = concat!(

@@ -759,7 +759,7 @@ mod tests {
         ));
     }
 
-    /// Issue 14, class 3: the sizes of a step from outside are refused by
+    /// Hostile input: the sizes of a step from outside are refused by
     /// their bounds before anything is allocated from them.
     #[test]
     fn step_sizes_are_bounded_before_allocating() {

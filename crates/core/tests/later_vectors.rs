@@ -316,7 +316,7 @@ fn v_meta(key: &str) -> f64 {
     vectors()["meta"][key].as_f64().unwrap()
 }
 
-/// Issue 16's picture at library level: two competitions with shares 0.4 and
+/// Two competitions at library level: two competitions with shares 0.4 and
 /// 0.6, evaluated in turn; each competition's clear winner (win rate 1 at
 /// temperature 0.01 beats win rate 0 by e^100) ends with its share.
 #[test]

@@ -5,7 +5,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::error::DataError;
-use crate::source::{LocalSource, ROWS_PER_PAGE};
+use crate::source::ROWS_PER_PAGE;
 use crate::tokenizer::Tokenizer;
 
 /// What one tokenizer benchmark measured.
@@ -28,17 +28,6 @@ pub struct TokenizeBench {
     pub tokens: u64,
     /// Wall time of the tokenizing, in seconds.
     pub seconds: f64,
-}
-
-/// Every document of a local dataset, in row order.
-pub fn read_all_documents(source: &LocalSource) -> Result<Vec<String>, DataError> {
-    let mut docs = Vec::with_capacity(source.num_rows() as usize);
-    let mut page = 0;
-    while page < source.num_rows() {
-        docs.extend(source.read_page(page)?);
-        page += ROWS_PER_PAGE as u64;
-    }
-    Ok(docs)
 }
 
 /// Tokenizes `documents` with the dataset rule, a page (100 documents) at a

@@ -44,13 +44,13 @@ mod source;
 mod tokenizer;
 
 pub use batch::{make_batches, remainder_len, Batch};
-pub use bench::{bench_tokenize, read_all_documents, TokenizeBench};
+pub use bench::{bench_tokenize, TokenizeBench};
 pub use error::DataError;
 pub use parquet_out::{write_refinedweb_parquet, RefinedWebRow};
 pub use source::{
-    fetch_pages, load_batches, load_tokens, open_source, random_seed, sample_pages, FalconConfig,
-    FalconSource, LocalSource, PageSource, FALCON_BASE_URL, FALCON_DATASET, MAX_PAGE,
-    ROWS_PER_PAGE,
+    fetch_pages, load_batches, load_tokens, open_source, random_seed, read_all_documents,
+    sample_pages, FalconConfig, FalconSource, LocalSource, PageSource, FALCON_BASE_URL,
+    FALCON_DATASET, MAX_PAGE, ROWS_PER_PAGE,
 };
 pub use tokenizer::{Tokenizer, EOS_TOKEN, EOS_TOKEN_ID, MAX_DOCUMENT_TOKENS, VOCAB_SIZE};
 

@@ -5,11 +5,14 @@
 #![warn(missing_docs)]
 
 pub mod errors;
+pub mod localnet;
 pub mod miner;
 pub mod push;
 pub mod retry;
 pub mod validator;
 
 pub use errors::error_chain;
-pub use push::{make_public, push, push_later, LaterPushed, PushError, PushOptions};
+pub use push::{
+    make_public, publish, push, push_later, LaterPushed, PushError, PushOptions, StillPrivate,
+};
 pub use retry::{retry, GaveUp};

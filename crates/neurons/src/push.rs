@@ -215,6 +215,45 @@ pub async fn make_public(
     Ok(())
 }
 
+/// The commitment landed, but the repo could not be made public.
+#[derive(Debug, Error)]
+#[error(
+    "the commitment {id} landed in block {block}, but {repo} is still private, so validators \
+     cannot download it ({reason}); make it public by hand: {hint}"
+)]
+pub struct StillPrivate {
+    /// The committed model id.
+    pub id: String,
+    /// The block it landed in.
+    pub block: u64,
+    /// The repo.
+    pub repo: RepoId,
+    /// Why the hub refused, on one line.
+    pub reason: String,
+    /// How to do it by hand.
+    pub hint: String,
+}
+
+/// Makes `repo` public once the commitment `pushed` has landed (upstream's
+/// `--update_repo_visibility`); the error says how to do it by hand (`hint`).
+pub async fn publish(
+    hub: &dyn ModelHub,
+    repo: &RepoId,
+    backoff: &Backoff,
+    pushed: &LaterPushed,
+    hint: &str,
+) -> Result<(), StillPrivate> {
+    make_public(hub, repo, backoff)
+        .await
+        .map_err(|e| StillPrivate {
+            id: pushed.id.to_string(),
+            block: pushed.block,
+            repo: repo.clone(),
+            reason: crate::error_chain(&e).replace('\n', " "),
+            hint: hint.to_string(),
+        })
+}
+
 /// Refuses a hotkey without a uid on the subnet.
 async fn ensure_registered(
     chain: &dyn Chain,

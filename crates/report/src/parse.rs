@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use pretrain_core::metrics::{StepReport, TrainRow};
 use serde_json::Value;
 
 use crate::ReportError;
@@ -210,6 +211,16 @@ fn parse_training(label: String, lines: &[Value]) -> TrainingRun {
     let mut per_epoch: BTreeMap<u64, (f64, u32)> = BTreeMap::new();
     let mut averages: BTreeMap<u64, f64> = BTreeMap::new();
     for l in lines {
+        // The miner's own rows, typed; other shapes (older files, other
+        // writers) are read field by field below.
+        if let Ok(row) = serde_json::from_value::<TrainRow>(l.clone()) {
+            let (epoch, loss) = row.epoch_loss();
+            let e = per_epoch.entry(epoch).or_insert((0.0, 0));
+            // A null loss counts as +inf, as the untyped reading does.
+            e.0 += loss.unwrap_or(f64::INFINITY);
+            e.1 += 1;
+            continue;
+        }
         let Some(epoch) = uint(l.get("epoch")) else {
             continue;
         };
@@ -271,6 +282,11 @@ fn mean_of(v: &Value) -> Option<f64> {
 fn parse_validator(label: String, lines: &[Value]) -> ValidatorRun {
     let mut steps = Vec::new();
     for (i, l) in lines.iter().filter(|l| is_validator_line(l)).enumerate() {
+        // The validator's own rows, typed; the other shapes below.
+        if let Ok(r) = serde_json::from_value::<StepReport>(l.clone()) {
+            steps.push(typed_step(&r));
+            continue;
+        }
         let step = uint(l.get("step")).unwrap_or(i as u64);
         let block = uint(l.get("block"));
         let mut uids = BTreeMap::new();
@@ -337,6 +353,31 @@ fn parse_validator(label: String, lines: &[Value]) -> ValidatorRun {
     ValidatorRun { label, steps }
 }
 
+/// A typed validator row as a step of the report.
+fn typed_step(r: &StepReport) -> ValidatorStep {
+    let uids = r
+        .uids
+        .iter()
+        .map(|u| {
+            (
+                u.uid,
+                UidPoint {
+                    mean_loss: u.mean_loss.0,
+                    win_rate: Some(u.win_rate),
+                    // The f32 as written (its shortest decimal), not widened bits.
+                    weight: u.weight.to_string().parse().unwrap_or(f64::from(u.weight)),
+                },
+            )
+        })
+        .collect();
+    ValidatorStep {
+        step: r.step,
+        block: Some(r.block),
+        uids,
+        competition: r.competition,
+    }
+}
+
 /// Local subnet lines: `{"elapsed_s", "block", "leaderboard": [{"uid", "incentive", ...}]}`.
 fn parse_leaderboard(label: String, lines: &[Value]) -> IncentiveRun {
     let mut points = Vec::new();
@@ -384,6 +425,42 @@ mod tests {
         let mut with_avg = lines.clone();
         with_avg.push(json!({"epoch": 0, "avg_loss": 2.5}));
         assert_eq!(parse_training("r".into(), &with_avg).epochs, vec![(0, 2.5)]);
+    }
+
+    #[test]
+    fn typed_rows_read_as_the_old_untyped_lines_did() {
+        // Lines as the miner writes them (typed) and as older files have them.
+        let typed = vec![
+            json!({"batch": 1, "epoch": 1, "event": "step", "loss": 4.0, "lr": 0.001,
+                   "step": 1, "time": 1.0, "tokens_per_s": 10.0, "wall_s": 0.1}),
+            json!({"best": true, "epoch": 1, "event": "epoch", "loss": 2.0, "lr": 0.001,
+                   "step": 1, "time": 2.0, "tokens_per_s": 10.0, "wall_s": 0.2}),
+        ];
+        assert_eq!(parse_training("r".into(), &typed).epochs, vec![(1, 3.0)]);
+        let old = vec![
+            json!({"epoch": 1, "loss": 4.0}),
+            json!({"epoch": 1, "loss": 2.0}),
+        ];
+        assert_eq!(parse_training("r".into(), &old).epochs, vec![(1, 3.0)]);
+
+        let typed = json!({"step": 2, "block": 40, "competition": 1, "seed": 7, "pages": [3],
+            "n_batches": 2, "n_total_uids": 3, "uids": [
+                {"uid": 1, "hotkey": "hk", "competition": 1, "model": "a/b@c", "block": 5,
+                 "losses": [1.0, 3.0], "mean_loss": 2.0, "wins": 2, "win_rate": 1.0,
+                 "weight": 0.7, "error": null},
+                {"uid": 2, "hotkey": "hk2", "competition": 1, "model": null, "block": null,
+                 "losses": ["inf", "inf"], "mean_loss": "inf", "wins": 0, "win_rate": 0.0,
+                 "weight": 0.3, "error": "no valid model committed"}],
+            "weights": [0.0, 0.7, 0.3], "uids_to_eval_next": [1], "data_s": 0.1, "eval_s": 0.1,
+            "step_s": 0.2, "weights_set": null});
+        let run = parse_validator("v".into(), &[typed]);
+        let s = &run.steps[0];
+        assert_eq!((s.step, s.block, s.competition), (2, Some(40), Some(1)));
+        assert_eq!(s.uids[&1].mean_loss, 2.0);
+        assert_eq!(s.uids[&1].win_rate, Some(1.0));
+        assert_eq!(s.uids[&1].weight, 0.7);
+        assert!(s.uids[&2].mean_loss.is_infinite());
+        assert_eq!(s.uids[&2].weight, 0.3);
     }
 
     #[test]

@@ -70,6 +70,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use thiserror::Error;
 
+pub use hf::auth::{check_hf_token, resolve_endpoint, TokenCheckError};
 pub use hf::{hf_token, HfHub, HfOptions};
 pub use local::LocalHub;
 pub use pretrain_core::{CommitId, HotkeyAddress, IdError, RepoId};
@@ -269,10 +270,7 @@ pub struct HubOptions {
 pub fn open_hub(spec: &str, options: HubOptions) -> Result<Box<dyn ModelHub>, HubError> {
     if spec == "hf" {
         let token = options.token.or_else(hf_token);
-        let endpoint = options
-            .endpoint
-            .or_else(|| std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()))
-            .unwrap_or_else(|| hf::DEFAULT_ENDPOINT.to_string());
+        let endpoint = hf::auth::resolve_endpoint(options.endpoint.as_deref());
         let hub = HfHub::new(HfOptions {
             endpoint,
             token,

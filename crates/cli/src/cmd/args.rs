@@ -31,6 +31,29 @@ impl HubArgs {
         self.hub.starts_with("local:")
     }
 
+    /// How to make `repo` public without this program.
+    pub fn make_public_hint(&self, repo: &pretrain_core::RepoId) -> String {
+        match self.hub.strip_prefix("local:") {
+            Some(dir) => format!(
+                "write `public` into {}",
+                std::path::Path::new(dir)
+                    .join("repos")
+                    .join(repo.namespace())
+                    .join(repo.name())
+                    .join("visibility")
+                    .display()
+            ),
+            None => {
+                let endpoint = pretrain_store::resolve_endpoint(self.hub_endpoint.as_deref());
+                format!(
+                    "{}/{repo}/settings (Change repository visibility), or huggingface_hub's \
+                     HfApi().update_repo_settings(\"{repo}\", private=False)",
+                    endpoint.trim_end_matches('/')
+                )
+            }
+        }
+    }
+
     /// Refuses a hub on this machine together with a real chain: what one
     /// side puts there, the other side of the subnet could never download.
     pub fn check_reachable_from(&self, chain: &super::chain::ChainArgs) -> anyhow::Result<()> {
@@ -101,6 +124,63 @@ pub struct DeviceArgs {
 impl DeviceArgs {
     /// Opens the device.
     pub fn open(&self) -> anyhow::Result<Device> {
-        super::model::parse_device(&self.device)
+        parse_device(&self.device)
+    }
+}
+
+/// Parses `cpu`, `cuda` or `cuda:N` (every command's `--device`).
+pub fn parse_device(s: &str) -> anyhow::Result<Device> {
+    let n = match s {
+        "cpu" => return Ok(Device::Cpu),
+        "cuda" => 0,
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => n,
+            _ => anyhow::bail!("unknown device {other:?} (use cpu, cuda or cuda:N)"),
+        },
+    };
+    if !cfg!(feature = "cuda") {
+        anyhow::bail!(
+            "--device {s}: this pretrain was built without CUDA; build it with \
+             `cargo build --release -p pretrain-cli --features cuda` (needs the CUDA toolkit)"
+        );
+    }
+    Device::new_cuda(n).with_context(|| format!("opening cuda:{n}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_are_cpu_cuda_or_cuda_n() {
+        assert!(matches!(parse_device("cpu"), Ok(Device::Cpu)));
+        for bad in ["gpu", "cuda:", "cuda:x", "cuda:-1", "CPU", ""] {
+            let e = parse_device(bad).unwrap_err().to_string();
+            assert!(e.contains("unknown device"), "{bad}: {e}");
+        }
+        if !cfg!(feature = "cuda") {
+            let e = parse_device("cuda:1").unwrap_err().to_string();
+            assert!(e.contains("built without CUDA"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_make_public_hint_names_the_visibility_file_or_the_settings_page() {
+        let repo: pretrain_core::RepoId = "me/model".parse().unwrap();
+        let local = HubArgs {
+            hub: "local:/hub".into(),
+            hub_endpoint: None,
+        };
+        assert_eq!(
+            local.make_public_hint(&repo),
+            "write `public` into /hub/repos/me/model/visibility"
+        );
+        let hf = HubArgs {
+            hub: "hf".into(),
+            hub_endpoint: Some("http://mirror/".into()),
+        };
+        assert!(hf
+            .make_public_hint(&repo)
+            .starts_with("http://mirror/me/model/settings"));
     }
 }

@@ -111,12 +111,6 @@ pub struct MineArgs {
     pub chain: ChainArgs,
 }
 
-/// Longest `namespace/name` under the later protocol (taoverse's
-/// `MAX_REPO_ID_LENGTH`): what is left of the chain's 128 bytes after the
-/// commit (40), the secure hash (44), a 2-digit competition id and 4 separators.
-pub const LATER_MAX_REPO_ID_LENGTH: usize =
-    pretrain_core::constants::MAX_METADATA_BYTES - 40 - 44 - 2 - 4;
-
 /// What a push needs, checked before training.
 struct Online {
     hotkey: Hotkey,
@@ -147,8 +141,11 @@ async fn mine(args: MineArgs) -> anyhow::Result<()> {
     let epochs = num_epochs(args.num_epochs)?;
     let schedule = args.competition.schedule.load()?;
     let later = schedule.protocol() == Protocol::Later;
-    if later {
-        check_later_repo_id(args.hf_repo_id.as_ref())?;
+    if let Some(repo) = &args.hf_repo_id {
+        schedule
+            .protocol()
+            .check_repo_id(repo)
+            .map_err(|e| anyhow::anyhow!("--hf_repo_id {e}"))?;
     }
     let device = args.device.open()?;
     let online = if args.offline {
@@ -340,13 +337,8 @@ async fn preflight(args: &MineArgs) -> anyhow::Result<Online> {
                  with write access, or pass --offline"
             )
         })?;
-        let endpoint = args
-            .hub
-            .hub_endpoint
-            .clone()
-            .or_else(|| std::env::var("HF_ENDPOINT").ok())
-            .unwrap_or_else(|| pretrain_store::hf::DEFAULT_ENDPOINT.to_string());
-        let who = miner::check_hf_token(&endpoint, &token).await?;
+        let endpoint = pretrain_store::resolve_endpoint(args.hub.hub_endpoint.as_deref());
+        let who = pretrain_store::check_hf_token(&endpoint, &token).await?;
         info!(account = %who, "the hub accepts the token");
     }
     Ok(Online {
@@ -414,22 +406,6 @@ fn later_spec(
     later: bool,
 ) -> Option<&pretrain_core::rules::CompetitionSpec> {
     later.then_some(&active.spec)
-}
-
-/// Refuses a repo id too long for the later protocol's 5-field model id.
-pub(super) fn check_later_repo_id(repo: Option<&RepoId>) -> anyhow::Result<()> {
-    if let Some(repo) = repo {
-        let len = repo.to_string().len();
-        if len > LATER_MAX_REPO_ID_LENGTH {
-            bail!(
-                "--hf_repo_id {repo} is {len} bytes; under the later protocol a repo id is at \
-                 most {LATER_MAX_REPO_ID_LENGTH} bytes (namespace/name), so that \
-                 namespace:name:commit:secure_hash:competition_id fits in the chain's {} bytes",
-                pretrain_core::constants::MAX_METADATA_BYTES
-            );
-        }
-    }
-    Ok(())
 }
 
 /// What a push committed.
@@ -508,12 +484,12 @@ async fn push_run(
     .await
     .map_err(|e| push_failed(args, online, run, later, &e.into()))?;
     if args.competition.update_repo_visibility {
-        publish(
+        pretrain_neurons::publish(
             hub.as_ref(),
-            &args.hub,
             &online.repo_id,
             &options.upload_backoff,
             &pushed,
+            &args.hub.make_public_hint(&online.repo_id),
         )
         .await?;
     } else {
@@ -524,56 +500,6 @@ async fn push_run(
         );
     }
     Ok(Pushed::Later(pushed))
-}
-
-/// How to make `repo` public without this program.
-/// `--update_repo_visibility`: makes `repo` public once the commitment
-/// `pushed` has landed; the error says how to do it by hand.
-pub(super) async fn publish(
-    hub: &dyn pretrain_store::ModelHub,
-    hub_args: &HubArgs,
-    repo: &RepoId,
-    backoff: &pretrain_core::Backoff,
-    pushed: &pretrain_neurons::LaterPushed,
-) -> anyhow::Result<()> {
-    pretrain_neurons::make_public(hub, repo, backoff)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "the commitment {} landed in block {}, but {repo} is still private, so \
-                 validators cannot download it ({}); make it public by hand: {}",
-                pushed.id,
-                pushed.block,
-                crate::one_line(&anyhow::Error::new(e)),
-                make_public_hint(hub_args, repo)
-            )
-        })
-}
-
-fn make_public_hint(hub: &HubArgs, repo: &RepoId) -> String {
-    match hub.hub.strip_prefix("local:") {
-        Some(dir) => format!(
-            "write `public` into {}",
-            Path::new(dir)
-                .join("repos")
-                .join(repo.namespace())
-                .join(repo.name())
-                .join("visibility")
-                .display()
-        ),
-        None => {
-            let endpoint = hub
-                .hub_endpoint
-                .clone()
-                .or_else(|| std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()))
-                .unwrap_or_else(|| pretrain_store::hf::DEFAULT_ENDPOINT.to_string());
-            format!(
-                "{}/{repo}/settings (Change repository visibility), or huggingface_hub's \
-                 HfApi().update_repo_settings(\"{repo}\", private=False)",
-                endpoint.trim_end_matches('/')
-            )
-        }
-    }
 }
 
 /// A failed push: the model stays on disk; the error says how to finish.

@@ -3,6 +3,7 @@
 pub mod args;
 pub mod bench;
 pub mod chain;
+pub mod competition;
 pub mod data;
 pub mod hash;
 pub mod localnet;

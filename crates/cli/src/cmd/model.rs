@@ -3,7 +3,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use candle_core::Device;
 use clap::Args;
 use pretrain_core::bounded::{check_size, read_regular, SMALL_FILE_LIMIT};
 use pretrain_model::bench::{bench_eval, bench_train, BenchConfig};
@@ -84,25 +83,6 @@ pub struct ModelBenchArgs {
     pub config: Option<PathBuf>,
 }
 
-/// Parses `cpu`, `cuda` or `cuda:N`.
-pub fn parse_device(s: &str) -> anyhow::Result<Device> {
-    let n = match s {
-        "cpu" => return Ok(Device::Cpu),
-        "cuda" => 0,
-        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(n)) => n,
-            _ => bail!("unknown device {other:?} (use cpu, cuda or cuda:N)"),
-        },
-    };
-    if !cfg!(feature = "cuda") {
-        bail!(
-            "--device {s}: this pretrain was built without CUDA; build it with \
-             `cargo build --release -p pretrain-cli --features cuda` (needs the CUDA toolkit)"
-        );
-    }
-    Device::new_cuda(n).with_context(|| format!("opening cuda:{n}"))
-}
-
 /// Reads the token batch of `eval --tokens` (see [`parse_tokens`]).
 pub fn read_tokens(path: &Path) -> anyhow::Result<Vec<Vec<u32>>> {
     let text = read_regular(path, MAX_TOKENS_FILE_BYTES)
@@ -172,7 +152,7 @@ pub fn run_eval(args: EvalArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Re
     if let Some(n) = args.pages {
         check_size("--pages", n as u64, MAX_PAGES).map_err(anyhow::Error::msg)?;
     }
-    let device = parse_device(&args.device)?;
+    let device = super::args::parse_device(&args.device)?;
     // The validator's checks first (size, parameters, architecture, tensors): loading
     // reads every weight, so a model over the limits must be refused before that.
     check_model_dir(&args.model, Limits::default()).with_context(|| {

@@ -114,7 +114,10 @@ fn upload_later(
     schedule: &pretrain_core::Schedule,
     runtime: &tokio::runtime::Runtime,
 ) -> anyhow::Result<()> {
-    super::mine::check_later_repo_id(Some(&args.hf_repo_id))?;
+    schedule
+        .protocol()
+        .check_repo_id(&args.hf_repo_id)
+        .map_err(|e| anyhow::anyhow!("--hf_repo_id {e}"))?;
     let dir = &args.load_model_dir;
     let hotkey = args
         .wallet
@@ -171,12 +174,12 @@ fn upload_later(
         .await
         .with_context(|| format!("pushing {} to {}", dir.display(), args.hf_repo_id))?;
         if args.competition.update_repo_visibility {
-            super::mine::publish(
+            pretrain_neurons::publish(
                 hub.as_ref(),
-                &args.hub,
                 &args.hf_repo_id,
                 &options.upload_backoff,
                 &pushed,
+                &args.hub.make_public_hint(&args.hf_repo_id),
             )
             .await?;
         }

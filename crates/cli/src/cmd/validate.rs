@@ -166,7 +166,7 @@ pub fn run(args: ValidateArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Res
                     sample_min: args.sample_min,
                     blocks_per_epoch: args.blocks_per_epoch,
                     pages_per_eval: args.pages_per_eval,
-                    ..active.params
+                    ..active.per_batch_params()?
                 };
             }
             Protocol::Later => {
@@ -205,7 +205,7 @@ pub fn run(args: ValidateArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Res
 
 /// The child side of the worker protocol (see `validator::worker`).
 pub fn run_worker(args: EvalWorkerArgs) -> anyhow::Result<()> {
-    let device = super::model::parse_device(&args.device)?;
+    let device = super::args::parse_device(&args.device)?;
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
     let code =

@@ -1,4 +1,4 @@
-//! The subnet's rules as data (issue 16): schedules of competitions switched
+//! The subnet's rules as data: schedules of competitions switched
 //! by block ([`schedule`]), the later protocol's epsilon ([`epsilon`]), wins
 //! ([`wins`]) and weights across competitions ([`weights`]), and the
 //! validator's hash check ([`check`]).
@@ -10,6 +10,7 @@
 
 pub mod check;
 pub mod epsilon;
+pub mod protocol;
 pub mod schedule;
 pub mod weights;
 pub mod wins;
@@ -20,6 +21,7 @@ use thiserror::Error;
 
 pub use check::{accepts_download, admit, check_download, HashCheckError, Refusal};
 pub use epsilon::EpsilonFunc;
+pub use protocol::Committed;
 pub use schedule::{
     CompetitionSpec, Constraints, Protocol, Schedule, ScheduleEntry, ScoringParams, Unsupported,
     WinsRule,

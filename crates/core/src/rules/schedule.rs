@@ -559,6 +559,16 @@ impl Schedule {
             })
     }
 
+    /// The entry active at `block`; with no block (offline), the latest entry.
+    pub fn entry_at(&self, block: Option<u64>) -> Result<&ScheduleEntry, RulesError> {
+        match block {
+            Some(b) => self.active_entry(b),
+            None => self.entries.last().ok_or_else(|| {
+                RulesError::Invalid(format!("schedule {} has no entries", self.name))
+            }),
+        }
+    }
+
     /// Competition `id` as scheduled at `block` (`None`: not running then).
     pub fn competition_at(
         &self,
@@ -593,6 +603,22 @@ competitions = [{ competition = "A", share = 0.25, eval_block_delay = 3 }, { com
 
     fn two(share: &str) -> Result<Schedule, RulesError> {
         Schedule::from_toml("two", &TWO.replace("SHARE", share))
+    }
+
+    #[test]
+    fn entry_at_a_block_is_the_active_one_and_offline_the_latest() {
+        let s = two("0.75").unwrap();
+        assert_eq!(s.entry_at(Some(15)).unwrap().start_block, 10);
+        assert_eq!(s.entry_at(Some(25)).unwrap().start_block, 20);
+        assert_eq!(s.entry_at(None).unwrap().start_block, 20);
+        assert!(matches!(
+            s.entry_at(Some(5)),
+            Err(RulesError::NoEntry {
+                block: 5,
+                first: 10,
+                ..
+            })
+        ));
     }
 
     #[test]

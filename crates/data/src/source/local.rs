@@ -51,6 +51,17 @@ struct JsonRow {
     content: String,
 }
 
+/// Every document of a local dataset, in row order.
+pub fn read_all_documents(source: &LocalSource) -> Result<Vec<String>, DataError> {
+    let mut docs = Vec::with_capacity(usize::try_from(source.num_rows()).unwrap_or(0));
+    let mut page = 0;
+    while page < source.num_rows() {
+        docs.extend(source.read_page(page)?);
+        page += ROWS_PER_PAGE as u64;
+    }
+    Ok(docs)
+}
+
 impl LocalSource {
     /// Scans `dir` (recursively; hidden entries skipped) for `*.parquet` and
     /// `*.jsonl` files and counts their rows.

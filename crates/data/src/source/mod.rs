@@ -17,7 +17,7 @@ use crate::error::DataError;
 use crate::tokenizer::Tokenizer;
 
 pub use falcon::{FalconConfig, FalconSource, FALCON_BASE_URL, FALCON_DATASET};
-pub use local::LocalSource;
+pub use local::{read_all_documents, LocalSource};
 pub use pretrain_core::constants::{MAX_PAGE, ROWS_PER_PAGE};
 
 /// A source of pages of documents (the rows API, or local files).

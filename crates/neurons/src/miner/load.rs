@@ -1,8 +1,7 @@
 //! The miner's model actions: load a uid's committed model, a local
-//! directory or a bare weights file; save; check a Hugging Face token.
+//! directory or a bare weights file; save.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use candle_core::Device;
 use pretrain_chain::{Chain, Metagraph};
@@ -143,43 +142,6 @@ pub fn load_model_file(file: &Path, device: &Device) -> Result<Model, MinerError
 /// Saves `model` as a `save_pretrained` directory, replacing `dir` whole.
 pub fn save(model: &Model, dir: &Path) -> Result<(), MinerError> {
     Ok(model.save(dir)?)
-}
-
-/// Asks the Hugging Face hub at `endpoint` whose `token` this is
-/// (`/api/whoami-v2`); returns the account name. A refusal says what to do.
-pub async fn check_hf_token(endpoint: &str, token: &str) -> Result<String, MinerError> {
-    let url = format!("{}/api/whoami-v2", endpoint.trim_end_matches('/'));
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| MinerError::Config(format!("cannot start an HTTP client: {e}")))?;
-    let resp = client
-        .get(&url)
-        .bearer_auth(token)
-        .send()
-        .await
-        .map_err(|e| MinerError::Config(format!("cannot reach the hub at {endpoint}: {e}")))?;
-    let status = resp.status();
-    if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
-        return Err(MinerError::Config(format!(
-            "the hub at {endpoint} refused HF_ACCESS_TOKEN ({status}): make a token with write \
-             access at https://huggingface.co/settings/tokens and set HF_ACCESS_TOKEN"
-        )));
-    }
-    if !status.is_success() {
-        return Err(MinerError::Config(format!(
-            "the hub at {endpoint} answered {status} when checking the token"
-        )));
-    }
-    let body: serde_json::Value = resp
-        .json()
-        .await
-        .map_err(|e| MinerError::Config(format!("the hub's whoami reply is not JSON: {e}")))?;
-    Ok(body
-        .get("name")
-        .and_then(|v| v.as_str())
-        .unwrap_or_default()
-        .to_string())
 }
 
 #[cfg(test)]

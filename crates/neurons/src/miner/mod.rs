@@ -39,10 +39,7 @@ mod load;
 mod train_loop;
 
 pub use config::{new_run_id, MinerConfig, RunDir};
-pub use load::{
-    best_uid, check_hf_token, load_local_model, load_model_file, load_remote_model, save,
-    RemoteModel,
-};
+pub use load::{best_uid, load_local_model, load_model_file, load_remote_model, save, RemoteModel};
 pub use train_loop::{
     push_best, push_best_later, EpochSummary, Event, NoObserver, Observer, Progress, StopFlag,
     Training, TrainingSummary,

@@ -12,13 +12,13 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use candle_core::Device;
 use pretrain_chain::{Chain, Hotkey};
 use pretrain_core::fsio::{append_line, atomic_write_json, recover_dir, replace_dir};
+use pretrain_core::metrics::TrainRow;
 use pretrain_core::ModelMetadata;
 use pretrain_data::{load_batches, sample_pages, Batch, PageSource, Tokenizer};
 use pretrain_model::mix_seed;
 use pretrain_model::{Model, TrainConfig, Trainer};
 use pretrain_store::ModelHub;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tracing::info;
 
 use super::{load_local_model, MinerConfig, MinerError, RunDir};
@@ -462,15 +462,16 @@ impl Training {
             self.pos.global_batches += 1;
             let tokens_per_s = trained as f64 * tokens_per_batch / compute.max(1e-9);
             if stepped {
-                self.metric(json!({
-                    "event": "step",
-                    "epoch": epoch,
-                    "step": step,
-                    "batch": i + 1,
-                    "loss": loss,
-                    "tokens_per_s": tokens_per_s,
-                    "lr": self.config.lr,
-                }))?;
+                self.metric(TrainRow::Step {
+                    epoch,
+                    step,
+                    batch: (i + 1) as u64,
+                    loss: Some(loss),
+                    tokens_per_s: Some(tokens_per_s),
+                    lr: self.config.lr,
+                    time: None,
+                    wall_s: None,
+                })?;
                 observer.event(&Event::Step { epoch, step, loss });
             }
             observer.event(&Event::Batch(Progress {
@@ -510,28 +511,32 @@ impl Training {
             page_seed,
             pages,
         };
-        self.metric(json!({
-            "event": "epoch",
-            "epoch": epoch,
-            "step": steps,
-            "loss": avg_loss,
-            "tokens_per_s": summary.tokens_per_s,
-            "lr": self.config.lr,
-            "best": improved,
-        }))?;
+        self.metric(TrainRow::Epoch {
+            epoch,
+            step: steps,
+            loss: Some(avg_loss),
+            tokens_per_s: Some(summary.tokens_per_s),
+            lr: self.config.lr,
+            best: improved,
+            time: None,
+            wall_s: None,
+        })?;
         self.save_checkpoint().await?;
         observer.event(&Event::EpochEnd(&summary));
         Ok(Some(summary))
     }
 
     /// Appends a metrics line with the wall time.
-    fn metric(&self, mut line: serde_json::Value) -> Result<(), MinerError> {
+    fn metric(&self, row: TrainRow) -> Result<(), MinerError> {
         let unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
-        line["time"] = json!(unix);
-        line["wall_s"] = json!(self.started.elapsed().as_secs_f64());
+        let row = row.stamped(unix, self.started.elapsed().as_secs_f64());
+        // Through a JSON map: the keys come out in the order the file has
+        // always had (sorted), whatever the field order.
+        let line = serde_json::to_value(&row)
+            .map_err(|e| MinerError::Task(format!("cannot serialise a metrics row: {e}")))?;
         let path = self.run.metrics_file();
         append_line(&path, &line.to_string()).map_err(MinerError::io(&path))
     }

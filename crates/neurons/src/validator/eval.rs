@@ -12,7 +12,6 @@ use pretrain_core::rules::weights::scatter;
 use pretrain_core::rules::{self, Contender, Protocol, Wins};
 use pretrain_core::scoring::{JsonF64, StepInput, Uid};
 use pretrain_core::{weights_for_emit, HotkeyAddress};
-use serde::Serialize;
 use thiserror::Error;
 use tracing::{error, info, warn};
 
@@ -50,79 +49,7 @@ pub enum StepError {
     Rules(#[from] pretrain_core::rules::RulesError),
 }
 
-/// One uid's line of a step.
-#[derive(Debug, Clone, Serialize)]
-pub struct UidReport {
-    /// The uid.
-    pub uid: Uid,
-    /// Its hotkey.
-    pub hotkey: String,
-    /// The competition it was evaluated in (`None` under the seed protocol).
-    pub competition: Option<CompetitionId>,
-    /// The evaluated model (`None`: no valid model).
-    pub model: Option<String>,
-    /// Commit block (`None`: no valid model).
-    pub block: Option<u64>,
-    /// Loss per batch (`"inf"`: failed).
-    pub losses: Vec<JsonF64>,
-    /// Mean loss.
-    pub mean_loss: JsonF64,
-    /// Pairs won.
-    pub wins: u64,
-    /// Win rate.
-    pub win_rate: f64,
-    /// Moving-average weight after the step (the subnet weight, across
-    /// competitions, under the later protocol).
-    pub weight: f32,
-    /// Why it scored +inf, if it did.
-    pub error: Option<String>,
-}
-
-/// The line appended to `metrics.jsonl` after every step.
-#[derive(Debug, Clone, Serialize)]
-pub struct StepReport {
-    /// Steps completed including this one.
-    pub step: u64,
-    /// Block of the metagraph the step used.
-    pub block: u64,
-    /// The competition evaluated (`None` under the seed protocol).
-    pub competition: Option<CompetitionId>,
-    /// Seed the pages were drawn with.
-    pub seed: u64,
-    /// The pages.
-    pub pages: Vec<u64>,
-    /// Batches every model was evaluated on.
-    pub n_batches: usize,
-    /// Size of the metagraph.
-    pub n_total_uids: usize,
-    /// Per evaluated uid, ascending.
-    pub uids: Vec<UidReport>,
-    /// All weights after the step (the subnet weights under the later protocol).
-    pub weights: Vec<f32>,
-    /// Uids kept for the next step (of this competition, under the later protocol).
-    pub uids_to_eval_next: Vec<Uid>,
-    /// Seconds spent loading pages.
-    pub data_s: f64,
-    /// Seconds spent evaluating.
-    pub eval_s: f64,
-    /// Seconds of the whole step.
-    pub step_s: f64,
-    /// Whether weights were set on chain after this step.
-    pub weights_set: Option<WeightsSet>,
-}
-
-/// A `set_weights` call made after a step.
-#[derive(Debug, Clone, Serialize)]
-pub struct WeightsSet {
-    /// Block it was made at.
-    pub block: u64,
-    /// Uids sent.
-    pub uids: Vec<Uid>,
-    /// Values sent.
-    pub values: Vec<u16>,
-    /// `None` when the chain accepted it; the error otherwise.
-    pub error: Option<String>,
-}
+pub use pretrain_core::metrics::{StepReport, UidReport, WeightsSet};
 
 fn mean(v: &[f64]) -> f64 {
     if v.is_empty() {
@@ -197,7 +124,13 @@ fn step_models(
 ) -> StepModels {
     let mut m = StepModels::default();
     for &uid in uids {
-        let hotkey = graph.neurons[usize::from(uid)].hotkey.clone();
+        // Callers filter uids against this metagraph; a uid it lacks anyway
+        // scores +inf with a reason instead of taking the validator down.
+        let Some(hotkey) = hotkey_of(graph, uid) else {
+            m.errors.insert(uid, "not in the metagraph".into());
+            m.hotkeys.insert(uid, String::new());
+            continue;
+        };
         // A hotkey that is no address was never tracked (the update loop refuses it).
         let address = hotkey.parse::<HotkeyAddress>().ok();
         match address
@@ -228,6 +161,14 @@ fn step_models(
         m.hotkeys.insert(uid, hotkey);
     }
     m
+}
+
+/// The hotkey of `uid` in `graph` (`None`: the metagraph has no such uid).
+fn hotkey_of(graph: &Metagraph, uid: Uid) -> Option<String> {
+    graph
+        .neurons
+        .get(usize::from(uid))
+        .map(|n| n.hotkey.clone())
 }
 
 /// Each uid's losses from the workers' results (`+inf` for every batch
@@ -728,6 +669,26 @@ pub async fn eval_loop(shared: Arc<Shared>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_uid_beyond_the_metagraph_has_no_hotkey_instead_of_a_panic() {
+        let neuron = |uid: u16| pretrain_chain::Neuron {
+            uid,
+            hotkey: format!("hk{uid}"),
+            coldkey: String::new(),
+            stake: 0.0,
+            incentive: 0.0,
+            validator_permit: false,
+        };
+        let graph = Metagraph {
+            netuid: 9,
+            block: 0,
+            neurons: vec![neuron(0), neuron(1)],
+        };
+        assert_eq!(hotkey_of(&graph, 1).as_deref(), Some("hk1"));
+        assert_eq!(hotkey_of(&graph, 2), None);
+        assert_eq!(hotkey_of(&graph, u16::MAX), None);
+    }
 
     #[test]
     fn kept_uids_rank_by_weight_then_win_rate_then_fill_by_score() {

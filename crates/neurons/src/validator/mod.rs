@@ -13,7 +13,7 @@
 //!
 //! The schedule's protocol decides the rules. Under the seed's (the default
 //! schedule) every model is in one competition and a step scores all of
-//! them per batch. Under the later one (issue 16) a commitment is a 5-field
+//! them per batch. Under the competition rules a commitment is a 5-field
 //! id: its competition must be scheduled at its commit block and now, the
 //! model is fetched only once `eval_block_delay` blocks old (until then, and
 //! while its repo is missing or private, it is deferred), the download must

@@ -33,7 +33,9 @@ use tracing::{debug, warn};
 /// Environment variable that makes a worker misbehave, for tests only:
 /// `NEEDLE=FAULT[,NEEDLE=FAULT..]`; a worker whose model path contains
 /// NEEDLE applies FAULT after reading its batches: `abort`, `panic`,
-/// `sleep` (hangs), `alloc` (allocates until memory runs out).
+/// `sleep` (hangs), `alloc` (allocates until memory runs out). Read only
+/// in builds with the `test-faults` feature (the cli's tests enable it); a
+/// release build ignores it.
 pub const TEST_FAULT_ENV: &str = "PRETRAIN_TEST_WORKER_FAULT";
 
 /// How to start workers and what they may use.
@@ -121,6 +123,11 @@ pub fn run_worker(
 }
 
 // Test-only misbehaviour; see TEST_FAULT_ENV.
+#[cfg(not(feature = "test-faults"))]
+fn test_fault(_model: &Path) {}
+
+// Test-only misbehaviour; see TEST_FAULT_ENV.
+#[cfg(feature = "test-faults")]
 fn test_fault(model: &Path) {
     let Ok(spec) = std::env::var(TEST_FAULT_ENV) else {
         return;

@@ -14,6 +14,7 @@
 //! (repo creation public or private, visibility changes, LFS, commit), `download` (snapshots, resumable files),
 //! `http` (URL paths, status mapping) and `retry` (the shared schedule).
 
+pub mod auth;
 mod download;
 mod http;
 mod retry;
