@@ -1,6 +1,8 @@
 //! The embedded chain: blocks, registration, rate limits, incentive, and
 //! several connections and processes on one file.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 

@@ -4,6 +4,8 @@
 //! a wallet. Arbitrary input never panics and is either accepted or refused
 //! with a reason; round trips hold where there are any.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::OnceLock;
 
 use pretrain_chain::subtensor::{

@@ -12,6 +12,8 @@
 //! validator do goes through OUR backend: uid, metagraph, commit, read the
 //! commitment back, set weights (and the commit-reveal refusal).
 
+#![allow(clippy::unwrap_used)]
+
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -1,5 +1,7 @@
 //! Wallets against the bittensor fixture in `testdata/wallet`.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

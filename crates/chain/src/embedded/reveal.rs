@@ -1,13 +1,13 @@
 //! Commit-reveal weights on the embedded chain, as subtensor does them (v4):
 //! a subnet with commit-reveal on takes only timelocked commits; each is
-//! stored with the epoch it was made in and decrypted in epoch `commit epoch
-//! + reveal_period` with the chain's own beacon (a BLS key kept in the file,
+//! stored with the epoch it was made in and decrypted `reveal_period` epochs
+//! later with the chain's own beacon (a BLS key kept in the file,
 //! signing round numbers as drand quicknet does; round `r` is published at
 //! block `r`), by the same `tle`/`tld` code subtensor runs. Only then do the
 //! weights count, so incentive appears after the reveal.
 //!
-//! Epochs follow subtensor's older shape: block `b` is in epoch `(b + netuid
-//! + 1) / (tempo + 1)`.
+//! Epochs follow subtensor's older shape: block `b` is in epoch
+//! `(b + netuid + 1) / (tempo + 1)`.
 //!
 //! Reveals happen when the chain is next read or written: a reader applies
 //! due commits to what it computes (nothing written, so read-only users see
