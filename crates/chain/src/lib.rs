@@ -12,6 +12,7 @@ use thiserror::Error;
 pub mod embedded;
 pub mod network;
 pub mod subtensor;
+pub mod timelock;
 pub mod wallet;
 
 pub use network::{connect, ChainOptions, Network};
@@ -141,6 +142,46 @@ pub struct Commitment {
     pub data: Vec<u8>,
 }
 
+/// How a weight vector reached the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WeightsSubmission {
+    /// Set directly (commit-reveal off): the weights count now.
+    Set {
+        /// Block the call landed in.
+        block: u64,
+    },
+    /// Committed timelocked (commit-reveal on): the weights count from `reveal_block`.
+    Committed {
+        /// Block the commit landed in.
+        block: u64,
+        /// The beacon round the commit is encrypted to.
+        reveal_round: u64,
+        /// The block from which the chain can have revealed it (an estimate on subtensor).
+        reveal_block: u64,
+    },
+}
+
+/// A subnet's weight-setting parameters as the chain reports them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hyperparameters {
+    /// Subnet.
+    pub netuid: u16,
+    /// `Tempo`.
+    pub tempo: u64,
+    /// `CommitRevealWeightsEnabled`.
+    pub commit_reveal_weights_enabled: bool,
+    /// `CommitRevealWeightsVersion` (`None` where the runtime has none).
+    pub commit_reveal_version: Option<u16>,
+    /// `RevealPeriodEpochs`.
+    pub reveal_period_epochs: u64,
+    /// `WeightsVersionKey`.
+    pub weights_version_key: u64,
+    /// `WeightsSetRateLimit`, in blocks.
+    pub weights_rate_limit: u64,
+    /// Blocks between two commitments of a hotkey, where the chain says.
+    pub commit_rate_limit: Option<u64>,
+}
+
 /// What the miner and validator need from a chain. Every call has a timeout.
 #[async_trait]
 pub trait Chain: Send + Sync {
@@ -166,6 +207,129 @@ pub trait Chain: Send + Sync {
         values: &[u16],
         version_key: u64,
     ) -> Result<(), ChainError>;
+    /// [`Chain::set_weights`], saying how the weights went in: set directly, or committed
+    /// timelocked where the subnet has commit-reveal on (after the checks its reveal makes).
+    async fn submit_weights(
+        &self,
+        hotkey: &Hotkey,
+        netuid: u16,
+        uids: &[u16],
+        values: &[u16],
+        version_key: u64,
+    ) -> Result<WeightsSubmission, ChainError> {
+        self.set_weights(hotkey, netuid, uids, values, version_key)
+            .await?;
+        Ok(WeightsSubmission::Set {
+            block: self.current_block().await?,
+        })
+    }
+    /// The weights `uid` has on the subnet now (`(target uid, value)`; empty when none).
+    async fn weights_of(&self, netuid: u16, uid: u16) -> Result<Vec<(u16, u16)>, ChainError> {
+        let _ = (netuid, uid);
+        Err(ChainError::Rejected(
+            "this chain backend cannot read weights back".into(),
+        ))
+    }
+    /// The subnet's weight-setting parameters.
+    async fn hyperparameters(&self, netuid: u16) -> Result<Hyperparameters, ChainError> {
+        let _ = netuid;
+        Err(ChainError::Rejected(
+            "this chain backend has no hyperparameters to report".into(),
+        ))
+    }
+}
+
+/// Whether committed weights were applied at their reveal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevealOutcome {
+    /// The chain holds the weights committed.
+    Applied,
+    /// The chain holds no or other weights for the validator; the reason found, if any.
+    NotApplied(String),
+}
+
+/// After a commit, waits until the chain is past `reveal_block` (plus `grace` blocks for a
+/// late pulse), reads the validator's weights back and says whether they are the ones
+/// committed (same uids; values equal up to the chain's normalisation, so compared by
+/// ratio). Logs the outcome: info when applied, a warning with the reason otherwise.
+pub async fn confirm_reveal(
+    chain: std::sync::Arc<dyn Chain>,
+    netuid: u16,
+    hotkey: String,
+    sent: Vec<(u16, u16)>,
+    reveal_block: u64,
+    grace: u64,
+    poll: std::time::Duration,
+) -> Result<RevealOutcome, ChainError> {
+    let until = reveal_block.saturating_add(grace);
+    loop {
+        if chain.current_block().await? > until {
+            break;
+        }
+        tokio::time::sleep(poll).await;
+    }
+    let Some(uid) = chain.uid_of(netuid, &hotkey).await? else {
+        let why = format!("hotkey {hotkey} is no longer registered on subnet {netuid}");
+        tracing::warn!(netuid, reveal_block, "committed weights not applied: {why}");
+        return Ok(RevealOutcome::NotApplied(why));
+    };
+    let got = chain.weights_of(netuid, uid).await?;
+    let outcome = if same_weights(&sent, &got) {
+        tracing::info!(
+            netuid,
+            uid,
+            reveal_block,
+            "committed weights applied at the reveal"
+        );
+        RevealOutcome::Applied
+    } else {
+        let h = chain.hyperparameters(netuid).await.ok();
+        let why = match h {
+            Some(h) if !h.commit_reveal_weights_enabled => {
+                "commit-reveal was switched off before the reveal".to_string()
+            }
+            Some(h) => format!(
+                "the chain holds {} weights for uid {uid}, not the {} committed (the runtime drops a \
+                 commit it cannot open or whose version key is below {}, or whose sender lost its permit)",
+                got.len(),
+                sent.len(),
+                h.weights_version_key
+            ),
+            None => format!(
+                "the chain holds {} weights for uid {uid}, not the {} committed",
+                got.len(),
+                sent.len()
+            ),
+        };
+        tracing::warn!(
+            netuid,
+            uid,
+            reveal_block,
+            "committed weights not applied: {why}"
+        );
+        RevealOutcome::NotApplied(why)
+    };
+    Ok(outcome)
+}
+
+/// Whether `got` (as the chain stores them: zero weights dropped, maybe rescaled) are the
+/// weights `sent`.
+fn same_weights(sent: &[(u16, u16)], got: &[(u16, u16)]) -> bool {
+    let mut a: Vec<(u16, u16)> = sent.iter().copied().filter(|p| p.1 > 0).collect();
+    let mut b: Vec<(u16, u16)> = got.iter().copied().filter(|p| p.1 > 0).collect();
+    a.sort_unstable();
+    b.sort_unstable();
+    if a.len() != b.len() || a.iter().zip(&b).any(|(x, y)| x.0 != y.0) {
+        return false;
+    }
+    let (sa, sb): (f64, f64) = (
+        a.iter().map(|p| f64::from(p.1)).sum(),
+        b.iter().map(|p| f64::from(p.1)).sum(),
+    );
+    // The chain may renormalise to its own max; u16 rounding is within 1/65535 per entry.
+    a.iter()
+        .zip(&b)
+        .all(|(x, y)| (f64::from(x.1) / sa - f64::from(y.1) / sb).abs() <= 2.0 / 65535.0)
 }
 
 /// Refuses a weight vector no chain accepts (lengths differ, a uid twice)

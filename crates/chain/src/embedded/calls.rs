@@ -6,9 +6,11 @@ use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use tracing::debug;
 
 use super::metagraph::{compute, read_snapshot, uid_of};
+use super::reveal::{reveal_due, settings};
 use super::store::{commit, storage, subnet_params};
 use super::{EmbeddedChain, MAX_COMMITMENT_BYTES};
-use crate::{Chain, ChainError, Commitment, Hotkey, Metagraph};
+use crate::timelock::COMMIT_REVEAL_VERSION;
+use crate::{Chain, ChainError, Commitment, Hotkey, Hyperparameters, Metagraph, WeightsSubmission};
 
 #[async_trait]
 impl Chain for EmbeddedChain {
@@ -20,8 +22,10 @@ impl Chain for EmbeddedChain {
         self.run(move |conn, clock, path| {
             // One read transaction: a consistent view while other processes write.
             let tx = conn.transaction().map_err(|e| storage(path, e))?;
-            let snap = read_snapshot(&tx, netuid, path)?;
-            let graph = compute(&snap, clock.now());
+            let mut snap = read_snapshot(&tx, netuid, path)?;
+            let now = clock.now();
+            reveal_due(&tx, &mut snap, now, path, false)?;
+            let graph = compute(&snap, now);
             tx.finish().map_err(|e| storage(path, e))?;
             Ok(graph)
         })
@@ -143,15 +147,48 @@ impl Chain for EmbeddedChain {
         values: &[u16],
         version_key: u64,
     ) -> Result<(), ChainError> {
+        self.submit_weights(hotkey, netuid, uids, values, version_key)
+            .await
+            .map(|_| ())
+    }
+
+    async fn submit_weights(
+        &self,
+        hotkey: &Hotkey,
+        netuid: u16,
+        uids: &[u16],
+        values: &[u16],
+        version_key: u64,
+    ) -> Result<WeightsSubmission, ChainError> {
         crate::check_weights(uids, values)?;
+        let cr = self.commit_reveal(netuid).await?;
+        if cr.enabled {
+            return self
+                .commit_weights(hotkey, netuid, uids, values, version_key, cr)
+                .await;
+        }
         let hotkey = hotkey.ss58.clone();
         let pairs: Vec<(u16, u16)> = uids.iter().copied().zip(values.iter().copied()).collect();
         self.run(move |conn, clock, path| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(|e| storage(path, e))?;
-            let snap = read_snapshot(&tx, netuid, path)?;
+            let mut snap = read_snapshot(&tx, netuid, path)?;
             let block = clock.now();
+            reveal_due(&tx, &mut snap, block, path, true)?;
+            let cr = settings(&tx, netuid, path)?;
+            if cr.enabled {
+                // Switched on since this call looked: subtensor's `CommitRevealEnabled`.
+                return Err(ChainError::Rejected(format!(
+                    "commit-reveal is on on subnet {netuid}: weights must be committed"
+                )));
+            }
+            if version_key < cr.weights_version_key {
+                return Err(ChainError::Rejected(format!(
+                    "version key {version_key} is below subnet {netuid}'s weights version key {}",
+                    cr.weights_version_key
+                )));
+            }
             let Some(me) = snap.neurons.iter().find(|r| r.hotkey == hotkey).map(|r| r.uid) else {
                 return Err(ChainError::NotRegistered { hotkey: hotkey.clone(), netuid });
             };
@@ -186,8 +223,33 @@ impl Chain for EmbeddedChain {
             .map_err(|e| storage(path, e))?;
             commit(tx, path)?;
             debug!(netuid, uid = me, block, n = pairs.len(), "weights stored");
-            Ok(())
+            Ok(WeightsSubmission::Set { block })
         })
         .await
+    }
+
+    async fn weights_of(&self, netuid: u16, uid: u16) -> Result<Vec<(u16, u16)>, ChainError> {
+        Ok(self
+            .weights(netuid)
+            .await?
+            .into_iter()
+            .find(|r| r.0 == uid)
+            .map(|r| r.1)
+            .unwrap_or_default())
+    }
+
+    async fn hyperparameters(&self, netuid: u16) -> Result<Hyperparameters, ChainError> {
+        let params = self.subnet(netuid).await?;
+        let cr = self.commit_reveal(netuid).await?;
+        Ok(Hyperparameters {
+            netuid,
+            tempo: cr.tempo,
+            commit_reveal_weights_enabled: cr.enabled,
+            commit_reveal_version: Some(COMMIT_REVEAL_VERSION),
+            reveal_period_epochs: cr.reveal_period_epochs,
+            weights_version_key: cr.weights_version_key,
+            weights_rate_limit: params.weights_rate_limit,
+            commit_rate_limit: Some(params.commit_rate_limit),
+        })
     }
 }

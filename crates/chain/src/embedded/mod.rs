@@ -51,9 +51,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::ChainError;
 
+pub use reveal::{CommitReveal, DEFAULT_REVEAL_PERIOD_EPOCHS, DEFAULT_TEMPO, MAX_PENDING_COMMITS};
+
 mod calls;
 mod metagraph;
 mod registry;
+mod reveal;
 mod store;
 #[cfg(test)]
 mod tests;

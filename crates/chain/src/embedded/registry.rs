@@ -61,6 +61,9 @@ impl EmbeddedChain {
                 info!(netuid, "created subnet on the embedded chain (default params)");
             }
             let params = subnet_params(&tx, netuid, path)?;
+            // Due reveals land before the neurons change (a replaced uid's commit is its own).
+            let mut before = read_snapshot(&tx, netuid, path)?;
+            super::reveal::reveal_due(&tx, &mut before, block, path, true)?;
             let existing: Option<(u16, u64)> = tx
                 .query_row(
                     "SELECT uid, registered_block FROM neurons WHERE netuid = ?1 AND hotkey = ?2",
@@ -190,9 +193,10 @@ impl EmbeddedChain {
 
     /// The weights each uid last set on the subnet: `(uid, [(target uid, value)])`, by uid.
     pub async fn weights(&self, netuid: u16) -> Result<Vec<(u16, Vec<(u16, u16)>)>, ChainError> {
-        self.run(move |conn, _, path| {
+        self.run(move |conn, clock, path| {
             subnet_params(conn, netuid, path)?;
-            let snap = read_snapshot(conn, netuid, path)?;
+            let mut snap = read_snapshot(conn, netuid, path)?;
+            super::reveal::reveal_due(conn, &mut snap, clock.now(), path, false)?;
             let mut rows: Vec<(u16, Vec<(u16, u16)>)> = snap
                 .weights
                 .into_iter()

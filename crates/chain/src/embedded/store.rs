@@ -309,6 +309,7 @@ fn init_schema(conn: &mut Connection, block_time: Option<f64>) -> rusqlite::Resu
              pairs TEXT NOT NULL,
              PRIMARY KEY (netuid, uid));",
     )?;
+    super::reveal::create_tables(&tx)?;
     let get = |key: &str| -> rusqlite::Result<Option<String>> {
         tx.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
             r.get(0)

@@ -14,10 +14,11 @@ use super::commitments::{commitment_at, commitments_at};
 use super::errors::TxContext;
 use super::extrinsics::{keypair_of, set_commitment_call, set_weights_call, submit};
 use super::metagraph::read_metagraph;
-use super::scale::{account_of, as_bool};
-use super::storage::{ensure_registered, fetch_value, uid_at};
+use super::scale::{account_of, storage_key};
+use super::storage::{ensure_registered, fetch_raw, uid_at};
+use super::weights::{hyperparameters_at, prepare_commit};
 use super::{endpoint_for, SubtensorConfig, SUBTENSOR};
-use crate::{Chain, ChainError, Commitment, Hotkey, Metagraph};
+use crate::{Chain, ChainError, Commitment, Hotkey, Hyperparameters, Metagraph, WeightsSubmission};
 
 pub(super) type AtBlock = OnlineClientAtBlock<SubtensorConfig>;
 
@@ -206,34 +207,77 @@ impl Chain for SubtensorChain {
         values: &[u16],
         version_key: u64,
     ) -> Result<(), ChainError> {
+        self.submit_weights(hotkey, netuid, uids, values, version_key)
+            .await
+            .map(|_| ())
+    }
+
+    async fn submit_weights(
+        &self,
+        hotkey: &Hotkey,
+        netuid: u16,
+        uids: &[u16],
+        values: &[u16],
+        version_key: u64,
+    ) -> Result<WeightsSubmission, ChainError> {
         crate::check_weights(uids, values)?;
         let signer = keypair_of(hotkey)?;
-        let call = set_weights_call(netuid, uids, values, version_key);
+        let direct = set_weights_call(netuid, uids, values, version_key);
         let account = account_of(&hotkey.ss58)?;
-        let ctx = TxContext {
-            what: "set_weights",
-            hotkey: &hotkey.ss58,
-            netuid,
-        };
         self.call(|c| async move {
             let at = at_latest(&c).await?;
+            let ctx = TxContext {
+                what: "set_weights",
+                hotkey: &hotkey.ss58,
+                netuid,
+            };
             ensure_registered(&at, &account, &ctx).await?;
-            let commit_reveal = fetch_value(&at, SUBTENSOR, "CommitRevealWeightsEnabled", (netuid,))
-                .await?
-                .as_ref()
-                .and_then(as_bool)
-                .unwrap_or(false);
-            if commit_reveal {
-                // The runtime refuses plain set_weights here (`CommitRevealEnabled`); its
-                // commit/reveal calls (v3: drand-timelocked commits) are not implemented.
-                return Err(ChainError::Rejected(format!(
-                    "subnet {netuid} has commit-reveal weights enabled; plain set_weights is refused by the \
-                     chain and this client does not implement commit/reveal (ask the subnet owner to disable \
-                     CommitRevealWeightsEnabled, or use bittensor's Python SDK to set weights)"
-                )));
+            let hp = hyperparameters_at(&at, netuid).await?;
+            if !hp.commit_reveal_weights_enabled {
+                let block = submit(&c, &at, &direct, &signer, ctx).await?;
+                return Ok(WeightsSubmission::Set { block });
             }
-            submit(&c, &at, &call, &signer, ctx).await.map(|_| ())
+            let uid =
+                uid_at(&at, netuid, &account)
+                    .await?
+                    .ok_or_else(|| ChainError::NotRegistered {
+                        hotkey: hotkey.ss58.clone(),
+                        netuid,
+                    })?;
+            let commit =
+                prepare_commit(&at, &hp, uid, &account, netuid, uids, values, version_key).await?;
+            let ctx = TxContext {
+                what: "commit_timelocked_weights",
+                hotkey: &hotkey.ss58,
+                netuid,
+            };
+            let block = submit(&c, &at, &commit.call, &signer, ctx).await?;
+            Ok(WeightsSubmission::Committed {
+                block,
+                reveal_round: commit.reveal_round,
+                reveal_block: commit.reveal_block,
+            })
         })
         .await
+    }
+
+    async fn weights_of(&self, netuid: u16, uid: u16) -> Result<Vec<(u16, u16)>, ChainError> {
+        self.call(|c| async move {
+            let at = at_latest(&c).await?;
+            let key = storage_key(&at.metadata(), SUBTENSOR, "Weights", (netuid, uid))?;
+            let Some(bytes) = fetch_raw(&at, key, "SubtensorModule.Weights").await? else {
+                return Ok(Vec::new());
+            };
+            let mut reader = bytes.as_slice();
+            <Vec<(u16, u16)> as codec::Decode>::decode(&mut reader).map_err(|e| {
+                ChainError::BadResponse(format!("cannot decode SubtensorModule.Weights: {e}"))
+            })
+        })
+        .await
+    }
+
+    async fn hyperparameters(&self, netuid: u16) -> Result<Hyperparameters, ChainError> {
+        self.call(|c| async move { hyperparameters_at(&at_latest(&c).await?, netuid).await })
+            .await
     }
 }

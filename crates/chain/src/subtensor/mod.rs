@@ -25,6 +25,7 @@ mod scale;
 mod storage;
 #[cfg(test)]
 mod tests;
+mod weights;
 
 pub use client::SubtensorChain;
 pub use commitments::{commitment_of_key, decode_commitment_of, RawCommitment};
@@ -32,6 +33,10 @@ pub use errors::{classify_module_error, classify_pool_message, ErrorClass};
 pub use extrinsics::{encode_call_data, set_commitment_call, set_weights_call};
 pub use scale::{
     account_of, decode_storage_value, has_storage, keys_key, load_metadata, ss58_of, storage_key,
+};
+pub use weights::{
+    block_time, commit_timelocked_weights_call, epoch_shape, has_call, EpochShape,
+    DEFAULT_BLOCK_TIME,
 };
 
 /// Endpoint of bittensor's main network.

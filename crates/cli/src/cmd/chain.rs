@@ -76,6 +76,8 @@ pub enum ChainCommand {
     Register(RegisterArgs),
     /// Add stake to a hotkey on the embedded chain.
     Stake(StakeArgs),
+    /// Weight-setting parameters of the subnet: tempo, commit-reveal, version key, rate limits.
+    Hyperparameters(super::chain_cr::HyperparametersArgs),
 }
 
 /// Arguments of `pretrain chain metagraph`.
@@ -126,6 +128,8 @@ pub struct RegisterArgs {
     /// For a subnet created by this call: blocks between two set_weights of a hotkey.
     #[arg(long = "weights_rate_limit", default_value_t = pretrain_chain::embedded::DEFAULT_WEIGHTS_RATE_LIMIT)]
     weights_rate_limit: u64,
+    #[command(flatten)]
+    commit_reveal: super::chain_cr::CommitRevealArgs,
 }
 
 /// Arguments of `pretrain chain stake`.
@@ -151,6 +155,7 @@ pub fn run(cmd: ChainCommand, rt: &tokio::runtime::Runtime) -> anyhow::Result<()
             ChainCommand::Commitment(a) => commitment(a).await,
             ChainCommand::Register(a) => register(a).await,
             ChainCommand::Stake(a) => stake(a).await,
+            ChainCommand::Hyperparameters(a) => super::chain_cr::hyperparameters(a).await,
         }
     })
 }
@@ -265,6 +270,7 @@ async fn register(args: RegisterArgs) -> anyhow::Result<()> {
         weights_rate_limit: args.weights_rate_limit,
     };
     chain.create_subnet(netuid, params).await?;
+    args.commit_reveal.apply(&chain, netuid).await?;
     let r = chain.register(netuid, &hotkey, &coldkey).await?;
     print_json(&r)
 }

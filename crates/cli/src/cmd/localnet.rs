@@ -68,6 +68,10 @@ pub struct LocalnetArgs {
     /// Passed on to the validator and every miner.
     #[command(flatten)]
     pub schedule: super::rules::ScheduleArgs,
+    /// Commit-reveal weights on the subnet (tempo 9, reveal after 1 epoch): the validator's
+    /// weights are timelocked to the chain's beacon and count only after the reveal.
+    #[arg(long = "commit_reveal")]
+    pub commit_reveal: bool,
 }
 
 /// Runs the local subnet; prints the final leaderboard as JSON.
@@ -121,6 +125,20 @@ async fn run_async(args: LocalnetArgs) -> anyhow::Result<()> {
         &miners,
     )
     .await?;
+    if args.commit_reveal {
+        chain
+            .set_commit_reveal(
+                NETUID,
+                pretrain_chain::embedded::CommitReveal {
+                    enabled: true,
+                    reveal_period_epochs: 1,
+                    tempo: 9,
+                    weights_version_key: 0,
+                },
+            )
+            .await
+            .context("switching commit-reveal on")?;
+    }
     let block = chain
         .current_block()
         .await

@@ -3,6 +3,7 @@
 pub mod args;
 pub mod bench;
 pub mod chain;
+pub mod chain_cr;
 pub mod competition;
 pub mod data;
 pub mod hash;
@@ -13,6 +14,7 @@ pub mod out;
 pub mod report;
 pub mod rules;
 pub mod score;
+pub mod timelock;
 pub mod upload;
 pub mod validate;
 pub mod wallet;

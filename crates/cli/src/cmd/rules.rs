@@ -46,6 +46,11 @@ pub enum RulesKind {
     Weights,
     /// `{block}` -> the active entry's `competitions`.
     Schedule,
+    /// `{hotkey, uids, values, version_key, reveal_round}` -> only `{commit, reveal_round,
+    /// payload}`: a commit-reveal v4 commit under drand quicknet's key.
+    TimelockCommit,
+    /// `{commit, signature}` -> only `{hotkey, uids, values, version_key}`: the commit opened.
+    TimelockReveal,
 }
 
 /// Arguments of `pretrain rules`.
@@ -152,6 +157,13 @@ pub fn run(args: RulesArgs) -> anyhow::Result<()> {
         bail!("{invalid}: expected a JSON object");
     };
     let computed = compute(&args, case, &invalid)?;
+    if matches!(
+        args.kind,
+        RulesKind::TimelockCommit | RulesKind::TimelockReveal
+    ) {
+        // The contract: these print their outputs alone.
+        return print_json(&Value::Object(computed));
+    }
     for (k, v) in computed {
         out.insert(k, v);
     }
@@ -167,6 +179,8 @@ fn inputs<T: serde::de::DeserializeOwned>(case: Value, invalid: &str) -> anyhow:
 fn compute(args: &RulesArgs, case: Value, invalid: &str) -> anyhow::Result<Map<String, Value>> {
     let mut out = Map::new();
     match args.kind {
+        RulesKind::TimelockCommit => return super::timelock::commit(inputs(case, invalid)?),
+        RulesKind::TimelockReveal => return super::timelock::reveal(inputs(case, invalid)?),
         RulesKind::SecureHash => {
             let c: SecureHashCase = inputs(case, invalid)?;
             out.insert(

@@ -584,10 +584,37 @@ pub async fn maybe_set_weights(shared: &Shared) -> Option<WeightsSet> {
     let (uids, values) = weights_for_emit(&state.weights);
     let call = shared
         .chain
-        .set_weights(hotkey, cfg.netuid, &uids, &values, WEIGHTS_VERSION_KEY);
+        .submit_weights(hotkey, cfg.netuid, &uids, &values, WEIGHTS_VERSION_KEY);
     let error = match tokio::time::timeout(cfg.call_timeout, call).await {
-        Ok(Ok(())) => {
+        Ok(Ok(pretrain_chain::WeightsSubmission::Set { .. })) => {
             info!(block, ?uids, ?values, "weights set");
+            None
+        }
+        Ok(Ok(pretrain_chain::WeightsSubmission::Committed {
+            block: at,
+            reveal_round,
+            reveal_block,
+        })) => {
+            // Commit-reveal: the weights count only once the chain opens the commit; check
+            // then, so an operator sees in the log whether they applied.
+            info!(
+                block = at,
+                reveal_round,
+                reveal_block,
+                ?uids,
+                ?values,
+                "weights committed (commit-reveal); they apply at the reveal"
+            );
+            let sent: Vec<(u16, u16)> = uids.iter().copied().zip(values.iter().copied()).collect();
+            tokio::spawn(pretrain_chain::confirm_reveal(
+                Arc::clone(&shared.chain),
+                cfg.netuid,
+                hotkey.ss58.clone(),
+                sent,
+                reveal_block,
+                3,
+                Duration::from_secs(2),
+            ));
             None
         }
         Ok(Err(e)) => {
