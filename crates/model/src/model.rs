@@ -590,7 +590,7 @@ mod tests {
                 .to_vec1::<f32>()
                 .unwrap()
                 .into_iter()
-                .map(|x| half_round(x))
+                .map(half_round)
                 .collect();
             let got: Vec<f32> = back.weights()[name]
                 .flatten_all()

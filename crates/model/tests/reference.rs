@@ -1,5 +1,6 @@
 //! Losses, logits, parameter counts and files against the reference models
 //! made with `transformers` (`testdata/models`).
+#![allow(clippy::unwrap_used)]
 
 use pretrain_model::{CausalLm, Kernels};
 use serde_json::Value;

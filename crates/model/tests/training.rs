@@ -1,4 +1,5 @@
 //! AdamW training parity with `torch.optim.AdamW` on the reference models.
+#![allow(clippy::unwrap_used)]
 
 use candle_core::Device;
 use pretrain_model::{Kernels, Model, TrainConfig, Trainer};

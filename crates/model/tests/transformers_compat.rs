@@ -3,6 +3,7 @@
 //! (`--upload_b16`; both sides upcast the bf16 weights to f32). Skips with a notice when
 //! Python, torch or transformers are missing (`PRETRAIN_PYTHON` picks the
 //! interpreter, default `python3`).
+#![allow(clippy::unwrap_used)]
 
 use std::process::Command;
 

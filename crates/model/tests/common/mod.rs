@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: where the reference models are
 //! and how to read their `expected.json`.
 #![allow(dead_code)] // each test binary uses a different subset
+#![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
 
