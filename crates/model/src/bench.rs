@@ -7,9 +7,10 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::config::default_gpt2_config_json;
 use crate::error::Result;
+use crate::hf::config::default_gpt2_config_json;
 use crate::model::{CausalLm, Model};
+use crate::options::ComputeOptions;
 use crate::train::{TrainConfig, Trainer};
 
 /// What a benchmark measured.
@@ -32,6 +33,10 @@ pub struct BenchConfig {
     pub seq_len: usize,
     /// Timed iterations (after one warm-up).
     pub iters: usize,
+    /// Where the model runs.
+    pub device: Device,
+    /// Kernels and compute dtype.
+    pub options: ComputeOptions,
 }
 
 impl Default for BenchConfig {
@@ -41,6 +46,8 @@ impl Default for BenchConfig {
             batch_size: 1,
             seq_len: 1024,
             iters: 3,
+            device: Device::Cpu,
+            options: ComputeOptions::default(),
         }
     }
 }
@@ -72,7 +79,8 @@ fn random_batch(cfg: &BenchConfig, vocab: usize) -> Vec<Vec<u32>> {
 
 /// Evaluation throughput: forward + loss, no gradients.
 pub fn bench_eval(cfg: &BenchConfig) -> Result<BenchResult> {
-    let model = Model::random(cfg.config_json.clone(), 0, &Device::Cpu)?;
+    let model =
+        Model::random(cfg.config_json.clone(), 0, &cfg.device)?.with_options(cfg.options)?;
     let batch = random_batch(cfg, model.config().vocab_size());
     let loss = model.loss(&batch)?;
     tracing::info!("warm-up loss {loss}");
@@ -90,7 +98,8 @@ pub fn bench_eval(cfg: &BenchConfig) -> Result<BenchResult> {
 
 /// Training throughput: forward + backward + AdamW step per batch.
 pub fn bench_train(cfg: &BenchConfig) -> Result<BenchResult> {
-    let model = Model::random(cfg.config_json.clone(), 0, &Device::Cpu)?;
+    let model =
+        Model::random(cfg.config_json.clone(), 0, &cfg.device)?.with_options(cfg.options)?;
     let batch = random_batch(cfg, model.config().vocab_size());
     let mut trainer = Trainer::new(model, TrainConfig::default())?;
     let loss = trainer.micro_step(&batch)?;

@@ -9,9 +9,10 @@ use std::path::Path;
 use pretrain_core::constants::{MAX_MODEL_BYTES, MAX_MODEL_PARAMETERS};
 use serde::Serialize;
 
-use crate::config::Architecture;
+use crate::arch::Architecture;
 use crate::error::{ModelError, Result};
-use crate::model::{match_tensors, open_weights, read_config};
+use crate::hf::config::read_config;
+use crate::hf::{match_tensors, open_weights};
 
 /// Limits a model must stay within.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -67,6 +67,9 @@ pub enum ModelError {
     /// The token batch cannot be fed to this model.
     #[error("bad input: {0}")]
     Input(String),
+    /// The device cannot run what was asked (e.g. bf16 compute on the CPU).
+    #[error("not supported: {0}")]
+    Unsupported(String),
     /// An error inside candle (shape mismatch, device error, ...).
     #[error("tensor computation failed: {0}")]
     Candle(candle_core::Error),

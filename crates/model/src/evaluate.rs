@@ -13,13 +13,20 @@ use candle_core::Device;
 use crate::check::{check_model_dir, Limits};
 use crate::error::{ModelError, Result};
 use crate::model::{loss_or_inf, Model};
+use crate::options::ComputeOptions;
 
 /// Loads `dir` for evaluation: the validator's checks, the weights, and a
 /// check that every weight is finite (a NaN model is refused with a reason
 /// rather than scored on NaN losses).
 pub fn load_for_eval(dir: &Path, device: &Device) -> Result<Model> {
+    load_for_eval_with(dir, device, ComputeOptions::default())
+}
+
+/// [`load_for_eval`] computing as `options` say (`--kernels`, `--dtype`).
+pub fn load_for_eval_with(dir: &Path, device: &Device, options: ComputeOptions) -> Result<Model> {
+    options.check(device)?;
     check_model_dir(dir, Limits::default())?;
-    let model = Model::load(dir, device)?;
+    let model = Model::load_with(dir, device, options)?;
     for (name, t) in model.weights() {
         // x - x is 0 for finite x and NaN for NaN or ±inf; one pass per tensor,
         // without the overflow a sum of squares could give.
@@ -52,7 +59,17 @@ pub fn losses(model: &Model, batches: &[Vec<Vec<u32>>]) -> Vec<f32> {
 /// One load, a loss per batch; every batch `+inf` when the model cannot be
 /// loaded (the reason is logged).
 pub fn evaluate(dir: &Path, batches: &[Vec<Vec<u32>>], device: &Device) -> Vec<f32> {
-    match load_for_eval(dir, device) {
+    evaluate_with(dir, batches, device, ComputeOptions::default())
+}
+
+/// [`evaluate`] computing as `options` say (`--kernels`, `--dtype`).
+pub fn evaluate_with(
+    dir: &Path,
+    batches: &[Vec<Vec<u32>>],
+    device: &Device,
+    options: ComputeOptions,
+) -> Vec<f32> {
+    match load_for_eval_with(dir, device, options) {
         Ok(model) => losses(&model, batches),
         Err(e) => {
             tracing::warn!("cannot evaluate {}: {e}; scoring +inf", dir.display());

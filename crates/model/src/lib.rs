@@ -46,28 +46,41 @@
 
 #![warn(missing_docs)]
 
+//!
+//! # Layout
+//! Layers from the bottom, each importing only from those below it:
+//! `error`; `kernels/` (SIMD helpers, the seed mixer, GEMM, Conv1D,
+//! attention, norms, activations, loss, embedding, AdamW; each with its
+//! portable candle-ops twin); `mode` (train/eval, dropout seeds) and
+//! `options` (`--kernels`, `--dtype`); `layers` (VarBuilder, Conv1D, Linear,
+//! norms); `arch/` (one file per architecture plus the registry); `hf/`
+//! (`config.json`, safetensors, a directory's weights); `model`; `train`;
+//! `check`, `evaluate`, `bench`. `config` re-exports the config names.
+
+pub mod arch;
 pub mod bench;
 pub mod check;
 pub mod config;
 pub mod error;
 pub mod evaluate;
-mod gpt2;
+pub mod hf;
 mod kernels;
-mod llama;
+mod layers;
+pub mod mode;
 pub mod model;
-mod nn;
+pub mod options;
 #[cfg(test)]
 mod proptests;
-mod st;
 pub mod train;
 
 pub use check::{check_model_dir, check_reason, Limits, ModelInfo};
 pub use config::{Architecture, Gpt2Config, LlamaConfig, ModelConfig};
 pub use error::{ModelError, Result};
 pub use evaluate::{evaluate, load_for_eval};
+pub use hf::safetensors::{write as write_safetensors, SafetensorsFile, TensorInfo};
+pub use mode::{mix_seed, Mode};
 /// The bf16 GEMM (AVX512-BF16), for `--dtype bf16` on CPU.
 pub use kernels::gemm_bf16;
 pub use model::{loss_or_inf, CausalLm, Model, Weights};
-pub use nn::{mix_seed, Mode};
-pub use st::{write as write_safetensors, SafetensorsFile, TensorInfo};
+pub use options::{ComputeDtype, ComputeOptions, Kernels};
 pub use train::{TrainConfig, Trainer, TrainerCounters};

@@ -5,9 +5,9 @@
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
-use crate::config::ModelConfig;
+use crate::arch::ModelConfig;
 use crate::error::ModelError;
-use crate::st::parse_header;
+use crate::hf::safetensors::parse_header;
 
 /// Cases per property (the brief's bound: at most 256).
 const CASES: u32 = 256;

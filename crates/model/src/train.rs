@@ -5,16 +5,17 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
+use crate::hf::safetensors::{self as st, SafetensorsFile};
 use crate::kernels::embedding::GradSink;
 use crate::kernels::loss::lm_head_cross_entropy;
-use crate::kernels::optimizer::{self, StepCoeffs};
-use crate::model::{CausalLm, Model, Weights};
-use crate::nn::mix_seed;
-use crate::st::{self, SafetensorsFile};
+use crate::kernels::optimizer::{self, AdamW, Moments, StepCoeffs};
+use crate::mode::mix_seed;
+use crate::model::{CausalLm, Model, Parts, Weights};
+use crate::options::ComputeDtype;
 
 /// File of [`Trainer::save_state`] holding the optimizer's tensors.
 pub const STATE_TENSORS_FILE: &str = "optimizer.safetensors";
@@ -52,17 +53,27 @@ impl Default for TrainConfig {
     }
 }
 
-/// AdamW moments of one parameter.
-struct Moments {
-    m: Vec<f32>,
-    v: Vec<f32>,
+impl TrainConfig {
+    /// The optimizer's own settings.
+    fn adamw(&self) -> AdamW {
+        AdamW {
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+        }
+    }
 }
 
 /// Trains a [`Model`] in place: call [`Trainer::micro_step`] per batch; every
 /// `accumulation_steps` micro-batches it runs an optimizer step.
 pub struct Trainer {
     config: TrainConfig,
+    /// The model over the variables; in bf16 rebuilt before each micro-batch
+    /// (its bf16 copies are taken from the f32 master weights).
     model: Model,
+    parts: Parts,
     vars: BTreeMap<String, Var>,
     moments: BTreeMap<String, Moments>,
     grads: BTreeMap<String, Tensor>,
@@ -97,7 +108,7 @@ impl Trainer {
                 "accumulation_steps must be at least 1".into(),
             ));
         }
-        let (cfg, json, weights, device) = model.into_parts();
+        let (parts, weights) = model.into_parts();
         let mut vars = BTreeMap::new();
         let mut tracked = Weights::new();
         for (name, t) in weights {
@@ -107,7 +118,8 @@ impl Trainer {
         }
         Ok(Self {
             config,
-            model: Model::from_trusted_parts(cfg, json, tracked, device)?,
+            model: Model::from_trusted_parts(&parts, tracked)?,
+            parts,
             vars,
             moments: BTreeMap::new(),
             grads: BTreeMap::new(),
@@ -162,6 +174,16 @@ impl Trainer {
     /// by `accumulation_steps` before backward and gradients add up; after the
     /// last micro-batch of a group the optimizer steps. Returns the unscaled loss.
     pub fn micro_step(&mut self, batch: &[Vec<u32>]) -> Result<f32> {
+        if self.parts.options.dtype != ComputeDtype::F32 {
+            // Fresh low-precision copies of the master weights after the last step.
+            let tracked = self
+                .vars
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+                .collect();
+            self.model = Model::from_trusted_parts(&self.parts, tracked)?;
+        }
+        let path = self.parts.path;
         let m = &self.model;
         // The output head's weight gradient (with a tied embedding's rows)
         // is written here in place rather than summed by candle into new
@@ -177,14 +199,16 @@ impl Trainer {
                 .reshape((b * (t - 1), d))?
         };
         let targets: Vec<u32> = batch.iter().flat_map(|r| r[1..].iter().copied()).collect();
-        let loss = lm_head_cross_entropy(&h, m.lm_head(), &targets, Some(&head_sink))?;
-        let value = loss.to_vec0::<f32>()?;
+        let loss = lm_head_cross_entropy(path, &h, m.lm_head(), &targets, Some(&head_sink))?;
+        let value = loss.to_dtype(DType::F32)?.to_vec0::<f32>()?;
         let mut grads = (loss / self.config.accumulation_steps as f64)?.backward()?;
         // The graph (every activation) is freed here, before the optimizer runs.
         drop(h);
         let head_id = m.lm_head().id();
         for (name, var) in &self.vars {
             let mut g = grads.remove(var.as_tensor());
+            // The sink holds the head's gradient on the fast path, where the
+            // head is the variable itself (f32); elsewhere candle has it all.
             if var.as_tensor().id() == head_id {
                 if let Some(sunk) = head_sink.take() {
                     let t = var.as_tensor();
@@ -216,19 +240,20 @@ impl Trainer {
     /// single-tensor AdamW), then zero the gradients.
     pub fn optimizer_step(&mut self) -> Result<()> {
         self.steps += 1;
-        let coeffs = StepCoeffs::new(&self.config, self.steps);
+        let coeffs = StepCoeffs::new(&self.config.adamw(), self.steps);
         let grads = std::mem::take(&mut self.grads);
         for (name, g) in grads {
             let Some(var) = self.vars.get(&name) else {
                 continue;
             };
-            let n = g.elem_count();
-            let mom = self.moments.entry(name).or_insert_with(|| Moments {
-                m: vec![0.0; n],
-                v: vec![0.0; n],
-            });
+            let mom = match self.moments.entry(name) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(Moments::zeros(self.parts.path, var.as_tensor())?)
+                }
+            };
             // In place on the weights the network holds: no copy of either.
-            optimizer::step(&coeffs, var, &g, &mut mom.m, &mut mom.v)?;
+            optimizer::step(&coeffs, var, &g, mom)?;
         }
         self.micro = 0;
         Ok(())
@@ -248,12 +273,7 @@ impl Trainer {
             .iter()
             .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
             .collect();
-        Model::from_trusted_parts(
-            self.model.config().clone(),
-            self.model.config_json().clone(),
-            weights,
-            self.model.device().clone(),
-        )
+        Model::from_trusted_parts(&self.parts, weights)
     }
 
     /// A frozen copy of the current model.
@@ -262,12 +282,7 @@ impl Trainer {
         for (k, v) in &self.vars {
             weights.insert(k.clone(), v.as_tensor().detach().copy()?);
         }
-        Model::from_trusted_parts(
-            self.model.config().clone(),
-            self.model.config_json().clone(),
-            weights,
-            self.model.device().clone(),
-        )
+        Model::from_trusted_parts(&self.parts, weights)
     }
 
     /// Ends training and returns the model with its current weights (no copy).
@@ -278,6 +293,11 @@ impl Trainer {
     /// Saves the current model as a `save_pretrained` directory (atomically).
     pub fn save(&self, dir: &Path) -> Result<()> {
         self.snapshot_view()?.save(dir)
+    }
+
+    /// [`Trainer::save`] with the weights stored as `dtype` (see [`Model::save_as`]).
+    pub fn save_as(&self, dir: &Path, dtype: DType) -> Result<()> {
+        self.snapshot_view()?.save_as(dir, dtype)
     }
 
     /// Saves what [`Trainer::load_state`] needs to continue exactly where this
@@ -299,19 +319,12 @@ impl Trainer {
         let device = self.model.device();
         let mut tensors: Vec<(String, Tensor)> = Vec::new();
         for (name, mom) in &self.moments {
-            let shape = self
-                .vars
-                .get(name)
-                .map(|v| v.as_tensor().dims().to_vec())
-                .unwrap_or_else(|| vec![mom.m.len()]);
-            tensors.push((
-                format!("exp_avg.{name}"),
-                Tensor::from_slice(&mom.m, shape.as_slice(), device)?,
-            ));
-            tensors.push((
-                format!("exp_avg_sq.{name}"),
-                Tensor::from_slice(&mom.v, shape.as_slice(), device)?,
-            ));
+            let Some(var) = self.vars.get(name) else {
+                continue;
+            };
+            let (m, v) = mom.tensors(var.as_tensor().dims(), device)?;
+            tensors.push((format!("exp_avg.{name}"), m));
+            tensors.push((format!("exp_avg_sq.{name}"), v));
         }
         for (name, g) in &self.grads {
             tensors.push((format!("grad.{name}"), g.clone()));
@@ -394,7 +407,9 @@ impl Trainer {
             let v = exp_avg_sq.remove(&name).ok_or_else(|| {
                 ModelError::st(STATE_TENSORS_FILE, format!("exp_avg_sq.{name} is missing"))
             })?;
-            moments.insert(name, Moments { m, v });
+            let param = self.vars.get(&name).map(|v| v.as_tensor().clone());
+            let Some(param) = param else { continue };
+            moments.insert(name, Moments::from_host(self.parts.path, m, v, &param)?);
         }
         if let Some(name) = exp_avg_sq.keys().next() {
             return Err(ModelError::st(

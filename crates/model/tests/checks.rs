@@ -1,4 +1,5 @@
 //! Every bad input of the validator's model checks fails with its own reason.
+#![allow(clippy::unwrap_used)]
 
 #![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is its job
 

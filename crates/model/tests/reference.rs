@@ -3,20 +3,19 @@
 
 #![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is its job
 
-use candle_core::Device;
-use pretrain_model::{CausalLm, Model};
+use pretrain_model::{CausalLm, Kernels};
 use serde_json::Value;
 
 mod common;
-use common::{expected, models_dir, rows};
+use common::{expected, load_on, models_dir, rows};
 
 fn f(v: &Value) -> f64 {
     v.as_f64().unwrap()
 }
 
-fn check_losses_and_logits(name: &str) {
+fn check_losses_and_logits(name: &str, kernels: Kernels) {
     let exp = expected(name);
-    let model = Model::load(&models_dir().join(name).join("model"), &Device::Cpu).unwrap();
+    let model = load_on(&models_dir().join(name).join("model"), kernels);
     assert_eq!(model.param_count(), exp["param_count"].as_u64().unwrap());
     for b in exp["batches"].as_array().unwrap() {
         let ids = rows(&b["input_ids"]);
@@ -62,12 +61,7 @@ fn check_losses_and_logits(name: &str) {
     }
 }
 
-#[test]
-fn tiny_gpt2_losses_and_logits_match_transformers() {
-    check_losses_and_logits("tiny-gpt2");
-}
-
-#[test]
-fn tiny_llama_losses_and_logits_match_transformers() {
-    check_losses_and_logits("tiny-llama");
+on_both_paths! {
+    tiny_gpt2_losses_and_logits_match_transformers => |k| check_losses_and_logits("tiny-gpt2", k);
+    tiny_llama_losses_and_logits_match_transformers => |k| check_losses_and_logits("tiny-llama", k);
 }

@@ -1,24 +1,25 @@
 //! AdamW training parity with `torch.optim.AdamW` on the reference models.
+#![allow(clippy::unwrap_used)]
 
 #![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is its job
 
 use candle_core::Device;
-use pretrain_model::{Model, TrainConfig, Trainer};
+use pretrain_model::{Kernels, Model, TrainConfig, Trainer};
 use serde_json::Value;
 
 mod common;
-use common::{expected, models_dir, rows};
+use common::{expected, load_on, models_dir, rows};
 
 fn close(a: f32, b: &Value, what: &str) {
     let b = b.as_f64().unwrap();
     assert!((a as f64 - b).abs() < 1e-4, "{what}: {a} vs {b}");
 }
 
-fn three_steps(name: &str) {
+fn three_steps(name: &str, kernels: Kernels) {
     let exp = expected(name);
     let tr = &exp["training"];
     let batch = rows(&exp["batches"][tr["batch_index"].as_u64().unwrap() as usize]["input_ids"]);
-    let model = Model::load(&models_dir().join(name).join("model"), &Device::Cpu).unwrap();
+    let model = load_on(&models_dir().join(name).join("model"), kernels);
     let cfg = TrainConfig {
         lr: tr["lr"].as_f64().unwrap(),
         weight_decay: tr["weight_decay"].as_f64().unwrap(),
@@ -42,10 +43,10 @@ fn three_steps(name: &str) {
     );
 }
 
-fn accumulation(name: &str) {
+fn accumulation(name: &str, kernels: Kernels) {
     let exp = expected(name);
     let tr = &exp["training_accum"];
-    let model = Model::load(&models_dir().join(name).join("model"), &Device::Cpu).unwrap();
+    let model = load_on(&models_dir().join(name).join("model"), kernels);
     let cfg = TrainConfig {
         lr: tr["lr"].as_f64().unwrap(),
         weight_decay: tr["weight_decay"].as_f64().unwrap(),
@@ -84,24 +85,34 @@ fn accumulation(name: &str) {
     }
 }
 
-#[test]
-fn tiny_gpt2_three_adamw_steps_match_torch() {
-    three_steps("tiny-gpt2");
+on_both_paths! {
+    tiny_gpt2_three_adamw_steps_match_torch => |k| three_steps("tiny-gpt2", k);
+    tiny_llama_three_adamw_steps_match_torch => |k| three_steps("tiny-llama", k);
+    tiny_gpt2_gradient_accumulation_matches_torch => |k| accumulation("tiny-gpt2", k);
+    tiny_llama_gradient_accumulation_matches_torch => |k| accumulation("tiny-llama", k);
 }
 
+/// The portable path's optimizer state (moments on the device) saves and
+/// loads: a trainer stopped after one step and continued from its saved
+/// weights and state gives the uninterrupted run's losses (no dropout in
+/// the reference model, so both runs are deterministic).
 #[test]
-fn tiny_llama_three_adamw_steps_match_torch() {
-    three_steps("tiny-llama");
-}
-
-#[test]
-fn tiny_gpt2_gradient_accumulation_matches_torch() {
-    accumulation("tiny-gpt2");
-}
-
-#[test]
-fn tiny_llama_gradient_accumulation_matches_torch() {
-    accumulation("tiny-llama");
+fn portable_saved_state_continues_where_it_stopped() {
+    let exp = expected("tiny-gpt2");
+    let batch: Vec<Vec<u32>> = rows(&exp["batches"][0]["input_ids"]);
+    let dir = models_dir().join("tiny-gpt2/model");
+    let mut full = Trainer::new(load_on(&dir, Kernels::Portable), adam(1)).unwrap();
+    let want: Vec<f32> = (0..3).map(|_| full.micro_step(&batch).unwrap()).collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut first = Trainer::new(load_on(&dir, Kernels::Portable), adam(1)).unwrap();
+    assert_eq!(first.micro_step(&batch).unwrap(), want[0]);
+    first.save(&tmp.path().join("model")).unwrap();
+    first.save_state(&tmp.path().join("state")).unwrap();
+    let model = load_on(&tmp.path().join("model"), Kernels::Portable);
+    let mut second = Trainer::new(model, adam(1)).unwrap();
+    second.load_state(&tmp.path().join("state")).unwrap();
+    let got: Vec<f32> = (0..2).map(|_| second.micro_step(&batch).unwrap()).collect();
+    assert_eq!(got, want[1..].to_vec());
 }
 
 #[test]

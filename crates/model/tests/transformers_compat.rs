@@ -1,19 +1,25 @@
 //! A directory we save after training loads in Python `transformers` with
-//! no missing or unexpected keys and the same loss. Skips with a notice when
+//! no missing or unexpected keys and the same loss, saved in f32 and in bf16
+//! (`--upload_b16`; both sides upcast the bf16 weights to f32). Skips with a notice when
 //! Python, torch or transformers are missing (`PRETRAIN_PYTHON` picks the
 //! interpreter, default `python3`).
+#![allow(clippy::unwrap_used)]
 
 #![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is its job
 
 use std::process::Command;
 
-use candle_core::Device;
+use candle_core::{DType, Device};
 use pretrain_model::{CausalLm, Model, TrainConfig, Trainer};
 
 mod common;
 use common::models_dir;
 
 fn check(name: &str) {
+    check_as(name, DType::F32);
+}
+
+fn check_as(name: &str, dtype: DType) {
     let model = Model::load(&models_dir().join(name).join("model"), &Device::Cpu).unwrap();
     let batch: Vec<Vec<u32>> = vec![
         (0..48u32).map(|i| (i * 977) % 50257).collect(),
@@ -30,7 +36,7 @@ fn check(name: &str) {
     trainer.micro_step(&batch).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("trained");
-    trainer.save(&dir).unwrap();
+    trainer.save_as(&dir, dtype).unwrap();
     let loss = Model::load(&dir, &Device::Cpu)
         .unwrap()
         .loss(&batch)
@@ -76,4 +82,16 @@ fn trained_tiny_gpt2_loads_in_transformers() {
 #[ignore = "needs Python with torch and transformers 4.34 (PRETRAIN_PYTHON); run with --ignored"]
 fn trained_tiny_llama_loads_in_transformers() {
     check("tiny-llama");
+}
+
+#[test]
+#[ignore = "needs Python with torch and transformers 4.34 (PRETRAIN_PYTHON); run with --ignored"]
+fn trained_tiny_gpt2_saved_as_bf16_loads_in_transformers() {
+    check_as("tiny-gpt2", DType::BF16);
+}
+
+#[test]
+#[ignore = "needs Python with torch and transformers 4.34 (PRETRAIN_PYTHON); run with --ignored"]
+fn trained_tiny_llama_saved_as_bf16_loads_in_transformers() {
+    check_as("tiny-llama", DType::BF16);
 }

@@ -33,6 +33,9 @@ pub struct PushOptions {
     pub max_attempts: Option<u32>,
     /// Retries of the hub upload while the hub is unreachable or rate-limits.
     pub upload_backoff: Backoff,
+    /// Push the weights as bf16 (`--upload_b16`): a copy of the directory
+    /// with bf16 weights (half the bytes) is hashed, uploaded and committed.
+    pub upload_b16: bool,
 }
 
 impl Default for PushOptions {
@@ -42,6 +45,7 @@ impl Default for PushOptions {
             retry_delay: Duration::from_secs(60),
             max_attempts: None,
             upload_backoff: Backoff::default(),
+            upload_b16: false,
         }
     }
 }
@@ -92,6 +96,9 @@ pub enum PushError {
         /// Subnet.
         netuid: u16,
     },
+    /// The bf16 copy of `--upload_b16` could not be made.
+    #[error("converting the weights to bf16: {0}")]
+    Bf16(String),
     /// The chain kept refusing until the attempts ran out.
     #[error("chain refused the commitment {attempts} times, last: {last}")]
     GaveUp {
@@ -100,6 +107,39 @@ pub enum PushError {
         /// The last refusal.
         last: ChainError,
     },
+}
+
+/// The bf16 copy of a directory that `--upload_b16` pushes, removed on drop.
+struct Staged {
+    /// Keeps the copy alive.
+    _tmp: tempfile::TempDir,
+    /// The copy: `config.json`, `generation_config.json`, bf16 `model.safetensors`.
+    dir: PathBuf,
+}
+
+/// With `upload_b16`, the model of `dir` saved again with bf16 weights (off
+/// the async runtime: it reads and writes every weight); else `None`.
+async fn stage_b16(dir: &Path, options: &PushOptions) -> Result<Option<Staged>, PushError> {
+    if !options.upload_b16 {
+        return Ok(None);
+    }
+    let src = dir.to_path_buf();
+    let bf16 = |e: &dyn std::fmt::Display| PushError::Bf16(e.to_string());
+    tokio::task::spawn_blocking(move || {
+        let tmp = tempfile::Builder::new()
+            .prefix(".upload-b16-")
+            .tempdir()
+            .map_err(|e| bf16(&e))?;
+        let dir = tmp.path().join("model");
+        let model = pretrain_model::Model::load(&src, &candle_core::Device::Cpu).map_err(|e| bf16(&e))?;
+        model
+            .save_as(&dir, candle_core::DType::BF16)
+            .map_err(|e| bf16(&e))?;
+        info!(from = %src.display(), to = %dir.display(), "weights converted to bf16 for the upload");
+        Ok(Some(Staged { _tmp: tmp, dir }))
+    })
+    .await
+    .map_err(PushError::Task)?
 }
 
 /// Pushes the `save_pretrained` directory `dir` to `repo` on `hub` and
@@ -117,6 +157,8 @@ pub async fn push(
 ) -> Result<ModelMetadata, PushError> {
     // Nothing is written to the hub for a hotkey the chain would refuse.
     ensure_registered(chain, hotkey, options.netuid).await?;
+    let staged = stage_b16(dir, options).await?;
+    let dir = staged.as_ref().map_or(dir, |s| s.dir.as_path());
     let hash = hash_dir(dir).await?;
     // Fail before uploading if the id could never fit on chain.
     ModelId {
@@ -166,6 +208,8 @@ pub async fn push_later(
     options: &PushOptions,
 ) -> Result<LaterPushed, PushError> {
     ensure_registered(chain, hotkey, options.netuid).await?;
+    let staged = stage_b16(dir, options).await?;
+    let dir = staged.as_ref().map_or(dir, |s| s.dir.as_path());
     let model_hash = hash_dir(dir).await?;
     let secure = pretrain_core::secure_hash(&model_hash, &hotkey.ss58);
     let id_at = |commit: String| LaterModelId {

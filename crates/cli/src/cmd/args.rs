@@ -119,12 +119,49 @@ pub struct DeviceArgs {
     /// Device: `cpu`, or `cuda` / `cuda:N` (needs the `cuda` build feature).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
+}
+
+/// How the model computes: kernels and dtype, chosen once at load.
+#[derive(Args, Debug, Clone)]
+pub struct ComputeArgs {
+    /// Kernels: `auto` (the fast CPU kernels on the CPU in f32, candle's ops
+    /// elsewhere) or `portable` (candle's ops only: what CUDA runs).
+    #[arg(long, default_value = "auto")]
+    pub kernels: pretrain_model::Kernels,
+    /// Compute dtype: `f32`, or `bf16` (GPU only; training keeps f32 master
+    /// weights and AdamW state).
+    #[arg(long, default_value = "f32")]
+    pub dtype: pretrain_model::ComputeDtype,
+}
+
+impl ComputeArgs {
+    /// The model crate's options.
+    pub fn options(&self) -> pretrain_model::ComputeOptions {
+        pretrain_model::ComputeOptions {
+            kernels: self.kernels,
+            dtype: self.dtype,
+        }
+    }
+
+    /// The flags again, for a child process.
+    pub fn to_args(&self) -> Vec<String> {
+        vec![
+            "--kernels".into(),
+            self.kernels.to_string(),
+            "--dtype".into(),
+            self.dtype.to_string(),
+        ]
+    }
 }
 
 impl DeviceArgs {
-    /// Opens the device.
+    /// Opens the device; refuses a `--dtype` it cannot compute in.
     pub fn open(&self) -> anyhow::Result<Device> {
-        parse_device(&self.device)
+        let device = parse_device(&self.device)?;
+        self.compute.options().check(&device)?;
+        Ok(device)
     }
 }
 

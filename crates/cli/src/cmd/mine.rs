@@ -97,6 +97,9 @@ pub struct MineArgs {
     /// Give up after this many commit attempts (default: retry until it lands, as the original).
     #[arg(long = "max_commit_attempts")]
     pub max_commit_attempts: Option<u32>,
+    /// Upload the weights as bf16 (half the size; validators upcast them to f32).
+    #[arg(long = "upload_b16")]
+    pub upload_b16: bool,
     #[command(flatten)]
     pub competition: super::rules::CompetitionArgs,
     #[command(flatten)]
@@ -173,7 +176,8 @@ async fn mine(args: MineArgs) -> anyhow::Result<()> {
         let run = RunDir::open(dir)?;
         // -1 (the default) keeps the run's own total; anything else replaces it.
         let total = (args.num_epochs != -1).then_some(epochs);
-        let training = Training::resume(run, source, &device, total)
+        let compute = args.device.compute.options();
+        let training = Training::resume_with(run, source, &device, total, compute)
             .with_context(|| format!("resuming {}", dir.display()))?;
         info!(
             settings = ?training.config(),
@@ -194,7 +198,9 @@ async fn mine(args: MineArgs) -> anyhow::Result<()> {
             model_dir: args.model_dir.clone(),
         };
         config.validate()?;
-        let model = starting_model(&args, seed, &device, online.as_ref()).await?;
+        let model = starting_model(&args, seed, &device, online.as_ref())
+            .await?
+            .with_options(args.device.compute.options())?;
         active
             .spec
             .check_model(&pretrain_core::rules::schedule::ModelFacts {
@@ -453,6 +459,7 @@ async fn push_run(
         netuid: args.chain.netuid,
         retry_delay: Duration::from_secs_f64(args.commit_retry_delay),
         max_attempts: args.max_commit_attempts,
+        upload_b16: args.upload_b16,
         ..PushOptions::default()
     };
     let hub = match args.hub.open(true) {
@@ -569,6 +576,9 @@ fn upload_command(
         ]);
     }
     parts.extend(["--netuid".into(), args.chain.netuid.to_string()]);
+    if args.upload_b16 {
+        parts.push("--upload_b16".into());
+    }
     if let Some(spec) = later {
         parts.extend([
             "--schedule".into(),

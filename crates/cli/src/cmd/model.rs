@@ -54,6 +54,8 @@ pub struct EvalArgs {
     /// Device: `cpu`, or `cuda` / `cuda:N` (needs the `cuda` build feature).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    #[command(flatten)]
+    pub compute: super::args::ComputeArgs,
 }
 
 /// Arguments of `pretrain inspect`.
@@ -81,6 +83,8 @@ pub struct ModelBenchArgs {
     /// Use this model's `config.json` instead of the default GPT-2 (random weights either way).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub device: super::args::DeviceArgs,
 }
 
 /// Reads the token batch of `eval --tokens` (see [`parse_tokens`]).
@@ -153,6 +157,7 @@ pub fn run_eval(args: EvalArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Re
         check_size("--pages", n as u64, MAX_PAGES).map_err(anyhow::Error::msg)?;
     }
     let device = super::args::parse_device(&args.device)?;
+    args.compute.options().check(&device)?;
     // The validator's checks first (size, parameters, architecture, tensors): loading
     // reads every weight, so a model over the limits must be refused before that.
     check_model_dir(&args.model, Limits::default()).with_context(|| {
@@ -161,7 +166,7 @@ pub fn run_eval(args: EvalArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Re
             args.model.display()
         )
     })?;
-    let model = Model::load(&args.model, &device)
+    let model = Model::load_with(&args.model, &device, args.compute.options())
         .with_context(|| format!("loading model {}", args.model.display()))?;
     let Some(n_pages) = args.pages else {
         let Some(tokens) = &args.tokens else {
@@ -280,6 +285,8 @@ pub fn run_bench(args: ModelBenchArgs, train: bool) -> anyhow::Result<()> {
         batch_size: args.batch_size,
         seq_len: args.seq_len,
         iters: args.iters.max(1),
+        device: args.device.open()?,
+        options: args.device.compute.options(),
         ..BenchConfig::default()
     };
     if let Some(p) = &args.config {

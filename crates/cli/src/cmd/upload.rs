@@ -38,6 +38,9 @@ pub struct UploadArgs {
     /// Give up after this many commit attempts (default: retry until it lands, as the original).
     #[arg(long = "max_commit_attempts")]
     pub max_commit_attempts: Option<u32>,
+    /// Upload the weights as bf16 (half the size; validators upcast them to f32).
+    #[arg(long = "upload_b16")]
+    pub upload_b16: bool,
     #[command(flatten)]
     pub competition: super::rules::CompetitionArgs,
     #[command(flatten)]
@@ -76,6 +79,7 @@ pub fn run(args: UploadArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Resul
         netuid: args.chain.netuid,
         retry_delay: Duration::from_secs_f64(args.commit_retry_delay),
         max_attempts: args.max_commit_attempts,
+        upload_b16: args.upload_b16,
         ..PushOptions::default()
     };
     let meta = runtime.block_on(async {
@@ -128,6 +132,7 @@ fn upload_later(
         netuid: args.chain.netuid,
         retry_delay: Duration::from_secs_f64(args.commit_retry_delay),
         max_attempts: args.max_commit_attempts,
+        upload_b16: args.upload_b16,
         ..PushOptions::default()
     };
     let pushed = runtime.block_on(async {

@@ -87,6 +87,8 @@ pub struct EvalWorkerArgs {
     /// Device.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    #[command(flatten)]
+    pub compute: super::args::ComputeArgs,
 }
 
 fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
@@ -113,7 +115,10 @@ pub fn run(args: ValidateArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Res
         .then(|| args.eval_mem_limit_mb.saturating_mul(1 << 20));
     let worker = WorkerSpec {
         program,
-        args: vec!["eval_worker".into()],
+        args: std::iter::once("eval_worker".to_string())
+            .chain(args.device.compute.to_args())
+            .map(Into::into)
+            .collect(),
         device: args.device.device.clone(),
         mem_limit,
         load_timeout: seconds("eval_timeout", args.eval_timeout)?,
@@ -208,9 +213,14 @@ pub fn run_worker(args: EvalWorkerArgs) -> anyhow::Result<()> {
     let device = super::args::parse_device(&args.device)?;
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
-    let code =
-        validator::worker::run_worker(&args.model, &device, &mut stdin.lock(), &mut stdout.lock())
-            .context("talking to the validator")?;
+    let code = validator::worker::run_worker_with(
+        &args.model,
+        &device,
+        args.compute.options(),
+        &mut stdin.lock(),
+        &mut stdout.lock(),
+    )
+    .context("talking to the validator")?;
     if code != 0 {
         std::process::exit(code);
     }

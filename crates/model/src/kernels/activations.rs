@@ -5,8 +5,9 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::loss::fast_exp;
-use super::{contiguous_f32, is_cpu_f32, with_cpu_f32};
+use super::rng::keep;
+use super::simd::fast_tanh;
+use super::{contiguous_f32, with_cpu_f32, KernelPath};
 
 /// Elements per parallel chunk of the element-wise kernels.
 const CHUNK: usize = 4096;
@@ -14,20 +15,7 @@ const CHUNK: usize = 4096;
 /// `sqrt(2 / pi)`.
 const GELU_C: f32 = 0.797_884_6;
 
-/// `tanh` from [`fast_exp`]: `(1 - e) / (1 + e)` with `e = exp(-2|u|)`
-/// (absolute error ~1e-7), vectorisable unlike libm's `tanhf`.
-#[inline(always)]
-fn fast_tanh(u: f32) -> f32 {
-    let e = fast_exp(-2.0 * u.abs());
-    let t = (1.0 - e) / (1.0 + e);
-    if u.is_nan() {
-        u
-    } else {
-        t.copysign(u)
-    }
-}
-
-super::avx2_dispatch! {
+super::simd::avx2_dispatch! {
     /// `x = gelu_new(x)` element-wise, in place.
     fn gelu_chunk(x: &mut [f32]) -> () {
         for o in x.iter_mut() {
@@ -37,7 +25,7 @@ super::avx2_dispatch! {
     }
 }
 
-super::avx2_dispatch! {
+super::simd::avx2_dispatch! {
     /// `g *= gelu_new'(x)` element-wise.
     fn gelu_grad_chunk(x: &[f32], g: &mut [f32]) -> () {
         for (g, &v) in g.iter_mut().zip(x) {
@@ -71,17 +59,6 @@ pub(crate) fn gelu_grad_slice(x: &[f32], g: &mut [f32]) {
     g.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
         .for_each(|(g, x)| gelu_grad_chunk(x, g));
-}
-
-/// Keep-decision of element `i` for dropout `p` under `seed`: a counter-based
-/// hash, so backward regenerates the forward mask instead of storing it.
-#[inline(always)]
-pub(crate) fn keep(seed: u64, i: u64, p: f32) -> bool {
-    let mut z = seed.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    ((z >> 40) as f32) * (1.0 / (1u64 << 24) as f32) >= p
 }
 
 /// Multiplies `x` in place by the dropout mask of `seed` whose element 0 is
@@ -148,10 +125,10 @@ impl CustomOp1 for Dropout {
 }
 
 /// Training dropout (torch semantics) that stores no mask; `seed` picks the
-/// mask (the same seed gives the same mask). Other devices use candle's
-/// (unseeded) dropout.
-pub(crate) fn dropout(x: &Tensor, p: f32, seed: u64) -> candle_core::Result<Tensor> {
-    if is_cpu_f32(x) {
+/// mask (the same seed gives the same mask). The portable path uses
+/// candle's dropout (the device's generator, unseeded).
+pub(crate) fn dropout(k: KernelPath, x: &Tensor, p: f32, seed: u64) -> candle_core::Result<Tensor> {
+    if k.is_fast() {
         x.contiguous()?.apply_op1(Dropout { p, seed })
     } else {
         candle_nn::ops::dropout(x, p)
@@ -180,7 +157,7 @@ mod tests {
             &Tensor::ones((64, 100), candle_core::DType::F32, &Device::Cpu).unwrap(),
         )
         .unwrap();
-        let y = dropout(x.as_tensor(), 0.25, 17).unwrap();
+        let y = dropout(KernelPath::Fast, x.as_tensor(), 0.25, 17).unwrap();
         let kept: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
         let frac = kept.iter().filter(|&&v| v != 0.0).count() as f64 / kept.len() as f64;
         assert!((frac - 0.75).abs() < 0.03, "kept {frac}");

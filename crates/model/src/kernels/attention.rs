@@ -11,10 +11,9 @@ use rayon::prelude::*;
 
 use super::activations::mask_in_place;
 use super::gemm::gemm_f32;
-use super::loss::{exp_shifted_in_place, row_max};
-use super::{contiguous_f32, is_cpu_f32, with_cpu_f32};
+use super::simd::{exp_shifted_in_place, row_max};
+use super::{contiguous_f32, with_cpu_f32, KernelPath};
 use crate::error::Result;
-use crate::nn::{DropSeeds, Mode};
 
 /// Query rows per block: a `[BLOCK, T]` score buffer per thread.
 const BLOCK: usize = 128;
@@ -26,7 +25,7 @@ fn blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
         .map(move |r0| (r0, (r0 + BLOCK).min(t)))
 }
 
-super::avx2_dispatch! {
+super::simd::avx2_dispatch! {
     /// Causal softmax in place on rows of scores `row_len` wide: row `i` is
     /// query position `first + i`, sees keys `0..=first + i`, and the keys after
     /// it become exactly 0. NaN propagates to the whole row, as in torch.
@@ -43,7 +42,7 @@ super::avx2_dispatch! {
     }
 }
 
-super::avx2_dispatch! {
+super::simd::avx2_dispatch! {
     /// Softmax backward in place on causal rows `row_len` wide, row `i` being
     /// query position `first + i`: `g = p * (g - <g, p>)` over the keys it
     /// sees, 0 after them.
@@ -466,18 +465,17 @@ impl candle_core::CustomOp1 for TrainQkvOp {
 
 /// Attention straight from GPT-2's fused projection `qkv` `[B*T, 3*H*hd]`
 /// (see [`TrainQkvOp`] and [`eval_qkv_cpu`]), merged into `[B*T, H*hd]`;
-/// draws one seed, as [`causal_attention`] does. CPU f32 only: elsewhere
-/// split the heads and call [`causal_attention`].
+/// in training `seed` picks the dropout mask. Fast path only: the portable
+/// path splits the heads and calls [`causal_attention`].
 pub(crate) fn causal_attention_qkv(
     qkv: &Tensor,
     (b, t, h): (usize, usize, usize),
     scale: f64,
     p: f32,
-    mode: Mode,
-    seeds: &mut DropSeeds,
+    train: bool,
+    seed: u64,
 ) -> Result<Tensor> {
-    let seed = seeds.next();
-    if mode == Mode::Eval {
+    if !train {
         return eval_qkv_cpu(qkv, (b, t, h), scale as f32);
     }
     let op = TrainQkvOp {
@@ -493,16 +491,17 @@ pub(crate) fn causal_attention_qkv(
     Ok(qkv.contiguous()?.apply_op1(op)?)
 }
 
-/// Other devices: candle's ops, the mask added as `-inf` (dropout unseeded).
-fn composed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, p: f32, mode: Mode) -> Result<Tensor> {
+/// The portable path: candle's ops, the mask added as `-inf` (dropout from
+/// the device's generator, unseeded).
+fn composed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, p: f32, train: bool) -> Result<Tensor> {
     let (b, h, t, hd) = q.dims4()?;
     let mask: Vec<f32> = (0..t)
         .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
         .collect();
-    let mask = Tensor::from_vec(mask, (t, t), q.device())?;
+    let mask = Tensor::from_vec(mask, (t, t), q.device())?.to_dtype(q.dtype())?;
     let scores = ((q * scale)?.matmul(&k.t()?)?).broadcast_add(&mask)?;
     let mut probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
-    if mode == Mode::Train && p > 0.0 {
+    if train && p > 0.0 {
         probs = candle_nn::ops::dropout(&probs, p)?;
     }
     Ok(probs.matmul(v)?.transpose(1, 2)?.reshape((b * t, h * hd))?)
@@ -510,24 +509,25 @@ fn composed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, p: f32, mode: Mode) 
 
 /// Causal attention of `[B, H, T, hd]` q, k, v (contiguous), merged into
 /// `[B * T, H * hd]`; dropout `p` on the probabilities in training, its mask
-/// drawn from `seeds` (one seed per call, drawn in every mode).
+/// picked by `seed` on the fast path.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn causal_attention(
+    path: KernelPath,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     scale: f64,
     p: f32,
-    mode: Mode,
-    seeds: &mut DropSeeds,
+    train: bool,
+    seed: u64,
 ) -> Result<Tensor> {
-    let seed = seeds.next();
-    if !is_cpu_f32(q) {
-        return composed(q, k, v, scale, p, mode);
+    if !path.is_fast() {
+        return composed(q, k, v, scale, p, train);
     }
     let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
-    Ok(match mode {
-        Mode::Eval => eval_cpu(&q, &k, &v, scale as f32)?,
-        Mode::Train => {
+    Ok(match train {
+        false => eval_cpu(&q, &k, &v, scale as f32)?,
+        true => {
             let op = TrainOp {
                 scale: scale as f32,
                 p,
@@ -541,7 +541,7 @@ pub(crate) fn causal_attention(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::activations::keep;
+    use crate::kernels::rng::keep;
     use candle_core::{Device, Var};
 
     fn flat(t: &Tensor) -> Vec<f32> {
@@ -585,8 +585,7 @@ mod tests {
         let (b, h, t, hd) = (2, 3, 300, 8);
         let mk = || Tensor::randn(0f32, 1.0, (b, h, t, hd), &dev).unwrap();
         let (q, k, v) = (mk(), mk(), mk());
-        let ours =
-            causal_attention(&q, &k, &v, 0.35, 0.0, Mode::Eval, &mut DropSeeds::new(0)).unwrap();
+        let ours = causal_attention(KernelPath::Fast, &q, &k, &v, 0.35, 0.0, false, 0).unwrap();
         let want = reference(&q, &k, &v, 0.35, None);
         for (a, b) in flat(&ours).iter().zip(&flat(&want)) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
@@ -610,15 +609,7 @@ mod tests {
                 .contiguous()
                 .unwrap()
         };
-        let ours = causal_attention_qkv(
-            &qkv,
-            (b, t, h),
-            0.35,
-            0.0,
-            Mode::Eval,
-            &mut DropSeeds::new(0),
-        )
-        .unwrap();
+        let ours = causal_attention_qkv(&qkv, (b, t, h), 0.35, 0.0, false, 0).unwrap();
         let want = reference(&heads(0), &heads(1), &heads(2), 0.35, None);
         for (a, b) in flat(&ours).iter().zip(&flat(&want)) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
@@ -646,15 +637,7 @@ mod tests {
             let qkv =
                 Var::from_tensor(&Tensor::randn(0f32, 1.0, (b * t, 3 * d), &dev).unwrap()).unwrap();
             let w = Tensor::randn(0f32, 1.0, (b * t, d), &dev).unwrap();
-            let fused = causal_attention_qkv(
-                qkv.as_tensor(),
-                (b, t, h),
-                0.5,
-                p,
-                Mode::Train,
-                &mut DropSeeds::new(5),
-            )
-            .unwrap();
+            let fused = causal_attention_qkv(qkv.as_tensor(), (b, t, h), 0.5, p, true, 5).unwrap();
             // The existing path: heads split out of qkv as GPT-2 did, then TrainOp.
             let heads = |j: usize| {
                 qkv.as_tensor()
@@ -668,13 +651,14 @@ mod tests {
                     .unwrap()
             };
             let split = causal_attention(
+                KernelPath::Fast,
                 &heads(0),
                 &heads(1),
                 &heads(2),
                 0.5,
                 p,
-                Mode::Train,
-                &mut DropSeeds::new(5),
+                true,
+                5,
             )
             .unwrap();
             let close = |a: &[f32], c: &[f32]| {
@@ -705,16 +689,16 @@ mod tests {
             };
             let (q, k, v) = (mk(), mk(), mk());
             let w = Tensor::randn(0f32, 1.0, (b * t, h * hd), &dev).unwrap();
-            let mut seeds = DropSeeds::new(99);
-            let seed = DropSeeds::new(99).next();
+            let seed = 99;
             let ours = causal_attention(
+                KernelPath::Fast,
                 q.as_tensor(),
                 k.as_tensor(),
                 v.as_tensor(),
                 0.5,
                 p,
-                Mode::Train,
-                &mut seeds,
+                true,
+                seed,
             )
             .unwrap();
             let keep_mask = (p > 0.0).then(|| {

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
-use super::{contiguous_f32, is_cpu_f32};
+use super::{contiguous_f32, KernelPath};
 
 /// A weight gradient filled in place by the ops' backwards; the trainer
 /// takes it after `backward` returns.
@@ -100,12 +100,13 @@ impl CustomOp1 for TokenEmbedding {
 /// sink, `wte`'s gradient goes to `sink` (see the module docs); otherwise
 /// this is candle's `embedding` and the gradient goes to candle.
 pub(crate) fn token_embedding(
+    path: KernelPath,
     wte: &Tensor,
     ids: &Tensor,
     sink: Option<&GradSink>,
 ) -> candle_core::Result<Tensor> {
     match sink {
-        Some(sink) if is_cpu_f32(wte) => {
+        Some(sink) if path.is_fast() => {
             let ids: Vec<u32> = ids.flatten_all()?.to_vec1()?;
             wte.contiguous()?.apply_op1(TokenEmbedding {
                 ids: Arc::new(ids),

@@ -14,7 +14,8 @@ use rayon::prelude::*;
 
 use super::embedding::GradSink;
 use super::gemm::gemm_f32;
-use super::{contiguous_f32, is_cpu_f32, with_cpu_f32};
+use super::simd::{exp8_shifted, fast_exp, row_max};
+use super::{contiguous_f32, with_cpu_f32, KernelPath};
 use crate::error::{ModelError, Result};
 
 /// Rows of logits computed at a time in evaluation on devices other than
@@ -31,7 +32,7 @@ const EVAL_ROWS: usize = 1024;
 /// See [`EVAL_ROWS`].
 const EVAL_VOCAB_BLOCK: usize = 4096;
 
-super::avx2_dispatch! {
+super::simd::avx2_dispatch! {
     /// A row's largest value (NaN skipped) and `sum(exp(x - max))` in f64:
     /// NaN if the row holds a NaN, 0 when the largest value is infinite.
     fn max_and_exp_sum(row: &[f32]) -> (f32, f64) {
@@ -159,7 +160,7 @@ fn nll_sum_cpu(h: &[f32], w: &[f32], d: usize, v: usize, targets: &[u32]) -> f64
     total
 }
 
-super::avx2_dispatch! {
+super::simd::avx2_dispatch! {
     /// One row of the cross-entropy gradient, in place over the row's
     /// logits: `scale * softmax(row)` from the row's log-sum-exp (the
     /// target's `-scale` is added by the caller).
@@ -177,91 +178,10 @@ super::avx2_dispatch! {
     }
 }
 
-/// The largest value of a row, NaN skipped (a NaN still reaches the sums
-/// that follow and propagates); eight lanes, so it vectorises.
-#[inline(always)]
-pub(crate) fn row_max(row: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; 8];
-    let mut chunks = row.chunks_exact(8);
-    for c in &mut chunks {
-        for k in 0..8 {
-            acc[k] = acc[k].max(c[k]);
-        }
-    }
-    let tail = chunks.remainder().iter().copied();
-    acc.into_iter()
-        .chain(tail)
-        .fold(f32::NEG_INFINITY, f32::max)
-}
-
-/// [`fast_exp`] of eight values, written lane by lane so that it compiles
-/// to whole-register vector code (the scalar form inlined into a reduction
-/// did not).
-#[inline(always)]
-fn fast_exp8(x: [f32; 8]) -> [f32; 8] {
-    let mut out = [0f32; 8];
-    for k in 0..8 {
-        out[k] = fast_exp(x[k]);
-    }
-    out
-}
-
-/// `exp(c[k] - shift)` of eight values, as whole-register vector code.
-#[inline(always)]
-fn exp8_shifted(c: &[f32], shift: f32) -> [f32; 8] {
-    let mut x = [0f32; 8];
-    for k in 0..8 {
-        x[k] = c[k] - shift;
-    }
-    fast_exp8(x)
-}
-
-/// `x = exp(x - shift)` over a row in place, returning the sum: eight
-/// partial sums, so that it vectorises (one running sum cannot be reordered).
-#[inline(always)]
-pub(crate) fn exp_shifted_in_place(row: &mut [f32], shift: f32) -> f32 {
-    let mut acc = [0f32; 8];
-    let mut chunks = row.chunks_exact_mut(8);
-    for c in &mut chunks {
-        let e = exp8_shifted(c, shift);
-        c.copy_from_slice(&e);
-        for k in 0..8 {
-            acc[k] += e[k];
-        }
-    }
-    let mut sum: f32 = acc.iter().sum();
-    for x in chunks.into_remainder() {
-        *x = fast_exp(*x - shift);
-        sum += *x;
-    }
-    sum
-}
-
-/// `exp(x)` for `|x| <= 87` (larger arguments are clamped), written so LLVM can
-/// vectorise it: range reduction by powers of two and a degree-6 polynomial
-/// (relative error ~2e-7, like libm's expf).
-#[inline(always)]
-pub(crate) fn fast_exp(x: f32) -> f32 {
-    let x = x.clamp(-87.0, 87.0);
-    // Round to nearest with the 1.5 * 2^23 trick: no libm call, so it vectorises.
-    const MAGIC: f32 = 12_582_912.0;
-    let t = x * std::f32::consts::LOG2_E + MAGIC;
-    let k = t - MAGIC;
-    let r = x - k * 0.693_145_75 - k * 1.428_606_8e-6;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (0.166_666_67
-                    + r * (0.041_666_668 + r * (0.008_333_452 + r * 0.001_388_896)))));
-    // k sits in the low mantissa bits of t: integer ops only, no float->int cast.
-    let ki = (t.to_bits() as i32).wrapping_sub(0x4B40_0000);
-    let bits = (ki.wrapping_add(127) as u32) << 23;
-    p * f32::from_bits(bits)
-}
-
 /// Mean next-token cross-entropy from final hidden states `[B*T, d]` and the
 /// output projection `[V, d]`, without holding all logits.
 pub(crate) fn eval_loss_from_hidden(
+    path: KernelPath,
     hidden: &Tensor,
     out_w: &Tensor,
     batch: &[Vec<u32>],
@@ -279,7 +199,7 @@ pub(crate) fn eval_loss_from_hidden(
             "token id {bad} is outside the vocabulary of {v}"
         )));
     }
-    if is_cpu_f32(hidden) && is_cpu_f32(out_w) {
+    if path.is_fast() {
         if hidden.dims2()? != (b * t, d) {
             return Err(ModelError::Input(format!(
                 "hidden states {:?} for {b} rows of {t} tokens and width {d}",
@@ -304,7 +224,8 @@ pub(crate) fn eval_loss_from_hidden(
         while pos < t - 1 {
             let n = EVAL_CHUNK_ROWS.min(t - 1 - pos);
             let h = hidden.narrow(0, r * t + pos, n)?;
-            let logits = h.matmul(&out_t)?;
+            // Low-precision logits are upcast: the log-sum-exp runs in f32.
+            let logits = h.matmul(&out_t)?.to_dtype(DType::F32)?;
             let targets = &row[pos + 1..pos + 1 + n];
             total += chunk_nll_sum(&logits, targets)?;
             pos += n;
@@ -334,6 +255,7 @@ fn chunk_nll_sum(logits: &Tensor, targets: &[u32]) -> Result<f64> {
 /// (see [`GradSink`]); without, or off the CPU, `W` gets its gradient from
 /// candle as usual.
 pub(crate) fn lm_head_cross_entropy(
+    path: KernelPath,
     h: &Tensor,
     w: &Tensor,
     targets: &[u32],
@@ -352,7 +274,7 @@ pub(crate) fn lm_head_cross_entropy(
             "target {bad} is outside the vocabulary of {v}"
         )));
     }
-    if is_cpu_f32(h) && is_cpu_f32(w) {
+    if path.is_fast() {
         let op = HeadCrossEntropy {
             targets: Arc::new(targets.to_vec()),
             saved: Mutex::new(None),
@@ -360,7 +282,8 @@ pub(crate) fn lm_head_cross_entropy(
         };
         Ok(h.contiguous()?.apply_op2(&w.contiguous()?, op)?)
     } else {
-        let logits = h.matmul(&w.t()?)?;
+        // Low-precision logits are upcast: the cross-entropy runs in f32.
+        let logits = h.matmul(&w.t()?)?.to_dtype(DType::F32)?;
         let idx = Tensor::from_slice(targets, n, h.device())?;
         Ok(candle_nn::loss::cross_entropy(&logits, &idx)?)
     }

@@ -1,48 +1,44 @@
-//! CPU kernels by family, as candle custom ops where they need a backward:
-//! [`attention`] (the one causal softmax, evaluation and training attention),
-//! [`norms`], [`activations`] (GELU, dropout), [`loss`], [`embedding`]
-//! (training's token embedding and the gradient sink), [`optimizer`]
-//! (AdamW), and [`gemm`] (the checked GEMM call they share). Other devices
-//! run candle's composed ops instead.
-
-/// Defines `pub(crate) fn $name` running `$body` compiled for AVX2 (+FMA)
-/// where the CPU has it, else for the build's baseline. Release builds target
-/// plain x86-64 (SSE2), so without this the element-wise loops (exp, tanh)
-/// run 4 lanes wide. The body uses no `mul_add`, so both versions round
-/// alike: same results on every machine.
-macro_rules! avx2_dispatch {
-    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty $body:block) => {
-        $(#[$doc])*
-        pub(crate) fn $name($($arg: $ty),*) -> $ret {
-            #[inline(always)]
-            fn body($($arg: $ty),*) -> $ret $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($arg: $ty),*) -> $ret {
-                    body($($arg),*)
-                }
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                    // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-                    return unsafe { avx2($($arg),*) };
-                }
-            }
-            body($($arg),*)
-        }
-    };
-}
-pub(crate) use avx2_dispatch;
+//! The bottom layer: kernels by family, as candle custom ops where they need
+//! a backward, each with its portable twin in candle's own ops (what CUDA and
+//! Metal run). Nothing here imports from the rest of the crate but its error
+//! type. [`simd`] (vectorisable exp/tanh/max and the AVX2 dispatch), [`rng`]
+//! (the one seed mixer and dropout's keep-decision), [`gemm`] (the checked
+//! GEMM call), [`conv1d`] (bias-fused GPT-2 projections), [`attention`] (the
+//! one causal softmax, evaluation and training attention), [`norms`],
+//! [`activations`] (GELU, dropout), [`loss`], [`embedding`] (training's token
+//! embedding and the gradient sink), [`optimizer`] (AdamW).
 
 pub(crate) mod activations;
 pub(crate) mod attention;
+pub(crate) mod conv1d;
 pub(crate) mod embedding;
 pub(crate) mod gemm;
 pub mod gemm_bf16;
 pub(crate) mod loss;
 pub(crate) mod norms;
 pub(crate) mod optimizer;
+pub(crate) mod rng;
+pub(crate) mod simd;
 
-use candle_core::{CpuStorage, DType, Layout, Tensor};
+use candle_core::{CpuStorage, Layout, Tensor};
+
+/// Which implementation every kernel call of a model runs, chosen once when
+/// the model is built: the fused CPU kernels (f32 on the CPU only) or
+/// candle's composed ops (any device and dtype).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KernelPath {
+    /// The fused CPU f32 kernels of this module.
+    Fast,
+    /// candle's ops only: what CUDA and Metal run.
+    Portable,
+}
+
+impl KernelPath {
+    /// Whether the fused CPU kernels run.
+    pub(crate) fn is_fast(self) -> bool {
+        self == Self::Fast
+    }
+}
 
 /// The f32 values of a contiguous CPU storage under `l`.
 pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
@@ -61,9 +57,4 @@ pub(crate) fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle
         candle_core::bail!("expected a CPU tensor");
     };
     Ok(f(contiguous_f32(cpu, layout)?))
-}
-
-/// Whether the fused CPU kernels apply to `t` (f32 on the CPU).
-pub(crate) fn is_cpu_f32(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32
 }

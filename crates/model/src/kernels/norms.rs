@@ -5,8 +5,7 @@
 use candle_core::{CpuStorage, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{contiguous_f32, is_cpu_f32, with_cpu_f32};
-use crate::nn::Mode;
+use super::{contiguous_f32, with_cpu_f32, KernelPath};
 
 /// Layer norm over the last axis with a fused backward (training).
 struct LayerNormTrain {
@@ -117,16 +116,16 @@ pub(crate) fn layer_norm(
     gamma: &Tensor,
     beta: &Tensor,
     eps: f32,
-    mode: Mode,
+    (path, train): (KernelPath, bool),
 ) -> candle_core::Result<Tensor> {
-    match mode {
-        Mode::Eval => candle_nn::ops::layer_norm(x, gamma, beta, eps),
-        Mode::Train if is_cpu_f32(x) => x.contiguous()?.apply_op3(
+    match train {
+        false => candle_nn::ops::layer_norm(x, gamma, beta, eps),
+        true if path.is_fast() => x.contiguous()?.apply_op3(
             &gamma.contiguous()?,
             &beta.contiguous()?,
             LayerNormTrain { eps },
         ),
-        Mode::Train => candle_nn::ops::layer_norm_slow(x, gamma, beta, eps),
+        true => candle_nn::ops::layer_norm_slow(x, gamma, beta, eps),
     }
 }
 
@@ -135,11 +134,11 @@ pub(crate) fn rms_norm(
     x: &Tensor,
     gamma: &Tensor,
     eps: f32,
-    mode: Mode,
+    train: bool,
 ) -> candle_core::Result<Tensor> {
-    match mode {
-        Mode::Eval => candle_nn::ops::rms_norm(x, gamma, eps),
-        Mode::Train => candle_nn::ops::rms_norm_slow(x, gamma, eps),
+    match train {
+        false => candle_nn::ops::rms_norm(x, gamma, eps),
+        true => candle_nn::ops::rms_norm_slow(x, gamma, eps),
     }
 }
 
@@ -160,7 +159,7 @@ mod tests {
             gamma.as_tensor(),
             beta.as_tensor(),
             1e-5,
-            Mode::Train,
+            (KernelPath::Fast, true),
         )
         .unwrap();
         let slow = candle_nn::ops::layer_norm_slow(

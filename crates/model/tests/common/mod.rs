@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: where the reference models are
 //! and how to read their `expected.json`.
 #![allow(dead_code)] // each test binary uses a different subset
+#![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
 
@@ -33,4 +34,37 @@ pub fn rows(v: &Value) -> Vec<Vec<u32>> {
                 .collect()
         })
         .collect()
+}
+
+/// Loads `dir` on the CPU to run the kernels of `kernels`.
+pub fn load_on(dir: &std::path::Path, kernels: pretrain_model::Kernels) -> pretrain_model::Model {
+    let options = pretrain_model::ComputeOptions {
+        kernels,
+        ..Default::default()
+    };
+    pretrain_model::Model::load_with(dir, &candle_core::Device::Cpu, options).unwrap()
+}
+
+/// `name => check` runs `check(kernels)` as two tests, `name::auto` (the
+/// fast CPU kernels) and `name::portable` (candle's ops only, the path CUDA
+/// runs), so every parity check covers both paths in every `cargo test`.
+#[macro_export]
+macro_rules! on_both_paths {
+    ($($name:ident => $check:expr;)+) => {
+        $(
+            mod $name {
+                use super::*;
+
+                #[test]
+                fn auto() {
+                    ($check)(pretrain_model::Kernels::Auto);
+                }
+
+                #[test]
+                fn portable() {
+                    ($check)(pretrain_model::Kernels::Portable);
+                }
+            }
+        )+
+    };
 }

@@ -247,6 +247,17 @@ impl Training {
         device: &Device,
         num_epochs: Option<Option<u64>>,
     ) -> Result<Self, MinerError> {
+        Self::resume_with(run, source, device, num_epochs, Default::default())
+    }
+
+    /// [`Training::resume`] computing as `options` say (`--kernels`, `--dtype`).
+    pub fn resume_with(
+        run: RunDir,
+        source: Arc<dyn PageSource>,
+        device: &Device,
+        num_epochs: Option<Option<u64>>,
+        options: pretrain_model::ComputeOptions,
+    ) -> Result<Self, MinerError> {
         let settings = run.settings_file();
         let text = std::fs::read(&settings).map_err(MinerError::io(&settings))?;
         let mut config: MinerConfig = serde_json::from_slice(&text).map_err(|e| {
@@ -262,7 +273,7 @@ impl Training {
         let ckpt = run.checkpoint_dir();
         recover_dir(&ckpt).map_err(MinerError::io(&ckpt))?;
         let (trainer, pos) = if ckpt.is_dir() {
-            let model = Model::load(&ckpt.join(CHECKPOINT_MODEL), device)?;
+            let model = Model::load(&ckpt.join(CHECKPOINT_MODEL), device)?.with_options(options)?;
             check_fits(&model, &config)?;
             let mut trainer = Trainer::new(model, train_config(&config))?;
             trainer.load_state(&ckpt.join(CHECKPOINT_OPTIMIZER))?;
@@ -276,7 +287,7 @@ impl Training {
             // Stopped before the first checkpoint: begin again from the starting model.
             let best = run.best_dir();
             recover_dir(&best).map_err(MinerError::io(&best))?;
-            let model = load_local_model(&best, device)?;
+            let model = load_local_model(&best, device)?.with_options(options)?;
             check_fits(&model, &config)?;
             let trainer = Trainer::new(model, train_config(&config))?.with_seed(config.seed);
             (trainer, Position::default())

@@ -101,7 +101,18 @@ pub fn run_worker(
     input: &mut impl BufRead,
     output: &mut impl Write,
 ) -> std::io::Result<i32> {
-    let loaded = match pretrain_model::load_for_eval(model, device) {
+    run_worker_with(model, device, Default::default(), input, output)
+}
+
+/// [`run_worker`] computing as `options` say (`--kernels`, `--dtype`).
+pub fn run_worker_with(
+    model: &Path,
+    device: &Device,
+    options: pretrain_model::ComputeOptions,
+    input: &mut impl BufRead,
+    output: &mut impl Write,
+) -> std::io::Result<i32> {
+    let loaded = match pretrain_model::evaluate::load_for_eval_with(model, device, options) {
         Ok(m) => m,
         Err(e) => {
             send(output, &WorkerMessage::Error(e.to_string()))?;

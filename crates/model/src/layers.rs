@@ -1,57 +1,31 @@
-//! The layers both architectures are built from, each holding its tensors,
-//! and [`VarBuilder`]: tensor names resolved once, at load, under
-//! Hugging Face prefixes (`transformer.h.3.attn.c_attn.weight`).
+//! The layers both architectures are built from, each holding its tensors
+//! and the kernel path chosen at load, and [`VarBuilder`]: tensor names
+//! resolved once, at load, under Hugging Face prefixes
+//! (`transformer.h.3.attn.c_attn.weight`).
+
+use std::collections::BTreeMap;
 
 use candle_core::Tensor;
 
 use crate::error::{ModelError, Result};
-use crate::kernels::{activations, gemm, norms};
-use crate::model::Weights;
+use crate::kernels::{activations, conv1d, norms, KernelPath};
+use crate::mode::{DropSeeds, Mode};
 
-/// Whether the pass trains (dropout on, differentiable ops) or evaluates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Evaluation: no dropout, fused kernels.
-    Eval,
-    /// Training: dropout active, ops with backward.
-    Train,
-}
-
-/// A well-spread seed from `(a, b)` (splitmix64 finaliser): nearby inputs
-/// give unrelated outputs.
-pub fn mix_seed(a: u64, b: u64) -> u64 {
-    let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// The dropout seeds of one forward pass: every dropout site draws its own
-/// from the pass's seed, in the order the sites run, so one seed fixes every
-/// mask of the pass (and backward regenerates them).
-pub(crate) struct DropSeeds {
-    base: u64,
-    site: u64,
-}
-
-impl DropSeeds {
-    pub(crate) fn new(base: u64) -> Self {
-        Self { base, site: 0 }
-    }
-
-    pub(crate) fn next(&mut self) -> u64 {
-        self.site += 1;
-        mix_seed(self.base, self.site)
-    }
-}
+/// Named weights, Hugging Face names to tensors.
+pub type Weights = BTreeMap<String, Tensor>;
 
 /// Dropout `p` in training (its site always draws a seed, so masks do not
 /// shift when `p` is 0 somewhere).
-pub(crate) fn dropout(x: Tensor, p: f32, mode: Mode, seeds: &mut DropSeeds) -> Result<Tensor> {
+pub(crate) fn dropout(
+    path: KernelPath,
+    x: Tensor,
+    p: f32,
+    mode: Mode,
+    seeds: &mut DropSeeds,
+) -> Result<Tensor> {
     let seed = seeds.next();
     if mode == Mode::Train && p > 0.0 {
-        Ok(activations::dropout(&x, p, seed)?)
+        Ok(activations::dropout(path, &x, p, seed)?)
     } else {
         Ok(x)
     }
@@ -63,25 +37,34 @@ pub(crate) fn dropout(x: Tensor, p: f32, mode: Mode, seeds: &mut DropSeeds) -> R
 pub(crate) struct VarBuilder<'a> {
     weights: &'a Weights,
     prefix: String,
+    path: KernelPath,
 }
 
 impl<'a> VarBuilder<'a> {
-    pub(crate) fn new(weights: &'a Weights) -> Self {
+    /// The root builder; every layer built from it runs the kernels of `path`.
+    pub(crate) fn new(weights: &'a Weights, path: KernelPath) -> Self {
         Self {
             weights,
             prefix: String::new(),
+            path,
         }
+    }
+
+    /// The kernel path of the model being built.
+    pub(crate) fn kernels(&self) -> KernelPath {
+        self.path
     }
 
     /// The builder one level down: `prefix.name`.
     pub(crate) fn pp(&self, name: impl std::fmt::Display) -> Self {
         Self {
             weights: self.weights,
-            prefix: self.path(&name.to_string()),
+            prefix: self.full(&name.to_string()),
+            path: self.path,
         }
     }
 
-    fn path(&self, name: &str) -> String {
+    fn full(&self, name: &str) -> String {
         if self.prefix.is_empty() {
             name.to_string()
         } else {
@@ -91,7 +74,7 @@ impl<'a> VarBuilder<'a> {
 
     /// The tensor `prefix.name` (shapes were checked against the config at load).
     pub(crate) fn get(&self, name: &str) -> Result<Tensor> {
-        let full = self.path(name);
+        let full = self.full(name);
         self.weights
             .get(&full)
             .cloned()
@@ -104,21 +87,25 @@ impl<'a> VarBuilder<'a> {
 pub(crate) struct Conv1D {
     weight: Tensor,
     bias: Tensor,
+    path: KernelPath,
 }
 
 impl Conv1D {
+    /// The layer under `vb` (`weight`, `bias`).
     pub(crate) fn new(vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             weight: vb.get("weight")?,
             bias: vb.get("bias")?,
+            path: vb.kernels(),
         })
     }
 
     /// `[N, in]` rows to `[N, out]`, the bias added inside the GEMM.
     pub(crate) fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let (w, b, k) = (&self.weight, &self.bias, self.path);
         Ok(match mode {
-            Mode::Eval => gemm::conv1d_eval(x, &self.weight, &self.bias, false)?,
-            Mode::Train => gemm::conv1d_train(x, &self.weight, &self.bias)?,
+            Mode::Eval => conv1d::conv1d_eval(k, x, w, b, false)?,
+            Mode::Train => conv1d::conv1d_train_with(k, x, w, b, false, None)?,
         })
     }
 }
@@ -126,7 +113,13 @@ impl Conv1D {
 impl Conv1D {
     /// `gelu_new(x @ W + b)` in evaluation, the GELU applied in place.
     pub(crate) fn forward_gelu_eval(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(gemm::conv1d_eval(x, &self.weight, &self.bias, true)?)
+        Ok(conv1d::conv1d_eval(
+            self.path,
+            x,
+            &self.weight,
+            &self.bias,
+            true,
+        )?)
     }
 
     /// `dropout(a @ W + b, p)` with `a = gelu_new(x)` if `gelu`, else `x`.
@@ -146,10 +139,11 @@ impl Conv1D {
             Mode::Eval if gelu => Err(ModelError::Input(
                 "evaluation applies GELU to the previous layer's output".into(),
             )),
-            Mode::Eval => dropout(self.forward(x, mode)?, p, mode, seeds),
+            Mode::Eval => dropout(self.path, self.forward(x, mode)?, p, mode, seeds),
             Mode::Train => {
                 let seed = seeds.next();
-                Ok(gemm::conv1d_train_with(
+                Ok(conv1d::conv1d_train_with(
+                    self.path,
                     x,
                     &self.weight,
                     &self.bias,
@@ -169,6 +163,7 @@ pub(crate) struct Linear {
 }
 
 impl Linear {
+    /// The layer under `vb` (`weight`, and `bias` if `bias`).
     pub(crate) fn new(vb: VarBuilder, bias: bool) -> Result<Self> {
         Ok(Self {
             weight: vb.get("weight")?,
@@ -176,6 +171,7 @@ impl Linear {
         })
     }
 
+    /// `[N, in]` rows to `[N, out]`.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = x.matmul(&self.weight.t()?)?;
         Ok(match &self.bias {
@@ -191,24 +187,28 @@ pub(crate) struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
     eps: f32,
+    path: KernelPath,
 }
 
 impl LayerNorm {
+    /// The layer under `vb` (`weight`, `bias`).
     pub(crate) fn new(vb: VarBuilder, eps: f64) -> Result<Self> {
         Ok(Self {
             weight: vb.get("weight")?,
             bias: vb.get("bias")?,
             eps: eps as f32,
+            path: vb.kernels(),
         })
     }
 
+    /// Normalises each row of `x`.
     pub(crate) fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         Ok(norms::layer_norm(
             x,
             &self.weight,
             &self.bias,
             self.eps,
-            mode,
+            (self.path, mode.is_train()),
         )?)
     }
 }
@@ -221,6 +221,7 @@ pub(crate) struct RmsNorm {
 }
 
 impl RmsNorm {
+    /// The layer under `vb` (`weight`).
     pub(crate) fn new(vb: VarBuilder, eps: f64) -> Result<Self> {
         Ok(Self {
             weight: vb.get("weight")?,
@@ -228,7 +229,8 @@ impl RmsNorm {
         })
     }
 
+    /// Normalises each row of `x`.
     pub(crate) fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        Ok(norms::rms_norm(x, &self.weight, self.eps, mode)?)
+        Ok(norms::rms_norm(x, &self.weight, self.eps, mode.is_train())?)
     }
 }

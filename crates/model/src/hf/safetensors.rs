@@ -264,6 +264,27 @@ impl SafetensorsFile {
 /// Writes `tensors` (sorted by name, all f32) as a safetensors file byte for
 /// byte as the Python `safetensors` library does, with `metadata`.
 pub fn write(path: &Path, tensors: &[(String, Tensor)], metadata: &[(&str, &str)]) -> Result<()> {
+    write_as(path, tensors, metadata, DType::F32)
+}
+
+/// [`write`] with every tensor stored as `dtype` (F32, F16 or BF16; torch's
+/// round-to-nearest-even cast).
+pub fn write_as(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: &[(&str, &str)],
+    dtype: DType,
+) -> Result<()> {
+    let size = match dtype {
+        DType::F32 => 4,
+        DType::F16 | DType::BF16 => 2,
+        other => {
+            return Err(ModelError::st(
+                &path.display().to_string(),
+                format!("cannot write tensors as {other:?}"),
+            ))
+        }
+    };
     let mut sorted: Vec<&(String, Tensor)> = tensors.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
     let mut header = String::from("{");
@@ -279,12 +300,12 @@ pub fn write(path: &Path, tensors: &[(String, Tensor)], metadata: &[(&str, &str)
         if i > 0 || !metadata.is_empty() {
             header.push(',');
         }
-        let bytes = t.elem_count() * 4;
+        let bytes = t.elem_count() * size;
         let shape: Vec<String> = t.dims().iter().map(|d| d.to_string()).collect();
         header.push_str(&format!(
             "{}:{{\"dtype\":\"{}\",\"shape\":[{}],\"data_offsets\":[{},{}]}}",
             Value::String(name.clone()),
-            dtype_name(DType::F32),
+            dtype_name(dtype),
             shape.join(","),
             offset,
             offset + bytes
@@ -302,7 +323,7 @@ pub fn write(path: &Path, tensors: &[(String, Tensor)], metadata: &[(&str, &str)
         .map_err(io)?;
     out.write_all(header.as_bytes()).map_err(io)?;
     for (_, t) in sorted {
-        t.to_dtype(DType::F32)?.write_bytes(&mut out)?;
+        t.to_dtype(dtype)?.write_bytes(&mut out)?;
     }
     let file = out
         .into_inner()
