@@ -3,6 +3,8 @@
 //! are the ones the chain reports (table and `--json`), and later registers
 //! without the flags keep them.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is its job
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 

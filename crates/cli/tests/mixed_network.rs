@@ -4,6 +4,8 @@
 //! committed with the hash the original computes (over what
 //! `from_pretrained` downloads: the model files alone).
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is its job
+
 use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};

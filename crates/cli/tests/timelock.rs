@@ -3,6 +3,8 @@
 //! for round 1000 opens with round 1000's signature to the payload given; a
 //! wrong signature or a malformed commit is one error line and a non-zero exit.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is its job
+
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};

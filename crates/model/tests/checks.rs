@@ -1,6 +1,4 @@
 //! Every bad input of the validator's model checks fails with its own reason.
-#![allow(clippy::unwrap_used)]
-
 #![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is its job
 
 use std::path::{Path, PathBuf};

@@ -1,7 +1,5 @@
 //! Hugging Face files: what we save equals what `transformers` saves, byte
 //! for byte, and round trips are exact.
-#![allow(clippy::unwrap_used)]
-
 #![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is its job
 
 use std::path::PathBuf;

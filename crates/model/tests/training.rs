@@ -1,6 +1,4 @@
 //! AdamW training parity with `torch.optim.AdamW` on the reference models.
-#![allow(clippy::unwrap_used)]
-
 #![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is its job
 
 use candle_core::Device;

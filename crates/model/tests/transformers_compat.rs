@@ -3,8 +3,6 @@
 //! (`--upload_b16`; both sides upcast the bf16 weights to f32). Skips with a notice when
 //! Python, torch or transformers are missing (`PRETRAIN_PYTHON` picks the
 //! interpreter, default `python3`).
-#![allow(clippy::unwrap_used)]
-
 #![allow(clippy::unwrap_used)] // a test that unwraps fails loudly; that is its job
 
 use std::process::Command;

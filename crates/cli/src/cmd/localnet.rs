@@ -128,7 +128,7 @@ async fn run_async(args: LocalnetArgs) -> anyhow::Result<()> {
     if args.commit_reveal {
         chain
             .set_commit_reveal(
-                NETUID,
+                localnet::NETUID,
                 pretrain_chain::embedded::CommitReveal {
                     enabled: true,
                     reveal_period_epochs: 1,
