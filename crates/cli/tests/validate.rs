@@ -681,3 +681,249 @@ fn a_model_is_not_evaluated_before_its_eval_block_delay() {
         "evaluated at block {fetched_at}, committed at {commit_block}"
     );
 }
+
+#[path = "../../telemetry/tests/common/fake_wandb.rs"]
+mod fake_wandb;
+
+/// A free port on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET `http://127.0.0.1:port{path}`'s body, if anything answers.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+/// `name{uid="N"} value` lines of one metric, by uid.
+fn series(text: &str, name: &str) -> BTreeMap<Uid, f64> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?.strip_prefix("{uid=\"")?;
+            let (uid, rest) = rest.split_once("\"}")?;
+            Some((uid.parse().ok()?, rest.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Kills a child process when dropped.
+struct Reaper(Child);
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Three miners (untrained, a little trained, well trained); a validator
+/// with W&B online (to the fake server) and `--metrics.port`, scraped while
+/// it runs (by `prometheus` too, when `with_prometheus`). Returns what W&B
+/// recorded, the last scrape, the best miner's uid and Prometheus's answer.
+fn observed_run(with_prometheus: bool) -> (Vec<fake_wandb::Request>, String, Uid, Option<Value>) {
+    let net = Net::new();
+    let batches = train_batches();
+    let (weak, mid, best) = (PathBuf::from(TINY), net.dir("mid"), net.dir("best"));
+    trained(&mid, 2, &batches);
+    trained(&best, 25, &batches);
+    let (hk_weak, _) = net.miner(1);
+    let (hk_mid, _) = net.miner(2);
+    let (hk_best, uid_best) = net.miner(3);
+    net.push(&hk_weak, &weak, "m/weak", None);
+    net.push(&hk_mid, &mid, "m/mid", None);
+    net.push(&hk_best, &best, "m/best", None);
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (base, fake) = rt.block_on(fake_wandb::start_fake());
+    let port = free_port();
+    let prometheus = with_prometheus.then(|| {
+        let prom_port = free_port();
+        let config = net.dir("prometheus.yml");
+        fs::write(
+            &config,
+            format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: validator\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"),
+        )
+        .unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", net.dir("tsdb").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        (Reaper(child), prom_port)
+    });
+    let port_arg = port.to_string();
+    let mut validator = Reaper(
+        net.validate_cmd(&[
+            "--max_steps",
+            "2",
+            "--wandb_project",
+            "pt-test",
+            "--metrics.port",
+            &port_arg,
+        ])
+        .env("WANDB_API_KEY", "test-key")
+        .env("WANDB_BASE_URL", &base)
+        .env_remove("WANDB_MODE")
+        .stderr(fs::File::create(net.dir("validator.log")).unwrap())
+        .spawn()
+        .unwrap(),
+    );
+    // Scrape while it runs: the last scrape after its second step.
+    let mut last = String::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(300) {
+        if let Some(text) = http_get(port, "/metrics") {
+            let done = text.contains("pretrain_validator_step 2");
+            last = text;
+            if done {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let answer = prometheus.as_ref().map(|(_, prom_port)| {
+        // Over a range: once the validator exits its series are stale, and an
+        // instant query of them returns nothing.
+        let query =
+            "/api/v1/query?query=topk(1,last_over_time(pretrain_validator_weight%5B10m%5D))";
+        let started = Instant::now();
+        loop {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "prometheus scraped nothing"
+            );
+            if let Some(v) =
+                http_get(*prom_port, query).and_then(|b| serde_json::from_str::<Value>(&b).ok())
+            {
+                if v.pointer("/data/result/0").is_some() {
+                    break v;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+    let status = validator.0.wait().unwrap();
+    let log = fs::read_to_string(net.dir("validator.log")).unwrap();
+    assert!(status.success(), "{log}");
+    let requests = fake.lock().unwrap().requests.clone();
+    (requests, last, uid_best, answer)
+}
+
+#[test]
+fn wandb_and_the_metrics_endpoint_see_the_strong_miner_on_top() {
+    let _heavy = HEAVY.lock().unwrap_or_else(|p| p.into_inner());
+    let (requests, scrape, uid_best, _) = observed_run(false);
+
+    // W&B: one run, named as the dashboards match it, with the original's config.
+    let upsert = requests
+        .iter()
+        .find(|r| r.path == "/graphql")
+        .expect("a run was created");
+    let v = &upsert.body["variables"];
+    let name = v["displayName"].as_str().unwrap();
+    assert!(name.starts_with("validator-0-"), "{name}");
+    assert_eq!(v["entity"], "opentensor-dev");
+    assert_eq!(v["project"], "pt-test");
+    assert_eq!(upsert.auth, "Basic YXBpOnRlc3Qta2V5"); // api:test-key
+    let config: Value = serde_json::from_str(v["config"].as_str().unwrap()).unwrap();
+    assert_eq!(config["type"]["value"], "validator");
+    assert_eq!(config["uid"]["value"], 0);
+    let run = v["name"].as_str().unwrap();
+    let lines = fake_wandb::history_of(&requests, run, &|_| true);
+    assert_eq!(lines.len(), 2, "one history line per step");
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["_step"], (i + 1) as u64);
+        let original: Value =
+            serde_json::from_str(line["original_format_json"].as_str().unwrap()).unwrap();
+        let loss = |uid: &str| original["uid_data"][uid]["average_loss"].as_f64().unwrap();
+        let best = uid_best.to_string();
+        for uid in original["uids"].as_array().unwrap() {
+            let uid = uid.to_string();
+            assert!(loss(&best) <= loss(&uid), "{original}");
+            assert_eq!(
+                line["uid_data"][&uid],
+                original["uid_data"][&uid]["average_loss"]
+            );
+        }
+    }
+    let weights = &lines[1]["weight_data"];
+    let top = weights
+        .as_object()
+        .unwrap()
+        .iter()
+        .max_by(|a, b| a.1.as_f64().partial_cmp(&b.1.as_f64()).unwrap())
+        .unwrap();
+    assert_eq!(top.0, &uid_best.to_string(), "{weights}");
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.path.contains(run) && r.body["complete"] == true),
+        "the run was completed at exit"
+    );
+
+    // Prometheus text: the strong miner holds the largest weight; two steps, models counted.
+    let w = series(&scrape, "pretrain_validator_weight");
+    let (top_uid, _) = w
+        .iter()
+        .max_by(|a, b| a.1.partial_cmp(b.1).unwrap())
+        .unwrap();
+    assert_eq!(*top_uid, uid_best, "{scrape}");
+    assert!(scrape.contains("pretrain_validator_step 2"), "{scrape}");
+    assert!(
+        scrape.contains("pretrain_validator_models_evaluated_total 6"),
+        "{scrape}"
+    );
+    assert!(
+        scrape.contains("pretrain_validator_weights_total{outcome=\"set\"}"),
+        "{scrape}"
+    );
+}
+
+#[test]
+#[ignore = "needs prometheus and promtool on PATH (Debian's prometheus; .ci/run installs it)"]
+fn real_prometheus_scrapes_the_validator_and_ranks_the_strong_miner_first() {
+    let _heavy = HEAVY.lock().unwrap_or_else(|p| p.into_inner());
+    let (_, scrape, uid_best, answer) = observed_run(true);
+    let top = answer.unwrap();
+    assert_eq!(
+        top["data"]["result"][0]["metric"]["uid"],
+        uid_best.to_string(),
+        "{top}"
+    );
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut check.stdin.take().unwrap(), scrape.as_bytes()).unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}\n{scrape}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -6,8 +6,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// The registry metrics are kept in (re-exported: callers need no other crate).
+pub use prometheus::Registry;
 use prometheus::{
-    Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, TextEncoder,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

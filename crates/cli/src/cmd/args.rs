@@ -156,6 +156,40 @@ impl ComputeArgs {
     }
 }
 
+/// The Prometheus endpoint (`--metrics.port`, `--metrics.address`).
+#[derive(Args, Debug, Clone)]
+pub struct MetricsArgs {
+    /// Serve Prometheus metrics on this port at /metrics (off by default).
+    #[arg(long = "metrics.port")]
+    pub port: Option<u16>,
+    /// Address the metrics endpoint listens on (loopback unless told otherwise).
+    #[arg(long = "metrics.address", default_value = "127.0.0.1")]
+    pub address: std::net::IpAddr,
+}
+
+impl MetricsArgs {
+    /// Starts the endpoint with a fresh registry, if a port was given;
+    /// `make` registers the metrics in it.
+    pub async fn serve<M>(
+        &self,
+        make: impl FnOnce(
+            &pretrain_telemetry::prometheus::Registry,
+        ) -> Result<M, pretrain_telemetry::prometheus::MetricsError>,
+    ) -> anyhow::Result<Option<M>> {
+        let Some(port) = self.port else {
+            return Ok(None);
+        };
+        let registry = pretrain_telemetry::prometheus::Registry::new();
+        let metrics = make(&registry).context("setting up the metrics")?;
+        let addr = std::net::SocketAddr::new(self.address, port);
+        let bound = pretrain_telemetry::prometheus::serve(addr, registry)
+            .await
+            .context("--metrics.port")?;
+        tracing::info!("Prometheus metrics on http://{bound}/metrics");
+        Ok(Some(metrics))
+    }
+}
+
 impl DeviceArgs {
     /// Opens the device; refuses a `--dtype` it cannot compute in.
     pub fn open(&self) -> anyhow::Result<Device> {

@@ -22,6 +22,8 @@ use pretrain_core::RepoId;
 use pretrain_model::Model;
 use pretrain_neurons::miner::{self, new_run_id, Event, MinerConfig, Observer, RunDir, Training};
 use pretrain_neurons::PushOptions;
+use pretrain_telemetry::prometheus::{MinerMetrics, Outcome};
+use pretrain_telemetry::wandb::{self, Run};
 use serde_json::json;
 use tracing::{info, warn};
 
@@ -44,12 +46,16 @@ pub struct MineArgs {
     /// Also push after every epoch that improves the best average loss.
     #[arg(long = "push_every_epoch")]
     pub push_every_epoch: bool,
-    /// Accepted for compatibility; there is no W&B client here (metrics stay in metrics.jsonl).
+    /// W&B entity: with --wandb_project (and not --offline), each optimizer
+    /// step's loss goes to W&B, as the original's miner logs it
+    /// (WANDB_API_KEY needed; WANDB_MODE=offline writes files instead).
     #[arg(long = "wandb_entity")]
     pub wandb_entity: Option<String>,
-    /// Accepted for compatibility; there is no W&B client here (metrics stay in metrics.jsonl).
+    /// W&B project (see --wandb_entity).
     #[arg(long = "wandb_project")]
     pub wandb_project: Option<String>,
+    #[command(flatten)]
+    pub metrics: super::args::MetricsArgs,
     /// Start from the model of the uid with the highest incentive.
     #[arg(long = "load_best", group = "start")]
     pub load_best: bool,
@@ -167,9 +173,8 @@ async fn mine(args: MineArgs) -> anyhow::Result<()> {
         None => None,
     };
     let active = args.competition.entered(&schedule, block)?;
-    if args.wandb_entity.is_some() || args.wandb_project.is_some() {
-        warn!("--wandb_entity/--wandb_project: there is no W&B client in this build; metrics are kept in the run's metrics.jsonl");
-    }
+    let wandb = miner_wandb(&args, online.as_ref()).await?;
+    let metrics = args.metrics.serve(MinerMetrics::new).await?;
     let source = args.data.open()?;
 
     let mut training = if let Some(dir) = &args.resume {
@@ -231,7 +236,7 @@ async fn mine(args: MineArgs) -> anyhow::Result<()> {
         }
     });
 
-    let mut observer = Watch::new();
+    let mut observer = Watch::new(wandb, metrics);
     let mut losses = Vec::new();
     let mut stopped = false;
     let mut pushed = None;
@@ -253,8 +258,12 @@ async fn mine(args: MineArgs) -> anyhow::Result<()> {
                             Ok(meta) => {
                                 pushed_loss = s.avg_loss;
                                 pushed = Some(meta);
+                                observer.pushed(Outcome::Pushed);
                             }
-                            Err(e) => warn!("{:#}; training goes on", e),
+                            Err(e) => {
+                                observer.pushed(Outcome::Failed);
+                                warn!("{:#}; training goes on", e)
+                            }
                         }
                     }
                 }
@@ -262,6 +271,7 @@ async fn mine(args: MineArgs) -> anyhow::Result<()> {
         }
     }
     observer.finish();
+    observer.finish_wandb(if stopped { 1 } else { 0 }).await;
     let summary = training.summary(losses, stopped);
     let best = summary.best_avg_loss.unwrap_or(f64::INFINITY);
     info!(best_avg_loss = best, "finished training");
@@ -275,8 +285,14 @@ async fn mine(args: MineArgs) -> anyhow::Result<()> {
         if best < threshold {
             if best < pushed_loss {
                 info!("best average loss {best} is below the threshold {threshold}: pushing");
-                pushed =
-                    Some(push_run(&args, o, training.run_dir(), later_spec(&active, later)).await?);
+                let result =
+                    push_run(&args, o, training.run_dir(), later_spec(&active, later)).await;
+                observer.pushed(if result.is_ok() {
+                    Outcome::Pushed
+                } else {
+                    Outcome::Failed
+                });
+                pushed = Some(result?);
             }
         } else {
             info!("best average loss {best} did not meet the threshold {threshold}: not uploading");
@@ -597,18 +613,90 @@ fn upload_command(
         .join(" ")
 }
 
+/// The miner's W&B run, as the original's: only online, and only with both
+/// --wandb_entity and --wandb_project; then WANDB_API_KEY is required
+/// (unless WANDB_MODE=offline, which writes files under <model_dir>/wandb).
+async fn miner_wandb(args: &MineArgs, online: Option<&Online>) -> anyhow::Result<Option<Run>> {
+    let (Some(entity), Some(project)) =
+        (args.wandb_entity.as_deref(), args.wandb_project.as_deref())
+    else {
+        if args.wandb_entity.is_some() || args.wandb_project.is_some() {
+            warn!(
+                "W&B needs both --wandb_entity and --wandb_project: this run is not logged to W&B"
+            );
+        }
+        return Ok(None);
+    };
+    let Some(online) =
+        online.filter(|_| wandb::miner::enabled(args.offline, Some(entity), Some(project)))
+    else {
+        warn!("--offline: this run is not logged to W&B");
+        return Ok(None);
+    };
+    let mode = wandb::Mode::from_env(false, args.model_dir.join("wandb")).map_err(|e| match e {
+        wandb::WandbError::MissingApiKey => anyhow::anyhow!(
+            "to use W&B (--wandb_entity/--wandb_project), set WANDB_API_KEY, or WANDB_MODE=offline to write the run to files"
+        ),
+        e => anyhow::Error::new(e),
+    })?;
+    let uid = online
+        .chain
+        .uid_of(args.chain.netuid, &online.hotkey.ss58)
+        .await
+        .ok()
+        .flatten();
+    let who = wandb::miner::MinerIdentity {
+        uid,
+        hotkey: online.hotkey.ss58.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let run = wandb::miner::start(&mode, entity, project, &who).context("starting the W&B run")?;
+    info!(
+        run = run.id(),
+        entity, project, "W&B: logging each optimizer step"
+    );
+    Ok(Some(run))
+}
+
 /// Draws what a person watches: a bar per epoch on a terminal, one log line
 /// per epoch otherwise.
 struct Watch {
     bar: Option<ProgressBar>,
     tty: bool,
+    /// The opt-in W&B run.
+    wandb: Option<Run>,
+    /// The Prometheus figures (`--metrics.port`).
+    metrics: Option<MinerMetrics>,
+    /// Batches of the epoch so far (the original's `n_batches`).
+    batches: usize,
+    tokens_per_s: f64,
 }
 
 impl Watch {
-    fn new() -> Self {
+    fn new(wandb: Option<Run>, metrics: Option<MinerMetrics>) -> Self {
         Self {
             bar: None,
             tty: std::io::stderr().is_terminal(),
+            wandb,
+            metrics,
+            batches: 0,
+            tokens_per_s: 0.0,
+        }
+    }
+
+    fn pushed(&self, outcome: Outcome) {
+        if let Some(m) = &self.metrics {
+            m.pushes.with_label_values(&[outcome.as_str()]).inc();
+        }
+    }
+
+    async fn finish_wandb(&mut self, exit_code: i32) {
+        let Some(run) = self.wandb.take() else { return };
+        match tokio::time::timeout(std::time::Duration::from_secs(30), run.finish(exit_code)).await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!("W&B: the run did not finish cleanly: {e}"),
+            Err(_) => warn!("W&B: the run's last lines were not sent within 30 s"),
         }
     }
 
@@ -651,6 +739,8 @@ impl Observer for Watch {
                 }
             }
             Event::Batch(p) => {
+                self.batches = p.batch;
+                self.tokens_per_s = p.tokens_per_s;
                 if let Some(b) = &self.bar {
                     b.set_position(p.batch as u64);
                     b.set_message(format!(
@@ -659,8 +749,23 @@ impl Observer for Watch {
                     ));
                 }
             }
-            Event::Step { .. } => {}
+            Event::Step { step, loss, .. } => {
+                if let Some(m) = &self.metrics {
+                    m.loss.set(f64::from(*loss));
+                    m.tokens_per_second.set(self.tokens_per_s);
+                }
+                if let Some(run) = &mut self.wandb {
+                    // The row the original logs: {loss, n_batches} at step n_acc_steps.
+                    let row = wandb::miner::step_row(f64::from(*loss), self.batches as u64);
+                    if let Err(e) = run.log(*step, row) {
+                        warn!("W&B: step {step} not logged: {e}");
+                    }
+                }
+            }
             Event::EpochEnd(s) => {
+                if let Some(m) = &self.metrics {
+                    m.epochs.inc();
+                }
                 if let Some(b) = self.bar.take() {
                     b.finish_and_clear();
                 }

@@ -10,7 +10,10 @@ use clap::Args;
 use pretrain_chain::connect;
 use pretrain_core::rules::Protocol;
 use pretrain_core::Competition;
-use pretrain_neurons::validator::{self, ValidatorConfig, WorkerSpec};
+use pretrain_neurons::validator::{self, Shared, ValidatorConfig, WorkerSpec};
+use pretrain_telemetry::prometheus::ValidatorMetrics;
+use pretrain_telemetry::wandb::validator::{ValidatorIdentity, ValidatorLog};
+use pretrain_telemetry::wandb::{Mode, WandbError};
 
 use super::args::{DataArgs, DeviceArgs, HubArgs};
 use super::chain::ChainArgs;
@@ -43,9 +46,23 @@ pub struct ValidateArgs {
     /// Models evaluated at once, each in its own process.
     #[arg(long = "eval_workers", default_value_t = 1)]
     pub eval_workers: usize,
-    /// Accepted for compatibility; this validator logs to metrics.jsonl, not wandb.
+    /// Turn off W&B logging (on by default on a real chain, as the original's;
+    /// off on the embedded chain unless --wandb_project, --wandb_entity or
+    /// --wandb.offline asks for it). Needs WANDB_API_KEY online.
     #[arg(long = "wandb.off")]
     pub wandb_off: bool,
+    /// W&B entity of the validator's runs (the original's: opentensor-dev).
+    #[arg(long = "wandb_entity")]
+    pub wandb_entity: Option<String>,
+    /// W&B project of the validator's runs (the original's: pretraining-subnet).
+    #[arg(long = "wandb_project")]
+    pub wandb_project: Option<String>,
+    /// Write the W&B runs as files under <model_dir>/wandb for `wandb sync`
+    /// (as WANDB_MODE=offline does).
+    #[arg(long = "wandb.offline")]
+    pub wandb_offline: bool,
+    #[command(flatten)]
+    pub metrics: super::args::MetricsArgs,
     /// Address-space limit of each evaluation process, in MiB (0: none).
     #[arg(long = "eval_mem_limit_mb", default_value_t = 16384, hide = true)]
     pub eval_mem_limit_mb: u64,
@@ -203,9 +220,68 @@ pub fn run(args: ValidateArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Res
         let shared = validator::start(config, chain, hub, source, hotkey)
             .await
             .context("starting the validator")?;
+        let metrics = args.metrics.serve(ValidatorMetrics::new).await?;
+        shared.observers.install(wandb_log(&args, &shared), metrics);
         validator::run(shared).await;
         anyhow::Ok(())
     })
+}
+
+/// The validator's W&B log, as the original decides it: on unless
+/// `--offline` or `--wandb.off`; on the embedded chain only when asked for
+/// (its runs would otherwise land in the community's project). A missing
+/// API key is a warning, never a stopped validator.
+fn wandb_log(args: &ValidateArgs, shared: &Shared) -> Option<ValidatorLog> {
+    if args.offline || args.wandb_off {
+        return None;
+    }
+    let offline_env =
+        std::env::var("WANDB_MODE").is_ok_and(|m| m.trim().eq_ignore_ascii_case("offline"));
+    let asked = args.wandb_entity.is_some()
+        || args.wandb_project.is_some()
+        || args.wandb_offline
+        || offline_env;
+    if !args.chain.is_real() && !asked {
+        tracing::info!(
+            "W&B: off on the embedded chain (pass --wandb_project or --wandb.offline to log)"
+        );
+        return None;
+    }
+    let hotkey = shared.hotkey.as_ref()?;
+    let uid = shared
+        .metagraph_snapshot()
+        .neurons
+        .iter()
+        .find(|n| n.hotkey == hotkey.ss58)
+        .map(|n| n.uid)?;
+    let mode = match Mode::from_env(args.wandb_offline, args.model_dir.join("wandb")) {
+        Ok(mode) => mode,
+        Err(WandbError::MissingApiKey) => {
+            tracing::warn!("W&B logging is on, as the original's, but WANDB_API_KEY is not set: not logging (set it, pass --wandb.off, or WANDB_MODE=offline)");
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!("W&B: {e}; not logging");
+            return None;
+        }
+    };
+    match &mode {
+        Mode::Online { base_url, .. } => tracing::info!(%base_url, "W&B: logging each step online"),
+        Mode::Offline { dir } => {
+            tracing::info!(dir = %dir.display(), "W&B: writing offline runs (upload with `wandb sync`)")
+        }
+    }
+    let identity = ValidatorIdentity {
+        uid,
+        hotkey: hotkey.ss58.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    Some(ValidatorLog::new(
+        mode,
+        args.wandb_entity.clone(),
+        args.wandb_project.clone(),
+        identity,
+    ))
 }
 
 /// The child side of the worker protocol (see `validator::worker`).

@@ -588,6 +588,9 @@ pub async fn maybe_set_weights(shared: &Shared) -> Option<WeightsSet> {
     let error = match tokio::time::timeout(cfg.call_timeout, call).await {
         Ok(Ok(pretrain_chain::WeightsSubmission::Set { .. })) => {
             info!(block, ?uids, ?values, "weights set");
+            shared
+                .observers
+                .weights(pretrain_telemetry::prometheus::Outcome::Set);
             None
         }
         Ok(Ok(pretrain_chain::WeightsSubmission::Committed {
@@ -605,6 +608,9 @@ pub async fn maybe_set_weights(shared: &Shared) -> Option<WeightsSet> {
                 ?values,
                 "weights committed (commit-reveal); they apply at the reveal"
             );
+            shared
+                .observers
+                .weights(pretrain_telemetry::prometheus::Outcome::Committed);
             let sent: Vec<(u16, u16)> = uids.iter().copied().zip(values.iter().copied()).collect();
             tokio::spawn(pretrain_chain::confirm_reveal(
                 Arc::clone(&shared.chain),
@@ -620,10 +626,16 @@ pub async fn maybe_set_weights(shared: &Shared) -> Option<WeightsSet> {
         Ok(Err(e)) => {
             let e = crate::error_chain(&e);
             warn!("set_weights failed: {e}");
+            shared
+                .observers
+                .weights(pretrain_telemetry::prometheus::Outcome::Failed);
             Some(e)
         }
         Err(_) => {
             warn!("set_weights did not answer within {:?}", cfg.call_timeout);
+            shared
+                .observers
+                .weights(pretrain_telemetry::prometheus::Outcome::Failed);
             Some(format!("timed out after {:?}", cfg.call_timeout))
         }
     };
@@ -669,6 +681,7 @@ pub async fn eval_loop(shared: Arc<Shared>) {
                     }
                     Err(e) => warn!("cannot serialise the step report: {e}"),
                 }
+                shared.observers.step(&report).await;
             }
             Ok(Ok(None)) => {
                 info!(

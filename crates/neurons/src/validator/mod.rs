@@ -29,6 +29,7 @@
 
 pub mod clean;
 pub mod eval;
+pub mod observe;
 pub mod state;
 pub mod update;
 pub mod worker;
@@ -184,6 +185,8 @@ pub struct Shared {
     /// Set once the update loop has checked every uid: the first step waits
     /// for it, so that it does not score a partial set of models.
     pub first_pass_done: AtomicBool,
+    /// W&B and Prometheus, when the operator turned them on.
+    pub observers: observe::Observers,
 }
 
 impl Shared {
@@ -335,6 +338,7 @@ pub async fn start(
         state: Mutex::new(state),
         metagraph: RwLock::new(metagraph),
         first_pass_done: AtomicBool::new(false),
+        observers: observe::Observers::default(),
     }))
 }
 
@@ -343,6 +347,7 @@ pub async fn run(shared: Arc<Shared>) {
     let updater = tokio::spawn(update::update_loop(shared.clone()));
     let cleaner = tokio::spawn(clean::clean_loop(shared.clone()));
     eval::eval_loop(shared.clone()).await;
+    shared.observers.finish(Duration::from_secs(30)).await;
     updater.abort();
     cleaner.abort();
     info!("validator stopped after its steps");

@@ -372,6 +372,7 @@ fn refuse(
     fetched: Option<&ModelId>,
 ) -> SyncOutcome {
     warn!(uid, %hotkey, commitment = %key.0, block = key.1, "model refused: {reason}");
+    shared.observers.refused(&reason);
     if let Some(id) = fetched {
         if let Err(e) = shared.store.remove_model(hotkey, id) {
             warn!(%hotkey, "cannot remove the refused model: {}", crate::error_chain(&e));

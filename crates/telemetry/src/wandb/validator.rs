@@ -20,6 +20,9 @@ pub const DEFAULT_ENTITY: &str = "opentensor-dev";
 /// Steps logged to one run before a new one starts (`constants`).
 pub const MAX_RUN_STEPS_PER_WANDB_RUN: u64 = 100;
 
+/// Longest a rotation waits for the old run to finish.
+const ROTATION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// One uid's line of a step, as `step_log["uid_data"][uid]`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct UidStep {
@@ -198,8 +201,16 @@ impl ValidatorLog {
                 .is_multiple_of(MAX_RUN_STEPS_PER_WANDB_RUN)
         {
             if let Some(run) = self.run.take() {
-                if let Err(e) = run.finish(0).await {
-                    tracing::warn!(error = %e, "W&B: could not finish the run before rotating");
+                // Bounded: a W&B that is down finishes the old run in the
+                // background (its task keeps trying) instead of holding the step.
+                match tokio::time::timeout(ROTATION_WAIT, run.finish(0)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "W&B: could not finish the run before rotating")
+                    }
+                    Err(_) => {
+                        tracing::warn!("W&B: the old run is still finishing; a new one starts")
+                    }
                 }
             }
         }
