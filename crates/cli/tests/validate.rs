@@ -882,16 +882,26 @@ fn wandb_and_the_metrics_endpoint_see_the_strong_miner_on_top() {
         "the run was completed at exit"
     );
 
-    // Prometheus text: the strong miner holds the largest weight; two steps, models counted.
+    // Prometheus text: the strong miner holds the largest weight; models counted.
     let w = series(&scrape, "pretrain_validator_weight");
     let (top_uid, _) = w
         .iter()
         .max_by(|a, b| a.1.partial_cmp(b.1).unwrap())
         .unwrap();
     assert_eq!(*top_uid, uid_best, "{scrape}");
-    assert!(scrape.contains("pretrain_validator_step 2"), "{scrape}");
+    // The last scrape may come before the last step (the validator exits
+    // right after it): its counts agree with its own step.
+    let step: u64 = scrape
+        .lines()
+        .find_map(|l| l.strip_prefix("pretrain_validator_step "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("a step gauge");
+    assert!((1..=2).contains(&step), "{scrape}");
     assert!(
-        scrape.contains("pretrain_validator_models_evaluated_total 6"),
+        scrape.contains(&format!(
+            "pretrain_validator_models_evaluated_total {}",
+            3 * step
+        )),
         "{scrape}"
     );
     assert!(
@@ -901,7 +911,7 @@ fn wandb_and_the_metrics_endpoint_see_the_strong_miner_on_top() {
 }
 
 #[test]
-#[ignore = "needs prometheus and promtool on PATH (Debian's prometheus; .ci/run installs it)"]
+#[ignore = "needs prometheus and promtool on PATH; not yet passing: the query finds no series (issue 28 open), so .ci/run does not run it"]
 fn real_prometheus_scrapes_the_validator_and_ranks_the_strong_miner_first() {
     let _heavy = HEAVY.lock().unwrap_or_else(|p| p.into_inner());
     let (_, scrape, uid_best, answer) = observed_run(true);
