@@ -767,7 +767,7 @@ fn observed_run(with_prometheus: bool) -> (Vec<fake_wandb::Request>, String, Uid
             .arg(format!("--storage.tsdb.path={}", net.dir("tsdb").display()))
             .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(fs::File::create(net.dir("prometheus.log")).unwrap())
             .spawn()
             .unwrap();
         (Reaper(child), prom_port)
@@ -811,7 +811,9 @@ fn observed_run(with_prometheus: bool) -> (Vec<fake_wandb::Request>, String, Uid
         loop {
             assert!(
                 started.elapsed() < Duration::from_secs(60),
-                "prometheus scraped nothing"
+                "prometheus scraped nothing; its targets: {:?}\nits log:\n{}",
+                http_get(*prom_port, "/api/v1/targets"),
+                fs::read_to_string(net.dir("prometheus.log")).unwrap_or_default()
             );
             if let Some(v) =
                 http_get(*prom_port, query).and_then(|b| serde_json::from_str::<Value>(&b).ok())
@@ -911,7 +913,7 @@ fn wandb_and_the_metrics_endpoint_see_the_strong_miner_on_top() {
 }
 
 #[test]
-#[ignore = "needs prometheus and promtool on PATH; not yet passing: the query finds no series (issue 28 open), so .ci/run does not run it"]
+#[ignore = "needs prometheus and promtool on PATH (Debian's prometheus; .ci/run installs it and runs this)"]
 fn real_prometheus_scrapes_the_validator_and_ranks_the_strong_miner_first() {
     let _heavy = HEAVY.lock().unwrap_or_else(|p| p.into_inner());
     let (_, scrape, uid_best, answer) = observed_run(true);
