@@ -42,6 +42,8 @@ pub const QUICKNET_PERIOD: u64 = 3;
 pub const MAX_COMMIT_BYTES: usize = 5000;
 /// The commit-reveal version this code speaks (`CommitRevealWeightsVersion` today).
 pub const COMMIT_REVEAL_VERSION: u16 = 4;
+/// The commit-reveal version before it (`commit_crv3_weights`; runtimes of 2025).
+pub const COMMIT_REVEAL_VERSION_V3: u16 = 3;
 /// Bytes of a compressed signature (G1).
 pub const SIGNATURE_BYTES: usize = 48;
 /// Bytes of a compressed public key (G2).
@@ -237,14 +239,31 @@ pub fn commit_payload(
     round: u64,
 ) -> Result<Vec<u8>, TimelockError> {
     let ct = encrypt(public_key, round, &payload.to_scale())?;
+    within_commit_limit(ct, payload.uids.len())
+}
+
+/// Refuses a ciphertext over the chain's `BoundedVec` limit.
+fn within_commit_limit(ct: Vec<u8>, n_uids: usize) -> Result<Vec<u8>, TimelockError> {
     if ct.len() > MAX_COMMIT_BYTES {
         return Err(TimelockError::Encrypt(format!(
-            "the commit is {} bytes; the chain takes at most {MAX_COMMIT_BYTES} ({} uids)",
-            ct.len(),
-            payload.uids.len()
+            "the commit is {} bytes; the chain takes at most {MAX_COMMIT_BYTES} ({n_uids} uids)",
+            ct.len()
         )));
     }
     Ok(ct)
+}
+
+/// A v3 commit (`commit_crv3_weights`): the payload without the hotkey (v3's
+/// `WeightsTlockPayload` is `{uids, values, version_key}`; the signer is the hotkey),
+/// SCALE-encoded and encrypted to `round` under `public_key`.
+pub fn commit_payload_v3(
+    payload: &WeightsTlockPayload,
+    public_key: &[u8],
+    round: u64,
+) -> Result<Vec<u8>, TimelockError> {
+    let plain = (&payload.uids, &payload.values, payload.version_key).encode();
+    let ct = encrypt(public_key, round, &plain)?;
+    within_commit_limit(ct, payload.uids.len())
 }
 
 /// Opens a v4 commit with its round's signature and decodes the payload.

@@ -9,10 +9,10 @@
 #![allow(clippy::unwrap_used)]
 
 use pretrain_chain::timelock::{
-    commit_payload, decrypt, encrypt, encrypt_seeded, first_reveal_block_indexed,
-    first_reveal_block_legacy, quicknet_public_key, quicknet_round_at, reveal_payload,
-    reveal_round_for, round_message, verify_signature, Beacon, TimelockError, WeightsTlockPayload,
-    QUICKNET_GENESIS_TIME, QUICKNET_PUBLIC_KEY,
+    commit_payload, commit_payload_v3, decrypt, encrypt, encrypt_seeded,
+    first_reveal_block_indexed, first_reveal_block_legacy, quicknet_public_key, quicknet_round_at,
+    reveal_payload, reveal_round_for, round_message, verify_signature, Beacon, TimelockError,
+    WeightsTlockPayload, QUICKNET_GENESIS_TIME, QUICKNET_PUBLIC_KEY,
 };
 use proptest::prelude::*;
 use serde_json::Value;
@@ -103,6 +103,17 @@ fn our_commit_opens_with_the_real_signature_of_its_round() {
         assert_eq!(decrypt(&commit, &signature(&v, round)).unwrap(), scale);
         assert_eq!(reveal_payload(&commit, &signature(&v, round)).unwrap(), p);
     }
+}
+
+#[test]
+fn our_v3_commit_opens_to_the_payload_without_its_hotkey() {
+    // v3's WeightsTlockPayload is {uids, values, version_key}: the v4 bytes
+    // after the hotkey (its compact length 0x80 and 32 bytes).
+    let v = vectors();
+    let (p, scale) = payload(&v);
+    assert_eq!(scale[0], 0x80);
+    let commit = commit_payload_v3(&p, &quicknet_public_key(), 1000).unwrap();
+    assert_eq!(decrypt(&commit, &signature(&v, 1000)).unwrap(), scale[33..]);
 }
 
 #[test]

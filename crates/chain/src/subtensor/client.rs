@@ -77,6 +77,96 @@ impl SubtensorChain {
         self.timeout
     }
 
+    /// Commits timelocked weights to drand round `reveal_round` instead of the
+    /// reveal epoch's (commit-reveal must be on): for debugging a commit against
+    /// a pulse one has, and for tests on chains whose pulses are written by hand.
+    pub async fn commit_weights_to_round(
+        &self,
+        hotkey: &Hotkey,
+        netuid: u16,
+        uids: &[u16],
+        values: &[u16],
+        version_key: u64,
+        reveal_round: u64,
+    ) -> Result<WeightsSubmission, ChainError> {
+        self.weights_to_round(
+            hotkey,
+            netuid,
+            uids,
+            values,
+            version_key,
+            Some(reveal_round),
+        )
+        .await
+    }
+
+    /// Sets weights (commit-reveal off) or commits them timelocked to `round`
+    /// (`None`: the reveal epoch's round).
+    async fn weights_to_round(
+        &self,
+        hotkey: &Hotkey,
+        netuid: u16,
+        uids: &[u16],
+        values: &[u16],
+        version_key: u64,
+        round: Option<u64>,
+    ) -> Result<WeightsSubmission, ChainError> {
+        crate::check_weights(uids, values)?;
+        let signer = keypair_of(hotkey)?;
+        let direct = set_weights_call(netuid, uids, values, version_key);
+        let account = account_of(&hotkey.ss58)?;
+        self.call(|c| async move {
+            let at = at_latest(&c).await?;
+            let ctx = TxContext {
+                what: "set_weights",
+                hotkey: &hotkey.ss58,
+                netuid,
+            };
+            ensure_registered(&at, &account, &ctx).await?;
+            let hp = hyperparameters_at(&at, netuid).await?;
+            if !hp.commit_reveal_weights_enabled {
+                if round.is_some() {
+                    return Err(ChainError::Rejected(format!(
+                        "subnet {netuid} has commit-reveal off: weights are set directly, not committed to a round"
+                    )));
+                }
+                let block = submit(&c, &at, &direct, &signer, ctx).await?;
+                return Ok(WeightsSubmission::Set { block });
+            }
+            let uid =
+                uid_at(&at, netuid, &account)
+                    .await?
+                    .ok_or_else(|| ChainError::NotRegistered {
+                        hotkey: hotkey.ss58.clone(),
+                        netuid,
+                    })?;
+            let commit = prepare_commit(
+                &at,
+                &hp,
+                uid,
+                &account,
+                netuid,
+                uids,
+                values,
+                version_key,
+                round,
+            )
+            .await?;
+            let ctx = TxContext {
+                what: commit.call_name,
+                hotkey: &hotkey.ss58,
+                netuid,
+            };
+            let block = submit(&c, &at, &commit.call, &signer, ctx).await?;
+            Ok(WeightsSubmission::Committed {
+                block,
+                reveal_round: commit.reveal_round,
+                reveal_block: commit.reveal_block,
+            })
+        })
+        .await
+    }
+
     async fn open(url: &str, timeout: Duration) -> Result<Conn, ChainError> {
         if !(url.starts_with("ws://") || url.starts_with("wss://")) {
             return Err(ChainError::Network(format!(
@@ -220,45 +310,8 @@ impl Chain for SubtensorChain {
         values: &[u16],
         version_key: u64,
     ) -> Result<WeightsSubmission, ChainError> {
-        crate::check_weights(uids, values)?;
-        let signer = keypair_of(hotkey)?;
-        let direct = set_weights_call(netuid, uids, values, version_key);
-        let account = account_of(&hotkey.ss58)?;
-        self.call(|c| async move {
-            let at = at_latest(&c).await?;
-            let ctx = TxContext {
-                what: "set_weights",
-                hotkey: &hotkey.ss58,
-                netuid,
-            };
-            ensure_registered(&at, &account, &ctx).await?;
-            let hp = hyperparameters_at(&at, netuid).await?;
-            if !hp.commit_reveal_weights_enabled {
-                let block = submit(&c, &at, &direct, &signer, ctx).await?;
-                return Ok(WeightsSubmission::Set { block });
-            }
-            let uid =
-                uid_at(&at, netuid, &account)
-                    .await?
-                    .ok_or_else(|| ChainError::NotRegistered {
-                        hotkey: hotkey.ss58.clone(),
-                        netuid,
-                    })?;
-            let commit =
-                prepare_commit(&at, &hp, uid, &account, netuid, uids, values, version_key).await?;
-            let ctx = TxContext {
-                what: "commit_timelocked_weights",
-                hotkey: &hotkey.ss58,
-                netuid,
-            };
-            let block = submit(&c, &at, &commit.call, &signer, ctx).await?;
-            Ok(WeightsSubmission::Committed {
-                block,
-                reveal_round: commit.reveal_round,
-                reveal_block: commit.reveal_block,
-            })
-        })
-        .await
+        self.weights_to_round(hotkey, netuid, uids, values, version_key, None)
+            .await
     }
 
     async fn weights_of(&self, netuid: u16, uid: u16) -> Result<Vec<(u16, u16)>, ChainError> {

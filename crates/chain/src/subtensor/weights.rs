@@ -1,5 +1,6 @@
 //! Weights on subtensor: set directly where commit-reveal is off, committed
-//! timelocked (v4, `commit_timelocked_weights`) where it is on, after the
+//! timelocked where it is on (v4, `commit_timelocked_weights`; v3,
+//! `commit_crv3_weights`, on runtimes that predate v4), after the
 //! checks the reveal would make (a payload that fails there is only logged by
 //! the runtime, and the weights silently never apply).
 //!
@@ -19,8 +20,9 @@ use super::scale::{as_bool, as_list, as_uint, has_storage};
 use super::storage::fetch_value;
 use super::{CallPayload, SUBTENSOR};
 use crate::timelock::{
-    commit_payload, first_reveal_block_indexed, first_reveal_block_legacy, quicknet_public_key,
-    reveal_round_for, WeightsTlockPayload, COMMIT_REVEAL_VERSION,
+    commit_payload, commit_payload_v3, first_reveal_block_indexed, first_reveal_block_legacy,
+    quicknet_public_key, reveal_round_for, WeightsTlockPayload, COMMIT_REVEAL_VERSION,
+    COMMIT_REVEAL_VERSION_V3,
 };
 use crate::{ChainError, Hyperparameters};
 
@@ -47,6 +49,31 @@ pub fn commit_timelocked_weights_call(
             ),
         ]),
     )
+}
+
+/// `SubtensorModule.commit_crv3_weights(netuid, commit, reveal_round)` (v3).
+pub fn commit_crv3_weights_call(netuid: u16, commit: &[u8], reveal_round: u64) -> CallPayload {
+    subxt::dynamic::tx(
+        SUBTENSOR,
+        "commit_crv3_weights",
+        Composite::named([
+            ("netuid", Value::u128(netuid.into())),
+            ("commit", Value::from_bytes(commit)),
+            ("reveal_round", Value::u128(reveal_round.into())),
+        ]),
+    )
+}
+
+/// Which timelocked commit a runtime takes: v4 where it has
+/// `commit_timelocked_weights`, else v3 where it has `commit_crv3_weights`.
+pub fn commit_version(metadata: &Metadata) -> Option<u16> {
+    if has_call(metadata, SUBTENSOR, "commit_timelocked_weights") {
+        Some(COMMIT_REVEAL_VERSION)
+    } else if has_call(metadata, SUBTENSOR, "commit_crv3_weights") {
+        Some(COMMIT_REVEAL_VERSION_V3)
+    } else {
+        None
+    }
 }
 
 /// Whether the runtime has call `pallet.call`.
@@ -156,17 +183,20 @@ async fn first_reveal_block(
     }
 }
 
-/// Everything `commit_timelocked_weights` needs, after the reveal's own checks.
+/// Everything a timelocked commit needs, after the reveal's own checks.
 pub(super) struct TimelockedCommit {
     /// The call to submit.
     pub call: CallPayload,
+    /// Its name, for logs and errors.
+    pub call_name: &'static str,
     /// Its round.
     pub reveal_round: u64,
     /// The first block of the reveal epoch.
     pub reveal_block: u64,
 }
 
-/// Refuses what the reveal would drop, then encrypts the payload to the reveal round.
+/// Refuses what the reveal would drop, then encrypts the payload to the reveal
+/// round (`round`, or where `None` the SDK's round of the reveal epoch).
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn prepare_commit(
     at: &AtBlock,
@@ -177,20 +207,21 @@ pub(super) async fn prepare_commit(
     uids: &[u16],
     values: &[u16],
     version_key: u64,
+    round: Option<u64>,
 ) -> Result<TimelockedCommit, ChainError> {
     let metadata = at.metadata();
-    if !has_call(&metadata, SUBTENSOR, "commit_timelocked_weights") {
-        let has_v3 = has_call(&metadata, SUBTENSOR, "commit_crv3_weights");
+    let Some(version) = commit_version(&metadata) else {
         return Err(ChainError::Rejected(format!(
-            "subnet {netuid} has commit-reveal on, and this runtime has no commit_timelocked_weights (v4){}; this client commits v4 only",
-            if has_v3 { " but only commit_crv3_weights (v3)" } else { "" }
+            "subnet {netuid} has commit-reveal on, and this runtime has neither commit_timelocked_weights (v4) nor commit_crv3_weights (v3)"
         )));
-    }
+    };
+    // v3 runtimes have no CommitRevealWeightsVersion; where it is stored it must match.
     match hp.commit_reveal_version {
-        Some(COMMIT_REVEAL_VERSION) | None => {}
+        None => {}
+        Some(v) if v == version => {}
         Some(v) => {
             return Err(ChainError::Rejected(format!(
-                "subnet {netuid} has commit-reveal on with CommitRevealWeightsVersion {v}; this client commits version {COMMIT_REVEAL_VERSION} only"
+                "subnet {netuid} has commit-reveal on with CommitRevealWeightsVersion {v}, but this runtime's call is version {version}; this client commits versions {COMMIT_REVEAL_VERSION_V3} and {COMMIT_REVEAL_VERSION} by their calls"
             )))
         }
     }
@@ -206,12 +237,14 @@ pub(super) async fn prepare_commit(
             "uid {bad} is not registered on subnet {netuid} ({n} neurons)"
         )));
     }
+    // The runtime's check_validator_permit: one weight on oneself needs no permit.
+    let self_weight = uids == [uid] && values.len() == 1;
     let permits = fetch_value(at, SUBTENSOR, "ValidatorPermit", (netuid,)).await?;
     let permitted = permits
         .as_ref()
         .and_then(as_list)
         .and_then(|l| l.get(usize::from(uid)).and_then(|v| as_bool(v)));
-    if permitted == Some(false) {
+    if permitted == Some(false) && !self_weight {
         return Err(ChainError::Rejected(format!(
             "uid {uid} has no validator permit on subnet {netuid}: the reveal would drop these weights"
         )));
@@ -231,30 +264,48 @@ pub(super) async fn prepare_commit(
         }
     }
     let reveal_block = first_reveal_block(at, netuid, hp.tempo, hp.reveal_period_epochs).await?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
-    let reveal_round =
-        reveal_round_for(reveal_block, at.block_number(), block_time(&metadata), now);
+    let reveal_round = match round {
+        Some(r) => r,
+        None => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            reveal_round_for(reveal_block, at.block_number(), block_time(&metadata), now)
+        }
+    };
     let payload = WeightsTlockPayload {
         hotkey: account.to_vec(),
         uids: uids.to_vec(),
         values: values.to_vec(),
         version_key,
     };
-    let commit = commit_payload(&payload, &quicknet_public_key(), reveal_round)
-        .map_err(|e| ChainError::Rejected(e.to_string()))?;
+    let (call, call_name) = if version == COMMIT_REVEAL_VERSION {
+        let commit = commit_payload(&payload, &quicknet_public_key(), reveal_round)
+            .map_err(|e| ChainError::Rejected(e.to_string()))?;
+        (
+            commit_timelocked_weights_call(netuid, &commit, reveal_round, version),
+            "commit_timelocked_weights",
+        )
+    } else {
+        let commit = commit_payload_v3(&payload, &quicknet_public_key(), reveal_round)
+            .map_err(|e| ChainError::Rejected(e.to_string()))?;
+        (
+            commit_crv3_weights_call(netuid, &commit, reveal_round),
+            "commit_crv3_weights",
+        )
+    };
     info!(
         netuid,
+        version,
         reveal_round,
         reveal_block,
         shape = ?epoch_shape(&metadata),
-        bytes = commit.len(),
         "weights timelocked for the reveal epoch"
     );
     Ok(TimelockedCommit {
-        call: commit_timelocked_weights_call(netuid, &commit, reveal_round, COMMIT_REVEAL_VERSION),
+        call,
+        call_name,
         reveal_round,
         reveal_block,
     })
