@@ -626,3 +626,97 @@ fn two_fake_gpus_run_at_most_two_jobs_each_on_its_own_device() {
     // Three in flight, two GPUs: two ran together, never three.
     assert_eq!(most, 2, "{text}");
 }
+
+#[test]
+#[ignore = "needs slurm (scripts/slurm_up.sh)"]
+fn workers_read_models_where_the_nodes_see_them_and_check_their_hash() {
+    require_slurm();
+    let _heavy = HEAVY.lock().unwrap_or_else(|p| p.into_inner());
+    let net = Net::new();
+    let batches = train_batches();
+    let mut uids = BTreeMap::new();
+    for (k, name) in ["intact", "tampered"].iter().enumerate() {
+        let dir = net.dir(name);
+        trained(&dir, k + 1, &batches);
+        let (hk, uid) = net.miner(50 + k as u8);
+        push(&net, &hk, &dir, &format!("m/{name}"));
+        uids.insert(*name, uid);
+    }
+    let corpus = format!("local:{}", one_page_corpus(&net).display());
+    // Run 1, local: the validator downloads and checks the models.
+    run_ok(&mut net.validate_cmd(&["--max_steps", "1", "--dataset", &corpus]));
+    // The "shared filesystem" the nodes see: a copy of the store, in which
+    // one model's weights changed after the validator checked them.
+    let node_view = net.dir("node-view");
+    fs::create_dir_all(&node_view).unwrap();
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(net.dir("validator/models"))
+        .arg(node_view.join("models"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let tampered = find_file(
+        &node_view.join("models"),
+        "models--m--tampered",
+        "model.safetensors",
+    );
+    let mut bytes = fs::read(&tampered).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    fs::write(&tampered, bytes).unwrap();
+
+    // Run 2, Slurm, with the nodes' view of --model_dir.
+    let log = run_ok(&mut net.validate_cmd(&slurm_args(&[
+        "--max_steps",
+        "1",
+        "--dataset",
+        &corpus,
+        "--slurm.model_dir",
+        node_view.to_str().unwrap(),
+    ])));
+    let m = net.metrics();
+    assert_eq!(m.len(), 2, "{log}");
+    let intact = uid_row(&m[1], uids["intact"]);
+    assert!(intact["error"].is_null(), "{intact}");
+    // One page: the intact copy the nodes read gives run 1's losses.
+    assert_eq!(m[0]["pages"], m[1]["pages"]);
+    let (before, after) = (
+        f64s(&uid_row(&m[0], uids["intact"])["losses"]),
+        f64s(&intact["losses"]),
+    );
+    assert_eq!(before.len(), after.len());
+    for (a, b) in before.iter().zip(&after) {
+        assert!(
+            a.is_finite() && (a - b).abs() <= 1e-5 * a.abs(),
+            "{a} vs {b}"
+        );
+    }
+    let bad = uid_row(&m[1], uids["tampered"]);
+    let err = bad["error"].as_str().unwrap_or_else(|| panic!("{bad}"));
+    assert!(
+        err.contains("not the committed") && err.contains(node_view.to_str().unwrap()),
+        "{err}"
+    );
+    assert!(
+        f64s(&bad["losses"]).iter().all(|l| l.is_infinite()),
+        "{bad}"
+    );
+}
+
+/// The file `name` under the directory of `root` whose path contains `part`.
+fn find_file(root: &Path, part: &str, name: &str) -> PathBuf {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n == name) && p.to_string_lossy().contains(part)
+            {
+                return p;
+            }
+        }
+    }
+    panic!("no {name} under {} with {part}", root.display());
+}

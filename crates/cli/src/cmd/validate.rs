@@ -117,30 +117,30 @@ pub struct BackendArgs {
     pub eval_backend: EvalBackend,
     /// Slurm partition of the jobs (default: the cluster's default).
     #[arg(long = "slurm.partition")]
-    pub partition: Option<String>,
+    pub slurm_partition: Option<String>,
     /// `--gres` of each job (default: `gpu:1` with `--device cuda`, none on
     /// cpu; `none` for none).
     #[arg(long = "slurm.gres")]
-    pub gres: Option<String>,
+    pub slurm_gres: Option<String>,
     /// `--mem` of each job, in Slurm's units (`4096`, `16G`; default: the
     /// validator's per-worker memory limit, 16G; `0`: none).
     #[arg(long = "slurm.mem")]
-    pub mem: Option<String>,
+    pub slurm_mem: Option<String>,
     /// `--time` of each job, in Slurm's formats (`30`, `0:30:00`; default: the
     /// worker's load and evaluation limits in whole minutes, plus one).
     #[arg(long = "slurm.time")]
-    pub time: Option<String>,
+    pub slurm_time: Option<String>,
     /// More srun arguments, split at spaces (e.g. `--account=sn9 --qos=high`).
     #[arg(long = "slurm.extra_args", allow_hyphen_values = true)]
-    pub extra_args: Option<String>,
+    pub slurm_extra_args: Option<String>,
     /// The path at which the compute nodes see --model_dir (a shared
     /// filesystem; default: the same path). Workers check each model's
     /// hash there before loading it.
     #[arg(long = "slurm.model_dir")]
-    pub model_dir: Option<PathBuf>,
+    pub slurm_model_dir: Option<PathBuf>,
     /// The `pretrain` executable as the compute nodes see it (default: this one's path).
     #[arg(long = "slurm.worker_program")]
-    pub worker_program: Option<PathBuf>,
+    pub slurm_worker_program: Option<PathBuf>,
 }
 
 /// Slurm's `--mem` value (default unit MiB; K, M, G, T suffixes) in MiB.
@@ -180,38 +180,41 @@ impl BackendArgs {
         if self.eval_backend == EvalBackend::Local {
             return Ok(Backend::Local);
         }
-        let gres = match self.gres.as_deref() {
+        let gres = match self.slurm_gres.as_deref() {
             Some("none") | Some("") => None,
             Some(g) => Some(g.to_string()),
             None => (device != "cpu").then(|| "gpu:1".to_string()),
         };
-        let mem_mb = match &self.mem {
+        let mem_mb = match &self.slurm_mem {
             Some(m) => slurm_mem_mb(m)?,
             None => mem_mb,
         };
-        let time = match &self.time {
+        let time = match &self.slurm_time {
             Some(t) if !t.trim().is_empty() => t.trim().to_string(),
             _ => validator::slurm::time_for(worker.load_timeout + worker.eval_timeout),
         };
         let local_dir = std::path::absolute(model_dir)
             .with_context(|| format!("resolving --model_dir {}", model_dir.display()))?;
         let spec = SlurmSpec {
-            partition: self.partition.clone().filter(|p| !p.is_empty()),
+            partition: self.slurm_partition.clone().filter(|p| !p.is_empty()),
             gres,
             mem_mb: (mem_mb > 0).then_some(mem_mb),
             time,
             extra_args: self
-                .extra_args
+                .slurm_extra_args
                 .as_deref()
                 .unwrap_or("")
                 .split_whitespace()
                 .map(String::from)
                 .collect(),
             program: self
-                .worker_program
+                .slurm_worker_program
                 .clone()
                 .unwrap_or_else(|| worker.program.clone()),
-            model_dir: self.model_dir.clone().map(|remote| (local_dir, remote)),
+            model_dir: self
+                .slurm_model_dir
+                .clone()
+                .map(|remote| (local_dir, remote)),
             job_prefix: validator::slurm::job_prefix_for(model_dir),
             commands: SlurmCommands::default(),
         };
@@ -468,24 +471,6 @@ async fn ctrl_c() {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn slurm_mem_in_mib_as_slurm_reads_it() {
-        // Slurm's --mem: MiB unless a K, M, G or T suffix says otherwise.
-        assert_eq!(slurm_mem_mb("4096").unwrap(), 4096);
-        assert_eq!(slurm_mem_mb("300M").unwrap(), 300);
-        assert_eq!(slurm_mem_mb("16G").unwrap(), 16 * 1024);
-        assert_eq!(slurm_mem_mb("1t").unwrap(), 1024 * 1024);
-        assert_eq!(slurm_mem_mb("2048K").unwrap(), 2);
-        assert!(slurm_mem_mb("lots").is_err());
-        assert!(slurm_mem_mb("4X").is_err());
-        assert!(slurm_mem_mb("-1").is_err());
-    }
-}
-
 /// The child side of the worker protocol (see `validator::worker`).
 pub fn run_worker(args: EvalWorkerArgs) -> anyhow::Result<()> {
     let device = super::args::parse_device(&args.device)?;
@@ -508,4 +493,22 @@ pub fn run_worker(args: EvalWorkerArgs) -> anyhow::Result<()> {
         std::process::exit(code);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slurm_mem_in_mib_as_slurm_reads_it() {
+        // Slurm's --mem: MiB unless a K, M, G or T suffix says otherwise.
+        assert_eq!(slurm_mem_mb("4096").unwrap(), 4096);
+        assert_eq!(slurm_mem_mb("300M").unwrap(), 300);
+        assert_eq!(slurm_mem_mb("16G").unwrap(), 16 * 1024);
+        assert_eq!(slurm_mem_mb("1t").unwrap(), 1024 * 1024);
+        assert_eq!(slurm_mem_mb("2048K").unwrap(), 2);
+        assert!(slurm_mem_mb("lots").is_err());
+        assert!(slurm_mem_mb("4X").is_err());
+        assert!(slurm_mem_mb("-1").is_err());
+    }
 }

@@ -678,6 +678,52 @@ mod tests {
     }
 
     #[test]
+    fn hash_check_accepts_the_raw_or_secure_hash_and_refuses_before_loading() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["config.json", "model.safetensors"] {
+            std::fs::copy(tiny().join(f), dir.path().join(f)).unwrap();
+        }
+        let raw = pretrain_core::hash_of_directory(dir.path()).unwrap();
+        let hotkey = "5EHgWw2Af1pnoc7f1A8bfmM97W3DAYW8xr82RfhLL9oAabAe";
+        let secure = pretrain_core::secure_hash(&raw, hotkey);
+        let check = |hash: &str, hotkey: Option<&str>| HashCheck {
+            hash: hash.into(),
+            hotkey: hotkey.map(Into::into),
+        };
+        assert!(check(&raw, None).verify(dir.path()).is_ok());
+        assert!(check(&secure, Some(hotkey)).verify(dir.path()).is_ok());
+        // The secure hash needs its hotkey; another hotkey's does not match.
+        assert!(check(&secure, None).verify(dir.path()).is_err());
+        let other = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty";
+        assert!(check(&secure, Some(other)).verify(dir.path()).is_err());
+
+        // A changed file on the node: refused with both hashes, not loaded.
+        let mut bytes = std::fs::read(dir.path().join("model.safetensors")).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(dir.path().join("model.safetensors"), bytes).unwrap();
+        let mut output = Vec::new();
+        let code = run_worker_checked(
+            dir.path(),
+            &Device::Cpu,
+            Default::default(),
+            Some(&check(&raw, Some(hotkey))),
+            &mut std::io::empty(),
+            &mut output,
+        )
+        .unwrap();
+        assert_eq!(code, 2);
+        let msg: WorkerMessage = serde_json::from_slice(&output).unwrap();
+        let WorkerMessage::Error(reason) = msg else {
+            panic!()
+        };
+        assert!(
+            reason.contains(&format!("not the committed {raw}")),
+            "{reason}"
+        );
+    }
+
+    #[test]
     fn child_side_refuses_a_model_with_its_reason() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("config.json"), br#"{"model_type": "bert"}"#).unwrap();
