@@ -720,3 +720,69 @@ fn find_file(root: &Path, part: &str, name: &str) -> PathBuf {
     }
     panic!("no {name} under {} with {part}", root.display());
 }
+
+/// Step wall time, local against Slurm, for the same models and batches
+/// (one page): the cost of going through Slurm. By hand:
+/// `MEASURE_N=2 MEASURE_MODEL=gpt2|tiny cargo test --release -p pretrain-cli
+/// --test validate_slurm measure -- --ignored --nocapture`.
+#[test]
+#[ignore = "benchmark, needs slurm (scripts/slurm_up.sh); run by hand with --release"]
+fn measure_local_vs_slurm_step_time() {
+    require_slurm();
+    let _heavy = HEAVY.lock().unwrap_or_else(|p| p.into_inner());
+    let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.into());
+    let n: usize = env("MEASURE_N", "2").parse().unwrap();
+    let workers = env("MEASURE_WORKERS", "1");
+    let kind = env("MEASURE_MODEL", "gpt2");
+    let net = Net::new();
+    let batches = train_batches();
+    for k in 0..n {
+        let dir = net.dir(&format!("model{k}"));
+        if kind == "tiny" {
+            trained(&dir, k + 1, &batches);
+        } else {
+            Model::default_gpt2(k as u64, &Device::Cpu)
+                .unwrap()
+                .save(&dir)
+                .unwrap();
+        }
+        let (hk, _) = net.miner(60 + k as u8);
+        push(&net, &hk, &dir, &format!("m/measure{k}"));
+    }
+    let corpus = format!("local:{}", one_page_corpus(&net).display());
+    let common = [
+        "--max_steps",
+        "1",
+        "--eval_workers",
+        &workers,
+        "--dataset",
+        &corpus,
+    ];
+    run_ok(&mut net.validate_cmd(&common));
+    let local = net.metrics().remove(0);
+    fs::rename(net.dir("validator"), net.dir("validator-local")).unwrap();
+    let mem = if kind == "tiny" { "1G" } else { "4G" };
+    let mut args = slurm_args(&common);
+    args.extend(["--slurm.mem", mem]);
+    // The later --slurm.mem is refused by clap; drop the default one.
+    let at = args.iter().position(|a| *a == "--slurm.mem").unwrap();
+    args.drain(at..at + 2);
+    run_ok(&mut net.validate_cmd(&args));
+    let slurm = net.metrics().remove(0);
+    for (name, l) in [("local", &local), ("slurm", &slurm)] {
+        eprintln!(
+            "MEASURE backend={name} model={kind} n_models={n} eval_workers={workers} n_batches={} step_s={:.2} eval_s={:.2}",
+            l["n_batches"],
+            l["step_s"].as_f64().unwrap(),
+            l["eval_s"].as_f64().unwrap()
+        );
+        assert!(
+            l["uids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|u| u["error"].is_null()),
+            "{l}"
+        );
+    }
+}
