@@ -51,10 +51,14 @@ fn require_slurm() {
         ),
         Err(e) => panic!("{IGNORED}: cannot run sinfo: {e}"),
     };
+    // Busy nodes (allocated, mixed, completing) are usable; down, drained
+    // or failed ones are not.
+    let unusable = ["down", "drain", "fail", "unk", "not_responding", "inval"];
     assert!(
         states
             .lines()
-            .any(|s| ["idle", "mixed", "allocated"].contains(&s.trim())),
+            .map(str::trim)
+            .any(|s| !s.is_empty() && !unusable.iter().any(|u| s.starts_with(u))),
         "{IGNORED}: no usable node (sinfo: {states:?})"
     );
 }
