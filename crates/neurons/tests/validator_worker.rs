@@ -47,6 +47,7 @@ fn jobs(names: &[&str]) -> Vec<ModelJob> {
         .map(|(k, n)| ModelJob {
             uid: k as u16,
             dir: PathBuf::from(format!("/models/{n}")),
+            check: None,
         })
         .collect()
 }

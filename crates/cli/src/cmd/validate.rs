@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use pretrain_chain::connect;
 use pretrain_core::rules::Protocol;
 use pretrain_core::Competition;
-use pretrain_neurons::validator::{self, Shared, ValidatorConfig, WorkerSpec};
+use pretrain_neurons::validator::slurm::{SlurmCommands, SlurmSpec};
+use pretrain_neurons::validator::{self, Backend, Shared, ValidatorConfig, WorkerSpec};
 use pretrain_telemetry::prometheus::ValidatorMetrics;
 use pretrain_telemetry::wandb::validator::{ValidatorIdentity, ValidatorLog};
 use pretrain_telemetry::wandb::{Mode, WandbError};
@@ -82,6 +83,8 @@ pub struct ValidateArgs {
     #[arg(long = "idle_wait", default_value_t = 60.0, hide = true)]
     pub idle_wait: f64,
     #[command(flatten)]
+    pub backend: BackendArgs,
+    #[command(flatten)]
     pub schedule: super::rules::ScheduleArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
@@ -95,6 +98,139 @@ pub struct ValidateArgs {
     pub data: DataArgs,
 }
 
+/// Where model jobs run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EvalBackend {
+    /// Child processes of the validator.
+    Local,
+    /// One Slurm job (`srun`) per model.
+    Slurm,
+}
+
+/// `--eval_backend` and the Slurm backend's `--slurm.*` flags.
+#[derive(Args, Debug)]
+pub struct BackendArgs {
+    /// Where each model is evaluated: `local` (a child process each,
+    /// --eval_workers at once) or `slurm` (one srun job each, --eval_workers
+    /// jobs in flight; needs srun, squeue and scancel on this host).
+    #[arg(long = "eval_backend", value_enum, default_value = "local")]
+    pub eval_backend: EvalBackend,
+    /// Slurm partition of the jobs (default: the cluster's default).
+    #[arg(long = "slurm.partition")]
+    pub slurm_partition: Option<String>,
+    /// `--gres` of each job (default: `gpu:1` with `--device cuda`, none on
+    /// cpu; `none` for none).
+    #[arg(long = "slurm.gres")]
+    pub slurm_gres: Option<String>,
+    /// `--mem` of each job, in Slurm's units (`4096`, `16G`; default: the
+    /// validator's per-worker memory limit, 16G; `0`: none).
+    #[arg(long = "slurm.mem")]
+    pub slurm_mem: Option<String>,
+    /// `--time` of each job, in Slurm's formats (`30`, `0:30:00`; default: the
+    /// worker's load and evaluation limits in whole minutes, plus one).
+    #[arg(long = "slurm.time")]
+    pub slurm_time: Option<String>,
+    /// More srun arguments, split at spaces (e.g. `--account=sn9 --qos=high`).
+    #[arg(long = "slurm.extra_args", allow_hyphen_values = true)]
+    pub slurm_extra_args: Option<String>,
+    /// The path at which the compute nodes see --model_dir (a shared
+    /// filesystem; default: the same path). Workers check each model's
+    /// hash there before loading it.
+    #[arg(long = "slurm.model_dir")]
+    pub slurm_model_dir: Option<PathBuf>,
+    /// The `pretrain` executable as the compute nodes see it (default: this one's path).
+    #[arg(long = "slurm.worker_program")]
+    pub slurm_worker_program: Option<PathBuf>,
+}
+
+/// Slurm's `--mem` value (default unit MiB; K, M, G, T suffixes) in MiB.
+fn slurm_mem_mb(v: &str) -> anyhow::Result<u64> {
+    let t = v.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let mult: f64 = match c.to_ascii_uppercase() {
+                'K' => 1.0 / 1024.0,
+                'M' => 1.0,
+                'G' => 1024.0,
+                'T' => 1024.0 * 1024.0,
+                _ => bail!("--slurm.mem {v:?}: unknown unit {c:?} (use K, M, G or T)"),
+            };
+            (&t[..i], mult)
+        }
+        _ => (t, 1.0),
+    };
+    let n: f64 = num
+        .parse()
+        .ok()
+        .filter(|n: &f64| n.is_finite() && *n >= 0.0 && *n < 1e12)
+        .with_context(|| format!("--slurm.mem {v:?}: not a size (e.g. 4096 or 16G)"))?;
+    Ok((n * mult).ceil() as u64)
+}
+
+impl BackendArgs {
+    /// The backend these flags ask for; `worker` gives the time limits and
+    /// the program, `mem_mb` the validator's per-worker memory limit.
+    fn backend(
+        &self,
+        worker: &WorkerSpec,
+        device: &str,
+        mem_mb: u64,
+        model_dir: &std::path::Path,
+    ) -> anyhow::Result<Backend> {
+        if self.eval_backend == EvalBackend::Local {
+            return Ok(Backend::Local);
+        }
+        let gres = match self.slurm_gres.as_deref() {
+            Some("none") | Some("") => None,
+            Some(g) => Some(g.to_string()),
+            None => (device != "cpu").then(|| "gpu:1".to_string()),
+        };
+        let mem_mb = match &self.slurm_mem {
+            Some(m) => slurm_mem_mb(m)?,
+            None => mem_mb,
+        };
+        let time = match &self.slurm_time {
+            Some(t) if !t.trim().is_empty() => t.trim().to_string(),
+            _ => validator::slurm::time_for(worker.load_timeout + worker.eval_timeout),
+        };
+        let local_dir = std::path::absolute(model_dir)
+            .with_context(|| format!("resolving --model_dir {}", model_dir.display()))?;
+        let spec = SlurmSpec {
+            partition: self.slurm_partition.clone().filter(|p| !p.is_empty()),
+            gres,
+            mem_mb: (mem_mb > 0).then_some(mem_mb),
+            time,
+            extra_args: self
+                .slurm_extra_args
+                .as_deref()
+                .unwrap_or("")
+                .split_whitespace()
+                .map(String::from)
+                .collect(),
+            program: self
+                .slurm_worker_program
+                .clone()
+                .unwrap_or_else(|| worker.program.clone()),
+            model_dir: self
+                .slurm_model_dir
+                .clone()
+                .map(|remote| (local_dir, remote)),
+            job_prefix: validator::slurm::job_prefix_for(model_dir),
+            commands: SlurmCommands::default(),
+        };
+        tracing::info!(
+            prefix = %spec.job_prefix,
+            partition = ?spec.partition,
+            gres = ?spec.gres,
+            mem_mb = ?spec.mem_mb,
+            time = %spec.time,
+            "Slurm backend: one srun job per model, named {}-s<step>-u<uid>",
+            spec.job_prefix
+        );
+        Ok(Backend::Slurm(Arc::new(spec)))
+    }
+}
+
 /// Arguments of the hidden `pretrain eval_worker`.
 #[derive(Args, Debug)]
 pub struct EvalWorkerArgs {
@@ -106,6 +242,12 @@ pub struct EvalWorkerArgs {
     pub device: String,
     #[command(flatten)]
     pub compute: super::args::ComputeArgs,
+    /// The committed hash the model directory must have before it is loaded.
+    #[arg(long)]
+    pub hash: Option<String>,
+    /// The miner's hotkey, for a secure (hotkey-bound) `--hash`.
+    #[arg(long)]
+    pub hotkey: Option<String>,
 }
 
 fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
@@ -124,8 +266,11 @@ pub fn run(args: ValidateArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Res
         bail!("--eval_workers must be at least 1");
     }
     args.hub.check_reachable_from(&args.chain)?;
-    // Opened here so a bad device fails at start, not in every child.
-    args.device.open().context("opening the device")?;
+    // Opened here so a bad device fails at start, not in every child; on
+    // Slurm the device is the compute nodes', not this host's.
+    if args.backend.eval_backend == EvalBackend::Local {
+        args.device.open().context("opening the device")?;
+    }
     let program = std::env::current_exe().context("finding the pretrain executable")?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mem_limit = (args.eval_mem_limit_mb > 0 && args.device.device == "cpu")
@@ -142,7 +287,14 @@ pub fn run(args: ValidateArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Res
         eval_timeout: seconds("eval_timeout", args.eval_timeout)?,
         threads: Some((cores / args.eval_workers).max(1)),
     };
+    let backend = args.backend.backend(
+        &worker,
+        &args.device.device,
+        args.eval_mem_limit_mb,
+        &args.model_dir,
+    )?;
     let mut config = ValidatorConfig::new(args.chain.netuid, args.model_dir.clone(), worker);
+    config.backend = backend;
     config.competition = Competition {
         sample_min: args.sample_min,
         blocks_per_epoch: args.blocks_per_epoch,
@@ -222,8 +374,20 @@ pub fn run(args: ValidateArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Res
             .context("starting the validator")?;
         let metrics = args.metrics.serve(ValidatorMetrics::new).await?;
         shared.observers.install(wandb_log(&args, &shared), metrics);
-        validator::run(shared).await;
-        anyhow::Ok(())
+        if matches!(shared.config.backend, Backend::Local) {
+            validator::run(shared).await;
+            return anyhow::Ok(());
+        }
+        // Slurm jobs outlive a killed srun: cancel them before stopping.
+        let backend = shared.config.backend.clone();
+        tokio::select! {
+            _ = validator::run(shared) => anyhow::Ok(()),
+            sig = stop_signal() => {
+                tracing::warn!("{sig}: cancelling this validator's Slurm jobs");
+                backend.cancel_all().await;
+                bail!("stopped by {sig}")
+            }
+        }
     })
 }
 
@@ -284,15 +448,43 @@ fn wandb_log(args: &ValidateArgs, shared: &Shared) -> Option<ValidatorLog> {
     ))
 }
 
+/// The first of SIGINT (Ctrl-C) and SIGTERM.
+async fn stop_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            return tokio::select! {
+                _ = ctrl_c() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            };
+        }
+    }
+    ctrl_c().await;
+    "SIGINT"
+}
+
+/// Ctrl-C; never, when its handler cannot be installed.
+async fn ctrl_c() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// The child side of the worker protocol (see `validator::worker`).
 pub fn run_worker(args: EvalWorkerArgs) -> anyhow::Result<()> {
     let device = super::args::parse_device(&args.device)?;
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
-    let code = validator::worker::run_worker_with(
+    let check = args.hash.map(|hash| validator::worker::HashCheck {
+        hash,
+        hotkey: args.hotkey,
+    });
+    let code = validator::worker::run_worker_checked(
         &args.model,
         &device,
         args.compute.options(),
+        check.as_ref(),
         &mut stdin.lock(),
         &mut stdout.lock(),
     )
@@ -301,4 +493,22 @@ pub fn run_worker(args: EvalWorkerArgs) -> anyhow::Result<()> {
         std::process::exit(code);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slurm_mem_in_mib_as_slurm_reads_it() {
+        // Slurm's --mem: MiB unless a K, M, G or T suffix says otherwise.
+        assert_eq!(slurm_mem_mb("4096").unwrap(), 4096);
+        assert_eq!(slurm_mem_mb("300M").unwrap(), 300);
+        assert_eq!(slurm_mem_mb("16G").unwrap(), 16 * 1024);
+        assert_eq!(slurm_mem_mb("1t").unwrap(), 1024 * 1024);
+        assert_eq!(slurm_mem_mb("2048K").unwrap(), 2);
+        assert!(slurm_mem_mb("lots").is_err());
+        assert!(slurm_mem_mb("4X").is_err());
+        assert!(slurm_mem_mb("-1").is_err());
+    }
 }

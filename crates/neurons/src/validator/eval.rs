@@ -15,7 +15,7 @@ use pretrain_core::{weights_for_emit, HotkeyAddress};
 use thiserror::Error;
 use tracing::{error, info, warn};
 
-use super::worker::{evaluate_models, ModelJob};
+use super::worker::{evaluate_step, HashCheck, ModelJob};
 use super::{LaterState, Shared, TrackedModel, ValidatorState};
 
 /// Why a step could not run (it is tried again later).
@@ -139,7 +139,11 @@ fn step_models(
         {
             Some((address, tracked)) => match shared.store.model_path(address, &tracked.id) {
                 Ok(dir) => {
-                    m.jobs.push(ModelJob { uid, dir });
+                    let check = tracked.id.hash.clone().map(|hash| HashCheck {
+                        hash,
+                        hotkey: Some(address.to_string()),
+                    });
+                    m.jobs.push(ModelJob { uid, dir, check });
                     m.models.insert(uid, tracked.clone());
                 }
                 Err(e) => {
@@ -231,7 +235,8 @@ async fn evaluate_uids(
     } = step_models(shared, state, graph, uids);
     let eval_started = Instant::now();
     let worker = Arc::new(cfg.worker.clone());
-    let results = evaluate_models(worker, jobs, &batches, cfg.eval_workers).await;
+    let (backend, step) = (&cfg.backend, state.step + 1);
+    let results = evaluate_step(backend, worker, step, jobs, &batches, cfg.eval_workers).await;
     let eval_s = eval_started.elapsed().as_secs_f64();
     let n_batches = batches.len();
     let losses = step_losses(uids, &results, &mut errors, n_batches);

@@ -30,6 +30,7 @@
 pub mod clean;
 pub mod eval;
 pub mod observe;
+pub mod slurm;
 pub mod state;
 pub mod update;
 pub mod worker;
@@ -48,7 +49,7 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 pub use state::{LaterState, Refusal, StateError, TrackedModel, ValidatorState};
-pub use worker::WorkerSpec;
+pub use worker::{Backend, WorkerSpec};
 
 /// Everything the validator is told at start.
 #[derive(Debug, Clone)]
@@ -67,6 +68,8 @@ pub struct ValidatorConfig {
     pub eval_workers: usize,
     /// How children are started.
     pub worker: WorkerSpec,
+    /// Where children run: local processes or Slurm jobs.
+    pub backend: Backend,
     /// Least time between two checks of one uid.
     pub update_interval: Duration,
     /// Time between two cleanups.
@@ -100,6 +103,7 @@ impl ValidatorConfig {
             max_steps: None,
             eval_workers: 1,
             worker,
+            backend: Backend::Local,
             update_interval: Duration::from_secs(300),
             clean_interval: Duration::from_secs(300),
             clean_grace: Duration::from_secs(300),
@@ -344,9 +348,11 @@ pub async fn start(
 
 /// Runs the three loops until `max_steps` steps are done (forever without it).
 pub async fn run(shared: Arc<Shared>) {
+    shared.config.backend.clean_up_earlier_runs().await;
     let updater = tokio::spawn(update::update_loop(shared.clone()));
     let cleaner = tokio::spawn(clean::clean_loop(shared.clone()));
     eval::eval_loop(shared.clone()).await;
+    shared.config.backend.cancel_all().await;
     shared.observers.finish(Duration::from_secs(30)).await;
     updater.abort();
     cleaner.abort();

@@ -14,6 +14,11 @@
 //! current one is evaluated: a child is started ahead and waits, loaded, for
 //! its batches. Every read has a time limit; a child that misses one is
 //! killed.
+//!
+//! Where a child runs is the [`Backend`]: a local process (the default) or
+//! a Slurm job ([`super::slurm`]), whose `srun` carries the same pipe. The
+//! scheduling here (slots, load-ahead, time limits, `+inf` on any failure)
+//! is the same for both.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -28,12 +33,61 @@ use pretrain_core::scoring::{JsonF64, Uid};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::Semaphore;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
+
+use super::slurm::SlurmSpec;
+
+/// Where model jobs run.
+#[derive(Debug, Clone, Default)]
+pub enum Backend {
+    /// Child processes of the validator (`--eval_workers` evaluating, one
+    /// more loading ahead).
+    #[default]
+    Local,
+    /// One Slurm job per model (`--eval_workers` jobs in flight).
+    Slurm(Arc<SlurmSpec>),
+}
+
+impl Backend {
+    /// Jobs alive at once for `workers` evaluating: locally one more loads
+    /// ahead; on Slurm every job in flight holds its own resources, so the
+    /// count is `workers` and the cluster queues the rest.
+    fn alive(&self, workers: usize) -> usize {
+        match self {
+            Backend::Local => workers + 1,
+            Backend::Slurm(_) => workers,
+        }
+    }
+
+    /// Cancels what an earlier run of this validator left behind (Slurm
+    /// jobs of a killed validator keep running); nothing locally, where
+    /// children die with their parent.
+    pub async fn clean_up_earlier_runs(&self) {
+        if let Backend::Slurm(s) = self {
+            match s.cancel_all().await {
+                Ok(0) => info!(prefix = %s.job_prefix, "Slurm backend: no jobs of an earlier run"),
+                Ok(n) => {
+                    info!(prefix = %s.job_prefix, "Slurm backend: cancelled {n} job(s) of an earlier run")
+                }
+                Err(e) => warn!("Slurm backend: cannot look for jobs of an earlier run: {e}"),
+            }
+        }
+    }
+
+    /// Cancels every job still in flight (the validator is stopping).
+    pub async fn cancel_all(&self) {
+        if let Backend::Slurm(s) = self {
+            s.cancel_all_logged("at stop").await;
+        }
+    }
+}
 
 /// Environment variable that makes a worker misbehave, for tests only:
 /// `NEEDLE=FAULT[,NEEDLE=FAULT..]`; a worker whose model path contains
 /// NEEDLE applies FAULT after reading its batches: `abort`, `panic`,
-/// `sleep` (hangs), `alloc` (allocates until memory runs out). Read only
+/// `sleep` (hangs), `alloc` (allocates until memory runs out), `grow`
+/// (allocates 16 MiB every 50 ms: slowly enough for a sampling memory
+/// limit such as Slurm's to see it before the host runs out). Read only
 /// in builds with the `test-faults` feature (the cli's tests enable it); a
 /// release build ignores it.
 pub const TEST_FAULT_ENV: &str = "PRETRAIN_TEST_WORKER_FAULT";
@@ -112,6 +166,57 @@ pub fn run_worker_with(
     input: &mut impl BufRead,
     output: &mut impl Write,
 ) -> std::io::Result<i32> {
+    run_worker_checked(model, device, options, None, input, output)
+}
+
+/// The hash a model directory must have before a worker loads it (the
+/// directory may sit on a shared filesystem the validator did not write).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashCheck {
+    /// The committed hash: the directory's `hash_of_directory`, or, under
+    /// the competition rules, its secure hash with `hotkey`.
+    pub hash: String,
+    /// The miner's hotkey (SS58), for the secure hash.
+    pub hotkey: Option<String>,
+}
+
+impl HashCheck {
+    /// `Ok` when `dir` hashes to the committed hash (raw or secure).
+    pub fn verify(&self, dir: &Path) -> Result<(), String> {
+        let actual = pretrain_core::hash_of_directory(dir)
+            .map_err(|e| format!("cannot hash the model directory {}: {e}", dir.display()))?;
+        if actual == self.hash {
+            return Ok(());
+        }
+        if let Some(hk) = &self.hotkey {
+            if pretrain_core::hash::secure_hash(&actual, hk) == self.hash {
+                return Ok(());
+            }
+        }
+        Err(format!(
+            "the model directory {} hashes to {actual}, not the committed {} (changed or incomplete on this node)",
+            dir.display(),
+            self.hash
+        ))
+    }
+}
+
+/// [`run_worker_with`] that first checks the directory's hash (`check`),
+/// refusing the model (exit code 2) when it differs.
+pub fn run_worker_checked(
+    model: &Path,
+    device: &Device,
+    options: pretrain_model::ComputeOptions,
+    check: Option<&HashCheck>,
+    input: &mut impl BufRead,
+    output: &mut impl Write,
+) -> std::io::Result<i32> {
+    if let Some(check) = check {
+        if let Err(why) = check.verify(model) {
+            send(output, &WorkerMessage::Error(why))?;
+            return Ok(2);
+        }
+    }
     let loaded = match pretrain_model::evaluate::load_for_eval_with(model, device, options) {
         Ok(m) => m,
         Err(e) => {
@@ -162,6 +267,14 @@ fn test_fault(model: &Path) {
                     hog.push(vec![1u8; 64 << 20]);
                 }
             }
+            "grow" => {
+                let mut hog: Vec<Vec<u8>> = Vec::new();
+                // Bounded, so that no limit at all still ends the test (8 GiB).
+                for _ in 0..512 {
+                    hog.push(vec![1u8; 16 << 20]);
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
             _ => {}
         }
     }
@@ -174,6 +287,10 @@ pub struct ModelJob {
     pub uid: Uid,
     /// Its snapshot directory.
     pub dir: PathBuf,
+    /// The hash the worker checks before loading (`None`: no check). The
+    /// Slurm backend passes it on; locally the validator's own download
+    /// check stands.
+    pub check: Option<HashCheck>,
 }
 
 /// A model's losses per batch, or why it has none (it then scores `+inf`).
@@ -183,47 +300,87 @@ struct Child {
     child: tokio::process::Child,
     stdin: tokio::process::ChildStdin,
     stdout: BufReader<tokio::process::ChildStdout>,
+    /// Set when the child is the `srun` of a Slurm job.
+    slurm: Option<SlurmJob>,
 }
 
+/// Lines of a Slurm job's stderr kept for its failure reason.
+const STDERR_TAIL: usize = 20;
+
+/// The Slurm side of a child: its job name, the tail of its stderr, and
+/// whether it answered (a job dropped without answering is cancelled).
+struct SlurmJob {
+    spec: Arc<SlurmSpec>,
+    name: String,
+    tail: Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
+    reader: Option<tokio::task::JoinHandle<()>>,
+    answered: bool,
+}
+
+impl Drop for SlurmJob {
+    fn drop(&mut self) {
+        // A killed srun leaves its job running: cancel it by name.
+        if !self.answered {
+            self.spec.cancel_in_background(&self.name);
+        }
+    }
+}
+
+// Common to both backends: the child's pipes, and the validator's death taking it along.
+fn pipe_and_tie(cmd: &mut tokio::process::Command) {
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+}
+
+#[cfg(unix)]
+fn pre_exec_limits(cmd: &mut tokio::process::Command, limit: Option<u64>) {
+    // SAFETY: only setrlimit and prctl (async-signal-safe) run between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(limit) = limit {
+                let lim = libc::rlimit {
+                    rlim_cur: limit as libc::rlim_t,
+                    rlim_max: limit as libc::rlim_t,
+                };
+                if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            // A validator killed with -9 takes its workers with it.
+            #[cfg(target_os = "linux")]
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(unix))]
+fn pre_exec_limits(_cmd: &mut tokio::process::Command, _limit: Option<u64>) {}
+
 impl WorkerSpec {
-    fn spawn(&self, dir: &Path) -> Result<Child, String> {
+    fn spawn(&self, backend: &Backend, step: u64, job: &ModelJob) -> Result<Child, String> {
+        match backend {
+            Backend::Local => self.spawn_local(&job.dir),
+            Backend::Slurm(s) => self.spawn_slurm(s, step, job),
+        }
+    }
+
+    fn spawn_local(&self, dir: &Path) -> Result<Child, String> {
         let mut cmd = tokio::process::Command::new(&self.program);
         cmd.args(&self.args)
             .arg("--model")
             .arg(dir)
             .arg("--device")
             .arg(&self.device)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
+            .stderr(Stdio::inherit());
+        pipe_and_tie(&mut cmd);
         if let Some(t) = self.threads {
             if std::env::var_os("RAYON_NUM_THREADS").is_none() {
                 cmd.env("RAYON_NUM_THREADS", t.to_string());
             }
         }
-        #[cfg(unix)]
-        {
-            let limit = self.mem_limit;
-            // SAFETY: only setrlimit and prctl (async-signal-safe) run between fork and exec.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if let Some(limit) = limit {
-                        let lim = libc::rlimit {
-                            rlim_cur: limit as libc::rlim_t,
-                            rlim_max: limit as libc::rlim_t,
-                        };
-                        if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                    }
-                    // A validator killed with -9 takes its workers with it.
-                    #[cfg(target_os = "linux")]
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
-        }
+        pre_exec_limits(&mut cmd, self.mem_limit);
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start worker {}: {e}", self.program.display()))?;
@@ -233,6 +390,65 @@ impl WorkerSpec {
             child,
             stdin,
             stdout: BufReader::new(stdout),
+            slurm: None,
+        })
+    }
+
+    fn spawn_slurm(&self, s: &Arc<SlurmSpec>, step: u64, job: &ModelJob) -> Result<Child, String> {
+        let name = s.job_name(step, job.uid);
+        let mut cmd = s.srun(&name);
+        cmd.args(&self.args)
+            .arg("--model")
+            .arg(s.node_path(&job.dir))
+            .arg("--device")
+            .arg(&self.device);
+        if let Some(check) = &job.check {
+            cmd.arg("--hash").arg(&check.hash);
+            if let Some(hk) = &check.hotkey {
+                cmd.arg("--hotkey").arg(hk);
+            }
+        }
+        cmd.stderr(Stdio::piped());
+        pipe_and_tie(&mut cmd);
+        // No address-space limit: Slurm's --mem is the limit, and srun
+        // would pass ours on to the task (PropagateResourceLimits).
+        pre_exec_limits(&mut cmd, None);
+        let mut child = cmd.spawn().map_err(|e| {
+            format!(
+                "cannot start {} for Slurm job {name}: {e}",
+                s.commands.srun.display()
+            )
+        })?;
+        let stdin = child.stdin.take().ok_or("srun has no stdin")?;
+        let stdout = child.stdout.take().ok_or("srun has no stdout")?;
+        let stderr = child.stderr.take().ok_or("srun has no stderr")?;
+        let tail = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+        let reader = {
+            let (tail, name) = (tail.clone(), name.clone());
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    info!(job = %name, "{line}");
+                    let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
+                    if t.len() == STDERR_TAIL {
+                        t.pop_front();
+                    }
+                    t.push_back(line);
+                }
+            })
+        };
+        debug!(uid = job.uid, job = %name, "Slurm job submitted");
+        Ok(Child {
+            child,
+            stdin,
+            stdout: BufReader::new(stdout),
+            slurm: Some(SlurmJob {
+                spec: s.clone(),
+                name,
+                tail,
+                reader: Some(reader),
+                answered: false,
+            }),
         })
     }
 }
@@ -243,8 +459,12 @@ impl Child {
         match tokio::time::timeout(limit, self.stdout.read_line(&mut line)).await {
             Err(_) => {
                 let _ = self.child.start_kill();
+                let job = match &self.slurm {
+                    Some(j) => format!(" (Slurm job {} cancelled)", j.name),
+                    None => String::new(),
+                };
                 Err(format!(
-                    "worker exceeded its time limit of {limit:?} while {what} (killed)"
+                    "worker exceeded its time limit of {limit:?} while {what} (killed){job}"
                 ))
             }
             Ok(Err(e)) => Err(format!("reading from the worker: {e}")),
@@ -257,6 +477,28 @@ impl Child {
     // Why a child closed its output without answering.
     async fn death(&mut self) -> String {
         let status = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+        if let Some(job) = self.slurm.as_mut() {
+            // srun's own exit says little (137, 143): Slurm's lines say why.
+            if let Some(reader) = job.reader.take() {
+                let _ = tokio::time::timeout(Duration::from_secs(2), reader).await;
+            }
+            let tail: Vec<String> = job
+                .tail
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned()
+                .collect();
+            let status = match status {
+                Ok(Ok(s)) => s.to_string(),
+                Ok(Err(e)) => format!("vanished: {e}"),
+                Err(_) => {
+                    let _ = self.child.start_kill();
+                    "did not exit (killed)".into()
+                }
+            };
+            return job.spec.failure(&job.name, &status, &tail);
+        }
         match status {
             Ok(Ok(s)) => {
                 #[cfg(unix)]
@@ -283,32 +525,49 @@ impl Child {
     }
 }
 
-async fn run_job(
+/// What every job of a step shares.
+struct StepContext {
     spec: Arc<WorkerSpec>,
-    job: ModelJob,
+    backend: Backend,
+    step: u64,
     line: Arc<Vec<u8>>,
     n_batches: usize,
     eval_slots: Arc<Semaphore>,
-) -> JobResult {
-    let mut child = spec.spawn(&job.dir)?;
+}
+
+async fn run_job(ctx: Arc<StepContext>, job: ModelJob) -> JobResult {
+    let spec = &ctx.spec;
+    let mut child = spec.spawn(&ctx.backend, ctx.step, &job)?;
     match child.read_message(spec.load_timeout, "loading").await? {
         WorkerMessage::Loaded(_) => {}
-        WorkerMessage::Error(reason) => return Err(reason),
+        WorkerMessage::Error(reason) => {
+            // The worker answered: its job ends by itself.
+            if let Some(j) = child.slurm.as_mut() {
+                j.answered = true;
+            }
+            return Err(reason);
+        }
         WorkerMessage::Losses(_) => return Err("worker answered before it was asked".into()),
     }
     // Loaded ahead of time; now wait for a slot to evaluate in.
-    let _slot = eval_slots
+    let _slot = ctx
+        .eval_slots
+        .clone()
         .acquire_owned()
         .await
         .map_err(|_| "evaluation cancelled".to_string())?;
     debug!(uid = job.uid, "worker loaded, sending batches");
-    if let Err(e) = child.stdin.write_all(&line).await {
+    if let Err(e) = child.stdin.write_all(&ctx.line).await {
         let why = child.death().await;
         return Err(format!("cannot send batches to the worker ({e}): {why}"));
     }
     let _ = child.stdin.flush().await;
+    let n_batches = ctx.n_batches;
     match child.read_message(spec.eval_timeout, "evaluating").await? {
         WorkerMessage::Losses(l) if l.len() == n_batches => {
+            if let Some(j) = child.slurm.as_mut() {
+                j.answered = true;
+            }
             let _ = tokio::time::timeout(Duration::from_secs(5), child.child.wait()).await;
             Ok(l.into_iter().map(|x| x.0).collect())
         }
@@ -323,28 +582,46 @@ async fn run_job(
 
 /// Evaluates every job on the same batches, `workers` at a time, with one
 /// more child loading ahead; results by uid. Never fails as a whole: a
-/// model's failure is its `Err(reason)`.
+/// model's failure is its `Err(reason)`. Local children ([`Backend::Local`]).
 pub async fn evaluate_models(
     spec: Arc<WorkerSpec>,
     jobs: Vec<ModelJob>,
     batches: &[Vec<Vec<u32>>],
     workers: usize,
 ) -> BTreeMap<Uid, JobResult> {
+    evaluate_step(&Backend::Local, spec, 0, jobs, batches, workers).await
+}
+
+/// [`evaluate_models`] on `backend`, for step `step` (Slurm names each job
+/// after the step and the uid). On Slurm, `workers` is the number of jobs
+/// in flight.
+pub async fn evaluate_step(
+    backend: &Backend,
+    spec: Arc<WorkerSpec>,
+    step: u64,
+    jobs: Vec<ModelJob>,
+    batches: &[Vec<Vec<u32>>],
+    workers: usize,
+) -> BTreeMap<Uid, JobResult> {
     let workers = workers.max(1);
-    let line = Arc::new(batches_line(batches));
-    let n_batches = batches.len();
-    let eval_slots = Arc::new(Semaphore::new(workers));
-    // Children alive at once: `workers` evaluating and one loading ahead.
-    let alive = Arc::new(Semaphore::new(workers + 1));
+    let ctx = Arc::new(StepContext {
+        spec,
+        backend: backend.clone(),
+        step,
+        line: Arc::new(batches_line(batches)),
+        n_batches: batches.len(),
+        eval_slots: Arc::new(Semaphore::new(workers)),
+    });
+    let alive = Arc::new(Semaphore::new(backend.alive(workers)));
     let mut tasks = tokio::task::JoinSet::new();
     for job in jobs {
         let Ok(permit) = alive.clone().acquire_owned().await else {
             break;
         };
-        let (spec, line, slots) = (spec.clone(), line.clone(), eval_slots.clone());
+        let ctx = ctx.clone();
         tasks.spawn(async move {
             let uid = job.uid;
-            let r = run_job(spec, job, line, n_batches, slots).await;
+            let r = run_job(ctx, job).await;
             drop(permit);
             (uid, r)
         });
@@ -398,6 +675,52 @@ mod tests {
         assert!((l[0].0 - case["loss"].as_f64().unwrap()).abs() < 1e-4);
         assert_eq!(l[1].0, f64::INFINITY);
         assert!(lines[1].contains(r#""inf""#));
+    }
+
+    #[test]
+    fn hash_check_accepts_the_raw_or_secure_hash_and_refuses_before_loading() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["config.json", "model.safetensors"] {
+            std::fs::copy(tiny().join(f), dir.path().join(f)).unwrap();
+        }
+        let raw = pretrain_core::hash_of_directory(dir.path()).unwrap();
+        let hotkey = "5EHgWw2Af1pnoc7f1A8bfmM97W3DAYW8xr82RfhLL9oAabAe";
+        let secure = pretrain_core::secure_hash(&raw, hotkey);
+        let check = |hash: &str, hotkey: Option<&str>| HashCheck {
+            hash: hash.into(),
+            hotkey: hotkey.map(Into::into),
+        };
+        assert!(check(&raw, None).verify(dir.path()).is_ok());
+        assert!(check(&secure, Some(hotkey)).verify(dir.path()).is_ok());
+        // The secure hash needs its hotkey; another hotkey's does not match.
+        assert!(check(&secure, None).verify(dir.path()).is_err());
+        let other = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty";
+        assert!(check(&secure, Some(other)).verify(dir.path()).is_err());
+
+        // A changed file on the node: refused with both hashes, not loaded.
+        let mut bytes = std::fs::read(dir.path().join("model.safetensors")).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(dir.path().join("model.safetensors"), bytes).unwrap();
+        let mut output = Vec::new();
+        let code = run_worker_checked(
+            dir.path(),
+            &Device::Cpu,
+            Default::default(),
+            Some(&check(&raw, Some(hotkey))),
+            &mut std::io::empty(),
+            &mut output,
+        )
+        .unwrap();
+        assert_eq!(code, 2);
+        let msg: WorkerMessage = serde_json::from_slice(&output).unwrap();
+        let WorkerMessage::Error(reason) = msg else {
+            panic!()
+        };
+        assert!(
+            reason.contains(&format!("not the committed {raw}")),
+            "{reason}"
+        );
     }
 
     #[test]
