@@ -469,8 +469,19 @@ mod tests {
             for parallel in [false, true] {
                 let w = cols.len();
                 let mut c = vec![7.0f32; m * (w + 1)];
-                gemm_cols(m, &a, k, 1, &packed, cols.clone(), &mut c, w + 1, false, parallel)
-                    .unwrap();
+                gemm_cols(
+                    m,
+                    &a,
+                    k,
+                    1,
+                    &packed,
+                    cols.clone(),
+                    &mut c,
+                    w + 1,
+                    false,
+                    parallel,
+                )
+                .unwrap();
                 for i in 0..m {
                     for j in 0..w {
                         let (got, at) = (c[i * (w + 1) + j] as f64, i * n + cols.start + j);
