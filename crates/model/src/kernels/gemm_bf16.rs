@@ -180,7 +180,7 @@ pub fn gemm_cols(
     parallel: bool,
 ) -> Result<(), Bf16Error> {
     support()?;
-    if cols.start % NR != 0 || cols.end > b.n || cols.start > cols.end {
+    if !cols.start.is_multiple_of(NR) || cols.end > b.n || cols.start > cols.end {
         return Err(Bf16Error::Shape("cols"));
     }
     let n = cols.len();
