@@ -101,7 +101,7 @@ TORCH=$("$PYTHON" -c 'import torch; print(torch.__version__)')
 TRANSFORMERS=$("$PYTHON" -c 'import transformers; print(transformers.__version__)')
 TOKENIZERS=$("$PYTHON" -c 'import tokenizers; print(tokenizers.__version__)')
 FLAGS=$(grep -o -w -E 'avx512_bf16|amx_bf16|amx_tile|amx_int8' /proc/cpuinfo 2>/dev/null | sort -u | tr '\n' ' ' || true)
-export CPU TORCH TRANSFORMERS TOKENIZERS THREADS RUNS ITERS RAW PYTHON FLAGS
+export CPU TORCH TRANSFORMERS TOKENIZERS THREADS RUNS ITERS RAW PYTHON FLAGS BENCHES DTYPES
 
 "$PYTHON" - <<'PY'
 import json, os
@@ -160,14 +160,23 @@ for th in sorted({1, t}):
 o1, o2 = pick("ours", "tokenize", 1, "mb_per_s"), pick("ours", "tokenize", t, "mb_per_s")
 if t > 1 and o1 and o2:
     print(f"\nOur tokenizer, {t} threads vs 1: {ratio(o2, o1)}.")
+for bench, label in [("eval", "evaluation"), ("train", "training")]:
+    o32, o16 = pick("ours", bench, t, "tokens_per_s", "f32"), pick("ours", bench, t, "tokens_per_s", "bf16")
+    p32, p16 = pick("torch", bench, t, "tokens_per_s", "f32"), pick("torch", bench, t, "tokens_per_s", "bf16")
+    if o32 and o16:
+        print(f"\nbf16 vs fp32 within each run, {label}: ours {ratio(o16, o32)}, "
+              f"PyTorch (autocast vs fp32) {ratio(p16, p32)}.")
 py = os.environ["PYTHON"]
-print(f"""
-```
-cargo build --release -p pretrain-cli
-target/release/pretrain bench eval --threads {t} --iters {os.environ['ITERS']} --dtype f32   # and train; and --dtype bf16
-target/release/pretrain bench tokenize --threads 1      # and --threads {t}
-{py} crates/model/benches/torch_bench.py eval --threads {t} --iters {os.environ['ITERS']} --dtype f32   # and train; and --dtype bf16 (autocast)
-{py} crates/data/benches/hf_tokenize_bench.py --threads 1   # and --threads {t}
-```
-(all of it: `scripts/bench_vs_torch.sh`, THREADS={t} RUNS={os.environ['RUNS']})""")
+it = os.environ["ITERS"]
+benches = os.environ["BENCHES"].split()
+print("\n```\ncargo build --release -p pretrain-cli")
+if "eval" in benches or "train" in benches:
+    print(f"target/release/pretrain bench eval --threads {t} --iters {it} --dtype f32   # and train; and --dtype bf16")
+    print(f"{py} crates/model/benches/torch_bench.py eval --threads {t} --iters {it} --dtype f32   # and train; and --dtype bf16 (autocast)")
+if "tokenize" in benches:
+    print(f"target/release/pretrain bench tokenize --threads 1      # and --threads {t}")
+    print(f"{py} crates/data/benches/hf_tokenize_bench.py --threads 1   # and --threads {t}")
+print("```")
+print(f"(all of it: `scripts/bench_vs_torch.sh`, THREADS={t} RUNS={os.environ['RUNS']} "
+      f"ITERS={it} BENCHES=\"{' '.join(benches)}\" DTYPES=\"{os.environ['DTYPES'].strip()}\")")
 PY
