@@ -7,6 +7,12 @@
 #   scripts/bench_vs_torch.sh                 # 2 threads, 2 runs each
 #   THREADS=4 RUNS=3 PYTHON=/path/to/venv/bin/python scripts/bench_vs_torch.sh
 #   BENCHES=eval RUNS=6 scripts/bench_vs_torch.sh   # only some of eval, train, tokenize
+#   DTYPES=bf16 BENCHES="eval train" scripts/bench_vs_torch.sh   # only the bf16 rows
+#
+# Model rows run in each of $DTYPES (default "f32 bf16"): f32 against
+# PyTorch fp32, bf16 (ours `--dtype bf16`: bf16 GEMMs with f32 accumulation,
+# which needs AVX512-BF16) against PyTorch's `torch.autocast("cpu",
+# dtype=torch.bfloat16)`. A CPU that refuses ours in bf16 skips its bf16 rows.
 #
 # Each ratio is taken within a pair of adjacent runs (ours and theirs, their
 # order alternating from run to run), so load that comes and goes on a shared
@@ -23,6 +29,7 @@ THREADS="${THREADS:-2}"
 RUNS="${RUNS:-2}"
 ITERS="${ITERS:-3}"
 BENCHES="${BENCHES:-eval train tokenize}"
+DTYPES="${DTYPES:-f32 bf16}"
 PYTHON="${PYTHON:-python3}"
 OUT="${OUT:-target/bench_vs_torch}"
 mkdir -p "$OUT"
@@ -36,16 +43,25 @@ RAW="$OUT/raw.jsonl"
 cargo build --release -p pretrain-cli >&2
 BIN=target/release/pretrain
 
-# run SIDE NAME THREADS CMD...: appends {"side","bench","threads","run","result"} to $RAW.
+# run SIDE NAME THREADS DTYPE CMD...: appends {"side","bench","threads","dtype","result"} to $RAW.
 run() {
-    local side=$1 bench=$2 threads=$3
-    shift 3
-    echo "== $side $bench threads=$threads: $*" >&2
+    local side=$1 bench=$2 threads=$3 dtype=$4
+    shift 4
+    echo "== $side $bench threads=$threads dtype=$dtype: $*" >&2
     local json
     json=$("$@" 2>>"$OUT/stderr.log" | tail -n 1)
-    printf '{"side":"%s","bench":"%s","threads":%s,"result":%s}\n' \
-        "$side" "$bench" "$threads" "$json" >>"$RAW"
+    printf '{"side":"%s","bench":"%s","threads":%s,"dtype":"%s","result":%s}\n' \
+        "$side" "$bench" "$threads" "$dtype" "$json" >>"$RAW"
 }
+
+# Our bf16 needs AVX512-BF16: without it the bf16 rows are left out (with the reason).
+echo '{"model_type": "gpt2", "n_embd": 32, "n_head": 4, "n_layer": 1, "vocab_size": 64}' \
+    >"$OUT/bf16_check.json"
+if [[ " $DTYPES " == *" bf16 "* ]] && ! "$BIN" bench eval --config "$OUT/bf16_check.json" \
+    --seq_len 8 --iters 1 --dtype bf16 >/dev/null 2>"$OUT/bf16_check.log"; then
+    echo "bench_vs_torch: no bf16 rows: $(tail -n 1 "$OUT/bf16_check.log")" >&2
+    DTYPES="${DTYPES//bf16/}"
+fi
 
 # pair R FIRST SECOND: runs the two commands (arrays named FIRST and SECOND),
 # the first one first in odd runs, second first in even runs.
@@ -64,15 +80,18 @@ pair() {
 for r in $(seq 1 "$RUNS"); do
     for what in eval train; do
         [[ " $BENCHES " == *" $what "* ]] || continue
-        ours=(ours "$what" "$THREADS" "$BIN" bench "$what" --threads "$THREADS" --iters "$ITERS")
-        theirs=(torch "$what" "$THREADS" "$PYTHON" crates/model/benches/torch_bench.py "$what"
-            --threads "$THREADS" --iters "$ITERS")
-        pair "$r" ours theirs
+        for dtype in $DTYPES; do
+            ours=(ours "$what" "$THREADS" "$dtype" "$BIN" bench "$what" --threads "$THREADS"
+                --iters "$ITERS" --dtype "$dtype")
+            theirs=(torch "$what" "$THREADS" "$dtype" "$PYTHON" crates/model/benches/torch_bench.py
+                "$what" --threads "$THREADS" --iters "$ITERS" --dtype "$dtype")
+            pair "$r" ours theirs
+        done
     done
     [[ " $BENCHES " == *" tokenize "* ]] || continue
     for t in 1 "$THREADS"; do
-        ours=(ours tokenize "$t" "$BIN" bench tokenize --threads "$t")
-        theirs=(hf tokenize "$t" "$PYTHON" crates/data/benches/hf_tokenize_bench.py --threads "$t")
+        ours=(ours tokenize "$t" - "$BIN" bench tokenize --threads "$t")
+        theirs=(hf tokenize "$t" - "$PYTHON" crates/data/benches/hf_tokenize_bench.py --threads "$t")
         pair "$r" ours theirs
     done
 done
@@ -81,15 +100,17 @@ CPU=$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -n 1)
 TORCH=$("$PYTHON" -c 'import torch; print(torch.__version__)')
 TRANSFORMERS=$("$PYTHON" -c 'import transformers; print(transformers.__version__)')
 TOKENIZERS=$("$PYTHON" -c 'import tokenizers; print(tokenizers.__version__)')
-export CPU TORCH TRANSFORMERS TOKENIZERS THREADS RUNS ITERS RAW PYTHON
+FLAGS=$(grep -o -w -E 'avx512_bf16|amx_bf16|amx_tile|amx_int8' /proc/cpuinfo 2>/dev/null | sort -u | tr '\n' ' ' || true)
+export CPU TORCH TRANSFORMERS TOKENIZERS THREADS RUNS ITERS RAW PYTHON FLAGS BENCHES DTYPES
 
 "$PYTHON" - <<'PY'
 import json, os
 
 rows = [json.loads(l) for l in open(os.environ["RAW"]) if l.strip()]
-def pick(side, bench, threads, key):
+def pick(side, bench, threads, key, dtype="-"):
     return [r["result"][key] for r in rows
-            if r["side"] == side and r["bench"] == bench and r["threads"] == threads]
+            if r["side"] == side and r["bench"] == bench and r["threads"] == threads
+            and r.get("dtype", "-") == dtype]
 def span(xs, fmt):
     if not xs:
         return "n/a"
@@ -109,20 +130,26 @@ tps = lambda x: f"{x:.0f}"
 gb = lambda x: f"{x / 1e9:.2f}"
 mbs = lambda x: f"{x:.1f}"
 t = int(os.environ["THREADS"])
-print(f"CPU: {os.environ['CPU']} (lscpu), {t} threads, fp32, release build; "
+flags = os.environ.get("FLAGS", "").strip() or "none"
+print(f"CPU: {os.environ['CPU']} (lscpu; bf16/AMX flags in /proc/cpuinfo: {flags}), "
+      f"{t} threads, release build; "
       f"PyTorch {os.environ['TORCH']}, transformers {os.environ['TRANSFORMERS']}, "
       f"tokenizers {os.environ['TOKENIZERS']}; interleaved runs per side: {os.environ['RUNS']}, "
       f"{os.environ['ITERS']} timed iterations after a warm-up.\n")
 print("| benchmark | ours | PyTorch / Hugging Face | ratio: median pair (range) |")
 print("|---|---|---|---|")
+dlabel = {"f32": "fp32 (PyTorch fp32)",
+          "bf16": "bf16: ours `--dtype bf16`, PyTorch `torch.autocast(\"cpu\", dtype=torch.bfloat16)`"}
 for bench, label in [("eval", "evaluation, default GPT-2, batch `[1, 1024]`"),
                      ("train", "training step (forward, backward, AdamW), same model and batch")]:
-    o, p = pick("ours", bench, t, "tokens_per_s"), pick("torch", bench, t, "tokens_per_s")
-    if not o:
-        continue
-    orss, prss = pick("ours", bench, t, "peak_rss_bytes"), pick("torch", bench, t, "peak_rss_bytes")
-    print(f"| {label}, {t} threads | {span(o, tps)} tokens/s, peak RSS {span(orss, gb)} GB "
-          f"| {span(p, tps)} tokens/s, peak RSS {span(prss, gb)} GB | {ratio(o, p)} |")
+    for dt in ["f32", "bf16"]:
+        o, p = pick("ours", bench, t, "tokens_per_s", dt), pick("torch", bench, t, "tokens_per_s", dt)
+        if not o:
+            continue
+        orss = pick("ours", bench, t, "peak_rss_bytes", dt)
+        prss = pick("torch", bench, t, "peak_rss_bytes", dt)
+        print(f"| {label}, {dlabel[dt]}, {t} threads | {span(o, tps)} tokens/s, peak RSS {span(orss, gb)} GB "
+              f"| {span(p, tps)} tokens/s, peak RSS {span(prss, gb)} GB | {ratio(o, p)} |")
 for th in sorted({1, t}):
     o, h = pick("ours", "tokenize", th, "mb_per_s"), pick("hf", "tokenize", th, "mb_per_s")
     if not o:
@@ -133,14 +160,23 @@ for th in sorted({1, t}):
 o1, o2 = pick("ours", "tokenize", 1, "mb_per_s"), pick("ours", "tokenize", t, "mb_per_s")
 if t > 1 and o1 and o2:
     print(f"\nOur tokenizer, {t} threads vs 1: {ratio(o2, o1)}.")
+for bench, label in [("eval", "evaluation"), ("train", "training")]:
+    o32, o16 = pick("ours", bench, t, "tokens_per_s", "f32"), pick("ours", bench, t, "tokens_per_s", "bf16")
+    p32, p16 = pick("torch", bench, t, "tokens_per_s", "f32"), pick("torch", bench, t, "tokens_per_s", "bf16")
+    if o32 and o16:
+        print(f"\nbf16 vs fp32 within each run, {label}: ours {ratio(o16, o32)}, "
+              f"PyTorch (autocast vs fp32) {ratio(p16, p32)}.")
 py = os.environ["PYTHON"]
-print(f"""
-```
-cargo build --release -p pretrain-cli
-target/release/pretrain bench eval --threads {t} --iters {os.environ['ITERS']}      # and train
-target/release/pretrain bench tokenize --threads 1      # and --threads {t}
-{py} crates/model/benches/torch_bench.py eval --threads {t} --iters {os.environ['ITERS']}   # and train
-{py} crates/data/benches/hf_tokenize_bench.py --threads 1   # and --threads {t}
-```
-(all of it: `scripts/bench_vs_torch.sh`, THREADS={t} RUNS={os.environ['RUNS']})""")
+it = os.environ["ITERS"]
+benches = os.environ["BENCHES"].split()
+print("\n```\ncargo build --release -p pretrain-cli")
+if "eval" in benches or "train" in benches:
+    print(f"target/release/pretrain bench eval --threads {t} --iters {it} --dtype f32   # and train; and --dtype bf16")
+    print(f"{py} crates/model/benches/torch_bench.py eval --threads {t} --iters {it} --dtype f32   # and train; and --dtype bf16 (autocast)")
+if "tokenize" in benches:
+    print(f"target/release/pretrain bench tokenize --threads 1      # and --threads {t}")
+    print(f"{py} crates/data/benches/hf_tokenize_bench.py --threads 1   # and --threads {t}")
+print("```")
+print(f"(all of it: `scripts/bench_vs_torch.sh`, THREADS={t} RUNS={os.environ['RUNS']} "
+      f"ITERS={it} BENCHES=\"{' '.join(benches)}\" DTYPES=\"{os.environ['DTYPES'].strip()}\")")
 PY

@@ -322,3 +322,82 @@ fn cli_messages_and_output_are_consistent() {
     );
     assert!(!help.contains("--batch-size"), "{help}");
 }
+
+/// Whether this CPU runs `--dtype bf16` (the model crate's bf16 GEMM).
+fn cpu_has_avx512_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `eval --dtype bf16` on the CPU: the reference losses within 2e-2 where
+/// the CPU has AVX512-BF16, else refused with the reason (one line, exit 1);
+/// `bench eval|train --dtype bf16` likewise; `--kernels portable --dtype
+/// bf16` is refused on the CPU either way.
+#[test]
+fn eval_and_bench_in_bf16_on_the_cpu() {
+    let has = cpu_has_avx512_bf16();
+    for name in ["tiny-gpt2", "tiny-llama"] {
+        let exp = expected(name);
+        let tmp = tempfile::tempdir().unwrap();
+        let tokens = tmp.path().join("tokens.json");
+        let b = &exp["batches"][1];
+        std::fs::write(&tokens, b["input_ids"].to_string()).unwrap();
+        let model = models_dir().join(name).join("model");
+        let (m, t) = (model.to_str().unwrap(), tokens.to_str().unwrap());
+        let (ok, out, err) = pretrain(&["eval", "--model", m, "--tokens", t, "--dtype", "bf16"]);
+        if has {
+            assert!(ok, "{err}");
+            let v: Value = serde_json::from_str(out.trim()).unwrap();
+            let loss = v["loss"].as_f64().unwrap();
+            let want = b["loss"].as_f64().unwrap();
+            assert!((loss - want).abs() < 2e-2, "{name}: {loss} vs {want}");
+        } else {
+            assert!(!ok && out.is_empty());
+            assert!(err.contains("needs AVX512-BF16"), "{err}");
+        }
+        let (ok, _, err) = pretrain(&[
+            "eval",
+            "--model",
+            m,
+            "--tokens",
+            t,
+            "--dtype",
+            "bf16",
+            "--kernels",
+            "portable",
+        ]);
+        assert!(!ok);
+        assert!(err.contains("--kernels auto"), "{err}");
+    }
+    let config = models_dir().join("tiny-gpt2/model/config.json");
+    for what in ["eval", "train"] {
+        let (ok, out, err) = pretrain(&[
+            "bench",
+            what,
+            "--config",
+            config.to_str().unwrap(),
+            "--seq-len",
+            "32",
+            "--iters",
+            "1",
+            "--threads",
+            "1",
+            "--dtype",
+            "bf16",
+        ]);
+        if has {
+            assert!(ok, "{err}");
+            let v: Value = serde_json::from_str(out.trim()).unwrap();
+            assert!(v["tokens_per_s"].as_f64().unwrap() > 0.0, "{out}");
+        } else {
+            assert!(!ok);
+            assert!(err.contains("needs AVX512-BF16"), "{err}");
+        }
+    }
+}

@@ -4,11 +4,13 @@
 //! (`transformer.h.3.attn.c_attn.weight`).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use candle_core::Tensor;
 
 use crate::error::{ModelError, Result};
-use crate::kernels::{activations, conv1d, norms, KernelPath};
+use crate::kernels::gemm::WeightPacks;
+use crate::kernels::{activations, conv1d, linear, norms, KernelPath};
 use crate::mode::{DropSeeds, Mode};
 
 /// Named weights, Hugging Face names to tensors.
@@ -88,6 +90,8 @@ pub(crate) struct Conv1D {
     weight: Tensor,
     bias: Tensor,
     path: KernelPath,
+    /// The weight's bf16 packs (bf16 path only; empty otherwise).
+    packs: Arc<WeightPacks>,
 }
 
 impl Conv1D {
@@ -97,6 +101,7 @@ impl Conv1D {
             weight: vb.get("weight")?,
             bias: vb.get("bias")?,
             path: vb.kernels(),
+            packs: Arc::default(),
         })
     }
 
@@ -104,8 +109,8 @@ impl Conv1D {
     pub(crate) fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let (w, b, k) = (&self.weight, &self.bias, self.path);
         Ok(match mode {
-            Mode::Eval => conv1d::conv1d_eval(k, x, w, b, false)?,
-            Mode::Train => conv1d::conv1d_train_with(k, x, w, b, false, None)?,
+            Mode::Eval => conv1d::conv1d_eval(k, x, w, b, false, &self.packs)?,
+            Mode::Train => conv1d::conv1d_train_with(k, x, w, b, false, None, &self.packs)?,
         })
     }
 }
@@ -119,6 +124,7 @@ impl Conv1D {
             &self.weight,
             &self.bias,
             true,
+            &self.packs,
         )?)
     }
 
@@ -149,6 +155,7 @@ impl Conv1D {
                     &self.bias,
                     gelu,
                     Some((p, seed)),
+                    &self.packs,
                 )?)
             }
         }
@@ -160,6 +167,9 @@ impl Conv1D {
 pub(crate) struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    path: KernelPath,
+    /// The weight's bf16 packs (bf16 path only; empty otherwise).
+    packs: Arc<WeightPacks>,
 }
 
 impl Linear {
@@ -168,12 +178,14 @@ impl Linear {
         Ok(Self {
             weight: vb.get("weight")?,
             bias: if bias { Some(vb.get("bias")?) } else { None },
+            path: vb.kernels(),
+            packs: Arc::default(),
         })
     }
 
     /// `[N, in]` rows to `[N, out]`.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.weight.t()?)?;
+        let y = linear::linear(self.path, x, &self.weight, &self.packs)?;
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,

@@ -54,11 +54,13 @@ impl ComputeDtype {
 
 impl ComputeOptions {
     /// Checks that `device` can compute in the chosen dtype and picks the
-    /// kernel path: the fast kernels only for `auto` on the CPU in f32.
+    /// kernel path: the fast kernels for `auto` on the CPU (in f32, or with
+    /// their weight GEMMs in bf16), candle's ops elsewhere.
     pub(crate) fn resolve(self, device: &Device) -> Result<KernelPath> {
         self.check(device)?;
         Ok(match (self.kernels, device.is_cpu(), self.dtype) {
             (Kernels::Auto, true, ComputeDtype::F32) => KernelPath::Fast,
+            (Kernels::Auto, true, ComputeDtype::Bf16) => KernelPath::FastBf16,
             _ => KernelPath::Portable,
         })
     }
@@ -66,11 +68,17 @@ impl ComputeOptions {
     /// Refuses what the device's kernels cannot do, with the reason.
     pub fn check(self, device: &Device) -> Result<()> {
         if self.dtype == ComputeDtype::Bf16 && device.is_cpu() {
-            return Err(ModelError::Unsupported(
-                "bf16 compute needs a GPU (--device cuda): the CPU path has no bf16 GEMM yet, \
-                 and candle's CPU bf16 matmul would be slower than f32; use --dtype f32 on the CPU"
-                    .into(),
-            ));
+            if self.kernels == Kernels::Portable {
+                return Err(ModelError::Unsupported(
+                    "bf16 on the CPU runs the auto kernels' bf16 GEMM (--kernels auto): \
+                     candle's CPU bf16 matmul (--kernels portable) is slower than f32; \
+                     use --kernels auto, or --dtype f32"
+                        .into(),
+                ));
+            }
+            if let Err(e) = crate::kernels::gemm_bf16::support() {
+                return Err(ModelError::Unsupported(e.to_string()));
+            }
         }
         Ok(())
     }
@@ -123,7 +131,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn auto_is_fast_only_on_cpu_f32_and_bf16_is_refused_on_cpu() {
+    fn auto_is_fast_on_cpu_and_bf16_on_cpu_needs_auto() {
         let cpu = Device::Cpu;
         let auto = ComputeOptions::default();
         assert_eq!(auto.resolve(&cpu).unwrap(), KernelPath::Fast);
@@ -132,14 +140,35 @@ mod tests {
             ..auto
         };
         assert_eq!(portable.resolve(&cpu).unwrap(), KernelPath::Portable);
-        let bf16 = ComputeOptions {
+        let bf16_portable = ComputeOptions {
             dtype: ComputeDtype::Bf16,
-            ..auto
+            ..portable
         };
-        let e = bf16.resolve(&cpu).unwrap_err().to_string();
-        assert!(e.contains("bf16 compute needs a GPU"), "{e}");
+        let e = bf16_portable.resolve(&cpu).unwrap_err().to_string();
+        assert!(e.contains("--kernels auto"), "{e}");
         assert_eq!("portable".parse::<Kernels>(), Ok(Kernels::Portable));
         assert_eq!("bf16".parse::<ComputeDtype>(), Ok(ComputeDtype::Bf16));
         assert!("fast".parse::<Kernels>().is_err());
+    }
+
+    #[test]
+    #[cfg_attr(not(cpu_avx512bf16), ignore = "needs AVX512-BF16")]
+    fn bf16_on_an_avx512_bf16_cpu_runs_the_fast_kernels_in_bf16() {
+        let bf16 = ComputeOptions {
+            dtype: ComputeDtype::Bf16,
+            ..ComputeOptions::default()
+        };
+        assert_eq!(bf16.resolve(&Device::Cpu).unwrap(), KernelPath::FastBf16);
+    }
+
+    #[test]
+    #[cfg_attr(cpu_avx512bf16, ignore = "needs a CPU without AVX512-BF16")]
+    fn bf16_without_avx512_bf16_is_refused_with_the_reason() {
+        let bf16 = ComputeOptions {
+            dtype: ComputeDtype::Bf16,
+            ..ComputeOptions::default()
+        };
+        let e = bf16.resolve(&Device::Cpu).unwrap_err().to_string();
+        assert!(e.contains("needs AVX512-BF16"), "{e}");
     }
 }

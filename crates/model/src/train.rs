@@ -81,6 +81,9 @@ pub struct Trainer {
     steps: u64,
     seed: u64,
     micro_total: u64,
+    /// The weights changed since the network was built (bf16 CPU path:
+    /// its packs are stale).
+    repack: bool,
 }
 
 /// The counters of a saved trainer state (`trainer.json`).
@@ -127,6 +130,7 @@ impl Trainer {
             steps: 0,
             seed: 0,
             micro_total: 0,
+            repack: false,
         })
     }
 
@@ -174,8 +178,12 @@ impl Trainer {
     /// by `accumulation_steps` before backward and gradients add up; after the
     /// last micro-batch of a group the optimizer steps. Returns the unscaled loss.
     pub fn micro_step(&mut self, batch: &[Vec<u32>]) -> Result<f32> {
-        if self.parts.options.dtype != ComputeDtype::F32 {
-            // Fresh low-precision copies of the master weights after the last step.
+        let stale = std::mem::take(&mut self.repack) || !self.parts.path.is_bf16();
+        if self.parts.options.dtype != ComputeDtype::F32 && stale {
+            // Fresh low-precision copies of the master weights after the last
+            // step: every micro-batch on the portable path (casts on the
+            // graph), once per optimizer step on the CPU's bf16 path (its
+            // packs, made on first use).
             let tracked = self
                 .vars
                 .iter()
@@ -199,7 +207,8 @@ impl Trainer {
                 .reshape((b * (t - 1), d))?
         };
         let targets: Vec<u32> = batch.iter().flat_map(|r| r[1..].iter().copied()).collect();
-        let loss = lm_head_cross_entropy(path, &h, m.lm_head(), &targets, Some(&head_sink))?;
+        let packs = m.head_packs();
+        let loss = lm_head_cross_entropy(path, &h, m.lm_head(), &targets, Some(&head_sink), packs)?;
         let value = loss.to_dtype(DType::F32)?.to_vec0::<f32>()?;
         let mut grads = (loss / self.config.accumulation_steps as f64)?.backward()?;
         // The graph (every activation) is freed here, before the optimizer runs.
@@ -255,6 +264,7 @@ impl Trainer {
             // In place on the weights the network holds: no copy of either.
             optimizer::step(&coeffs, var, &g, mom)?;
         }
+        self.repack = true;
         self.micro = 0;
         Ok(())
     }
@@ -421,6 +431,7 @@ impl Trainer {
         self.grads = grads;
         self.steps = counters.steps;
         self.micro = counters.micro;
+        self.repack = true;
         self.micro_total = counters.micro_total;
         self.seed = counters.seed;
         Ok(counters)

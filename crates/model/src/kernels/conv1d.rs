@@ -1,20 +1,24 @@
 //! GPT-2's `Conv1D` (`x @ W + b`, `W` stored `[in, out]`): the bias added by
 //! the GEMM itself, GELU and dropout fused, for evaluation and training.
 
+use std::sync::Arc;
+
 use candle_core::Tensor;
 
-use super::gemm::gemm_f32;
+use super::gemm::{gemm_weight, WeightPacks};
 use super::{activations, with_cpu_f32, KernelPath};
 
 /// `x @ W + bias` for `[N, in]` rows and a Conv1D weight `[in, out]`, the bias
 /// added by the GEMM itself, then `gelu_new` in place if `gelu` (evaluation
-/// on CPU; elsewhere candle's ops).
+/// on CPU; elsewhere candle's ops). On the bf16 path `W` is packed into
+/// `packs` on first use.
 pub(crate) fn conv1d_eval(
     path: KernelPath,
     x: &Tensor,
     w: &Tensor,
     bias: &Tensor,
     gelu: bool,
+    packs: &WeightPacks,
 ) -> candle_core::Result<Tensor> {
     let (n, din) = x.dims2()?;
     let (win, dout) = w.dims2()?;
@@ -27,20 +31,19 @@ pub(crate) fn conv1d_eval(
     let threads = candle_core::utils::get_num_threads();
     with_cpu_f32(x, |xs| {
         with_cpu_f32(w, |ws| {
-            gemm_f32(
-                n,
-                dout,
-                din,
+            gemm_weight(
+                path.is_bf16(),
+                (n, dout, din),
                 &mut out,
                 dout,
                 true,
                 (xs, din, 1),
                 (ws, dout, 1),
-                1.0,
+                Some(&packs.fwd),
                 threads,
             )
         })
-    })??;
+    })???;
     if gelu {
         activations::gelu_in_place(&mut out);
     }
@@ -57,9 +60,13 @@ pub(crate) fn conv1d_eval(
 /// [`activations::dropout`] would draw for `seed`) and backward masks the
 /// incoming gradient: the output before dropout is never kept (3 MB per
 /// residual branch of a GPT-2 layer at `[1, 1024]`).
+/// With `bf16`, all three GEMMs run in bf16: `W` and `Wᵀ` packed into
+/// `packs` on first use, the activations per call.
 struct Conv1dTrain {
     gelu: bool,
     dropout: Option<(f32, u64)>,
+    bf16: bool,
+    packs: Arc<WeightPacks>,
 }
 
 impl Conv1dTrain {
@@ -103,18 +110,17 @@ impl candle_core::CustomOp3 for Conv1dTrain {
         let a = self.input(x);
         let mut out = b.repeat(n);
         let threads = candle_core::utils::get_num_threads();
-        gemm_f32(
-            n,
-            dout,
-            din,
+        gemm_weight(
+            self.bf16,
+            (n, dout, din),
             &mut out,
             dout,
             true,
             (&a, din, 1),
             (w, dout, 1),
-            1.0,
+            Some(&self.packs.fwd),
             threads,
-        );
+        )?;
         if let Some((p, seed)) = self.dropout {
             activations::mask_all_in_place(seed, p, &mut out);
         }
@@ -147,45 +153,43 @@ impl candle_core::CustomOp3 for Conv1dTrain {
                         None => g,
                     };
                     let mut dx = vec![0f32; n * din];
-                    gemm_f32(
-                        n,
-                        din,
-                        dout,
+                    gemm_weight(
+                        self.bf16,
+                        (n, din, dout),
                         &mut dx,
                         din,
                         false,
                         (g, dout, 1),
                         (ws, 1, dout),
-                        1.0,
+                        Some(&self.packs.bwd),
                         threads,
-                    );
+                    )?;
                     if self.gelu {
                         activations::gelu_grad_slice(xs, &mut dx);
                     }
                     let a = self.input(xs);
                     let mut dw = vec![0f32; din * dout];
-                    gemm_f32(
-                        din,
-                        dout,
-                        n,
+                    gemm_weight(
+                        self.bf16,
+                        (din, dout, n),
                         &mut dw,
                         dout,
                         false,
                         (&a, 1, din),
                         (g, dout, 1),
-                        1.0,
+                        None,
                         threads,
-                    );
+                    )?;
                     let mut db = vec![0f32; dout];
                     for row in g.chunks(dout) {
                         for (d, &v) in db.iter_mut().zip(row) {
                             *d += v;
                         }
                     }
-                    (dx, dw, db)
+                    Ok::<_, candle_core::Error>((dx, dw, db))
                 })
             })
-        })???;
+        })????;
         let dev = x.device();
         Ok((
             Some(Tensor::from_vec(dx, (n, din), dev)?),
@@ -198,7 +202,15 @@ impl candle_core::CustomOp3 for Conv1dTrain {
 /// `x @ W + bias` for training (see [`Conv1dTrain`]); other devices use candle's ops.
 #[cfg(test)]
 pub(crate) fn conv1d_train(x: &Tensor, w: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
-    conv1d_train_with(KernelPath::Fast, x, w, bias, false, None)
+    conv1d_train_with(
+        KernelPath::Fast,
+        x,
+        w,
+        bias,
+        false,
+        None,
+        &Default::default(),
+    )
 }
 
 /// `gelu_new(x) @ W + bias` for training, the GELU output recomputed in
@@ -209,12 +221,21 @@ pub(crate) fn gelu_conv1d_train(
     w: &Tensor,
     bias: &Tensor,
 ) -> candle_core::Result<Tensor> {
-    conv1d_train_with(KernelPath::Fast, x, w, bias, true, None)
+    conv1d_train_with(
+        KernelPath::Fast,
+        x,
+        w,
+        bias,
+        true,
+        None,
+        &Default::default(),
+    )
 }
 
 /// `dropout(a @ W + bias)` for training with `a = gelu_new(x)` if `gelu`
 /// else `x`, dropout `(p, seed)` if given (see [`Conv1dTrain`]); other
-/// devices use candle's ops and [`activations::dropout`].
+/// devices use candle's ops and [`activations::dropout`]. On the bf16 path
+/// `W` and `Wᵀ` are packed into `packs` on first use.
 pub(crate) fn conv1d_train_with(
     path: KernelPath,
     x: &Tensor,
@@ -222,6 +243,7 @@ pub(crate) fn conv1d_train_with(
     bias: &Tensor,
     gelu: bool,
     dropout: Option<(f32, u64)>,
+    packs: &Arc<WeightPacks>,
 ) -> candle_core::Result<Tensor> {
     let dropout = dropout.filter(|&(p, _)| p > 0.0);
     if !path.is_fast() {
@@ -235,7 +257,12 @@ pub(crate) fn conv1d_train_with(
     x.contiguous()?.apply_op3(
         &w.contiguous()?,
         &bias.contiguous()?,
-        Conv1dTrain { gelu, dropout },
+        Conv1dTrain {
+            gelu,
+            dropout,
+            bf16: path.is_bf16(),
+            packs: packs.clone(),
+        },
     )
 }
 
@@ -255,11 +282,13 @@ mod tests {
         let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, 300, &dev).unwrap()).unwrap();
         let g = Tensor::randn(0f32, 1.0, (37, 300), &dev).unwrap();
         let flat = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+        let none = Arc::default();
         for gelu in [false, true] {
             let (xs, ws, bs) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
             let fused =
-                conv1d_train_with(KernelPath::Fast, xs, ws, bs, gelu, Some((0.3, 11))).unwrap();
-            let plain = conv1d_train_with(KernelPath::Fast, xs, ws, bs, gelu, None).unwrap();
+                conv1d_train_with(KernelPath::Fast, xs, ws, bs, gelu, Some((0.3, 11)), &none)
+                    .unwrap();
+            let plain = conv1d_train_with(KernelPath::Fast, xs, ws, bs, gelu, None, &none).unwrap();
             let plain = activations::dropout(KernelPath::Fast, &plain, 0.3, 11).unwrap();
             let (a, c) = (flat(&fused), flat(&plain));
             assert_eq!(a, c, "forward, gelu {gelu}");
@@ -295,6 +324,7 @@ mod tests {
             w.as_tensor(),
             b.as_tensor(),
             false,
+            &WeightPacks::default(),
         )
         .unwrap();
         let flat = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };

@@ -1,5 +1,89 @@
 //! The one call into `gemm` the kernels share, with every invariant the raw
-//! pointer call relies on checked first, and the column-block split.
+//! pointer call relies on checked first, and the column-block split; and
+//! [`gemm_weight`], the same product in f32 or, on the bf16 path, in bf16
+//! with the weight packed once ([`WeightPacks`]).
+
+use std::sync::OnceLock;
+
+use super::gemm_bf16::{self, PackedB};
+
+/// A weight's bf16 copies packed for the GEMMs that read it: as the forward
+/// product's right operand and as the backward's (its transpose), each made
+/// on first use. A network is built again after every optimizer step (and a
+/// model for evaluation once at load), so each is packed once per set of
+/// weights.
+#[derive(Debug, Default)]
+pub(crate) struct WeightPacks {
+    /// The weight as the forward GEMM's right operand.
+    pub(crate) fwd: OnceLock<PackedB>,
+    /// The weight as the backward GEMM's right operand (`dx = g · Wᵀ`).
+    pub(crate) bwd: OnceLock<PackedB>,
+}
+
+/// `slot`'s packed B, packing `b` (`k x n` with row and column strides
+/// `rs`, `cs`) into it first if empty.
+pub(crate) fn packed<'a>(
+    slot: &'a OnceLock<PackedB>,
+    b: &[f32],
+    (k, n): (usize, usize),
+    (rs, cs): (usize, usize),
+) -> candle_core::Result<&'a PackedB> {
+    if let Some(p) = slot.get() {
+        if (p.k(), p.n()) == (k, n) {
+            return Ok(p);
+        }
+        candle_core::bail!("bf16 pack of [{}, {}] used for [{k}, {n}]", p.k(), p.n());
+    }
+    let p = PackedB::pack(b, k, n, rs, cs).map_err(candle_core::Error::wrap)?;
+    // Two threads may pack at once; either copy is the same.
+    let _ = slot.set(p);
+    match slot.get() {
+        Some(p) => Ok(p),
+        None => candle_core::bail!("bf16 pack slot empty after set"),
+    }
+}
+
+/// `dst[m x n] = (accumulate ? dst : 0) + lhs[m x k] @ rhs[k x n]` as
+/// [`gemm_f32`] (with `beta` 1), or with `bf16` in bf16 with f32
+/// accumulation: `rhs` is then packed into `slot` on first use (a weight),
+/// or for this call only without one (an activation).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_weight(
+    bf16: bool,
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: (&[f32], usize, usize),
+    rhs: (&[f32], usize, usize),
+    slot: Option<&OnceLock<PackedB>>,
+    threads: usize,
+) -> candle_core::Result<()> {
+    if !bf16 {
+        gemm_f32(m, n, k, dst, dst_rs, accumulate, lhs, rhs, 1.0, threads);
+        return Ok(());
+    }
+    let once;
+    let b = match slot {
+        Some(slot) => packed(slot, rhs.0, (k, n), (rhs.1, rhs.2))?,
+        None => {
+            once = PackedB::pack(rhs.0, k, n, rhs.1, rhs.2).map_err(candle_core::Error::wrap)?;
+            &once
+        }
+    };
+    gemm_bf16::gemm(
+        m,
+        lhs.0,
+        lhs.1,
+        lhs.2,
+        b,
+        dst,
+        dst_rs,
+        accumulate,
+        threads > 1,
+    )
+    .map_err(candle_core::Error::wrap)
+}
 
 /// `dst[m x n] = (accumulate ? dst : 0) + beta * lhs[m x k] @ rhs[k x n]` on
 /// row-major buffers given as (slice, row stride, column stride); `dst` has

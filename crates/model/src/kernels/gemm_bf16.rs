@@ -84,7 +84,7 @@ impl PackedB {
         let pairs = k.div_ceil(2);
         let panels = n.div_ceil(NR);
         let mut data = vec![0u16; panels * pairs * NR * 2];
-        for (panel, out) in data.chunks_exact_mut(pairs * NR * 2).enumerate() {
+        let fill = |(panel, out): (usize, &mut [u16])| {
             for j in 0..NR.min(n - panel * NR) {
                 let col = panel * NR + j;
                 let lane = (j / 16) * 32 + (j % 16) * 2;
@@ -96,6 +96,13 @@ impl PackedB {
                     }
                 }
             }
+        };
+        if pairs > 0 {
+            // Training packs activations (and each weight once a step): in parallel.
+            use rayon::prelude::*;
+            data.par_chunks_exact_mut(pairs * NR * 2)
+                .enumerate()
+                .for_each(fill);
         }
         Ok(PackedB { k, n, pairs, data })
     }
@@ -113,28 +120,34 @@ impl PackedB {
 
 /// A (`m x k`) as bf16 pairs in blocks of [`MR`] rows: `[block][pair][row]`.
 fn pack_a(a: &[f32], m: usize, k: usize, rs: usize, cs: usize) -> Vec<u32> {
+    use rayon::prelude::*;
     let pairs = k.div_ceil(2);
     let mut out = vec![0u32; m.div_ceil(MR) * pairs * MR];
-    for (block, out) in out.chunks_exact_mut(pairs * MR).enumerate() {
-        for r in 0..MR.min(m - block * MR) {
-            let row = (block * MR + r) * rs;
-            for p in 0..pairs {
-                let lo = to_bf16(a[row + 2 * p * cs]) as u32;
-                let hi = if 2 * p + 1 < k {
-                    to_bf16(a[row + (2 * p + 1) * cs]) as u32
-                } else {
-                    0
-                };
-                out[p * MR + r] = lo | (hi << 16);
-            }
-        }
+    if pairs == 0 {
+        return out;
     }
+    out.par_chunks_exact_mut(pairs * MR)
+        .enumerate()
+        .for_each(|(block, out)| {
+            for r in 0..MR.min(m - block * MR) {
+                let row = (block * MR + r) * rs;
+                for p in 0..pairs {
+                    let lo = to_bf16(a[row + 2 * p * cs]) as u32;
+                    let hi = if 2 * p + 1 < k {
+                        to_bf16(a[row + (2 * p + 1) * cs]) as u32
+                    } else {
+                        0
+                    };
+                    out[p * MR + r] = lo | (hi << 16);
+                }
+            }
+        });
     out
 }
 
 /// `C (+)= A · B`: A's element `(i, p)` is `a[i * a_rs + p * a_cs]`, C is
 /// row-major with row stride `c_rs`; `accumulate` adds to C instead of
-/// overwriting it. Column blocks run on rayon's threads when `parallel`.
+/// overwriting it. Blocks of C run on rayon's threads when `parallel`.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm(
     m: usize,
@@ -147,20 +160,43 @@ pub fn gemm(
     accumulate: bool,
     parallel: bool,
 ) -> Result<(), Bf16Error> {
+    gemm_cols(m, a, a_rs, a_cs, b, 0..b.n, c, c_rs, accumulate, parallel)
+}
+
+/// [`gemm`] with columns `cols` of B only (`cols.start` a multiple of 32,
+/// so a range of whole panels): C's column `j` is B's column `cols.start + j`.
+/// The evaluation loss walks the vocabulary this way through one packed head.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_cols(
+    m: usize,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &PackedB,
+    cols: std::ops::Range<usize>,
+    c: &mut [f32],
+    c_rs: usize,
+    accumulate: bool,
+    parallel: bool,
+) -> Result<(), Bf16Error> {
     support()?;
+    if !cols.start.is_multiple_of(NR) || cols.end > b.n || cols.start > cols.end {
+        return Err(Bf16Error::Shape("cols"));
+    }
+    let n = cols.len();
     if a.len() < extent(m, b.k, a_rs, a_cs) {
         return Err(Bf16Error::Shape("a"));
     }
-    if c.len() < extent(m, b.n, c_rs, 1) || (m > 1 && c_rs < b.n) {
+    if c.len() < extent(m, n, c_rs, 1) || (m > 1 && c_rs < n) {
         return Err(Bf16Error::Shape("c"));
     }
-    if m == 0 || b.n == 0 {
+    if m == 0 || n == 0 {
         return Ok(());
     }
     if b.k == 0 {
         if !accumulate {
             for i in 0..m {
-                c[i * c_rs..i * c_rs + b.n].fill(0.0);
+                c[i * c_rs..i * c_rs + n].fill(0.0);
             }
         }
         return Ok(());
@@ -169,19 +205,35 @@ pub fn gemm(
     {
         let packed_a = pack_a(a, m, b.k, a_rs, a_cs);
         let c_ptr = SendPtr(c.as_mut_ptr());
-        let tasks = b.n.div_ceil(NC);
+        let first = cols.start / NR;
+        let panels = cols.end.div_ceil(NR) - first;
+        let col_tasks = panels.div_ceil(NC / NR);
+        let blocks = m.div_ceil(MR);
+        // Row chunks too when there are few column blocks (a 760-wide
+        // output is 3 column tasks: 2 threads would idle a third of the time).
+        let threads = if parallel {
+            rayon::current_num_threads()
+        } else {
+            1
+        };
+        let row_tasks = (4 * threads).div_ceil(col_tasks).clamp(1, blocks);
+        let per_row_task = blocks.div_ceil(row_tasks);
+        let row_tasks = blocks.div_ceil(per_row_task);
         let task = |t: usize| {
             let c_ptr = &c_ptr;
-            let panels = (t * NC / NR)..((t + 1) * NC / NR).min(b.n.div_ceil(NR));
-            for block in 0..m.div_ceil(MR) {
+            let (ct, rt) = (t % col_tasks, t / col_tasks);
+            let panel_range =
+                (first + ct * (NC / NR))..(first + ((ct + 1) * (NC / NR)).min(panels));
+            let block_range = (rt * per_row_task)..((rt + 1) * per_row_task).min(blocks);
+            for block in block_range {
                 let rows = (m - block * MR).min(MR);
-                for panel in panels.clone() {
-                    let col = panel * NR;
+                for panel in panel_range.clone() {
+                    let col = panel * NR - cols.start;
                     // SAFETY: support() checked the CPU; the packed operands
                     // hold `pairs` row pairs for this block and panel; C's
-                    // rows block*MR..+rows and columns col..col+cols are
+                    // rows block*MR..+rows and columns col..col+width are
                     // inside `c` (checked above: c_rs >= n, len >= extent),
-                    // and each task writes only its own columns.
+                    // and each task writes only its own rows and columns.
                     unsafe {
                         microkernel(
                             rows,
@@ -190,13 +242,14 @@ pub fn gemm(
                             b.data.as_ptr().add(panel * b.pairs * NR * 2),
                             c_ptr.0.add(block * MR * c_rs + col),
                             c_rs,
-                            (b.n - col).min(NR),
+                            (n - col).min(NR),
                             accumulate,
                         );
                     }
                 }
             }
         };
+        let tasks = col_tasks * row_tasks;
         if parallel && tasks > 1 {
             use rayon::prelude::*;
             (0..tasks).into_par_iter().for_each(task);
@@ -209,7 +262,7 @@ pub fn gemm(
 
 /// C's pointer, shared by tasks that write disjoint columns.
 struct SendPtr(*mut f32);
-// SAFETY: the tasks write disjoint column ranges of C (see gemm).
+// SAFETY: the tasks write disjoint blocks of C (see gemm_cols).
 unsafe impl Send for SendPtr {}
 // SAFETY: as above.
 unsafe impl Sync for SendPtr {}
@@ -400,6 +453,50 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    #[cfg_attr(not(cpu_avx512bf16), ignore = "needs AVX512-BF16")]
+    fn column_ranges_match_the_definition() {
+        // The evaluation loss's vocabulary blocks: whole-panel starts, a
+        // ragged end inside a panel, and the last partial panel of B.
+        let (m, k, n) = (29, 40, 201);
+        let a: Vec<f32> = (0..m * k).map(|i| value(i, 3)).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| value(i, 4)).collect();
+        let (want, scale) = reference(m, k, n, &a, &b, 0.0);
+        let packed = PackedB::pack(&b, k, n, n, 1).unwrap();
+        for cols in [0..33, 64..170, 32..201, 192..201, 96..96] {
+            for parallel in [false, true] {
+                let w = cols.len();
+                let mut c = vec![7.0f32; m * (w + 1)];
+                gemm_cols(
+                    m,
+                    &a,
+                    k,
+                    1,
+                    &packed,
+                    cols.clone(),
+                    &mut c,
+                    w + 1,
+                    false,
+                    parallel,
+                )
+                .unwrap();
+                for i in 0..m {
+                    for j in 0..w {
+                        let (got, at) = (c[i * (w + 1) + j] as f64, i * n + cols.start + j);
+                        let tol = (k as f64 + 1.0) * f32::EPSILON as f64 * scale[at] + 1e-30;
+                        assert!((got - want[at]).abs() <= tol, "{cols:?} ({i},{j})");
+                    }
+                    assert_eq!(c[i * (w + 1) + w], 7.0, "{cols:?}: column past the range");
+                }
+            }
+        }
+        let mut c = vec![0.0; m * 8];
+        assert_eq!(
+            gemm_cols(m, &a, k, 1, &packed, 8..16, &mut c, 8, false, false),
+            Err(Bf16Error::Shape("cols"))
+        );
     }
 
     #[test]

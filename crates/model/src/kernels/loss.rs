@@ -13,7 +13,8 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use super::embedding::GradSink;
-use super::gemm::gemm_f32;
+use super::gemm::{gemm_f32, gemm_weight, packed, WeightPacks};
+use super::gemm_bf16;
 use super::simd::{exp8_shifted, fast_exp, row_max};
 use super::{contiguous_f32, with_cpu_f32, KernelPath};
 use crate::error::{ModelError, Result};
@@ -120,10 +121,65 @@ impl RunningLse {
 /// Sum of `logsumexp(h W^T) - (h W^T)[target]` over the rows of `h`
 /// (`[N, d]`) for the output projection `w` (`[V, d]`); see [`EVAL_ROWS`].
 fn nll_sum_cpu(h: &[f32], w: &[f32], d: usize, v: usize, targets: &[u32]) -> f64 {
+    let threads = candle_core::utils::get_num_threads();
+    let f32_block = |rows: usize, r0: usize, c0: usize, nc: usize, logits: &mut [f32]| {
+        gemm_f32(
+            rows,
+            nc,
+            d,
+            logits,
+            nc,
+            false,
+            (&h[r0 * d..], d, 1),
+            (&w[c0 * d..], 1, d),
+            1.0,
+            threads,
+        );
+        Ok(())
+    };
+    // The f32 block product cannot fail.
+    nll_sum_blocks(v, targets, f32_block).unwrap_or(f64::NAN)
+}
+
+/// [`nll_sum_cpu`] with the logits in bf16: `w` packed once (as `Wᵀ`) into
+/// `slot`, each vocabulary block a range of its panels.
+fn nll_sum_cpu_bf16(
+    h: &[f32],
+    w: &[f32],
+    d: usize,
+    v: usize,
+    targets: &[u32],
+    slot: &std::sync::OnceLock<gemm_bf16::PackedB>,
+) -> candle_core::Result<f64> {
+    let head = packed(slot, w, (d, v), (1, d))?;
+    let parallel = candle_core::utils::get_num_threads() > 1;
+    nll_sum_blocks(v, targets, |rows, r0, c0, nc, logits| {
+        gemm_bf16::gemm_cols(
+            rows,
+            &h[r0 * d..],
+            d,
+            1,
+            head,
+            c0..c0 + nc,
+            logits,
+            nc,
+            false,
+            parallel,
+        )
+        .map_err(candle_core::Error::wrap)
+    })
+}
+
+/// The blockwise loop of [`nll_sum_cpu`]: `logits(rows, r0, c0, nc, buf)`
+/// writes the `rows x nc` logits of rows `r0..` and vocabulary `c0..` into `buf`.
+fn nll_sum_blocks(
+    v: usize,
+    targets: &[u32],
+    logits: impl Fn(usize, usize, usize, usize, &mut [f32]) -> candle_core::Result<()>,
+) -> candle_core::Result<f64> {
     let n = targets.len();
     let cols = EVAL_VOCAB_BLOCK.min(v);
     let mut buf = vec![0f32; n.min(EVAL_ROWS) * cols];
-    let threads = candle_core::utils::get_num_threads();
     let mut total = 0f64;
     for r0 in (0..n).step_by(EVAL_ROWS) {
         let rows = EVAL_ROWS.min(n - r0);
@@ -131,20 +187,9 @@ fn nll_sum_cpu(h: &[f32], w: &[f32], d: usize, v: usize, targets: &[u32]) -> f64
         let mut state = vec![RunningLse::EMPTY; rows];
         for c0 in (0..v).step_by(cols) {
             let nc = cols.min(v - c0);
-            let logits = &mut buf[..rows * nc];
-            gemm_f32(
-                rows,
-                nc,
-                d,
-                logits,
-                nc,
-                false,
-                (&h[r0 * d..], d, 1),
-                (&w[c0 * d..], 1, d),
-                1.0,
-                threads,
-            );
-            logits
+            let block = &mut buf[..rows * nc];
+            logits(rows, r0, c0, nc, block)?;
+            block
                 .par_chunks(nc)
                 .zip(state.par_iter_mut())
                 .zip(targets.par_iter())
@@ -157,7 +202,7 @@ fn nll_sum_cpu(h: &[f32], w: &[f32], d: usize, v: usize, targets: &[u32]) -> f64
         }
         total += state.iter().map(RunningLse::nll).sum::<f64>();
     }
-    total
+    Ok(total)
 }
 
 super::simd::avx2_dispatch! {
@@ -179,12 +224,14 @@ super::simd::avx2_dispatch! {
 }
 
 /// Mean next-token cross-entropy from final hidden states `[B*T, d]` and the
-/// output projection `[V, d]`, without holding all logits.
+/// output projection `[V, d]`, without holding all logits. On the bf16
+/// path the projection is packed into `packs` on first use.
 pub(crate) fn eval_loss_from_hidden(
     path: KernelPath,
     hidden: &Tensor,
     out_w: &Tensor,
     batch: &[Vec<u32>],
+    packs: &WeightPacks,
 ) -> Result<f32> {
     let b = batch.len();
     let t = batch.first().map(Vec::len).unwrap_or(0);
@@ -211,10 +258,17 @@ pub(crate) fn eval_loss_from_hidden(
                 batch
                     .iter()
                     .enumerate()
-                    .map(|(r, row)| nll_sum_cpu(&h[r * t * d..], w, d, v, &row[1..]))
-                    .sum::<f64>()
+                    .map(|(r, row)| {
+                        let h = &h[r * t * d..];
+                        if path.is_bf16() {
+                            nll_sum_cpu_bf16(h, w, d, v, &row[1..], &packs.fwd)
+                        } else {
+                            Ok(nll_sum_cpu(h, w, d, v, &row[1..]))
+                        }
+                    })
+                    .sum::<candle_core::Result<f64>>()
             })
-        })??;
+        })???;
         return Ok((total / (b * (t - 1)) as f64) as f32);
     }
     let out_t = out_w.t()?;
@@ -253,13 +307,15 @@ fn chunk_nll_sum(logits: &Tensor, targets: &[u32]) -> Result<f64> {
 /// (`dh = G W`, `dW = G^T h`), so no `[N, V]` gradient is ever allocated.
 /// With `sink`, `dW` is added into it instead of being handed to candle
 /// (see [`GradSink`]); without, or off the CPU, `W` gets its gradient from
-/// candle as usual.
+/// candle as usual. On the bf16 path the three GEMMs run in bf16, `W`
+/// packed into `packs` (as `Wᵀ` and as itself) on first use.
 pub(crate) fn lm_head_cross_entropy(
     path: KernelPath,
     h: &Tensor,
     w: &Tensor,
     targets: &[u32],
     sink: Option<&GradSink>,
+    packs: &Arc<WeightPacks>,
 ) -> Result<Tensor> {
     let (n, d) = h.dims2()?;
     let (v, wd) = w.dims2()?;
@@ -279,6 +335,8 @@ pub(crate) fn lm_head_cross_entropy(
             targets: Arc::new(targets.to_vec()),
             saved: Mutex::new(None),
             sink: sink.cloned(),
+            bf16: path.is_bf16(),
+            packs: packs.clone(),
         };
         Ok(h.contiguous()?.apply_op2(&w.contiguous()?, op)?)
     } else {
@@ -296,27 +354,37 @@ struct HeadCrossEntropy {
     saved: Mutex<Option<(Vec<f32>, Vec<f32>)>>,
     /// Where `dW` goes, if not to candle.
     sink: Option<GradSink>,
+    /// Whether the GEMMs run in bf16.
+    bf16: bool,
+    /// `W`'s bf16 packs (bf16 only).
+    packs: Arc<WeightPacks>,
 }
 
 impl HeadCrossEntropy {
     /// Logits `[N, V]` and their row log-sum-exps.
-    fn logits(h: &[f32], w: &[f32], n: usize, d: usize, v: usize) -> (Vec<f32>, Vec<f32>) {
+    fn logits(
+        &self,
+        h: &[f32],
+        w: &[f32],
+        n: usize,
+        d: usize,
+        v: usize,
+    ) -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
         let mut logits = vec![0f32; n * v];
         let threads = candle_core::utils::get_num_threads();
-        gemm_f32(
-            n,
-            v,
-            d,
+        gemm_weight(
+            self.bf16,
+            (n, v, d),
             &mut logits,
             v,
             false,
             (h, d, 1),
             (w, 1, d),
-            1.0,
+            Some(&self.packs.fwd),
             threads,
-        );
+        )?;
         let lse = logits.par_chunks(v).map(row_logsumexp).collect();
-        (logits, lse)
+        Ok((logits, lse))
     }
 }
 
@@ -335,7 +403,7 @@ impl CustomOp2 for HeadCrossEntropy {
         let (n, d) = l1.shape().dims2()?;
         let (v, _) = l2.shape().dims2()?;
         let (h, w) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
-        let (logits, lse) = Self::logits(h, w, n, d, v);
+        let (logits, lse) = self.logits(h, w, n, d, v)?;
         let sum: f64 = logits
             .par_chunks(v)
             .zip(self.targets.par_iter().zip(lse.par_iter()))
@@ -366,7 +434,10 @@ impl CustomOp2 for HeadCrossEntropy {
         let (dh, dw) = with_cpu_f32(h, |hs| {
             with_cpu_f32(w, |ws| {
                 // A second backward of the same graph recomputes the logits.
-                let (mut grad, lse) = saved.unwrap_or_else(|| Self::logits(hs, ws, n, d, v));
+                let (mut grad, lse) = match saved {
+                    Some(s) => s,
+                    None => self.logits(hs, ws, n, d, v)?,
+                };
                 grad.par_chunks_mut(v)
                     .zip(self.targets.par_iter().zip(lse.par_iter()))
                     .for_each(|(row, (&t, &lse))| {
@@ -374,40 +445,38 @@ impl CustomOp2 for HeadCrossEntropy {
                         row[t as usize] -= scale;
                     });
                 let mut dh = vec![0f32; n * d];
-                gemm_f32(
-                    n,
-                    d,
-                    v,
+                gemm_weight(
+                    self.bf16,
+                    (n, d, v),
                     &mut dh,
                     d,
                     false,
                     (&grad, v, 1),
                     (ws, d, 1),
-                    1.0,
+                    Some(&self.packs.bwd),
                     threads,
-                );
+                )?;
                 let dw_into = |dw: &mut [f32]| {
-                    gemm_f32(
-                        v,
-                        d,
-                        n,
+                    gemm_weight(
+                        self.bf16,
+                        (v, d, n),
                         dw,
                         d,
                         true,
                         (&grad, 1, v),
                         (hs, d, 1),
-                        1.0,
+                        None,
                         threads,
                     )
                 };
                 let dw = match &self.sink {
                     Some(sink) => {
-                        sink.accumulate(v * d, dw_into)?;
+                        sink.accumulate(v * d, dw_into)??;
                         None
                     }
                     None => {
                         let mut dw = vec![0f32; v * d];
-                        dw_into(&mut dw);
+                        dw_into(&mut dw)?;
                         Some(dw)
                     }
                 };

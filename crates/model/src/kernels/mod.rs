@@ -14,6 +14,7 @@ pub(crate) mod conv1d;
 pub(crate) mod embedding;
 pub(crate) mod gemm;
 pub mod gemm_bf16;
+pub(crate) mod linear;
 pub(crate) mod loss;
 pub(crate) mod norms;
 pub(crate) mod optimizer;
@@ -23,12 +24,18 @@ pub(crate) mod simd;
 use candle_core::{CpuStorage, Layout, Tensor};
 
 /// Which implementation every kernel call of a model runs, chosen once when
-/// the model is built: the fused CPU kernels (f32 on the CPU only) or
-/// candle's composed ops (any device and dtype).
+/// the model is built: the fused CPU kernels (f32 on the CPU only), the same
+/// with their weight GEMMs in bf16, or candle's composed ops (any device and
+/// dtype).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum KernelPath {
     /// The fused CPU f32 kernels of this module.
     Fast,
+    /// The fused CPU kernels, every GEMM against a weight (projections, the
+    /// output head, forward and backward) in bf16 with f32 accumulation
+    /// ([`gemm_bf16`], AVX512-BF16); activations, norms, softmax, attention
+    /// and the loss stay f32.
+    FastBf16,
     /// candle's ops only: what CUDA and Metal run.
     Portable,
 }
@@ -36,7 +43,12 @@ pub(crate) enum KernelPath {
 impl KernelPath {
     /// Whether the fused CPU kernels run.
     pub(crate) fn is_fast(self) -> bool {
-        self == Self::Fast
+        matches!(self, Self::Fast | Self::FastBf16)
+    }
+
+    /// Whether the weight GEMMs run in bf16 on the CPU.
+    pub(crate) fn is_bf16(self) -> bool {
+        self == Self::FastBf16
     }
 }
 
@@ -58,3 +70,6 @@ pub(crate) fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle
     };
     Ok(f(contiguous_f32(cpu, layout)?))
 }
+
+#[cfg(test)]
+mod bf16_tests;
