@@ -63,6 +63,21 @@ pub fn run(args: UploadArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Resul
         .check_repo_id(&args.hf_repo_id)
         .map_err(|e| anyhow::anyhow!("--hf_repo_id {e}"))?;
     let dir = &args.load_model_dir;
+    // A model the validator would reject is refused before anything is
+    // uploaded: at once against the limits known without the chain (the
+    // seed's), and against the competition entered once its block is read.
+    let limits = |(max_params, max_bytes)| Limits {
+        max_params,
+        max_bytes,
+    };
+    let check = |l: Limits| {
+        check_model_dir(dir, l)
+            .with_context(|| format!("{} is not a model the validator accepts", dir.display()))
+    };
+    let mut info = protocol
+        .limits_before_chain()
+        .map(|l| check(limits(l)))
+        .transpose()?;
     let hotkey = args
         .wallet
         .wallet()
@@ -84,20 +99,14 @@ pub fn run(args: UploadArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Resul
             .await
             .context("reading the current block")?;
         let active = args.competition.entered(&schedule, Some(block))?;
-        // A model the validator would reject is refused before anything is
-        // uploaded: against the competition entered where the protocol has
-        // them, else the seed's limits.
-        let entered = protocol.entered(&active.spec);
-        let limits = entered.map_or_else(Limits::default, |spec| Limits {
-            max_params: spec.constraints.max_parameters,
-            max_bytes: spec.constraints.max_bytes,
-        });
-        let info = check_model_dir(dir, limits)
-            .with_context(|| format!("{} is not a model the validator accepts", dir.display()))?;
-        if let Some(spec) = entered {
+        if let Some(spec) = protocol.entered(&active.spec) {
+            let checked = check(limits((
+                spec.constraints.max_parameters,
+                spec.constraints.max_bytes,
+            )))?;
             spec.check_model(&pretrain_core::rules::schedule::ModelFacts {
-                parameters: info.params,
-                architecture: info.architecture.class_name(),
+                parameters: checked.params,
+                architecture: checked.architecture.class_name(),
             })
             .with_context(|| {
                 format!(
@@ -108,6 +117,7 @@ pub fn run(args: UploadArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Resul
                     active.schedule
                 )
             })?;
+            info = Some(checked);
         }
         tracing::info!(?info, "model checked");
         let hub = args.hub.open(true)?;

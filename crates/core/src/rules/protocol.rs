@@ -256,6 +256,19 @@ impl Protocol {
         self.has_competition_ids().then_some(spec)
     }
 
+    /// The model limits `(max parameters, max bytes)` known before the
+    /// chain is read: the seed's under `sn9-2024-01`; none under the
+    /// competitions, whose limits are those of the competition entered at
+    /// the chain's block ([`Protocol::entered`]).
+    pub fn limits_before_chain(self) -> Option<(u64, u64)> {
+        match self {
+            Protocol::Sn9Rules2024 => {
+                Some((crate::constants::MAX_MODEL_PARAMETERS, MAX_MODEL_BYTES))
+            }
+            Protocol::Competitions => None,
+        }
+    }
+
     /// The validator's tunables at `block`: under `sn9-2024-01` the active
     /// competition's per-batch constants (epsilon, temperature, alpha,
     /// sequence length) with `flags`' sample_min and step sizes; under the
@@ -689,6 +702,11 @@ mod tests {
         );
         // What the validator tracks: the committed (secure) hash.
         assert_eq!(five.model_id().hash.as_deref(), Some(secure));
+        assert_eq!(
+            Protocol::Sn9Rules2024.limits_before_chain(),
+            Some((122_268_040, 1024 * 1024 * 1024))
+        );
+        assert_eq!(Protocol::Competitions.limits_before_chain(), None);
         assert!(Protocol::Competitions.uploads_private());
         assert!(!Protocol::Sn9Rules2024.uploads_private());
     }
