@@ -171,7 +171,7 @@ fn two_competitions_each_winner_holds_its_share_and_a_copy_is_refused() {
     use pretrain_chain::embedded::{EmbeddedChain, EmbeddedOptions};
     use pretrain_chain::wallet::KeyPair;
     use pretrain_chain::{Chain, Hotkey};
-    use pretrain_core::LaterModelId;
+    use pretrain_core::CompetitionModelId as LaterModelId;
 
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("net");

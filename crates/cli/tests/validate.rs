@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use candle_core::Device;
 use pretrain_chain::wallet::KeyPair;
 use pretrain_core::scoring::{StepInput, Uid};
-use pretrain_core::{hash_of_directory, weights_for_emit, Competition, ModelId};
+use pretrain_core::{hash_of_directory, weights_for_emit, ModelId, Tunables as Competition};
 use pretrain_model::{Model, TrainConfig, Trainer};
 use pretrain_store::ModelHub;
 use serde_json::Value;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use pretrain_core::scoring::Uid;
-use pretrain_core::{hash_of_directory, secure_hash, LaterModelId};
+use pretrain_core::{hash_of_directory, secure_hash, CompetitionModelId as LaterModelId};
 use pretrain_store::{ModelHub, Visibility};
 use serde_json::Value;
 

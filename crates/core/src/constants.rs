@@ -35,10 +35,12 @@ pub const MAX_PAGE: u64 = 968_000_015;
 /// (subtensor's Commitments rate limit; the embedded chain's default).
 pub const COMMIT_RATE_LIMIT_BLOCKS: u64 = 100;
 
-/// Tunable competition parameters. The defaults are the seed-era values
+/// The validator's tunables: the `sn9-2024-01` scoring constants and the
+/// step and epoch sizes (a competition itself is a
+/// [`crate::rules::CompetitionSpec`]). The defaults are the seed-era values
 /// (epsilon 0.01, temperature 0.25); v2.1.0 lowered them to 0.005 and 0.04.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Competition {
+pub struct Tunables {
     /// Loss advantage given to the earlier-committed model.
     pub epsilon: f64,
     /// Softmax temperature over win rates (rounded to `f32` where used, as
@@ -59,7 +61,7 @@ pub struct Competition {
     pub batch_size: usize,
 }
 
-impl Default for Competition {
+impl Default for Tunables {
     fn default() -> Self {
         Self {
             epsilon: 0.01,
@@ -74,7 +76,7 @@ impl Default for Competition {
     }
 }
 
-impl Competition {
+impl Tunables {
     /// The constants of the original v2.1.0 release.
     pub fn v2_1_0() -> Self {
         Self {

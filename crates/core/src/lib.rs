@@ -17,11 +17,11 @@ pub mod rules;
 pub mod scoring;
 
 pub use backoff::Backoff;
-pub use constants::Competition;
+pub use constants::Tunables;
 pub use hash::secure_hash;
 pub use hash::{hash_of_directory, hash_of_file, HashError};
 pub use ids::{CommitId, HotkeyAddress, IdError, RepoId, Ss58};
 pub use model_id::{validate_hf_repo_id, ModelId, ModelIdError, ModelMetadata, RepoIdError};
-pub use model_id::{CompetitionId, LaterModelId, LaterModelIdError};
+pub use model_id::{ChainId, CompetitionId, CompetitionModelId, CompetitionModelIdError};
 pub use rules::{EpsilonFunc, Schedule};
 pub use scoring::{iswin, weights_for_emit, StepInput, StepJson, StepOutput, StepOutputJson};

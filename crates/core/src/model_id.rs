@@ -142,13 +142,13 @@ pub fn check_competition_repo_id(repo: &crate::RepoId) -> Result<(), RepoIdTooLo
     Ok(())
 }
 
-/// Competition id of the later protocol (upstream's `CompetitionId`, a Python int).
+/// Competition id of the competition rules (upstream's `CompetitionId`, a Python int).
 pub type CompetitionId = i64;
 
-/// Why a later (5-field) compressed model id could not be parsed; upstream's
+/// Why a competition (5-field) compressed model id could not be parsed; upstream's
 /// chain store turns each into "no valid metadata".
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum LaterModelIdError {
+pub enum CompetitionModelIdError {
     /// Fewer than four `:`-separated parts (Python's `IndexError`).
     #[error("model id {0:?} has fewer than 4 ':'-separated parts")]
     TooFewParts(String),
@@ -169,13 +169,13 @@ pub enum LaterModelIdError {
     },
 }
 
-/// The later protocol's model identity (taoverse `ModelId`), committed as
+/// The competition rules' model identity (taoverse `ModelId`), committed as
 /// `namespace:name:commit:secure_hash:competition_id`.
 ///
 /// The seed's 4-field [`ModelId`] is unchanged; this type is its successor
 /// for schedules whose competitions bind the hash to the hotkey.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct LaterModelId {
+pub struct CompetitionModelId {
     /// Hub namespace (user or organisation).
     pub namespace: String,
     /// Repo name inside the namespace.
@@ -190,7 +190,7 @@ pub struct LaterModelId {
     pub competition_id: CompetitionId,
 }
 
-impl LaterModelId {
+impl CompetitionModelId {
     /// The exact string committed: `ns:name:commit:secure_hash:competition_id`,
     /// `None` for a missing part.
     pub fn to_compressed_str(&self) -> String {
@@ -205,7 +205,7 @@ impl LaterModelId {
     }
 
     /// Parses as upstream's `from_compressed_str` with its default competition 0.
-    pub fn from_compressed_str(s: &str) -> Result<Self, LaterModelIdError> {
+    pub fn from_compressed_str(s: &str) -> Result<Self, CompetitionModelIdError> {
         Self::from_compressed_str_with_default(s, 0)
     }
 
@@ -218,10 +218,10 @@ impl LaterModelId {
     pub fn from_compressed_str_with_default(
         s: &str,
         default_competition_id: CompetitionId,
-    ) -> Result<Self, LaterModelIdError> {
+    ) -> Result<Self, CompetitionModelIdError> {
         let tokens: Vec<&str> = s.split(':').collect();
         if tokens.len() < 4 {
-            return Err(LaterModelIdError::TooFewParts(s.to_string()));
+            return Err(CompetitionModelIdError::TooFewParts(s.to_string()));
         }
         let opt = |p: &str| (p != "None").then(|| p.to_string());
         let (competition_id, hash) = if tokens.len() < 5 {
@@ -240,10 +240,10 @@ impl LaterModelId {
     }
 
     /// The compressed form, checked against the chain's 128-byte limit.
-    pub fn to_chain_bytes(&self) -> Result<Vec<u8>, LaterModelIdError> {
+    pub fn to_chain_bytes(&self) -> Result<Vec<u8>, CompetitionModelIdError> {
         let s = self.to_compressed_str();
         if s.len() > MAX_METADATA_BYTES {
-            return Err(LaterModelIdError::TooLong {
+            return Err(CompetitionModelIdError::TooLong {
                 len: s.len(),
                 max: MAX_METADATA_BYTES,
             });
@@ -252,7 +252,7 @@ impl LaterModelId {
     }
 
     /// Parses bytes read from chain (lossy UTF-8, as [`ModelId::from_chain_bytes`]).
-    pub fn from_chain_bytes(bytes: &[u8]) -> Result<Self, LaterModelIdError> {
+    pub fn from_chain_bytes(bytes: &[u8]) -> Result<Self, CompetitionModelIdError> {
         Self::from_compressed_str(&String::from_utf8_lossy(bytes))
     }
 
@@ -262,9 +262,70 @@ impl LaterModelId {
     }
 }
 
-impl fmt::Display for LaterModelId {
+impl fmt::Display for CompetitionModelId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_compressed_str())
+    }
+}
+
+/// A model id as committed on chain: what the two protocols' formats
+/// ([`ModelId`], [`CompetitionModelId`]) share.
+pub trait ChainId: fmt::Display + Sized {
+    /// Why bytes are no id of this format, or an id does not fit on chain.
+    type Error: std::error::Error + Send + Sync + 'static;
+    /// The bytes committed, checked against the chain's limit.
+    fn to_chain_bytes(&self) -> Result<Vec<u8>, Self::Error>;
+    /// Reads committed bytes (lossy UTF-8).
+    fn from_chain_bytes(bytes: &[u8]) -> Result<Self, Self::Error>;
+    /// `namespace/name`.
+    fn repo_id(&self) -> String;
+}
+
+impl ChainId for ModelId {
+    type Error = ModelIdError;
+    fn to_chain_bytes(&self) -> Result<Vec<u8>, ModelIdError> {
+        ModelId::to_chain_bytes(self)
+    }
+    fn from_chain_bytes(bytes: &[u8]) -> Result<Self, ModelIdError> {
+        ModelId::from_chain_bytes(bytes)
+    }
+    fn repo_id(&self) -> String {
+        ModelId::repo_id(self)
+    }
+}
+
+impl ChainId for CompetitionModelId {
+    type Error = CompetitionModelIdError;
+    fn to_chain_bytes(&self) -> Result<Vec<u8>, CompetitionModelIdError> {
+        CompetitionModelId::to_chain_bytes(self)
+    }
+    fn from_chain_bytes(bytes: &[u8]) -> Result<Self, CompetitionModelIdError> {
+        CompetitionModelId::from_chain_bytes(bytes)
+    }
+    fn repo_id(&self) -> String {
+        CompetitionModelId::repo_id(self)
+    }
+}
+
+impl CompetitionModelId {
+    /// What a miner with hotkey `hotkey_ss58` commits for the files hashed
+    /// `model_hash` at `commit` of `repo`: the secure hash binds the model
+    /// to the hotkey.
+    pub fn committed(
+        repo: &crate::RepoId,
+        commit: &str,
+        model_hash: &str,
+        hotkey_ss58: &str,
+        competition_id: CompetitionId,
+    ) -> Self {
+        Self {
+            namespace: repo.namespace().to_string(),
+            name: repo.name().to_string(),
+            commit: Some(commit.to_string()),
+            hash: None,
+            secure_hash: Some(crate::secure_hash(model_hash, hotkey_ss58)),
+            competition_id,
+        }
     }
 }
 
@@ -277,8 +338,8 @@ fn python_isspace(c: char) -> bool {
 /// Python's `int(text)` (base 10) for ASCII digits: surrounding whitespace,
 /// one optional sign, single underscores between digits, leading zeros.
 /// Non-ASCII decimal digits (which Python also accepts) are refused.
-fn parse_python_int(text: &str) -> Result<CompetitionId, LaterModelIdError> {
-    let bad = || LaterModelIdError::BadCompetitionId(text.to_string());
+fn parse_python_int(text: &str) -> Result<CompetitionId, CompetitionModelIdError> {
+    let bad = || CompetitionModelIdError::BadCompetitionId(text.to_string());
     let body = text.trim_matches(python_isspace);
     let (negative, digits) = match body.as_bytes().first() {
         Some(b'-') => (true, &body[1..]),
@@ -311,7 +372,9 @@ fn parse_python_int(text: &str) -> Result<CompetitionId, LaterModelIdError> {
     let value = if negative { -value } else { value };
     match CompetitionId::try_from(value) {
         Ok(v) if !overflow => Ok(v),
-        _ => Err(LaterModelIdError::CompetitionIdOutOfRange(text.to_string())),
+        _ => Err(CompetitionModelIdError::CompetitionIdOutOfRange(
+            text.to_string(),
+        )),
     }
 }
 
@@ -485,7 +548,7 @@ mod tests {
             ("two", None),
             ("1 2", None),
         ] {
-            let id = LaterModelId::from_compressed_str(&format!("a:b:None:None:{text}"));
+            let id = CompetitionModelId::from_compressed_str(&format!("a:b:None:None:{text}"));
             assert_eq!(
                 id.as_ref().ok().map(|i| i.competition_id),
                 want,
@@ -493,17 +556,17 @@ mod tests {
             );
             if want.is_none() {
                 assert!(
-                    matches!(id, Err(LaterModelIdError::BadCompetitionId(_))),
+                    matches!(id, Err(CompetitionModelIdError::BadCompetitionId(_))),
                     "{text:?}"
                 );
             }
         }
         assert!(matches!(
-            LaterModelId::from_compressed_str("a:b:c:d:99999999999999999999"),
-            Err(LaterModelIdError::CompetitionIdOutOfRange(_))
+            CompetitionModelId::from_compressed_str("a:b:c:d:99999999999999999999"),
+            Err(CompetitionModelIdError::CompetitionIdOutOfRange(_))
         ));
         assert_eq!(
-            LaterModelId::from_compressed_str("a:b:c:d:-9223372036854775808")
+            CompetitionModelId::from_compressed_str("a:b:c:d:-9223372036854775808")
                 .unwrap()
                 .competition_id,
             i64::MIN
@@ -512,20 +575,20 @@ mod tests {
 
     #[test]
     fn later_id_extra_parts_ignored_and_legacy_default() {
-        let id = LaterModelId::from_compressed_str("a:b:c:h:3:x:y").unwrap();
+        let id = CompetitionModelId::from_compressed_str("a:b:c:h:3:x:y").unwrap();
         assert_eq!(id.competition_id, 3);
         assert_eq!(id.hash, None);
         assert_eq!(id.secure_hash.as_deref(), Some("h"));
         assert_eq!(id.to_compressed_str(), "a:b:c:h:3");
-        let legacy = LaterModelId::from_compressed_str_with_default("a:b:c:h", 5).unwrap();
+        let legacy = CompetitionModelId::from_compressed_str_with_default("a:b:c:h", 5).unwrap();
         assert_eq!(legacy.competition_id, 5);
         assert_eq!(legacy.hash.as_deref(), Some("h"));
         assert_eq!(legacy.secure_hash.as_deref(), Some("h"));
         assert!(matches!(
-            LaterModelId::from_compressed_str("a:b:c"),
-            Err(LaterModelIdError::TooFewParts(_))
+            CompetitionModelId::from_compressed_str("a:b:c"),
+            Err(CompetitionModelIdError::TooFewParts(_))
         ));
-        let long = LaterModelId {
+        let long = CompetitionModelId {
             namespace: "n".repeat(39),
             name: "m".to_string(),
             commit: Some("c".repeat(40)),
@@ -536,14 +599,14 @@ mod tests {
         // 39 + 1 + 40 + 44 + 1 + 4 separators = 129 bytes.
         assert!(matches!(
             long.to_chain_bytes(),
-            Err(LaterModelIdError::TooLong { len: 129, max: 128 })
+            Err(CompetitionModelIdError::TooLong { len: 129, max: 128 })
         ));
     }
 
     proptest! {
         #[test]
         fn later_parse_never_panics(s in ".*") {
-            let _ = LaterModelId::from_compressed_str(&s);
+            let _ = CompetitionModelId::from_compressed_str(&s);
         }
 
         #[test]
@@ -551,8 +614,8 @@ mod tests {
                            commit in proptest::option::of("[0-9a-f]{40}"),
                            secure_hash in proptest::option::of("[A-Za-z0-9+/]{43}="),
                            competition_id in any::<i64>()) {
-            let id = LaterModelId { namespace: ns, name, commit, hash: None, secure_hash, competition_id };
-            prop_assert_eq!(LaterModelId::from_compressed_str(&id.to_compressed_str()).unwrap(), id);
+            let id = CompetitionModelId { namespace: ns, name, commit, hash: None, secure_hash, competition_id };
+            prop_assert_eq!(CompetitionModelId::from_compressed_str(&id.to_compressed_str()).unwrap(), id);
         }
 
         #[test]

@@ -8,7 +8,9 @@ use pretrain_core::rules::{
     accepts_download, compute_competitive_uids, compute_wins, score_competition,
     CompetitionTracker, Contender, EpsilonFunc, Schedule,
 };
-use pretrain_core::{secure_hash, LaterModelId, LaterModelIdError};
+use pretrain_core::{
+    secure_hash, CompetitionModelId as LaterModelId, CompetitionModelIdError as LaterModelIdError,
+};
 use serde_json::Value;
 
 fn vectors() -> Value {
@@ -283,7 +285,7 @@ fn shipped_schedules() {
     // The seed's own constants, unchanged.
     assert_eq!(
         c.seed_competition(),
-        Some(pretrain_core::Competition::default())
+        Some(pretrain_core::Tunables::default())
     );
     assert_eq!(
         c.constraints.max_parameters,

@@ -13,6 +13,7 @@ pub mod validator;
 
 pub use errors::error_chain;
 pub use push::{
-    make_public, publish, push, push_later, LaterPushed, PushError, PushOptions, StillPrivate,
+    make_public, publish, push, push_later, push_model, LaterPushed, PushError, PushOptions,
+    Pushed, StillPrivate,
 };
 pub use retry::{retry, GaveUp};

@@ -1,17 +1,19 @@
 //! The miner's push: upload a model directory, then commit its identity to
 //! the chain, retrying while the chain refuses for now (rate limit).
 //!
-//! [`push`] is the seed's (public repo, `namespace:name:commit:hash`);
-//! [`push_later`] the later protocol's (private repo,
-//! `namespace:name:commit:secure_hash:competition_id`), after which
-//! [`make_public`] publishes the repo once the commitment has landed.
+//! [`push_model`] pushes under a protocol: `sn9-2024-01` (public repo,
+//! `namespace:name:commit:hash`) or the competitions (private repo,
+//! `namespace:name:commit:secure_hash:competition_id`, after which
+//! [`publish`] makes the repo public once the commitment has landed);
+//! [`push`] and [`push_later`] are it with each protocol's typed id.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pretrain_chain::{Chain, ChainError, Hotkey};
+use pretrain_core::rules::{ChainModelId, ChainModelIdError, Protocol};
 use pretrain_core::{
-    Backoff, CommitId, CompetitionId, HashError, LaterModelId, LaterModelIdError, ModelId,
+    Backoff, CommitId, CompetitionId, CompetitionModelId, CompetitionModelIdError, HashError,
     ModelIdError, ModelMetadata,
 };
 use pretrain_store::{list_local_files, HubError, ModelHub, RepoId, Visibility};
@@ -71,9 +73,9 @@ pub enum PushError {
     /// The model id does not fit on chain.
     #[error("model id")]
     ModelId(#[from] ModelIdError),
-    /// The later protocol's model id does not fit on chain.
+    /// The competitions' (5-field) model id does not fit on chain.
     #[error("model id")]
-    LaterModelId(#[from] LaterModelIdError),
+    LaterModelId(#[from] CompetitionModelIdError),
     /// The hub holds different files at the new commit than the directory,
     /// so the committed hash would not match what validators download.
     #[error("after upload, {repo}@{commit} differs from the directory: {reason}")]
@@ -142,11 +144,57 @@ async fn stage_b16(dir: &Path, options: &PushOptions) -> Result<Option<Staged>, 
     .map_err(PushError::Task)?
 }
 
-/// Pushes the `save_pretrained` directory `dir` to `repo` on `hub` and
-/// commits `namespace:name:commit:hash` for `hotkey` on `chain`. The hash
-/// is that of the directory, which is exactly what the repo holds at the
-/// new commit (checked from the hub's file list). Returns the committed
-/// metadata with the block it landed in.
+/// What a push committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pushed<I = ChainModelId> {
+    /// The committed id, in its protocol's format.
+    pub id: I,
+    /// `hash_of_directory` of the uploaded files (under the competitions,
+    /// what the secure hash binds to the hotkey).
+    pub model_hash: String,
+    /// Block the commitment landed in.
+    pub block: u64,
+}
+
+/// What [`push_later`] committed: the 5-field id with the secure hash and
+/// the competition.
+pub type LaterPushed = Pushed<CompetitionModelId>;
+
+/// The push of `protocol` (the one the CLI calls): uploads the
+/// `save_pretrained` directory `dir` to `repo` and commits the protocol's
+/// model id for it, `competition_id` naming the competition where the
+/// protocol has them ([`Protocol::model_id`]). Under the competitions the
+/// repo is uploaded private (a new repo; an existing one keeps its
+/// visibility): call [`publish`] once the commitment has landed.
+#[allow(clippy::too_many_arguments)]
+pub async fn push_model(
+    hub: &dyn ModelHub,
+    chain: &dyn Chain,
+    hotkey: &Hotkey,
+    dir: &Path,
+    repo: &RepoId,
+    protocol: Protocol,
+    competition_id: CompetitionId,
+    options: &PushOptions,
+) -> Result<Pushed, PushError> {
+    let ss58 = hotkey.ss58.clone();
+    push_with(
+        hub,
+        chain,
+        hotkey,
+        dir,
+        repo,
+        protocol.uploads_private(),
+        |commit, hash| protocol.model_id(repo, commit, hash, &ss58, competition_id),
+        options,
+    )
+    .await
+}
+
+/// [`push_model`] under `sn9-2024-01`: a public repo and
+/// `namespace:name:commit:hash`, the hash that of the directory, which is
+/// exactly what the repo holds at the new commit (checked from the hub's
+/// file list). Returns the committed metadata with the block it landed in.
 pub async fn push(
     hub: &dyn ModelHub,
     chain: &dyn Chain,
@@ -155,49 +203,26 @@ pub async fn push(
     repo: &RepoId,
     options: &PushOptions,
 ) -> Result<ModelMetadata, PushError> {
-    // Nothing is written to the hub for a hotkey the chain would refuse.
-    ensure_registered(chain, hotkey, options.netuid).await?;
-    let staged = stage_b16(dir, options).await?;
-    let dir = staged.as_ref().map_or(dir, |s| s.dir.as_path());
-    let hash = hash_dir(dir).await?;
-    // Fail before uploading if the id could never fit on chain.
-    ModelId {
-        namespace: repo.namespace().to_string(),
-        name: repo.name().to_string(),
-        commit: Some("0".repeat(40)),
-        hash: Some(hash.clone()),
-    }
-    .to_chain_bytes()?;
-
-    info!(repo = %repo, dir = %dir.display(), %hash, "uploading model");
-    let commit = upload(hub, dir, repo, Visibility::Public, options).await?;
-    check_uploaded(hub, dir, repo, &commit, false).await?;
-
-    let id = ModelId::at(repo, &commit, hash);
-    let data = id.to_chain_bytes()?;
-    let block = commit_data(chain, hotkey, &data, options).await?;
-    info!(model = %id, block, "model committed to the chain");
-    Ok(ModelMetadata { id, block })
+    let pushed = push_model(
+        hub,
+        chain,
+        hotkey,
+        dir,
+        repo,
+        Protocol::Sn9Rules2024,
+        0,
+        options,
+    )
+    .await?;
+    Ok(ModelMetadata {
+        id: pushed.id.model_id(),
+        block: pushed.block,
+    })
 }
 
-/// What [`push_later`] committed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LaterPushed {
-    /// The committed id (5 fields, with the secure hash and the competition).
-    pub id: LaterModelId,
-    /// `hash_of_directory` of the uploaded files (what the secure hash binds to the hotkey).
-    pub model_hash: String,
-    /// Block the commitment landed in.
-    pub block: u64,
-}
-
-/// The later protocol's push (taoverse's miner): uploads `dir` to `repo`
-/// **private** (a new repo; an existing one keeps its visibility), then
-/// commits `namespace:name:commit:secure_hash:competition_id` where the
-/// secure hash is `secure_hash(hash_of_directory(dir), hotkey)`: the hash of
-/// exactly what the repo holds at the new commit (checked from the hub's
-/// file list, as the owner sees it). Call [`make_public`] afterwards so
-/// validators can download it.
+/// [`push_model`] under the competitions (taoverse's miner): `repo`
+/// uploaded **private**, then `namespace:name:commit:secure_hash:competition_id`
+/// committed, where the secure hash is `secure_hash(hash_of_directory(dir), hotkey)`.
 pub async fn push_later(
     hub: &dyn ModelHub,
     chain: &dyn Chain,
@@ -207,36 +232,96 @@ pub async fn push_later(
     competition_id: CompetitionId,
     options: &PushOptions,
 ) -> Result<LaterPushed, PushError> {
+    let ss58 = hotkey.ss58.clone();
+    push_with(
+        hub,
+        chain,
+        hotkey,
+        dir,
+        repo,
+        true,
+        |commit, hash| CompetitionModelId::committed(repo, commit, hash, &ss58, competition_id),
+        options,
+    )
+    .await
+}
+
+/// The push itself, whatever the id format: `id_at(commit, model_hash)`
+/// is the id committed; `private` uploads the repo private.
+#[allow(clippy::too_many_arguments)]
+async fn push_with<I, E>(
+    hub: &dyn ModelHub,
+    chain: &dyn Chain,
+    hotkey: &Hotkey,
+    dir: &Path,
+    repo: &RepoId,
+    private: bool,
+    id_at: impl Fn(&str, &str) -> I,
+    options: &PushOptions,
+) -> Result<Pushed<I>, PushError>
+where
+    I: ToChainBytes<Error = E> + std::fmt::Display,
+    PushError: From<E>,
+{
+    // Nothing is written to the hub for a hotkey the chain would refuse.
     ensure_registered(chain, hotkey, options.netuid).await?;
     let staged = stage_b16(dir, options).await?;
     let dir = staged.as_ref().map_or(dir, |s| s.dir.as_path());
     let model_hash = hash_dir(dir).await?;
-    let secure = pretrain_core::secure_hash(&model_hash, &hotkey.ss58);
-    let id_at = |commit: String| LaterModelId {
-        namespace: repo.namespace().to_string(),
-        name: repo.name().to_string(),
-        commit: Some(commit),
-        hash: None,
-        secure_hash: Some(secure.clone()),
-        competition_id,
-    };
     // Fail before uploading if the id could never fit on chain.
-    id_at("0".repeat(40)).to_chain_bytes()?;
+    id_at(&"0".repeat(40), &model_hash).chain_bytes()?;
 
-    info!(repo = %repo, dir = %dir.display(), hash = %model_hash, competition_id,
-        "uploading model (private until the commitment lands)");
-    let commit = upload(hub, dir, repo, Visibility::Private, options).await?;
-    check_uploaded(hub, dir, repo, &commit, true).await?;
+    let visibility = if private {
+        info!(repo = %repo, dir = %dir.display(), hash = %model_hash,
+            "uploading model (private until the commitment lands)");
+        Visibility::Private
+    } else {
+        info!(repo = %repo, dir = %dir.display(), hash = %model_hash, "uploading model");
+        Visibility::Public
+    };
+    let commit = upload(hub, dir, repo, visibility, options).await?;
+    check_uploaded(hub, dir, repo, &commit, private).await?;
 
-    let id = id_at(commit.as_str().to_string());
-    let data = id.to_chain_bytes()?;
+    let id = id_at(commit.as_str(), &model_hash);
+    let data = id.chain_bytes()?;
     let block = commit_data(chain, hotkey, &data, options).await?;
     info!(model = %id, block, "model committed to the chain");
-    Ok(LaterPushed {
+    Ok(Pushed {
         id,
         model_hash,
         block,
     })
+}
+
+/// The id formats a push commits.
+trait ToChainBytes {
+    /// Why it does not fit.
+    type Error;
+    /// The bytes committed.
+    fn chain_bytes(&self) -> Result<Vec<u8>, Self::Error>;
+}
+
+impl ToChainBytes for ChainModelId {
+    type Error = ChainModelIdError;
+    fn chain_bytes(&self) -> Result<Vec<u8>, ChainModelIdError> {
+        self.to_chain_bytes()
+    }
+}
+
+impl ToChainBytes for CompetitionModelId {
+    type Error = CompetitionModelIdError;
+    fn chain_bytes(&self) -> Result<Vec<u8>, CompetitionModelIdError> {
+        self.to_chain_bytes()
+    }
+}
+
+impl From<ChainModelIdError> for PushError {
+    fn from(e: ChainModelIdError) -> Self {
+        match e {
+            ChainModelIdError::Sn9Rules2024(e) => PushError::ModelId(e),
+            ChainModelIdError::Competitions(e) => PushError::LaterModelId(e),
+        }
+    }
 }
 
 /// Makes `repo` public (upstream's `--update_repo_visibility`, once the
@@ -280,11 +365,11 @@ pub struct StillPrivate {
 
 /// Makes `repo` public once the commitment `pushed` has landed (upstream's
 /// `--update_repo_visibility`); the error says how to do it by hand (`hint`).
-pub async fn publish(
+pub async fn publish<I: std::fmt::Display>(
     hub: &dyn ModelHub,
     repo: &RepoId,
     backoff: &Backoff,
-    pushed: &LaterPushed,
+    pushed: &Pushed<I>,
     hint: &str,
 ) -> Result<(), StillPrivate> {
     make_public(hub, repo, backoff)

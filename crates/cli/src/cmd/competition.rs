@@ -30,7 +30,7 @@ impl ScheduledCompetition {
     /// Its per-batch scoring parameters (epsilon, temperature, alpha,
     /// sample_min, sequence length), as the `sn9-2024-01` validator counts
     /// wins; refused with the reason for a competition counted otherwise.
-    pub fn per_batch_params(&self) -> anyhow::Result<pretrain_core::Competition> {
+    pub fn per_batch_params(&self) -> anyhow::Result<pretrain_core::Tunables> {
         let spec = &self.spec;
         spec.seed_competition().with_context(|| {
             format!(
@@ -171,7 +171,7 @@ impl CompetitionArgs {
         schedule: &Schedule,
         block: Option<u64>,
     ) -> anyhow::Result<ScheduledCompetition> {
-        if schedule.protocol() == Protocol::Later {
+        if schedule.protocol() == Protocol::Competitions {
             return self
                 .schedule
                 .competition(schedule, block, self.competition_id);

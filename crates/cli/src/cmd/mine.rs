@@ -2,11 +2,12 @@
 //! everything a push will need before training, trains, keeps the best
 //! model whole on disk, and pushes it when it beats the threshold.
 //!
-//! Under a later-protocol schedule ([`Protocol::Later`]) it enters one
-//! competition (`--competition_id`), uploads the repo private, commits
+//! The schedule's protocol decides the rest (`rules::protocol`): under the
+//! competitions ([`Protocol::Competitions`]) it enters one competition
+//! (`--competition_id`), uploads the repo private, commits
 //! `namespace:name:commit:secure_hash:competition_id`, and with
 //! `--update_repo_visibility` makes the repo public once the commitment has
-//! landed. Under the seed's schedule nothing of this applies.
+//! landed. Under `sn9-2024-01` nothing of this applies.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -21,7 +22,7 @@ use pretrain_core::rules::Protocol;
 use pretrain_core::RepoId;
 use pretrain_model::Model;
 use pretrain_neurons::miner::{self, new_run_id, Event, MinerConfig, Observer, RunDir, Training};
-use pretrain_neurons::PushOptions;
+use pretrain_neurons::{PushOptions, Pushed};
 use pretrain_telemetry::prometheus::{MinerMetrics, Outcome};
 use pretrain_telemetry::wandb::{self, Run};
 use serde_json::json;
@@ -149,7 +150,7 @@ async fn mine(args: MineArgs) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     let epochs = num_epochs(args.num_epochs)?;
     let schedule = args.competition.schedule.load()?;
-    let later = schedule.protocol() == Protocol::Later;
+    let protocol = schedule.protocol();
     if let Some(repo) = &args.hf_repo_id {
         schedule
             .protocol()
@@ -252,9 +253,7 @@ async fn mine(args: MineArgs) -> anyhow::Result<()> {
                 losses.push(s.avg_loss);
                 if args.push_every_epoch && s.improved && s.avg_loss < threshold {
                     if let Some(o) = &online {
-                        match push_run(&args, o, training.run_dir(), later_spec(&active, later))
-                            .await
-                        {
+                        match push_run(&args, o, training.run_dir(), protocol, &active.spec).await {
                             Ok(meta) => {
                                 pushed_loss = s.avg_loss;
                                 pushed = Some(meta);
@@ -285,8 +284,7 @@ async fn mine(args: MineArgs) -> anyhow::Result<()> {
         if best < threshold {
             if best < pushed_loss {
                 info!("best average loss {best} is below the threshold {threshold}: pushing");
-                let result =
-                    push_run(&args, o, training.run_dir(), later_spec(&active, later)).await;
+                let result = push_run(&args, o, training.run_dir(), protocol, &active.spec).await;
                 observer.pushed(if result.is_ok() {
                     Outcome::Pushed
                 } else {
@@ -309,7 +307,7 @@ async fn mine(args: MineArgs) -> anyhow::Result<()> {
             "stopped": summary.stopped,
             "epoch_losses": summary.epoch_losses,
             "seed": training.config().seed,
-            "pushed": pushed.map(|p| p.to_json()),
+            "pushed": pushed.as_ref().map(pushed_json),
     }))
 }
 
@@ -422,54 +420,27 @@ async fn starting_model(
     Ok(Model::default_gpt2(seed, device)?)
 }
 
-/// `Some(competition)` under the later protocol.
-fn later_spec(
-    active: &super::rules::ScheduledCompetition,
-    later: bool,
-) -> Option<&pretrain_core::rules::CompetitionSpec> {
-    later.then_some(&active.spec)
+/// The `pushed` object of the miner's output.
+fn pushed_json(p: &Pushed) -> serde_json::Value {
+    json!({
+        "model_id": p.id.to_string(),
+        "commit": p.id.commit(),
+        "hash": p.model_hash,
+        "block": p.block,
+        "competition_id": p.id.competition(),
+        "secure_hash": p.id.secure_hash(),
+    })
 }
 
-/// What a push committed.
-enum Pushed {
-    /// The seed's 4-field id.
-    Seed(pretrain_core::ModelMetadata),
-    /// The later protocol's 5-field id.
-    Later(pretrain_neurons::LaterPushed),
-}
-
-impl Pushed {
-    /// The `pushed` object of the miner's output.
-    fn to_json(&self) -> serde_json::Value {
-        match self {
-            Pushed::Seed(m) => json!({
-                "model_id": m.id.to_string(),
-                "commit": m.id.commit,
-                "hash": m.id.hash,
-                "block": m.block,
-                "competition_id": null,
-                "secure_hash": null,
-            }),
-            Pushed::Later(p) => json!({
-                "model_id": p.id.to_string(),
-                "commit": p.id.commit,
-                "hash": p.model_hash,
-                "block": p.block,
-                "competition_id": p.id.competition_id,
-                "secure_hash": p.id.secure_hash,
-            }),
-        }
-    }
-}
-
-/// Pushes the run's best model (`later`: the later protocol's push into
-/// that competition, then the repo made public if asked); on failure the
-/// error carries the command that finishes the job.
+/// Pushes the run's best model under `protocol` (into `active`'s
+/// competition where the protocol has them); on failure the error carries
+/// the command that finishes the job.
 async fn push_run(
     args: &MineArgs,
     online: &Online,
     run: &RunDir,
-    later: Option<&pretrain_core::rules::CompetitionSpec>,
+    protocol: Protocol,
+    active: &pretrain_core::rules::CompetitionSpec,
 ) -> anyhow::Result<Pushed> {
     let options = PushOptions {
         netuid: args.chain.netuid,
@@ -478,51 +449,44 @@ async fn push_run(
         upload_b16: args.upload_b16,
         ..PushOptions::default()
     };
+    let entered = protocol.entered(active);
     let hub = match args.hub.open(true) {
         Ok(hub) => hub,
-        Err(e) => return Err(push_failed(args, online, run, later, &e)),
+        Err(e) => return Err(push_failed(args, online, run, entered, &e)),
     };
-    let Some(spec) = later else {
-        return miner::push_best(
-            run,
-            hub.as_ref(),
-            online.chain.as_ref(),
-            &online.hotkey,
-            &online.repo_id,
-            &options,
-        )
-        .await
-        .map(Pushed::Seed)
-        .map_err(|e| push_failed(args, online, run, later, &e.into()));
-    };
-    let pushed = miner::push_best_later(
+    let pushed = miner::push_best_model(
         run,
         hub.as_ref(),
         online.chain.as_ref(),
         &online.hotkey,
         &online.repo_id,
-        spec,
+        protocol,
+        active,
         &options,
     )
     .await
-    .map_err(|e| push_failed(args, online, run, later, &e.into()))?;
-    if args.competition.update_repo_visibility {
-        pretrain_neurons::publish(
-            hub.as_ref(),
-            &online.repo_id,
-            &options.upload_backoff,
-            &pushed,
-            &args.hub.make_public_hint(&online.repo_id),
-        )
-        .await?;
-    } else {
-        info!(
-            repo = %online.repo_id,
-            "the repo stays private until you make it public (--update_repo_visibility does it \
-             after the commitment lands); validators cannot download it before"
-        );
+    .map_err(|e| push_failed(args, online, run, entered, &e.into()))?;
+    // The step the competitions add: the repo, uploaded private, is made
+    // public once the commitment has landed.
+    if protocol.uploads_private() {
+        if args.competition.update_repo_visibility {
+            pretrain_neurons::publish(
+                hub.as_ref(),
+                &online.repo_id,
+                &options.upload_backoff,
+                &pushed,
+                &args.hub.make_public_hint(&online.repo_id),
+            )
+            .await?;
+        } else {
+            info!(
+                repo = %online.repo_id,
+                "the repo stays private until you make it public (--update_repo_visibility does it \
+                 after the commitment lands); validators cannot download it before"
+            );
+        }
     }
-    Ok(Pushed::Later(pushed))
+    Ok(pushed)
 }
 
 /// A failed push: the model stays on disk; the error says how to finish.
@@ -530,14 +494,14 @@ fn push_failed(
     args: &MineArgs,
     online: &Online,
     run: &RunDir,
-    later: Option<&pretrain_core::rules::CompetitionSpec>,
+    entered: Option<&pretrain_core::rules::CompetitionSpec>,
     e: &anyhow::Error,
 ) -> anyhow::Error {
     anyhow::anyhow!(
         "pushing {} failed ({}); the model stays there; finish with: {}",
         run.best_dir().display(),
         crate::one_line(e),
-        upload_command(args, &run.best_dir(), &online.repo_id, later)
+        upload_command(args, &run.best_dir(), &online.repo_id, entered)
     )
 }
 
@@ -557,7 +521,7 @@ fn upload_command(
     args: &MineArgs,
     dir: &Path,
     repo_id: &RepoId,
-    later: Option<&pretrain_core::rules::CompetitionSpec>,
+    entered: Option<&pretrain_core::rules::CompetitionSpec>,
 ) -> String {
     let mut parts: Vec<String> = vec![
         "pretrain".into(),
@@ -595,7 +559,7 @@ fn upload_command(
     if args.upload_b16 {
         parts.push("--upload_b16".into());
     }
-    if let Some(spec) = later {
+    if let Some(spec) = entered {
         parts.extend([
             "--schedule".into(),
             args.competition.schedule.schedule.clone(),

@@ -14,7 +14,7 @@ use pretrain_core::rules::{
     score_competition, CompetitionTracker, Contender, EpsilonFunc, Schedule,
 };
 use pretrain_core::scoring::{JsonF64, Uid};
-use pretrain_core::{secure_hash, CompetitionId, LaterModelId, LaterModelIdError};
+use pretrain_core::{secure_hash, CompetitionId, CompetitionModelId, CompetitionModelIdError};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -194,7 +194,7 @@ fn compute(args: &RulesArgs, case: Value, invalid: &str) -> anyhow::Result<Map<S
         }
         RulesKind::ModelId => {
             let c: ModelIdCase = inputs(case, invalid)?;
-            match LaterModelId::from_compressed_str(&c.input) {
+            match CompetitionModelId::from_compressed_str(&c.input) {
                 Ok(id) => {
                     out.insert("parsed".into(), serde_json::to_value(&id)?);
                     out.insert("roundtrip".into(), json!(id.to_compressed_str()));
@@ -203,8 +203,8 @@ fn compute(args: &RulesArgs, case: Value, invalid: &str) -> anyhow::Result<Map<S
                 }
                 Err(e) => {
                     let name = match e {
-                        LaterModelIdError::TooFewParts(_) => "IndexError",
-                        LaterModelIdError::BadCompetitionId(_) => "ValueError",
+                        CompetitionModelIdError::TooFewParts(_) => "IndexError",
+                        CompetitionModelIdError::BadCompetitionId(_) => "ValueError",
                         _ => "OutOfRange",
                     };
                     out.insert("error".into(), json!(name));
@@ -217,7 +217,7 @@ fn compute(args: &RulesArgs, case: Value, invalid: &str) -> anyhow::Result<Map<S
         }
         RulesKind::HashCheck => {
             let c: HashCheckCase = inputs(case, invalid)?;
-            let verdict = LaterModelId::from_compressed_str(&c.chain_str)
+            let verdict = CompetitionModelId::from_compressed_str(&c.chain_str)
                 .map_err(|e| format!("no valid metadata on the chain: {e}"))
                 .and_then(|id| {
                     check_download(&id, &c.downloaded_hash, &c.hotkey).map_err(|e| e.to_string())
@@ -392,4 +392,4 @@ fn contenders(c: &WinsCase) -> anyhow::Result<Vec<Contender>> {
 
 // The competition selection of mine, validate, upload and localnet lives in
 // `competition.rs`; these names stay reachable from here.
-pub use super::competition::{CompetitionArgs, ScheduleArgs, ScheduledCompetition};
+pub use super::competition::{CompetitionArgs, ScheduleArgs};

@@ -1,7 +1,8 @@
 //! `pretrain upload`: push an existing `save_pretrained` directory (the
 //! original's `upload_model` script): check it as a validator would, upload
 //! it to the hub, then commit its identity to the chain under the hotkey.
-//! Under a later-protocol `--schedule` it is `pretrain mine`'s later push:
+//! The `--schedule`'s protocol decides the rest: under the competitions it
+//! is `pretrain mine`'s push:
 //! checked against the competition entered, uploaded private, committed
 //! with the secure hash and `--competition_id`, and made public with
 //! `--update_repo_visibility` once the commitment has landed.
@@ -12,9 +13,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use pretrain_chain::connect;
-use pretrain_core::rules::Protocol;
 use pretrain_model::check::{check_model_dir, Limits};
-use pretrain_neurons::{push, PushOptions};
+use pretrain_neurons::{push_model, PushOptions};
 use serde_json::json;
 
 use super::args::HubArgs;
@@ -49,80 +49,35 @@ pub struct UploadArgs {
     pub chain: ChainArgs,
 }
 
-/// Prints `{"repo_id", "commit", "hash", "block", "model_id"}` once the
-/// model is on the hub and its id on the chain.
+/// Prints `{"repo_id", "commit", "hash", "block", "model_id", "hotkey"}`
+/// once the model is on the hub and its id on the chain (plus
+/// `competition_id`, `secure_hash` and `public` under the competitions).
 pub fn run(args: UploadArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     // Bounded here so the `Duration` made from it later cannot panic (1e300).
     pretrain_core::bounded::seconds("--commit_retry_delay", args.commit_retry_delay, 86_400.0)
         .map_err(anyhow::Error::msg)?;
     args.hub.check_reachable_from(&args.chain)?;
     let schedule = args.competition.schedule.load()?;
-    if schedule.protocol() == Protocol::Later {
-        return upload_later(&args, &schedule, runtime);
-    }
-    // The seed's repos are public from the start: --update_repo_visibility has nothing to do.
-    if args.competition.competition_id.is_some() {
-        args.competition.entered(&schedule, None)?;
-    }
-    let dir = &args.load_model_dir;
-    // A model the validator would reject is refused before anything is uploaded.
-    let info = check_model_dir(dir, Limits::default())
-        .with_context(|| format!("{} is not a model the validator accepts", dir.display()))?;
-    tracing::info!(?info, "model checked");
-    let hotkey = args
-        .wallet
-        .wallet()
-        .hotkey()
-        .context("loading the hotkey")?;
-    let hub = args.hub.open(true)?;
-    let options = PushOptions {
-        netuid: args.chain.netuid,
-        retry_delay: Duration::from_secs_f64(args.commit_retry_delay),
-        max_attempts: args.max_commit_attempts,
-        upload_b16: args.upload_b16,
-        ..PushOptions::default()
-    };
-    let meta = runtime.block_on(async {
-        let chain = connect(&args.chain.options()?)
-            .await
-            .context("connecting to the chain")?;
-        push(
-            hub.as_ref(),
-            chain.as_ref(),
-            &hotkey,
-            dir,
-            &args.hf_repo_id,
-            &options,
-        )
-        .await
-        .with_context(|| format!("pushing {} to {}", dir.display(), args.hf_repo_id))
-    })?;
-    println!(
-        "{}",
-        json!({
-            "repo_id": args.hf_repo_id,
-            "commit": meta.id.commit,
-            "hash": meta.id.hash,
-            "block": meta.block,
-            "model_id": meta.id.to_string(),
-            "hotkey": hotkey.ss58,
-        })
-    );
-    Ok(())
-}
-
-/// The later protocol's upload: the model checked against the competition
-/// scheduled now, pushed private with its secure hash, then made public if asked.
-fn upload_later(
-    args: &UploadArgs,
-    schedule: &pretrain_core::Schedule,
-    runtime: &tokio::runtime::Runtime,
-) -> anyhow::Result<()> {
-    schedule
-        .protocol()
+    let protocol = schedule.protocol();
+    protocol
         .check_repo_id(&args.hf_repo_id)
         .map_err(|e| anyhow::anyhow!("--hf_repo_id {e}"))?;
     let dir = &args.load_model_dir;
+    // A model the validator would reject is refused before anything is
+    // uploaded: at once against the limits known without the chain (the
+    // seed's), and against the competition entered once its block is read.
+    let limits = |(max_params, max_bytes)| Limits {
+        max_params,
+        max_bytes,
+    };
+    let check = |l: Limits| {
+        check_model_dir(dir, l)
+            .with_context(|| format!("{} is not a model the validator accepts", dir.display()))
+    };
+    let mut info = protocol
+        .limits_before_chain()
+        .map(|l| check(limits(l)))
+        .transpose()?;
     let hotkey = args
         .wallet
         .wallet()
@@ -143,42 +98,44 @@ fn upload_later(
             .current_block()
             .await
             .context("reading the current block")?;
-        let entered = args.competition.entered(schedule, Some(block))?;
-        let spec = &entered.spec;
-        // A model the validator would reject is refused before anything is uploaded.
-        let limits = Limits {
-            max_params: spec.constraints.max_parameters,
-            max_bytes: spec.constraints.max_bytes,
-        };
-        let info = check_model_dir(dir, limits)
-            .with_context(|| format!("{} is not a model the validator accepts", dir.display()))?;
-        spec.check_model(&pretrain_core::rules::schedule::ModelFacts {
-            parameters: info.params,
-            architecture: info.architecture.class_name(),
-        })
-        .with_context(|| {
-            format!(
-                "{} does not fit competition {} ({}) of --schedule {}",
-                dir.display(),
-                spec.id,
-                spec.name,
-                entered.schedule
-            )
-        })?;
+        let active = args.competition.entered(&schedule, Some(block))?;
+        if let Some(spec) = protocol.entered(&active.spec) {
+            let checked = check(limits((
+                spec.constraints.max_parameters,
+                spec.constraints.max_bytes,
+            )))?;
+            spec.check_model(&pretrain_core::rules::schedule::ModelFacts {
+                parameters: checked.params,
+                architecture: checked.architecture.class_name(),
+            })
+            .with_context(|| {
+                format!(
+                    "{} does not fit competition {} ({}) of --schedule {}",
+                    dir.display(),
+                    spec.id,
+                    spec.name,
+                    active.schedule
+                )
+            })?;
+            info = Some(checked);
+        }
         tracing::info!(?info, "model checked");
         let hub = args.hub.open(true)?;
-        let pushed = pretrain_neurons::push_later(
+        let pushed = push_model(
             hub.as_ref(),
             chain.as_ref(),
             &hotkey,
             dir,
             &args.hf_repo_id,
-            spec.id,
+            protocol,
+            active.spec.id,
             &options,
         )
         .await
         .with_context(|| format!("pushing {} to {}", dir.display(), args.hf_repo_id))?;
-        if args.competition.update_repo_visibility {
+        // The step the competitions add: the private repo made public once
+        // the commitment has landed (the seed's repos are public from the start).
+        if protocol.uploads_private() && args.competition.update_repo_visibility {
             pretrain_neurons::publish(
                 hub.as_ref(),
                 &args.hf_repo_id,
@@ -190,19 +147,22 @@ fn upload_later(
         }
         Ok::<_, anyhow::Error>(pushed)
     })?;
-    println!(
-        "{}",
-        json!({
-            "repo_id": args.hf_repo_id,
-            "commit": pushed.id.commit,
-            "hash": pushed.model_hash,
-            "block": pushed.block,
-            "model_id": pushed.id.to_string(),
-            "hotkey": hotkey.ss58,
-            "competition_id": pushed.id.competition_id,
-            "secure_hash": pushed.id.secure_hash,
-            "public": args.competition.update_repo_visibility,
-        })
-    );
+    let mut out = json!({
+        "repo_id": args.hf_repo_id,
+        "commit": pushed.id.commit(),
+        "hash": pushed.model_hash,
+        "block": pushed.block,
+        "model_id": pushed.id.to_string(),
+        "hotkey": hotkey.ss58,
+    });
+    if let (Some(competition), Some(o)) = (pushed.id.competition(), out.as_object_mut()) {
+        o.insert("competition_id".into(), json!(competition));
+        o.insert("secure_hash".into(), json!(pushed.id.secure_hash()));
+        o.insert(
+            "public".into(),
+            json!(args.competition.update_repo_visibility),
+        );
+    }
+    println!("{out}");
     Ok(())
 }

@@ -8,8 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use pretrain_chain::connect;
-use pretrain_core::rules::Protocol;
-use pretrain_core::Competition;
+use pretrain_core::Tunables;
 use pretrain_neurons::validator::slurm::{SlurmCommands, SlurmSpec};
 use pretrain_neurons::validator::{self, Backend, Shared, ValidatorConfig, WorkerSpec};
 use pretrain_telemetry::prometheus::ValidatorMetrics;
@@ -295,11 +294,11 @@ pub fn run(args: ValidateArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Res
     )?;
     let mut config = ValidatorConfig::new(args.chain.netuid, args.model_dir.clone(), worker);
     config.backend = backend;
-    config.competition = Competition {
+    config.competition = Tunables {
         sample_min: args.sample_min,
         blocks_per_epoch: args.blocks_per_epoch,
         pages_per_eval: args.pages_per_eval,
-        ..Competition::default()
+        ..Tunables::default()
     };
     config.set_weights = !args.dont_set_weights && !args.offline;
     config.max_steps = args.max_steps;
@@ -332,40 +331,30 @@ pub fn run(args: ValidateArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Res
             .await
             .context("reading the current block: no answer")?
             .context("reading the current block")?;
-        match schedule.protocol() {
-            Protocol::Seed => {
-                // The competition active now sets the scoring constants and the model limits.
-                let active = args.schedule.active(&schedule, Some(block))?;
-                config.competition = Competition {
-                    sample_min: args.sample_min,
-                    blocks_per_epoch: args.blocks_per_epoch,
-                    pages_per_eval: args.pages_per_eval,
-                    ..active.per_batch_params()?
-                };
-            }
-            Protocol::Later => {
-                // Each competition brings its own scoring constants and
-                // limits; the schedule must have an entry now.
-                let entry = schedule
-                    .active_entry(block)
-                    .with_context(|| format!("schedule {} at block {block}", schedule.name))?;
-                for c in &entry.competitions {
-                    match c.support() {
-                        Ok(()) => tracing::info!(
-                            competition = c.id,
-                            name = %c.name,
-                            share = c.reward_share,
-                            max_parameters = c.constraints.max_parameters,
-                            max_bytes = c.constraints.max_bytes,
-                            "competition (later protocol)"
-                        ),
-                        Err(why) => tracing::warn!(
-                            competition = c.id,
-                            share = c.reward_share,
-                            "its models are refused: {why}"
-                        ),
-                    }
-                }
+        // The protocol takes the scoring constants from the competition
+        // active now (sn9-2024-01) or leaves them to each competition.
+        config.competition = schedule
+            .protocol()
+            .validator_tunables(&schedule, block, config.competition)
+            .with_context(|| format!("schedule {} at block {block}", schedule.name))?;
+        let entry = schedule
+            .active_entry(block)
+            .with_context(|| format!("schedule {} at block {block}", schedule.name))?;
+        for c in &entry.competitions {
+            match c.support() {
+                Ok(()) => tracing::info!(
+                    competition = c.id,
+                    name = %c.name,
+                    share = c.reward_share,
+                    max_parameters = c.constraints.max_parameters,
+                    max_bytes = c.constraints.max_bytes,
+                    "competition active"
+                ),
+                Err(why) => tracing::warn!(
+                    competition = c.id,
+                    share = c.reward_share,
+                    "its models are refused: {why}"
+                ),
             }
         }
         config.schedule = schedule;

@@ -7,7 +7,7 @@ use thiserror::Error;
 
 use super::schedule::{CompetitionSpec, Schedule};
 use crate::hash::secure_hash;
-use crate::model_id::{CompetitionId, LaterModelId};
+use crate::model_id::{CompetitionId, CompetitionModelId};
 
 /// A downloaded model whose hash does not match its commitment.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -32,7 +32,7 @@ pub struct HashCheckError {
 /// downloaded one (only a legacy 4-field id carries one), else if the
 /// committed secure hash equals `secure_hash(downloaded, hotkey)`.
 pub fn check_download(
-    chain_id: &LaterModelId,
+    chain_id: &CompetitionModelId,
     downloaded_hash: &str,
     hotkey_ss58: &str,
 ) -> Result<(), HashCheckError> {
@@ -54,7 +54,11 @@ pub fn check_download(
 }
 
 /// Whether [`check_download`] accepts.
-pub fn accepts_download(chain_id: &LaterModelId, downloaded_hash: &str, hotkey_ss58: &str) -> bool {
+pub fn accepts_download(
+    chain_id: &CompetitionModelId,
+    downloaded_hash: &str,
+    hotkey_ss58: &str,
+) -> bool {
     check_download(chain_id, downloaded_hash, hotkey_ss58).is_ok()
 }
 
@@ -136,8 +140,8 @@ pub fn admit(
 mod tests {
     use super::*;
 
-    fn id(s: &str) -> LaterModelId {
-        LaterModelId::from_compressed_str(s).unwrap()
+    fn id(s: &str) -> CompetitionModelId {
+        CompetitionModelId::from_compressed_str(s).unwrap()
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The subnet's rules as data: schedules of competitions switched
-//! by block ([`schedule`]), the later protocol's epsilon ([`epsilon`]), wins
+//! by block ([`schedule`]), each protocol's commitment, admission and
+//! scoring behind one type ([`protocol`]), the later protocol's epsilon ([`epsilon`]), wins
 //! ([`wins`]) and weights across competitions ([`weights`]), and the
 //! validator's hash check ([`check`]).
 //!
@@ -21,15 +22,18 @@ use thiserror::Error;
 
 pub use check::{accepts_download, admit, check_download, HashCheckError, Refusal};
 pub use epsilon::EpsilonFunc;
-pub use protocol::Committed;
+pub use protocol::{
+    mean_loss, sn9_spec, Admission, Admitted, ChainModelId, ChainModelIdError, Committed,
+    CompetitionState, EvaluatedStep, HashRule, ScoreError, ScoredStep, StepRules,
+};
 pub use schedule::{
     CompetitionSpec, Constraints, Protocol, Schedule, ScheduleEntry, ScoringParams, Unsupported,
     WinsRule,
 };
 pub use weights::CompetitionTracker;
 pub use wins::{
-    compute_competitive_uids, compute_wins, iswin, score_competition, CompetitionStep, Contender,
-    Wins,
+    compute_competitive_uids, compute_wins, iswin, keep_for_next_step, score_competition,
+    CompetitionStep, Contender, Wins,
 };
 
 /// Errors of the rules: a schedule that cannot be read or is inconsistent,

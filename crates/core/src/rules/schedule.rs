@@ -72,18 +72,21 @@ pub struct ScoringParams {
     pub wins: WinsRule,
 }
 
-/// Which generation of the subnet's protocol a schedule runs: it decides the
-/// model id miners commit, the validator's hash check and how it scores.
+/// Which rules of the subnet a schedule runs: it decides the model id
+/// miners commit, admission and the validator's hash check, how a step is
+/// scored and how weights are kept ([`super::protocol`] holds each rule).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
 pub enum Protocol {
-    /// January 2024: 4-field ids carrying the raw model hash, one per-batch
-    /// competition at a time, [`crate::scoring::StepInput`].
-    Seed,
-    /// Later (pretraining 4.x-6.x): 5-field ids with the hotkey-bound secure
-    /// hash and a competition id, one competition per validator step,
-    /// per-competition moving averages summed by reward share.
-    Later,
+    /// The January 2024 rules (`sn9-2024-01`): 4-field ids carrying the raw
+    /// model hash, one per-batch competition at a time,
+    /// [`crate::scoring::StepInput`].
+    #[serde(rename = "seed")]
+    Sn9Rules2024,
+    /// The competition rules (pretraining 4.x-6.x): 5-field ids with the
+    /// hotkey-bound secure hash and a competition id, one competition per
+    /// validator step, per-competition moving averages summed by reward share.
+    #[serde(rename = "later")]
+    Competitions,
 }
 
 /// What a competition's models must satisfy.
@@ -221,22 +224,22 @@ impl CompetitionSpec {
         Ok(())
     }
 
-    /// The seed's competition parameters ([`crate::Competition`]) for a
+    /// The seed's competition parameters ([`crate::Tunables`]) for a
     /// per-batch competition with a fixed epsilon; `None` otherwise.
-    pub fn seed_competition(&self) -> Option<crate::Competition> {
+    pub fn seed_competition(&self) -> Option<crate::Tunables> {
         let EpsilonFunc::FixedEpsilon { epsilon } = self.constraints.epsilon else {
             return None;
         };
         if self.scoring.wins != WinsRule::PerBatch {
             return None;
         }
-        Some(crate::Competition {
+        Some(crate::Tunables {
             epsilon,
             temperature: self.scoring.temperature,
             alpha: self.scoring.alpha,
             sample_min: self.scoring.sample_min,
             sequence_length: self.constraints.sequence_length?,
-            ..crate::Competition::default()
+            ..crate::Tunables::default()
         })
     }
 }
@@ -530,8 +533,8 @@ impl Schedule {
         Ok(())
     }
 
-    /// The protocol of this schedule: [`Protocol::Seed`] when every
-    /// competition counts wins per batch, [`Protocol::Later`] otherwise
+    /// The protocol of this schedule: [`Protocol::Sn9Rules2024`] when every
+    /// competition counts wins per batch, [`Protocol::Competitions`] otherwise
     /// ([`Schedule::validate`] refuses a mix).
     pub fn protocol(&self) -> Protocol {
         let per_batch = self
@@ -540,9 +543,9 @@ impl Schedule {
             .flat_map(|e| &e.competitions)
             .all(|c| c.scoring.wins == WinsRule::PerBatch);
         if per_batch {
-            Protocol::Seed
+            Protocol::Sn9Rules2024
         } else {
-            Protocol::Later
+            Protocol::Competitions
         }
     }
 
@@ -669,12 +672,15 @@ competitions = [{ competition = "A", share = 0.25, eval_block_delay = 3 }, { com
 
     #[test]
     fn protocol_follows_the_wins_rule_and_mixes_are_refused() {
-        assert_eq!(Schedule::default_schedule().protocol(), Protocol::Seed);
+        assert_eq!(
+            Schedule::default_schedule().protocol(),
+            Protocol::Sn9Rules2024
+        );
         let later = Schedule::by_name_or_file(SN9_LATER).unwrap();
-        assert_eq!(later.protocol(), Protocol::Later);
-        assert_eq!(two("0.75").unwrap().protocol(), Protocol::Later);
+        assert_eq!(later.protocol(), Protocol::Competitions);
+        assert_eq!(two("0.75").unwrap().protocol(), Protocol::Competitions);
         let local = Schedule::by_name_or_file(LOCALNET_TWO).unwrap();
-        assert_eq!(local.protocol(), Protocol::Later);
+        assert_eq!(local.protocol(), Protocol::Competitions);
         let e = local.active_entry(0).unwrap();
         assert_eq!(e.shares(), vec![(1, 0.6), (2, 0.4)]);
         assert!(e.competitions.iter().all(|c| c.support().is_ok()));

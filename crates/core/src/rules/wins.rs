@@ -173,6 +173,52 @@ pub fn score_competition(
     })
 }
 
+/// Upstream's choice of the uids kept for a competition's next step: the
+/// `sample_min` best by priority (1 + the competition's moving-average
+/// weight when it is at least 0.001, else the win rate; uids filtered out
+/// by the competitive filter are not ranked), then, while fewer than
+/// `sample_min`, the others by ascending score. Stable: ties keep the
+/// contenders' order. Ascending.
+pub fn keep_for_next_step(
+    contenders: &[Contender],
+    wins: &Wins,
+    competition_weights: &[f32],
+    sample_min: usize,
+) -> Vec<Uid> {
+    let priority = |uid: Uid, rate: f64| {
+        let w = competition_weights
+            .get(usize::from(uid))
+            .copied()
+            .unwrap_or(0.0);
+        if w >= 0.001 {
+            1.0 + f64::from(w)
+        } else {
+            rate
+        }
+    };
+    let mut ranked: Vec<(Uid, f64)> = wins
+        .win_rate
+        .iter()
+        .map(|&(uid, rate)| (uid, priority(uid, rate)))
+        .collect();
+    // Stable and descending, as Python's sorted(..., reverse=True).
+    ranked.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal));
+    let mut keep: BTreeSet<Uid> = ranked.iter().take(sample_min).map(|r| r.0).collect();
+    let mut by_score: Vec<&Contender> = contenders.iter().collect();
+    by_score.sort_by(|a, b| {
+        a.score
+            .partial_cmp(&b.score)
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    for c in by_score {
+        if keep.len() >= sample_min {
+            break;
+        }
+        keep.insert(c.uid);
+    }
+    keep.into_iter().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,5 +257,35 @@ mod tests {
     #[test]
     fn duplicate_uid_is_refused() {
         assert!(score_competition(&[c(1, 1.0, 1), c(1, 2.0, 2)], &FIXED, 3, 0.01, true).is_err());
+    }
+
+    #[test]
+    fn kept_uids_rank_by_weight_then_win_rate_then_fill_by_score() {
+        let c = |uid, score| Contender {
+            uid,
+            score,
+            block: 1,
+        };
+        let contenders = [c(1, 3.0), c(2, 2.0), c(3, 1.0), c(4, 5.0)];
+        // Only 2 and 3 passed the competitive filter.
+        let wins = Wins {
+            wins: vec![(2, 0), (3, 1)],
+            win_rate: vec![(2, 0.0), (3, 1.0)],
+        };
+        // Uid 2 holds weight (priority 1.5); uid 3's is below 0.001, so its
+        // win rate (1.0) counts.
+        let weights = [0.0, 0.0, 0.5, 0.0005, 0.0];
+        assert_eq!(keep_for_next_step(&contenders, &wins, &weights, 1), vec![2]);
+        // Then the best score among the rest: uid 1 (3.0) before uid 4 (5.0).
+        assert_eq!(
+            keep_for_next_step(&contenders, &wins, &weights, 3),
+            vec![1, 2, 3]
+        );
+        assert_eq!(
+            keep_for_next_step(&contenders, &wins, &weights, 10),
+            vec![1, 2, 3, 4]
+        );
+        // Without weights the win rate decides: uid 3.
+        assert_eq!(keep_for_next_step(&contenders, &wins, &[], 1), vec![3]);
     }
 }

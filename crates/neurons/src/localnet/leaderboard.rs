@@ -203,11 +203,11 @@ mod tests {
     fn a_non_ascii_commit_is_cut_by_characters_not_bytes() {
         // Eight 2-byte characters: a byte index of 8 falls inside one before.
         let data = "ns:name:ééééééééé:None".as_bytes();
-        let (model, competition) = describe_commitment(data, Protocol::Seed);
+        let (model, competition) = describe_commitment(data, Protocol::Sn9Rules2024);
         assert_eq!(model.as_deref(), Some("ns/name@éééééééé"));
         assert_eq!(competition, None);
         let data = "ns:name:aé€😀xyzwv:None:1".as_bytes();
-        let (model, competition) = describe_commitment(data, Protocol::Later);
+        let (model, competition) = describe_commitment(data, Protocol::Competitions);
         assert_eq!(model.as_deref(), Some("ns/name@aé€😀xyzw"));
         assert_eq!(competition, Some(1));
         assert_eq!(short_prefix("ab", 8), "ab");
@@ -219,26 +219,28 @@ mod tests {
         let sha = "0123456789abcdef0123456789abcdef01234567";
         let four = format!("me:x:{sha}:hash");
         assert_eq!(
-            describe_commitment(four.as_bytes(), Protocol::Seed),
+            describe_commitment(four.as_bytes(), Protocol::Sn9Rules2024),
             (Some("me/x@01234567".to_string()), None)
         );
         let five = format!("me:x:{sha}:secure:2");
         assert_eq!(
-            describe_commitment(five.as_bytes(), Protocol::Later),
+            describe_commitment(five.as_bytes(), Protocol::Competitions),
             (Some("me/x@01234567".to_string()), Some(2))
         );
         // No model id: the raw text, lossily decoded.
         assert_eq!(
-            describe_commitment(b"hello\xff", Protocol::Seed),
+            describe_commitment(b"hello\xff", Protocol::Sn9Rules2024),
             (Some("hello\u{fffd}".to_string()), None)
         );
         assert_eq!(
-            describe_commitment(b"a:b:c:d:notanumber", Protocol::Later),
+            describe_commitment(b"a:b:c:d:notanumber", Protocol::Competitions),
             (Some("a:b:c:d:notanumber".to_string()), None)
         );
         let no_commit = b"me:x:None:None";
         assert_eq!(
-            describe_commitment(no_commit, Protocol::Seed).0.as_deref(),
+            describe_commitment(no_commit, Protocol::Sn9Rules2024)
+                .0
+                .as_deref(),
             Some("me/x@?")
         );
     }

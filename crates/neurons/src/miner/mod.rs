@@ -41,7 +41,7 @@ mod train_loop;
 pub use config::{new_run_id, MinerConfig, RunDir};
 pub use load::{best_uid, load_local_model, load_model_file, load_remote_model, save, RemoteModel};
 pub use train_loop::{
-    push_best, push_best_later, EpochSummary, Event, NoObserver, Observer, Progress, StopFlag,
+    push_best, push_best_model, EpochSummary, Event, NoObserver, Observer, Progress, StopFlag,
     Training, TrainingSummary,
 };
 

@@ -22,7 +22,8 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use super::{load_local_model, MinerConfig, MinerError, RunDir};
-use crate::push::{push, push_later, LaterPushed, PushOptions};
+use crate::push::{push, push_model, PushOptions, Pushed};
+use pretrain_core::rules::Protocol;
 
 /// Set to stop training after the current batch (Ctrl-C); the loop saves a
 /// checkpoint before it returns.
@@ -598,38 +599,13 @@ impl Training {
     }
 }
 
-/// Reloads the best model of a run, checks it as a validator would, and
-/// pushes it (upload, then commit, retrying while rate-limited).
-pub async fn push_best(
+/// Reloads the best model of a run and checks it as a validator would
+/// (against `competition` where given: parameter range, architecture);
+/// returns its directory.
+async fn checked_best(
     run: &RunDir,
-    hub: &dyn ModelHub,
-    chain: &dyn Chain,
-    hotkey: &Hotkey,
-    repo: &pretrain_core::RepoId,
-    options: &PushOptions,
-) -> Result<ModelMetadata, MinerError> {
-    let best = run.best_dir();
-    recover_dir(&best).map_err(MinerError::io(&best))?;
-    let b = best.clone();
-    tokio::task::spawn_blocking(move || load_local_model(&b, &Device::Cpu).map(|_| ()))
-        .await
-        .map_err(MinerError::Join)??;
-    Ok(push(hub, chain, hotkey, &best, repo, options).await?)
-}
-
-/// [`push_best`] under the later protocol: the best model is also checked
-/// against `competition` (parameter range, architecture), then uploaded
-/// private and committed with its secure hash and the competition's id
-/// ([`push_later`]); the caller makes the repo public afterwards.
-pub async fn push_best_later(
-    run: &RunDir,
-    hub: &dyn ModelHub,
-    chain: &dyn Chain,
-    hotkey: &Hotkey,
-    repo: &pretrain_core::RepoId,
-    competition: &pretrain_core::rules::CompetitionSpec,
-    options: &PushOptions,
-) -> Result<LaterPushed, MinerError> {
+    competition: Option<&pretrain_core::rules::CompetitionSpec>,
+) -> Result<std::path::PathBuf, MinerError> {
     let best = run.best_dir();
     recover_dir(&best).map_err(MinerError::io(&best))?;
     let b = best.clone();
@@ -643,14 +619,59 @@ pub async fn push_best_later(
     })
     .await
     .map_err(MinerError::Join)??;
-    competition
-        .check_model(&pretrain_core::rules::schedule::ModelFacts {
-            parameters,
-            architecture: &architecture,
-        })
-        .map_err(|e| MinerError::Rejected {
-            path: best.display().to_string(),
-            reason: e.to_string(),
-        })?;
-    Ok(push_later(hub, chain, hotkey, &best, repo, competition.id, options).await?)
+    if let Some(competition) = competition {
+        competition
+            .check_model(&pretrain_core::rules::schedule::ModelFacts {
+                parameters,
+                architecture: &architecture,
+            })
+            .map_err(|e| MinerError::Rejected {
+                path: best.display().to_string(),
+                reason: e.to_string(),
+            })?;
+    }
+    Ok(best)
+}
+
+/// Reloads the best model of a run, checks it as a validator of
+/// `protocol` would ([`Protocol::entered`]: under the competitions
+/// against `competition` too), and pushes it ([`push_model`]: upload, then
+/// commit, retrying while rate-limited). Under the competitions the caller
+/// makes the repo public afterwards.
+#[allow(clippy::too_many_arguments)]
+pub async fn push_best_model(
+    run: &RunDir,
+    hub: &dyn ModelHub,
+    chain: &dyn Chain,
+    hotkey: &Hotkey,
+    repo: &pretrain_core::RepoId,
+    protocol: Protocol,
+    competition: &pretrain_core::rules::CompetitionSpec,
+    options: &PushOptions,
+) -> Result<Pushed, MinerError> {
+    let best = checked_best(run, protocol.entered(competition)).await?;
+    Ok(push_model(
+        hub,
+        chain,
+        hotkey,
+        &best,
+        repo,
+        protocol,
+        competition.id,
+        options,
+    )
+    .await?)
+}
+
+/// [`push_best_model`] under `sn9-2024-01`, returning the 4-field id.
+pub async fn push_best(
+    run: &RunDir,
+    hub: &dyn ModelHub,
+    chain: &dyn Chain,
+    hotkey: &Hotkey,
+    repo: &pretrain_core::RepoId,
+    options: &PushOptions,
+) -> Result<ModelMetadata, MinerError> {
+    let best = checked_best(run, None).await?;
+    Ok(push(hub, chain, hotkey, &best, repo, options).await?)
 }

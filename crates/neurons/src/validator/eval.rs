@@ -1,22 +1,25 @@
 //! The eval loop: steps of evaluation and scoring, and weight setting.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pretrain_chain::Metagraph;
 use pretrain_core::constants::{SEQUENCE_LENGTH, WEIGHTS_VERSION_KEY};
-use pretrain_core::model_id::CompetitionId;
-use pretrain_core::rules::weights::scatter;
-use pretrain_core::rules::{self, Contender, Protocol, Wins};
-use pretrain_core::scoring::{JsonF64, StepInput, Uid};
-use pretrain_core::{weights_for_emit, HotkeyAddress};
+use pretrain_core::rules::{
+    CompetitionSpec, CompetitionState, EvaluatedStep, Protocol, ScheduleEntry, StepRules,
+};
+use pretrain_core::scoring::{JsonF64, Uid};
+use pretrain_core::{weights_for_emit, HotkeyAddress, Tunables};
 use thiserror::Error;
 use tracing::{error, info, warn};
 
 use super::worker::{evaluate_step, HashCheck, ModelJob};
-use super::{LaterState, Shared, TrackedModel, ValidatorState};
+use super::{Shared, TrackedModel, ValidatorState};
+
+/// Upstream's choice of a competition's next evaluation set (now in core).
+pub use pretrain_core::rules::keep_for_next_step;
 
 /// Why a step could not run (it is tried again later).
 #[derive(Debug, Error)]
@@ -44,28 +47,21 @@ pub enum StepError {
     /// The scoring inputs did not line up (a bug).
     #[error("scoring")]
     Scoring(#[from] pretrain_core::scoring::ScoringError),
-    /// The schedule has no entry now, or the later scoring refused its inputs.
+    /// The schedule has no entry now, or the competition scoring refused its inputs.
     #[error("competition rules")]
     Rules(#[from] pretrain_core::rules::RulesError),
 }
 
+impl From<pretrain_core::rules::ScoreError> for StepError {
+    fn from(e: pretrain_core::rules::ScoreError) -> Self {
+        match e {
+            pretrain_core::rules::ScoreError::Scoring(e) => StepError::Scoring(e),
+            pretrain_core::rules::ScoreError::Rules(e) => StepError::Rules(e),
+        }
+    }
+}
+
 pub use pretrain_core::metrics::{StepReport, UidReport, WeightsSet};
-
-fn mean(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        f64::INFINITY
-    } else {
-        v.iter().sum::<f64>() / v.len() as f64
-    }
-}
-
-/// One step. `Ok(None)` when there is nothing to evaluate.
-pub async fn run_step(shared: &Shared) -> Result<Option<StepReport>, StepError> {
-    match shared.config.protocol() {
-        Protocol::Seed => run_seed_step(shared).await,
-        Protocol::Later => run_later_step(shared).await,
-    }
-}
 
 /// Draws `pages_per_eval` pages (seeded; seed logged) and tokenizes them
 /// into batches of `sequence_length` tokens, within the data limit.
@@ -253,161 +249,83 @@ async fn evaluate_uids(
     })
 }
 
-/// A step of the seed protocol: one moving average over every uid.
-async fn run_seed_step(shared: &Shared) -> Result<Option<StepReport>, StepError> {
-    let started = Instant::now();
-    let cfg = &shared.config;
-    let comp = cfg.competition;
+/// What a step evaluates, and under which rules it is scored.
+struct Plan {
+    /// The state once the pending uids joined the evaluation set.
+    state: ValidatorState,
+    /// The uids evaluated, ascending.
+    uids: Vec<Uid>,
+    /// Tokens per evaluated sequence.
+    sequence_length: usize,
+    /// Under the competitions, the one whose turn it is and its entry
+    /// (`None`: the `sn9-2024-01` rules).
+    competition: Option<(CompetitionSpec, ScheduleEntry)>,
+}
+
+impl Plan {
+    /// The protocol's scoring of this step over `s`'s state.
+    fn rules<'a>(
+        &'a self,
+        s: &'a mut ValidatorState,
+        tunables: &'a Tunables,
+        num_neurons: usize,
+    ) -> StepRules<'a> {
+        let ValidatorState {
+            weights,
+            uids_to_eval,
+            competitions,
+            ..
+        } = s;
+        match &self.competition {
+            None => StepRules::Sn9Rules2024 {
+                tunables,
+                weights,
+                uids_to_eval,
+            },
+            Some((spec, entry)) => StepRules::Competitions {
+                spec,
+                entry,
+                state: competitions.get_or_insert_with(|| CompetitionState::new(num_neurons)),
+                weights,
+            },
+        }
+    }
+}
+
+/// Under `sn9-2024-01`: every uid of the evaluation set, joined by the
+/// uids whose model changed.
+fn plan_sn9(shared: &Shared, graph: &Metagraph) -> Option<Plan> {
     let state = shared.update_state(|s| {
         let pending = std::mem::take(&mut s.pending_uids);
         s.uids_to_eval.extend(pending);
         s.clone()
     });
-    let graph = shared.metagraph_snapshot();
     let uids: Vec<Uid> = state
         .uids_to_eval
         .iter()
         .copied()
         .filter(|&u| usize::from(u) < graph.neurons.len())
         .collect();
-    if uids.is_empty() {
-        return Ok(None);
-    }
-
-    let Evaluated {
-        seed,
-        pages,
-        n_batches,
-        losses,
-        errors,
-        hotkeys,
-        models,
-        data_s,
-        eval_s,
-    } = evaluate_uids(shared, &state, &graph, &uids, SEQUENCE_LENGTH, started).await?;
-    // As the original: the block of tracked metadata, +inf (None) without.
-    let blocks: Vec<Option<u64>> = uids
-        .iter()
-        .map(|uid| models.get(uid).map(|m| m.block))
-        .collect();
-    let input = StepInput {
-        n_total_uids: graph.neurons.len(),
-        uids: uids.clone(),
-        n_batches,
-        epsilon: comp.epsilon,
-        temperature: comp.temperature,
-        alpha: comp.alpha,
-        sample_min: comp.sample_min,
-        blocks: blocks.clone(),
-        losses: losses.clone(),
-        prev_weights: state.weights.clone(),
-    };
-    let out = input.run()?;
-    let step = shared.update_state(|s| {
-        s.weights = out.weights.clone();
-        s.uids_to_eval = out.uids_to_eval_next.iter().copied().collect();
-        s.step += 1;
-        s.step
-    });
-
-    let uid_reports: Vec<UidReport> = uids
-        .iter()
-        .enumerate()
-        .map(|(k, &uid)| UidReport {
-            uid,
-            hotkey: hotkeys.get(&uid).cloned().unwrap_or_default(),
-            competition: None,
-            model: models.get(&uid).map(TrackedModel::model_str),
-            block: blocks[k],
-            losses: losses[k].iter().map(|&l| JsonF64(l)).collect(),
-            mean_loss: JsonF64(mean(&losses[k])),
-            wins: out.stats.wins[k],
-            win_rate: out.stats.win_rate[k],
-            weight: out.weights.get(usize::from(uid)).copied().unwrap_or(0.0),
-            error: errors.get(&uid).cloned(),
-        })
-        .collect();
-    log_table(step, &uid_reports);
-    Ok(Some(StepReport {
-        step,
-        block: graph.block,
+    (!uids.is_empty()).then_some(Plan {
+        state,
+        uids,
+        sequence_length: SEQUENCE_LENGTH,
         competition: None,
-        seed,
-        pages,
-        n_batches,
-        n_total_uids: graph.neurons.len(),
-        uids: uid_reports,
-        weights: out.weights,
-        uids_to_eval_next: out.uids_to_eval_next,
-        data_s,
-        eval_s,
-        step_s: started.elapsed().as_secs_f64(),
-        weights_set: None,
-    }))
+    })
 }
 
-/// Upstream's choice of the uids kept for a competition's next step: the
-/// `sample_min` best by priority (1 + the competition's moving-average
-/// weight when it is at least 0.001, else the win rate; uids filtered out
-/// by the competitive filter are not ranked), then, while fewer than
-/// `sample_min`, the others by ascending score. Stable: ties keep the
-/// contenders' order. Ascending.
-pub fn keep_for_next_step(
-    contenders: &[Contender],
-    wins: &Wins,
-    competition_weights: &[f32],
-    sample_min: usize,
-) -> Vec<Uid> {
-    let priority = |uid: Uid, rate: f64| {
-        let w = competition_weights
-            .get(usize::from(uid))
-            .copied()
-            .unwrap_or(0.0);
-        if w >= 0.001 {
-            1.0 + f64::from(w)
-        } else {
-            rate
-        }
-    };
-    let mut ranked: Vec<(Uid, f64)> = wins
-        .win_rate
-        .iter()
-        .map(|&(uid, rate)| (uid, priority(uid, rate)))
-        .collect();
-    // Stable and descending, as Python's sorted(..., reverse=True).
-    ranked.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal));
-    let mut keep: BTreeSet<Uid> = ranked.iter().take(sample_min).map(|r| r.0).collect();
-    let mut by_score: Vec<&Contender> = contenders.iter().collect();
-    by_score.sort_by(|a, b| {
-        a.score
-            .partial_cmp(&b.score)
-            .unwrap_or(std::cmp::Ordering::Equal)
-    });
-    for c in by_score {
-        if keep.len() >= sample_min {
-            break;
-        }
-        keep.insert(c.uid);
-    }
-    keep.into_iter().collect()
-}
-
-/// A step of the later protocol: the competition whose turn it is
-/// evaluates its tracked models; its moving average is updated and the
-/// subnet weights are the competitions' averages summed by share.
-async fn run_later_step(shared: &Shared) -> Result<Option<StepReport>, StepError> {
-    let started = Instant::now();
-    let cfg = &shared.config;
-    let graph = shared.metagraph_snapshot();
-    let entry = cfg.schedule.active_entry(graph.block)?.clone();
+/// The step the competitions add: the competition whose turn it is, and
+/// its evaluation set joined by its models that changed.
+fn plan_competition_turn(shared: &Shared, graph: &Metagraph) -> Result<Option<Plan>, StepError> {
+    let entry = shared.config.schedule.active_entry(graph.block)?.clone();
     // The turn advances on every attempt, so that a competition without
     // models does not hold up the others.
     let turn = shared.update_state(|s| {
-        let later = s
-            .later
-            .get_or_insert_with(|| LaterState::new(graph.neurons.len()));
-        later.turn += 1;
-        later.turn - 1
+        let competitions = s
+            .competitions
+            .get_or_insert_with(|| CompetitionState::new(graph.neurons.len()));
+        competitions.turn += 1;
+        competitions.turn - 1
     });
     let spec = entry.competition_for_step(turn).clone();
     let c = spec.id;
@@ -431,16 +349,16 @@ async fn run_later_step(shared: &Shared) -> Result<Option<StepReport>, StepError
     };
     let state = shared.update_state(|s| {
         let snapshot = s.clone();
-        if let Some(later) = s.later.as_mut() {
-            let pending = later.pending_uids.remove(&c).unwrap_or_default();
-            let set = later.uids_to_eval.entry(c).or_default();
+        if let Some(competitions) = s.competitions.as_mut() {
+            let pending = competitions.pending_uids.remove(&c).unwrap_or_default();
+            let set = competitions.uids_to_eval.entry(c).or_default();
             set.extend(pending);
             set.retain(|&u| in_competition(&snapshot, u));
         }
         s.clone()
     });
     let uids: Vec<Uid> = state
-        .later
+        .competitions
         .as_ref()
         .and_then(|l| l.uids_to_eval.get(&c))
         .map(|set| set.iter().copied().collect())
@@ -452,7 +370,27 @@ async fn run_later_step(shared: &Shared) -> Result<Option<StepReport>, StepError
         );
         return Ok(None);
     }
+    Ok(Some(Plan {
+        state,
+        uids,
+        sequence_length,
+        competition: Some((spec, entry)),
+    }))
+}
 
+/// One step. `Ok(None)` when there is nothing to evaluate.
+pub async fn run_step(shared: &Shared) -> Result<Option<StepReport>, StepError> {
+    let started = Instant::now();
+    let graph = shared.metagraph_snapshot();
+    // The competitions add a step before the evaluation: whose turn it is.
+    let plan = match shared.config.protocol() {
+        Protocol::Sn9Rules2024 => plan_sn9(shared, &graph),
+        Protocol::Competitions => plan_competition_turn(shared, &graph)?,
+    };
+    let Some(plan) = plan else {
+        return Ok(None);
+    };
+    let uids = &plan.uids;
     let Evaluated {
         seed,
         pages,
@@ -463,84 +401,70 @@ async fn run_later_step(shared: &Shared) -> Result<Option<StepReport>, StepError
         models,
         data_s,
         eval_s,
-    } = evaluate_uids(shared, &state, &graph, &uids, sequence_length, started).await?;
-    let contenders: Vec<Contender> = uids
+    } = evaluate_uids(
+        shared,
+        &plan.state,
+        &graph,
+        uids,
+        plan.sequence_length,
+        started,
+    )
+    .await?;
+    // As the original: the block of tracked metadata, +inf (None) without.
+    let blocks: Vec<Option<u64>> = uids
         .iter()
-        .zip(&losses)
-        .map(|(&uid, l)| {
-            let score = mean(l);
-            Contender {
-                uid,
-                // NaN never wins (and would break the ordering): +inf.
-                score: if score.is_nan() { f64::INFINITY } else { score },
-                block: models.get(&uid).map_or(u64::MAX, |m| m.block),
-            }
-        })
+        .map(|uid| models.get(uid).map(|m| m.block))
         .collect();
-    let scored = rules::score_competition(
-        &contenders,
-        &spec.constraints.epsilon,
-        graph.block,
-        spec.scoring.temperature,
-        true,
-    )?;
-    let step_weights = scatter(graph.neurons.len(), &scored.step_weights);
-    let active: Vec<CompetitionId> = entry.competitions.iter().map(|k| k.id).collect();
-    let shares = entry.shares();
-    let (step, weights, next) = shared.update_state(|s| {
-        let later = s
-            .later
-            .get_or_insert_with(|| LaterState::new(graph.neurons.len()));
-        later.tracker.record(c, &step_weights, spec.scoring.alpha);
-        later.tracker.reset_competitions(&active);
-        let weights = later.tracker.subnet_weights(&shares);
-        let next = keep_for_next_step(
-            &contenders,
-            &scored.wins,
-            later.tracker.competition_weights(c).unwrap_or(&[]),
-            spec.scoring.sample_min,
-        );
-        later.uids_to_eval.insert(c, next.iter().copied().collect());
-        s.weights = weights.clone();
+    let evaluated = EvaluatedStep {
+        block: graph.block,
+        n_total_uids: graph.neurons.len(),
+        n_batches,
+        uids,
+        losses: &losses,
+        blocks: &blocks,
+    };
+    let tunables = shared.config.competition;
+    let (step, scored) = shared.update_state(|s| {
+        let scored = plan
+            .rules(s, &tunables, graph.neurons.len())
+            .score(&evaluated)?;
         s.step += 1;
-        (s.step, weights, next)
-    });
+        Ok::<_, StepError>((s.step, scored))
+    })?;
 
-    let uid_reports: Vec<UidReport> = contenders
+    let competition = plan.competition.as_ref().map(|(spec, _)| spec.id);
+    let uid_reports: Vec<UidReport> = uids
         .iter()
-        .zip(&losses)
-        .map(|(k, l)| UidReport {
-            uid: k.uid,
-            hotkey: hotkeys.get(&k.uid).cloned().unwrap_or_default(),
-            competition: Some(c),
-            model: models.get(&k.uid).map(TrackedModel::model_str),
-            block: models.get(&k.uid).map(|m| m.block),
-            losses: l.iter().map(|&x| JsonF64(x)).collect(),
-            mean_loss: JsonF64(k.score),
-            wins: scored
-                .wins
-                .wins
-                .iter()
-                .find(|(u, _)| *u == k.uid)
-                .map_or(0, |w| w.1),
-            win_rate: scored.wins.rate_of(k.uid),
-            weight: weights.get(usize::from(k.uid)).copied().unwrap_or(0.0),
-            error: errors.get(&k.uid).cloned(),
+        .enumerate()
+        .map(|(k, &uid)| UidReport {
+            uid,
+            hotkey: hotkeys.get(&uid).cloned().unwrap_or_default(),
+            competition,
+            model: models.get(&uid).map(TrackedModel::model_str),
+            block: blocks[k],
+            losses: losses[k].iter().map(|&l| JsonF64(l)).collect(),
+            mean_loss: JsonF64(scored.mean_loss[k]),
+            wins: scored.wins[k],
+            win_rate: scored.win_rate[k],
+            weight: scored.weights.get(usize::from(uid)).copied().unwrap_or(0.0),
+            error: errors.get(&uid).cloned(),
         })
         .collect();
-    info!(competition = c, name = %spec.name, competitive = ?scored.competitive_uids, "step {step}: competition {c}");
+    if let Some((spec, _)) = &plan.competition {
+        info!(competition = spec.id, name = %spec.name, competitive = ?scored.competitive_uids, "step {step}: competition {}", spec.id);
+    }
     log_table(step, &uid_reports);
     Ok(Some(StepReport {
         step,
         block: graph.block,
-        competition: Some(c),
+        competition,
         seed,
         pages,
         n_batches,
         n_total_uids: graph.neurons.len(),
         uids: uid_reports,
-        weights,
-        uids_to_eval_next: next,
+        weights: scored.weights,
+        uids_to_eval_next: scored.uids_to_eval_next,
         data_s,
         eval_s,
         step_s: started.elapsed().as_secs_f64(),
@@ -733,35 +657,5 @@ mod tests {
         assert_eq!(hotkey_of(&graph, 1).as_deref(), Some("hk1"));
         assert_eq!(hotkey_of(&graph, 2), None);
         assert_eq!(hotkey_of(&graph, u16::MAX), None);
-    }
-
-    #[test]
-    fn kept_uids_rank_by_weight_then_win_rate_then_fill_by_score() {
-        let c = |uid, score| Contender {
-            uid,
-            score,
-            block: 1,
-        };
-        let contenders = [c(1, 3.0), c(2, 2.0), c(3, 1.0), c(4, 5.0)];
-        // Only 2 and 3 passed the competitive filter.
-        let wins = Wins {
-            wins: vec![(2, 0), (3, 1)],
-            win_rate: vec![(2, 0.0), (3, 1.0)],
-        };
-        // Uid 2 holds weight (priority 1.5); uid 3's is below 0.001, so its
-        // win rate (1.0) counts.
-        let weights = [0.0, 0.0, 0.5, 0.0005, 0.0];
-        assert_eq!(keep_for_next_step(&contenders, &wins, &weights, 1), vec![2]);
-        // Then the best score among the rest: uid 1 (3.0) before uid 4 (5.0).
-        assert_eq!(
-            keep_for_next_step(&contenders, &wins, &weights, 3),
-            vec![1, 2, 3]
-        );
-        assert_eq!(
-            keep_for_next_step(&contenders, &wins, &weights, 10),
-            vec![1, 2, 3, 4]
-        );
-        // Without weights the win rate decides: uid 3.
-        assert_eq!(keep_for_next_step(&contenders, &wins, &[], 1), vec![3]);
     }
 }

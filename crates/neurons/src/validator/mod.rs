@@ -41,14 +41,14 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use pretrain_chain::{Chain, ChainError, Hotkey, Metagraph};
-use pretrain_core::rules::{CompetitionSpec, Protocol, Schedule};
-use pretrain_core::Competition;
+use pretrain_core::rules::{self, CompetitionSpec, Protocol, Schedule};
+use pretrain_core::Tunables;
 use pretrain_data::{PageSource, Tokenizer};
 use pretrain_store::{ModelHub, ModelStore};
 use thiserror::Error;
 use tracing::{info, warn};
 
-pub use state::{LaterState, Refusal, StateError, TrackedModel, ValidatorState};
+pub use state::{CompetitionState, Refusal, StateError, TrackedModel, ValidatorState};
 pub use worker::{Backend, WorkerSpec};
 
 /// Everything the validator is told at start.
@@ -59,7 +59,7 @@ pub struct ValidatorConfig {
     /// `--model_dir`: models under `models/`, the state, `metrics.jsonl`.
     pub model_dir: PathBuf,
     /// Scoring constants, `sample_min`, `blocks_per_epoch`, `pages_per_eval`.
-    pub competition: Competition,
+    pub competition: Tunables,
     /// Set weights on chain (false with `--dont_set_weights` or `--offline`).
     pub set_weights: bool,
     /// Stop after this many steps (`None`: run forever).
@@ -98,7 +98,7 @@ impl ValidatorConfig {
         Self {
             netuid,
             model_dir,
-            competition: Competition::default(),
+            competition: Tunables::default(),
             set_weights: true,
             max_steps: None,
             eval_workers: 1,
@@ -120,14 +120,10 @@ impl ValidatorConfig {
         self.schedule.protocol()
     }
 
-    /// Under the seed protocol, the competition active at `block` (the
-    /// first of its entry; a seed entry has one); `None` before the
-    /// schedule's first entry.
+    /// Under `sn9-2024-01`, the competition active at `block`
+    /// ([`rules::sn9_spec`]); `None` before the schedule's first entry.
     pub fn seed_spec(&self, block: u64) -> Option<&CompetitionSpec> {
-        self.schedule
-            .active_entry(block)
-            .ok()
-            .and_then(|e| e.competitions.first())
+        rules::sn9_spec(&self.schedule, block)
     }
 }
 
@@ -315,18 +311,12 @@ pub async fn start(
     if state.last_epoch_block.is_none() {
         state.last_epoch_block = Some(metagraph.block);
     }
-    match config.protocol() {
-        Protocol::Later => {
-            if state.later.is_none() {
-                state.later = Some(LaterState::new(metagraph.neurons.len()));
-            }
-        }
-        // A seed state file keeps the seed's format.
-        Protocol::Seed => {
-            if state.later.take().is_some() {
-                warn!("dropping the later protocol's state: the schedule runs the seed protocol");
-            }
-        }
+    let had_competitions = state.competitions.is_some();
+    state.competitions = config
+        .protocol()
+        .competition_state(state.competitions.take(), metagraph.neurons.len());
+    if had_competitions && state.competitions.is_none() {
+        warn!("dropping the competitions' state: the schedule runs the sn9-2024-01 rules");
     }
     state.save(&path)?;
     let tokenizer = Arc::new(Tokenizer::gpt2()?);

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use pretrain_core::model_id::CompetitionId;
-use pretrain_core::rules::CompetitionTracker;
+pub use pretrain_core::rules::CompetitionState;
 use pretrain_core::scoring::Uid;
 use pretrain_core::{HotkeyAddress, ModelId, ModelMetadata};
 use serde::{Deserialize, Serialize};
@@ -88,33 +88,6 @@ impl TrackedModel {
     }
 }
 
-/// What only the later protocol keeps: whose turn it is, an evaluation
-/// set per competition and the per-competition moving averages.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LaterState {
-    /// Steps attempted (one competition each, in turn), including those
-    /// that found nothing to evaluate.
-    pub turn: u64,
-    /// Per competition, the uids evaluated at its next step.
-    pub uids_to_eval: BTreeMap<CompetitionId, BTreeSet<Uid>>,
-    /// Per competition, uids whose model changed, joining at its next step.
-    pub pending_uids: BTreeMap<CompetitionId, BTreeSet<Uid>>,
-    /// Per-competition moving averages of the weights.
-    pub tracker: CompetitionTracker,
-}
-
-impl LaterState {
-    /// Nothing evaluated yet, over a metagraph of `num_neurons`.
-    pub fn new(num_neurons: usize) -> Self {
-        Self {
-            turn: 0,
-            uids_to_eval: BTreeMap::new(),
-            pending_uids: BTreeMap::new(),
-            tracker: CompetitionTracker::new(num_neurons),
-        }
-    }
-}
-
 /// The validator's persistent state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ValidatorState {
@@ -136,9 +109,10 @@ pub struct ValidatorState {
     pub weights: Vec<f32>,
     /// Block at which weights were last set (or the validator started).
     pub last_epoch_block: Option<u64>,
-    /// The later protocol's part (absent under the seed, so its file is unchanged).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub later: Option<LaterState>,
+    /// The competitions' part (absent under `sn9-2024-01`, so its file is
+    /// unchanged; `"later"` on disk, as before).
+    #[serde(default, rename = "later", skip_serializing_if = "Option::is_none")]
+    pub competitions: Option<CompetitionState>,
 }
 
 impl ValidatorState {
@@ -154,7 +128,7 @@ impl ValidatorState {
             pending_uids: BTreeSet::new(),
             weights: Vec::new(),
             last_epoch_block: None,
-            later: None,
+            competitions: None,
         }
     }
 
@@ -189,7 +163,7 @@ impl ValidatorState {
             });
         }
         let later_weights = state
-            .later
+            .competitions
             .iter()
             .flat_map(|l| l.tracker.all_weights().values().flatten());
         if state
@@ -302,7 +276,7 @@ mod tests {
         let path = ValidatorState::path(dir.path());
         std::fs::write(&path, text).unwrap();
         let s = ValidatorState::load(&path).unwrap().unwrap();
-        assert!(s.later.is_none());
+        assert!(s.competitions.is_none());
         let t = s.tracked.values().next().unwrap();
         assert_eq!((t.block, t.competition), (12, None));
         assert_eq!(
@@ -318,12 +292,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = ValidatorState::path(dir.path());
         let mut s = ValidatorState::new(9);
-        let mut later = LaterState::new(3);
+        let mut later = CompetitionState::new(3);
         later.turn = 5;
         later.uids_to_eval.insert(2, [1, 2].into());
         later.pending_uids.insert(1, [0].into());
         later.tracker.record(2, &[0.0, 1.0, 3.0], 0.5);
-        s.later = Some(later);
+        s.competitions = Some(later);
         s.tracked.insert(
             "hk".parse().unwrap(),
             TrackedModel {

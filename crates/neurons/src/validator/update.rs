@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use pretrain_core::rules::schedule::ModelFacts;
-use pretrain_core::rules::{self, CompetitionSpec, Protocol};
+use pretrain_core::rules::{Admission, CompetitionSpec, HashRule};
 use pretrain_core::scoring::Uid;
-use pretrain_core::{HotkeyAddress, LaterModelId, ModelId, ModelMetadata};
+use pretrain_core::{HotkeyAddress, ModelId, ModelMetadata};
 use pretrain_model::{check_model_dir, Limits};
 use pretrain_store::{HubError, StoreError};
 use rand::Rng;
@@ -122,10 +122,7 @@ pub async fn sync_hotkey(shared: &Shared, uid: Uid, hotkey: &HotkeyAddress) -> S
         key,
         tracked,
     };
-    match cfg.protocol() {
-        Protocol::Seed => sync_seed(ctx, &commitment.data, commitment.block).await,
-        Protocol::Later => sync_later(ctx, &commitment.data, commitment.block).await,
-    }
+    sync(ctx, &commitment.data, commitment.block).await
 }
 
 /// One hotkey's check in progress.
@@ -166,122 +163,50 @@ impl HotkeyCheck<'_> {
     }
 }
 
-async fn sync_seed(ctx: HotkeyCheck<'_>, data: &[u8], block: u64) -> SyncOutcome {
+/// One commitment through its protocol's admission rules, then fetched,
+/// checked against the committed hash as the protocol says, and tracked.
+async fn sync(ctx: HotkeyCheck<'_>, data: &[u8], block: u64) -> SyncOutcome {
     let cfg = &ctx.shared.config;
-    let id = match ModelId::from_chain_bytes(data) {
-        Ok(id) => id,
-        Err(e) => return ctx.refuse(format!("commitment is not a model id: {e}"), None),
-    };
-    let metadata = ModelMetadata { id, block };
     // The metagraph's block may lag the chain, which only delays, never
     // admits early.
     let current = ctx.current_block();
-    let spec = cfg.seed_spec(current).cloned();
-    // Upstream's `eval_block_delay`, checked before anything is fetched: a
-    // model is only evaluated on data drawn after it was committed. A
-    // deferred model is simply looked at again on a later pass.
-    if let Some(delay) = spec
-        .as_ref()
-        .map(|c| c.constraints.eval_block_delay)
-        .filter(|&d| d > 0)
-    {
-        let age = current.saturating_sub(metadata.block);
-        if current < metadata.block || age < delay {
-            return SyncOutcome::Deferred(format!(
-                "committed at block {} ({age} blocks ago): not evaluated before eval_block_delay = {delay} blocks have passed",
-                metadata.block
-            ));
-        }
-    }
-    let model = TrackedModel::seed(metadata.clone());
-    if ctx.unchanged(&model) {
-        return SyncOutcome::Unchanged;
-    }
-    info!(uid = ctx.uid, hotkey = %ctx.hotkey, model = %metadata.id, block, "new commitment, fetching the model");
-    let max_bytes = spec
-        .as_ref()
-        .map_or(pretrain_core::constants::MAX_MODEL_BYTES, |s| {
-            s.constraints.max_bytes
-        });
-    let fetched = tokio::time::timeout(
-        cfg.download_timeout,
-        ctx.shared
-            .store
-            .fetch(ctx.shared.hub.as_ref(), ctx.hotkey, &metadata.id, max_bytes),
-    )
-    .await;
-    let fetched = match fetched {
-        Err(_) => {
-            return SyncOutcome::Deferred(format!(
-                "download did not finish within {:?}",
-                cfg.download_timeout
-            ))
-        }
-        Ok(Err(StoreError::Hub(e))) if e.is_retryable() => {
-            return SyncOutcome::Deferred(format!("hub: {}", crate::error_chain(&e)))
-        }
-        Ok(Err(e)) => return ctx.refuse(crate::error_chain(&e), None),
-        Ok(Ok(f)) => f,
+    let admitted = match cfg.protocol().admit(&cfg.schedule, data, block, current) {
+        Admission::Admit(a) => *a,
+        Admission::Defer(why) => return SyncOutcome::Deferred(why),
+        Admission::Refuse(why) => return ctx.refuse(why, None),
     };
-    check_and_track(ctx, model, fetched.path, spec).await
-}
-
-async fn sync_later(ctx: HotkeyCheck<'_>, data: &[u8], block: u64) -> SyncOutcome {
-    let cfg = &ctx.shared.config;
-    let id = match LaterModelId::from_chain_bytes(data) {
-        Ok(id) => id,
-        Err(e) => return ctx.refuse(format!("commitment is not a model id: {e}"), None),
-    };
-    // Upstream's order: the competition at the commit block, now, then the
-    // current competition's `eval_block_delay`; all before the "unchanged"
-    // short cut, so a tracked model of a retired competition is dropped.
-    let current = ctx.current_block();
-    let spec = match rules::admit(&cfg.schedule, id.competition_id, block, current) {
-        Ok(spec) => spec.clone(),
-        Err(why) if why.is_retryable() => {
-            return SyncOutcome::Deferred(format!(
-                "{id} committed at block {block}, now {current}: {why}"
-            ))
-        }
-        Err(why) => return ctx.refuse(why.to_string(), None),
-    };
-    if let Err(why) = spec.support() {
-        return ctx.refuse(why.to_string(), None);
-    }
     let model = TrackedModel {
-        id: ModelId {
-            namespace: id.namespace.clone(),
-            name: id.name.clone(),
-            commit: id.commit.clone(),
-            hash: id.secure_hash.clone(),
-        },
+        id: admitted.model,
         block,
-        competition: Some(id.competition_id),
+        competition: admitted.competition,
     };
     if ctx.unchanged(&model) {
         return SyncOutcome::Unchanged;
     }
-    info!(uid = ctx.uid, hotkey = %ctx.hotkey, model = %id, block, competition = spec.id, "new commitment, fetching the model");
-    let hotkey_ss58 = ctx.hotkey.as_str().to_string();
-    let shown = id.to_compressed_str();
-    let verify = move |downloaded: &str| {
-        rules::check_download(&id, downloaded, &hotkey_ss58).map_err(|source| {
-            StoreError::HashCheck {
-                model: shown,
-                source: Box::new(source),
+    info!(uid = ctx.uid, hotkey = %ctx.hotkey, model = %admitted.shown, block, competition = ?admitted.competition, "new commitment, fetching the model");
+    let store = &ctx.shared.store;
+    let hub = ctx.shared.hub.as_ref();
+    let max_bytes = admitted.max_bytes;
+    let fetched = tokio::time::timeout(cfg.download_timeout, async {
+        match admitted.hash_rule {
+            // The store compares the committed hash itself.
+            HashRule::Committed => store.fetch(hub, ctx.hotkey, &model.id, max_bytes).await,
+            rule => {
+                let hotkey_ss58 = ctx.hotkey.as_str().to_string();
+                let shown = admitted.shown.clone();
+                let verify = move |downloaded: &str| {
+                    rule.check(downloaded, &hotkey_ss58)
+                        .map_err(|source| StoreError::HashCheck {
+                            model: shown,
+                            source: Box::new(source),
+                        })
+                };
+                store
+                    .fetch_verified(hub, ctx.hotkey, &model.id, max_bytes, verify)
+                    .await
             }
-        })
-    };
-    let fetched = tokio::time::timeout(
-        cfg.download_timeout,
-        ctx.shared.store.fetch_verified(
-            ctx.shared.hub.as_ref(),
-            ctx.hotkey,
-            &model.id,
-            spec.constraints.max_bytes,
-            verify,
-        ),
-    )
+        }
+    })
     .await;
     let fetched = match fetched {
         Err(_) => {
@@ -290,15 +215,16 @@ async fn sync_later(ctx: HotkeyCheck<'_>, data: &[u8], block: u64) -> SyncOutcom
                 cfg.download_timeout
             ))
         }
-        // A missing repo, or one still private (the miner makes it public
-        // once its commitment landed): upstream retries it later.
-        Ok(Err(StoreError::Hub(e))) if e.is_retryable() || matches!(e, HubError::NotFound(_)) => {
+        Ok(Err(StoreError::Hub(e)))
+            if e.is_retryable()
+                || (admitted.missing_repo_is_transient && matches!(e, HubError::NotFound(_))) =>
+        {
             return SyncOutcome::Deferred(format!("hub: {}", crate::error_chain(&e)))
         }
         Ok(Err(e)) => return ctx.refuse(crate::error_chain(&e), None),
         Ok(Ok(f)) => f,
     };
-    check_and_track(ctx, model, fetched.path, Some(spec)).await
+    check_and_track(ctx, model, fetched.path, admitted.spec).await
 }
 
 /// Checks the fetched model's files, then against the competition
@@ -338,7 +264,7 @@ async fn check_and_track(
                 let competition = m.competition;
                 s.tracked.insert(hk.clone(), m);
                 s.refused.remove(&hk);
-                match (competition, s.later.as_mut()) {
+                match (competition, s.competitions.as_mut()) {
                     (Some(c), Some(later)) => {
                         later.pending_uids.entry(c).or_default().insert(uid);
                     }
@@ -392,9 +318,9 @@ fn refuse(
                 reason: r,
             },
         );
-        // The seed scores the uid +inf at its next step; the later protocol
-        // evaluates only tracked models, so the uid leaves its competition.
-        if s.later.is_none() {
+        // Under sn9-2024-01 the uid scores +inf at its next step; the
+        // competitions evaluate only tracked models, so it leaves its competition.
+        if s.competitions.is_none() {
             s.pending_uids.insert(uid);
         }
     });
