@@ -8,6 +8,7 @@
 pub mod backoff;
 pub mod bounded;
 pub mod constants;
+pub mod escape;
 pub mod fsio;
 pub mod hash;
 pub mod ids;

@@ -29,6 +29,7 @@
 
 pub mod clean;
 pub mod eval;
+pub mod failure;
 pub mod observe;
 pub mod state;
 pub mod update;

@@ -50,6 +50,23 @@ pub struct Refusal {
     pub block: u64,
     /// Why it was refused.
     pub reason: String,
+    /// What was at fault: always `"content"` (the model's own) since only
+    /// content refuses for good; absent in files of older versions, whose
+    /// refusals are judged by their reason at load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+}
+
+impl Refusal {
+    /// Whether the refusal is for the model's content, so it stands across
+    /// restarts; any other is the validator's own failure of an older
+    /// version, dropped at load so that the commitment is checked again.
+    pub fn is_content(&self) -> bool {
+        match &self.kind {
+            Some(k) => k == super::failure::CONTENT,
+            None => super::failure::is_content_reason(&self.reason),
+        }
+    }
 }
 
 /// A model the validator downloaded, verified and checked.
@@ -175,10 +192,19 @@ impl ValidatorState {
                 })
             }
         };
-        let state: Self = serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
+        let mut state: Self = serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
+        // The validator's own failures (a full disk, its token, the hub)
+        // were once kept as refusals; such a commitment is checked again.
+        state.refused.retain(|hotkey, r| {
+            let keep = r.is_content();
+            if !keep {
+                tracing::info!(%hotkey, "forgetting a refusal that was the validator's own failure, not the model's: {}", pretrain_core::escape::escape(&r.reason));
+            }
+            keep
+        });
         if state.version != STATE_VERSION {
             return Err(StateError::Corrupt {
                 path: path.to_path_buf(),
@@ -311,6 +337,54 @@ mod tests {
         );
         s.save(&path).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+    }
+
+    /// Refusals an older validator kept for its own failures (a full disk,
+    /// its token, a 404 from a misconfigured endpoint, a permission) are
+    /// forgotten at load, so the commitment is checked again; content
+    /// refusals stay, with or without a kind.
+    #[test]
+    fn own_failure_refusals_are_dropped_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = ValidatorState::path(dir.path());
+        let mut s = ValidatorState::new(9);
+        let refusal = |reason: &str, kind: Option<&str>| Refusal {
+            commitment: "m:a:c:h".into(),
+            block: 3,
+            reason: reason.into(),
+            kind: kind.map(String::from),
+        };
+        let own = [
+            "cannot write /v/models/hk/.tmp/model.safetensors: No space left on device (os error 28)",
+            "not found: repo m/a",
+            "unauthorised: 401 from https://hub.example/api/models/m/a",
+            "/v/models/hk/models--m--a/snapshots/c/config.json: Permission denied (os error 13)",
+        ];
+        for (i, reason) in own.iter().enumerate() {
+            s.refused
+                .insert(format!("own{i}").parse().unwrap(), refusal(reason, None));
+        }
+        s.refused.insert(
+            "legacy".parse().unwrap(),
+            refusal(
+                "hash mismatch for m:a:c:h: committed h, downloaded x (deleted)",
+                None,
+            ),
+        );
+        s.refused.insert(
+            "kind".parse().unwrap(),
+            refusal("anything", Some(super::super::failure::CONTENT)),
+        );
+        s.save(&path).unwrap();
+        let loaded = ValidatorState::load(&path).unwrap().unwrap();
+        let kept: Vec<&str> = loaded.refused.keys().map(|k| k.as_str()).collect();
+        assert_eq!(kept, ["kind", "legacy"]);
+        assert_eq!(
+            loaded.refused[&"kind".parse::<HotkeyAddress>().unwrap()]
+                .kind
+                .as_deref(),
+            Some("content")
+        );
     }
 
     #[test]

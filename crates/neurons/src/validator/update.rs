@@ -5,16 +5,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use pretrain_core::escape::Escaped;
 use pretrain_core::rules::schedule::ModelFacts;
 use pretrain_core::rules::{self, CompetitionSpec, Protocol};
 use pretrain_core::scoring::Uid;
 use pretrain_core::{HotkeyAddress, LaterModelId, ModelId, ModelMetadata};
 use pretrain_model::{check_model_dir, Limits};
-use pretrain_store::{HubError, StoreError};
+use pretrain_store::StoreError;
 use rand::Rng;
 use tracing::{debug, info, warn};
 
-use super::{Refusal, Shared, TrackedModel};
+use super::{failure, Refusal, Shared, TrackedModel};
 
 /// Cycles through the uids, as the original's `MinerIterator`: sorted,
 /// starting at a random position, and keeping its place (the next uid at or
@@ -197,7 +198,7 @@ async fn sync_seed(ctx: HotkeyCheck<'_>, data: &[u8], block: u64) -> SyncOutcome
     if ctx.unchanged(&model) {
         return SyncOutcome::Unchanged;
     }
-    info!(uid = ctx.uid, hotkey = %ctx.hotkey, model = %metadata.id, block, "new commitment, fetching the model");
+    info!(uid = ctx.uid, hotkey = %ctx.hotkey, model = %Escaped(&metadata.id), block, "new commitment, fetching the model");
     let max_bytes = spec
         .as_ref()
         .map_or(pretrain_core::constants::MAX_MODEL_BYTES, |s| {
@@ -217,9 +218,7 @@ async fn sync_seed(ctx: HotkeyCheck<'_>, data: &[u8], block: u64) -> SyncOutcome
                 cfg.download_timeout
             ))
         }
-        Ok(Err(StoreError::Hub(e))) if e.is_retryable() => {
-            return SyncOutcome::Deferred(format!("hub: {}", crate::error_chain(&e)))
-        }
+        Ok(Err(e)) if !failure::store_is_content(&e) => return failure::deferred(&e),
         Ok(Err(e)) => return ctx.refuse(crate::error_chain(&e), None),
         Ok(Ok(f)) => f,
     };
@@ -261,7 +260,7 @@ async fn sync_later(ctx: HotkeyCheck<'_>, data: &[u8], block: u64) -> SyncOutcom
     if ctx.unchanged(&model) {
         return SyncOutcome::Unchanged;
     }
-    info!(uid = ctx.uid, hotkey = %ctx.hotkey, model = %id, block, competition = spec.id, "new commitment, fetching the model");
+    info!(uid = ctx.uid, hotkey = %ctx.hotkey, model = %Escaped(&id), block, competition = spec.id, "new commitment, fetching the model");
     let hotkey_ss58 = ctx.hotkey.as_str().to_string();
     let shown = id.to_compressed_str();
     let verify = move |downloaded: &str| {
@@ -292,9 +291,8 @@ async fn sync_later(ctx: HotkeyCheck<'_>, data: &[u8], block: u64) -> SyncOutcom
         }
         // A missing repo, or one still private (the miner makes it public
         // once its commitment landed): upstream retries it later.
-        Ok(Err(StoreError::Hub(e))) if e.is_retryable() || matches!(e, HubError::NotFound(_)) => {
-            return SyncOutcome::Deferred(format!("hub: {}", crate::error_chain(&e)))
-        }
+        // Also the validator's own failures (disk, token, endpoint).
+        Ok(Err(e)) if !failure::store_is_content(&e) => return failure::deferred(&e),
         Ok(Err(e)) => return ctx.refuse(crate::error_chain(&e), None),
         Ok(Ok(f)) => f,
     };
@@ -316,22 +314,23 @@ async fn check_and_track(
     let checked = tokio::task::spawn_blocking(move || check_model_dir(&dir, limits)).await;
     // The competition may also set a floor and allow fewer architectures.
     let checked = checked.map(|r| {
-        r.map_err(|e| crate::error_chain(&e)).and_then(|info| {
-            let Some(spec) = &spec else {
-                return Ok(info);
-            };
-            spec.check_model(&ModelFacts {
-                parameters: info.params,
-                architecture: info.architecture.class_name(),
+        r.map_err(|e| (failure::model_is_content(&e), crate::error_chain(&e)))
+            .and_then(|info| {
+                let Some(spec) = &spec else {
+                    return Ok(info);
+                };
+                spec.check_model(&ModelFacts {
+                    parameters: info.params,
+                    architecture: info.architecture.class_name(),
+                })
+                .map(|()| info)
+                .map_err(|e| (true, e.to_string()))
             })
-            .map(|()| info)
-            .map_err(|e| e.to_string())
-        })
     });
     match checked {
         Ok(Ok(info)) => {
             let (uid, hotkey) = (ctx.uid, ctx.hotkey);
-            info!(uid, %hotkey, model = %model.model_str(), params = info.params, architecture = ?info.architecture, "model tracked and queued");
+            info!(uid, %hotkey, model = %Escaped(&model.model_str()), params = info.params, architecture = ?info.architecture, "model tracked and queued");
             let m = model.clone();
             let hk = hotkey.clone();
             ctx.shared.update_state(move |s| {
@@ -352,14 +351,16 @@ async fn check_and_track(
                 block: model.block,
             })
         }
-        Ok(Err(reason)) => {
+        Ok(Err((true, reason))) => {
             let id = model.id.clone();
             ctx.refuse(reason, Some(&id))
         }
-        Err(e) => {
-            let id = model.id.clone();
-            ctx.refuse(format!("model check crashed: {e}"), Some(&id))
+        // The validator could not read what it downloaded (disk,
+        // permission, memory): checked again on a later pass.
+        Ok(Err((false, reason))) => {
+            SyncOutcome::Deferred(format!("cannot check the model: {reason}"))
         }
+        Err(e) => SyncOutcome::Deferred(format!("the model check did not finish: {e}")),
     }
 }
 
@@ -371,7 +372,7 @@ fn refuse(
     reason: String,
     fetched: Option<&ModelId>,
 ) -> SyncOutcome {
-    warn!(uid, %hotkey, commitment = %key.0, block = key.1, "model refused: {reason}");
+    warn!(uid, %hotkey, commitment = %Escaped(&key.0), block = key.1, "model refused: {}", Escaped(&reason));
     shared.observers.refused(&reason);
     if let Some(id) = fetched {
         if let Err(e) = shared.store.remove_model(hotkey, id) {
@@ -390,6 +391,7 @@ fn refuse(
                 commitment: key.0,
                 block: key.1,
                 reason: r,
+                kind: Some(failure::CONTENT.into()),
             },
         );
         // The seed scores the uid +inf at its next step; the later protocol
@@ -453,7 +455,9 @@ pub async fn update_loop(shared: Arc<Shared>) {
             }
         };
         match sync_hotkey(&shared, uid, &hotkey).await {
-            SyncOutcome::Deferred(why) => warn!(uid, %hotkey, "model update deferred: {why}"),
+            SyncOutcome::Deferred(why) => {
+                warn!(uid, %hotkey, "model update deferred: {}", Escaped(&why))
+            }
             outcome => debug!(uid, %hotkey, ?outcome, "checked"),
         }
     }
