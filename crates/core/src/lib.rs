@@ -12,6 +12,7 @@ pub mod escape;
 pub mod fsio;
 pub mod hash;
 pub mod ids;
+pub mod lock;
 pub mod metrics;
 pub mod model_id;
 pub mod rules;

@@ -18,6 +18,32 @@ use pretrain_store::StoreError;
 /// is judged by its reason ([`is_content_reason`]).
 pub const CONTENT: &str = "content";
 
+/// Refuses a state made for another subnet or chain (its weights are other
+/// uids'); a state without a chain (older versions) is taken as this one's.
+pub fn check_identity(
+    path: &std::path::Path,
+    state: &super::ValidatorState,
+    netuid: u16,
+    chain: Option<&str>,
+) -> Result<(), super::StateError> {
+    let same_chain = match (state.chain.as_deref(), chain) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    };
+    if state.netuid == netuid && same_chain {
+        return Ok(());
+    }
+    let show = |c: Option<&str>, n: u16| match c {
+        Some(c) => format!("subnet {n} of chain {}", pretrain_core::escape::escape(c)),
+        None => format!("subnet {n}"),
+    };
+    Err(super::StateError::Elsewhere {
+        path: path.to_path_buf(),
+        theirs: show(state.chain.as_deref(), state.netuid),
+        ours: show(chain, netuid),
+    })
+}
+
 /// The outcome of a download failure that is not the model's fault.
 pub fn deferred(e: &StoreError) -> super::update::SyncOutcome {
     super::update::SyncOutcome::Deferred(format!(
