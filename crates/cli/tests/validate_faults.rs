@@ -262,3 +262,114 @@ fn a_full_or_read_only_disk_defers_and_the_miner_is_scored_once_freed() {
     let state: Value = net.state();
     assert!(state["tracked"].get(&hk).is_some(), "{state}");
 }
+
+/// Writes zeros into `path` until the disk under it is full.
+fn fill_disk(path: &Path) {
+    let mut f = fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 64 << 10];
+    loop {
+        match f.write_all(&chunk) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC
+            Err(e) => panic!("filling {}: {e}", path.display()),
+        }
+    }
+    let _ = f.sync_all();
+}
+
+/// Three miners end to end; the validator's model disk fills in the middle
+/// of its first step, while the third miner's model is being fetched, and
+/// is freed after that step: the third is deferred (never refused), then
+/// fetched, and every miner ends scored with finite losses.
+#[test]
+fn three_miners_all_end_scored_when_the_validators_disk_fills_mid_step() {
+    let _heavy = HEAVY.lock().unwrap_or_else(|p| p.into_inner());
+    let net = Net::new();
+    let disk = Tmpfs::mount(&net.dir("validator/models"), "48m");
+    let _ = &disk;
+    let miners: Vec<(String, u16)> = (1..=3).map(|i| net.miner(i)).collect();
+    // Three different models (a config field that changes no weight).
+    let mut dirs = Vec::new();
+    for i in 0..3 {
+        let d = net.dir(&format!("model{i}"));
+        fs::create_dir_all(&d).unwrap();
+        for e in fs::read_dir(TINY).unwrap() {
+            let e = e.unwrap();
+            fs::copy(e.path(), d.join(e.file_name())).unwrap();
+        }
+        let cfg = d.join("generation_config.json");
+        let mut v: Value = serde_json::from_slice(&fs::read(&cfg).unwrap()).unwrap();
+        v["miner"] = i.into();
+        fs::write(&cfg, v.to_string()).unwrap();
+        dirs.push(d);
+    }
+    net.push(&miners[0].0, &dirs[0], "m/zero");
+    net.push(&miners[1].0, &dirs[1], "m/one");
+
+    let log = net.dir("e2e.log");
+    let mut child = net
+        .validate_cmd(&["--max_steps", "6"])
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let read = || fs::read_to_string(&log).unwrap_or_default();
+    let waited = Instant::now();
+    while !read().contains("step 1: loading pages") {
+        assert!(child.try_wait().unwrap().is_none(), "{}", read());
+        assert!(waited.elapsed() < Duration::from_secs(180), "{}", read());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Mid-step: the disk fills, and the third miner commits.
+    let filler = net.dir("validator/models/filler");
+    fill_disk(&filler);
+    net.push(&miners[2].0, &dirs[2], "m/two");
+    while deferrals(&log, &miners[2].0).is_empty() {
+        assert!(child.try_wait().unwrap().is_none(), "{}", read());
+        assert!(waited.elapsed() < Duration::from_secs(300), "{}", read());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    while net.metrics().is_empty() {
+        assert!(child.try_wait().unwrap().is_none(), "{}", read());
+        assert!(waited.elapsed() < Duration::from_secs(400), "{}", read());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Freed after the step.
+    fs::remove_file(&filler).unwrap();
+    let all_scored = |line: &Value| {
+        miners.iter().all(|(_, uid)| {
+            line["uids"].as_array().unwrap().iter().any(|r| {
+                r["uid"] == *uid
+                    && r["error"].is_null()
+                    && r["losses"].as_array().is_some_and(|l| {
+                        !l.is_empty() && l.iter().all(|x| x.as_f64().is_some_and(f64::is_finite))
+                    })
+            })
+        })
+    };
+    while !net.metrics().iter().any(all_scored) {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "validator exited ({status}) before all were scored:\n{}",
+                read()
+            );
+        }
+        assert!(waited.elapsed() < Duration::from_secs(600), "{}", read());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = read();
+    let line = &deferrals(&log, &miners[2].0)[0];
+    assert!(line.contains("No space left on device"), "{line}");
+    let state = net.state();
+    assert_eq!(state["refused"], serde_json::json!({}), "{state}");
+    for (hk, _) in &miners {
+        assert!(state["tracked"].get(hk).is_some(), "{hk}: {state}");
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.contains("model refused") && l.contains(hk.as_str())),
+            "{text}"
+        );
+    }
+}

@@ -80,7 +80,7 @@ fn planted_links_are_not_written_through_and_every_file_has_one_mode() {
         assert_eq!(meta.permissions().mode() & 0o777, 0o644, "{}", f.display());
     }
     // No temporary file is left behind.
-    let leftovers: Vec<_> = fs::read_dir(&dir)
+    let leftovers: Vec<_> = fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with(".tmp-"))
