@@ -471,7 +471,8 @@ mod tests {
     fn out_of_bounds_fields_are_refused_at_load() {
         let dir = tempfile::tempdir().unwrap();
         let path = ValidatorState::path(dir.path());
-        let bad: [(&str, fn(&mut ValidatorState)); 5] = [
+        type Edit = fn(&mut ValidatorState);
+        let bad: [(&str, Edit); 5] = [
             ("more than the 65536 uids", |s| {
                 s.weights = vec![0.0; 100_000]
             }),
