@@ -450,7 +450,7 @@ pub async fn update_loop(shared: Arc<Shared>) {
             Ok(h) => h,
             Err(e) => {
                 // Never tracked, so it scores +inf; said once per pass.
-                warn!(uid, "hotkey refused: {e}");
+                warn!(uid, "hotkey refused: {}", Escaped(&e));
                 continue;
             }
         };
