@@ -187,6 +187,12 @@ pub struct Hyperparameters {
 pub trait Chain: Send + Sync {
     /// Current block height.
     async fn current_block(&self) -> Result<u64, ChainError>;
+    /// What tells this chain from any other (the embedded chain's id; a
+    /// node's genesis hash), for state files kept against it; `None` where
+    /// the backend cannot say.
+    async fn chain_id(&self) -> Result<Option<String>, ChainError> {
+        Ok(None)
+    }
     /// The subnet's metagraph.
     async fn metagraph(&self, netuid: u16) -> Result<Metagraph, ChainError>;
     /// The hotkey's uid on the subnet, if registered.

@@ -19,6 +19,48 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     fsync_dir(parent)
 }
 
+/// Mode of the files of a report or any other output meant to be read by
+/// others (a web server): the same for every file of one output.
+pub const SHARED_MODE: u32 = 0o644;
+
+/// A new, empty file with a random name in `dir` (created with `O_EXCL`,
+/// so a planted link or file is never followed or reused), `mode` on unix.
+/// For writers that need a path (a chart library); rename it over the
+/// target with `persist`.
+pub fn temp_file_in(dir: &Path, suffix: &str, mode: u32) -> io::Result<tempfile::NamedTempFile> {
+    let tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .suffix(suffix)
+        .tempfile_in(dir)?;
+    set_mode(tmp.as_file(), mode)?;
+    Ok(tmp)
+}
+
+/// [`atomic_write`] with the file's mode set (unix): the default of a
+/// temporary file is 0600, which a web server serving the output cannot read.
+pub fn atomic_write_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let parent = parent_of(path);
+    fs::create_dir_all(parent)?;
+    let mut tmp = temp_file_in(parent, "", mode)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    fsync_dir(parent)
+}
+
+fn set_mode(file: &File, mode: u32) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(fs::Permissions::from_mode(mode))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (file, mode);
+        Ok(())
+    }
+}
+
 /// Writes `value` as pretty JSON to `path` atomically.
 pub fn atomic_write_json<T: serde::Serialize + ?Sized>(path: &Path, value: &T) -> io::Result<()> {
     let mut text = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
@@ -41,14 +83,26 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Appends one line to `path` (created if missing) and flushes it: the
-/// JSON Lines metrics files. A crash loses at most the line being written.
+/// JSON Lines metrics files. A crash loses at most the line being written;
+/// a file left ending inside a line (a full disk, a crash mid-write) gets
+/// a newline first, so the new line is never glued onto the broken one.
 pub fn append_line(path: &Path, line: &str) -> io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
     fs::create_dir_all(parent_of(path))?;
     let mut f = fs::OpenOptions::new()
         .create(true)
+        .read(true)
         .append(true)
         .open(path)?;
-    let mut buf = Vec::with_capacity(line.len() + 1);
+    let mut buf = Vec::with_capacity(line.len() + 2);
+    if f.metadata()?.len() > 0 {
+        let mut last = [0u8; 1];
+        f.seek(SeekFrom::End(-1))?;
+        f.read_exact(&mut last)?;
+        if last[0] != b'\n' {
+            buf.push(b'\n');
+        }
+    }
     buf.extend_from_slice(line.as_bytes());
     buf.push(b'\n');
     f.write_all(&buf)?;
@@ -145,5 +199,47 @@ mod tests {
         append_line(&line, "{}").unwrap();
         append_line(&line, "{}").unwrap();
         assert_eq!(fs::read_to_string(&line).unwrap(), "{}\n{}\n");
+    }
+
+    /// The issue's case: a file cut inside a line (a full disk) gets the
+    /// next line on a line of its own.
+    #[test]
+    fn an_append_after_a_cut_line_starts_a_fresh_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("metrics.jsonl");
+        fs::write(&p, "{\"step\":1}\n{\"step\":2,\"los").unwrap();
+        append_line(&p, "{\"step\":3}").unwrap();
+        assert_eq!(
+            fs::read_to_string(&p).unwrap(),
+            "{\"step\":1}\n{\"step\":2,\"los\n{\"step\":3}\n"
+        );
+        // An empty file gets no leading newline.
+        let q = tmp.path().join("empty.jsonl");
+        fs::write(&q, "").unwrap();
+        append_line(&q, "x").unwrap();
+        assert_eq!(fs::read_to_string(&q).unwrap(), "x\n");
+    }
+
+    /// A planted link at a predictable name is never written through, and
+    /// the file gets the mode asked for.
+    #[cfg(unix)]
+    #[test]
+    fn moded_writes_replace_links_and_set_the_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tmp.path().join("victim");
+        fs::write(&victim, "keep").unwrap();
+        let out = tmp.path().join("report.html");
+        std::os::unix::fs::symlink(&victim, &out).unwrap();
+        atomic_write_mode(&out, b"page", SHARED_MODE).unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "keep");
+        assert_eq!(fs::read_to_string(&out).unwrap(), "page");
+        let mode = fs::symlink_metadata(&out).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
+        let t = temp_file_in(tmp.path(), ".png", SHARED_MODE).unwrap();
+        assert_eq!(
+            t.as_file().metadata().unwrap().permissions().mode() & 0o777,
+            0o644
+        );
     }
 }

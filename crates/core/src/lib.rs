@@ -8,9 +8,11 @@
 pub mod backoff;
 pub mod bounded;
 pub mod constants;
+pub mod escape;
 pub mod fsio;
 pub mod hash;
 pub mod ids;
+pub mod lock;
 pub mod metrics;
 pub mod model_id;
 pub mod rules;

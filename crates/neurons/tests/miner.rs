@@ -384,3 +384,71 @@ async fn load_best_takes_the_model_of_the_highest_incentive() {
         .unwrap_err();
     assert!(err.to_string().contains("committed no model"), "{err}");
 }
+
+/// Issue 27: a second miner on a run directory in use is refused with the
+/// holder's pid; a checkpoint whose `position.json` says `batch_in_epoch:
+/// 1e15` is refused on resume instead of reporting the epoch's loss as 0
+/// (a new best that would be pushed), and a negative loss sum at load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_run_dir_and_a_forged_position_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = MinerConfig {
+        num_epochs: Some(2),
+        lr: 1e-3,
+        bs: 2,
+        sl: 64,
+        accumulation_steps: 3,
+        pages_per_epoch: 1,
+        seed: 5,
+        model_dir: tmp.path().join("models"),
+    };
+    let source = corpus_in(&tmp.path().join("corpus"));
+    let run = RunDir::create(&config.model_dir, "r").unwrap();
+    let mut first = Training::start(tiny(), config.clone(), source.clone(), run.clone()).unwrap();
+    let busy = Training::start(tiny(), config.clone(), source.clone(), run.clone()).unwrap_err();
+    let msg = busy.to_string();
+    assert!(
+        msg.contains(&format!("pid {}", std::process::id())) && msg.contains("pretrain mine"),
+        "{msg}"
+    );
+    let mut stop = StopAt {
+        flag: first.stop_flag(),
+        epoch: 0,
+        after: 2,
+    };
+    assert!(first.run(&mut stop).await.unwrap().stopped);
+    drop(first);
+
+    let pos = run.checkpoint_dir().join("position.json");
+    let good: serde_json::Value = serde_json::from_slice(&std::fs::read(&pos).unwrap()).unwrap();
+    assert_eq!(good["batch_in_epoch"], 2);
+    let mut forged = good.clone();
+    forged["batch_in_epoch"] = serde_json::json!(1_000_000_000_000_000u64);
+    forged["global_batches"] = serde_json::json!(1_000_000_000_000_000u64);
+    std::fs::write(&pos, forged.to_string()).unwrap();
+    let mut t = Training::resume(
+        RunDir::open(run.root()).unwrap(),
+        source.clone(),
+        &Device::Cpu,
+        None,
+    )
+    .unwrap();
+    let err = t.run(&mut NoObserver).await.unwrap_err().to_string();
+    assert!(
+        err.contains("it is not from this run's data") && err.contains("move"),
+        "{err}"
+    );
+    drop(t);
+    let mut negative = good.clone();
+    negative["epoch_loss_sum"] = serde_json::json!(-1.0e9);
+    std::fs::write(&pos, negative.to_string()).unwrap();
+    let err = Training::resume(
+        RunDir::open(run.root()).unwrap(),
+        source,
+        &Device::Cpu,
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("epoch_loss_sum"), "{err}");
+}

@@ -164,19 +164,23 @@ pub(crate) fn line_chart(
     if x0 > x1 {
         (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
     }
-    if x1 - x0 < 1e-9 {
-        x1 = x0 + 1.0;
-    }
-    let pad = ((y1 - y0) * 0.08).max(1e-6);
-    let (y0, y1) = (y0 - pad, y1 + pad);
+    let ((x0, x1), (y0, y1)) = axis_ranges((x0, x1), (y0, y1));
 
-    // Drawn beside the target, then renamed: a reader never sees half a PNG.
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp.png",
-        path.file_stem().and_then(|s| s.to_str()).unwrap_or("chart")
-    ));
+    // Drawn beside the target under a random name made with O_EXCL (a
+    // planted link at a fixed name would be written through), then renamed:
+    // a reader never sees half a PNG.
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let io_err = |source| ReportError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = pretrain_core::fsio::temp_file_in(dir, ".png", pretrain_core::fsio::SHARED_MODE)
+        .map_err(io_err)?;
     draw(
-        &tmp,
+        tmp.path(),
         title,
         x_label,
         y_label,
@@ -185,10 +189,24 @@ pub(crate) fn line_chart(
         (x0, x1, y0, y1),
     )
     .map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(|source| ReportError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    tmp.persist(path).map_err(|e| io_err(e.error))?;
+    Ok(())
+}
+
+/// Largest magnitude drawn: beyond it an axis's padded range, or its width,
+/// overflows to infinity and the chart library never finishes its ticks.
+const AXIS_LIMIT: f64 = 1e300;
+
+/// Axis ranges of finite data, clamped so that every width and padding is
+/// finite: x widened to at least 1 when flat, y padded by 8 %.
+fn axis_ranges((x0, x1): (f64, f64), (y0, y1): (f64, f64)) -> ((f64, f64), (f64, f64)) {
+    let clamp = |v: f64| v.clamp(-AXIS_LIMIT, AXIS_LIMIT);
+    let (x0, mut x1, y0, y1) = (clamp(x0), clamp(x1), clamp(y0), clamp(y1));
+    if x1 - x0 < 1e-9 {
+        x1 = x0 + 1.0;
+    }
+    let pad = ((y1 - y0) * 0.08).max(1e-6);
+    ((x0, x1), (y0 - pad, y1 + pad))
 }
 
 #[allow(clippy::type_complexity)]

@@ -77,11 +77,15 @@ pub fn write_report(dir: &Path) -> Result<Report, ReportError> {
     let charts = charts::draw_all(dir, &data)?;
     let html = dir.join(HTML_FILE);
     let page = html::page(dir, &data, &charts);
-    pretrain_core::fsio::atomic_write(&html, page.as_bytes()).map_err(|source| {
-        ReportError::Io {
-            path: html.clone(),
-            source,
-        }
+    // The charts' mode: a web server that serves one serves all.
+    pretrain_core::fsio::atomic_write_mode(
+        &html,
+        page.as_bytes(),
+        pretrain_core::fsio::SHARED_MODE,
+    )
+    .map_err(|source| ReportError::Io {
+        path: html.clone(),
+        source,
     })?;
     Ok(Report { html, charts, data })
 }

@@ -79,6 +79,9 @@ pub struct Collected {
     pub validators: Vec<ValidatorRun>,
     /// Local subnet leaderboards.
     pub incentive: Vec<IncentiveRun>,
+    /// Lines of the files that were not JSON objects (cut, not UTF-8),
+    /// skipped.
+    pub skipped_lines: usize,
 }
 
 impl Collected {
@@ -111,7 +114,9 @@ pub fn collect(dir: &Path) -> Result<Collected, ReportError> {
             .map(|p| p.display().to_string())
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| ".".to_string());
-        let lines = read_lines(&file)?;
+        let read = read_lines(&file)?;
+        out.skipped_lines += read.skipped;
+        let lines = read.values;
         if file.file_name().is_some_and(|n| n == "leaderboard.jsonl") {
             let run = parse_leaderboard(label, &lines);
             if !run.points.is_empty() {
@@ -161,24 +166,61 @@ fn find_files(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
     }
 }
 
-fn read_lines(path: &Path) -> Result<Vec<Value>, ReportError> {
+fn read_lines(path: &Path) -> Result<Lines, ReportError> {
     use std::io::Read;
     let file = fs::File::open(path).map_err(|source| ReportError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let mut text = String::new();
-    file.take(MAX_FILE_BYTES)
-        .read_to_string(&mut text)
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
         .map_err(|source| ReportError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-    Ok(text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(Value::is_object)
-        .collect())
+    Ok(parse_lines(&bytes, MAX_FILE_BYTES))
+}
+
+/// The JSON objects of a JSON Lines text, read line by line: a line that
+/// is not UTF-8, not JSON or not an object (a line cut by a full disk, a
+/// stray byte) is skipped and counted, never failing the whole file. Past
+/// `cap` bytes the rest is left out, and the line the cap cuts is dropped
+/// whole (never half a character, never half a line).
+pub(crate) fn parse_lines(bytes: &[u8], cap: u64) -> Lines {
+    let cap = usize::try_from(cap).unwrap_or(usize::MAX);
+    let mut text = bytes;
+    if text.len() > cap {
+        text = &text[..cap];
+        // The last, cut line is not a line.
+        let end = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        text = &text[..end];
+    }
+    let mut out = Lines::default();
+    for raw in text.split(|&b| b == b'\n') {
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match std::str::from_utf8(raw)
+            .ok()
+            .and_then(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(Value::is_object)
+        {
+            Some(v) => out.values.push(v),
+            None => out.skipped += 1,
+        }
+    }
+    out
+}
+
+/// What [`parse_lines`] read.
+#[derive(Debug, Default)]
+pub(crate) struct Lines {
+    /// The JSON objects, in order.
+    pub values: Vec<Value>,
+    /// Lines that were not one.
+    pub skipped: usize,
 }
 
 fn is_validator_line(v: &Value) -> bool {
@@ -412,6 +454,20 @@ fn parse_leaderboard(label: String, lines: &[Value]) -> IncentiveRun {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The read cap falls inside a line holding a two-byte character: the
+    /// cut line is dropped whole and the lines before it are kept.
+    #[test]
+    fn the_read_cap_drops_the_line_it_cuts() {
+        let text = "{\"a\": 1}\n{\"b\": \"\u{e9}\u{e9}\"}\n{\"c\": 3}\n";
+        // Inside the first "é" of the second line.
+        let cap = text.find('\u{e9}').unwrap() + 1;
+        let read = parse_lines(text.as_bytes(), cap as u64);
+        assert_eq!(read.values, vec![json!({"a": 1})]);
+        assert_eq!(read.skipped, 0);
+        let all = parse_lines(text.as_bytes(), 1 << 20);
+        assert_eq!(all.values.len(), 3);
+    }
 
     #[test]
     fn training_prefers_epoch_averages_and_else_averages_steps() {

@@ -156,6 +156,18 @@ impl HubError {
         matches!(self, HubError::RateLimited(_) | HubError::Network(_))
     }
 
+    /// Whether the failure is the repo's own content (too large, a listed
+    /// file name that would leave its directory), so that no retry can fix
+    /// it and the commitment may be refused for good. Everything else (a
+    /// missing repo, our token refused, the network, a bad answer, our own
+    /// disk) is the validator's or the hub's side, and is retried later.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            HubError::TooLarge { .. } | HubError::UnsafePath { .. }
+        )
+    }
+
     /// Wraps an I/O error with what was being done.
     pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> HubError {
         let context = context.into();

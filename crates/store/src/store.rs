@@ -71,6 +71,21 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the failure is the model's own (its id, its size, its
+    /// hash): only such a failure may refuse a commitment for good. Local
+    /// I/O (a full disk, a permission), the hub's answers and a cancelled
+    /// task are the validator's side and are retried.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            StoreError::Hub(e) => e.is_permanent(),
+            StoreError::Id(_)
+            | StoreError::NoHash(_)
+            | StoreError::HashMismatch { .. }
+            | StoreError::HashCheck { .. } => true,
+            StoreError::Io { .. } | StoreError::Hash { .. } | StoreError::Task(_) => false,
+        }
+    }
+
     fn hashing(dir: &Path) -> impl FnOnce(HashError) -> StoreError {
         let dir = dir.to_path_buf();
         move |source| StoreError::Hash { dir, source }

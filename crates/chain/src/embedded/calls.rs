@@ -18,6 +18,10 @@ impl Chain for EmbeddedChain {
         Ok(self.clock.now())
     }
 
+    async fn chain_id(&self) -> Result<Option<String>, ChainError> {
+        Ok(self.id.clone())
+    }
+
     async fn metagraph(&self, netuid: u16) -> Result<Metagraph, ChainError> {
         self.run(move |conn, clock, path| {
             // One read transaction: a consistent view while other processes write.

@@ -204,6 +204,8 @@ pub struct EmbeddedChain {
     conn: Arc<Mutex<Connection>>,
     clock: Clock,
     call_timeout: Duration,
+    /// `embedded:<random hex>`, made with the chain.
+    id: Option<String>,
 }
 
 impl std::fmt::Debug for EmbeddedChain {

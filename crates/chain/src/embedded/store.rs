@@ -96,6 +96,15 @@ impl EmbeddedChain {
                 dir.display()
             )));
         }
+        // An empty file (a full disk, a truncated copy) is not a chain to
+        // make afresh: only a command that may create one does.
+        if !create && std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+            return Err(ChainError::Storage(format!(
+                "{} is empty, not a chain: restore it, or remove it and make a new chain with \
+                 `pretrain chain register`",
+                path.display()
+            )));
+        }
         if create {
             std::fs::create_dir_all(dir).map_err(|e| {
                 ChainError::Storage(format!(
@@ -168,12 +177,26 @@ impl EmbeddedChain {
                 );
             }
         }
+        let id = chain_id(&conn, !read_only).map_err(|e| storage(&path, e))?;
+        // Blocks never go back: a clock behind the chain's own records
+        // (genesis_time edited, the system clock stepped back) is refused.
+        let recorded = latest_recorded_block(&conn).map_err(|e| storage(&path, e))?;
+        let now = clock.now();
+        if recorded > now {
+            return Err(ChainError::Storage(format!(
+                "{}: the chain's clock says block {now}, but it already holds block {recorded}: \
+                 its genesis_time was changed or the system clock went back; fix the clock \
+                 (blocks must not go backwards)",
+                path.display()
+            )));
+        }
         debug!(path = %path.display(), genesis_time = clock.genesis_time, block_time = clock.block_time, "embedded chain open");
         Ok(Self {
             path,
             conn: Arc::new(Mutex::new(conn)),
             clock,
             call_timeout: options.call_timeout,
+            id,
         })
     }
 
@@ -406,6 +429,36 @@ fn lock_dir(dir: &Path) -> Result<Option<std::fs::File>, ChainError> {
     file.lock()
         .map_err(|e| ChainError::Storage(format!("cannot lock {}: {e}", path.display())))?;
     Ok(Some(file))
+}
+
+// The chain's identity, made once at random (`embedded:<hex>`): a state
+// file written against one chain is told from another's. A read-only
+// opener of a chain made before identities existed gets `None`.
+fn chain_id(conn: &Connection, writable: bool) -> rusqlite::Result<Option<String>> {
+    if writable {
+        let fresh = format!("embedded:{:032x}", rand::random::<u128>());
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('chain_id', ?1)",
+            params![fresh],
+        )?;
+    }
+    conn.query_row("SELECT value FROM meta WHERE key = 'chain_id'", [], |r| {
+        r.get(0)
+    })
+    .optional()
+}
+
+// The highest block the chain has written anything at.
+fn latest_recorded_block(conn: &Connection) -> rusqlite::Result<u64> {
+    let b: Option<i64> = conn.query_row(
+        "SELECT MAX(b) FROM (SELECT MAX(block) AS b FROM commitments
+             UNION ALL SELECT MAX(block) FROM weights
+             UNION ALL SELECT MAX(registered_block) FROM neurons
+             UNION ALL SELECT MAX(created_block) FROM subnets)",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(b.map_or(0, |b| u64::try_from(b).unwrap_or(0)))
 }
 
 fn bad_meta(key: &str, value: &str) -> rusqlite::Error {

@@ -109,3 +109,54 @@ fn blocks_follow_wall_time() {
     assert_eq!(c.block_at(1012.0), 1);
     assert_eq!(c.block_at(1000.0 + 12.0 * 100.0 + 5.0), 100);
 }
+
+/// Issue 27: an empty chain file is not turned into a new chain by a
+/// command that only opens one; a clock behind the chain's own records
+/// (genesis_time edited forward) is refused rather than moving blocks
+/// back; the chain keeps one identity across opens.
+#[tokio::test]
+async fn empty_files_and_clocks_going_back_are_refused_and_the_id_stays() {
+    let tmp = tempfile::tempdir().unwrap();
+    let options = EmbeddedOptions {
+        block_time: Some(0.01),
+        ..EmbeddedOptions::default()
+    };
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::write(empty.join(DB_FILE), b"").unwrap();
+    let err = EmbeddedChain::open_existing_async(&empty, &options)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is empty, not a chain"), "{err}");
+    assert_eq!(std::fs::metadata(empty.join(DB_FILE)).unwrap().len(), 0);
+
+    let dir = tmp.path().join("chain");
+    let chain = EmbeddedChain::open_async(&dir, &options).await.unwrap();
+    let id = crate::Chain::chain_id(&chain).await.unwrap().unwrap();
+    assert!(id.starts_with("embedded:"), "{id}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    chain.register(9, ALICE_SS58, ALICE_SS58).await.unwrap();
+    let genesis = chain.genesis_time();
+    drop(chain);
+    let again = EmbeddedChain::open_existing_async(&dir, &options)
+        .await
+        .unwrap();
+    assert_eq!(crate::Chain::chain_id(&again).await.unwrap(), Some(id));
+    drop(again);
+    // Block 0 an hour later: every record is now in the future.
+    let conn = rusqlite::Connection::open(dir.join(DB_FILE)).unwrap();
+    conn.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'genesis_time'",
+        rusqlite::params![(genesis + 3600.0).to_string()],
+    )
+    .unwrap();
+    drop(conn);
+    let err = EmbeddedChain::open_existing_async(&dir, &options)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("blocks must not go backwards"), "{err}");
+}
+
+const ALICE_SS58: &str = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY";

@@ -24,10 +24,17 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
         report.html.display(),
         report.charts.len()
     );
+    if report.data.skipped_lines > 0 {
+        tracing::warn!(
+            "skipped {} lines that were not JSON objects (cut by a full disk or a crash, or not UTF-8)",
+            report.data.skipped_lines
+        );
+    }
     super::out::print_json(&json!({
         "html": report.html,
         "charts": report.charts,
         "training_runs": report.data.training.len(),
         "validator_steps": report.data.validators.iter().map(|v| v.steps.len()).sum::<usize>(),
+        "skipped_lines": report.data.skipped_lines,
     }))
 }

@@ -85,6 +85,9 @@ pub enum MinerError {
     /// A setting cannot work.
     #[error("{0}")]
     Config(String),
+    /// The run directory is in use by another miner.
+    #[error(transparent)]
+    Lock(#[from] pretrain_core::lock::LockError),
     /// A file of the run could not be read or written.
     #[error("{path}: {error}")]
     Io {

@@ -164,6 +164,52 @@ struct Position {
     best_avg_loss: Option<f64>,
 }
 
+impl Position {
+    /// Whether the position can belong to a checkpoint whose optimizer took
+    /// `steps` steps of `accumulation` batches each: counters consistent,
+    /// sums and losses finite and not negative. (That `batch_in_epoch` is
+    /// inside its epoch is checked when the epoch's batches are known.)
+    fn check(&self, steps: u64, accumulation: usize) -> Result<(), String> {
+        // Every optimizer step took `accumulation` batches (a partial group
+        // dropped at an epoch's start only adds batches).
+        let accumulation = u64::try_from(accumulation).unwrap_or(u64::MAX);
+        let least = steps.saturating_mul(accumulation);
+        if self.global_batches < least {
+            return Err(format!(
+                "global_batches {} is fewer than the {least} the optimizer's {steps} steps took",
+                self.global_batches
+            ));
+        }
+        if self.batch_in_epoch as u64 > self.global_batches {
+            return Err(format!(
+                "batch_in_epoch {} is more than global_batches {}",
+                self.batch_in_epoch, self.global_batches
+            ));
+        }
+        if self.epoch > self.global_batches {
+            return Err(format!(
+                "epoch {} is more than global_batches {}",
+                self.epoch, self.global_batches
+            ));
+        }
+        if !(self.epoch_loss_sum.is_finite() && self.epoch_loss_sum >= 0.0) {
+            return Err(format!(
+                "epoch_loss_sum {} is not a loss sum",
+                self.epoch_loss_sum
+            ));
+        }
+        if self.batch_in_epoch == 0 && self.epoch_loss_sum != 0.0 {
+            return Err("epoch_loss_sum without batches".into());
+        }
+        if let Some(b) = self.best_avg_loss {
+            if !(b.is_finite() && b >= 0.0) {
+                return Err(format!("best_avg_loss {b} is not a loss"));
+            }
+        }
+        Ok(())
+    }
+}
+
 const CHECKPOINT_MODEL: &str = "model";
 const CHECKPOINT_OPTIMIZER: &str = "optimizer";
 const CHECKPOINT_POSITION: &str = "position.json";
@@ -178,6 +224,8 @@ pub struct Training {
     pos: Position,
     stop: StopFlag,
     started: Instant,
+    /// One miner per run directory: two would interleave its checkpoints.
+    _lock: pretrain_core::lock::DirLock,
 }
 
 impl std::fmt::Debug for Training {
@@ -221,6 +269,7 @@ impl Training {
     ) -> Result<Self, MinerError> {
         config.validate()?;
         check_fits(&model, &config)?;
+        let lock = pretrain_core::lock::lock_dir(run.root(), "pretrain mine")?;
         let settings = run.settings_file();
         atomic_write_json(&settings, &config).map_err(MinerError::io(&settings))?;
         model.save(&run.best_dir())?;
@@ -235,6 +284,7 @@ impl Training {
             pos: Position::default(),
             stop: Arc::new(AtomicBool::new(false)),
             started: Instant::now(),
+            _lock: lock,
         })
     }
 
@@ -259,6 +309,7 @@ impl Training {
         num_epochs: Option<Option<u64>>,
         options: pretrain_model::ComputeOptions,
     ) -> Result<Self, MinerError> {
+        let lock = pretrain_core::lock::lock_dir(run.root(), "pretrain mine")?;
         let settings = run.settings_file();
         let text = std::fs::read(&settings).map_err(MinerError::io(&settings))?;
         let mut config: MinerConfig = serde_json::from_slice(&text).map_err(|e| {
@@ -283,6 +334,13 @@ impl Training {
             let pos: Position = serde_json::from_slice(&text).map_err(|e| {
                 MinerError::Config(format!("{} is not a checkpoint position: {e}", p.display()))
             })?;
+            pos.check(trainer.steps(), config.accumulation_steps)
+                .map_err(|why| {
+                    MinerError::Config(format!(
+                        "{} is not a position this checkpoint can be at: {why}; move the checkpoint/ directory aside to restart the run from best/",
+                        p.display()
+                    ))
+                })?;
             (trainer, pos)
         } else {
             // Stopped before the first checkpoint: begin again from the starting model.
@@ -309,6 +367,7 @@ impl Training {
             pos,
             stop: Arc::new(AtomicBool::new(false)),
             started: Instant::now(),
+            _lock: lock,
         })
     }
 
@@ -434,6 +493,16 @@ impl Training {
                 t.zero_grad();
             }
             self.pos.epoch_loss_sum = 0.0;
+        }
+        // A checkpoint is saved before a batch, never after an epoch's
+        // last: a position at or past the end (a forged `batch_in_epoch`)
+        // would skip the epoch and report its loss as 0, a new best.
+        if self.pos.batch_in_epoch >= n && n > 0 {
+            return Err(MinerError::Config(format!(
+                "the checkpoint's position is batch {} of an epoch of {n} batches: it is not from this run's data; move {} aside to restart the run from best/",
+                self.pos.batch_in_epoch,
+                self.run.checkpoint_dir().display()
+            )));
         }
         let done = self.pos.batch_in_epoch.min(n);
         observer.event(&Event::EpochStart {

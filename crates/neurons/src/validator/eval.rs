@@ -481,11 +481,13 @@ fn log_table(step: u64, rows: &[UidReport]) {
         t.push_str(&format!(
             "\n{:>5}  {:<48}  {:>8.4}  {:>10.4}  {:>8.4}  {}",
             r.uid,
-            r.hotkey,
+            // From the chain and from model files: escaped, so nothing in
+            // them can forge a line or drive the terminal.
+            pretrain_core::escape::escape(&r.hotkey),
             r.win_rate,
             r.mean_loss.0,
             r.weight,
-            r.error.as_deref().unwrap_or("")
+            pretrain_core::escape::escape(r.error.as_deref().unwrap_or(""))
         ));
     }
     info!("{t}");
@@ -622,7 +624,7 @@ pub async fn eval_loop(shared: Arc<Shared>) {
             Ok(Err(e)) => {
                 error!(
                     "step failed: {}; retrying in {:?}",
-                    crate::error_chain(&e),
+                    pretrain_core::escape::Escaped(&crate::error_chain(&e)),
                     shared.config.idle_wait
                 );
                 tokio::time::sleep(shared.config.idle_wait).await;

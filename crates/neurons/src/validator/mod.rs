@@ -29,6 +29,7 @@
 
 pub mod clean;
 pub mod eval;
+pub mod failure;
 pub mod observe;
 pub mod slurm;
 pub mod state;
@@ -160,6 +161,9 @@ pub enum ValidatorError {
     /// The tokenizer could not be loaded.
     #[error("tokenizer")]
     Data(#[from] pretrain_data::DataError),
+    /// Another validator uses the same `--model_dir`.
+    #[error(transparent)]
+    Lock(#[from] pretrain_core::lock::LockError),
 }
 
 /// What the three loops share.
@@ -187,6 +191,9 @@ pub struct Shared {
     pub first_pass_done: AtomicBool,
     /// W&B and Prometheus, when the operator turned them on.
     pub observers: observe::Observers,
+    /// One validator per `--model_dir`: two would interleave its metrics
+    /// and overwrite each other's state.
+    _lock: pretrain_core::lock::DirLock,
 }
 
 impl Shared {
@@ -285,9 +292,25 @@ pub async fn start(
         }
         info!(uid = uid.uid, hotkey = %hk.ss58, "validator registered with a permit");
     }
+    let lock = pretrain_core::lock::lock_dir(&config.model_dir, "pretrain validate")?;
+    let chain_id = match tokio::time::timeout(limit, chain.chain_id()).await {
+        Ok(Ok(id)) => id,
+        Ok(Err(e)) => {
+            warn!(
+                "cannot read the chain's identity: {}",
+                crate::error_chain(&e)
+            );
+            None
+        }
+        Err(_) => None,
+    };
     let path = ValidatorState::path(&config.model_dir);
-    let mut state = match ValidatorState::load(&path)? {
-        Some(s) if s.netuid == netuid => {
+    let loaded = ValidatorState::load(&path)?;
+    if let Some(s) = &loaded {
+        failure::check_identity(&path, s, netuid, chain_id.as_deref())?;
+    }
+    let mut state = match loaded {
+        Some(s) => {
             info!(
                 step = s.step,
                 tracked = s.tracked.len(),
@@ -298,18 +321,23 @@ pub async fn start(
             );
             s
         }
-        Some(s) => {
-            warn!(
-                "{} belongs to subnet {}, not {netuid}: starting afresh",
-                path.display(),
-                s.netuid
-            );
-            ValidatorState::new(netuid)
-        }
         None => ValidatorState::new(netuid),
     };
-    if state.last_epoch_block.is_none() {
-        state.last_epoch_block = Some(metagraph.block);
+    if state.chain.is_none() {
+        state.chain = chain_id;
+    }
+    match state.last_epoch_block {
+        None => state.last_epoch_block = Some(metagraph.block),
+        // Blocks do not go back on one chain: weights would never be set.
+        Some(b) if b > metagraph.block => {
+            warn!(
+                last_epoch_block = b,
+                block = metagraph.block,
+                "the state's last weight-setting block is ahead of the chain: the chain's clock went back or the state is not this chain's; counting the epoch from now"
+            );
+            state.last_epoch_block = Some(metagraph.block);
+        }
+        Some(_) => {}
     }
     let had_competitions = state.competitions.is_some();
     state.competitions = config
@@ -333,6 +361,7 @@ pub async fn start(
         metagraph: RwLock::new(metagraph),
         first_pass_done: AtomicBool::new(false),
         observers: observe::Observers::default(),
+        _lock: lock,
     }))
 }
 

@@ -17,6 +17,13 @@ use thiserror::Error;
 pub const STATE_FILE: &str = "validator_state.json";
 /// Format version; a file of another version is set aside, not misread.
 pub const STATE_VERSION: u32 = 1;
+/// Largest state file read (a subnet's worth of models is far less).
+const MAX_STATE_BYTES: u64 = 64 << 20;
+/// Largest step, turn or block accepted (2^53: exact in JSON, and
+/// centuries of blocks away; `u64::MAX` would wrap on the next step).
+const MAX_COUNTER: u64 = 1 << 53;
+/// Longest commitment or reason kept in a refusal.
+const MAX_TEXT: usize = 64 << 10;
 
 /// Errors reading or writing the state file.
 #[derive(Debug, Error)]
@@ -31,12 +38,23 @@ pub enum StateError {
         source: std::io::Error,
     },
     /// The file is not a state this version understands.
-    #[error("validator state {path} is unreadable: {reason}")]
+    #[error("validator state {path} is unreadable: {reason}; restarting will not help: move it aside (`mv {path} {path}.bad`) and the validator starts afresh (it fetches the models again and rebuilds the weights over its next steps)")]
     Corrupt {
         /// The file.
         path: PathBuf,
         /// What is wrong.
         reason: String,
+    },
+    /// The file belongs to another chain or subnet: its weights are other
+    /// uids' and its blocks another clock's.
+    #[error("validator state {path} was made for {theirs}, but this validator runs on {ours}: restarting will not help; give this validator its own --model_dir, or move {path} and metrics.jsonl aside to start afresh here")]
+    Elsewhere {
+        /// The file.
+        path: PathBuf,
+        /// The chain and subnet it was made for.
+        theirs: String,
+        /// The chain and subnet this validator runs on.
+        ours: String,
     },
 }
 
@@ -50,6 +68,23 @@ pub struct Refusal {
     pub block: u64,
     /// Why it was refused.
     pub reason: String,
+    /// What was at fault: always `"content"` (the model's own) since only
+    /// content refuses for good; absent in files of older versions, whose
+    /// refusals are judged by their reason at load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+}
+
+impl Refusal {
+    /// Whether the refusal is for the model's content, so it stands across
+    /// restarts; any other is the validator's own failure of an older
+    /// version, dropped at load so that the commitment is checked again.
+    pub fn is_content(&self) -> bool {
+        match &self.kind {
+            Some(k) => k == super::failure::CONTENT,
+            None => super::failure::is_content_reason(&self.reason),
+        }
+    }
 }
 
 /// A model the validator downloaded, verified and checked.
@@ -109,6 +144,11 @@ pub struct ValidatorState {
     pub weights: Vec<f32>,
     /// Block at which weights were last set (or the validator started).
     pub last_epoch_block: Option<u64>,
+    /// The chain the state was made on (the chain's id, or a node's
+    /// genesis hash); absent in files of older versions and on chains that
+    /// cannot say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<String>,
     /// The competitions' part (absent under `sn9-2024-01`, so its file is
     /// unchanged; `"later"` on disk, as before).
     #[serde(default, rename = "later", skip_serializing_if = "Option::is_none")]
@@ -128,6 +168,7 @@ impl ValidatorState {
             pending_uids: BTreeSet::new(),
             weights: Vec::new(),
             last_epoch_block: None,
+            chain: None,
             competitions: None,
         }
     }
@@ -139,7 +180,7 @@ impl ValidatorState {
 
     /// Reads the state at `path`; `None` when there is none yet.
     pub fn load(path: &Path) -> Result<Option<Self>, StateError> {
-        let bytes = match std::fs::read(path) {
+        let bytes = match pretrain_core::bounded::read_regular(path, MAX_STATE_BYTES) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => {
@@ -149,10 +190,19 @@ impl ValidatorState {
                 })
             }
         };
-        let state: Self = serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
+        let mut state: Self = serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
+        // The validator's own failures (a full disk, its token, the hub)
+        // were once kept as refusals; such a commitment is checked again.
+        state.refused.retain(|hotkey, r| {
+            let keep = r.is_content();
+            if !keep {
+                tracing::info!(%hotkey, "forgetting a refusal that was the validator's own failure, not the model's: {}", pretrain_core::escape::escape(&r.reason));
+            }
+            keep
+        });
         if state.version != STATE_VERSION {
             return Err(StateError::Corrupt {
                 path: path.to_path_buf(),
@@ -177,7 +227,61 @@ impl ValidatorState {
                 reason: "non-finite weights".into(),
             });
         }
+        state.check_bounds().map_err(|reason| StateError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        })?;
         Ok(Some(state))
+    }
+
+    /// Every field within what a validator can have written: weights are
+    /// moving averages of normalised scores (0 to 1) over at most one per
+    /// uid, counters and blocks far from wrapping, strings short.
+    fn check_bounds(&self) -> Result<(), String> {
+        let uids = usize::from(u16::MAX) + 1;
+        let lists = std::iter::once(("weights", &self.weights)).chain(
+            self.competitions
+                .iter()
+                .flat_map(|l| l.tracker.all_weights().values())
+                .map(|w| ("later.tracker weights", w)),
+        );
+        for (what, w) in lists {
+            if w.len() > uids {
+                return Err(format!(
+                    "{} {what}, more than the {uids} uids a subnet can have",
+                    w.len()
+                ));
+            }
+            if let Some(x) = w.iter().find(|x| !(0.0..=1.0).contains(*x)) {
+                return Err(format!("{what} holds {x}, outside 0..=1"));
+            }
+        }
+        let counter = |what: &str, v: u64| {
+            if v > MAX_COUNTER {
+                Err(format!(
+                    "{what} is {v}, beyond any real chain or run (at most {MAX_COUNTER})"
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        counter("step", self.step)?;
+        if let Some(b) = self.last_epoch_block {
+            counter("last_epoch_block", b)?;
+        }
+        if let Some(l) = &self.competitions {
+            counter("later.turn", l.turn)?;
+        }
+        for t in self.tracked.values() {
+            counter("a tracked model's block", t.block)?;
+        }
+        for r in self.refused.values() {
+            counter("a refusal's block", r.block)?;
+            if r.commitment.len() > MAX_TEXT || r.reason.len() > MAX_TEXT {
+                return Err(format!("a refusal's text is over {MAX_TEXT} bytes"));
+            }
+        }
+        Ok(())
     }
 
     /// Writes the state atomically.
@@ -285,6 +389,116 @@ mod tests {
         );
         s.save(&path).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+    }
+
+    /// Refusals an older validator kept for its own failures (a full disk,
+    /// its token, a 404 from a misconfigured endpoint, a permission) are
+    /// forgotten at load, so the commitment is checked again; content
+    /// refusals stay, with or without a kind.
+    #[test]
+    fn own_failure_refusals_are_dropped_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = ValidatorState::path(dir.path());
+        let mut s = ValidatorState::new(9);
+        let refusal = |reason: &str, kind: Option<&str>| Refusal {
+            commitment: "m:a:c:h".into(),
+            block: 3,
+            reason: reason.into(),
+            kind: kind.map(String::from),
+        };
+        let own = [
+            "cannot write /v/models/hk/.tmp/model.safetensors: No space left on device (os error 28)",
+            "not found: repo m/a",
+            "unauthorised: 401 from https://hub.example/api/models/m/a",
+            "/v/models/hk/models--m--a/snapshots/c/config.json: Permission denied (os error 13)",
+        ];
+        for (i, reason) in own.iter().enumerate() {
+            s.refused
+                .insert(format!("own{i}").parse().unwrap(), refusal(reason, None));
+        }
+        s.refused.insert(
+            "legacy".parse().unwrap(),
+            refusal(
+                "hash mismatch for m:a:c:h: committed h, downloaded x (deleted)",
+                None,
+            ),
+        );
+        s.refused.insert(
+            "kind".parse().unwrap(),
+            refusal("anything", Some(super::super::failure::CONTENT)),
+        );
+        s.save(&path).unwrap();
+        let loaded = ValidatorState::load(&path).unwrap().unwrap();
+        let kept: Vec<&str> = loaded.refused.keys().map(|k| k.as_str()).collect();
+        assert_eq!(kept, ["kind", "legacy"]);
+        assert_eq!(
+            loaded.refused[&"kind".parse::<HotkeyAddress>().unwrap()]
+                .kind
+                .as_deref(),
+            Some("content")
+        );
+    }
+
+    /// The values: each loads no more, with a message saying what
+    /// to do; the limits themselves still load.
+    #[test]
+    fn out_of_bounds_fields_are_refused_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = ValidatorState::path(dir.path());
+        type Edit = fn(&mut ValidatorState);
+        let bad: [(&str, Edit); 5] = [
+            ("more than the 65536 uids", |s| {
+                s.weights = vec![0.0; 100_000]
+            }),
+            ("outside 0..=1", |s| s.weights = vec![-5.0, 0.5]),
+            ("outside 0..=1", |s| s.weights = vec![0.5, 1e30]),
+            ("step is 18446744073709551615", |s| s.step = u64::MAX),
+            ("last_epoch_block", |s| s.last_epoch_block = Some(u64::MAX)),
+        ];
+        for (why, f) in bad {
+            let mut s = ValidatorState::new(9);
+            f(&mut s);
+            s.save(&path).unwrap();
+            let err = ValidatorState::load(&path).unwrap_err().to_string();
+            assert!(err.contains(why), "{why}: {err}");
+            assert!(
+                err.contains("move it aside") && err.contains(".bad"),
+                "{err}"
+            );
+        }
+        let mut s = ValidatorState::new(9);
+        s.weights = vec![0.0; 65_536];
+        s.weights[0] = 1.0;
+        s.step = 1 << 53;
+        s.save(&path).unwrap();
+        assert_eq!(ValidatorState::load(&path).unwrap().unwrap(), s);
+    }
+
+    #[test]
+    fn a_state_of_another_chain_or_subnet_is_refused_naming_the_file() {
+        use super::super::failure::check_identity;
+        let path = Path::new("/v/validator_state.json");
+        let mut s = ValidatorState::new(9);
+        s.chain = Some("embedded:aa".into());
+        assert!(check_identity(path, &s, 9, Some("embedded:aa")).is_ok());
+        let err = check_identity(path, &s, 9, Some("embedded:bb"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("subnet 9 of chain embedded:aa")
+                && err.contains("subnet 9 of chain embedded:bb")
+                && err.contains("move /v/validator_state.json and metrics.jsonl aside"),
+            "{err}"
+        );
+        let err = check_identity(path, &s, 3, Some("embedded:aa"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("runs on subnet 3 of chain"), "{err}");
+        // A file from before chains were recorded, or a chain that cannot
+        // say: only the subnet is compared.
+        s.chain = None;
+        assert!(check_identity(path, &s, 9, Some("embedded:bb")).is_ok());
+        assert!(check_identity(path, &s, 8, None).is_err());
     }
 
     #[test]

@@ -5,16 +5,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use pretrain_core::escape::Escaped;
 use pretrain_core::rules::schedule::ModelFacts;
 use pretrain_core::rules::{Admission, CompetitionSpec, HashRule};
 use pretrain_core::scoring::Uid;
 use pretrain_core::{HotkeyAddress, ModelId, ModelMetadata};
 use pretrain_model::{check_model_dir, Limits};
-use pretrain_store::{HubError, StoreError};
+use pretrain_store::StoreError;
 use rand::Rng;
 use tracing::{debug, info, warn};
 
-use super::{Refusal, Shared, TrackedModel};
+use super::{failure, Refusal, Shared, TrackedModel};
 
 /// Cycles through the uids, as the original's `MinerIterator`: sorted,
 /// starting at a random position, and keeping its place (the next uid at or
@@ -183,7 +184,7 @@ async fn sync(ctx: HotkeyCheck<'_>, data: &[u8], block: u64) -> SyncOutcome {
     if ctx.unchanged(&model) {
         return SyncOutcome::Unchanged;
     }
-    info!(uid = ctx.uid, hotkey = %ctx.hotkey, model = %admitted.shown, block, competition = ?admitted.competition, "new commitment, fetching the model");
+    info!(uid = ctx.uid, hotkey = %ctx.hotkey, model = %Escaped(&admitted.shown), block, competition = ?admitted.competition, "new commitment, fetching the model");
     let store = &ctx.shared.store;
     let hub = ctx.shared.hub.as_ref();
     let max_bytes = admitted.max_bytes;
@@ -215,12 +216,10 @@ async fn sync(ctx: HotkeyCheck<'_>, data: &[u8], block: u64) -> SyncOutcome {
                 cfg.download_timeout
             ))
         }
-        Ok(Err(StoreError::Hub(e)))
-            if e.is_retryable()
-                || (admitted.missing_repo_is_transient && matches!(e, HubError::NotFound(_))) =>
-        {
-            return SyncOutcome::Deferred(format!("hub: {}", crate::error_chain(&e)))
-        }
+        // A missing repo, or one still private (the miner makes it public
+        // once its commitment landed): upstream retries it later.
+        // Also the validator's own failures (disk, token, endpoint).
+        Ok(Err(e)) if !failure::store_is_content(&e) => return failure::deferred(&e),
         Ok(Err(e)) => return ctx.refuse(crate::error_chain(&e), None),
         Ok(Ok(f)) => f,
     };
@@ -242,22 +241,23 @@ async fn check_and_track(
     let checked = tokio::task::spawn_blocking(move || check_model_dir(&dir, limits)).await;
     // The competition may also set a floor and allow fewer architectures.
     let checked = checked.map(|r| {
-        r.map_err(|e| crate::error_chain(&e)).and_then(|info| {
-            let Some(spec) = &spec else {
-                return Ok(info);
-            };
-            spec.check_model(&ModelFacts {
-                parameters: info.params,
-                architecture: info.architecture.class_name(),
+        r.map_err(|e| (failure::model_is_content(&e), crate::error_chain(&e)))
+            .and_then(|info| {
+                let Some(spec) = &spec else {
+                    return Ok(info);
+                };
+                spec.check_model(&ModelFacts {
+                    parameters: info.params,
+                    architecture: info.architecture.class_name(),
+                })
+                .map(|()| info)
+                .map_err(|e| (true, e.to_string()))
             })
-            .map(|()| info)
-            .map_err(|e| e.to_string())
-        })
     });
     match checked {
         Ok(Ok(info)) => {
             let (uid, hotkey) = (ctx.uid, ctx.hotkey);
-            info!(uid, %hotkey, model = %model.model_str(), params = info.params, architecture = ?info.architecture, "model tracked and queued");
+            info!(uid, %hotkey, model = %Escaped(&model.model_str()), params = info.params, architecture = ?info.architecture, "model tracked and queued");
             let m = model.clone();
             let hk = hotkey.clone();
             ctx.shared.update_state(move |s| {
@@ -278,14 +278,16 @@ async fn check_and_track(
                 block: model.block,
             })
         }
-        Ok(Err(reason)) => {
+        Ok(Err((true, reason))) => {
             let id = model.id.clone();
             ctx.refuse(reason, Some(&id))
         }
-        Err(e) => {
-            let id = model.id.clone();
-            ctx.refuse(format!("model check crashed: {e}"), Some(&id))
+        // The validator could not read what it downloaded (disk,
+        // permission, memory): checked again on a later pass.
+        Ok(Err((false, reason))) => {
+            SyncOutcome::Deferred(format!("cannot check the model: {reason}"))
         }
+        Err(e) => SyncOutcome::Deferred(format!("the model check did not finish: {e}")),
     }
 }
 
@@ -297,7 +299,7 @@ fn refuse(
     reason: String,
     fetched: Option<&ModelId>,
 ) -> SyncOutcome {
-    warn!(uid, %hotkey, commitment = %key.0, block = key.1, "model refused: {reason}");
+    warn!(uid, %hotkey, commitment = %Escaped(&key.0), block = key.1, "model refused: {}", Escaped(&reason));
     shared.observers.refused(&reason);
     if let Some(id) = fetched {
         if let Err(e) = shared.store.remove_model(hotkey, id) {
@@ -316,6 +318,7 @@ fn refuse(
                 commitment: key.0,
                 block: key.1,
                 reason: r,
+                kind: Some(failure::CONTENT.into()),
             },
         );
         // Under sn9-2024-01 the uid scores +inf at its next step; the
@@ -374,12 +377,14 @@ pub async fn update_loop(shared: Arc<Shared>) {
             Ok(h) => h,
             Err(e) => {
                 // Never tracked, so it scores +inf; said once per pass.
-                warn!(uid, "hotkey refused: {e}");
+                warn!(uid, "hotkey refused: {}", Escaped(&e));
                 continue;
             }
         };
         match sync_hotkey(&shared, uid, &hotkey).await {
-            SyncOutcome::Deferred(why) => warn!(uid, %hotkey, "model update deferred: {why}"),
+            SyncOutcome::Deferred(why) => {
+                warn!(uid, %hotkey, "model update deferred: {}", Escaped(&why))
+            }
             outcome => debug!(uid, %hotkey, ?outcome, "checked"),
         }
     }
