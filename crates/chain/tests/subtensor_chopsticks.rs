@@ -41,6 +41,15 @@ async fn subtensor_backend_against_chopsticks() {
 
     // Alice becomes sudo; Alice, the fixture coldkey and hotkey get funds (1M TAO).
     let rpc = RpcClient::from_insecure_url(&url).await.expect("rpc");
+    // The chain's identity for the validator's state is its genesis hash.
+    let genesis: String = rpc
+        .request("chain_getBlockHash", rpc_params![0])
+        .await
+        .expect("chain_getBlockHash");
+    assert_eq!(
+        chain.chain_id().await.expect("chain_id"),
+        Some(format!("genesis:{genesis}"))
+    );
     let funded =
         serde_json::json!({ "providers": 1, "data": { "free": 1_000_000_000_000_000u64 } });
     let storage = serde_json::json!({

@@ -6,6 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use pretrain_core::escape::Escaped;
 use pretrain_core::{HashError, HotkeyAddress, IdError, ModelId};
 use thiserror::Error;
 use tracing::{info, warn};
@@ -263,11 +264,11 @@ impl ModelStore {
             .into());
         }
         if let Err(e) = verify(&hash) {
-            warn!(%hotkey, model = %id, %hash, "hash refused, deleting the download");
+            warn!(%hotkey, model = %Escaped(id), %hash, "hash refused, deleting the download");
             remove_dir(&path);
             return Err(e);
         }
-        info!(%hotkey, model = %id, size, "model fetched and verified");
+        info!(%hotkey, model = %Escaped(id), size, "model fetched and verified");
         Ok(FetchedModel { path, hash, size })
     }
 

@@ -43,6 +43,7 @@
 
 use std::cell::Cell;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -169,13 +170,39 @@ pub struct Registration {
 }
 
 // Block clock shared by every process: stored in the file at creation.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Clock {
     genesis_time: f64,
     block_time: f64,
+    // The highest block this process has handed out: a system clock stepped
+    // back while it runs holds the block there instead of moving it back.
+    highest: Arc<AtomicU64>,
 }
 
 impl Clock {
+    fn new(genesis_time: f64, block_time: f64) -> Self {
+        Self {
+            genesis_time,
+            block_time,
+            highest: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// `block`, or the highest block already handed out if that is later.
+    fn monotonic(&self, block: u64) -> u64 {
+        let before = self.highest.fetch_max(block, Ordering::Relaxed);
+        if block < before {
+            tracing::warn!(
+                block,
+                highest = before,
+                "the system clock went back: the embedded chain holds its block until it catches up"
+            );
+            before
+        } else {
+            block
+        }
+    }
+
     fn block_at(&self, unix_seconds: f64) -> u64 {
         let elapsed = unix_seconds - self.genesis_time;
         if elapsed <= 0.0 {
@@ -186,7 +213,7 @@ impl Clock {
     }
 
     fn now(&self) -> u64 {
-        self.block_at(unix_now())
+        self.monotonic(self.block_at(unix_now()))
     }
 }
 

@@ -260,7 +260,7 @@ impl EmbeddedChain {
         F: FnMut(&mut Connection, Clock, &Path) -> Result<T, ChainError> + Send + 'static,
     {
         let conn = Arc::clone(&self.conn);
-        let clock = self.clock;
+        let clock = self.clock.clone();
         let path = self.path.clone();
         let limit = self.call_timeout;
         let deadline = Instant::now() + limit;
@@ -277,7 +277,7 @@ impl EmbeddedChain {
                 if let Err(e) = guard.busy_timeout(left) {
                     break Err(storage(&path, e));
                 }
-                match f(&mut guard, clock, &path) {
+                match f(&mut guard, clock.clone(), &path) {
                     Err(ChainError::Timeout(BUSY)) => {
                         attempt += 1;
                         std::thread::sleep(busy_pause(attempt).min(left));
@@ -342,15 +342,12 @@ fn init_schema(conn: &mut Connection, block_time: Option<f64>) -> rusqlite::Resu
     let stored_genesis = get("genesis_time")?;
     let stored_block_time = get("block_time")?;
     let clock = match (stored_genesis, stored_block_time) {
-        (Some(g), Some(b)) => Clock {
-            genesis_time: g.parse().map_err(|_| bad_meta("genesis_time", &g))?,
-            block_time: b.parse().map_err(|_| bad_meta("block_time", &b))?,
-        },
+        (Some(g), Some(b)) => Clock::new(
+            g.parse().map_err(|_| bad_meta("genesis_time", &g))?,
+            b.parse().map_err(|_| bad_meta("block_time", &b))?,
+        ),
         _ => {
-            let clock = Clock {
-                genesis_time: unix_now(),
-                block_time: block_time.unwrap_or(DEFAULT_BLOCK_TIME),
-            };
+            let clock = Clock::new(unix_now(), block_time.unwrap_or(DEFAULT_BLOCK_TIME));
             for (k, v) in [
                 ("schema_version", SCHEMA_VERSION.to_string()),
                 ("genesis_time", clock.genesis_time.to_string()),
@@ -399,10 +396,10 @@ fn read_clock(conn: &Connection) -> rusqlite::Result<Clock> {
         })
     };
     let (g, b) = (get("genesis_time")?, get("block_time")?);
-    Ok(Clock {
-        genesis_time: g.parse().map_err(|_| bad_meta("genesis_time", &g))?,
-        block_time: b.parse().map_err(|_| bad_meta("block_time", &b))?,
-    })
+    Ok(Clock::new(
+        g.parse().map_err(|_| bad_meta("genesis_time", &g))?,
+        b.parse().map_err(|_| bad_meta("block_time", &b))?,
+    ))
 }
 
 // Takes the directory's lock file (blocking until other openers are done); `None` where the

@@ -100,14 +100,22 @@ fn permits_go_to_the_top_stakes_then_lowest_uid() {
 
 #[test]
 fn blocks_follow_wall_time() {
-    let c = Clock {
-        genesis_time: 1000.0,
-        block_time: 12.0,
-    };
+    let c = Clock::new(1000.0, 12.0);
     assert_eq!(c.block_at(999.0), 0);
     assert_eq!(c.block_at(1011.9), 0);
     assert_eq!(c.block_at(1012.0), 1);
     assert_eq!(c.block_at(1000.0 + 12.0 * 100.0 + 5.0), 100);
+}
+
+#[test]
+fn a_clock_stepping_back_holds_the_block_instead_of_moving_it_back() {
+    let c = Clock::new(1000.0, 12.0);
+    assert_eq!(c.monotonic(c.block_at(1000.0 + 12.0 * 50.0)), 50);
+    // The wall clock went back 10 blocks: the chain stays at 50 ...
+    assert_eq!(c.monotonic(c.block_at(1000.0 + 12.0 * 40.0)), 50);
+    // ... for every clone handed to a call, and moves on once time catches up.
+    assert_eq!(c.clone().monotonic(45), 50);
+    assert_eq!(c.monotonic(51), 51);
 }
 
 /// Issue 27: an empty chain file is not turned into a new chain by a

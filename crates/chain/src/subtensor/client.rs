@@ -242,6 +242,17 @@ async fn at_latest(conn: &Conn) -> Result<AtBlock, ChainError> {
 
 #[async_trait]
 impl Chain for SubtensorChain {
+    async fn chain_id(&self) -> Result<Option<String>, ChainError> {
+        // The genesis hash names the network (finney, testnet, a devnet) for good.
+        self.call(|c| async move {
+            Ok(Some(format!(
+                "genesis:0x{}",
+                hex::encode(c.client.genesis_hash().as_ref())
+            )))
+        })
+        .await
+    }
+
     async fn current_block(&self) -> Result<u64, ChainError> {
         self.call(|c| async move { Ok(at_latest(&c).await?.block_number()) })
             .await

@@ -556,7 +556,7 @@ pub async fn maybe_set_weights(shared: &Shared) -> Option<WeightsSet> {
         }
         Ok(Err(e)) => {
             let e = crate::error_chain(&e);
-            warn!("set_weights failed: {e}");
+            warn!("set_weights failed: {}", pretrain_core::escape::Escaped(&e));
             shared
                 .observers
                 .weights(pretrain_telemetry::prometheus::Outcome::Failed);

@@ -428,7 +428,7 @@ impl WorkerSpec {
             tokio::spawn(async move {
                 let mut lines = BufReader::new(stderr).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
-                    info!(job = %name, "{line}");
+                    info!(job = %name, "{}", pretrain_core::escape::Escaped(&line));
                     let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
                     if t.len() == STDERR_TAIL {
                         t.pop_front();
@@ -631,7 +631,11 @@ pub async fn evaluate_step(
         match done {
             Ok((uid, r)) => {
                 if let Err(reason) = &r {
-                    warn!(uid, "model scored +inf: {reason}");
+                    warn!(
+                        uid,
+                        "model scored +inf: {}",
+                        pretrain_core::escape::Escaped(reason)
+                    );
                 }
                 out.insert(uid, r);
             }

@@ -469,7 +469,7 @@ impl HfHub {
             .retrying(&what, || async {
                 if sent.swap(true, Ordering::SeqCst) {
                     if let Some(landed) = self.landed(repo, files, modes, deleted, parent).await? {
-                        info!(%repo, commit = %landed, "the previous try of the commit had landed");
+                        info!(%repo, commit = %pretrain_core::escape::Escaped(&landed), "the previous try of the commit had landed");
                         return Ok(json!({ "commitOid": landed }));
                     }
                 }
