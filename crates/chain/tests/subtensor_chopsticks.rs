@@ -19,7 +19,7 @@ mod common;
 use common::chopsticks::*;
 use pretrain_chain::subtensor;
 use pretrain_chain::{Chain, ChainError};
-use subxt::dynamic::{At, Value};
+use subxt::dynamic::Value;
 use subxt::rpcs::{rpc_params, RpcClient};
 use subxt::{OnlineClient, SubstrateConfig};
 use subxt_signer::sr25519::dev;
@@ -89,18 +89,7 @@ async fn subtensor_backend_against_chopsticks() {
         &alice,
     )
     .await;
-    let netuid = events
-        .iter()
-        .find(|(name, _)| name == "SubtensorModule.NetworkAdded")
-        .and_then(|(_, v)| v.at(0))
-        .and_then(|v| v.as_u128())
-        .map(|n| n as u16)
-        .unwrap_or_else(|| {
-            panic!(
-                "no NetworkAdded event in {:?}",
-                events.iter().map(|e| &e.0).collect::<Vec<_>>()
-            )
-        });
+    let netuid = added_netuid(&events);
     eprintln!("registered subnet {netuid}");
     // Weights may be set every block on this test subnet.
     submit(

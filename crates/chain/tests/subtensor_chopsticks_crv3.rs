@@ -25,7 +25,7 @@ use pretrain_chain::subtensor::{self, SubtensorChain};
 use pretrain_chain::timelock::quicknet_round_at;
 use pretrain_chain::{Chain, WeightsSubmission};
 use sha2::{Digest, Sha256};
-use subxt::dynamic::{At, Value};
+use subxt::dynamic::Value;
 use subxt::rpcs::{rpc_params, RpcClient};
 use subxt::{OnlineClient, SubstrateConfig};
 use subxt_signer::sr25519::dev;
@@ -156,13 +156,7 @@ async fn a_v3_commit_we_encrypted_is_revealed_by_the_real_runtime() {
         &alice,
     )
     .await;
-    let netuid = events
-        .iter()
-        .find(|(name, _)| name == "SubtensorModule.NetworkAdded")
-        .and_then(|(_, v)| v.at(0))
-        .and_then(|v| v.as_u128())
-        .map(|n| n as u16)
-        .expect("NetworkAdded");
+    let netuid = added_netuid(&events);
     let admin = |name: &str, fields: Vec<(&str, Value)>| sudo(call("AdminUtils", name, fields));
     let n = || ("netuid", u(netuid.into()));
     submit(

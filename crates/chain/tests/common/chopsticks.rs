@@ -209,3 +209,20 @@ pub fn u(x: u64) -> Value {
 pub fn account_value(pair: &Keypair) -> Value {
     Value::from_bytes(pair.public_key().0)
 }
+
+/// The netuid of the `SubtensorModule.NetworkAdded` event among `events`.
+pub fn added_netuid(events: &[(String, Composite<()>)]) -> u16 {
+    use subxt::dynamic::At;
+    events
+        .iter()
+        .find(|(name, _)| name == "SubtensorModule.NetworkAdded")
+        .and_then(|(_, v)| v.at(0))
+        .and_then(|v| v.as_u128())
+        .map(|n| n as u16)
+        .unwrap_or_else(|| {
+            panic!(
+                "no NetworkAdded event in {:?}",
+                events.iter().map(|e| &e.0).collect::<Vec<_>>()
+            )
+        })
+}
