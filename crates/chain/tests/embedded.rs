@@ -403,7 +403,7 @@ fn rusqlite_check(dir: &Path) -> String {
         .unwrap()
 }
 
-/// Issue 14, class 5: a block time that makes block numbers overflow (1e-300),
+/// A block time that makes block numbers overflow (1e-300),
 /// or is not a usable number, is refused before anything is written, and the
 /// directory stays usable for the next command.
 #[tokio::test]
@@ -435,7 +435,7 @@ async fn absurd_block_times_are_refused_and_leave_the_directory_usable() {
     );
 }
 
-/// Issue 14, class 5: stake is bounded (no infinity after two 1e308s), and only
+/// Stake is bounded (no infinity after two 1e308s), and only
 /// a registered hotkey can be staked.
 #[tokio::test]
 async fn stake_is_bounded_and_needs_a_registered_hotkey() {
@@ -472,7 +472,7 @@ async fn stake_is_bounded_and_needs_a_registered_hotkey() {
     assert_eq!(g.neurons[0].stake, 21_000_000.0);
 }
 
-/// Issue 14, class 5: opening for reading never creates a chain (a typo in
+/// Opening for reading never creates a chain (a typo in
 /// `--chain_dir` is an error, not a new empty chain), whether the directory
 /// is missing or empty.
 #[tokio::test]
@@ -497,7 +497,7 @@ async fn opening_an_existing_chain_creates_nothing() {
     EmbeddedChain::open_existing(&missing, &EmbeddedOptions::default()).unwrap();
 }
 
-/// Issue 14, class 5: a call that reports a timeout never lands later. Another
+/// A call that reports a timeout never lands later. Another
 /// connection holds the write lock past the call's limit; the call fails with a
 /// timeout (after its limit, not at once) and, once the lock is gone, nothing
 /// of it is in the file.
@@ -572,7 +572,7 @@ fn child_register() {
     });
 }
 
-/// Issue 14, class 5: many processes started at once on a fresh chain
+/// Many processes started at once on a fresh chain
 /// directory (no file yet) all get their registration, stake and commitment
 /// in; repeated on new directories.
 #[tokio::test]
@@ -616,7 +616,7 @@ async fn many_processes_on_a_fresh_chain_never_lose_a_write() {
     }
 }
 
-/// Issue 14, class 5: a user who may read the chain but not write it can read
+/// A user who may read the chain but not write it can read
 /// it (the metagraph), and cannot change it. Run as `nobody` when the tests
 /// run as root (root ignores permissions).
 #[tokio::test]

@@ -225,7 +225,7 @@ fn an_unencrypted_coldkey_needs_no_password() {
     );
 }
 
-/// Issue 14, class 1: a wallet or hotkey name that would leave the wallets
+/// A wallet or hotkey name that would leave the wallets
 /// root (`../escaped`, `../../../hot`, an absolute path, empty, `.`, a
 /// separator inside, a hidden name, a hotkey named like a public file) is
 /// refused before any file is touched, and nothing is written anywhere.
@@ -309,7 +309,7 @@ fn walk_all(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// Issue 14, class 2 in wallets: a key file that is a FIFO or a link to a
+/// A key file that is a FIFO or a link to a
 /// device is an error (no hang, no endless read); a huge file is refused.
 #[test]
 fn special_key_files_are_errors_not_hangs() {

@@ -1,4 +1,4 @@
-//! Issue 30, mixed networks: our validator accepts and scores a model whose
+//! Mixed networks: our validator accepts and scores a model whose
 //! repo is laid out as the Python original's miner leaves it (the Hub's
 //! `.gitattributes` from the repo's creation, a model card, the model files),
 //! committed with the hash the original computes (over what

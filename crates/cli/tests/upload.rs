@@ -281,6 +281,6 @@ fn upload_under_a_later_schedule_commits_the_secure_hash_and_publishes_after() {
             &commit.parse().unwrap(),
         ))
         .unwrap();
-    // The model and the .gitattributes the hub writes (issue 30).
+    // The model and the .gitattributes the hub writes.
     assert_eq!(files.len(), 4);
 }

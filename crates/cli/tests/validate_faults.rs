@@ -1,4 +1,4 @@
-//! `pretrain validate` under faults of its own (issue 27): a full disk, a
+//! `pretrain validate` under faults of its own: a full disk, a
 //! read-only model directory, a hub that answers 404, 401, 403 or 400 with
 //! an HTML page. None of them may refuse a miner: the model update is
 //! deferred and retried, and once the fault is gone the miner is scored.

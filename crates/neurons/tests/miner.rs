@@ -385,7 +385,7 @@ async fn load_best_takes_the_model_of_the_highest_incentive() {
     assert!(err.to_string().contains("committed no model"), "{err}");
 }
 
-/// Issue 27: a second miner on a run directory in use is refused with the
+/// A second miner on a run directory in use is refused with the
 /// holder's pid; a checkpoint whose `position.json` says `batch_in_epoch:
 /// 1e15` is refused on resume instead of reporting the epoch's loss as 0
 /// (a new best that would be pushed), and a negative loss sum at load.

@@ -209,7 +209,7 @@ async fn push_later_uploads_private_commits_five_fields_and_make_public_publishe
     )
     .await
     .unwrap();
-    // The model and the Hub's .gitattributes (kept since issue 30).
+    // The model and the Hub's .gitattributes (kept).
     assert_eq!(stranger.files_at(&r, &commit).await.unwrap().len(), 4);
 
     // The 5-field id must fit in 128 bytes: a 41-character repo id cannot
@@ -269,7 +269,7 @@ async fn push_later_on_the_local_hub_keeps_the_repo_private() {
     assert!(matches!(err, HubError::NotFound(_)), "{err}");
 }
 
-/// Issue 30: what our miner pushes keeps the Hub's `.gitattributes` (so the
+/// What our miner pushes keeps the Hub's `.gitattributes` (so the
 /// repo keeps its LFS rules) and is accepted by the seed's hash check and by
 /// the later protocol's secure-hash check, both over what `from_pretrained`
 /// fetches; the directory in the README's example also carries a model

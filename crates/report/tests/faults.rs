@@ -1,4 +1,4 @@
-//! `pretrain report` on hostile or damaged directories (issue 27): planted
+//! `pretrain report` on hostile or damaged directories: planted
 //! links at the charts' temporary names, cut and non-UTF-8 lines, a line
 //! cut by the read cap, and losses whose axis range overflows.
 

@@ -43,7 +43,7 @@ async fn upload_list_download_round_trip() {
         .unwrap();
     assert_eq!(commit.as_str().len(), 40);
 
-    // Issue 30: the hub's initial `.gitattributes` is kept (it was deleted
+    // The hub's initial `.gitattributes` is kept (it was deleted
     // before): the commit is the directory and it.
     let listed: Vec<(String, u64)> = hf
         .files_at(&repo("alice/tiny-gpt2"), &commit)
@@ -450,7 +450,7 @@ async fn private_upload_then_made_public_through_the_settings_api() {
     assert!(matches!(err, HubError::NotFound(_)), "{err}");
     let own = owner.files_at_as_owner(&r, &commit).await.unwrap();
     let own: Vec<(String, u64)> = own.into_iter().map(|f| (f.path, f.size)).collect();
-    // Issue 30: and the Hub's .gitattributes, kept.
+    // And the Hub's .gitattributes, kept.
     assert_eq!(own, with_hub_gitattributes(reference_files()));
 
     // One 503 on the settings call is retried; the request is

@@ -36,7 +36,7 @@ async fn upload_list_download_round_trip() {
         .into_iter()
         .map(|f| (f.path, f.size))
         .collect();
-    // Issue 30: with the .gitattributes the Hub writes at creation.
+    // With the .gitattributes the Hub writes at creation.
     assert_eq!(listed, with_hub_gitattributes(reference_files()));
 
     let dest = tempfile::tempdir().unwrap();
@@ -92,7 +92,7 @@ async fn same_content_same_sha_other_content_other_sha() {
         .unwrap();
     assert_ne!(a, d);
     // Both commits stay readable; the head moved.
-    // Issue 30: each commit also holds the Hub's .gitattributes (sorted first).
+    // Each commit also holds the Hub's .gitattributes (sorted first).
     assert_eq!(hub.files_at(&repo("alice/one"), &a).await.unwrap().len(), 4);
     assert_eq!(
         hub.files_at(&repo("alice/one"), &d).await.unwrap()[2].size,
@@ -237,11 +237,7 @@ async fn concurrent_uploads_from_two_processes() {
             .await
             .unwrap();
         let files = hub.files_at(&repo("shared/repo"), c).await.unwrap();
-        assert_eq!(
-            files.len(),
-            4,
-            "the model and the Hub's .gitattributes (issue 30)"
-        );
+        assert_eq!(files.len(), 4, "the model and the Hub's .gitattributes");
         if c == &reference {
             assert_eq!(hash_of_directory(&dir).unwrap(), reference_hash());
         }
@@ -255,7 +251,7 @@ async fn concurrent_uploads_from_two_processes() {
     assert!(commits.contains(&head));
 }
 
-// ---- Issue 14, class 6 ----
+// ---- Hostile files in a model directory ----
 
 fn model_copy(into: &Path) -> std::path::PathBuf {
     let dst = into.join("model");
@@ -263,7 +259,7 @@ fn model_copy(into: &Path) -> std::path::PathBuf {
     dst
 }
 
-/// Issue 14, class 6: a symlink pointing outside the model directory uploaded
+/// A symlink pointing outside the model directory uploaded
 /// its target; `.env` and `.git/` were uploaded. Each is now refused before
 /// anything reaches the hub (no commit, no ref, nothing staged left), and so
 /// are other hidden files, FIFOs and links to devices.
@@ -346,7 +342,7 @@ async fn uploads_refuse_secrets_links_out_and_special_files() {
         );
     }
     // Links inside the directory and .gitattributes are fine, and upload what
-    // the hash hashes: since issue 30, the files `from_pretrained` fetches.
+    // the hash hashes: the files `from_pretrained` fetches.
     let dir = model_copy(&tmp.path().join("ok"));
     std::fs::write(dir.join(".gitattributes"), "*.safetensors filter=lfs\n").unwrap();
     std::fs::rename(dir.join("config.json"), dir.join("real-config.json")).unwrap();
@@ -365,7 +361,7 @@ async fn uploads_refuse_secrets_links_out_and_special_files() {
     assert_eq!(hash_of_directory(&got).unwrap(), reference_hash());
 }
 
-/// Issue 14, class 6: staging folders of killed uploads piled up. A folder
+/// Staging folders of killed uploads piled up. A folder
 /// whose lock nobody holds (its process died) is removed by the next upload;
 /// one whose lock is held (an upload in progress) is kept.
 #[tokio::test]
@@ -500,7 +496,7 @@ async fn a_private_repo_is_missing_to_readers_until_made_public() {
     assert!(!dest.path().join("models--alice--secret").exists());
     // The owner's own check sees the files.
     let own = hub.files_at_as_owner(&r, &commit).await.unwrap();
-    // Issue 30: after the Hub's .gitattributes.
+    // After the Hub's .gitattributes.
     assert_eq!(own.len(), 2);
     assert_eq!((own[1].path.as_str(), own[1].size), ("config.json", 7));
 

@@ -1,4 +1,4 @@
-//! Issue 30: repos as the Python original's miner leaves them are fetched
+//! Repos as the Python original's miner leaves them are fetched
 //! and hashed as the original's validator does (only what `from_pretrained`
 //! fetches), and the Hub client behaves as huggingface_hub 0.26.5 where the
 //! Hub is strict (403 on create, Retry-After, a commit that landed, empty

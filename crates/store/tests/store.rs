@@ -122,7 +122,7 @@ async fn size_limit_is_checked_before_downloading() {
     let model_dir = tempfile::tempdir().unwrap();
     let store = ModelStore::new(model_dir.path());
     let mid = id("alice/tiny-gpt2", &commit, &reference_hash());
-    // Every file of the repo counts, the Hub's .gitattributes too (issue 30).
+    // Every file of the repo counts, the Hub's .gitattributes too.
     let total: u64 = with_hub_gitattributes(reference_files())
         .iter()
         .map(|f| f.1)

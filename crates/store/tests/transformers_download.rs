@@ -1,4 +1,4 @@
-//! Opt-in (issue 30): the original's side, checked with the original's own
+//! Opt-in: the original's side, checked with the original's own
 //! libraries. transformers 4.34.1's `from_pretrained` (through
 //! huggingface_hub, `HF_ENDPOINT` at our fake Hub) downloads a repo laid out
 //! as the original's miner leaves it, and one our uploader made; what lands

@@ -118,7 +118,7 @@ fn a_clock_stepping_back_holds_the_block_instead_of_moving_it_back() {
     assert_eq!(c.monotonic(51), 51);
 }
 
-/// Issue 27: an empty chain file is not turned into a new chain by a
+/// An empty chain file is not turned into a new chain by a
 /// command that only opens one; a clock behind the chain's own records
 /// (genesis_time edited forward) is refused rather than moving blocks
 /// back; the chain keeps one identity across opens.

@@ -381,7 +381,7 @@ mod tests {
         }
     }
 
-    /// Issue 14, class 3: a tiny config.json asking for a huge model is
+    /// A tiny config.json asking for a huge model is
     /// refused (layer counts) or counted without building anything (the
     /// other fields), fast and without overflow.
     #[test]

@@ -248,7 +248,7 @@ mod tests {
         std::fs::write(&p, "OTHER=1\n").unwrap();
         assert_eq!(token_from_dotenv(&p), None);
         assert_eq!(token_from_dotenv(&tmp.path().join("missing")), None);
-        // Issue 14, class 2: a `.env` FIFO or device is no token, not a hang.
+        // A `.env` FIFO or device is no token, not a hang.
         std::fs::remove_file(&p).unwrap();
         assert!(std::process::Command::new("mkfifo")
             .arg(&p)
