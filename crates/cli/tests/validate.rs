@@ -16,20 +16,14 @@ use candle_core::Device;
 use pretrain_chain::wallet::KeyPair;
 use pretrain_core::scoring::{StepInput, Uid};
 use pretrain_core::{hash_of_directory, weights_for_emit, ModelId, Tunables as Competition};
-use pretrain_model::{Model, TrainConfig, Trainer};
-use pretrain_store::ModelHub;
+use pretrain_model::Model;
 use serde_json::Value;
 
 mod common;
 #[path = "common/net.rs"]
 mod net;
 use common::ok_json;
-use net::{Net, WALLETS};
-
-const TINY: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../testdata/models/tiny-gpt2/model"
-);
+use net::{copy_dir, train_batches, trained, Net, TINY, WALLETS};
 
 // The validators of these tests each use both cores: one at a time.
 static HEAVY: Mutex<()> = Mutex::new(());
@@ -42,28 +36,8 @@ fn pretrain(args: &[&str]) -> Output {
         .expect("run pretrain")
 }
 
-fn copy_dir(src: &Path, dst: &Path) {
-    fs::create_dir_all(dst).unwrap();
-    for e in fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        fs::copy(e.path(), dst.join(e.file_name())).unwrap();
-    }
-}
-
-/// Committing models the seed's way (4-field ids with the raw hash).
+/// Where the local hub keeps a commit's manifest.
 impl Net {
-    fn push(&self, ss58: &str, dir: &Path, repo: &str, hash: Option<String>) -> (ModelId, u64) {
-        let repo: pretrain_core::RepoId = repo.parse().unwrap();
-        let commit = self.rt.block_on(self.hub.upload(dir, &repo)).unwrap();
-        let id = ModelId::at(
-            &repo,
-            &commit,
-            hash.unwrap_or_else(|| hash_of_directory(dir).unwrap()),
-        );
-        let block = self.commit_raw(ss58, &id.to_chain_bytes().unwrap());
-        (id, block)
-    }
-
     fn manifest(&self, id: &ModelId) -> PathBuf {
         self.hub
             .root()
@@ -129,42 +103,6 @@ fn uid_row(line: &Value, uid: Uid) -> Value {
         .unwrap_or_else(|| panic!("uid {uid} not in step {line}"))
 }
 
-fn train_batches() -> Vec<Vec<Vec<u32>>> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let source = pretrain_data::open_source(&format!(
-        "local:{}",
-        pretrain_data::sample_corpus_dir().display()
-    ))
-    .unwrap();
-    let tok = pretrain_data::Tokenizer::gpt2().unwrap();
-    rt.block_on(pretrain_data::load_batches(
-        source.as_ref(),
-        &tok,
-        &[0, 100],
-        4,
-        128,
-    ))
-    .unwrap()
-}
-
-/// The tiny reference model after `steps` AdamW steps at a high rate.
-fn trained(dst: &Path, steps: usize, batches: &[Vec<Vec<u32>>]) {
-    let model = Model::load(Path::new(TINY), &Device::Cpu).unwrap();
-    let cfg = TrainConfig {
-        lr: 1e-2,
-        accumulation_steps: 1,
-        ..TrainConfig::default()
-    };
-    let mut t = Trainer::new(model, cfg).unwrap();
-    for b in batches.iter().cycle().take(steps) {
-        t.micro_step(b).unwrap();
-    }
-    t.save(dst).unwrap();
-}
-
 fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
@@ -199,11 +137,11 @@ fn best_model_wins_copies_lose_and_a_killed_validator_resumes() {
     let (hk_mid, uid_mid) = net.miner(2);
     let (hk_best, uid_best) = net.miner(3);
     let (hk_copy, uid_copy) = net.miner(4);
-    net.push(&hk_weak, &weak, "m/weak", None);
-    net.push(&hk_mid, &mid, "m/mid", None);
-    let (_, best_block) = net.push(&hk_best, &best, "m/best", None);
+    net.push_seed(&hk_weak, &weak, "m/weak", None);
+    net.push_seed(&hk_mid, &mid, "m/mid", None);
+    let (_, best_block) = net.push_seed(&hk_best, &best, "m/best", None);
     std::thread::sleep(Duration::from_millis(500)); // a later block for the copy
-    let (_, copy_block) = net.push(&hk_copy, &copy, "m/copy", None);
+    let (_, copy_block) = net.push_seed(&hk_copy, &copy, "m/copy", None);
     assert!(copy_block > best_block);
 
     // Run 1: killed with SIGKILL in the middle of its second step.
@@ -353,12 +291,12 @@ fn hostile_miners_are_refused_or_scored_inf_and_harm_no_one() {
     let mut expect: Vec<(Uid, String, &str)> = Vec::new(); // uid, hotkey, reason fragment
 
     let (hk_good, uid_good) = net.miner(10);
-    net.push(&hk_good, tiny, "m/good", None);
+    net.push_seed(&hk_good, tiny, "m/good", None);
 
     let (hk, uid) = net.miner(11);
     let other = mk("other");
     poison(&other.join("model.safetensors"), "transformer.ln_f.bias");
-    net.push(
+    net.push_seed(
         &hk,
         tiny,
         "m/hash",
@@ -369,11 +307,11 @@ fn hostile_miners_are_refused_or_scored_inf_and_harm_no_one() {
     let (hk, uid) = net.miner(12);
     let d = mk("params");
     write_config(&d, |c| c["n_embd"] = 4096.into());
-    net.push(&hk, &d, "m/params", None);
+    net.push_seed(&hk, &d, "m/params", None);
     expect.push((uid, hk, "too many parameters"));
 
     let (hk, uid) = net.miner(13);
-    let (id, _) = net.push(&hk, &mk("huge"), "m/huge", None);
+    let (id, _) = net.push_seed(&hk, &mk("huge"), "m/huge", None);
     // Re-commit after lying in the hub's file list is not possible (rate
     // limit), so the listing is edited before the validator reads it.
     edit_manifest(&net.manifest(&id), |m| {
@@ -391,13 +329,13 @@ fn hostile_miners_are_refused_or_scored_inf_and_harm_no_one() {
         c["model_type"] = "bert".into();
         c["architectures"] = serde_json::json!(["BertForMaskedLM"]);
     });
-    net.push(&hk, &d, "m/bert", None);
+    net.push_seed(&hk, &d, "m/bert", None);
     expect.push((uid, hk, "architecture not supported"));
 
     let (hk, uid) = net.miner(15);
     let d = mk("pickle");
     fs::rename(d.join("model.safetensors"), d.join("pytorch_model.bin")).unwrap();
-    net.push(&hk, &d, "m/pickle", None);
+    net.push_seed(&hk, &d, "m/pickle", None);
     expect.push((uid, hk, "pickle"));
 
     let (hk, uid) = net.miner(16);
@@ -410,11 +348,11 @@ fn hostile_miners_are_refused_or_scored_inf_and_harm_no_one() {
         .unwrap()
         .set_len(len - 4096)
         .unwrap();
-    net.push(&hk, &d, "m/liar", None);
+    net.push_seed(&hk, &d, "m/liar", None);
     expect.push((uid, hk, "bad safetensors"));
 
     let (hk, uid) = net.miner(17);
-    let (id, _) = net.push(&hk, &mk("escape"), "m/escape", None);
+    let (id, _) = net.push_seed(&hk, &mk("escape"), "m/escape", None);
     edit_manifest(&net.manifest(&id), |m| {
         m["files"].as_array_mut().unwrap().push(serde_json::json!(
             {"path": "../../../../escape.txt", "size": 1, "sha256": "00"}
@@ -432,19 +370,19 @@ fn hostile_miners_are_refused_or_scored_inf_and_harm_no_one() {
         &d.join("model.safetensors"),
         "transformer.h.0.mlp.c_fc.weight",
     );
-    net.push(&hk, &d, "m/nan", None);
+    net.push_seed(&hk, &d, "m/nan", None);
     expect.push((uid, hk, "non-finite"));
 
     let (hk, uid) = net.miner(20);
-    net.push(&hk, tiny, "m/abort", None);
+    net.push_seed(&hk, tiny, "m/abort", None);
     expect.push((uid, hk, "SIGABRT"));
 
     let (hk, uid) = net.miner(21);
-    net.push(&hk, tiny, "m/hang", None);
+    net.push_seed(&hk, tiny, "m/hang", None);
     expect.push((uid, hk, "time limit"));
 
     let (hk, uid) = net.miner(22);
-    net.push(&hk, tiny, "m/oom", None);
+    net.push_seed(&hk, tiny, "m/oom", None);
     expect.push((uid, hk, "out of memory"));
 
     let out = net
@@ -594,7 +532,7 @@ fn measure_step_time() {
                 .save(&dir)
                 .unwrap();
             let (hk, _) = net.miner(100 + k as u8);
-            net.push(&hk, &dir, &format!("m/model{k}"), None);
+            net.push_seed(&hk, &dir, &format!("m/model{k}"), None);
         }
         let corpus = net.corpus("measure-corpus", doc_bytes);
         let t = Instant::now();
@@ -654,7 +592,7 @@ fn a_model_is_not_evaluated_before_its_eval_block_delay() {
     )
     .unwrap();
     let (hk, uid) = net.miner(5);
-    let (_, commit_block) = net.push(&hk, Path::new(TINY), "m/tiny", None);
+    let (_, commit_block) = net.push_seed(&hk, Path::new(TINY), "m/tiny", None);
 
     let log = net.dir("delay.log");
     let mut child = net
@@ -754,9 +692,9 @@ fn observed_run(with_prometheus: bool) -> (Vec<fake_wandb::Request>, String, Uid
     let (hk_weak, _) = net.miner(1);
     let (hk_mid, _) = net.miner(2);
     let (hk_best, uid_best) = net.miner(3);
-    net.push(&hk_weak, &weak, "m/weak", None);
-    net.push(&hk_mid, &mid, "m/mid", None);
-    net.push(&hk_best, &best, "m/best", None);
+    net.push_seed(&hk_weak, &weak, "m/weak", None);
+    net.push_seed(&hk_mid, &mid, "m/mid", None);
+    net.push_seed(&hk_best, &best, "m/best", None);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

@@ -17,33 +17,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use pretrain_core::{hash_of_directory, ModelId};
-use pretrain_store::ModelHub;
 use serde_json::Value;
 
 mod common;
 #[path = "common/net.rs"]
 mod net;
-use net::Net;
-
-const TINY: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../testdata/models/tiny-gpt2/model"
-);
+use net::{Net, TINY};
 
 // The validators of these tests each use both cores: one at a time.
 static HEAVY: Mutex<()> = Mutex::new(());
-
-impl Net {
-    /// Uploads `dir` to the local hub and commits it the seed's way.
-    fn push(&self, ss58: &str, dir: &Path, repo: &str) -> (ModelId, u64) {
-        let repo: pretrain_core::RepoId = repo.parse().unwrap();
-        let commit = self.rt.block_on(self.hub.upload(dir, &repo)).unwrap();
-        let id = ModelId::at(&repo, &commit, hash_of_directory(dir).unwrap());
-        let block = self.commit_raw(ss58, &id.to_chain_bytes().unwrap());
-        (id, block)
-    }
-}
 
 /// `validate_cmd` with `--hub` replaced by `hub` (clap takes one `--hub`).
 fn validate_with_hub(net: &Net, hub: &[&str], extra: &[&str]) -> Command {
@@ -167,7 +149,7 @@ fn hub_errors_of_the_validators_own_defer_and_never_refuse() {
     let _heavy = HEAVY.lock().unwrap_or_else(|p| p.into_inner());
     let net = Net::new();
     let (hk, uid) = net.miner(1);
-    net.push(&hk, Path::new(TINY), "m/tiny");
+    net.push_seed(&hk, Path::new(TINY), "m/tiny", None);
     for status in [404u16, 401, 403, 400] {
         let url = html_error_server(status);
         let log_path = net.dir(&format!("hub{status}.log"));
@@ -242,7 +224,7 @@ fn a_full_or_read_only_disk_defers_and_the_miner_is_scored_once_freed() {
     let _heavy = HEAVY.lock().unwrap_or_else(|p| p.into_inner());
     let net = Net::new();
     let (hk, uid) = net.miner(1);
-    net.push(&hk, Path::new(TINY), "m/tiny");
+    net.push_seed(&hk, Path::new(TINY), "m/tiny", None);
     // The model is 6.4 MB; the state stays outside, on the real disk.
     let disk = Tmpfs::mount(&net.dir("validator/models"), "2m");
 
@@ -303,8 +285,8 @@ fn three_miners_all_end_scored_when_the_validators_disk_fills_mid_step() {
         fs::write(&cfg, v.to_string()).unwrap();
         dirs.push(d);
     }
-    net.push(&miners[0].0, &dirs[0], "m/zero");
-    net.push(&miners[1].0, &dirs[1], "m/one");
+    net.push_seed(&miners[0].0, &dirs[0], "m/zero", None);
+    net.push_seed(&miners[1].0, &dirs[1], "m/one", None);
 
     let log = net.dir("e2e.log");
     let mut child = net
@@ -322,7 +304,7 @@ fn three_miners_all_end_scored_when_the_validators_disk_fills_mid_step() {
     // Mid-step: the disk fills, and the third miner commits.
     let filler = net.dir("validator/models/filler");
     fill_disk(&filler);
-    net.push(&miners[2].0, &dirs[2], "m/two");
+    net.push_seed(&miners[2].0, &dirs[2], "m/two", None);
     while deferrals(&log, &miners[2].0).is_empty() {
         assert!(child.try_wait().unwrap().is_none(), "{}", read());
         assert!(waited.elapsed() < Duration::from_secs(300), "{}", read());

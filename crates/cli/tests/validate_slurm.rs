@@ -21,20 +21,14 @@ use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use pretrain_core::scoring::Uid;
-use pretrain_core::{hash_of_directory, ModelId};
-use pretrain_model::{Model, TrainConfig, Trainer};
-use pretrain_store::ModelHub;
+use pretrain_model::Model;
 use serde_json::Value;
 
 mod common;
 #[path = "common/net.rs"]
 mod net;
-use net::Net;
+use net::{copy_dir, train_batches, trained, Net, TINY};
 
-const TINY: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../testdata/models/tiny-gpt2/model"
-);
 const IGNORED: &str = "needs slurm (scripts/slurm_up.sh)";
 
 // Validators that use both cores (or the cluster's GPUs) run one at a time.
@@ -61,59 +55,6 @@ fn require_slurm() {
             .any(|s| !s.is_empty() && !unusable.iter().any(|u| s.starts_with(u))),
         "{IGNORED}: no usable node (sinfo: {states:?})"
     );
-}
-
-/// Committing models the seed's way (4-field ids with the raw hash).
-fn push(net: &Net, ss58: &str, dir: &Path, repo: &str) -> (ModelId, u64) {
-    let repo: pretrain_core::RepoId = repo.parse().unwrap();
-    let commit = net.rt.block_on(net.hub.upload(dir, &repo)).unwrap();
-    let id = ModelId::at(&repo, &commit, hash_of_directory(dir).unwrap());
-    let block = net.commit_raw(ss58, &id.to_chain_bytes().unwrap());
-    (id, block)
-}
-
-fn copy_dir(src: &Path, dst: &Path) {
-    fs::create_dir_all(dst).unwrap();
-    for e in fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        fs::copy(e.path(), dst.join(e.file_name())).unwrap();
-    }
-}
-
-fn train_batches() -> Vec<Vec<Vec<u32>>> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let source = pretrain_data::open_source(&format!(
-        "local:{}",
-        pretrain_data::sample_corpus_dir().display()
-    ))
-    .unwrap();
-    let tok = pretrain_data::Tokenizer::gpt2().unwrap();
-    rt.block_on(pretrain_data::load_batches(
-        source.as_ref(),
-        &tok,
-        &[0, 100],
-        4,
-        128,
-    ))
-    .unwrap()
-}
-
-/// The tiny reference model after `steps` AdamW steps at a high rate.
-fn trained(dst: &Path, steps: usize, batches: &[Vec<Vec<u32>>]) {
-    let model = Model::load(Path::new(TINY), &Device::Cpu).unwrap();
-    let cfg = TrainConfig {
-        lr: 1e-2,
-        accumulation_steps: 1,
-        ..TrainConfig::default()
-    };
-    let mut t = Trainer::new(model, cfg).unwrap();
-    for b in batches.iter().cycle().take(steps) {
-        t.micro_step(b).unwrap();
-    }
-    t.save(dst).unwrap();
 }
 
 /// A corpus of exactly one page (100 short documents): every step of every
@@ -249,10 +190,10 @@ fn three_miners_rank_as_with_local_and_every_model_ran_as_a_slurm_job() {
     let (hk_weak, uid_weak) = net.miner(1);
     let (hk_strong, uid_strong) = net.miner(2);
     let (hk_copy, uid_copy) = net.miner(3);
-    push(&net, &hk_weak, &weak, "m/weak");
-    let (_, strong_block) = push(&net, &hk_strong, &strong, "m/strong");
+    net.push_seed(&hk_weak, &weak, "m/weak", None);
+    let (_, strong_block) = net.push_seed(&hk_strong, &strong, "m/strong", None);
     std::thread::sleep(Duration::from_millis(500)); // a later block for the copy
-    let (_, copy_block) = push(&net, &hk_copy, &copy, "m/copy");
+    let (_, copy_block) = net.push_seed(&hk_copy, &copy, "m/copy", None);
     assert!(copy_block > strong_block);
     let corpus = format!("local:{}", one_page_corpus(&net).display());
     let common = [
@@ -355,7 +296,7 @@ fn each_slurm_fault_costs_only_its_model_with_the_reason() {
         let dir = net.dir(name);
         trained(&dir, k + 1, &batches);
         let (hk, uid) = net.miner(10 + k as u8);
-        push(&net, &hk, &dir, &format!("m/{name}"));
+        net.push_seed(&hk, &dir, &format!("m/{name}"), None);
         uids.insert(*name, uid);
     }
     let log_path = net.dir("faults.log");
@@ -471,7 +412,7 @@ fn a_stopped_or_killed_validator_leaves_no_jobs_and_a_restart_finishes() {
         let dir = net.dir(&format!("model{k}"));
         trained(&dir, k + 1, &train_batches());
         let (hk, uid) = net.miner(30 + k as u8);
-        push(&net, &hk, &dir, repo);
+        net.push_seed(&hk, &dir, repo, None);
         uids.push(uid);
     }
     // Every worker hangs after reading its batches: both jobs stay running.
@@ -557,7 +498,7 @@ fn two_fake_gpus_run_at_most_two_jobs_each_on_its_own_device() {
         let dir = net.dir(&format!("model{k}"));
         trained(&dir, k + 1, &batches);
         let (hk, uid) = net.miner(40 + k as u8);
-        push(&net, &hk, &dir, &format!("m/g{k}"));
+        net.push_seed(&hk, &dir, &format!("m/g{k}"), None);
         uids.push(uid);
     }
     // A worker that records when it ran and on which GPU, then is the real one.
@@ -643,7 +584,7 @@ fn workers_read_models_where_the_nodes_see_them_and_check_their_hash() {
         let dir = net.dir(name);
         trained(&dir, k + 1, &batches);
         let (hk, uid) = net.miner(50 + k as u8);
-        push(&net, &hk, &dir, &format!("m/{name}"));
+        net.push_seed(&hk, &dir, &format!("m/{name}"), None);
         uids.insert(*name, uid);
     }
     let corpus = format!("local:{}", one_page_corpus(&net).display());
@@ -751,7 +692,7 @@ fn measure_local_vs_slurm_step_time() {
                 .unwrap();
         }
         let (hk, _) = net.miner(60 + k as u8);
-        push(&net, &hk, &dir, &format!("m/measure{k}"));
+        net.push_seed(&hk, &dir, &format!("m/measure{k}"), None);
     }
     let corpus = format!("local:{}", one_page_corpus(&net).display());
     let common = [

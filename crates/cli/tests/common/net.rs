@@ -1,19 +1,22 @@
 //! The validator tests' network: an embedded chain with the fixture wallet
 //! registered and staked as the validator, a local hub, a short corpus and
-//! the `pretrain validate` command line over them. Included by
-//! `validate.rs` and `validate_later.rs` (`#[path]`), which add their own
-//! ways of committing models.
+//! the `pretrain validate` command line over them; the seed's way of
+//! committing a model, and tiny models of known different quality. Included
+//! (`#[path]`) by the validator tests, which may add their own ways of
+//! committing models.
 #![allow(dead_code)]
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use candle_core::Device;
 use pretrain_chain::embedded::{EmbeddedChain, EmbeddedOptions};
 use pretrain_chain::wallet::KeyPair;
 use pretrain_chain::{Chain, Hotkey};
 use pretrain_core::scoring::Uid;
-use pretrain_core::{CommitId, RepoId};
+use pretrain_core::{hash_of_directory, CommitId, ModelId, RepoId};
+use pretrain_model::{Model, TrainConfig, Trainer};
 use pretrain_store::{LocalHub, ModelHub, Visibility};
 use serde_json::Value;
 
@@ -23,6 +26,11 @@ pub const WALLETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/w
 // From testdata/wallet/README.md.
 pub const VALIDATOR_SS58: &str = "5EHgWw2Af1pnoc7f1A8bfmM97W3DAYW8xr82RfhLL9oAabAe";
 pub const NETUID: u16 = 9;
+/// The tiny reference GPT-2 (untrained).
+pub const TINY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../testdata/models/tiny-gpt2/model"
+);
 
 fn pretrain(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_pretrain"))
@@ -204,4 +212,72 @@ impl Net {
     pub fn block(&self) -> u64 {
         self.rt.block_on(self.chain.current_block()).unwrap()
     }
+}
+
+impl Net {
+    /// Uploads `dir` to the local hub and commits it the seed's way (a
+    /// 4-field id with the raw hash: `hash`, else the directory's).
+    pub fn push_seed(
+        &self,
+        ss58: &str,
+        dir: &Path,
+        repo: &str,
+        hash: Option<String>,
+    ) -> (ModelId, u64) {
+        let repo: RepoId = repo.parse().unwrap();
+        let commit = self.rt.block_on(self.hub.upload(dir, &repo)).unwrap();
+        let id = ModelId::at(
+            &repo,
+            &commit,
+            hash.unwrap_or_else(|| hash_of_directory(dir).unwrap()),
+        );
+        let block = self.commit_raw(ss58, &id.to_chain_bytes().unwrap());
+        (id, block)
+    }
+}
+
+/// Copies the files (not folders) of `src` into `dst`.
+pub fn copy_dir(src: &Path, dst: &Path) {
+    fs::create_dir_all(dst).unwrap();
+    for e in fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+}
+
+/// Training batches from the sample corpus: pages 0 and 100, 4 x 128 tokens.
+pub fn train_batches() -> Vec<Vec<Vec<u32>>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let source = pretrain_data::open_source(&format!(
+        "local:{}",
+        pretrain_data::sample_corpus_dir().display()
+    ))
+    .unwrap();
+    let tok = pretrain_data::Tokenizer::gpt2().unwrap();
+    rt.block_on(pretrain_data::load_batches(
+        source.as_ref(),
+        &tok,
+        &[0, 100],
+        4,
+        128,
+    ))
+    .unwrap()
+}
+
+/// The tiny reference model after `steps` AdamW steps at a high rate.
+pub fn trained(dst: &Path, steps: usize, batches: &[Vec<Vec<u32>>]) {
+    let model = Model::load(Path::new(TINY), &Device::Cpu).unwrap();
+    let cfg = TrainConfig {
+        lr: 1e-2,
+        accumulation_steps: 1,
+        ..TrainConfig::default()
+    };
+    let mut t = Trainer::new(model, cfg).unwrap();
+    for b in batches.iter().cycle().take(steps) {
+        t.micro_step(b).unwrap();
+    }
+    t.save(dst).unwrap();
 }
