@@ -147,7 +147,7 @@ async fn push_through_the_hf_backend() {
             .join("models")
             .join(HOTKEY)
             .join("models--alice--tiny-gpt2/snapshots")
-            .join(meta.id.commit.unwrap())
+            .join(meta.id.commit.unwrap().as_str())
     );
 }
 
