@@ -82,10 +82,10 @@ fn model_id() -> impl Strategy<Value = ModelId> {
         proptest::option::of("[A-Za-z0-9+/=]{44}"),
     )
         .prop_map(|(namespace, name, commit, hash)| ModelId {
-            namespace,
-            name,
-            commit,
-            hash,
+            namespace: namespace.into(),
+            name: name.into(),
+            commit: commit.map(Into::into),
+            hash: hash.map(Into::into),
         })
 }
 

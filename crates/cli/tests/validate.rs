@@ -42,10 +42,10 @@ impl Net {
         self.hub
             .root()
             .join("repos")
-            .join(&id.namespace)
-            .join(&id.name)
+            .join(id.namespace.as_str())
+            .join(id.name.as_str())
             .join("commits")
-            .join(id.commit.as_ref().unwrap())
+            .join(id.commit.as_ref().unwrap().as_str())
             .join("manifest.json")
     }
 }

@@ -56,9 +56,9 @@ impl Net {
         let id = LaterModelId {
             namespace: namespace.into(),
             name: name.into(),
-            commit: Some(commit.to_string()),
+            commit: Some(commit.to_string().into()),
             hash: None,
-            secure_hash: Some(secure_hash(&hash_of_directory(dir).unwrap(), ss58)),
+            secure_hash: Some(secure_hash(&hash_of_directory(dir).unwrap(), ss58).into()),
             competition_id: competition,
         };
         let text = id.to_compressed_str();

@@ -1,12 +1,21 @@
 //! Typed identities checked once where they enter the program (a flag, a
 //! chain commitment, a hub's answer): a hub repo ([`RepoId`]), a hub commit
-//! ([`CommitId`]) and a hotkey address ([`HotkeyAddress`]). Each one is safe
-//! to use as a path component, so code holding one never re-checks it.
+//! ([`CommitId`]), a model's hash ([`ModelHash`]) and a hotkey address
+//! ([`HotkeyAddress`]). Each one but the hash is safe to use as a path
+//! component, so code holding one never re-checks it.
+//!
+//! A model id read from the chain holds whatever text a miner committed, so
+//! its parts are [`Unchecked`]: the text kept as committed (what is written
+//! back and compared), typed only where it is used.
 
 use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::marker::PhantomData;
+use std::ops::Deref;
 use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
+use base64::Engine as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use thiserror::Error;
 
 use crate::model_id::validate_hf_repo_id;
@@ -29,6 +38,9 @@ pub enum IdError {
     /// The hotkey is not an SS58 address.
     #[error("invalid hotkey {0:?}: an SS58 address is 1 to 64 ASCII letters or digits")]
     Hotkey(String),
+    /// The model hash is not the base64 of a sha256 digest.
+    #[error("invalid model hash {0:?}: expected the base64 of a sha256 digest (44 characters)")]
+    Hash(String),
     /// The model id has no commit, so it names no fixed content.
     #[error("model id {0} has no commit")]
     NoCommit(String),
@@ -249,26 +261,259 @@ impl From<HotkeyAddress> for String {
     }
 }
 
+/// A model's hash as the protocols commit it: the padded standard base64
+/// of a sha256 digest, either `hash_of_directory` of the model files or the
+/// `secure_hash` binding it to a hotkey. Not a path component.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ModelHash(String);
+
+impl ModelHash {
+    /// The 44 base64 characters.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for ModelHash {
+    type Err = IdError;
+    fn from_str(hash: &str) -> Result<Self, IdError> {
+        let digest = base64::engine::general_purpose::STANDARD.decode(hash);
+        if hash.len() == 44 && digest.is_ok_and(|d| d.len() == 32) {
+            Ok(Self(hash.to_string()))
+        } else {
+            Err(IdError::Hash(hash.to_string()))
+        }
+    }
+}
+
+impl fmt::Display for ModelHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for ModelHash {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for ModelHash {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl TryFrom<String> for ModelHash {
+    type Error = IdError;
+    fn try_from(s: String) -> Result<Self, IdError> {
+        s.parse()
+    }
+}
+
+impl From<ModelHash> for String {
+    fn from(h: ModelHash) -> String {
+        h.0
+    }
+}
+
+/// The namespace or the name of a committed model id: each is only a
+/// [`RepoId`] together with the other ([`ModelId::repo`]), so an
+/// `Unchecked<RepoIdPart>` has no check of its own.
+#[derive(Debug)]
+pub enum RepoIdPart {}
+
+/// One part of a model id as committed: any text (the chain holds what a
+/// miner wrote, and the original reads any), kept byte for byte so that the
+/// id is written back, compared and stored exactly as read. `T` is what the
+/// part should be; [`Unchecked::checked`] gives it, or why not. Serialized
+/// as the plain string.
+pub struct Unchecked<T> {
+    text: String,
+    of: PhantomData<fn() -> T>,
+}
+
+impl<T> Unchecked<T> {
+    /// The part committed as `text`, unchecked.
+    pub fn new(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            of: PhantomData,
+        }
+    }
+
+    /// The text as committed.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The text as committed, owned.
+    pub fn into_string(self) -> String {
+        self.text
+    }
+}
+
+impl<T: FromStr<Err = IdError>> Unchecked<T> {
+    /// The part as a `T`, refused with the reason `T`'s parser gives.
+    pub fn checked(&self) -> Result<T, IdError> {
+        self.text.parse()
+    }
+}
+
+// The impls below are written out so that they hold for any `T` (a derive
+// would ask `T` for each trait, and `RepoIdPart` has none): an unchecked
+// part behaves as its text.
+
+impl<T> Clone for Unchecked<T> {
+    fn clone(&self) -> Self {
+        Self::new(self.text.clone())
+    }
+}
+
+impl<T> PartialEq for Unchecked<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl<T> Eq for Unchecked<T> {}
+
+impl<T> Hash for Unchecked<T> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.text.hash(state);
+    }
+}
+
+impl<T> PartialOrd for Unchecked<T> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<T> Ord for Unchecked<T> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.text.cmp(&other.text)
+    }
+}
+
+/// As the text's, so that a model id reads in logs as it did with strings.
+impl<T> fmt::Debug for Unchecked<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.text, f)
+    }
+}
+
+impl<T> fmt::Display for Unchecked<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl<T> Deref for Unchecked<T> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl<T> AsRef<str> for Unchecked<T> {
+    fn as_ref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl<T> PartialEq<str> for Unchecked<T> {
+    fn eq(&self, other: &str) -> bool {
+        self.text == other
+    }
+}
+
+impl<T> PartialEq<&str> for Unchecked<T> {
+    fn eq(&self, other: &&str) -> bool {
+        self.text == *other
+    }
+}
+
+impl<T> PartialEq<String> for Unchecked<T> {
+    fn eq(&self, other: &String) -> bool {
+        &self.text == other
+    }
+}
+
+impl<T> From<String> for Unchecked<T> {
+    fn from(text: String) -> Self {
+        Self::new(text)
+    }
+}
+
+impl<T> From<&str> for Unchecked<T> {
+    fn from(text: &str) -> Self {
+        Self::new(text)
+    }
+}
+
+impl From<CommitId> for Unchecked<CommitId> {
+    fn from(commit: CommitId) -> Self {
+        Self::new(commit.0)
+    }
+}
+
+impl From<&CommitId> for Unchecked<CommitId> {
+    fn from(commit: &CommitId) -> Self {
+        Self::new(commit.as_str())
+    }
+}
+
+impl From<ModelHash> for Unchecked<ModelHash> {
+    fn from(hash: ModelHash) -> Self {
+        Self::new(hash.0)
+    }
+}
+
+impl<T> From<Unchecked<T>> for String {
+    fn from(part: Unchecked<T>) -> String {
+        part.text
+    }
+}
+
+impl<T> Serialize for Unchecked<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.text.serialize(serializer)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Unchecked<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Self::new)
+    }
+}
+
 impl ModelId {
     /// A model id for `repo` at `commit` with content hash `hash`.
     pub fn at(repo: &RepoId, commit: &CommitId, hash: impl Into<String>) -> Self {
         Self {
-            namespace: repo.namespace.clone(),
-            name: repo.name.clone(),
-            commit: Some(commit.to_string()),
-            hash: Some(hash.into()),
+            namespace: Unchecked::new(repo.namespace()),
+            name: Unchecked::new(repo.name()),
+            commit: Some(commit.into()),
+            hash: Some(Unchecked::new(hash)),
         }
+    }
+
+    /// The repo this id names, checked.
+    pub fn repo(&self) -> Result<RepoId, IdError> {
+        RepoId::new(&self.namespace, &self.name)
     }
 
     /// The repo and commit this id names, checked: what a chain commitment
     /// is parsed into before anything is fetched or named on disk.
     pub fn hub_location(&self) -> Result<(RepoId, CommitId), IdError> {
-        let repo = RepoId::new(&self.namespace, &self.name)?;
+        let repo = self.repo()?;
         let commit = self
             .commit
-            .as_deref()
+            .as_ref()
             .ok_or_else(|| IdError::NoCommit(self.to_compressed_str()))?
-            .parse()?;
+            .checked()?;
         Ok((repo, commit))
     }
 }
@@ -350,6 +595,50 @@ mod tests {
         let evil = ModelId::from_compressed_str("..:m1:0123456789abcdef0123456789abcdef01234567:h")
             .unwrap();
         assert!(matches!(evil.hub_location(), Err(IdError::RepoId { .. })));
+    }
+
+    #[test]
+    fn model_hashes() {
+        let h = crate::hash::hash_of_bytes(b"model");
+        assert_eq!(h.parse::<ModelHash>().unwrap().as_str(), h);
+        let secure = crate::secure_hash(&h, "5Abc");
+        assert!(secure.parse::<ModelHash>().is_ok());
+        for bad in [
+            "",
+            "h",
+            &h[..43],
+            &"A".repeat(44),
+            &format!("{}!", &h[..43]),
+        ] {
+            assert_eq!(bad.parse::<ModelHash>(), Err(IdError::Hash(bad.into())));
+        }
+    }
+
+    /// Parts that are no repo, commit or hash are kept as committed, in
+    /// JSON and `Debug` as the strings they were, and refused when checked.
+    #[test]
+    fn unchecked_parts_keep_the_committed_text() {
+        let id = ModelId::from_compressed_str("a b:..:main:not a hash").unwrap();
+        let json = r#"{"namespace":"a b","name":"..","commit":"main","hash":"not a hash"}"#;
+        assert_eq!(serde_json::to_string(&id).unwrap(), json);
+        assert_eq!(serde_json::from_str::<ModelId>(json).unwrap(), id);
+        assert_eq!(
+            format!("{id:?}"),
+            r#"ModelId { namespace: "a b", name: "..", commit: Some("main"), hash: Some("not a hash") }"#
+        );
+        assert!(matches!(id.repo(), Err(IdError::RepoId { .. })));
+        let commit = id.commit.as_ref().unwrap();
+        assert_eq!(commit.checked(), Err(IdError::Commit("main".into())));
+        assert_eq!(commit.as_str(), "main");
+        assert_eq!(
+            id.hash.as_ref().unwrap().checked(),
+            Err(IdError::Hash("not a hash".into()))
+        );
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        let good = ModelId::from_compressed_str(&format!("alice:m1:{sha}:None")).unwrap();
+        assert_eq!(good.repo().unwrap().to_string(), "alice/m1");
+        assert_eq!(good.commit.unwrap().checked().unwrap().as_str(), sha);
+        assert!(serde_json::from_str::<Unchecked<CommitId>>("1").is_err());
     }
 
     proptest! {

@@ -22,7 +22,7 @@ pub use backoff::Backoff;
 pub use constants::Tunables;
 pub use hash::secure_hash;
 pub use hash::{hash_of_directory, hash_of_file, HashError};
-pub use ids::{CommitId, HotkeyAddress, IdError, RepoId, Ss58};
+pub use ids::{CommitId, HotkeyAddress, IdError, ModelHash, RepoId, RepoIdPart, Ss58, Unchecked};
 pub use model_id::{validate_hf_repo_id, ModelId, ModelIdError, ModelMetadata, RepoIdError};
 pub use model_id::{ChainId, CompetitionId, CompetitionModelId, CompetitionModelIdError};
 pub use rules::{EpsilonFunc, Schedule};

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::constants::{MAX_METADATA_BYTES, MAX_REPO_ID_LENGTH};
+use crate::ids::{CommitId, ModelHash, RepoIdPart, Unchecked};
 
 /// Why a compressed model id string could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -38,16 +39,20 @@ pub enum RepoIdError {
 }
 
 /// Identity of a model: where it lives on the hub and what its content hash is.
+///
+/// Each part is kept as committed ([`Unchecked`]): a commitment whose parts
+/// are no repo, commit or hash still parses, as in the original, and is
+/// refused where it is used ([`ModelId::hub_location`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ModelId {
     /// Hub namespace (user or organisation).
-    pub namespace: String,
+    pub namespace: Unchecked<RepoIdPart>,
     /// Repo name inside the namespace.
-    pub name: String,
+    pub name: Unchecked<RepoIdPart>,
     /// Hub commit sha; `None` before upload.
-    pub commit: Option<String>,
+    pub commit: Option<Unchecked<CommitId>>,
     /// `hash_of_directory` of the model files; `None` when unknown.
-    pub hash: Option<String>,
+    pub hash: Option<Unchecked<ModelHash>>,
 }
 
 impl ModelId {
@@ -69,15 +74,12 @@ impl ModelId {
         let mut parts = s.split(':');
         let mut next = || parts.next();
         match (next(), next(), next(), next()) {
-            (Some(ns), Some(name), Some(commit), Some(hash)) => {
-                let opt = |p: &str| (p != "None").then(|| p.to_string());
-                Ok(Self {
-                    namespace: ns.to_string(),
-                    name: name.to_string(),
-                    commit: opt(commit),
-                    hash: opt(hash),
-                })
-            }
+            (Some(ns), Some(name), Some(commit), Some(hash)) => Ok(Self {
+                namespace: Unchecked::new(ns),
+                name: Unchecked::new(name),
+                commit: optional_part(commit),
+                hash: optional_part(hash),
+            }),
             _ => Err(ModelIdError::TooFewParts(s.to_string())),
         }
     }
@@ -173,19 +175,20 @@ pub enum CompetitionModelIdError {
 /// `namespace:name:commit:secure_hash:competition_id`.
 ///
 /// The seed's 4-field [`ModelId`] is unchanged; this type is its successor
-/// for schedules whose competitions bind the hash to the hotkey.
+/// for schedules whose competitions bind the hash to the hotkey. Its text
+/// parts are kept as committed, as [`ModelId`]'s.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct CompetitionModelId {
     /// Hub namespace (user or organisation).
-    pub namespace: String,
+    pub namespace: Unchecked<RepoIdPart>,
     /// Repo name inside the namespace.
-    pub name: String,
+    pub name: Unchecked<RepoIdPart>,
     /// Hub commit sha; `None` before upload.
-    pub commit: Option<String>,
+    pub commit: Option<Unchecked<CommitId>>,
     /// The raw directory hash: only a legacy 4-field id carries one (as its 4th part).
-    pub hash: Option<String>,
+    pub hash: Option<Unchecked<ModelHash>>,
     /// `secure_hash(hash, hotkey)`, the 4th part of the wire form.
-    pub secure_hash: Option<String>,
+    pub secure_hash: Option<Unchecked<ModelHash>>,
     /// The competition the model enters.
     pub competition_id: CompetitionId,
 }
@@ -223,18 +226,17 @@ impl CompetitionModelId {
         if tokens.len() < 4 {
             return Err(CompetitionModelIdError::TooFewParts(s.to_string()));
         }
-        let opt = |p: &str| (p != "None").then(|| p.to_string());
         let (competition_id, hash) = if tokens.len() < 5 {
-            (default_competition_id, opt(tokens[3]))
+            (default_competition_id, optional_part(tokens[3]))
         } else {
             (parse_python_int(tokens[4])?, None)
         };
         Ok(Self {
-            namespace: tokens[0].to_string(),
-            name: tokens[1].to_string(),
-            commit: opt(tokens[2]),
+            namespace: Unchecked::new(tokens[0]),
+            name: Unchecked::new(tokens[1]),
+            commit: optional_part(tokens[2]),
             hash,
-            secure_hash: opt(tokens[3]),
+            secure_hash: optional_part(tokens[3]),
             competition_id,
         })
     }
@@ -319,14 +321,20 @@ impl CompetitionModelId {
         competition_id: CompetitionId,
     ) -> Self {
         Self {
-            namespace: repo.namespace().to_string(),
-            name: repo.name().to_string(),
-            commit: Some(commit.to_string()),
+            namespace: Unchecked::new(repo.namespace()),
+            name: Unchecked::new(repo.name()),
+            commit: Some(Unchecked::new(commit)),
             hash: None,
-            secure_hash: Some(crate::secure_hash(model_hash, hotkey_ss58)),
+            secure_hash: Some(Unchecked::new(crate::secure_hash(model_hash, hotkey_ss58))),
             competition_id,
         }
     }
+}
+
+/// A commit or hash part: the literal `None` is how the original writes a
+/// missing one.
+fn optional_part<T>(part: &str) -> Option<Unchecked<T>> {
+    (part != "None").then(|| Unchecked::new(part))
 }
 
 /// Python's `str.isspace`: Unicode White_Space plus the ASCII separators
@@ -442,10 +450,10 @@ mod tests {
     fn id_from(v: &Value) -> ModelId {
         let s = |k: &str| v[k].as_str().map(str::to_string);
         ModelId {
-            namespace: s("namespace").unwrap(),
-            name: s("name").unwrap(),
-            commit: s("commit"),
-            hash: s("hash"),
+            namespace: s("namespace").unwrap().into(),
+            name: s("name").unwrap().into(),
+            commit: s("commit").map(Into::into),
+            hash: s("hash").map(Into::into),
         }
     }
 
@@ -508,10 +516,10 @@ mod tests {
     #[test]
     fn chain_bytes_limit() {
         let id = ModelId {
-            namespace: "n".repeat(60),
-            name: "m".repeat(30),
-            commit: Some("c".repeat(40)),
-            hash: Some("h".repeat(44)),
+            namespace: "n".repeat(60).into(),
+            name: "m".repeat(30).into(),
+            commit: Some("c".repeat(40).into()),
+            hash: Some("h".repeat(44).into()),
         };
         assert!(matches!(
             id.to_chain_bytes(),
@@ -589,10 +597,10 @@ mod tests {
             Err(CompetitionModelIdError::TooFewParts(_))
         ));
         let long = CompetitionModelId {
-            namespace: "n".repeat(39),
-            name: "m".to_string(),
-            commit: Some("c".repeat(40)),
-            secure_hash: Some("h".repeat(44)),
+            namespace: "n".repeat(39).into(),
+            name: "m".into(),
+            commit: Some("c".repeat(40).into()),
+            secure_hash: Some("h".repeat(44).into()),
             hash: None,
             competition_id: 2,
         };
@@ -614,7 +622,7 @@ mod tests {
                            commit in proptest::option::of("[0-9a-f]{40}"),
                            secure_hash in proptest::option::of("[A-Za-z0-9+/]{43}="),
                            competition_id in any::<i64>()) {
-            let id = CompetitionModelId { namespace: ns, name, commit, hash: None, secure_hash, competition_id };
+            let id = CompetitionModelId { namespace: ns.into(), name: name.into(), commit: commit.map(Into::into), hash: None, secure_hash: secure_hash.map(Into::into), competition_id };
             prop_assert_eq!(CompetitionModelId::from_compressed_str(&id.to_compressed_str()).unwrap(), id);
         }
 
@@ -628,7 +636,7 @@ mod tests {
         fn roundtrip(ns in "[^:]*", name in "[^:]*",
                      commit in proptest::option::of("[0-9a-f]{40}"),
                      hash in proptest::option::of("[A-Za-z0-9+/]{43}=")) {
-            let id = ModelId { namespace: ns, name, commit, hash };
+            let id = ModelId { namespace: ns.into(), name: name.into(), commit: commit.map(Into::into), hash: hash.map(Into::into) };
             prop_assert_eq!(ModelId::from_compressed_str(&id.to_compressed_str()).unwrap(), id);
         }
     }

@@ -5,7 +5,7 @@
 
 use pretrain_core::rules::schedule::SN9_LATER;
 use pretrain_core::rules::{
-    accepts_download, compute_competitive_uids, compute_wins, score_competition,
+    accepts_download, compute_competitive_uids, compute_wins_aged, score_competition,
     CompetitionTracker, Contender, EpsilonFunc, Schedule,
 };
 use pretrain_core::{
@@ -169,7 +169,11 @@ fn compute_wins_cases() {
                 "{label}"
             );
         } else {
-            assert_eq!(compute_wins(&contenders, &eps, cur), step.wins, "{label}");
+            assert_eq!(
+                compute_wins_aged(&contenders, &eps, cur),
+                step.wins,
+                "{label}"
+            );
         }
         let want_wins: Vec<(u16, u64)> = serde_json::from_value(case["wins"].clone()).unwrap();
         assert_eq!(step.wins.wins, want_wins, "{label}");

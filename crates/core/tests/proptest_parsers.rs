@@ -34,10 +34,10 @@ fn opt_part() -> impl Strategy<Value = Option<String>> {
 
 fn model_id() -> impl Strategy<Value = ModelId> {
     (part(), part(), opt_part(), opt_part()).prop_map(|(namespace, name, commit, hash)| ModelId {
-        namespace,
-        name,
-        commit,
-        hash,
+        namespace: namespace.into(),
+        name: name.into(),
+        commit: commit.map(Into::into),
+        hash: hash.map(Into::into),
     })
 }
 

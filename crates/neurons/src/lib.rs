@@ -12,8 +12,5 @@ pub mod retry;
 pub mod validator;
 
 pub use errors::error_chain;
-pub use push::{
-    make_public, publish, push, push_later, push_model, LaterPushed, PushError, PushOptions,
-    Pushed, StillPrivate,
-};
+pub use push::{make_public, publish, push_model, PushError, PushOptions, Pushed, StillPrivate};
 pub use retry::{retry, GaveUp};

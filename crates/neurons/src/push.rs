@@ -4,8 +4,7 @@
 //! [`push_model`] pushes under a protocol: `sn9-2024-01` (public repo,
 //! `namespace:name:commit:hash`) or the competitions (private repo,
 //! `namespace:name:commit:secure_hash:competition_id`, after which
-//! [`publish`] makes the repo public once the commitment has landed);
-//! [`push`] and [`push_later`] are it with each protocol's typed id.
+//! [`publish`] makes the repo public once the commitment has landed).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,8 +12,7 @@ use std::time::Duration;
 use pretrain_chain::{Chain, ChainError, Hotkey};
 use pretrain_core::rules::{ChainModelId, ChainModelIdError, Protocol};
 use pretrain_core::{
-    Backoff, CommitId, CompetitionId, CompetitionModelId, CompetitionModelIdError, HashError,
-    ModelIdError, ModelMetadata,
+    Backoff, CommitId, CompetitionId, CompetitionModelIdError, HashError, ModelIdError,
 };
 use pretrain_store::{list_local_files, HubError, ModelHub, RepoId, Visibility};
 use thiserror::Error;
@@ -22,7 +20,7 @@ use tracing::info;
 
 use crate::retry::retry;
 
-/// Settings of [`push`].
+/// Settings of [`push_model`].
 #[derive(Debug, Clone)]
 pub struct PushOptions {
     /// Subnet to commit on.
@@ -156,10 +154,6 @@ pub struct Pushed<I = ChainModelId> {
     pub block: u64,
 }
 
-/// What [`push_later`] committed: the 5-field id with the secure hash and
-/// the competition.
-pub type LaterPushed = Pushed<CompetitionModelId>;
-
 /// The push of `protocol` (the one the CLI calls): uploads the
 /// `save_pretrained` directory `dir` to `repo` and commits the protocol's
 /// model id for it, `competition_id` naming the competition where the
@@ -186,61 +180,6 @@ pub async fn push_model(
         repo,
         protocol.uploads_private(),
         |commit, hash| protocol.model_id(repo, commit, hash, &ss58, competition_id),
-        options,
-    )
-    .await
-}
-
-/// [`push_model`] under `sn9-2024-01`: a public repo and
-/// `namespace:name:commit:hash`, the hash that of the directory, which is
-/// exactly what the repo holds at the new commit (checked from the hub's
-/// file list). Returns the committed metadata with the block it landed in.
-pub async fn push(
-    hub: &dyn ModelHub,
-    chain: &dyn Chain,
-    hotkey: &Hotkey,
-    dir: &Path,
-    repo: &RepoId,
-    options: &PushOptions,
-) -> Result<ModelMetadata, PushError> {
-    let pushed = push_model(
-        hub,
-        chain,
-        hotkey,
-        dir,
-        repo,
-        Protocol::Sn9Rules2024,
-        0,
-        options,
-    )
-    .await?;
-    Ok(ModelMetadata {
-        id: pushed.id.model_id(),
-        block: pushed.block,
-    })
-}
-
-/// [`push_model`] under the competitions (taoverse's miner): `repo`
-/// uploaded **private**, then `namespace:name:commit:secure_hash:competition_id`
-/// committed, where the secure hash is `secure_hash(hash_of_directory(dir), hotkey)`.
-pub async fn push_later(
-    hub: &dyn ModelHub,
-    chain: &dyn Chain,
-    hotkey: &Hotkey,
-    dir: &Path,
-    repo: &RepoId,
-    competition_id: CompetitionId,
-    options: &PushOptions,
-) -> Result<LaterPushed, PushError> {
-    let ss58 = hotkey.ss58.clone();
-    push_with(
-        hub,
-        chain,
-        hotkey,
-        dir,
-        repo,
-        true,
-        |commit, hash| CompetitionModelId::committed(repo, commit, hash, &ss58, competition_id),
         options,
     )
     .await
@@ -304,13 +243,6 @@ trait ToChainBytes {
 impl ToChainBytes for ChainModelId {
     type Error = ChainModelIdError;
     fn chain_bytes(&self) -> Result<Vec<u8>, ChainModelIdError> {
-        self.to_chain_bytes()
-    }
-}
-
-impl ToChainBytes for CompetitionModelId {
-    type Error = CompetitionModelIdError;
-    fn chain_bytes(&self) -> Result<Vec<u8>, CompetitionModelIdError> {
         self.to_chain_bytes()
     }
 }

@@ -15,13 +15,14 @@ use common::{commit_id, reference_model_dir, repo};
 use pretrain_chain::embedded::{EmbeddedChain, EmbeddedOptions, SubnetParams};
 use pretrain_chain::wallet::KeyPair;
 use pretrain_chain::{Chain, Hotkey};
-use pretrain_core::{hash_of_directory, ModelId};
+use pretrain_core::rules::{sn9_spec, Protocol, Schedule};
+use pretrain_core::{hash_of_directory, ModelId, ModelMetadata};
 use pretrain_data::{open_source, sample_corpus_dir, LocalSource, PageSource};
 use pretrain_model::{CausalLm, Model};
 use pretrain_neurons::miner::{
     self, Event, MinerConfig, NoObserver, Observer, RunDir, StopFlag, Training,
 };
-use pretrain_neurons::{push, PushOptions};
+use pretrain_neurons::{push_model, PushOptions};
 use pretrain_store::{LocalHub, ModelHub};
 
 const NETUID: u16 = 9;
@@ -140,16 +141,23 @@ async fn tiny_model_trains_pushes_and_the_commitment_matches_the_hub() {
     let steps = lines.iter().filter(|v| v["event"] == "step").count() as u64;
     assert_eq!(steps, summary.steps);
 
-    let meta = miner::push_best(
+    let schedule = Schedule::default_schedule();
+    let pushed = miner::push_best_model(
         &run,
         &hub,
         &chain,
         &hotkey,
         &repo("miner/tiny-trained"),
+        Protocol::Sn9Rules2024,
+        sn9_spec(&schedule, 0).unwrap(),
         &fast_push(),
     )
     .await
     .unwrap();
+    let meta = ModelMetadata {
+        id: pushed.id.model_id(),
+        block: pushed.block,
+    };
     // What the chain holds parses to the id whose hash is that of the files
     // the hub holds at that commit.
     let c = chain.commitment(NETUID, &addr(1)).await.unwrap().unwrap();
@@ -315,26 +323,34 @@ async fn load_best_takes_the_model_of_the_highest_incentive() {
     let other_dir = tmp.path().join("other");
     other.save(&other_dir).unwrap();
     let key = |i: u8| Hotkey::address_only(addr(i));
-    push(
+    push_model(
         &hub,
         &chain,
         &key(1),
         &reference_model_dir(),
         &repo("one/tiny"),
+        Protocol::Sn9Rules2024,
+        0,
         &fast_push(),
     )
     .await
     .unwrap();
-    let pushed = push(
+    let pushed = push_model(
         &hub,
         &chain,
         &key(2),
         &other_dir,
         &repo("two/tiny"),
+        Protocol::Sn9Rules2024,
+        0,
         &fast_push(),
     )
     .await
     .unwrap();
+    let pushed = ModelMetadata {
+        id: pushed.id.model_id(),
+        block: pushed.block,
+    };
 
     // The validator (uid 0) favours uid 2.
     chain

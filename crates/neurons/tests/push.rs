@@ -10,12 +10,25 @@ use common::fake_hf::FakeHub;
 use common::*;
 use pretrain_chain::{Chain, Hotkey};
 use pretrain_core::constants::MAX_MODEL_BYTES;
+use pretrain_core::rules::{ChainModelId, Protocol};
 use pretrain_core::Backoff;
-use pretrain_core::ModelId;
-use pretrain_neurons::{make_public, push, push_later, PushError, PushOptions};
+use pretrain_core::{CompetitionModelId, ModelId, ModelMetadata};
+use pretrain_neurons::{make_public, push_model, PushError, PushOptions, Pushed};
 use pretrain_store::{HfHub, HfOptions, HubError, LocalHub, ModelHub, ModelStore, Visibility};
 
 const HOTKEY: &str = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY";
+
+/// What a push under the competitions committed, as its 5-field id.
+fn five_fields(pushed: Pushed) -> Pushed<CompetitionModelId> {
+    match pushed.id {
+        ChainModelId::Competitions(id) => Pushed {
+            id,
+            model_hash: pushed.model_hash,
+            block: pushed.block,
+        },
+        other => panic!("not a competition id: {other}"),
+    }
+}
 
 fn fast(max_attempts: Option<u32>) -> PushOptions {
     PushOptions {
@@ -32,16 +45,22 @@ async fn push_retries_while_rate_limited_and_validator_can_fetch() {
     let hub = LocalHub::open(root.path()).unwrap();
     let chain = FakeChain::new(2, true);
     let hotkey = Hotkey::address_only(HOTKEY);
-    let meta = push(
+    let pushed = push_model(
         &hub,
         &chain,
         &hotkey,
         &reference_model_dir(),
         &repo("alice/tiny-gpt2"),
+        Protocol::Sn9Rules2024,
+        0,
         &fast(None),
     )
     .await
     .unwrap();
+    let meta = ModelMetadata {
+        id: pushed.id.model_id(),
+        block: pushed.block,
+    };
     assert_eq!(
         *chain.attempts.lock().unwrap(),
         3,
@@ -73,12 +92,14 @@ async fn push_stops_on_permanent_errors_and_after_max_attempts() {
     let hotkey = Hotkey::address_only(HOTKEY);
 
     let unregistered = FakeChain::new(0, false);
-    let err = push(
+    let err = push_model(
         &hub,
         &unregistered,
         &hotkey,
         &reference_model_dir(),
         &repo("alice/m1"),
+        Protocol::Sn9Rules2024,
+        0,
         &fast(None),
     )
     .await
@@ -90,12 +111,14 @@ async fn push_stops_on_permanent_errors_and_after_max_attempts() {
     assert_eq!(hub.head(&repo("alice/m1")).unwrap(), None);
 
     let limited = FakeChain::new(100, true);
-    let err = push(
+    let err = push_model(
         &hub,
         &limited,
         &hotkey,
         &reference_model_dir(),
         &repo("alice/m2"),
+        Protocol::Sn9Rules2024,
+        0,
         &fast(Some(3)),
     )
     .await
@@ -123,16 +146,22 @@ async fn push_through_the_hf_backend() {
     .unwrap();
     let chain = FakeChain::new(1, true);
     let hotkey = Hotkey::address_only(HOTKEY);
-    let meta = push(
+    let pushed = push_model(
         &hf,
         &chain,
         &hotkey,
         &reference_model_dir(),
         &repo("alice/tiny-gpt2"),
+        Protocol::Sn9Rules2024,
+        0,
         &fast(None),
     )
     .await
     .unwrap();
+    let meta = ModelMetadata {
+        id: pushed.id.model_id(),
+        block: pushed.block,
+    };
     assert_eq!(meta.id.hash.as_deref(), Some(reference_hash().as_str()));
     let model_dir = tempfile::tempdir().unwrap();
     let got = ModelStore::new(model_dir.path())
@@ -147,7 +176,7 @@ async fn push_through_the_hf_backend() {
             .join("models")
             .join(HOTKEY)
             .join("models--alice--tiny-gpt2/snapshots")
-            .join(meta.id.commit.unwrap())
+            .join(meta.id.commit.unwrap().as_str())
     );
 }
 
@@ -174,17 +203,20 @@ async fn push_later_uploads_private_commits_five_fields_and_make_public_publishe
     let chain = FakeChain::new(1, true);
     let hotkey = Hotkey::address_only(HOTKEY);
     let r = repo("alice/tiny-later");
-    let pushed = push_later(
-        &owner,
-        &chain,
-        &hotkey,
-        &reference_model_dir(),
-        &r,
-        2,
-        &fast(None),
-    )
-    .await
-    .unwrap();
+    let pushed = five_fields(
+        push_model(
+            &owner,
+            &chain,
+            &hotkey,
+            &reference_model_dir(),
+            &r,
+            Protocol::Competitions,
+            2,
+            &fast(None),
+        )
+        .await
+        .unwrap(),
+    );
     let commit = pushed.id.commit.clone().unwrap();
     let secure = two_strings_hash(&reference_hash(), HOTKEY);
     let on_chain = chain.commitment(9, HOTKEY).await.unwrap().unwrap();
@@ -217,12 +249,13 @@ async fn push_later_uploads_private_commits_five_fields_and_make_public_publishe
     let long = repo(&format!("alice/{}", "x".repeat(35)));
     let root = tempfile::tempdir().unwrap();
     let local = LocalHub::open(root.path()).unwrap();
-    let err = push_later(
+    let err = push_model(
         &local,
         &chain,
         &hotkey,
         &reference_model_dir(),
         &long,
+        Protocol::Competitions,
         2,
         &fast(None),
     )
@@ -239,17 +272,20 @@ async fn push_later_on_the_local_hub_keeps_the_repo_private() {
     let chain = FakeChain::new(0, true);
     let hotkey = Hotkey::address_only(HOTKEY);
     let r = repo("alice/tiny-local");
-    let pushed = push_later(
-        &hub,
-        &chain,
-        &hotkey,
-        &reference_model_dir(),
-        &r,
-        0,
-        &fast(None),
-    )
-    .await
-    .unwrap();
+    let pushed = five_fields(
+        push_model(
+            &hub,
+            &chain,
+            &hotkey,
+            &reference_model_dir(),
+            &r,
+            Protocol::Competitions,
+            0,
+            &fast(None),
+        )
+        .await
+        .unwrap(),
+    );
     assert_eq!(hub.visibility(&r).unwrap(), Some(Visibility::Private));
     assert_eq!(
         pushed.id.secure_hash.as_deref(),
@@ -291,9 +327,22 @@ async fn pushed_repos_keep_gitattributes_and_pass_both_hash_rules() {
     let chain = FakeChain::new(0, true);
     let hotkey = Hotkey::address_only(HOTKEY);
 
-    let meta = push(&hf, &chain, &hotkey, &dir, &repo("alice/seed"), &fast(None))
-        .await
-        .unwrap();
+    let pushed = push_model(
+        &hf,
+        &chain,
+        &hotkey,
+        &dir,
+        &repo("alice/seed"),
+        Protocol::Sn9Rules2024,
+        0,
+        &fast(None),
+    )
+    .await
+    .unwrap();
+    let meta = ModelMetadata {
+        id: pushed.id.model_id(),
+        block: pushed.block,
+    };
     // The original's hash: that of the three model files alone.
     assert_eq!(meta.id.hash.as_deref(), Some(reference_hash().as_str()));
     let commit = commit_id(meta.id.commit.as_deref().unwrap());
@@ -314,17 +363,20 @@ async fn pushed_repos_keep_gitattributes_and_pass_both_hash_rules() {
     assert_eq!(got.hash, reference_hash());
 
     let later_chain = FakeChain::new(0, true);
-    let pushed = push_later(
-        &hf,
-        &later_chain,
-        &hotkey,
-        &dir,
-        &repo("alice/later"),
-        0,
-        &fast(None),
-    )
-    .await
-    .unwrap();
+    let pushed = five_fields(
+        push_model(
+            &hf,
+            &later_chain,
+            &hotkey,
+            &dir,
+            &repo("alice/later"),
+            Protocol::Competitions,
+            0,
+            &fast(None),
+        )
+        .await
+        .unwrap(),
+    );
     make_public(&hf, &repo("alice/later"), &Backoff::default())
         .await
         .unwrap();

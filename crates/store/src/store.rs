@@ -172,6 +172,7 @@ impl ModelStore {
         let expected = id
             .hash
             .clone()
+            .map(String::from)
             .ok_or_else(|| StoreError::NoHash(id.to_compressed_str()))?;
         let model = id.to_compressed_str();
         self.fetch_verified(hub, hotkey, id, max_bytes, move |actual: &str| {

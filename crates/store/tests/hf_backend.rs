@@ -323,8 +323,8 @@ async fn over_one_gib_is_refused_before_any_download() {
     let id = ModelId {
         namespace: "alice".into(),
         name: "huge".into(),
-        commit: Some(commit),
-        hash: Some(reference_hash()),
+        commit: Some(commit.into()),
+        hash: Some(reference_hash().into()),
     };
     let err = store
         .fetch(

@@ -88,8 +88,8 @@ async fn original_miner_repo_is_fetched_and_hashed_as_the_original_does() {
     let id = ModelId {
         namespace: "orig".into(),
         name: "miner".into(),
-        commit: Some(commit.clone()),
-        hash: Some(reference_hash()),
+        commit: Some(commit.clone().into()),
+        hash: Some(reference_hash().into()),
     };
     let model_dir = tempfile::tempdir().unwrap();
     let store = ModelStore::new(model_dir.path());
@@ -221,7 +221,7 @@ async fn sharded_model_is_fetched_as_from_pretrained_does() {
     let id = ModelId {
         namespace: "orig".into(),
         name: "sharded".into(),
-        commit: Some(commit),
+        commit: Some(commit.into()),
         hash: Some(original_hash.into()),
     };
     let model_dir = tempfile::tempdir().unwrap();
@@ -497,8 +497,8 @@ async fn index_naming_a_missing_shard_is_refused_not_deferred() {
     let id = ModelId {
         namespace: "orig".into(),
         name: "broken".into(),
-        commit: Some(commit),
-        hash: Some(reference_hash()),
+        commit: Some(commit.into()),
+        hash: Some(reference_hash().into()),
     };
     let model_dir = tempfile::tempdir().unwrap();
     let err = ModelStore::new(model_dir.path())

@@ -152,8 +152,8 @@ async fn unsafe_repo_ids_hotkeys_and_commits_are_refused() {
             ModelId {
                 namespace: "/etc".into(),
                 name: "x".into(),
-                commit: Some(commit.clone()),
-                hash: Some(h.clone()),
+                commit: Some(commit.clone().into()),
+                hash: Some(h.clone().into()),
             },
             "format",
         ),

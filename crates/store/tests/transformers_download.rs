@@ -63,7 +63,7 @@ async fn ours(hf: &HfHub, repo_id: &str, commit: &str) -> (Vec<String>, String) 
         namespace: ns.into(),
         name: name.into(),
         commit: Some(commit.into()),
-        hash: Some(reference_hash()),
+        hash: Some(reference_hash().into()),
     };
     let dir = tempfile::tempdir().unwrap();
     let got = ModelStore::new(dir.path())

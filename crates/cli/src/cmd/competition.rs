@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Context};
 use clap::Args;
-use pretrain_core::rules::{CompetitionSpec, Protocol, Schedule, ScheduleEntry};
+use pretrain_core::rules::{CompetitionSpec, Schedule, ScheduleEntry};
 use pretrain_core::CompetitionId;
 
 /// `--schedule NAME|FILE` of `mine`, `validate` and `localnet`.
@@ -171,7 +171,7 @@ impl CompetitionArgs {
         schedule: &Schedule,
         block: Option<u64>,
     ) -> anyhow::Result<ScheduledCompetition> {
-        if schedule.protocol() == Protocol::Competitions {
+        if schedule.protocol().has_competition_ids() {
             return self
                 .schedule
                 .competition(schedule, block, self.competition_id);

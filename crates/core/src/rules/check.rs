@@ -7,6 +7,7 @@ use thiserror::Error;
 
 use super::schedule::{CompetitionSpec, Schedule};
 use crate::hash::secure_hash;
+use crate::ids::{ModelHash, Unchecked};
 use crate::model_id::{CompetitionId, CompetitionModelId};
 
 /// A downloaded model whose hash does not match its commitment.
@@ -43,7 +44,7 @@ pub fn check_download(
     if chain_id.secure_hash.as_deref() == Some(expected.as_str()) {
         return Ok(());
     }
-    let or_none = |v: &Option<String>| v.clone().unwrap_or_else(|| "None".into());
+    let or_none = |v: &Option<Unchecked<ModelHash>>| v.as_deref().unwrap_or("None").to_string();
     Err(HashCheckError {
         downloaded: downloaded_hash.to_string(),
         hotkey: hotkey_ss58.to_string(),

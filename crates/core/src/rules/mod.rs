@@ -32,7 +32,7 @@ pub use schedule::{
 };
 pub use weights::CompetitionTracker;
 pub use wins::{
-    compute_competitive_uids, compute_wins, iswin, keep_for_next_step, score_competition,
+    compute_competitive_uids, compute_wins_aged, iswin_aged, keep_for_next_step, score_competition,
     CompetitionStep, Contender, Wins,
 };
 

@@ -12,12 +12,13 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::constants::{Tunables, MAX_MODEL_BYTES};
+use crate::ids::{ModelHash, RepoIdPart, Unchecked};
 use crate::model_id::{
     check_competition_repo_id, CompetitionId, CompetitionModelId, CompetitionModelIdError,
     ModelIdError, RepoIdTooLong,
 };
 use crate::scoring::{ScoringError, StepInput, Uid};
-use crate::{ModelId, RepoId};
+use crate::{CommitId, ModelId, RepoId};
 
 use super::weights::scatter;
 use super::wins::{keep_for_next_step, score_competition, Contender};
@@ -25,18 +26,18 @@ use super::{check, CompetitionSpec, CompetitionTracker, RulesError, Schedule, Sc
 
 pub use super::Protocol;
 
-/// A commitment read by the rules of its protocol.
+/// A commitment read by the rules of its protocol, its parts as committed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
     /// Hub namespace.
-    pub namespace: String,
+    pub namespace: Unchecked<RepoIdPart>,
     /// Repo name.
-    pub name: String,
+    pub name: Unchecked<RepoIdPart>,
     /// Hub commit (`None`: not given).
-    pub commit: Option<String>,
+    pub commit: Option<Unchecked<CommitId>>,
     /// The hash committed: the raw directory hash (`sn9-2024-01`) or the
     /// hotkey-bound secure hash (competitions).
-    pub hash: Option<String>,
+    pub hash: Option<Unchecked<ModelHash>>,
     /// The competition entered (`None` under `sn9-2024-01`).
     pub competition: Option<CompetitionId>,
 }
@@ -233,10 +234,10 @@ impl Protocol {
     ) -> ChainModelId {
         match self {
             Protocol::Sn9Rules2024 => ChainModelId::Sn9Rules2024(ModelId {
-                namespace: repo.namespace().to_string(),
-                name: repo.name().to_string(),
-                commit: Some(commit.to_string()),
-                hash: Some(model_hash.to_string()),
+                namespace: Unchecked::new(repo.namespace()),
+                name: Unchecked::new(repo.name()),
+                commit: Some(Unchecked::new(commit)),
+                hash: Some(Unchecked::new(model_hash)),
             }),
             Protocol::Competitions => ChainModelId::Competitions(CompetitionModelId::committed(
                 repo,

@@ -572,6 +572,25 @@ impl Schedule {
         }
     }
 
+    /// The competitions a commitment names at `block`, each one this build
+    /// can run: the active entry's under [`Protocol::Competitions`]; `None`
+    /// under [`Protocol::Sn9Rules2024`], whose commitments name none.
+    pub fn named_competitions_at(
+        &self,
+        block: u64,
+    ) -> Result<Option<&[CompetitionSpec]>, RulesError> {
+        if !self.protocol().has_competition_ids() {
+            return Ok(None);
+        }
+        let entry = self.active_entry(block)?;
+        for c in &entry.competitions {
+            c.support().map_err(|e| {
+                RulesError::Invalid(format!("schedule {} at block {block}: {e}", self.name))
+            })?;
+        }
+        Ok(Some(&entry.competitions))
+    }
+
     /// Competition `id` as scheduled at `block` (`None`: not running then).
     pub fn competition_at(
         &self,
@@ -691,6 +710,21 @@ competitions = [{ competition = "A", share = 0.25, eval_block_delay = 3 }, { com
         );
         let err = Schedule::from_toml("x", &mixed).unwrap_err().to_string();
         assert!(err.contains("per_batch"), "{err}");
+    }
+
+    #[test]
+    fn only_the_competitions_name_competitions() {
+        let seed = Schedule::default_schedule();
+        assert!(seed.named_competitions_at(0).unwrap().is_none());
+        let two = Schedule::by_name_or_file(LOCALNET_TWO).unwrap();
+        let ids: Vec<CompetitionId> = two
+            .named_competitions_at(0)
+            .unwrap()
+            .unwrap()
+            .iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(ids, [1, 2]);
     }
 
     #[test]

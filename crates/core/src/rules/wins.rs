@@ -23,10 +23,13 @@ pub struct Contender {
     pub block: u64,
 }
 
-/// Whether model `i` beats model `j`: the earlier one (strictly lower block)
-/// has its loss multiplied by `1 - epsilon(its age)`; equal blocks get no
-/// discount, and an exact tie is a loss for both.
-pub fn iswin(
+/// Whether model `i` beats model `j` on their aggregated scores (upstream's
+/// `iswin` of the competitions; the seed's per-batch one is
+/// [`crate::scoring::iswin`]): the earlier one (strictly lower block) has
+/// its loss multiplied by `1 - epsilon(its age)`, so its advantage depends
+/// on how long ago it was committed; equal blocks get no discount, and an
+/// exact tie is a loss for both.
+pub fn iswin_aged(
     loss_i: f64,
     loss_j: f64,
     block_i: u64,
@@ -95,8 +98,14 @@ impl Wins {
     }
 }
 
-/// One comparison per ordered pair of contenders with [`iswin`].
-pub fn compute_wins(contenders: &[Contender], epsilon: &EpsilonFunc, current_block: u64) -> Wins {
+/// One comparison per ordered pair of contenders with [`iswin_aged`]
+/// (upstream's `compute_wins` of the competitions; the seed's per-batch one
+/// is [`crate::scoring::compute_wins`]).
+pub fn compute_wins_aged(
+    contenders: &[Contender],
+    epsilon: &EpsilonFunc,
+    current_block: u64,
+) -> Wins {
     let mut wins = Vec::with_capacity(contenders.len());
     let mut win_rate = Vec::with_capacity(contenders.len());
     for (i, ci) in contenders.iter().enumerate() {
@@ -106,7 +115,7 @@ pub fn compute_wins(contenders: &[Contender], epsilon: &EpsilonFunc, current_blo
             if i == j {
                 continue;
             }
-            if iswin(
+            if iswin_aged(
                 ci.score,
                 cj.score,
                 ci.block,
@@ -163,7 +172,7 @@ pub fn score_competition(
     } else {
         (None, contenders.to_vec())
     };
-    let wins = compute_wins(&players, epsilon, current_block);
+    let wins = compute_wins_aged(&players, epsilon, current_block);
     let rates: Vec<f64> = contenders.iter().map(|c| wins.rate_of(c.uid)).collect();
     let step = step_weights(&rates, temperature);
     Ok(CompetitionStep {
@@ -232,17 +241,17 @@ mod tests {
     /// With epsilon 0.1 the earlier model's 1.0 counts as 0.9.
     #[test]
     fn earlier_model_gets_the_discount() {
-        assert!(iswin(1.0, 0.95, 1, 2, &FIXED, 10));
-        assert!(!iswin(0.95, 1.0, 2, 1, &FIXED, 10));
-        assert!(iswin(0.89, 1.0, 2, 1, &FIXED, 10));
+        assert!(iswin_aged(1.0, 0.95, 1, 2, &FIXED, 10));
+        assert!(!iswin_aged(0.95, 1.0, 2, 1, &FIXED, 10));
+        assert!(iswin_aged(0.89, 1.0, 2, 1, &FIXED, 10));
         // Equal blocks: no discount; an exact tie is a loss both ways.
-        assert!(!iswin(1.0, 1.0, 5, 5, &FIXED, 10));
-        assert!(iswin(0.99, 1.0, 5, 5, &FIXED, 10));
+        assert!(!iswin_aged(1.0, 1.0, 5, 5, &FIXED, 10));
+        assert!(iswin_aged(0.99, 1.0, 5, 5, &FIXED, 10));
     }
 
     #[test]
     fn a_lone_uid_has_win_rate_one() {
-        let w = compute_wins(&[c(3, 2.0, 1)], &FIXED, 10);
+        let w = compute_wins_aged(&[c(3, 2.0, 1)], &FIXED, 10);
         assert_eq!(w.wins, vec![(3, 0)]);
         assert_eq!(w.win_rate, vec![(3, 1.0)]);
         assert_eq!(w.rate_of(4), 0.0);

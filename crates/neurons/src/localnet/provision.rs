@@ -58,18 +58,10 @@ pub fn competitions_at(
     schedule: &Schedule,
     block: u64,
 ) -> Result<Option<Vec<CompetitionSpec>>, LocalnetError> {
-    if !schedule.protocol().has_competition_ids() {
-        return Ok(None);
-    }
-    let entry = schedule
-        .active_entry(block)
-        .map_err(|e| LocalnetError::Rules(e.to_string()))?;
-    for c in &entry.competitions {
-        c.support().map_err(|e| {
-            LocalnetError::Rules(format!("schedule {} at block {block}: {e}", schedule.name))
-        })?;
-    }
-    Ok(Some(entry.competitions.clone()))
+    schedule
+        .named_competitions_at(block)
+        .map(|cs| cs.map(<[CompetitionSpec]>::to_vec))
+        .map_err(|e| LocalnetError::Rules(e.to_string()))
 }
 
 /// Miner i joins competition i mod n: with two competitions and two

@@ -5,7 +5,8 @@
 //!   commit, hash-checked and checked as the validator does; [`best_uid`]
 //!   picks the uid with the highest incentive (`--load_best`).
 //! - [`load_local_model`] / [`load_model_file`] / [`save`]: local models.
-//! - [`push`](crate::push::push): upload then commit.
+//! - [`push_best_model`] / [`push_model`](crate::push::push_model): upload
+//!   then commit, under either protocol.
 //! - [`Training`]: the loop (fresh seeded pages each epoch, AdamW every
 //!   `accumulation_steps` batches, best model kept whole on disk, resumable),
 //!   reporting [`Event`]s to an [`Observer`].
@@ -29,9 +30,9 @@
 //! let hotkey = pretrain_chain::Wallet::new("~/.bittensor/wallets", "default", "default").hotkey()?;
 //! // The repo id is checked where it enters (a flag), once.
 //! # let repo: pretrain_core::RepoId = "me/my-model".parse().unwrap();
-//! let meta = pretrain_neurons::push(hub.as_ref(), chain.as_ref(), &hotkey, &summary.best_dir,
-//!     &repo, &Default::default()).await?;
-//! # let _ = meta; Ok(()) }
+//! let pushed = pretrain_neurons::push_model(hub.as_ref(), chain.as_ref(), &hotkey, &summary.best_dir,
+//!     &repo, pretrain_core::rules::Protocol::Sn9Rules2024, 0, &Default::default()).await?;
+//! # let _ = pushed; Ok(()) }
 //! ```
 
 mod config;
@@ -41,8 +42,8 @@ mod train_loop;
 pub use config::{new_run_id, MinerConfig, RunDir};
 pub use load::{best_uid, load_local_model, load_model_file, load_remote_model, save, RemoteModel};
 pub use train_loop::{
-    push_best, push_best_model, EpochSummary, Event, NoObserver, Observer, Progress, StopFlag,
-    Training, TrainingSummary,
+    push_best_model, EpochSummary, Event, NoObserver, Observer, Progress, StopFlag, Training,
+    TrainingSummary,
 };
 
 use thiserror::Error;

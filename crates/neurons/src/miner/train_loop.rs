@@ -13,7 +13,6 @@ use candle_core::Device;
 use pretrain_chain::{Chain, Hotkey};
 use pretrain_core::fsio::{append_line, atomic_write_json, recover_dir, replace_dir};
 use pretrain_core::metrics::TrainRow;
-use pretrain_core::ModelMetadata;
 use pretrain_data::{load_batches, sample_pages, Batch, PageSource, Tokenizer};
 use pretrain_model::mix_seed;
 use pretrain_model::{Model, TrainConfig, Trainer};
@@ -22,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use super::{load_local_model, MinerConfig, MinerError, RunDir};
-use crate::push::{push, push_model, PushOptions, Pushed};
+use crate::push::{push_model, PushOptions, Pushed};
 use pretrain_core::rules::Protocol;
 
 /// Set to stop training after the current batch (Ctrl-C); the loop saves a
@@ -730,17 +729,4 @@ pub async fn push_best_model(
         options,
     )
     .await?)
-}
-
-/// [`push_best_model`] under `sn9-2024-01`, returning the 4-field id.
-pub async fn push_best(
-    run: &RunDir,
-    hub: &dyn ModelHub,
-    chain: &dyn Chain,
-    hotkey: &Hotkey,
-    repo: &pretrain_core::RepoId,
-    options: &PushOptions,
-) -> Result<ModelMetadata, MinerError> {
-    let best = checked_best(run, None).await?;
-    Ok(push(hub, chain, hotkey, &best, repo, options).await?)
 }

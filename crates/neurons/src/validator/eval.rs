@@ -136,7 +136,7 @@ fn step_models(
             Some((address, tracked)) => match shared.store.model_path(address, &tracked.id) {
                 Ok(dir) => {
                     let check = tracked.id.hash.clone().map(|hash| HashCheck {
-                        hash,
+                        hash: hash.into(),
                         hotkey: Some(address.to_string()),
                     });
                     m.jobs.push(ModelJob { uid, dir, check });
