@@ -172,43 +172,16 @@ pub async fn push_model(
     options: &PushOptions,
 ) -> Result<Pushed, PushError> {
     let ss58 = hotkey.ss58.clone();
-    push_with(
-        hub,
-        chain,
-        hotkey,
-        dir,
-        repo,
-        protocol.uploads_private(),
-        |commit, hash| protocol.model_id(repo, commit, hash, &ss58, competition_id),
-        options,
-    )
-    .await
-}
-
-/// The push itself, whatever the id format: `id_at(commit, model_hash)`
-/// is the id committed; `private` uploads the repo private.
-#[allow(clippy::too_many_arguments)]
-async fn push_with<I, E>(
-    hub: &dyn ModelHub,
-    chain: &dyn Chain,
-    hotkey: &Hotkey,
-    dir: &Path,
-    repo: &RepoId,
-    private: bool,
-    id_at: impl Fn(&str, &str) -> I,
-    options: &PushOptions,
-) -> Result<Pushed<I>, PushError>
-where
-    I: ToChainBytes<Error = E> + std::fmt::Display,
-    PushError: From<E>,
-{
+    let id_at =
+        |commit: &str, hash: &str| protocol.model_id(repo, commit, hash, &ss58, competition_id);
+    let private = protocol.uploads_private();
     // Nothing is written to the hub for a hotkey the chain would refuse.
     ensure_registered(chain, hotkey, options.netuid).await?;
     let staged = stage_b16(dir, options).await?;
     let dir = staged.as_ref().map_or(dir, |s| s.dir.as_path());
     let model_hash = hash_dir(dir).await?;
     // Fail before uploading if the id could never fit on chain.
-    id_at(&"0".repeat(40), &model_hash).chain_bytes()?;
+    id_at(&"0".repeat(40), &model_hash).to_chain_bytes()?;
 
     let visibility = if private {
         info!(repo = %repo, dir = %dir.display(), hash = %model_hash,
@@ -222,7 +195,7 @@ where
     check_uploaded(hub, dir, repo, &commit, private).await?;
 
     let id = id_at(commit.as_str(), &model_hash);
-    let data = id.chain_bytes()?;
+    let data = id.to_chain_bytes()?;
     let block = commit_data(chain, hotkey, &data, options).await?;
     info!(model = %id, block, "model committed to the chain");
     Ok(Pushed {
@@ -230,21 +203,6 @@ where
         model_hash,
         block,
     })
-}
-
-/// The id formats a push commits.
-trait ToChainBytes {
-    /// Why it does not fit.
-    type Error;
-    /// The bytes committed.
-    fn chain_bytes(&self) -> Result<Vec<u8>, Self::Error>;
-}
-
-impl ToChainBytes for ChainModelId {
-    type Error = ChainModelIdError;
-    fn chain_bytes(&self) -> Result<Vec<u8>, ChainModelIdError> {
-        self.to_chain_bytes()
-    }
 }
 
 impl From<ChainModelIdError> for PushError {
