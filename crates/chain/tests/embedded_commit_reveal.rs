@@ -3,7 +3,10 @@
 //! reveal epoch, and give exactly the committed (scoring's) incentive after
 //! it; a validator process killed between commit and reveal still has its
 //! weights applied; a stale version key is refused before anything is sent;
-//! a commit that cannot be opened is dropped at its reveal.
+//! a commit that cannot be opened is dropped at its reveal; rows of the
+//! chain file that cannot be commits (planted or corrupt) are skipped, never
+//! fatal, and a round that could never reveal is refused at the commit and
+//! dropped at its reveal epoch if stored.
 
 #![allow(clippy::unwrap_used)]
 
@@ -41,11 +44,18 @@ fn open(dir: &Path) -> EmbeddedChain {
 
 /// A subnet with commit-reveal on: validator uid 0 (staked), miners uids 1..=3.
 async fn subnet(dir: &Path, enabled: bool, weights_version_key: u64) -> EmbeddedChain {
+    subnet_with(dir, enabled, weights_version_key, SubnetParams::default()).await
+}
+
+/// [`subnet`] with the subnet's parameters given.
+async fn subnet_with(
+    dir: &Path,
+    enabled: bool,
+    weights_version_key: u64,
+    params: SubnetParams,
+) -> EmbeddedChain {
     let chain = open(dir);
-    chain
-        .create_subnet(NETUID, SubnetParams::default())
-        .await
-        .unwrap();
+    chain.create_subnet(NETUID, params).await.unwrap();
     chain
         .set_commit_reveal(
             NETUID,
@@ -343,4 +353,158 @@ fn the_beacon_key_opens_only_its_rounds() {
     let e = reveal_payload(b"", &[0u8; 48]).unwrap_err();
     assert!(!e.to_string().is_empty());
     assert!(decrypt(&[1, 2, 3], &[0u8; 48]).is_err());
+}
+
+/// Writes a row straight into the chain file's commit table, as a hand edit or an older,
+/// buggier version could have: the chain must not trust it.
+fn plant(chain: &EmbeddedChain, values: &str) {
+    let conn = rusqlite::Connection::open(chain.db_path()).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    conn.execute_batch(&format!(
+        "INSERT INTO timelocked_commits (netuid, hotkey, block, epoch, reveal_round, ciphertext) VALUES ({values})"
+    ))
+    .unwrap();
+}
+
+fn stored_rows(chain: &EmbeddedChain) -> i64 {
+    let conn = rusqlite::Connection::open(chain.db_path()).unwrap();
+    conn.query_row("SELECT COUNT(*) FROM timelocked_commits", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// Lengthens the subnet's epochs to `tempo + 1` blocks, so a test's steps all fall in one
+/// epoch however slow the machine.
+async fn with_tempo(chain: &EmbeddedChain, tempo: u64) {
+    let cr = chain.commit_reveal(NETUID).await.unwrap();
+    chain
+        .set_commit_reveal(NETUID, CommitReveal { tempo, ..cr })
+        .await
+        .unwrap();
+}
+
+fn no_rate_limit() -> SubnetParams {
+    SubnetParams {
+        weights_rate_limit: 0,
+        ..SubnetParams::default()
+    }
+}
+
+#[tokio::test]
+async fn malformed_stored_rows_are_skipped_by_reads_and_dropped_by_the_next_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let chain = subnet_with(tmp.path(), true, 0, no_rate_limit()).await;
+    let b = chain.current_block().await.unwrap();
+    let cr = chain.commit_reveal(NETUID).await.unwrap();
+    let e = cr.epoch_of(NETUID, b);
+    let h = addr(0);
+    // Each row is wrong in one column; together they once made every read fail.
+    plant(&chain, &format!("{NETUID}, '{h}', 1, {e}, -1, x'00'")); // round -1
+    plant(&chain, &format!("{NETUID}, '{h}', 2, -5, {b}, x'00'")); // epoch -5
+    plant(&chain, &format!("{NETUID}, '{h}', 3, {e}, 'soon', x'00'")); // round text
+    plant(&chain, &format!("{NETUID}, x'0102', 4, {e}, {b}, x'00'")); // hotkey a blob
+    plant(&chain, &format!("{NETUID}, '{h}', 5, {e}, {b}, 'text'")); // ciphertext text
+    plant(&chain, &format!("{NETUID}, '{h}', 6, {e}, {b}, x''")); // empty ciphertext
+    plant(
+        &chain,
+        &format!("{NETUID}, '{h}', {}, {e}, {b}, x'00'", b + 1_000_000),
+    ); // future block
+    plant(
+        &chain,
+        &format!("{NETUID}, '{h}', 7, {}, {b}, x'00'", e + 1000),
+    ); // future epoch
+       // Over the chain's 5000-byte limit: 8 MB, which a read must not load.
+    plant(
+        &chain,
+        &format!("{NETUID}, '{h}', 8, {e}, {b}, zeroblob(8000000)"),
+    );
+    assert_eq!(stored_rows(&chain), 9);
+
+    // Reads go on: the metagraph, the pending list (none of these is a commit).
+    let m = chain.metagraph(NETUID).await.unwrap();
+    assert_eq!(m.neurons.len(), 4);
+    assert!(chain.pending_commits(NETUID).await.unwrap().is_empty());
+    assert_eq!(stored_rows(&chain), 9, "a read changes nothing");
+
+    // The next write drops them all, and a real commit still goes through.
+    let (uids, values) = emitted();
+    let sub = chain
+        .submit_weights(&key(0), NETUID, &uids, &values, 0)
+        .await
+        .unwrap();
+    assert!(
+        matches!(sub, WeightsSubmission::Committed { .. }),
+        "{sub:?}"
+    );
+    let pending = chain.pending_commits(NETUID).await.unwrap();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(stored_rows(&chain), 1);
+}
+
+#[tokio::test]
+async fn a_round_that_could_never_reveal_is_refused_at_the_commit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let chain = subnet_with(tmp.path(), true, 0, no_rate_limit()).await;
+    with_tempo(&chain, 400).await;
+    wait_epoch_start(&chain).await;
+    let b = chain.current_block().await.unwrap();
+    let cr = chain.commit_reveal(NETUID).await.unwrap();
+    let reveal_epoch = cr.epoch_of(NETUID, b) + 1;
+    let last = cr.epoch_start(NETUID, reveal_epoch + 1) - 1;
+    for round in [last + 1, last + 1000, i64::MAX as u64, u64::MAX] {
+        let e = chain
+            .commit_timelocked_weights(&addr(0), NETUID, b"ct", round, 4)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, ChainError::Rejected(m) if m.contains("could never reveal")),
+            "round {round}: {e:?}"
+        );
+    }
+    assert!(chain.pending_commits(NETUID).await.unwrap().is_empty());
+    // The last round of the reveal epoch, and one already past, are taken.
+    for round in [last, 1] {
+        chain
+            .commit_timelocked_weights(&addr(0), NETUID, b"ct", round, 4)
+            .await
+            .unwrap();
+        // One commit per block per hotkey.
+        let now = chain.current_block().await.unwrap();
+        wait_past(&chain, now).await;
+    }
+    // Stored, and nothing has written since to reveal them.
+    assert_eq!(stored_rows(&chain), 2);
+}
+
+#[tokio::test]
+async fn stored_commits_that_can_never_reveal_leave_the_pending_limit_at_their_reveal_epoch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let chain = subnet_with(tmp.path(), true, 0, no_rate_limit()).await;
+    with_tempo(&chain, 100).await;
+    wait_epoch_start(&chain).await;
+    let b = chain.current_block().await.unwrap();
+    let cr = chain.commit_reveal(NETUID).await.unwrap();
+    let e = cr.epoch_of(NETUID, b);
+    let h = addr(0);
+    // Ten commits of this epoch aimed at a round that never comes: the most one hotkey may hold.
+    for i in 0..10 {
+        plant(
+            &chain,
+            &format!("{NETUID}, '{h}', {}, {e}, {}, x'00'", b - i, i64::MAX),
+        );
+    }
+    assert_eq!(chain.pending_commits(NETUID).await.unwrap().len(), 10);
+    let (uids, values) = emitted();
+    let refused = chain
+        .submit_weights(&key(0), NETUID, &uids, &values, 0)
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, ChainError::RateLimited(_)), "{refused:?}");
+    // Their reveal epoch comes: no longer pending, and the hotkey commits again.
+    wait_past(&chain, cr.epoch_start(NETUID, e + 1)).await;
+    assert!(chain.pending_commits(NETUID).await.unwrap().is_empty());
+    chain
+        .submit_weights(&key(0), NETUID, &uids, &values, 0)
+        .await
+        .unwrap();
+    assert_eq!(stored_rows(&chain), 1);
 }

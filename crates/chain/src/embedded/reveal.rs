@@ -174,10 +174,129 @@ pub(super) fn settings(
 
 struct Pending {
     hotkey: String,
-    block: u64,
-    epoch: u64,
     reveal_round: u64,
     ciphertext: Vec<u8>,
+}
+
+/// A stored commit's place in the file: how its row is found again (the
+/// hotkey and block as stored, even where they are not what they should be).
+struct RowKey {
+    hotkey: rusqlite::types::Value,
+    block: rusqlite::types::Value,
+}
+
+/// A stored commit as read, before its ciphertext: nothing in the file is
+/// trusted (an older version, a hand edit or a bad disk may have left it).
+struct Stored {
+    key: RowKey,
+    /// The commit, or why its row cannot be one.
+    row: Result<(String, u64, u64, u64), String>,
+}
+
+// Reads the subnet's stored commits without their ciphertexts (a stored blob may be any size),
+// checking every column: a row that cannot be a commit is an `Err` with the reason.
+fn stored_commits(
+    conn: &Connection,
+    netuid: u16,
+    now: u64,
+    path: &Path,
+) -> Result<Vec<Stored>, ChainError> {
+    use rusqlite::types::Value;
+    let mut stmt = conn
+        .prepare(
+            "SELECT hotkey, block, epoch, reveal_round, typeof(ciphertext), length(ciphertext)
+             FROM timelocked_commits WHERE netuid = ?1 ORDER BY block, hotkey",
+        )
+        .map_err(|e| storage(path, e))?;
+    let raw = stmt
+        .query_map(params![netuid], |r| {
+            Ok((
+                r.get::<_, Value>(0)?,
+                r.get::<_, Value>(1)?,
+                r.get::<_, Value>(2)?,
+                r.get::<_, Value>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, Option<i64>>(5)?,
+            ))
+        })
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(|e| storage(path, e))?;
+    let cr = settings(conn, netuid, path)?;
+    let current_epoch = cr.epoch_of(netuid, now);
+    Ok(raw
+        .into_iter()
+        .map(|(hotkey, block, epoch, round, kind, len)| {
+            let int = |what: &str, v: &Value| match v {
+                Value::Integer(i) if *i >= 0 => Ok(*i as u64),
+                other => Err(format!("its {what} {other:?} is not a block number")),
+            };
+            let row = (|| {
+                let Value::Text(h) = &hotkey else {
+                    return Err(format!("its hotkey {hotkey:?} is not text"));
+                };
+                let (b, e, r) = (
+                    int("block", &block)?,
+                    int("epoch", &epoch)?,
+                    int("reveal round", &round)?,
+                );
+                if b > now || e > current_epoch {
+                    return Err(format!(
+                        "it is from block {b} (epoch {e}), after the chain's block {now}"
+                    ));
+                }
+                let len = len.unwrap_or(0);
+                if kind != "blob" || len == 0 || len as u64 > MAX_COMMIT_BYTES as u64 {
+                    return Err(format!(
+                        "its ciphertext is a {kind} of {len} bytes (a commit is 1..={MAX_COMMIT_BYTES})"
+                    ));
+                }
+                Ok((h.clone(), b, e, r))
+            })();
+            Stored {
+                key: RowKey { hotkey, block },
+                row,
+            }
+        })
+        .collect())
+}
+
+// Removes one stored commit (a revealed, dropped or malformed one).
+fn delete_row(conn: &Connection, netuid: u16, key: &RowKey, path: &Path) -> Result<(), ChainError> {
+    conn.execute(
+        "DELETE FROM timelocked_commits WHERE netuid = ?1 AND hotkey = ?2 AND block = ?3",
+        params![netuid, key.hotkey, key.block],
+    )
+    .map_err(|e| storage(path, e))?;
+    Ok(())
+}
+
+/// Where a stored commit stands at block `now`.
+enum Due {
+    /// Its reveal epoch has not come, or its round's pulse is not out yet.
+    Waiting,
+    /// Its round's pulse is out in its reveal epoch: it reveals at this block.
+    Reveal(u64),
+    /// It can never reveal (its round is past its reveal epoch): dropped once that epoch has come.
+    Never(String),
+}
+
+fn due_at(cr: &CommitReveal, netuid: u16, epoch: u64, round: u64, now: u64) -> Due {
+    let reveal_epoch = epoch.saturating_add(cr.reveal_period_epochs);
+    if cr.epoch_of(netuid, now) < reveal_epoch {
+        return Due::Waiting;
+    }
+    if cr.epoch_of(netuid, round) > reveal_epoch {
+        return Due::Never(format!(
+            "its round {round} comes after its reveal epoch {reveal_epoch}"
+        ));
+    }
+    // The pulse of the commit's round is out at block `round`.
+    let at = cr.epoch_start(netuid, reveal_epoch).max(round);
+    if at > now {
+        Due::Waiting
+    } else {
+        Due::Reveal(at)
+    }
 }
 
 // Why a due commit did not apply.
@@ -236,50 +355,54 @@ pub(super) fn reveal_due(
         return Ok(());
     }
     let cr = settings(conn, netuid, path)?;
-    let current_epoch = cr.epoch_of(netuid, now);
-    let mut stmt = conn
-        .prepare(
-            "SELECT hotkey, block, epoch, reveal_round, ciphertext FROM timelocked_commits
-             WHERE netuid = ?1 AND epoch + ?2 <= ?3 ORDER BY block, hotkey",
-        )
-        .map_err(|e| storage(path, e))?;
-    let due = stmt
-        .query_map(
-            params![netuid, cr.reveal_period_epochs, current_epoch],
-            |r| {
-                Ok(Pending {
-                    hotkey: r.get(0)?,
-                    block: r.get(1)?,
-                    epoch: r.get(2)?,
-                    reveal_round: r.get(3)?,
-                    ciphertext: r.get(4)?,
-                })
-            },
-        )
-        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-        .map_err(|e| storage(path, e))?;
-    if due.is_empty() {
-        return Ok(());
-    }
-    let beacon = beacon(conn, path)?;
-    for p in due {
-        let reveal_epoch = p.epoch + cr.reveal_period_epochs;
-        let start = cr.epoch_start(netuid, reveal_epoch);
-        // The pulse of the commit's round is out at block `reveal_round`.
-        let at = start.max(p.reveal_round);
-        if at > now {
-            continue;
-        }
-        let outcome = if cr.epoch_of(netuid, p.reveal_round) > reveal_epoch {
-            Err(format!(
-                "its round {} comes after its reveal epoch {reveal_epoch}",
-                p.reveal_round
-            ))
-        } else {
-            open_commit(&beacon, &p, snap, &cr, at)
+    let mut beacon_key = None;
+    for stored in stored_commits(conn, netuid, now, path)? {
+        let (hotkey, block, epoch, reveal_round) = match stored.row {
+            Ok(row) => row,
+            Err(why) => {
+                // Skipped, never fatal: one bad row must not stop every read of the chain.
+                if write {
+                    warn!(
+                        netuid,
+                        "a stored timelocked commit is malformed and dropped: {why}"
+                    );
+                    delete_row(conn, netuid, &stored.key, path)?;
+                } else {
+                    warn!(
+                        netuid,
+                        "a stored timelocked commit is malformed and skipped: {why}"
+                    );
+                }
+                continue;
+            }
+        };
+        let outcome = match due_at(&cr, netuid, epoch, reveal_round, now) {
+            Due::Waiting => continue,
+            Due::Never(why) => Err(why),
+            Due::Reveal(at) => {
+                let ciphertext: Vec<u8> = conn
+                    .query_row(
+                        "SELECT ciphertext FROM timelocked_commits WHERE netuid = ?1 AND hotkey = ?2 AND block = ?3",
+                        params![netuid, stored.key.hotkey, stored.key.block],
+                        |r| r.get(0),
+                    )
+                    .map_err(|e| storage(path, e))?;
+                let p = Pending {
+                    hotkey: hotkey.clone(),
+                    reveal_round,
+                    ciphertext,
+                };
+                if beacon_key.is_none() {
+                    beacon_key = Some(beacon(conn, path)?);
+                }
+                match &beacon_key {
+                    Some(b) => open_commit(b, &p, snap, &cr, at).map(|r| (at, r)),
+                    None => continue,
+                }
+            }
         };
         match outcome {
-            Ok((uid, payload)) => {
+            Ok((at, (uid, payload))) => {
                 let pairs: Vec<(u16, u16)> = payload.uids.into_iter().zip(payload.values).collect();
                 if write {
                     let json = serde_json::to_string(&pairs)
@@ -289,24 +412,20 @@ pub(super) fn reveal_due(
                         params![netuid, uid, at, payload.version_key as i64, json],
                     )
                     .map_err(|e| storage(path, e))?;
-                    info!(netuid, uid, hotkey = %p.hotkey, commit_block = p.block, reveal_block = at, n = pairs.len(), "timelocked weights revealed");
+                    info!(netuid, uid, %hotkey, commit_block = block, reveal_block = at, n = pairs.len(), "timelocked weights revealed");
                 }
                 snap.weights.insert(uid, WeightRow { block: at, pairs });
             }
             Err(why) => {
                 if write {
-                    warn!(netuid, hotkey = %p.hotkey, commit_block = p.block, "timelocked commit dropped at its reveal: {why}");
+                    warn!(netuid, %hotkey, commit_block = block, "timelocked commit dropped at its reveal: {why}");
                 } else {
-                    debug!(netuid, hotkey = %p.hotkey, commit_block = p.block, "timelocked commit fails at its reveal: {why}");
+                    debug!(netuid, %hotkey, commit_block = block, "timelocked commit fails at its reveal: {why}");
                 }
             }
         }
         if write {
-            conn.execute(
-                "DELETE FROM timelocked_commits WHERE netuid = ?1 AND hotkey = ?2 AND block = ?3",
-                params![netuid, p.hotkey, p.block],
-            )
-            .map_err(|e| storage(path, e))?;
+            delete_row(conn, netuid, &stored.key, path)?;
         }
     }
     Ok(())
@@ -385,21 +504,35 @@ impl EmbeddedChain {
     }
 
     /// Unrevealed commits on the subnet: `(hotkey, commit block, reveal round)`, oldest first.
+    /// Malformed rows are skipped (with a warning), and commits whose reveal is due are not
+    /// pending any more, revealed or dropped at the next write.
     pub async fn pending_commits(
         &self,
         netuid: u16,
     ) -> Result<Vec<(String, u64, u64)>, ChainError> {
-        self.run(move |conn, _, path| {
-            let mut stmt = conn
-                .prepare(
-                    "SELECT hotkey, block, reveal_round FROM timelocked_commits WHERE netuid = ?1 ORDER BY block, hotkey",
-                )
-                .map_err(|e| storage(path, e))?;
-            let rows = stmt
-                .query_map(params![netuid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-                .map_err(|e| storage(path, e))?;
-            Ok(rows)
+        self.run(move |conn, clock, path| {
+            if !has_tables(conn, path)? {
+                return Ok(Vec::new());
+            }
+            let now = clock.now();
+            let cr = settings(conn, netuid, path)?;
+            let mut out = Vec::new();
+            for stored in stored_commits(conn, netuid, now, path)? {
+                match stored.row {
+                    Ok((hotkey, block, epoch, round)) => {
+                        if matches!(due_at(&cr, netuid, epoch, round, now), Due::Waiting) {
+                            out.push((hotkey, block, round));
+                        }
+                    }
+                    Err(why) => {
+                        warn!(
+                            netuid,
+                            "a stored timelocked commit is malformed and skipped: {why}"
+                        )
+                    }
+                }
+            }
+            Ok(out)
         })
         .await
     }
@@ -449,6 +582,7 @@ impl EmbeddedChain {
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .map_err(|e| storage(path, e))?;
+            check_round(&cr, netuid, block, reveal_round)?;
             if pending >= MAX_PENDING_COMMITS {
                 return Err(ChainError::RateLimited(format!(
                     "hotkey {hotkey} has {pending} unrevealed commits on subnet {netuid} (the most allowed)"
@@ -536,6 +670,20 @@ impl EmbeddedChain {
             reveal_block: reveal_round,
         })
     }
+}
+
+// A round the commit could reveal at: inside the reveal epoch of a commit made at `block`,
+// or before it (the pulse is then out when that epoch starts). A later one could never
+// reveal and would sit among the hotkey's pending commits until its reveal epoch.
+fn check_round(cr: &CommitReveal, netuid: u16, block: u64, round: u64) -> Result<(), ChainError> {
+    let reveal_epoch = cr.epoch_of(netuid, block) + cr.reveal_period_epochs;
+    if round > i64::MAX as u64 || cr.epoch_of(netuid, round) > reveal_epoch {
+        let last = cr.epoch_start(netuid, reveal_epoch + 1).saturating_sub(1);
+        return Err(ChainError::Rejected(format!(
+            "reveal round {round} is after the reveal epoch {reveal_epoch} of a commit at block {block} (its last round is {last}): it could never reveal"
+        )));
+    }
+    Ok(())
 }
 
 // What the reveal would refuse, refused before anything is sent.

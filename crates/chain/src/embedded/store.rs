@@ -406,22 +406,20 @@ fn read_clock(conn: &Connection) -> rusqlite::Result<Clock> {
 // directory is not writable, i.e. for a read-only user, who changes nothing.
 fn lock_dir(dir: &Path) -> Result<Option<std::fs::File>, ChainError> {
     let path = dir.join(LOCK_FILE);
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-    {
+    // The core's lock opener: a link, FIFO or hard link planted at the path is refused.
+    let file = match pretrain_core::lock::open_lock_file(&path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(30) => return Ok(None), // EROFS
-        Err(e) => {
-            return Err(ChainError::Storage(format!(
-                "cannot open {}: {e}",
-                path.display()
-            )))
+        Err(pretrain_core::lock::LockError::Io { source: e, .. })
+            if e.kind() == std::io::ErrorKind::PermissionDenied
+                || e.raw_os_error() == Some(30) /* EROFS */ =>
+        {
+            return Ok(None)
         }
+        Err(e @ pretrain_core::lock::LockError::Io { .. }) => {
+            let why = std::error::Error::source(&e).map(|s| s.to_string());
+            return Err(ChainError::Storage(format!("{e}: {}", why.unwrap_or_default())));
+        }
+        Err(e) => return Err(ChainError::Storage(e.to_string())),
     };
     file.lock()
         .map_err(|e| ChainError::Storage(format!("cannot lock {}: {e}", path.display())))?;
