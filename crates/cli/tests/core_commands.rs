@@ -44,7 +44,7 @@ fn hash_prints_the_reference_hash_of_every_shipped_tree() {
         if !dir.is_dir() {
             continue; // trees with empty directories are not shipped as folders
         }
-        let out = pretrain(&["hash", dir.to_str().expect("utf-8 path")]);
+        let out = pretrain(&["hash", "--all_files", dir.to_str().expect("utf-8 path")]);
         assert!(out.status.success(), "{name}: {out:?}");
         let stdout = String::from_utf8(out.stdout).expect("utf-8");
         assert_eq!(
@@ -55,6 +55,58 @@ fn hash_prints_the_reference_hash_of_every_shipped_tree() {
         checked += 1;
     }
     assert!(checked > 0, "no reference tree found");
+}
+
+/// A cloned Hub repo holds more than the model: by default `hash` is what the
+/// miner committed for it (the files `from_pretrained` fetches), the original's
+/// hash of the `save_pretrained` directory; `--all_files` hashes the whole tree.
+#[test]
+fn hash_of_a_cloned_repo_is_the_committed_hash_unless_all_files() {
+    let model = reference(TINY_GPT2);
+    let expected = read_json(&model.join("../expected.json"));
+    let want = format!(
+        "{}\n",
+        expected["hash_of_directory"].as_str().expect("hash")
+    );
+    let tmp = tempfile::tempdir().expect("tmp");
+    let clone = tmp.path().join("clone");
+    std::fs::create_dir_all(clone.join(".git/refs")).expect("mkdir");
+    for e in std::fs::read_dir(&model).expect("model dir") {
+        let e = e.expect("entry");
+        std::fs::copy(e.path(), clone.join(e.file_name())).expect("copy");
+    }
+    let hash = |extra: &[&str]| {
+        let mut args = vec!["hash"];
+        args.extend_from_slice(extra);
+        args.push(clone.to_str().expect("utf-8"));
+        let out = pretrain(&args);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    // A plain save_pretrained directory: both are the original's hash.
+    assert_eq!(hash(&[]), want);
+    assert_eq!(hash(&["--all_files"]), want);
+    // What a clone adds, file by file: none changes the default hash, each the whole one.
+    let mut whole = vec![want.clone()];
+    for (path, body) in [
+        (
+            ".gitattributes",
+            "*.safetensors filter=lfs diff=lfs merge=lfs -text\n",
+        ),
+        ("README.md", "# tiny-gpt2\n"),
+        (".git/HEAD", "ref: refs/heads/main\n"),
+        ("notes/train.log", "step 1 loss 10.8\n"),
+        ("pytorch_model.bin.txt", "not weights\n"),
+    ] {
+        if let Some(parent) = clone.join(path).parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(clone.join(path), body).expect("write");
+        assert_eq!(hash(&[]), want, "after adding {path}");
+        let all = hash(&["--all_files"]);
+        assert!(!whole.contains(&all), "after adding {path}: {all}");
+        whole.push(all);
+    }
 }
 
 #[test]
@@ -247,11 +299,27 @@ fn special_files_in_a_model_directory_are_errors_not_hangs() {
             }
         }
         let d = dir.to_str().unwrap();
-        for args in [
-            vec!["hash", d],
+        if spoil < 2 {
+            // extra.bin is no file `from_pretrained` fetches: the model's hash never opens it.
+            let out = pretrain(&["hash", d]);
+            assert!(out.status.success(), "{case}: {out:?}");
+            let want = read_json(&reference("models/tiny-gpt2/expected.json"));
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                want["hash_of_directory"].as_str().unwrap(),
+                "{case}"
+            );
+        }
+        let mut runs = vec![
+            vec!["hash", "--all_files", d],
             vec!["inspect", d],
             vec!["eval", "--model", d, "--tokens", tokens.to_str().unwrap()],
-        ] {
+        ];
+        if spoil >= 2 {
+            // A model file itself is special: the default hash refuses it too.
+            runs.push(vec!["hash", d]);
+        }
+        for args in runs {
             let out = pretrain(&args);
             let err = String::from_utf8_lossy(&out.stderr);
             if args[0] == "inspect" && out.status.success() {

@@ -7,6 +7,8 @@ use std::process::Command;
 
 use serde_json::Value;
 
+mod common;
+
 fn models_dir() -> PathBuf {
     PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -400,4 +402,52 @@ fn eval_and_bench_in_bf16_on_the_cpu() {
             assert!(err.contains("needs AVX512-BF16"), "{err}");
         }
     }
+}
+
+/// A weight that is not finite: `inspect` says invalid with the tensor's name, and `eval`
+/// refuses it as the validator does (+inf on every batch), on one batch or on pages. The
+/// largest finite values are still a valid model.
+#[test]
+fn non_finite_weights_are_invalid_and_not_evaluated() {
+    let exp = expected("tiny-gpt2");
+    let src = models_dir().join("tiny-gpt2/model");
+    let tmp = tempfile::tempdir().unwrap();
+    let tokens = tmp.path().join("tokens.json");
+    std::fs::write(&tokens, exp["batches"][0]["input_ids"].to_string()).unwrap();
+    let cases = [
+        ("transformer.h.0.attn.c_attn.weight", 0, f32::NAN),
+        ("transformer.h.1.mlp.c_fc.weight", 777, f32::NEG_INFINITY),
+        ("transformer.ln_f.bias", 31, f32::INFINITY),
+        ("transformer.wte.weight", 5000, -f32::NAN),
+    ];
+    for (i, (name, index, value)) in cases.into_iter().enumerate() {
+        let dir = tmp.path().join(format!("bad{i}"));
+        common::copy_with_weight(&src, &dir, name, index, value);
+        let d = dir.to_str().unwrap();
+        let (ok, out, err) = pretrain(&["inspect", d]);
+        assert!(ok, "{err}");
+        let v: Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(v["valid"], false, "{name}: {v}");
+        let reason = v["reason"].as_str().unwrap();
+        assert!(
+            reason.contains(name) && reason.contains("non-finite"),
+            "{reason}"
+        );
+        for args in [
+            vec!["eval", "--model", d, "--tokens", tokens.to_str().unwrap()],
+            vec!["eval", "--model", d, "--pages", "1", "--seed", "3"],
+        ] {
+            let (ok, out, err) = pretrain(&args);
+            assert!(!ok, "{args:?} printed {out}");
+            assert!(out.is_empty(), "{out}");
+            assert!(err.contains(name) && err.contains("+inf"), "{err}");
+        }
+    }
+    // f32's extremes are finite: still valid, and still the reference loss's model.
+    let dir = tmp.path().join("extreme");
+    common::copy_with_weight(&src, &dir, "transformer.h.0.ln_1.bias", 3, f32::MAX);
+    let (ok, out, err) = pretrain(&["inspect", dir.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["valid"], true, "{v}");
 }

@@ -284,3 +284,62 @@ fn upload_under_a_later_schedule_commits_the_secure_hash_and_publishes_after() {
     // The model and the .gitattributes the hub writes.
     assert_eq!(files.len(), 4);
 }
+
+/// A model with a NaN weight is refused with the tensor's name before anything is
+/// uploaded or committed, with and without `--upload_b16`: the miner's good
+/// commitment stays on chain and the hub gets no new commit.
+#[test]
+fn a_non_finite_weight_is_refused_and_the_good_commitment_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let chain_dir = tmp.path().join("chain");
+    let hub_dir = tmp.path().join("hub");
+    let hub = format!("local:{}", hub_dir.display());
+    let (model, _) = reference_model();
+    let bad = tmp.path().join("bad");
+    let tensor = "transformer.h.1.attn.c_proj.weight";
+    common::copy_with_weight(&model, &bad, tensor, 17, f32::NAN);
+
+    // Refused before the chain is even asked (there is none yet).
+    fails_with(&upload(&bad, &hub, &chain_dir, &[]), tensor);
+    assert!(!hub_dir.exists(), "nothing reached the hub");
+
+    let mut reg = vec!["chain".to_string(), "register".into()];
+    reg.extend(common(&chain_dir));
+    ok_json(&pretrain(
+        &reg.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+    let good = ok_json(&upload(&model, &hub, &chain_dir, &[]));
+    let before = walk_count(&hub_dir);
+    for extra in [&[][..], &["--upload_b16"][..]] {
+        let out = upload(&bad, &hub, &chain_dir, extra);
+        fails_with(&out, tensor);
+        fails_with(&out, "non-finite");
+    }
+    assert_eq!(walk_count(&hub_dir), before, "the hub is unchanged");
+    let c = ok_json(&pretrain(&[
+        "chain",
+        "commitment",
+        "--uid",
+        "0",
+        "--chain_dir",
+        chain_dir.to_str().unwrap(),
+    ]));
+    assert_eq!(c["data"], good["model_id"]);
+}
+
+fn walk_count(d: &Path) -> usize {
+    std::fs::read_dir(d)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    let p = e.path();
+                    if p.is_dir() {
+                        1 + walk_count(&p)
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}

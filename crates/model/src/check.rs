@@ -1,7 +1,8 @@
 //! The validator's model checks: architecture allowed, weights in
 //! safetensors and honest, tensors as the config says, parameter and size
-//! limits. Nothing here materialises a tensor: only headers and the config
-//! are read, so a hostile file costs at most its header (capped at 100 MB).
+//! limits. Nothing here materialises a tensor: [`check_model_dir`] reads only
+//! headers and the config, so a hostile file costs at most its header (capped
+//! at 100 MB); [`check_finite_weights`] reads the mapped weights in place.
 
 use std::fs;
 use std::path::Path;
@@ -119,7 +120,88 @@ pub fn check_model_dir(dir: &Path, limits: Limits) -> Result<ModelInfo> {
     })
 }
 
+/// The validator's check after loading, made before: every weight the model
+/// uses is finite once read as the f32 it computes in (a NaN, an infinity, or
+/// an F64 beyond f32's range). The error names the first tensor that is not.
+/// Unlike [`check_model_dir`] this reads every weight (mapped, not copied).
+pub fn check_finite_weights(dir: &Path) -> Result<()> {
+    let (_, config) = read_config(dir)?;
+    let files = open_weights(dir)?;
+    for (name, file, info) in match_tensors(&config, &files)? {
+        if !all_finite(&info.dtype_name, file.bytes(info)) {
+            return Err(non_finite(&name));
+        }
+    }
+    Ok(())
+}
+
+/// The refusal of a weight that is not finite, as the validator words it.
+pub(crate) fn non_finite(name: &str) -> ModelError {
+    ModelError::Input(format!(
+        "tensor {name} holds non-finite values (NaN or inf)"
+    ))
+}
+
+// Whether every element of a little-endian float tensor is finite as f32; a
+// float's exponent bits all set is NaN or ±inf in every IEEE format.
+fn all_finite(dtype: &str, bytes: &[u8]) -> bool {
+    match dtype {
+        "F32" => bytes
+            .chunks_exact(4)
+            .all(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7f80_0000 != 0x7f80_0000),
+        "BF16" => bytes
+            .chunks_exact(2)
+            .all(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7f80 != 0x7f80),
+        "F16" => bytes
+            .chunks_exact(2)
+            .all(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7c00 != 0x7c00),
+        "F64" => bytes.chunks_exact(8).all(|c| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            (f64::from_le_bytes(b) as f32).is_finite()
+        }),
+        // Not a float: match_tensors refuses it as a weight before this.
+        _ => true,
+    }
+}
+
 /// [`check_model_dir`] as a reason string: `None` when the model passes.
 pub fn check_reason(dir: &Path, limits: Limits) -> Option<String> {
     check_model_dir(dir, limits).err().map(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod finite_tests {
+    use super::*;
+
+    fn bits_f32(x: f32) -> Vec<u8> {
+        x.to_le_bytes().to_vec()
+    }
+
+    #[test]
+    fn every_float_format_tells_nan_and_inf_from_its_largest_finite_value() {
+        let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+            ("F32", bits_f32(f32::MAX), true),
+            ("F32", bits_f32(-0.0), true),
+            ("F32", bits_f32(f32::MIN_POSITIVE / 2.0), true), // subnormal
+            ("F32", bits_f32(f32::NAN), false),
+            ("F32", bits_f32(f32::NEG_INFINITY), false),
+            ("F16", 0x7bffu16.to_le_bytes().to_vec(), true), // 65504
+            ("F16", 0x7c00u16.to_le_bytes().to_vec(), false), // inf
+            ("F16", 0xfe00u16.to_le_bytes().to_vec(), false), // NaN
+            ("BF16", 0x7f7fu16.to_le_bytes().to_vec(), true), // bf16 max
+            ("BF16", 0xff80u16.to_le_bytes().to_vec(), false), // -inf
+            ("BF16", 0x7fc1u16.to_le_bytes().to_vec(), false), // NaN
+            ("F64", 1e38f64.to_le_bytes().to_vec(), true),
+            ("F64", 1e39f64.to_le_bytes().to_vec(), false), // inf once f32
+            ("F64", f64::NAN.to_le_bytes().to_vec(), false),
+        ];
+        for (dtype, mut bytes, want) in cases {
+            assert_eq!(all_finite(dtype, &bytes), want, "{dtype} {bytes:?}");
+            // The bad element anywhere in a tensor is found.
+            let mut padded = vec![0u8; bytes.len() * 3];
+            padded.append(&mut bytes);
+            assert_eq!(all_finite(dtype, &padded), want, "{dtype} padded");
+        }
+    }
 }

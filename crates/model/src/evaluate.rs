@@ -11,7 +11,7 @@ use std::path::Path;
 use candle_core::Device;
 
 use crate::check::{check_model_dir, Limits};
-use crate::error::{ModelError, Result};
+use crate::error::Result;
 use crate::model::{loss_or_inf, Model};
 use crate::options::ComputeOptions;
 
@@ -32,9 +32,7 @@ pub fn load_for_eval_with(dir: &Path, device: &Device, options: ComputeOptions) 
         // without the overflow a sum of squares could give.
         let s = t.sub(t)?.sum_all()?.to_scalar::<f32>()?;
         if !s.is_finite() {
-            return Err(ModelError::Input(format!(
-                "tensor {name} holds non-finite values (NaN or inf)"
-            )));
+            return Err(crate::check::non_finite(&name));
         }
     }
     Ok(model)

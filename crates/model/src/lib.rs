@@ -73,7 +73,7 @@ pub mod options;
 mod proptests;
 pub mod train;
 
-pub use check::{check_model_dir, check_reason, Limits, ModelInfo};
+pub use check::{check_finite_weights, check_model_dir, check_reason, Limits, ModelInfo};
 pub use config::{Architecture, Gpt2Config, LlamaConfig, ModelConfig};
 pub use error::{ModelError, Result};
 pub use evaluate::{evaluate, load_for_eval};

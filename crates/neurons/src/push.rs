@@ -96,6 +96,15 @@ pub enum PushError {
         /// Subnet.
         netuid: u16,
     },
+    /// The directory holds a model the validator refuses once loaded (a
+    /// non-finite weight): nothing was uploaded or committed.
+    #[error("{} is not a model the validator accepts: {reason}", dir.display())]
+    NotAccepted {
+        /// The directory that would have been uploaded.
+        dir: PathBuf,
+        /// The validator's reason, naming the tensor.
+        reason: String,
+    },
     /// The bf16 copy of `--upload_b16` could not be made.
     #[error("converting the weights to bf16: {0}")]
     Bf16(String),
@@ -142,6 +151,19 @@ async fn stage_b16(dir: &Path, options: &PushOptions) -> Result<Option<Staged>, 
     .map_err(PushError::Task)?
 }
 
+/// Refuses a directory whose weights the validator would refuse after loading
+/// (NaN or inf), off the async runtime: it reads every weight.
+async fn check_finite(dir: &Path) -> Result<(), PushError> {
+    let d = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || pretrain_model::check_finite_weights(&d))
+        .await
+        .map_err(PushError::Task)?
+        .map_err(|e| PushError::NotAccepted {
+            dir: dir.to_path_buf(),
+            reason: e.to_string(),
+        })
+}
+
 /// What a push committed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pushed<I = ChainModelId> {
@@ -179,6 +201,7 @@ pub async fn push_model(
     ensure_registered(chain, hotkey, options.netuid).await?;
     let staged = stage_b16(dir, options).await?;
     let dir = staged.as_ref().map_or(dir, |s| s.dir.as_path());
+    check_finite(dir).await?;
     let model_hash = hash_dir(dir).await?;
     // Fail before uploading if the id could never fit on chain.
     id_at(&"0".repeat(40), &model_hash).to_chain_bytes()?;

@@ -404,3 +404,49 @@ async fn pushed_repos_keep_gitattributes_and_pass_both_hash_rules() {
         Some(two_strings_hash(&reference_hash(), HOTKEY).as_str())
     );
 }
+
+/// A model with a non-finite weight (a diverged run) is refused with the tensor's name
+/// before anything reaches the hub or the chain, as stored and as its bf16 copy
+/// (`--upload_b16`): the miner's earlier commitment stays.
+#[tokio::test]
+async fn a_non_finite_weight_is_refused_before_the_upload_and_the_commit() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = LocalHub::open(root.path()).unwrap();
+    let chain = FakeChain::new(0, true);
+    let hotkey = Hotkey::address_only(HOTKEY);
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, (tensor, value)) in [
+        ("transformer.h.0.mlp.c_proj.weight", f32::NAN),
+        ("transformer.wpe.weight", f32::INFINITY),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let bad = tmp.path().join(format!("bad{i}"));
+        copy_with_weight(&reference_model_dir(), &bad, tensor, 40, value);
+        for upload_b16 in [false, true] {
+            let options = PushOptions {
+                upload_b16,
+                ..fast(None)
+            };
+            let err = push_model(
+                &hub,
+                &chain,
+                &hotkey,
+                &bad,
+                &repo("alice/diverged"),
+                Protocol::Sn9Rules2024,
+                0,
+                &options,
+            )
+            .await
+            .unwrap_err();
+            assert!(matches!(err, PushError::NotAccepted { .. }), "{err}");
+            let msg = err.to_string();
+            assert!(msg.contains(tensor) && msg.contains("non-finite"), "{msg}");
+        }
+    }
+    assert!(hub.head(&repo("alice/diverged")).unwrap().is_none());
+    assert_eq!(*chain.attempts.lock().unwrap(), 0);
+    assert!(chain.commitment(9, HOTKEY).await.unwrap().is_none());
+}

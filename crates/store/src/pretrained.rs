@@ -140,6 +140,43 @@ pub fn hash_of_model_dir(dir: &Path) -> Result<String, HubError> {
     })
 }
 
+/// The model hash of a copy of a repo (a `git clone`, a download, a cache
+/// snapshot): [`hash_of_model_dir`]'s selection and hash, but what the Hub
+/// never serves as a model file (`.git/`, `.cache/`, any hidden path) is
+/// skipped rather than refused, and only the selected files are opened. The
+/// hash the miner committed for that repo, which `pretrain hash` prints.
+pub fn hash_of_fetched_files(dir: &Path) -> Result<String, HubError> {
+    let list = |source| HubError::List {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let mut listed = Vec::new();
+    for file in pretrain_core::hash::walk_order(dir).map_err(list)? {
+        let Some(rel) = file.strip_prefix(dir).ok().and_then(|r| r.to_str()) else {
+            continue; // not UTF-8: no file the Hub serves
+        };
+        let rel = rel.replace(std::path::MAIN_SEPARATOR, "/");
+        if rel.split('/').any(|part| part.starts_with('.')) {
+            continue;
+        }
+        let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+        listed.push(RepoFile { path: rel, size });
+    }
+    let index = match index_to_read(&listed) {
+        Some(ix) => Some(
+            pretrain_core::bounded::read_regular(&dir.join(&ix.path), INDEX_LIMIT).map_err(
+                HubError::io(format!("cannot read {}", dir.join(&ix.path).display())),
+            )?,
+        ),
+        None => None,
+    };
+    let keep: Vec<String> = select(&listed, index.as_deref())?
+        .into_iter()
+        .map(|f| f.path)
+        .collect();
+    pretrain_core::hash::hash_of_files_in(dir, &keep).map_err(list)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

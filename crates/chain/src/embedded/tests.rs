@@ -168,3 +168,29 @@ async fn empty_files_and_clocks_going_back_are_refused_and_the_id_stays() {
 }
 
 const ALICE_SS58: &str = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY";
+
+/// A link planted at the chain's lock file is refused by name; its target is
+/// never opened, created or written.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_planted_lock_link_is_refused_and_its_target_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let options = EmbeddedOptions {
+        block_time: Some(0.01),
+        ..EmbeddedOptions::default()
+    };
+    let dir = tmp.path().join("chain");
+    std::fs::create_dir_all(&dir).unwrap();
+    let victim = tmp.path().join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    std::os::unix::fs::symlink(&victim, dir.join(LOCK_FILE)).unwrap();
+    let err = EmbeddedChain::open_async(&dir, &options)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("symbolic link") && err.contains("remove it"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+}

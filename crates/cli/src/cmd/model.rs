@@ -8,7 +8,7 @@ use pretrain_core::bounded::{check_size, read_regular, SMALL_FILE_LIMIT};
 use pretrain_model::bench::{bench_eval, bench_train, BenchConfig};
 use pretrain_model::check::{check_model_dir, dir_size, Limits};
 use pretrain_model::model::read_config;
-use pretrain_model::{CausalLm, Model};
+use pretrain_model::CausalLm;
 use serde_json::{json, Value};
 
 use super::out::print_json;
@@ -150,6 +150,15 @@ fn json_f64(x: f64) -> Value {
     }
 }
 
+/// A batch's loss as the validator scores it: a NaN or infinite loss is +inf.
+fn as_scored(loss: f32) -> f32 {
+    if loss.is_finite() {
+        loss
+    } else {
+        f32::INFINITY
+    }
+}
+
 /// Prints `{"loss": f}` for one batch, or, with `--pages`, the mean loss
 /// over the validator's batches with each batch's loss, the pages and the seed.
 pub fn run_eval(args: EvalArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
@@ -158,23 +167,23 @@ pub fn run_eval(args: EvalArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Re
     }
     let device = super::args::parse_device(&args.device)?;
     args.compute.options().check(&device)?;
-    // The validator's checks first (size, parameters, architecture, tensors): loading
-    // reads every weight, so a model over the limits must be refused before that.
-    check_model_dir(&args.model, Limits::default()).with_context(|| {
-        format!(
-            "{} is not a model the validator accepts",
-            args.model.display()
-        )
-    })?;
-    let model = Model::load_with(&args.model, &device, args.compute.options())
-        .with_context(|| format!("loading model {}", args.model.display()))?;
+    // The validator's own load: its checks (size, parameters, architecture, tensors)
+    // before any weight is read, then finite weights. What it refuses, it scores +inf.
+    let model =
+        pretrain_model::evaluate::load_for_eval_with(&args.model, &device, args.compute.options())
+            .with_context(|| {
+                format!(
+                    "{} is not a model the validator accepts: it would score +inf on every batch",
+                    args.model.display()
+                )
+            })?;
     let Some(n_pages) = args.pages else {
         let Some(tokens) = &args.tokens else {
             bail!("give --tokens FILE or --pages N");
         };
         let batch = read_tokens(tokens)?;
         let loss = model.loss(&batch).context("computing the loss")?;
-        return print_json(&json!({ "loss": json_f64(loss as f64) }));
+        return print_json(&json!({ "loss": json_f64(as_scored(loss) as f64) }));
     };
     if n_pages == 0 {
         bail!("--pages must be at least 1");
@@ -210,7 +219,7 @@ pub fn run_eval(args: EvalArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Re
     let log_progress = !std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut losses = Vec::with_capacity(batches.len());
     for (i, batch) in batches.iter().enumerate() {
-        losses.push(pretrain_model::loss_or_inf(&model, batch) as f64);
+        losses.push(as_scored(pretrain_model::loss_or_inf(&model, batch)) as f64);
         bar.inc(1);
         if log_progress {
             tracing::info!(
@@ -232,7 +241,8 @@ pub fn run_eval(args: EvalArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Re
     }))
 }
 
-/// Prints `{"architecture", "params", "size_bytes", "hash", "valid", "reason"}`.
+/// Prints `{"architecture", "params", "size_bytes", "hash", "valid", "reason"}`:
+/// `valid` is every check the validator makes, finite weights included.
 pub fn run_inspect(args: InspectArgs) -> anyhow::Result<()> {
     let dir = &args.dir;
     if !dir.is_dir() {
@@ -242,8 +252,11 @@ pub fn run_inspect(args: InspectArgs) -> anyhow::Result<()> {
     let hash = pretrain_core::hash_of_directory(dir)
         .with_context(|| format!("hashing {}", dir.display()))?;
     let config = read_config(dir).ok().map(|(_, c)| c);
-    let (valid, reason) = match check_model_dir(dir, Limits::default()) {
-        Ok(_) => (true, Value::Null),
+    // The checks before download, then the one after load (finite weights).
+    let checked = check_model_dir(dir, Limits::default())
+        .and_then(|_| pretrain_model::check_finite_weights(dir));
+    let (valid, reason) = match checked {
+        Ok(()) => (true, Value::Null),
         Err(e) => (false, json!(e.to_string())),
     };
     let out = json!({

@@ -78,6 +78,10 @@ pub fn run(args: UploadArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Resul
         .limits_before_chain()
         .map(|l| check(limits(l)))
         .transpose()?;
+    // What the validator checks once it has loaded the weights: refused here, before
+    // anything replaces the miner's current commitment.
+    pretrain_model::check_finite_weights(dir)
+        .with_context(|| format!("{} is not a model the validator accepts", dir.display()))?;
     let hotkey = args
         .wallet
         .wallet()

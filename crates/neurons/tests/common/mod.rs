@@ -104,3 +104,24 @@ impl Chain for FakeChain {
         Ok(())
     }
 }
+
+/// A copy of the model directory `src` in `dst` with element `index` of the F32
+/// tensor `name` set to `value` (a diverged run's NaN, say).
+pub fn copy_with_weight(
+    src: &std::path::Path,
+    dst: &std::path::Path,
+    name: &str,
+    index: usize,
+    value: f32,
+) {
+    copy_dir(src, dst);
+    let path = dst.join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    assert_eq!(header[name]["dtype"], "F32", "{name}");
+    let start = header[name]["data_offsets"][0].as_u64().unwrap() as usize;
+    let at = 8 + n + start + 4 * index;
+    bytes[at..at + 4].copy_from_slice(&value.to_le_bytes());
+    std::fs::write(&path, bytes).unwrap();
+}
