@@ -32,7 +32,7 @@ pub fn load_for_eval_with(dir: &Path, device: &Device, options: ComputeOptions) 
         // without the overflow a sum of squares could give.
         let s = t.sub(t)?.sum_all()?.to_scalar::<f32>()?;
         if !s.is_finite() {
-            return Err(crate::check::non_finite(&name));
+            return Err(crate::check::non_finite(name));
         }
     }
     Ok(model)
