@@ -4,6 +4,7 @@
 # nvidia-cuda-nvcc, -cuda-runtime, -cublas, -curand, -cuda-nvrtc, -cuda-cccl.
 #
 #   scripts/build_cuda.sh                   # build target/cuda/release/pretrain
+#                                           # (and release/examples/gpu_check)
 #   CUDA_COMPUTE_CAP=80 scripts/build_cuda.sh   # A100 (default 90: H100/H200)
 #   CUDA_VERSION=12.9 scripts/build_cuda.sh # CUDA 12 wheels (-cu12); default 13.0
 #
@@ -19,9 +20,14 @@
 # default target/cuda), so it never invalidates the CPU build in target/.
 # Running needs the NVIDIA driver (libcuda.so.1), which no package provides:
 # it comes with the GPU machine. Linking `pretrain` needs libcuda.so too
-# (cudarc links it); the script uses the driver's if the machine has one,
-# else the toolkit's link stub (lib/stubs/libcuda.so) when a wheel ships it,
-# and otherwise stops after `cargo check` with what is missing.
+# (candle has cudarc link it, `dynamic-linking`); the script uses the
+# driver's if the machine has one, else the toolkit's link stub
+# (lib64/stubs/libcuda.so) when a wheel ships it, else it generates one
+# (scripts/cuda_stub/make_libcuda_stub.sh, in target/cuda/stub): every
+# driver function cudarc declares, each returning CUDA_ERROR_STUB_LIBRARY.
+# The binary then needs "libcuda.so.1", which on a GPU machine is the real
+# driver; here the last line's LD_LIBRARY_PATH names the stub, and
+# `--device cuda` says that there is no driver.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -96,6 +102,14 @@ if [[ -z "$libcuda" ]]; then
     stub=$(find "$CUDA_HOME/lib64/" -path '*stubs*' -name 'libcuda.so' 2>/dev/null | head -n 1 || true)
     [[ -n "$stub" ]] && libcuda="$stub"
 fi
+STUB_DIR=""
+if [[ -z "$libcuda" && "$MODE" != check ]]; then
+    # No driver (a build machine, CI): generate the link stub. Its directory
+    # goes on LD_LIBRARY_PATH below only for running here; nothing stages it.
+    STUB_DIR="$ROOT/target/cuda/stub"
+    scripts/cuda_stub/make_libcuda_stub.sh "$STUB_DIR"
+    libcuda="$STUB_DIR/libcuda.so"
+fi
 if [[ -n "$libcuda" ]]; then
     log "linking against $libcuda"
     export LIBRARY_PATH="$(dirname "$libcuda"):$LIBRARY_PATH"
@@ -104,10 +118,6 @@ if [[ -n "$libcuda" ]]; then
         ln -sf "$libcuda" "$CUDA_HOME/driver/libcuda.so"
         export LIBRARY_PATH="$CUDA_HOME/driver:$LIBRARY_PATH"
     fi
-elif [[ "$MODE" != check ]]; then
-    log "no libcuda.so: not the NVIDIA driver (/usr/lib/x86_64-linux-gnu/libcuda.so.1) and no"
-    log "toolkit stub (lib64/stubs/libcuda.so) in the wheels; falling back to MODE=check"
-    MODE=check
 fi
 
 # 4. Build (or check) `pretrain` with CUDA; nice: others may share the cores.
@@ -117,17 +127,22 @@ check)
     nice -n 19 cargo check --release --locked -p pretrain-cli -p pretrain-model --features pretrain-cli/cuda,pretrain-model/cuda
     ;;
 build | test)
+    # `pretrain` and the parity check (`gpu_check`, for scripts/gpu_check.sh)
+    # in one invocation: one feature set, so candle and its kernels' PTX
+    # are compiled once, not once per package.
     log "cargo build --features cuda (target dir $CARGO_TARGET_DIR)"
-    nice -n 19 cargo build --release --locked -p pretrain-cli --features cuda
+    nice -n 19 cargo build --release --locked -p pretrain-cli -p pretrain-model \
+        --features pretrain-cli/cuda,pretrain-model/cuda --bin pretrain --example gpu_check
     if [[ "$MODE" == test ]]; then
         nice -n 19 cargo test --release --locked -p pretrain-model --features cuda --no-run
     fi
-    log "built $CARGO_TARGET_DIR/release/pretrain"
+    log "built $CARGO_TARGET_DIR/release/pretrain and $CARGO_TARGET_DIR/release/examples/gpu_check"
     ;;
 *)
     log "MODE must be build, check or test"
     exit 2
     ;;
 esac
-# What a caller needs to run the binary: the toolkit's libraries on the path.
-echo "export LD_LIBRARY_PATH=$CUDA_HOME/lib64\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+# What a caller needs to run the binary: the toolkit's libraries on the path
+# (and the generated stub's, where it stands in for the absent driver).
+echo "export LD_LIBRARY_PATH=$CUDA_HOME/lib64${STUB_DIR:+:$STUB_DIR}\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
