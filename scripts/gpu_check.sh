@@ -3,8 +3,9 @@
 # PyTorch on the same GPU, printed as a Markdown table with the GPU's name.
 #
 #   scripts/gpu_check.sh prepare   # where cargo is (no GPU needed): build with
-#                                  # CUDA (scripts/build_cuda.sh) and stage the
-#                                  # binaries in .gpu/ (ignored by git)
+#                                  # CUDA (scripts/build_cuda.sh), smoke-test
+#                                  # and stage the binaries, xz-compressed, in
+#                                  # .gpu/ (ignored by git; must fit 64 MiB)
 #   scripts/gpu_check.sh           # on the GPU machine (e.g. the device tool,
 #                                  # carry [".gpu"]): the checks and the table
 #
@@ -40,11 +41,18 @@ if [[ "${1:-}" == prepare ]]; then
     exports=$(MODE=build scripts/build_cuda.sh | tail -n 1)
     eval "$exports"
     T="${CARGO_TARGET_DIR:-target/cuda}"
-    rm -rf "$STAGE"
-    mkdir -p "$STAGE"
-    cp "$T/release/pretrain" "$T/release/examples/gpu_check" "$STAGE/"
-    # The release profile has no debug info; the symbol tables go too.
-    strip --strip-all "$STAGE/pretrain" "$STAGE/gpu_check"
+    # Stripped (the release profile has no debug info; the symbol tables go
+    # too), they are 77 + 52 MB, mostly code and candle's sm_90 kernels
+    # (.nv_fatbin 33 MB): over what can be carried. xz brings them to ~22 MB;
+    # the GPU run unpacks them (xz, or Python's lzma) in a temporary folder.
+    bin="$T/gpu-stage"
+    rm -rf "$bin" "$STAGE"
+    mkdir -p "$bin" "$STAGE"
+    cp "$T/release/pretrain" "$T/release/examples/gpu_check" "$bin/"
+    strip --strip-all "$bin/pretrain" "$bin/gpu_check"
+    for b in pretrain gpu_check; do
+        xz -T2 -6 -c "$bin/$b" >"$STAGE/$b.xz"
+    done
     grep -qx '/.gpu/' "$(git rev-parse --git-common-dir)/info/exclude" 2>/dev/null ||
         echo '/.gpu/' >>"$(git rev-parse --git-common-dir)/info/exclude"
     du -sh "$STAGE"
@@ -57,21 +65,21 @@ if [[ "${1:-}" == prepare ]]; then
     # driver, or build_cuda.sh's stub on a machine without one), computes the
     # tiny GPT-2's reference loss on the CPU, and where no GPU answers,
     # `--device cuda` fails with a clear message rather than a panic.
-    timeout 60 "$STAGE/pretrain" --help >/dev/null
+    timeout 60 "$bin/pretrain" --help >/dev/null
     tokens=$(mktemp)
     trap 'rm -f "$tokens"' EXIT
     "$PYTHON" -c 'import json, sys; print(json.dumps(json.load(open(sys.argv[1]))["batches"][0]["input_ids"]))' \
         testdata/models/tiny-gpt2/expected.json >"$tokens"
-    cpu=$(timeout 120 "$STAGE/pretrain" eval --model testdata/models/tiny-gpt2/model --tokens "$tokens" --device cpu)
+    cpu=$(timeout 120 "$bin/pretrain" eval --model testdata/models/tiny-gpt2/model --tokens "$tokens" --device cpu)
     "$PYTHON" -c 'import json, sys
 got = json.loads(sys.argv[1])["loss"]
 want = json.load(open("testdata/models/tiny-gpt2/expected.json"))["batches"][0]["loss"]
 assert abs(got - want) <= 1e-4, f"CPU loss {got}, transformers {want}"
 print(f"gpu_check: {sys.argv[2]} eval --device cpu: loss {got:.6f} (transformers {want:.6f})", file=sys.stderr)' \
-        "$cpu" "$STAGE/pretrain"
+        "$cpu" "$bin/pretrain"
     if ! timeout 10 nvidia-smi -L >/dev/null 2>&1; then
         rc=0
-        err=$(timeout 60 "$STAGE/pretrain" eval --model testdata/models/tiny-gpt2/model --tokens "$tokens" \
+        err=$(timeout 60 "$bin/pretrain" eval --model testdata/models/tiny-gpt2/model --tokens "$tokens" \
             --device cuda 2>&1 >/dev/null) || rc=$?
         if ((rc == 0)) || grep -q 'panicked' <<<"$err" || ! grep -q 'no CUDA d' <<<"$err"; then
             echo "gpu_check: without a GPU, --device cuda gave exit $rc and: $err" >&2
@@ -84,8 +92,8 @@ print(f"gpu_check: {sys.argv[2]} eval --device cpu: loss {got:.6f} (transformers
 fi
 
 mkdir -p "$OUT"
-[[ -x "$STAGE/pretrain" && -x "$STAGE/gpu_check" ]] || {
-    echo "gpu_check: no $STAGE/pretrain and $STAGE/gpu_check; run 'scripts/gpu_check.sh prepare' first" >&2
+[[ -f "$STAGE/pretrain.xz" && -f "$STAGE/gpu_check.xz" ]] || {
+    echo "gpu_check: no $STAGE/pretrain.xz and $STAGE/gpu_check.xz; run 'scripts/gpu_check.sh prepare' first" >&2
     exit 1
 }
 # Everything up to the last benchmark stays within BUDGET_S (default 400 s;
@@ -101,7 +109,19 @@ left() {
     ((t > 0)) || t=1
     echo "$t"
 }
-# The CUDA 13 libraries the binaries link (cublas, cublasLt, curand, nvrtc):
+# Unpack the binaries outside the repository (and outside $OUT, which comes back).
+BIN=$(mktemp -d "${TMPDIR:-/tmp}/pretrain-gpu.XXXXXX")
+trap 'rm -rf "$BIN"' EXIT
+for b in pretrain gpu_check; do
+    if command -v xz >/dev/null 2>&1; then
+        timeout "$(left 30)" xz -dc "$STAGE/$b.xz" >"$BIN/$b"
+    else
+        timeout "$(left 30)" "$PYTHON" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+            "$STAGE/$b.xz" "$BIN/$b"
+    fi
+    chmod +x "$BIN/$b"
+done
+# The CUDA 13 libraries the binaries link (cudart, cublas, cublasLt, curand, nvrtc):
 # the system toolkit's, or the nvidia-* wheels beside the machine's PyTorch.
 libdirs=""
 for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
@@ -111,7 +131,7 @@ done
 export LD_LIBRARY_PATH="${libdirs#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 # A library the binaries need and the machine lacks (say, only CUDA 12
 # wheels beside PyTorch) would make every step fail the same way: say which.
-missing=$(timeout 10 ldd "$STAGE/pretrain" "$STAGE/gpu_check" | grep 'not found' | sort -u || true)
+missing=$(timeout 10 ldd "$BIN/pretrain" "$BIN/gpu_check" | grep 'not found' | sort -u || true)
 if [[ -n "$missing" ]]; then
     echo "gpu_check: libraries not found (LD_LIBRARY_PATH=$LD_LIBRARY_PATH):" >&2
     echo "$missing" >&2
@@ -150,11 +170,11 @@ measure() {
 : >"$OUT/bench.jsonl"
 echo "== parity" >&2
 parity_rc=0
-timeout -k 5 "$(left 150)" "$STAGE/gpu_check" testdata/models >"$OUT/parity.jsonl" 2>>"$OUT/stderr.log" || parity_rc=$?
+timeout -k 5 "$(left 150)" "$BIN/gpu_check" testdata/models >"$OUT/parity.jsonl" 2>>"$OUT/stderr.log" || parity_rc=$?
 for what in eval train; do
     for dtype in f32 bf16; do
         echo "== $what $dtype" >&2
-        measure "ours-$what-$dtype" "$STAGE/pretrain" bench "$what" --device cuda --dtype "$dtype" --iters "$ITERS"
+        measure "ours-$what-$dtype" "$BIN/pretrain" bench "$what" --device cuda --dtype "$dtype" --iters "$ITERS"
         measure "torch-$what-$dtype" "$PYTHON" crates/model/benches/torch_bench.py "$what" \
             --device cuda --dtype "$dtype" --iters "$ITERS"
     done
