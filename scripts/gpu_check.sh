@@ -137,16 +137,18 @@ if [[ -n "$missing" ]]; then
     echo "$missing" >&2
     exit 1
 fi
-GPU=$(timeout 20 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | head -n 1)
+GPU=$(timeout 20 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | head -n 1) ||
+    GPU="unknown (nvidia-smi failed)"
 echo "GPU: $GPU" >&2
 
-used_mib() { timeout 5 nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -n 1; }
+# A failed or hung nvidia-smi reads as 0 MiB rather than ending the run (set -e).
+used_mib() { timeout 5 nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -n 1 || echo 0; }
 
 # measure NAME CMD...: runs CMD (at most 60 s), appends {"name", "result", "peak_smi_mib"} to bench.jsonl.
 measure() {
     local name=$1
     shift
-    local base peak=0 m pid json t
+    local base peak=0 m pid json t rc
     t=$(left 60)
     if ((t < 5)); then
         echo "gpu_check: $name skipped: the ${BUDGET_S} s budget is spent" >&2
@@ -161,7 +163,9 @@ measure() {
         ((m > peak)) && peak=$m
         sleep 0.2
     done
-    wait "$pid" || echo "gpu_check: $name failed or timed out after $t s (see $OUT/stderr.log)" >&2
+    rc=0
+    wait "$pid" || rc=$?
+    ((rc == 0)) || echo "gpu_check: $name failed, exit $rc (124: its $t s ran out; see $OUT/stderr.log)" >&2
     json=$(tail -n 1 "$OUT/$name.out")
     [[ "$json" == "{"* ]] || json=null
     printf '{"name":"%s","result":%s,"peak_smi_mib":%s}\n' "$name" "$json" "$((peak - base))" >>"$OUT/bench.jsonl"
