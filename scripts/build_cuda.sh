@@ -4,6 +4,7 @@
 # nvidia-cuda-nvcc, -cuda-runtime, -cublas, -curand, -cuda-nvrtc, -cuda-cccl.
 #
 #   scripts/build_cuda.sh                   # build target/cuda/release/pretrain
+#                                           # (and release/examples/gpu_check)
 #   CUDA_COMPUTE_CAP=80 scripts/build_cuda.sh   # A100 (default 90: H100/H200)
 #   CUDA_VERSION=12.9 scripts/build_cuda.sh # CUDA 12 wheels (-cu12); default 13.0
 #
@@ -11,7 +12,8 @@
 # its kernels as PTX, which the driver compiles at run time and refuses when
 # it is newer than the driver (13.0 is what driver 580, the device machines'
 # driver, runs; the binary then uses the machine's own CUDA 13 libraries).
-#   MODE=check scripts/build_cuda.sh        # `cargo check` only (no link, no driver library)
+#   MODE=check scripts/build_cuda.sh        # `cargo check` only (no link, no driver library;
+#                                           # compile-time wheels only: 100 MiB, not 661 MiB)
 #   MODE=test scripts/build_cuda.sh         # also build the model crate's tests with CUDA
 #
 # The toolkit goes to a virtual environment ($CUDA_VENV, default
@@ -19,9 +21,14 @@
 # default target/cuda), so it never invalidates the CPU build in target/.
 # Running needs the NVIDIA driver (libcuda.so.1), which no package provides:
 # it comes with the GPU machine. Linking `pretrain` needs libcuda.so too
-# (cudarc links it); the script uses the driver's if the machine has one,
-# else the toolkit's link stub (lib/stubs/libcuda.so) when a wheel ships it,
-# and otherwise stops after `cargo check` with what is missing.
+# (candle has cudarc link it, `dynamic-linking`); the script uses the
+# driver's if the machine has one, else the toolkit's link stub
+# (lib64/stubs/libcuda.so) when a wheel ships it, else it generates one
+# (scripts/cuda_stub/make_libcuda_stub.sh, in $CARGO_TARGET_DIR/stub): every
+# driver function cudarc declares, each returning CUDA_ERROR_STUB_LIBRARY.
+# The binary then needs "libcuda.so.1", which on a GPU machine is the real
+# driver; here the last line's LD_LIBRARY_PATH names the stub, and
+# `--device cuda` says that there is no driver.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -32,7 +39,10 @@ CUDA_MAJOR="${CUDA_VERSION%%.*}"
 CUDA_VENV="${CUDA_VENV:-$ROOT/target/cuda/venv}"
 PYTHON="${PYTHON:-python3}"
 MODE="${MODE:-build}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target/cuda}"
+mkdir -p "${CARGO_TARGET_DIR:-$ROOT/target/cuda}"
+# Absolute: the toolkit and the stub live in it, named on LD_LIBRARY_PATH.
+CARGO_TARGET_DIR=$(cd "${CARGO_TARGET_DIR:-$ROOT/target/cuda}" && pwd)
+export CARGO_TARGET_DIR
 export CUDA_COMPUTE_CAP
 
 log() { echo "build_cuda: $*" >&2; }
@@ -40,13 +50,17 @@ log() { echo "build_cuda: $*" >&2; }
 # 1. The toolkit from PyPI (CUDA 12 wheels carry a -cu12 suffix; CUDA 13 ones
 #    none, and nvcc 13 pulls nvvm and crt, pinned alike). curand has its own
 #    version numbers: the newest one that the pinned runtime accepts.
+#    MODE=check compiles the kernels (nvcc) but links nothing: it skips the
+#    libraries (cublas, nvrtc, curand: 561 of the 661 MiB of CUDA 13.0 wheels).
 suffix=""
 [[ "$CUDA_MAJOR" == 12 ]] && suffix="-cu12"
+wheels=(nvidia-cuda-nvcc nvidia-cuda-runtime nvidia-cuda-cccl)
+[[ "$MODE" == check ]] || wheels+=(nvidia-cublas nvidia-cuda-nvrtc)
 pkgs=()
-for p in nvidia-cuda-nvcc nvidia-cuda-runtime nvidia-cublas nvidia-cuda-nvrtc nvidia-cuda-cccl; do
+for p in "${wheels[@]}"; do
     pkgs+=("$p$suffix==$CUDA_VERSION.*")
 done
-pkgs+=("nvidia-curand$suffix")
+[[ "$MODE" == check ]] || pkgs+=("nvidia-curand$suffix")
 [[ "$CUDA_MAJOR" == 12 ]] || pkgs+=("nvidia-nvvm==$CUDA_VERSION.*" "nvidia-cuda-crt==$CUDA_VERSION.*")
 if [[ ! -x "$CUDA_VENV/bin/python" ]]; then
     log "creating $CUDA_VENV"
@@ -59,7 +73,7 @@ log "installing ${pkgs[*]}"
 #    cuda_runtime,...} (CUDA 12) or site-packages/nvidia/cu13 (CUDA 13);
 #    link them into one tree with bin/, include/, lib64/ as tools expect.
 SITE=$("$CUDA_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-CUDA_HOME="$ROOT/target/cuda/toolkit"
+CUDA_HOME="$CARGO_TARGET_DIR/toolkit"
 rm -rf "$CUDA_HOME"
 mkdir -p "$CUDA_HOME/bin" "$CUDA_HOME/include" "$CUDA_HOME/lib64" "$CUDA_HOME/nvvm"
 for part in "$SITE"/nvidia/*/; do
@@ -96,6 +110,14 @@ if [[ -z "$libcuda" ]]; then
     stub=$(find "$CUDA_HOME/lib64/" -path '*stubs*' -name 'libcuda.so' 2>/dev/null | head -n 1 || true)
     [[ -n "$stub" ]] && libcuda="$stub"
 fi
+STUB_DIR=""
+if [[ -z "$libcuda" && "$MODE" != check ]]; then
+    # No driver (a build machine, CI): generate the link stub. Its directory
+    # goes on LD_LIBRARY_PATH below only for running here; nothing stages it.
+    STUB_DIR="$CARGO_TARGET_DIR/stub"
+    scripts/cuda_stub/make_libcuda_stub.sh "$STUB_DIR"
+    libcuda="$STUB_DIR/libcuda.so"
+fi
 if [[ -n "$libcuda" ]]; then
     log "linking against $libcuda"
     export LIBRARY_PATH="$(dirname "$libcuda"):$LIBRARY_PATH"
@@ -104,10 +126,6 @@ if [[ -n "$libcuda" ]]; then
         ln -sf "$libcuda" "$CUDA_HOME/driver/libcuda.so"
         export LIBRARY_PATH="$CUDA_HOME/driver:$LIBRARY_PATH"
     fi
-elif [[ "$MODE" != check ]]; then
-    log "no libcuda.so: not the NVIDIA driver (/usr/lib/x86_64-linux-gnu/libcuda.so.1) and no"
-    log "toolkit stub (lib64/stubs/libcuda.so) in the wheels; falling back to MODE=check"
-    MODE=check
 fi
 
 # 4. Build (or check) `pretrain` with CUDA; nice: others may share the cores.
@@ -117,17 +135,22 @@ check)
     nice -n 19 cargo check --release --locked -p pretrain-cli -p pretrain-model --features pretrain-cli/cuda,pretrain-model/cuda
     ;;
 build | test)
+    # `pretrain` and the parity check (`gpu_check`, for scripts/gpu_check.sh)
+    # in one invocation: one feature set, so candle and its kernels' PTX
+    # are compiled once, not once per package.
     log "cargo build --features cuda (target dir $CARGO_TARGET_DIR)"
-    nice -n 19 cargo build --release --locked -p pretrain-cli --features cuda
+    nice -n 19 cargo build --release --locked -p pretrain-cli -p pretrain-model \
+        --features pretrain-cli/cuda,pretrain-model/cuda --bin pretrain --example gpu_check
     if [[ "$MODE" == test ]]; then
         nice -n 19 cargo test --release --locked -p pretrain-model --features cuda --no-run
     fi
-    log "built $CARGO_TARGET_DIR/release/pretrain"
+    log "built $CARGO_TARGET_DIR/release/pretrain and $CARGO_TARGET_DIR/release/examples/gpu_check"
     ;;
 *)
     log "MODE must be build, check or test"
     exit 2
     ;;
 esac
-# What a caller needs to run the binary: the toolkit's libraries on the path.
-echo "export LD_LIBRARY_PATH=$CUDA_HOME/lib64\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+# What a caller needs to run the binary: the toolkit's libraries on the path
+# (and the generated stub's, where it stands in for the absent driver).
+echo "export LD_LIBRARY_PATH=$CUDA_HOME/lib64${STUB_DIR:+:$STUB_DIR}\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"

@@ -212,13 +212,68 @@ pub fn parse_device(s: &str) -> anyhow::Result<Device> {
             _ => anyhow::bail!("unknown device {other:?} (use cpu, cuda or cuda:N)"),
         },
     };
-    if !cfg!(feature = "cuda") {
-        anyhow::bail!(
-            "--device {s}: this pretrain was built without CUDA; build it with \
-             `cargo build --release -p pretrain-cli --features cuda` (needs the CUDA toolkit)"
-        );
+    open_cuda(s, n)
+}
+
+/// Opens `cuda:n` after asking the driver whether there is one: candle
+/// reports a missing driver or GPU as a bare `DriverError(CUDA_ERROR_...)`
+/// from deep inside device creation, which tells an operator nothing.
+/// candle has cudarc link libcuda.so.1 (`dynamic-linking`), so these calls
+/// cannot panic on a missing library: without one the binary does not start
+/// (the dynamic loader names libcuda.so.1); a build machine's stub answers
+/// CUDA_ERROR_STUB_LIBRARY.
+#[cfg(feature = "cuda")]
+fn open_cuda(s: &str, n: usize) -> anyhow::Result<Device> {
+    use candle_core::cuda::cudarc::driver::result;
+    let probe = result::init().and_then(|()| result::device::get_count());
+    match probe {
+        Ok(count) => {
+            let count = usize::try_from(count).unwrap_or(0);
+            if n >= count {
+                anyhow::bail!(
+                    "--device {s}: this machine has {count} CUDA device(s){}",
+                    if count == 0 {
+                        String::new()
+                    } else {
+                        format!(" (cuda:0 to cuda:{})", count - 1)
+                    }
+                );
+            }
+        }
+        Err(e) => anyhow::bail!("--device {s}: {}", cuda_init_error(e.0 as i32)),
     }
     Device::new_cuda(n).with_context(|| format!("opening cuda:{n}"))
+}
+
+/// Without the `cuda` feature there is no CUDA device to open.
+#[cfg(not(feature = "cuda"))]
+fn open_cuda(s: &str, _n: usize) -> anyhow::Result<Device> {
+    anyhow::bail!(
+        "--device {s}: this pretrain was built without CUDA; build it with \
+         scripts/build_cuda.sh (`cargo build --release -p pretrain-cli --features cuda` \
+         with the CUDA toolkit)"
+    )
+}
+
+/// What a failed `cuInit` (its CUresult, as in cuda.h) means for an operator.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn cuda_init_error(code: i32) -> String {
+    match code {
+        // CUDA_ERROR_STUB_LIBRARY
+        34 => "no CUDA driver: the libcuda.so.1 loaded is a link stub, not the \
+             NVIDIA driver (this machine has no NVIDIA driver/GPU); use --device cpu, or run on a \
+             machine with an NVIDIA GPU and its driver"
+            .to_string(),
+        // CUDA_ERROR_NO_DEVICE
+        100 => "no CUDA device: the NVIDIA driver is loaded but finds no GPU (see nvidia-smi and \
+             CUDA_VISIBLE_DEVICES); use --device cpu"
+            .to_string(),
+        // CUDA_ERROR_INSUFFICIENT_DRIVER
+        35 => "the NVIDIA driver is older than the CUDA version this pretrain was built with \
+             (scripts/build_cuda.sh: CUDA_VERSION, default 13.0, needs driver 580 or newer)"
+            .to_string(),
+        other => format!("initialising the CUDA driver failed (CUresult {other})"),
+    }
 }
 
 #[cfg(test)]
@@ -236,6 +291,36 @@ mod tests {
             let e = parse_device("cuda:1").unwrap_err().to_string();
             assert!(e.contains("built without CUDA"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_missing_driver_or_gpu_is_named_not_a_bare_cuda_code() {
+        // CUresult values from the CUDA driver API (cuda.h), not this code.
+        let stub = cuda_init_error(34);
+        assert!(
+            stub.contains("no CUDA driver") && stub.contains("--device cpu"),
+            "{stub}"
+        );
+        let no_gpu = cuda_init_error(100);
+        assert!(
+            no_gpu.contains("no CUDA device") && no_gpu.contains("nvidia-smi"),
+            "{no_gpu}"
+        );
+        assert!(cuda_init_error(35).contains("driver is older"));
+        assert!(cuda_init_error(999).contains("CUresult 999"));
+    }
+
+    /// Where the CUDA build runs without a driver (scripts/build_cuda.sh
+    /// links a stub libcuda.so.1 there), `--device cuda` is a clear error.
+    #[cfg(feature = "cuda")]
+    #[test]
+    #[ignore = "needs the CUDA build on a machine without an NVIDIA GPU"]
+    fn cuda_without_a_driver_is_a_clear_error() {
+        let e = parse_device("cuda").unwrap_err().to_string();
+        assert!(
+            e.contains("no CUDA driver") || e.contains("no CUDA device"),
+            "{e}"
+        );
     }
 
     #[test]
