@@ -551,7 +551,10 @@ mod tests {
     /// weights reordered once per build, f32 master weights and moments):
     /// the same bounds.
     #[test]
-    #[cfg_attr(not(have_onednn), ignore = "needs libdnnl.so.2 (apt-get install libdnnl-dev)")]
+    #[cfg_attr(
+        not(have_onednn),
+        ignore = "needs libdnnl.so.2 (apt-get install libdnnl-dev)"
+    )]
     fn bf16_onednn_path_matches_the_reference_within_2e_2() {
         if let Err(e) = crate::onednn::implementation(crate::onednn::Dtype::Bf16) {
             eprintln!("skipped: {e}");
@@ -618,7 +621,10 @@ mod tests {
 
     /// The same on oneDNN, in f32 and (where oneDNN has a bf16 kernel) bf16.
     #[test]
-    #[cfg_attr(not(have_onednn), ignore = "needs libdnnl.so.2 (apt-get install libdnnl-dev)")]
+    #[cfg_attr(
+        not(have_onednn),
+        ignore = "needs libdnnl.so.2 (apt-get install libdnnl-dev)"
+    )]
     fn a_tiny_model_trains_on_onednn() {
         let f32_opts = ComputeOptions {
             kernels: Kernels::Onednn,

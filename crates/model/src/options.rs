@@ -253,7 +253,10 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(not(have_onednn), ignore = "needs libdnnl.so.2 (apt-get install libdnnl-dev)")]
+    #[cfg_attr(
+        not(have_onednn),
+        ignore = "needs libdnnl.so.2 (apt-get install libdnnl-dev)"
+    )]
     fn onednn_resolves_to_the_onednn_paths_and_names_its_kernel() {
         let cpu = Device::Cpu;
         let f32_opts = ComputeOptions {
@@ -262,7 +265,10 @@ mod tests {
         };
         assert_eq!(f32_opts.resolve(&cpu).unwrap(), KernelPath::Onednn);
         let line = f32_opts.describe(&cpu).unwrap();
-        assert!(line.starts_with("onednn (kernels onednn, dtype f32"), "{line}");
+        assert!(
+            line.starts_with("onednn (kernels onednn, dtype f32"),
+            "{line}"
+        );
         assert!(line.contains("oneDNN 2."), "{line}");
         let bf16 = ComputeOptions {
             dtype: ComputeDtype::Bf16,
@@ -287,7 +293,10 @@ mod tests {
             dtype: ComputeDtype::F32,
         };
         let e = opts.resolve(&Device::Cpu).unwrap_err().to_string();
-        assert!(e.contains("libdnnl.so.2") && e.contains("libdnnl-dev"), "{e}");
+        assert!(
+            e.contains("libdnnl.so.2") && e.contains("libdnnl-dev"),
+            "{e}"
+        );
         // Auto never picks oneDNN there.
         assert_eq!(
             ComputeOptions::default().resolve(&Device::Cpu).unwrap(),

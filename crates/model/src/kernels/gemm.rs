@@ -144,17 +144,19 @@ impl GemmRace {
 /// on candle's thread count.
 pub fn gemm_race(bf16: bool) -> GemmRace {
     static RACES: [OnceLock<GemmRace>; 2] = [OnceLock::new(), OnceLock::new()];
-    RACES[bf16 as usize]
-        .get_or_init(|| run_race(bf16))
-        .clone()
+    RACES[bf16 as usize].get_or_init(|| run_race(bf16)).clone()
 }
 
 /// See [`gemm_race`].
 fn run_race(bf16: bool) -> GemmRace {
     let (m, k, n) = (1024, 768, 768);
     let threads = candle_core::utils::get_num_threads();
-    let a: Vec<f32> = (0..m * k).map(|i| ((i * 31 % 17) as f32 - 8.0) * 0.01).collect();
-    let b: Vec<f32> = (0..k * n).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.01).collect();
+    let a: Vec<f32> = (0..m * k)
+        .map(|i| ((i * 31 % 17) as f32 - 8.0) * 0.01)
+        .collect();
+    let b: Vec<f32> = (0..k * n)
+        .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.01)
+        .collect();
     let mut c = vec![0f32; m * n];
     let flops = 2.0 * (m * n * k) as f64;
     let mut time = |path: KernelPath| -> std::result::Result<f64, String> {

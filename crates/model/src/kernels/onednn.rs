@@ -118,7 +118,8 @@ struct Api {
     stream_create: unsafe extern "C" fn(*mut Handle, Handle, c_uint) -> Status,
     stream_wait: unsafe extern "C" fn(Handle) -> Status,
     stream_destroy: unsafe extern "C" fn(Handle) -> Status,
-    md_strides: unsafe extern "C" fn(*mut MemoryDesc, c_int, *const i64, c_int, *const i64) -> Status,
+    md_strides:
+        unsafe extern "C" fn(*mut MemoryDesc, c_int, *const i64, c_int, *const i64) -> Status,
     md_tag: unsafe extern "C" fn(*mut MemoryDesc, c_int, *const i64, c_int, c_int) -> Status,
     md_size: unsafe extern "C" fn(*const MemoryDesc) -> usize,
     md_equal: unsafe extern "C" fn(*const MemoryDesc, *const MemoryDesc) -> c_int,
@@ -136,8 +137,7 @@ struct Api {
     post_ops_create: unsafe extern "C" fn(*mut Handle) -> Status,
     post_ops_destroy: unsafe extern "C" fn(Handle) -> Status,
     post_ops_sum: unsafe extern "C" fn(Handle, f32) -> Status,
-    pd_create:
-        unsafe extern "C" fn(*mut Handle, *const c_void, Handle, Handle, Handle) -> Status,
+    pd_create: unsafe extern "C" fn(*mut Handle, *const c_void, Handle, Handle, Handle) -> Status,
     pd_destroy: unsafe extern "C" fn(Handle) -> Status,
     pd_query: unsafe extern "C" fn(Handle, c_int, c_int, *mut c_void) -> Status,
     pd_query_md: unsafe extern "C" fn(Handle, c_int, c_int) -> *const MemoryDesc,
@@ -191,6 +191,13 @@ unsafe fn sym<T: Copy>(lib: &Library, name: &str) -> Result<T, OnednnError> {
 impl Api {
     /// Loads `libdnnl.so.2`, checks it is 2.x and creates the CPU engine.
     fn load() -> Result<Self, OnednnError> {
+        // oneDNN's OpenMP threads spin after each GEMM by default, taking
+        // the cores from the rayon threads that run the next kernel (3x
+        // slower evaluation of a tiny model measured on 2 cores); libgomp
+        // reads this once, when it loads with libdnnl just below.
+        if std::env::var_os("OMP_WAIT_POLICY").is_none() {
+            std::env::set_var("OMP_WAIT_POLICY", "PASSIVE");
+        }
         // SAFETY: loading a shared library runs its initialisers; libdnnl's
         // are oneDNN's own static set-up.
         let lib = unsafe { Library::new("libdnnl.so.2") }
@@ -448,7 +455,10 @@ impl Matmul {
                 )?;
                 if key.accumulate {
                     check("dnnl_post_ops_create", (api.post_ops_create)(&mut post_ops))?;
-                    check("dnnl_post_ops_append_sum", (api.post_ops_sum)(post_ops, 1.0))?;
+                    check(
+                        "dnnl_post_ops_append_sum",
+                        (api.post_ops_sum)(post_ops, 1.0),
+                    )?;
                     check(
                         "dnnl_primitive_attr_set_post_ops",
                         (api.attr_post_ops)(attr, post_ops),
@@ -922,7 +932,10 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(not(have_onednn), ignore = "needs libdnnl.so.2 and dnnl.h (apt-get install libdnnl-dev)")]
+    #[cfg_attr(
+        not(have_onednn),
+        ignore = "needs libdnnl.so.2 and dnnl.h (apt-get install libdnnl-dev)"
+    )]
     fn sizes_match_a_c_program() {
         let dir = tempfile::tempdir().unwrap();
         let c = dir.path().join("sz.c");
@@ -935,11 +948,20 @@ mod tests {
         )
         .unwrap();
         let exe = dir.path().join("sz");
-        let Ok(out) = std::process::Command::new("cc").arg(&c).arg("-o").arg(&exe).output() else {
+        let Ok(out) = std::process::Command::new("cc")
+            .arg(&c)
+            .arg("-o")
+            .arg(&exe)
+            .output()
+        else {
             eprintln!("no C compiler: the sizes are checked against the constants only");
             return;
         };
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let out = std::process::Command::new(&exe).output().unwrap();
         let got = String::from_utf8(out.stdout).unwrap();
         let want = format!(
@@ -958,7 +980,10 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(not(have_onednn), ignore = "needs libdnnl.so.2 (apt-get install libdnnl-dev)")]
+    #[cfg_attr(
+        not(have_onednn),
+        ignore = "needs libdnnl.so.2 (apt-get install libdnnl-dev)"
+    )]
     fn matches_the_f64_definition_on_odd_shapes_and_every_transpose() {
         use super::super::gemm_bf16::from_bf16;
         let bf16_ok = implementation(Dtype::Bf16).is_ok();
@@ -1013,15 +1038,19 @@ mod tests {
                                 }
                                 for i in 0..m {
                                     for j in 0..n {
-                                        let (mut want, mut scale) =
-                                            if accumulate { (0.25f64, 0.25f64) } else { (0.0, 0.0) };
+                                        let (mut want, mut scale) = if accumulate {
+                                            (0.25f64, 0.25f64)
+                                        } else {
+                                            (0.0, 0.0)
+                                        };
                                         for p in 0..k {
                                             let t = round(a[i * k + p]) * round(b[p * n + j]);
                                             want += t;
                                             scale += t.abs();
                                         }
                                         let got = c[i * c_rs + j] as f64;
-                                        let tol = (k as f64 + 2.0) * f32::EPSILON as f64 * scale + 1e-30;
+                                        let tol =
+                                            (k as f64 + 2.0) * f32::EPSILON as f64 * scale + 1e-30;
                                         assert!(
                                             (got - want).abs() <= tol,
                                             "{dtype:?} m{m} k{k} n{n} acc{accumulate} a({a_rs},{a_cs}) \
@@ -1042,19 +1071,55 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(not(have_onednn), ignore = "needs libdnnl.so.2 (apt-get install libdnnl-dev)")]
+    #[cfg_attr(
+        not(have_onednn),
+        ignore = "needs libdnnl.so.2 (apt-get install libdnnl-dev)"
+    )]
     fn short_operands_are_errors_not_overreads() {
         let mut c = [0.0; 6];
-        let e = gemm(Dtype::F32, (2, 3, 2), &mut c, 3, false, (&[0.0; 3], 2, 1), (&[0.0; 6], 3, 1), None, 1);
+        let e = gemm(
+            Dtype::F32,
+            (2, 3, 2),
+            &mut c,
+            3,
+            false,
+            (&[0.0; 3], 2, 1),
+            (&[0.0; 6], 3, 1),
+            None,
+            1,
+        );
         assert_eq!(e, Err(OnednnError::Shape("lhs")));
-        let e = gemm(Dtype::F32, (2, 3, 2), &mut c[..5], 3, false, (&[0.0; 4], 2, 1), (&[0.0; 6], 3, 1), None, 1);
+        let e = gemm(
+            Dtype::F32,
+            (2, 3, 2),
+            &mut c[..5],
+            3,
+            false,
+            (&[0.0; 4], 2, 1),
+            (&[0.0; 6], 3, 1),
+            None,
+            1,
+        );
         assert_eq!(e, Err(OnednnError::Shape("dst")));
-        let e = gemm(Dtype::F32, (2, 3, 2), &mut c, 3, false, (&[0.0; 4], 2, 1), (&[0.0; 5], 3, 1), None, 1);
+        let e = gemm(
+            Dtype::F32,
+            (2, 3, 2),
+            &mut c,
+            3,
+            false,
+            (&[0.0; 4], 2, 1),
+            (&[0.0; 5], 3, 1),
+            None,
+            1,
+        );
         assert_eq!(e, Err(OnednnError::Shape("rhs")));
     }
 
     #[test]
-    #[cfg_attr(not(have_onednn), ignore = "needs libdnnl.so.2 (apt-get install libdnnl-dev)")]
+    #[cfg_attr(
+        not(have_onednn),
+        ignore = "needs libdnnl.so.2 (apt-get install libdnnl-dev)"
+    )]
     fn names_its_implementation() {
         let name = implementation(Dtype::F32).unwrap();
         assert!(!name.is_empty() && name != "(unknown)", "{name}");
