@@ -1,6 +1,7 @@
-//! Tells the tests which CPU they run on: the bf16 kernels' numeric tests
-//! need AVX512-BF16, and are `#[ignore]`d (never passed silently) on a CPU
-//! without it. Build and test machine are the same for `cargo test`.
+//! Tells the tests which CPU they run on and whether oneDNN is installed:
+//! the bf16 kernels' numeric tests need AVX512-BF16 and the oneDNN tests
+//! libdnnl.so.2, and are `#[ignore]`d (never passed silently) without them.
+//! Build and test machine are the same for `cargo test`.
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(cpu_avx512bf16)");
