@@ -52,7 +52,7 @@ BIN=target/release/pretrain
 
 # run SIDE NAME THREADS DTYPE KERNELS CMD...: appends
 # {"side","bench","threads","dtype","kernels","result"} to $RAW (and our
-# "compute path:" log line to $OUT/paths.log).
+# last "compute path:" log line, the one for the options asked, to $OUT/paths.log).
 run() {
     local side=$1 bench=$2 threads=$3 dtype=$4 kernels=$5
     shift 5
@@ -62,7 +62,7 @@ run() {
     cat "$OUT/last_stderr.log" >>"$OUT/stderr.log"
     if [[ $side == ours ]]; then
         local line
-        line=$(grep -o 'compute path: .*' "$OUT/last_stderr.log" | head -n 1 || true)
+        line=$(grep -o 'compute path: .*' "$OUT/last_stderr.log" | tail -n 1 || true)
         echo "$bench $dtype --kernels $kernels: ${line:-compute path: (not logged)}" >>"$OUT/paths.log"
     fi
     printf '{"side":"%s","bench":"%s","threads":%s,"dtype":"%s","kernels":"%s","result":%s}\n' \
