@@ -3,12 +3,17 @@
 //! ceiling evaluation and training run against (~270 GFLOP an evaluation).
 //! Where the CPU has AVX512-BF16, each shape also runs through the bf16 GEMM
 //! (`pretrain_model::gemm_bf16`, weights packed once, A converted per call).
+//! Where oneDNN (libdnnl.so.2) loads, each shape also runs through it in f32
+//! (operands where they lie) and, where it has a bf16 kernel, in bf16
+//! (weights reordered once into its layout, A converted per call), with
+//! the implementation oneDNN chose (`"impl"`).
 //!
 //!     cargo run --release -p pretrain-model --example gemm_peak -- 2   # threads
 
 use std::time::Instant;
 
 use pretrain_model::gemm_bf16 as bf16;
+use pretrain_model::onednn;
 
 fn main() {
     let threads: usize = match std::env::args().nth(1).map(|s| s.parse()) {
@@ -64,7 +69,7 @@ fn main() {
             }
         };
         run();
-        let reps = 5;
+        let reps: usize = 5;
         let start = Instant::now();
         for _ in 0..reps {
             run();
@@ -74,6 +79,43 @@ fn main() {
         println!(
             "{{\"m\":{m},\"n\":{n},\"k\":{k},\"threads\":{threads},\"dtype\":\"f32\",\"gflop_per_s\":{gflops:.1}}}"
         );
+        for dtype in [onednn::Dtype::F32, onednn::Dtype::Bf16] {
+            let Ok(name) = onednn::implementation(dtype) else {
+                continue;
+            };
+            let slot = onednn::WeightSlot::default();
+            let mut run = || {
+                onednn::gemm(
+                    dtype,
+                    (m, n, k),
+                    &mut c,
+                    n,
+                    false,
+                    (&a, k, 1),
+                    (&b, n, 1),
+                    Some(&slot),
+                    threads,
+                )
+            };
+            if let Err(e) = run() {
+                eprintln!("onednn {dtype:?}: {e}");
+                continue;
+            }
+            let start = Instant::now();
+            for _ in 0..reps {
+                let _ = run();
+            }
+            let secs = start.elapsed().as_secs_f64() / reps as f64;
+            let g = 2.0 * (m * n * k) as f64 / secs / 1e9;
+            let dt = match dtype {
+                onednn::Dtype::F32 => "f32",
+                onednn::Dtype::Bf16 => "bf16",
+            };
+            println!(
+                "{{\"m\":{m},\"n\":{n},\"k\":{k},\"threads\":{threads},\"dtype\":\"{dt}\",\"engine\":\"onednn\",\"impl\":\"{name}\",\"gflop_per_s\":{g:.1},\"vs_our_f32\":{:.2}}}",
+                g / gflops
+            );
+        }
         if bf16::support().is_ok() {
             let packed = match bf16::PackedB::pack(&b, k, n, n, 1) {
                 Ok(p) => p,

@@ -79,7 +79,9 @@ pub use error::{ModelError, Result};
 pub use evaluate::{evaluate, load_for_eval};
 pub use hf::safetensors::{write as write_safetensors, SafetensorsFile, TensorInfo};
 /// The bf16 GEMM (AVX512-BF16), for `--dtype bf16` on CPU.
+pub use kernels::gemm::{gemm_race, GemmRace};
 pub use kernels::gemm_bf16;
+pub use kernels::onednn;
 pub use mode::{mix_seed, Mode};
 pub use model::{loss_or_inf, CausalLm, Model, Weights};
 pub use options::{ComputeDtype, ComputeOptions, Kernels};

@@ -541,7 +541,31 @@ mod tests {
     fn bf16_cpu_path_matches_the_reference_within_2e_2() {
         bf16_matches_the_reference_within_2e_2(|m| {
             let m = m.with_options(CPU_BF16)?;
-            assert_eq!(m.path, KernelPath::FastBf16);
+            assert!(m.path.is_bf16() && m.path.is_fast(), "{:?}", m.path);
+            // Whatever auto chose, our own bf16 GEMM is checked too.
+            m.with_path(CPU_BF16, KernelPath::FastBf16)
+        });
+    }
+
+    /// `--kernels onednn --dtype bf16` (every weight GEMM on oneDNN in bf16,
+    /// weights reordered once per build, f32 master weights and moments):
+    /// the same bounds.
+    #[test]
+    #[cfg_attr(
+        not(have_onednn),
+        ignore = "needs libdnnl.so.2 (apt-get install libdnnl-dev)"
+    )]
+    fn bf16_onednn_path_matches_the_reference_within_2e_2() {
+        if let Err(e) = crate::onednn::implementation(crate::onednn::Dtype::Bf16) {
+            eprintln!("skipped: {e}");
+            return;
+        }
+        bf16_matches_the_reference_within_2e_2(|m| {
+            let m = m.with_options(ComputeOptions {
+                kernels: Kernels::Onednn,
+                dtype: ComputeDtype::Bf16,
+            })?;
+            assert_eq!(m.path, KernelPath::OnednnBf16);
             Ok(m)
         });
     }
@@ -592,9 +616,40 @@ mod tests {
     #[test]
     #[cfg_attr(not(cpu_avx512bf16), ignore = "needs AVX512-BF16")]
     fn a_tiny_model_trains_in_bf16_on_the_cpu() {
+        a_tiny_model_trains(CPU_BF16, None);
+    }
+
+    /// The same on oneDNN, in f32 and (where oneDNN has a bf16 kernel) bf16.
+    #[test]
+    #[cfg_attr(
+        not(have_onednn),
+        ignore = "needs libdnnl.so.2 (apt-get install libdnnl-dev)"
+    )]
+    fn a_tiny_model_trains_on_onednn() {
+        let f32_opts = ComputeOptions {
+            kernels: Kernels::Onednn,
+            dtype: ComputeDtype::F32,
+        };
+        a_tiny_model_trains(f32_opts, Some(KernelPath::Onednn));
+        match crate::onednn::implementation(crate::onednn::Dtype::Bf16) {
+            Ok(_) => a_tiny_model_trains(
+                ComputeOptions {
+                    dtype: ComputeDtype::Bf16,
+                    ..f32_opts
+                },
+                Some(KernelPath::OnednnBf16),
+            ),
+            Err(e) => eprintln!("bf16 skipped: {e}"),
+        }
+    }
+
+    fn a_tiny_model_trains(options: ComputeOptions, path: Option<KernelPath>) {
         for name in ["tiny-gpt2", "tiny-llama"] {
             let (dir, exp) = reference(name);
-            let model = Model::load_with(&dir, &Device::Cpu, CPU_BF16).unwrap();
+            let model = Model::load_with(&dir, &Device::Cpu, options).unwrap();
+            if let Some(path) = path {
+                assert_eq!(model.path, path);
+            }
             let batch = rows(&exp["batches"][1]["input_ids"]);
             let cfg = TrainConfig {
                 lr: 1e-3,

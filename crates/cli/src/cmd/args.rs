@@ -126,12 +126,17 @@ pub struct DeviceArgs {
 /// How the model computes: kernels and dtype, chosen once at load.
 #[derive(Args, Debug, Clone)]
 pub struct ComputeArgs {
-    /// Kernels: `auto` (the fast CPU kernels on the CPU in f32, candle's ops
-    /// elsewhere) or `portable` (candle's ops only: what CUDA runs).
+    /// Kernels: `auto` (the fast CPU kernels on the CPU, their weight GEMMs
+    /// on oneDNN where libdnnl.so.2 loads and a short measured race at start
+    /// finds it faster for the dtype; candle's ops elsewhere), `portable`
+    /// (candle's ops only: what CUDA runs) or `onednn` (every weight GEMM on
+    /// oneDNN: an error where libdnnl.so.2 does not load, or for bf16 where
+    /// oneDNN has no bf16 kernel on this CPU). The path chosen and oneDNN's
+    /// kernel are logged at start ("compute path: ...").
     #[arg(long, default_value = "auto")]
     pub kernels: pretrain_model::Kernels,
     /// Compute dtype: `f32`, or `bf16` (on a GPU, or on a CPU with
-    /// AVX512-BF16 with `--kernels auto`: bf16 GEMMs with f32 accumulation;
+    /// AVX512-BF16 or AMX with `--kernels auto|onednn`: bf16 GEMMs with f32 accumulation;
     /// training keeps f32 master weights and AdamW state). Losses move by
     /// about 1e-3 relative: validators that disagree on close pairs lose
     /// vTrust, so f32 stays the default.

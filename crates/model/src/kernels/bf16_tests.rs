@@ -91,7 +91,7 @@ fn conv1d_forward_and_its_backward_gemms_match_the_definition() {
     let y =
         conv1d::conv1d_train_with(KernelPath::FastBf16, xt, wt, bt, false, None, &packs).unwrap();
     assert_close("train y", &flat(&y), &y_def, din, &bias);
-    assert!(packs.fwd.get().is_some() && packs.bwd.get().is_none());
+    assert!(packs.fwd.ours.get().is_some() && packs.bwd.ours.get().is_none());
     let grads = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
     // dx = g Wᵀ, dW = xᵀ g, db = the column sums of g.
     let dx = product(
@@ -113,7 +113,7 @@ fn conv1d_forward_and_its_backward_gemms_match_the_definition() {
         })
         .collect();
     assert_close("db", &flat(grads.get(bt).unwrap()), &db, n, &[]);
-    assert!(packs.bwd.get().is_some(), "the backward packs Wᵀ");
+    assert!(packs.bwd.ours.get().is_some(), "the backward packs Wᵀ");
 }
 
 #[test]

@@ -32,7 +32,7 @@ pub(crate) fn conv1d_eval(
     with_cpu_f32(x, |xs| {
         with_cpu_f32(w, |ws| {
             gemm_weight(
-                path.is_bf16(),
+                path,
                 (n, dout, din),
                 &mut out,
                 dout,
@@ -60,12 +60,12 @@ pub(crate) fn conv1d_eval(
 /// [`activations::dropout`] would draw for `seed`) and backward masks the
 /// incoming gradient: the output before dropout is never kept (3 MB per
 /// residual branch of a GPT-2 layer at `[1, 1024]`).
-/// With `bf16`, all three GEMMs run in bf16: `W` and `Wᵀ` packed into
-/// `packs` on first use, the activations per call.
+/// On a bf16 or oneDNN `path`, all three GEMMs run there: `W` and `Wᵀ`
+/// packed (or reordered) into `packs` on first use, the activations per call.
 struct Conv1dTrain {
     gelu: bool,
     dropout: Option<(f32, u64)>,
-    bf16: bool,
+    path: KernelPath,
     packs: Arc<WeightPacks>,
 }
 
@@ -111,7 +111,7 @@ impl candle_core::CustomOp3 for Conv1dTrain {
         let mut out = b.repeat(n);
         let threads = candle_core::utils::get_num_threads();
         gemm_weight(
-            self.bf16,
+            self.path,
             (n, dout, din),
             &mut out,
             dout,
@@ -154,7 +154,7 @@ impl candle_core::CustomOp3 for Conv1dTrain {
                     };
                     let mut dx = vec![0f32; n * din];
                     gemm_weight(
-                        self.bf16,
+                        self.path,
                         (n, din, dout),
                         &mut dx,
                         din,
@@ -170,7 +170,7 @@ impl candle_core::CustomOp3 for Conv1dTrain {
                     let a = self.input(xs);
                     let mut dw = vec![0f32; din * dout];
                     gemm_weight(
-                        self.bf16,
+                        self.path,
                         (din, dout, n),
                         &mut dw,
                         dout,
@@ -260,7 +260,7 @@ pub(crate) fn conv1d_train_with(
         Conv1dTrain {
             gelu,
             dropout,
-            bf16: path.is_bf16(),
+            path,
             packs: packs.clone(),
         },
     )

@@ -6,6 +6,17 @@
 use std::sync::OnceLock;
 
 use super::gemm_bf16::{self, PackedB};
+use super::{onednn, KernelPath};
+
+/// A weight's copies for one GEMM that reads it, each made on first use:
+/// our bf16 pack ([`PackedB`]) and oneDNN's reordered copies.
+#[derive(Debug, Default)]
+pub(crate) struct Pack {
+    /// The bf16 path's pack.
+    pub(crate) ours: OnceLock<PackedB>,
+    /// The oneDNN bf16 path's reordered copies.
+    pub(crate) onednn: onednn::WeightSlot,
+}
 
 /// A weight's bf16 copies packed for the GEMMs that read it: as the forward
 /// product's right operand and as the backward's (its transpose), each made
@@ -15,9 +26,9 @@ use super::gemm_bf16::{self, PackedB};
 #[derive(Debug, Default)]
 pub(crate) struct WeightPacks {
     /// The weight as the forward GEMM's right operand.
-    pub(crate) fwd: OnceLock<PackedB>,
+    pub(crate) fwd: Pack,
     /// The weight as the backward GEMM's right operand (`dx = g · Wᵀ`).
-    pub(crate) bwd: OnceLock<PackedB>,
+    pub(crate) bwd: Pack,
 }
 
 /// `slot`'s packed B, packing `b` (`k x n` with row and column strides
@@ -44,28 +55,48 @@ pub(crate) fn packed<'a>(
 }
 
 /// `dst[m x n] = (accumulate ? dst : 0) + lhs[m x k] @ rhs[k x n]` as
-/// [`gemm_f32`] (with `beta` 1), or with `bf16` in bf16 with f32
-/// accumulation: `rhs` is then packed into `slot` on first use (a weight),
-/// or for this call only without one (an activation).
+/// `path` computes it: [`gemm_f32`] (with `beta` 1) on the fast path; in
+/// bf16 with f32 accumulation on the bf16 path (`rhs` then packed into
+/// `slot` on first use, a weight, or for this call only without one, an
+/// activation); on oneDNN in f32 or bf16 ([`onednn::gemm`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_weight(
-    bf16: bool,
+    path: KernelPath,
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
     dst_rs: usize,
     accumulate: bool,
     lhs: (&[f32], usize, usize),
     rhs: (&[f32], usize, usize),
-    slot: Option<&OnceLock<PackedB>>,
+    slot: Option<&Pack>,
     threads: usize,
 ) -> candle_core::Result<()> {
-    if !bf16 {
+    if path.is_onednn() {
+        let dtype = if path.is_bf16() {
+            onednn::Dtype::Bf16
+        } else {
+            onednn::Dtype::F32
+        };
+        return onednn::gemm(
+            dtype,
+            (m, n, k),
+            dst,
+            dst_rs,
+            accumulate,
+            lhs,
+            rhs,
+            slot.map(|s| &s.onednn),
+            threads,
+        )
+        .map_err(candle_core::Error::wrap);
+    }
+    if !path.is_bf16() {
         gemm_f32(m, n, k, dst, dst_rs, accumulate, lhs, rhs, 1.0, threads);
         return Ok(());
     }
     let once;
     let b = match slot {
-        Some(slot) => packed(slot, rhs.0, (k, n), (rhs.1, rhs.2))?,
+        Some(slot) => packed(&slot.ours, rhs.0, (k, n), (rhs.1, rhs.2))?,
         None => {
             once = PackedB::pack(rhs.0, k, n, rhs.1, rhs.2).map_err(candle_core::Error::wrap)?;
             &once
@@ -83,6 +114,103 @@ pub(crate) fn gemm_weight(
         threads > 1,
     )
     .map_err(candle_core::Error::wrap)
+}
+
+/// What `--kernels auto` measured once for a dtype: GFLOP/s of our GEMM and
+/// oneDNN's on a model-like weight GEMM (`1024 x 768 x 768`, the weight
+/// packed or reordered first, best of three), and oneDNN's implementation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GemmRace {
+    /// Our GEMM's GFLOP/s (`None`: it cannot run this dtype here).
+    pub ours: Option<f64>,
+    /// oneDNN's GFLOP/s, or why it cannot run here.
+    pub onednn: std::result::Result<f64, String>,
+    /// oneDNN's implementation name (empty where it cannot run).
+    pub onednn_impl: String,
+}
+
+impl GemmRace {
+    /// Whether oneDNN runs and beats ours (or ours cannot run at all).
+    pub fn onednn_wins(&self) -> bool {
+        match (&self.onednn, self.ours) {
+            (Ok(_), None) => true,
+            (Ok(theirs), Some(ours)) => *theirs > ours,
+            (Err(_), _) => false,
+        }
+    }
+}
+
+/// The race for `bf16` or f32, run once a process (a few milliseconds)
+/// on candle's thread count.
+pub fn gemm_race(bf16: bool) -> GemmRace {
+    static RACES: [OnceLock<GemmRace>; 2] = [OnceLock::new(), OnceLock::new()];
+    RACES[bf16 as usize].get_or_init(|| run_race(bf16)).clone()
+}
+
+/// See [`gemm_race`].
+fn run_race(bf16: bool) -> GemmRace {
+    let (m, k, n) = (1024, 768, 768);
+    let threads = candle_core::utils::get_num_threads();
+    let a: Vec<f32> = (0..m * k)
+        .map(|i| ((i * 31 % 17) as f32 - 8.0) * 0.01)
+        .collect();
+    let b: Vec<f32> = (0..k * n)
+        .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.01)
+        .collect();
+    let mut c = vec![0f32; m * n];
+    let flops = 2.0 * (m * n * k) as f64;
+    let mut time = |path: KernelPath| -> std::result::Result<f64, String> {
+        let pack = Pack::default();
+        let mut best = f64::INFINITY;
+        // The first call packs (or reorders) the weight and creates the primitive.
+        for i in 0..4 {
+            let t = std::time::Instant::now();
+            gemm_weight(
+                path,
+                (m, n, k),
+                &mut c,
+                n,
+                false,
+                (&a, k, 1),
+                (&b, n, 1),
+                Some(&pack),
+                threads,
+            )
+            .map_err(|e| e.to_string())?;
+            if i > 0 {
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+        }
+        Ok(flops / best / 1e9)
+    };
+    let dtype = if bf16 {
+        onednn::Dtype::Bf16
+    } else {
+        onednn::Dtype::F32
+    };
+    let onednn_impl = onednn::implementation(dtype).map_err(|e| e.to_string());
+    let (ours_path, theirs_path) = if bf16 {
+        (KernelPath::FastBf16, KernelPath::OnednnBf16)
+    } else {
+        (KernelPath::Fast, KernelPath::Onednn)
+    };
+    let ours = if !bf16 || gemm_bf16::support().is_ok() {
+        time(ours_path).ok()
+    } else {
+        None
+    };
+    match onednn_impl {
+        Ok(name) => GemmRace {
+            ours,
+            onednn: time(theirs_path),
+            onednn_impl: name,
+        },
+        Err(e) => GemmRace {
+            ours,
+            onednn: Err(e),
+            onednn_impl: String::new(),
+        },
+    }
 }
 
 /// `dst[m x n] = (accumulate ? dst : 0) + beta * lhs[m x k] @ rhs[k x n]` on

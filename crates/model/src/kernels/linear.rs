@@ -17,15 +17,15 @@ pub(crate) fn linear(
     w: &Tensor,
     packs: &Arc<WeightPacks>,
 ) -> candle_core::Result<Tensor> {
-    if !path.is_bf16() {
+    if !path.custom_gemm() {
         return x.matmul(&w.t()?);
     }
     x.contiguous()?
-        .apply_op2(&w.contiguous()?, LinearBf16(packs.clone()))
+        .apply_op2(&w.contiguous()?, LinearBf16(path, packs.clone()))
 }
 
-/// See [`linear`].
-struct LinearBf16(Arc<WeightPacks>);
+/// See [`linear`]: the GEMMs of `path` (bf16, or oneDNN in f32 or bf16).
+struct LinearBf16(KernelPath, Arc<WeightPacks>);
 
 impl CustomOp2 for LinearBf16 {
     fn name(&self) -> &'static str {
@@ -48,14 +48,14 @@ impl CustomOp2 for LinearBf16 {
         let mut out = vec![0f32; n * dout];
         // B = Wᵀ: element (i, o) is w[o * din + i].
         gemm_weight(
-            true,
+            self.0,
             (n, dout, din),
             &mut out,
             dout,
             false,
             (x, din, 1),
             (w, 1, din),
-            Some(&self.0.fwd),
+            Some(&self.1.fwd),
             candle_core::utils::get_num_threads(),
         )?;
         Ok((CpuStorage::F32(out), Shape::from((n, dout))))
@@ -76,20 +76,20 @@ impl CustomOp2 for LinearBf16 {
                 with_cpu_f32(grad, |g| {
                     let mut dx = vec![0f32; n * din];
                     gemm_weight(
-                        true,
+                        self.0,
                         (n, din, dout),
                         &mut dx,
                         din,
                         false,
                         (g, dout, 1),
                         (ws, din, 1),
-                        Some(&self.0.bwd),
+                        Some(&self.1.bwd),
                         threads,
                     )?;
                     // dW = gᵀ x: A = gᵀ (element (o, r) is g[r * dout + o]).
                     let mut dw = vec![0f32; dout * din];
                     gemm_weight(
-                        true,
+                        self.0,
                         (dout, din, n),
                         &mut dw,
                         din,

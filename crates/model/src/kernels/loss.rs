@@ -13,7 +13,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use super::embedding::GradSink;
-use super::gemm::{gemm_f32, gemm_weight, packed, WeightPacks};
+use super::gemm::{gemm_f32, gemm_weight, packed, Pack, WeightPacks};
 use super::gemm_bf16;
 use super::simd::{exp8_shifted, fast_exp, row_max};
 use super::{contiguous_f32, with_cpu_f32, KernelPath};
@@ -149,9 +149,9 @@ fn nll_sum_cpu_bf16(
     d: usize,
     v: usize,
     targets: &[u32],
-    slot: &std::sync::OnceLock<gemm_bf16::PackedB>,
+    slot: &Pack,
 ) -> candle_core::Result<f64> {
-    let head = packed(slot, w, (d, v), (1, d))?;
+    let head = packed(&slot.ours, w, (d, v), (1, d))?;
     let parallel = candle_core::utils::get_num_threads() > 1;
     nll_sum_blocks(v, targets, |rows, r0, c0, nc, logits| {
         gemm_bf16::gemm_cols(
@@ -167,6 +167,33 @@ fn nll_sum_cpu_bf16(
             parallel,
         )
         .map_err(candle_core::Error::wrap)
+    })
+}
+
+/// [`nll_sum_cpu`] on oneDNN: in bf16 each vocabulary block of `w` is
+/// reordered once into `slot`, in f32 read where it lies.
+fn nll_sum_cpu_onednn(
+    path: KernelPath,
+    h: &[f32],
+    w: &[f32],
+    d: usize,
+    v: usize,
+    targets: &[u32],
+    slot: &Pack,
+) -> candle_core::Result<f64> {
+    let threads = candle_core::utils::get_num_threads();
+    nll_sum_blocks(v, targets, |rows, r0, c0, nc, logits| {
+        gemm_weight(
+            path,
+            (rows, nc, d),
+            logits,
+            nc,
+            false,
+            (&h[r0 * d..], d, 1),
+            (&w[c0 * d..], 1, d),
+            Some(slot),
+            threads,
+        )
     })
 }
 
@@ -260,7 +287,9 @@ pub(crate) fn eval_loss_from_hidden(
                     .enumerate()
                     .map(|(r, row)| {
                         let h = &h[r * t * d..];
-                        if path.is_bf16() {
+                        if path.is_onednn() {
+                            nll_sum_cpu_onednn(path, h, w, d, v, &row[1..], &packs.fwd)
+                        } else if path.is_bf16() {
                             nll_sum_cpu_bf16(h, w, d, v, &row[1..], &packs.fwd)
                         } else {
                             Ok(nll_sum_cpu(h, w, d, v, &row[1..]))
@@ -335,7 +364,7 @@ pub(crate) fn lm_head_cross_entropy(
             targets: Arc::new(targets.to_vec()),
             saved: Mutex::new(None),
             sink: sink.cloned(),
-            bf16: path.is_bf16(),
+            path,
             packs: packs.clone(),
         };
         Ok(h.contiguous()?.apply_op2(&w.contiguous()?, op)?)
@@ -354,8 +383,8 @@ struct HeadCrossEntropy {
     saved: Mutex<Option<(Vec<f32>, Vec<f32>)>>,
     /// Where `dW` goes, if not to candle.
     sink: Option<GradSink>,
-    /// Whether the GEMMs run in bf16.
-    bf16: bool,
+    /// Where the GEMMs run (fast, bf16 or oneDNN).
+    path: KernelPath,
     /// `W`'s bf16 packs (bf16 only).
     packs: Arc<WeightPacks>,
 }
@@ -373,7 +402,7 @@ impl HeadCrossEntropy {
         let mut logits = vec![0f32; n * v];
         let threads = candle_core::utils::get_num_threads();
         gemm_weight(
-            self.bf16,
+            self.path,
             (n, v, d),
             &mut logits,
             v,
@@ -446,7 +475,7 @@ impl CustomOp2 for HeadCrossEntropy {
                     });
                 let mut dh = vec![0f32; n * d];
                 gemm_weight(
-                    self.bf16,
+                    self.path,
                     (n, d, v),
                     &mut dh,
                     d,
@@ -458,7 +487,7 @@ impl CustomOp2 for HeadCrossEntropy {
                 )?;
                 let dw_into = |dw: &mut [f32]| {
                     gemm_weight(
-                        self.bf16,
+                        self.path,
                         (v, d, n),
                         dw,
                         d,

@@ -6,7 +6,8 @@
 //! GEMM call), [`conv1d`] (bias-fused GPT-2 projections), [`attention`] (the
 //! one causal softmax, evaluation and training attention), [`norms`],
 //! [`activations`] (GELU, dropout), [`loss`], [`embedding`] (training's token
-//! embedding and the gradient sink), [`optimizer`] (AdamW).
+//! embedding and the gradient sink), [`optimizer`] (AdamW), [`onednn`] (the
+//! weight GEMMs on oneDNN, loaded at run time).
 
 pub(crate) mod activations;
 pub(crate) mod attention;
@@ -17,6 +18,7 @@ pub mod gemm_bf16;
 pub(crate) mod linear;
 pub(crate) mod loss;
 pub(crate) mod norms;
+pub mod onednn;
 pub(crate) mod optimizer;
 pub(crate) mod rng;
 pub(crate) mod simd;
@@ -36,6 +38,11 @@ pub(crate) enum KernelPath {
     /// ([`gemm_bf16`], AVX512-BF16); activations, norms, softmax, attention
     /// and the loss stay f32.
     FastBf16,
+    /// The fused CPU kernels with every weight GEMM on oneDNN in f32.
+    Onednn,
+    /// The fused CPU kernels with every weight GEMM on oneDNN in bf16 (f32
+    /// accumulation and out, weights reordered once per set of weights).
+    OnednnBf16,
     /// candle's ops only: what CUDA and Metal run.
     Portable,
 }
@@ -43,12 +50,37 @@ pub(crate) enum KernelPath {
 impl KernelPath {
     /// Whether the fused CPU kernels run.
     pub(crate) fn is_fast(self) -> bool {
-        matches!(self, Self::Fast | Self::FastBf16)
+        matches!(
+            self,
+            Self::Fast | Self::FastBf16 | Self::Onednn | Self::OnednnBf16
+        )
     }
 
     /// Whether the weight GEMMs run in bf16 on the CPU.
     pub(crate) fn is_bf16(self) -> bool {
-        self == Self::FastBf16
+        matches!(self, Self::FastBf16 | Self::OnednnBf16)
+    }
+
+    /// Whether the weight GEMMs run on oneDNN.
+    pub(crate) fn is_onednn(self) -> bool {
+        matches!(self, Self::Onednn | Self::OnednnBf16)
+    }
+
+    /// Whether the weight GEMMs run in a custom op of ours (bf16 or oneDNN)
+    /// rather than candle's matmul.
+    pub(crate) fn custom_gemm(self) -> bool {
+        self.is_bf16() || self.is_onednn()
+    }
+
+    /// The path's name in logs: `fast`, `fast-bf16`, `onednn`, `onednn-bf16`, `portable`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Fast => "fast",
+            Self::FastBf16 => "fast-bf16",
+            Self::Onednn => "onednn",
+            Self::OnednnBf16 => "onednn-bf16",
+            Self::Portable => "portable",
+        }
     }
 }
 

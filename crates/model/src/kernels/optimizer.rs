@@ -135,7 +135,10 @@ impl Moments {
     /// Zero moments for `param` on `path`.
     pub(crate) fn zeros(path: KernelPath, param: &Tensor) -> Result<Self> {
         Ok(match path {
-            KernelPath::Fast | KernelPath::FastBf16 => {
+            KernelPath::Fast
+            | KernelPath::FastBf16
+            | KernelPath::Onednn
+            | KernelPath::OnednnBf16 => {
                 let n = param.elem_count();
                 Self::Host {
                     m: vec![0.0; n],
@@ -157,7 +160,10 @@ impl Moments {
         param: &Tensor,
     ) -> Result<Self> {
         Ok(match path {
-            KernelPath::Fast | KernelPath::FastBf16 => Self::Host { m, v },
+            KernelPath::Fast
+            | KernelPath::FastBf16
+            | KernelPath::Onednn
+            | KernelPath::OnednnBf16 => Self::Host { m, v },
             KernelPath::Portable => Self::Device {
                 m: Tensor::from_vec(m, param.shape(), param.device())?,
                 v: Tensor::from_vec(v, param.shape(), param.device())?,

@@ -45,9 +45,12 @@ pub fn load_on(dir: &std::path::Path, kernels: pretrain_model::Kernels) -> pretr
     pretrain_model::Model::load_with(dir, &candle_core::Device::Cpu, options).unwrap()
 }
 
-/// `name => check` runs `check(kernels)` as two tests, `name::auto` (the
-/// fast CPU kernels) and `name::portable` (candle's ops only, the path CUDA
-/// runs), so every parity check covers both paths in every `cargo test`.
+/// `name => check` runs `check(kernels)` as three tests, `name::auto` (the
+/// fast CPU kernels, their GEMMs on oneDNN where auto measured it faster),
+/// `name::portable` (candle's ops only, the path CUDA runs) and
+/// `name::onednn` (every weight GEMM on oneDNN; ignored with the reason
+/// where libdnnl.so.2 is absent), so every parity check covers every path
+/// in every `cargo test`.
 #[macro_export]
 macro_rules! on_both_paths {
     ($($name:ident => $check:expr;)+) => {
@@ -63,6 +66,15 @@ macro_rules! on_both_paths {
                 #[test]
                 fn portable() {
                     ($check)(pretrain_model::Kernels::Portable);
+                }
+
+                #[test]
+                #[cfg_attr(
+                    not(have_onednn),
+                    ignore = "needs libdnnl.so.2 (apt-get install libdnnl-dev)"
+                )]
+                fn onednn() {
+                    ($check)(pretrain_model::Kernels::Onednn);
                 }
             }
         )+

@@ -1,0 +1,1128 @@
+//! The weight GEMMs on oneDNN (`libdnnl.so.2`, the 2.x C API), PyTorch's own
+//! CPU matmul library: it picks its kernel (AMX, AVX512-BF16, AVX-512, AVX2)
+//! when a primitive is created, so the same code runs on any x86-64 CPU and
+//! gets the fastest engine there. The library is loaded at run time
+//! ([`api`]), so a machine without it builds and runs on our own kernels.
+//!
+//! A small hand-written FFI over the functions used: `dnnl_memory_desc_t` and
+//! `dnnl_matmul_desc_t` are by-value structs in 2.x, held here as opaque
+//! bytes of their C sizes (asserted against `sizeof` in a test) and only ever
+//! filled and read by the library. Primitives are created once per shape and
+//! cached ([`Matmul`]); in bf16 the activations are converted per call and
+//! the weights reordered once per set of weights into the layout the
+//! primitive prefers (format `any`, [`WeightSlot`]), f32 out.
+
+use std::collections::HashMap;
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use libloading::Library;
+use thiserror::Error;
+
+use super::gemm_bf16::to_bf16;
+
+/// `sizeof(dnnl_memory_desc_t)` in oneDNN 2.x (x86-64).
+pub(crate) const MEMORY_DESC_SIZE: usize = 696;
+/// `sizeof(dnnl_matmul_desc_t)` in oneDNN 2.x (x86-64).
+pub(crate) const MATMUL_DESC_SIZE: usize = 2800;
+
+// The 2.x enum values used (dnnl_types.h).
+const DNNL_SUCCESS: c_int = 0;
+const DNNL_CPU: c_int = 1;
+const DT_BF16: c_int = 2;
+const DT_F32: c_int = 3;
+const TAG_ANY: c_int = 1;
+const ARG_SRC: c_int = 1;
+const ARG_DST: c_int = 17;
+const ARG_WEIGHTS: c_int = 33;
+const ARG_SCRATCHPAD: c_int = 80;
+const QUERY_IMPL_INFO_STR: c_int = 8;
+const QUERY_WEIGHTS_MD: c_int = 131;
+const QUERY_SCRATCHPAD_MD: c_int = 136;
+const SCRATCHPAD_USER: c_int = 1;
+const STREAM_DEFAULT: c_uint = 1;
+
+/// Why the oneDNN path cannot run or a call failed.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum OnednnError {
+    /// `libdnnl.so.2` did not load (or lacks a function).
+    #[error(
+        "--kernels onednn needs oneDNN (libdnnl.so.2; on Debian/Ubuntu `apt-get install \
+         libdnnl-dev`), which did not load: {0}"
+    )]
+    Load(String),
+    /// The library loaded but is not the 2.x API this FFI was written for.
+    #[error("oneDNN {0} loaded as libdnnl.so.2, but this build needs the 2.x API")]
+    Version(String),
+    /// oneDNN has no kernel for this dtype on this CPU (primitive creation failed).
+    #[error("oneDNN has no {dtype} matmul kernel on this CPU (dnnl status {status}); use --dtype f32 or --kernels auto")]
+    NoKernel {
+        /// `f32` or `bf16`.
+        dtype: &'static str,
+        /// The status `dnnl_primitive_desc_create` returned.
+        status: i32,
+    },
+    /// A oneDNN call failed.
+    #[error("oneDNN call {call} failed with status {status}")]
+    Call {
+        /// The function.
+        call: &'static str,
+        /// Its `dnnl_status_t`.
+        status: i32,
+    },
+    /// A slice is too short for the shape and strides given.
+    #[error("onednn gemm: {0} is too short for the shape and strides given")]
+    Shape(&'static str),
+}
+
+/// A `dnnl_memory_desc_t`: opaque, filled and read by the library only.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct MemoryDesc([u8; MEMORY_DESC_SIZE]);
+
+impl MemoryDesc {
+    const ZERO: Self = Self([0; MEMORY_DESC_SIZE]);
+}
+
+/// A `dnnl_matmul_desc_t`: opaque, filled by `dnnl_matmul_desc_init`.
+#[repr(C, align(8))]
+struct MatmulDesc([u8; MATMUL_DESC_SIZE]);
+
+/// A `dnnl_exec_arg_t`.
+#[repr(C)]
+struct ExecArg {
+    arg: c_int,
+    memory: Handle,
+}
+
+/// Any oneDNN handle (`dnnl_engine_t`, `dnnl_primitive_t`, ...).
+type Handle = *mut c_void;
+/// `dnnl_status_t`.
+type Status = c_int;
+
+/// `dnnl_version_t`.
+#[repr(C)]
+struct Version {
+    major: c_int,
+    minor: c_int,
+    patch: c_int,
+    hash: *const c_char,
+    cpu_runtime: c_uint,
+    gpu_runtime: c_uint,
+}
+
+/// The functions used, resolved once from the loaded library.
+struct Api {
+    engine: Handle,
+    engine_create: unsafe extern "C" fn(*mut Handle, c_int, usize) -> Status,
+    stream_create: unsafe extern "C" fn(*mut Handle, Handle, c_uint) -> Status,
+    stream_wait: unsafe extern "C" fn(Handle) -> Status,
+    stream_destroy: unsafe extern "C" fn(Handle) -> Status,
+    md_strides:
+        unsafe extern "C" fn(*mut MemoryDesc, c_int, *const i64, c_int, *const i64) -> Status,
+    md_tag: unsafe extern "C" fn(*mut MemoryDesc, c_int, *const i64, c_int, c_int) -> Status,
+    md_size: unsafe extern "C" fn(*const MemoryDesc) -> usize,
+    md_equal: unsafe extern "C" fn(*const MemoryDesc, *const MemoryDesc) -> c_int,
+    matmul_desc_init: unsafe extern "C" fn(
+        *mut MatmulDesc,
+        *const MemoryDesc,
+        *const MemoryDesc,
+        *const MemoryDesc,
+        *const MemoryDesc,
+    ) -> Status,
+    attr_create: unsafe extern "C" fn(*mut Handle) -> Status,
+    attr_destroy: unsafe extern "C" fn(Handle) -> Status,
+    attr_scratchpad: unsafe extern "C" fn(Handle, c_int) -> Status,
+    attr_post_ops: unsafe extern "C" fn(Handle, Handle) -> Status,
+    post_ops_create: unsafe extern "C" fn(*mut Handle) -> Status,
+    post_ops_destroy: unsafe extern "C" fn(Handle) -> Status,
+    post_ops_sum: unsafe extern "C" fn(Handle, f32) -> Status,
+    pd_create: unsafe extern "C" fn(*mut Handle, *const c_void, Handle, Handle, Handle) -> Status,
+    pd_destroy: unsafe extern "C" fn(Handle) -> Status,
+    pd_query: unsafe extern "C" fn(Handle, c_int, c_int, *mut c_void) -> Status,
+    pd_query_md: unsafe extern "C" fn(Handle, c_int, c_int) -> *const MemoryDesc,
+    reorder_pd_create: unsafe extern "C" fn(
+        *mut Handle,
+        *const MemoryDesc,
+        Handle,
+        *const MemoryDesc,
+        Handle,
+        Handle,
+    ) -> Status,
+    prim_create: unsafe extern "C" fn(*mut Handle, Handle) -> Status,
+    prim_destroy: unsafe extern "C" fn(Handle) -> Status,
+    prim_execute: unsafe extern "C" fn(Handle, Handle, c_int, *const ExecArg) -> Status,
+    mem_create: unsafe extern "C" fn(*mut Handle, *const MemoryDesc, Handle, *mut c_void) -> Status,
+    mem_destroy: unsafe extern "C" fn(Handle) -> Status,
+    /// libgomp's (oneDNN's threading runtime here), to match `threads`.
+    omp_set_num_threads: Option<unsafe extern "C" fn(c_int)>,
+    /// "2.6.3".
+    version: String,
+    // Kept loaded for the process: the function pointers above point into them.
+    _lib: Library,
+    _gomp: Option<Library>,
+}
+
+// SAFETY: the engine is a CPU engine, which oneDNN documents as safe to use
+// from any thread; the rest are function pointers and the libraries.
+unsafe impl Send for Api {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for Api {}
+
+/// Maps a status to a result.
+fn check(call: &'static str, status: Status) -> Result<(), OnednnError> {
+    if status == DNNL_SUCCESS {
+        Ok(())
+    } else {
+        Err(OnednnError::Call { call, status })
+    }
+}
+
+/// Resolves `name` in `lib` as a `T` (a function pointer type).
+///
+/// # Safety
+/// `T` must be the C signature of `name`.
+unsafe fn sym<T: Copy>(lib: &Library, name: &str) -> Result<T, OnednnError> {
+    lib.get::<T>(name.as_bytes())
+        .map(|s| *s)
+        .map_err(|e| OnednnError::Load(format!("{name}: {e}")))
+}
+
+impl Api {
+    /// Loads `libdnnl.so.2`, checks it is 2.x and creates the CPU engine.
+    fn load() -> Result<Self, OnednnError> {
+        // oneDNN's OpenMP threads spin after each GEMM by default, taking
+        // the cores from the rayon threads that run the next kernel (3x
+        // slower evaluation of a tiny model measured on 2 cores); libgomp
+        // reads this once, when it loads with libdnnl just below.
+        if std::env::var_os("OMP_WAIT_POLICY").is_none() {
+            std::env::set_var("OMP_WAIT_POLICY", "PASSIVE");
+        }
+        // SAFETY: loading a shared library runs its initialisers; libdnnl's
+        // are oneDNN's own static set-up.
+        let lib = unsafe { Library::new("libdnnl.so.2") }
+            .map_err(|e| OnednnError::Load(e.to_string()))?;
+        // SAFETY (every `sym` below): each type is the function's prototype in
+        // oneDNN 2.x's dnnl.h, copied by hand.
+        unsafe {
+            let version: unsafe extern "C" fn() -> *const Version = sym(&lib, "dnnl_version")?;
+            let v = version();
+            if v.is_null() {
+                return Err(OnednnError::Version("(unknown)".into()));
+            }
+            let v = &*v;
+            let version = format!("{}.{}.{}", v.major, v.minor, v.patch);
+            if v.major != 2 {
+                return Err(OnednnError::Version(version));
+            }
+            // oneDNN threads with OpenMP here; its team size follows `threads`.
+            let gomp = Library::new("libgomp.so.1").ok();
+            let omp_set_num_threads = gomp
+                .as_ref()
+                .and_then(|g| sym::<unsafe extern "C" fn(c_int)>(g, "omp_set_num_threads").ok());
+            let mut api = Api {
+                engine: std::ptr::null_mut(),
+                engine_create: sym(&lib, "dnnl_engine_create")?,
+                stream_create: sym(&lib, "dnnl_stream_create")?,
+                stream_wait: sym(&lib, "dnnl_stream_wait")?,
+                stream_destroy: sym(&lib, "dnnl_stream_destroy")?,
+                md_strides: sym(&lib, "dnnl_memory_desc_init_by_strides")?,
+                md_tag: sym(&lib, "dnnl_memory_desc_init_by_tag")?,
+                md_size: sym(&lib, "dnnl_memory_desc_get_size")?,
+                md_equal: sym(&lib, "dnnl_memory_desc_equal")?,
+                matmul_desc_init: sym(&lib, "dnnl_matmul_desc_init")?,
+                attr_create: sym(&lib, "dnnl_primitive_attr_create")?,
+                attr_destroy: sym(&lib, "dnnl_primitive_attr_destroy")?,
+                attr_scratchpad: sym(&lib, "dnnl_primitive_attr_set_scratchpad_mode")?,
+                attr_post_ops: sym(&lib, "dnnl_primitive_attr_set_post_ops")?,
+                post_ops_create: sym(&lib, "dnnl_post_ops_create")?,
+                post_ops_destroy: sym(&lib, "dnnl_post_ops_destroy")?,
+                post_ops_sum: sym(&lib, "dnnl_post_ops_append_sum")?,
+                pd_create: sym(&lib, "dnnl_primitive_desc_create")?,
+                pd_destroy: sym(&lib, "dnnl_primitive_desc_destroy")?,
+                pd_query: sym(&lib, "dnnl_primitive_desc_query")?,
+                pd_query_md: sym(&lib, "dnnl_primitive_desc_query_md")?,
+                reorder_pd_create: sym(&lib, "dnnl_reorder_primitive_desc_create")?,
+                prim_create: sym(&lib, "dnnl_primitive_create")?,
+                prim_destroy: sym(&lib, "dnnl_primitive_destroy")?,
+                prim_execute: sym(&lib, "dnnl_primitive_execute")?,
+                mem_create: sym(&lib, "dnnl_memory_create")?,
+                mem_destroy: sym(&lib, "dnnl_memory_destroy")?,
+                omp_set_num_threads,
+                version,
+                _lib: lib,
+                _gomp: gomp,
+            };
+            let mut engine = std::ptr::null_mut();
+            check(
+                "dnnl_engine_create",
+                (api.engine_create)(&mut engine, DNNL_CPU, 0),
+            )?;
+            api.engine = engine;
+            Ok(api)
+        }
+    }
+
+    /// A plain `rows x cols` descriptor with strides `(rs, cs)`.
+    fn md_strided(
+        &self,
+        (rows, cols): (usize, usize),
+        dt: c_int,
+        (rs, cs): (usize, usize),
+    ) -> Result<MemoryDesc, OnednnError> {
+        let mut md = MemoryDesc::ZERO;
+        let dims = [dim(rows)?, dim(cols)?];
+        let strides = [dim(rs)?, dim(cs)?];
+        // SAFETY: `md` is a writable dnnl_memory_desc_t; dims and strides hold 2 values.
+        check("dnnl_memory_desc_init_by_strides", unsafe {
+            (self.md_strides)(&mut md, 2, dims.as_ptr(), dt, strides.as_ptr())
+        })?;
+        Ok(md)
+    }
+
+    /// A `rows x cols` descriptor in the layout the primitive prefers.
+    fn md_any(&self, (rows, cols): (usize, usize), dt: c_int) -> Result<MemoryDesc, OnednnError> {
+        let mut md = MemoryDesc::ZERO;
+        let dims = [dim(rows)?, dim(cols)?];
+        // SAFETY: as in `md_strided`.
+        check("dnnl_memory_desc_init_by_tag", unsafe {
+            (self.md_tag)(&mut md, 2, dims.as_ptr(), dt, TAG_ANY)
+        })?;
+        Ok(md)
+    }
+
+    /// Sets the OpenMP team size of the calling thread.
+    fn set_threads(&self, threads: usize) {
+        if let Some(f) = self.omp_set_num_threads {
+            // SAFETY: omp_set_num_threads(int) has no other precondition.
+            unsafe { f(threads.clamp(1, c_int::MAX as usize) as c_int) };
+        }
+    }
+}
+
+/// A dimension or stride as oneDNN's `int64_t`.
+fn dim(x: usize) -> Result<i64, OnednnError> {
+    i64::try_from(x).map_err(|_| OnednnError::Shape("dimension"))
+}
+
+/// The loaded library, or why it did not load (tried once a process).
+fn api() -> Result<&'static Api, OnednnError> {
+    static API: OnceLock<Result<Api, OnednnError>> = OnceLock::new();
+    API.get_or_init(Api::load).as_ref().map_err(Clone::clone)
+}
+
+/// Whether oneDNN loads here, and its version ("2.6.3").
+pub fn available() -> Result<String, OnednnError> {
+    api().map(|a| a.version.clone())
+}
+
+/// One executing context: a CPU stream (one a thread, as oneDNN asks).
+struct Stream(Handle);
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        if let Ok(api) = api() {
+            // SAFETY: the stream was created by dnnl_stream_create and is dropped once.
+            unsafe {
+                let _ = (api.stream_destroy)(self.0);
+            }
+        }
+    }
+}
+
+thread_local! {
+    static STREAM: std::cell::RefCell<Option<Stream>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's stream, creating it first if needed.
+fn with_stream<R>(
+    api: &Api,
+    f: impl FnOnce(Handle) -> Result<R, OnednnError>,
+) -> Result<R, OnednnError> {
+    STREAM.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.is_none() {
+            let mut h = std::ptr::null_mut();
+            // SAFETY: a valid engine and an out-pointer.
+            check("dnnl_stream_create", unsafe {
+                (api.stream_create)(&mut h, api.engine, STREAM_DEFAULT)
+            })?;
+            *s = Some(Stream(h));
+        }
+        let h = s.as_ref().map(|s| s.0).unwrap_or(std::ptr::null_mut());
+        f(h)
+    })
+}
+
+/// The compute dtype of a oneDNN GEMM (always f32 out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dtype {
+    /// f32 in and out.
+    F32,
+    /// bf16 operands (rounded to nearest even), f32 accumulation and out.
+    Bf16,
+}
+
+impl Dtype {
+    fn code(self) -> c_int {
+        match self {
+            Self::F32 => DT_F32,
+            Self::Bf16 => DT_BF16,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        }
+    }
+}
+
+/// What a cached primitive is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Key {
+    m: usize,
+    k: usize,
+    n: usize,
+    /// A's strides as oneDNN reads it.
+    a: (usize, usize),
+    /// B's strides, or `None` for the primitive's preferred layout.
+    b: Option<(usize, usize)>,
+    dst_rs: usize,
+    dtype: Dtype,
+    accumulate: bool,
+}
+
+/// A matmul primitive and what executing it needs.
+struct Matmul {
+    pd: Handle,
+    prim: Handle,
+    src: MemoryDesc,
+    wei: MemoryDesc,
+    dst: MemoryDesc,
+    scratch: MemoryDesc,
+    scratch_bytes: usize,
+    /// oneDNN's implementation name ("brg:avx512_core_bf16").
+    impl_name: String,
+}
+
+// SAFETY: a primitive with a user scratchpad (each call brings its own) is
+// safe to execute from several threads at once (oneDNN's thread-safety
+// rules); the descriptors are plain bytes.
+unsafe impl Send for Matmul {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for Matmul {}
+
+impl Drop for Matmul {
+    fn drop(&mut self) {
+        if let Ok(api) = api() {
+            // SAFETY: both were created once by the library and are destroyed once.
+            unsafe {
+                let _ = (api.prim_destroy)(self.prim);
+                let _ = (api.pd_destroy)(self.pd);
+            }
+        }
+    }
+}
+
+impl Matmul {
+    /// Creates the primitive for `key`.
+    fn create(api: &Api, key: &Key) -> Result<Self, OnednnError> {
+        let dt = key.dtype.code();
+        let src = api.md_strided((key.m, key.k), dt, key.a)?;
+        let wei_req = match key.b {
+            Some(s) => api.md_strided((key.k, key.n), dt, s)?,
+            None => api.md_any((key.k, key.n), dt)?,
+        };
+        let dst = api.md_strided((key.m, key.n), DT_F32, (key.dst_rs, 1))?;
+        let mut desc = MatmulDesc([0; MATMUL_DESC_SIZE]);
+        // SAFETY: valid descriptors; a null bias descriptor means no bias.
+        check("dnnl_matmul_desc_init", unsafe {
+            (api.matmul_desc_init)(&mut desc, &src, &wei_req, std::ptr::null(), &dst)
+        })?;
+        let mut attr = std::ptr::null_mut();
+        let mut post_ops = std::ptr::null_mut();
+        let mut pd = std::ptr::null_mut();
+        // SAFETY: each call gets valid handles made just before; attr and
+        // post_ops are destroyed below whatever happens (pd copies them).
+        let status = unsafe {
+            check("dnnl_primitive_attr_create", (api.attr_create)(&mut attr))?;
+            let made = (|| {
+                check(
+                    "dnnl_primitive_attr_set_scratchpad_mode",
+                    (api.attr_scratchpad)(attr, SCRATCHPAD_USER),
+                )?;
+                if key.accumulate {
+                    check("dnnl_post_ops_create", (api.post_ops_create)(&mut post_ops))?;
+                    check(
+                        "dnnl_post_ops_append_sum",
+                        (api.post_ops_sum)(post_ops, 1.0),
+                    )?;
+                    check(
+                        "dnnl_primitive_attr_set_post_ops",
+                        (api.attr_post_ops)(attr, post_ops),
+                    )?;
+                }
+                Ok::<_, OnednnError>((api.pd_create)(
+                    &mut pd,
+                    (&desc as *const MatmulDesc).cast(),
+                    attr,
+                    api.engine,
+                    std::ptr::null_mut(),
+                ))
+            })();
+            if !post_ops.is_null() {
+                let _ = (api.post_ops_destroy)(post_ops);
+            }
+            let _ = (api.attr_destroy)(attr);
+            made?
+        };
+        if status != DNNL_SUCCESS {
+            return Err(OnednnError::NoKernel {
+                dtype: key.dtype.name(),
+                status,
+            });
+        }
+        // SAFETY: `pd` is a valid primitive descriptor from here on; the
+        // queried descriptors live as long as it and are copied out.
+        unsafe {
+            let mut prim = std::ptr::null_mut();
+            let created = check("dnnl_primitive_create", (api.prim_create)(&mut prim, pd));
+            if let Err(e) = created {
+                let _ = (api.pd_destroy)(pd);
+                return Err(e);
+            }
+            let mut name: *const c_char = std::ptr::null();
+            let _ = (api.pd_query)(
+                pd,
+                QUERY_IMPL_INFO_STR,
+                0,
+                (&mut name as *mut *const c_char).cast(),
+            );
+            let impl_name = if name.is_null() {
+                "(unknown)".to_string()
+            } else {
+                CStr::from_ptr(name).to_string_lossy().into_owned()
+            };
+            let wei = (api.pd_query_md)(pd, QUERY_WEIGHTS_MD, 0);
+            let scratch = (api.pd_query_md)(pd, QUERY_SCRATCHPAD_MD, 0);
+            let scratch_md = if scratch.is_null() {
+                MemoryDesc::ZERO
+            } else {
+                *scratch
+            };
+            let scratch_bytes = if scratch.is_null() {
+                0
+            } else {
+                (api.md_size)(&scratch_md)
+            };
+            Ok(Matmul {
+                pd,
+                prim,
+                src,
+                wei: if wei.is_null() { wei_req } else { *wei },
+                dst,
+                scratch: scratch_md,
+                scratch_bytes,
+                impl_name,
+            })
+        }
+    }
+}
+
+/// The cached primitive for `key`, created on first use.
+fn matmul(api: &Api, key: Key) -> Result<Arc<Matmul>, OnednnError> {
+    static CACHE: OnceLock<Mutex<HashMap<Key, Arc<Matmul>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    // A poisoned lock only means another thread panicked mid-insert: the map is intact.
+    let mut map = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(m) = map.get(&key) {
+        return Ok(m.clone());
+    }
+    let m = Arc::new(Matmul::create(api, &key)?);
+    // Bounded: a long run of new shapes (evaluation of many lengths) must not grow it forever.
+    if map.len() >= 512 {
+        map.clear();
+    }
+    map.insert(key, m.clone());
+    Ok(m)
+}
+
+/// A 64-byte aligned byte buffer (oneDNN's preferred alignment).
+struct Aligned {
+    buf: Vec<u8>,
+    offset: usize,
+    len: usize,
+}
+
+impl Aligned {
+    fn new(len: usize) -> Self {
+        let buf = vec![0u8; len + 64];
+        let offset = buf.as_ptr().align_offset(64).min(64);
+        Self { buf, offset, len }
+    }
+
+    fn ptr(&mut self) -> *mut c_void {
+        self.buf[self.offset..self.offset + self.len]
+            .as_mut_ptr()
+            .cast()
+    }
+}
+
+/// One weight reordered into a primitive's preferred layout.
+struct Reordered {
+    /// Where the f32 weight was and how it was read: `(address, k, n, rs, cs)`.
+    source: (usize, usize, usize, usize, usize),
+    md: MemoryDesc,
+    data: Aligned,
+}
+
+/// A weight's oneDNN copies (bf16, in the primitive's layout), made on first
+/// use: one set of weights each (a network is built again after every
+/// optimizer step), a few entries where one weight is read in blocks (the
+/// evaluation loss's vocabulary blocks).
+#[derive(Default)]
+#[allow(private_interfaces)]
+pub struct WeightSlot(Mutex<Vec<Reordered>>);
+
+impl std::fmt::Debug for WeightSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map(|v| v.len()).unwrap_or(0);
+        write!(f, "WeightSlot({n} reordered)")
+    }
+}
+
+/// A memory object over a caller's buffer, destroyed on drop.
+struct Memory<'a>(&'a Api, Handle);
+
+impl<'a> Memory<'a> {
+    fn new(api: &'a Api, md: &MemoryDesc, data: *mut c_void) -> Result<Self, OnednnError> {
+        let mut h = std::ptr::null_mut();
+        // SAFETY: a valid descriptor and engine; `data` holds md's size bytes
+        // (the callers' invariant) and outlives the memory object.
+        check("dnnl_memory_create", unsafe {
+            (api.mem_create)(&mut h, md, api.engine, data)
+        })?;
+        Ok(Self(api, h))
+    }
+}
+
+impl Drop for Memory<'_> {
+    fn drop(&mut self) {
+        // SAFETY: created by dnnl_memory_create, destroyed once.
+        unsafe {
+            let _ = (self.0.mem_destroy)(self.1);
+        }
+    }
+}
+
+/// Executes `prim` with `args` on this thread's stream and waits for it.
+fn execute(api: &Api, prim: Handle, args: &[ExecArg], threads: usize) -> Result<(), OnednnError> {
+    api.set_threads(threads);
+    with_stream(api, |stream| {
+        // SAFETY: every memory in `args` is valid for the primitive's
+        // descriptors and outlives the call, which waits for completion.
+        unsafe {
+            check(
+                "dnnl_primitive_execute",
+                (api.prim_execute)(prim, stream, args.len() as c_int, args.as_ptr()),
+            )?;
+            check("dnnl_stream_wait", (api.stream_wait)(stream))
+        }
+    })
+}
+
+/// Reorders the f32 weight `b` (`k x n`, strides `(rs, cs)`) into `md`.
+fn reorder(
+    api: &Api,
+    b: &[f32],
+    (k, n): (usize, usize),
+    (rs, cs): (usize, usize),
+    md: &MemoryDesc,
+    threads: usize,
+) -> Result<Aligned, OnednnError> {
+    let src_md = api.md_strided((k, n), DT_F32, (rs, cs))?;
+    // SAFETY: a valid descriptor.
+    let bytes = unsafe { (api.md_size)(md) };
+    let mut out = Aligned::new(bytes);
+    let mut pd = std::ptr::null_mut();
+    // SAFETY: valid descriptors and engine; pd and the primitive are
+    // destroyed before returning; `b` covers src_md (checked by the caller).
+    unsafe {
+        check(
+            "dnnl_reorder_primitive_desc_create",
+            (api.reorder_pd_create)(
+                &mut pd,
+                &src_md,
+                api.engine,
+                md,
+                api.engine,
+                std::ptr::null_mut(),
+            ),
+        )?;
+        let mut prim = std::ptr::null_mut();
+        let made = check("dnnl_primitive_create", (api.prim_create)(&mut prim, pd));
+        let _ = (api.pd_destroy)(pd);
+        made?;
+        let run = (|| {
+            let src = Memory::new(api, &src_md, b.as_ptr() as *mut c_void)?;
+            let dst = Memory::new(api, md, out.ptr())?;
+            execute(
+                api,
+                prim,
+                &[
+                    ExecArg {
+                        arg: ARG_SRC,
+                        memory: src.1,
+                    },
+                    ExecArg {
+                        arg: ARG_DST,
+                        memory: dst.1,
+                    },
+                ],
+                threads,
+            )
+        })();
+        let _ = (api.prim_destroy)(prim);
+        run?;
+    }
+    Ok(out)
+}
+
+/// The last index a `rows x cols` matrix with these strides touches, plus 1.
+fn extent(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
+    if rows == 0 || cols == 0 {
+        0
+    } else {
+        (rows - 1) * rs + (cols - 1) * cs + 1
+    }
+}
+
+/// An operand as oneDNN reads it: f32 in place, or a dense copy.
+enum Operand<'a> {
+    F32(&'a [f32], (usize, usize)),
+    F32Copy(Vec<f32>, (usize, usize)),
+    Bf16(Vec<u16>, (usize, usize)),
+}
+
+impl Operand<'_> {
+    fn strides(&self) -> (usize, usize) {
+        match self {
+            Self::F32(_, s) | Self::F32Copy(_, s) | Self::Bf16(_, s) => *s,
+        }
+    }
+
+    fn ptr(&mut self) -> *mut c_void {
+        match self {
+            // oneDNN only reads a source operand: the cast to `*mut` is its C signature.
+            Self::F32(d, _) => d.as_ptr() as *mut c_void,
+            Self::F32Copy(d, _) => d.as_mut_ptr().cast(),
+            Self::Bf16(d, _) => d.as_mut_ptr().cast(),
+        }
+    }
+}
+
+/// `x` (`rows x cols`, strides `(rs, cs)`) for oneDNN in `dtype`: f32 as it
+/// lies when one stride is 1, else (and for bf16) a dense copy in the same
+/// orientation (a transposed operand stays transposed: converting it in
+/// memory order is a straight pass).
+fn operand(
+    x: &[f32],
+    (rows, cols): (usize, usize),
+    (rs, cs): (usize, usize),
+    dtype: Dtype,
+) -> Operand<'_> {
+    use rayon::prelude::*;
+    if dtype == Dtype::F32 && (cs == 1 || rs == 1) {
+        return Operand::F32(x, (rs, cs));
+    }
+    // Column-major (stride 1 down a column) when that is how it lies.
+    let col_major = rs == 1 && cs != 1;
+    let (dense, inner) = if col_major {
+        ((1, rows), rows)
+    } else {
+        ((cols, 1), cols)
+    };
+    let at = |o: usize, i: usize| {
+        if col_major {
+            x[o * cs + i * rs]
+        } else {
+            x[o * rs + i * cs]
+        }
+    };
+    match dtype {
+        Dtype::F32 => {
+            let mut out = vec![0f32; rows * cols];
+            out.par_chunks_mut(inner.max(1))
+                .enumerate()
+                .for_each(|(o, line)| {
+                    for (i, v) in line.iter_mut().enumerate() {
+                        *v = at(o, i);
+                    }
+                });
+            Operand::F32Copy(out, dense)
+        }
+        Dtype::Bf16 => {
+            let mut out = vec![0u16; rows * cols];
+            out.par_chunks_mut(inner.max(1))
+                .enumerate()
+                .for_each(|(o, line)| {
+                    for (i, v) in line.iter_mut().enumerate() {
+                        *v = to_bf16(at(o, i));
+                    }
+                });
+            Operand::Bf16(out, dense)
+        }
+    }
+}
+
+/// `dst[m x n] = (accumulate ? dst : 0) + lhs[m x k] @ rhs[k x n]` on
+/// oneDNN, operands given as (slice, row stride, column stride) and `dst`
+/// row-major with row stride `dst_rs`, as [`super::gemm::gemm_f32`]. In
+/// bf16 with a `slot` (a weight), `rhs` is reordered into the primitive's
+/// layout once and kept there; without one (an activation) it is converted
+/// for this call.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    dtype: Dtype,
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: (&[f32], usize, usize),
+    rhs: (&[f32], usize, usize),
+    slot: Option<&WeightSlot>,
+    threads: usize,
+) -> Result<(), OnednnError> {
+    let api = api()?;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let dst_rs = if m == 1 { n } else { dst_rs };
+    if dst_rs < n || dst.len() < extent(m, n, dst_rs, 1) {
+        return Err(OnednnError::Shape("dst"));
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                dst[i * dst_rs..i * dst_rs + n].fill(0.0);
+            }
+        }
+        return Ok(());
+    }
+    if lhs.0.len() < extent(m, k, lhs.1, lhs.2) {
+        return Err(OnednnError::Shape("lhs"));
+    }
+    if rhs.0.len() < extent(k, n, rhs.1, rhs.2) {
+        return Err(OnednnError::Shape("rhs"));
+    }
+    let mut a = operand(lhs.0, (m, k), (lhs.1, lhs.2), dtype);
+    let slot = slot.filter(|_| dtype == Dtype::Bf16);
+    let mut b = match slot {
+        Some(_) => None,
+        None => Some(operand(rhs.0, (k, n), (rhs.1, rhs.2), dtype)),
+    };
+    let key = Key {
+        m,
+        k,
+        n,
+        a: a.strides(),
+        b: b.as_ref().map(Operand::strides),
+        dst_rs,
+        dtype,
+        accumulate,
+    };
+    let mm = matmul(api, key)?;
+    let mut scratch = Aligned::new(mm.scratch_bytes);
+    let src_mem = Memory::new(api, &mm.src, a.ptr())?;
+    let dst_mem = Memory::new(api, &mm.dst, dst.as_mut_ptr().cast())?;
+    let scratch_mem = Memory::new(api, &mm.scratch, scratch.ptr())?;
+    let run = |wei: Handle| {
+        execute(
+            api,
+            mm.prim,
+            &[
+                ExecArg {
+                    arg: ARG_SRC,
+                    memory: src_mem.1,
+                },
+                ExecArg {
+                    arg: ARG_WEIGHTS,
+                    memory: wei,
+                },
+                ExecArg {
+                    arg: ARG_DST,
+                    memory: dst_mem.1,
+                },
+                ExecArg {
+                    arg: ARG_SCRATCHPAD,
+                    memory: scratch_mem.1,
+                },
+            ],
+            threads,
+        )
+    };
+    match (slot, b.as_mut()) {
+        (_, Some(b)) => {
+            let wei = Memory::new(api, &mm.wei, b.ptr())?;
+            run(wei.1)
+        }
+        (Some(slot), None) => {
+            let source = (rhs.0.as_ptr() as usize, k, n, rhs.1, rhs.2);
+            let mut held = slot.0.lock().unwrap_or_else(|e| e.into_inner());
+            // SAFETY (md_equal): both are valid descriptors.
+            let found = held
+                .iter()
+                .position(|r| r.source == source && unsafe { (api.md_equal)(&r.md, &mm.wei) } != 0);
+            let at = match found {
+                Some(at) => at,
+                None => {
+                    let data = reorder(api, rhs.0, (k, n), (rhs.1, rhs.2), &mm.wei, threads)?;
+                    held.push(Reordered {
+                        source,
+                        md: mm.wei,
+                        data,
+                    });
+                    held.len() - 1
+                }
+            };
+            let r = &mut held[at];
+            let wei = Memory::new(api, &r.md, r.data.ptr())?;
+            run(wei.1)
+        }
+        (None, None) => Err(OnednnError::Shape("rhs")),
+    }
+}
+
+/// The implementation oneDNN picks on this CPU for a model-like GEMM in
+/// `dtype` ("brg:avx512_core_amx" and the like), or why it cannot run it
+/// ([`OnednnError::NoKernel`] for bf16 on a CPU without a bf16 kernel).
+pub fn implementation(dtype: Dtype) -> Result<String, OnednnError> {
+    let api = api()?;
+    let key = Key {
+        m: 1024,
+        k: 768,
+        n: 768,
+        a: (768, 1),
+        b: match dtype {
+            Dtype::F32 => Some((768, 1)),
+            Dtype::Bf16 => None,
+        },
+        dst_rs: 768,
+        dtype,
+        accumulate: false,
+    };
+    Ok(matmul(api, key)?.impl_name.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptor_sizes_match_the_c_headers() {
+        // The sizes `sizeof` gives for oneDNN 2.6's dnnl_types.h on x86-64
+        // (a C program against /usr/include/oneapi/dnnl/dnnl.h); the C side
+        // is checked by `sizes_match_a_c_program` where a compiler is present.
+        assert_eq!(std::mem::size_of::<MemoryDesc>(), 696);
+        assert_eq!(std::mem::align_of::<MemoryDesc>(), 8);
+        assert_eq!(std::mem::size_of::<MatmulDesc>(), 2800);
+        assert_eq!(std::mem::size_of::<ExecArg>(), 16);
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(have_onednn),
+        ignore = "needs libdnnl.so.2 and dnnl.h (apt-get install libdnnl-dev)"
+    )]
+    fn sizes_match_a_c_program() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = dir.path().join("sz.c");
+        std::fs::write(
+            &c,
+            "#include <stdio.h>\n#include <oneapi/dnnl/dnnl.h>\nint main(){printf(\"%zu %zu %zu %d %d %d %d %d\", \
+             sizeof(dnnl_memory_desc_t), sizeof(dnnl_matmul_desc_t), sizeof(dnnl_exec_arg_t), \
+             (int)dnnl_bf16, (int)dnnl_f32, (int)dnnl_format_tag_any, (int)DNNL_ARG_SCRATCHPAD, \
+             (int)dnnl_query_impl_info_str);return 0;}\n",
+        )
+        .unwrap();
+        let exe = dir.path().join("sz");
+        let Ok(out) = std::process::Command::new("cc")
+            .arg(&c)
+            .arg("-o")
+            .arg(&exe)
+            .output()
+        else {
+            eprintln!("no C compiler: the sizes are checked against the constants only");
+            return;
+        };
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = std::process::Command::new(&exe).output().unwrap();
+        let got = String::from_utf8(out.stdout).unwrap();
+        let want = format!(
+            "{MEMORY_DESC_SIZE} {MATMUL_DESC_SIZE} {} {DT_BF16} {DT_F32} {TAG_ANY} {ARG_SCRATCHPAD} {QUERY_IMPL_INFO_STR}",
+            std::mem::size_of::<ExecArg>()
+        );
+        assert_eq!(got, want);
+    }
+
+    /// A deterministic value in [-1, 1).
+    fn value(i: usize, salt: usize) -> f32 {
+        let x = (i as u64 + 1)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(salt as u64 * 0xBF58_476D_1CE4_E5B9);
+        ((x >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(have_onednn),
+        ignore = "needs libdnnl.so.2 (apt-get install libdnnl-dev)"
+    )]
+    fn matches_the_f64_definition_on_odd_shapes_and_every_transpose() {
+        use super::super::gemm_bf16::from_bf16;
+        let bf16_ok = implementation(Dtype::Bf16).is_ok();
+        if !bf16_ok {
+            eprintln!("oneDNN has no bf16 kernel on this CPU: f32 only");
+        }
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (3, 5, 7),
+            (17, 33, 65),
+            (1, 64, 50),
+            (64, 1, 9),
+            (40, 96, 1),
+            (129, 200, 257),
+        ] {
+            let a: Vec<f32> = (0..m * k).map(|i| value(i, 1)).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| value(i, 2)).collect();
+            let a_t: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
+            let b_t: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+            for dtype in [Dtype::F32, Dtype::Bf16] {
+                if dtype == Dtype::Bf16 && !bf16_ok {
+                    continue;
+                }
+                let round = |x: f32| match dtype {
+                    Dtype::F32 => x as f64,
+                    Dtype::Bf16 => from_bf16(to_bf16(x)) as f64,
+                };
+                for accumulate in [false, true] {
+                    // Forward (A·B), dx = g·Wᵀ (B transposed), dW = xᵀ·g
+                    // (A transposed), and both; with and without a weight slot.
+                    for (a_op, a_rs, a_cs) in [(&a, k, 1), (&a_t, 1, m)] {
+                        for (b_op, b_rs, b_cs) in [(&b, n, 1), (&b_t, 1, k)] {
+                            for with_slot in [false, true] {
+                                let slot = WeightSlot::default();
+                                let c_rs = n + 3;
+                                let mut c = vec![0.25f32; m * c_rs];
+                                // Twice through the slot: the second call reuses the reorder.
+                                for _ in 0..if with_slot { 2 } else { 1 } {
+                                    c.iter_mut().for_each(|x| *x = 0.25);
+                                    gemm(
+                                        dtype,
+                                        (m, n, k),
+                                        &mut c,
+                                        c_rs,
+                                        accumulate,
+                                        (a_op, a_rs, a_cs),
+                                        (b_op, b_rs, b_cs),
+                                        with_slot.then_some(&slot),
+                                        2,
+                                    )
+                                    .unwrap();
+                                }
+                                for i in 0..m {
+                                    for j in 0..n {
+                                        let (mut want, mut scale) = if accumulate {
+                                            (0.25f64, 0.25f64)
+                                        } else {
+                                            (0.0, 0.0)
+                                        };
+                                        for p in 0..k {
+                                            let t = round(a[i * k + p]) * round(b[p * n + j]);
+                                            want += t;
+                                            scale += t.abs();
+                                        }
+                                        let got = c[i * c_rs + j] as f64;
+                                        let tol =
+                                            (k as f64 + 2.0) * f32::EPSILON as f64 * scale + 1e-30;
+                                        assert!(
+                                            (got - want).abs() <= tol,
+                                            "{dtype:?} m{m} k{k} n{n} acc{accumulate} a({a_rs},{a_cs}) \
+                                             b({b_rs},{b_cs}) slot{with_slot} ({i},{j}): {got} vs {want}"
+                                        );
+                                    }
+                                    assert!(
+                                        c[i * c_rs + n..(i + 1) * c_rs].iter().all(|&x| x == 0.25),
+                                        "padding of row {i} written"
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(have_onednn),
+        ignore = "needs libdnnl.so.2 (apt-get install libdnnl-dev)"
+    )]
+    fn short_operands_are_errors_not_overreads() {
+        let mut c = [0.0; 6];
+        let e = gemm(
+            Dtype::F32,
+            (2, 3, 2),
+            &mut c,
+            3,
+            false,
+            (&[0.0; 3], 2, 1),
+            (&[0.0; 6], 3, 1),
+            None,
+            1,
+        );
+        assert_eq!(e, Err(OnednnError::Shape("lhs")));
+        let e = gemm(
+            Dtype::F32,
+            (2, 3, 2),
+            &mut c[..5],
+            3,
+            false,
+            (&[0.0; 4], 2, 1),
+            (&[0.0; 6], 3, 1),
+            None,
+            1,
+        );
+        assert_eq!(e, Err(OnednnError::Shape("dst")));
+        let e = gemm(
+            Dtype::F32,
+            (2, 3, 2),
+            &mut c,
+            3,
+            false,
+            (&[0.0; 4], 2, 1),
+            (&[0.0; 5], 3, 1),
+            None,
+            1,
+        );
+        assert_eq!(e, Err(OnednnError::Shape("rhs")));
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(have_onednn),
+        ignore = "needs libdnnl.so.2 (apt-get install libdnnl-dev)"
+    )]
+    fn names_its_implementation() {
+        let name = implementation(Dtype::F32).unwrap();
+        assert!(!name.is_empty() && name != "(unknown)", "{name}");
+        assert!(available().unwrap().starts_with("2."));
+    }
+}
