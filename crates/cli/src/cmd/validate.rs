@@ -265,6 +265,13 @@ pub fn run(args: ValidateArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Res
         bail!("--eval_workers must be at least 1");
     }
     args.hub.check_reachable_from(&args.chain)?;
+    match validator::raise_fd_limit() {
+        Some((before, after)) if after > before => {
+            tracing::info!("open-file limit raised from {before} to {after} (the hard limit)")
+        }
+        Some((n, _)) => tracing::info!("open-file limit: {n}"),
+        None => {}
+    }
     // Opened here so a bad device fails at start, not in every child; on
     // Slurm the device is the compute nodes', not this host's.
     if args.backend.eval_backend == EvalBackend::Local {

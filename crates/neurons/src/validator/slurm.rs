@@ -62,6 +62,32 @@ impl Default for SlurmCommands {
     }
 }
 
+/// What srun and slurmctld write when they will not run a job at all: the
+/// request cannot be met or the cluster cannot take it (the validator's
+/// configuration or the cluster's state, never the model's).
+const REFUSALS: &[&str] = &[
+    "Unable to allocate resources",
+    "Memory specification can not be satisfied",
+    "Requested node configuration is not available",
+    "Required partition not available",
+    "Job violates accounting/QOS policy",
+    "Requested time limit is invalid",
+    "Unable to contact slurm controller",
+    "Node count specification invalid",
+    "Job submit/allocate failed",
+    // Invalid partition, account, qos, generic resource, ...
+    "Invalid",
+];
+
+/// How a Slurm job ended without an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobEnd {
+    /// What happened, for the log and the report.
+    pub reason: String,
+    /// Whether it was the validator's side (the model is not evaluated).
+    pub ours: bool,
+}
+
 /// Limit of one `squeue` or `scancel` call.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -209,8 +235,10 @@ impl SlurmSpec {
     }
 
     /// Why job `name` ended without an answer, from `srun`'s exit and the
-    /// last lines Slurm and the worker wrote on its stderr.
-    pub fn failure(&self, name: &str, status: &str, stderr: &[String]) -> String {
+    /// last lines Slurm and the worker wrote on its stderr, and whether
+    /// that was the validator's side (Slurm refusing or losing the job)
+    /// rather than the model's (over its memory or time, a crash).
+    pub fn failure(&self, name: &str, status: &str, stderr: &[String]) -> JobEnd {
         let has = |s: &str| stderr.iter().any(|l| l.contains(s));
         let last_error = stderr
             .iter()
@@ -219,30 +247,59 @@ impl SlurmSpec {
             .or_else(|| stderr.last())
             .map(|l| l.trim().to_string())
             .unwrap_or_default();
-        let what = if has("exceeded memory limit") || has("oom-kill") || has("OOM Killed") {
+        let (what, ours) = if has("exceeded memory limit") || has("oom-kill") || has("OOM Killed") {
             let mem = self
                 .mem_mb
                 .map_or(String::new(), |m| format!(" of --mem={m}M"));
-            format!("killed by Slurm: the worker exceeded its memory limit{mem}")
+            (
+                format!("killed by Slurm: the worker exceeded its memory limit{mem}"),
+                false,
+            )
         } else if has("DUE TO TIME LIMIT") {
-            format!(
-                "killed by Slurm: the job ran past its time limit (--time={})",
-                self.time
+            (
+                format!(
+                    "killed by Slurm: the job ran past its time limit (--time={})",
+                    self.time
+                ),
+                false,
             )
         } else if has("DUE TO NODE FAILURE") || has("NODE_FAIL") {
-            "the node failed (Slurm)".to_string()
+            ("the node failed (Slurm)".to_string(), true)
         } else if has("CANCELLED") || has("forcing job termination") {
-            "cancelled in Slurm (scancel or the administrator)".to_string()
-        } else if has("Unable to allocate resources") || has("Invalid") {
-            "Slurm refused the job".to_string()
+            (
+                "cancelled in Slurm (scancel or the administrator)".to_string(),
+                true,
+            )
+        } else if REFUSALS.iter().any(|r| has(r)) {
+            ("Slurm refused the job".to_string(), true)
         } else {
-            "the job ended without an answer".to_string()
+            ("the job ended without an answer".to_string(), false)
         };
-        if last_error.is_empty() {
+        let reason = if last_error.is_empty() {
             format!("Slurm job {name}: {what} (srun {status})")
         } else {
             format!("Slurm job {name}: {what} (srun {status}: {last_error})")
-        }
+        };
+        JobEnd { reason, ours }
+    }
+
+    /// Why job `name` is still waiting in the queue (`Some("PENDING
+    /// Resources")`, say), or `None` when it runs, ended or cannot be seen.
+    pub async fn pending_reason(&self, name: &str) -> Option<String> {
+        let mut cmd = tokio::process::Command::new(&self.commands.squeue);
+        cmd.arg("--me")
+            .arg(format!("--name={name}"))
+            .args(["-h", "-o", "%T %r"])
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(CLIENT_TIMEOUT, cmd.output())
+            .await
+            .ok()?
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().next()?.trim();
+        (out.status.success() && (line.starts_with("PENDING") || line.starts_with("CONFIGURING")))
+            .then(|| line.to_string())
     }
 }
 
@@ -321,6 +378,8 @@ mod tests {
             "srun: error: vm: task 0: Killed".into(),
         ];
         let r = s.failure("j", "exit status: 137", &mem);
+        assert!(!r.ours, "{r:?}");
+        let r = r.reason;
         assert!(
             r.contains("exceeded its memory limit of --mem=2048M"),
             "{r}"
@@ -330,6 +389,8 @@ mod tests {
             "srun: error: vm: task 0: Terminated".into(),
         ];
         let r = s.failure("j", "exit status: 143", &time);
+        assert!(!r.ours, "{r:?}");
+        let r = r.reason;
         assert!(r.contains("time limit (--time=11)"), "{r}");
         let cancel = [
             "slurmstepd-vm: error: *** STEP 8.0 ON vm CANCELLED AT 2026-12-02T01:43:41 ***"
@@ -337,12 +398,32 @@ mod tests {
             "srun: error: vm: task 0: Terminated".into(),
         ];
         let r = s.failure("j", "exit status: 143", &cancel);
+        assert!(r.ours, "{r:?}");
+        let r = r.reason;
         assert!(r.contains("cancelled in Slurm"), "{r}");
         let crash = ["srun: error: vm: task 0: Aborted".to_string()];
         let r = s.failure("j", "exit status: 134", &crash);
+        assert!(!r.ours, "{r:?}");
+        let r = r.reason;
         assert!(
             r.contains("without an answer") && r.contains("Aborted"),
             "{r}"
         );
+        // Refusals, as Debian's Slurm 22.05 words them: the validator's side.
+        for line in [
+            "srun: error: Unable to allocate resources: Memory specification can not be satisfied",
+            "srun: error: Unable to allocate resources: Requested node configuration is not available",
+            "srun: error: Unable to allocate resources: Invalid partition name specified",
+            "srun: Required partition not available (inactive or drain)",
+        ] {
+            let r = s.failure("j", "exit status: 1", &[line.to_string()]);
+            assert!(r.ours, "{line}: {r:?}");
+            assert!(r.reason.contains("Slurm refused the job"), "{r:?}");
+        }
+        let node = [
+            "srun: error: Node failure on vm".to_string(),
+            "*** JOB 5 CANCELLED DUE TO NODE FAILURE ***".into(),
+        ];
+        assert!(s.failure("j", "exit status: 1", &node).ours);
     }
 }
