@@ -177,7 +177,9 @@ fn a_flood_on_the_metrics_port_under_a_low_fd_limit_costs_no_miner() {
             let losses = row["losses"].as_array().unwrap();
             assert!(!losses.is_empty());
             assert!(
-                losses.iter().all(|l| l.as_f64().is_some_and(f64::is_finite)),
+                losses
+                    .iter()
+                    .all(|l| l.as_f64().is_some_and(f64::is_finite)),
                 "{row}"
             );
         }

@@ -303,6 +303,144 @@ impl SlurmSpec {
     }
 }
 
+/// Limit of a preflight call (an allocation test, or the tiny read job).
+const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs `cmd`, within [`PREFLIGHT_TIMEOUT`]; `Err` when it cannot start.
+async fn output_of(
+    mut cmd: tokio::process::Command,
+    what: &str,
+) -> Result<std::process::Output, String> {
+    cmd.stdin(Stdio::null()).kill_on_drop(true);
+    match tokio::time::timeout(PREFLIGHT_TIMEOUT, cmd.output()).await {
+        Err(_) => Err(format!(
+            "{what} did not answer within {PREFLIGHT_TIMEOUT:?}"
+        )),
+        Ok(Err(e)) => Err(format!("cannot run {what}: {e}")),
+        Ok(Ok(out)) => Ok(out),
+    }
+}
+
+/// A command's stdout and stderr, trimmed, as one line.
+fn said(out: &std::process::Output) -> String {
+    let mut t = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    let o = String::from_utf8_lossy(&out.stdout);
+    if !o.trim().is_empty() {
+        t.push_str(" | ");
+        t.push_str(o.trim());
+    }
+    t.replace('\n', "; ")
+}
+
+impl SlurmSpec {
+    /// The allocation test of this spec's request (`srun --test-only`),
+    /// with `--mem` and `--gres` left out as asked: `Ok` when Slurm could
+    /// run it, else what Slurm said.
+    async fn test_allocation(&self, mem: bool, gres: bool) -> Result<Result<(), String>, String> {
+        let mut spec = self.clone();
+        if !mem {
+            spec.mem_mb = None;
+        }
+        if !gres {
+            spec.gres = None;
+        }
+        spec.program = "true".into();
+        let cmd = spec.srun(&format!("{}-preflight", self.job_prefix));
+        // --test-only submits nothing: it asks whether and when it could run.
+        let args: Vec<std::ffi::OsString> =
+            cmd.as_std().get_args().map(|a| a.to_os_string()).collect();
+        let mut test = tokio::process::Command::new(&self.commands.srun);
+        test.arg("--test-only").args(args);
+        let out = output_of(test, &self.commands.srun.display().to_string()).await?;
+        Ok(if out.status.success() {
+            Ok(())
+        } else {
+            Err(said(&out))
+        })
+    }
+
+    /// Checks at start that this spec can run a job at all, so that a
+    /// misconfiguration stops the validator with the flag to change
+    /// instead of deferring every model of every step: the client programs
+    /// are there, Slurm accepts exactly the step's request (partition,
+    /// gres, mem, time), and a job on a node reads `probe` (a file the
+    /// validator wrote under `--model_dir`) where the nodes see it.
+    pub async fn preflight(&self, probe: &Path) -> Result<(), String> {
+        for (program, flag) in [
+            (&self.commands.srun, "srun"),
+            (&PathBuf::from("sinfo"), "sinfo"),
+            (&self.commands.squeue, "squeue"),
+            (&self.commands.scancel, "scancel"),
+        ] {
+            let mut cmd = tokio::process::Command::new(program);
+            cmd.arg("--version");
+            output_of(cmd, flag).await.map_err(|e| {
+                format!("--eval_backend slurm needs {flag} on PATH: {e} (install Slurm's client programs here, or use --eval_backend local)")
+            })?;
+        }
+        let request = format!(
+            "--slurm.partition {}, --slurm.gres {}, --slurm.mem {}, --slurm.time {}",
+            self.partition.as_deref().unwrap_or("(default)"),
+            self.gres.as_deref().unwrap_or("none"),
+            self.mem_mb.map_or("(default)".into(), |m| format!("{m}M")),
+            self.time
+        );
+        if let Err(said) = self.test_allocation(true, true).await? {
+            // Which part of the request: the same test without it.
+            let hint = if self.mem_mb.is_some()
+                && self.test_allocation(false, true).await.ok() == Some(Ok(()))
+            {
+                format!(
+                    "--slurm.mem {}M cannot be satisfied by any node: lower --slurm.mem (sinfo -o '%N %m' shows each node's MB)",
+                    self.mem_mb.unwrap_or(0)
+                )
+            } else if self.gres.is_some()
+                && self.test_allocation(true, false).await.ok() == Some(Ok(()))
+            {
+                format!(
+                    "--slurm.gres {} cannot be satisfied: change --slurm.gres (or `none`)",
+                    self.gres.as_deref().unwrap_or("")
+                )
+            } else if said.contains("partition") {
+                "the partition cannot take jobs: change --slurm.partition".to_string()
+            } else if said.to_ascii_lowercase().contains("time limit") {
+                "the time limit is refused: change --slurm.time".to_string()
+            } else {
+                "change --slurm.partition, --slurm.gres, --slurm.mem, --slurm.time or --slurm.extra_args".to_string()
+            };
+            return Err(format!(
+                "Slurm cannot run the validator's jobs ({request}): {hint}; Slurm said: {said}"
+            ));
+        }
+        // A tiny job with the same request: can a node read the model store?
+        let seen = self.node_path(probe);
+        let mut spec = self.clone();
+        spec.program = "test".into();
+        let mut cmd = spec.srun(&format!("{}-preflight", self.job_prefix));
+        cmd.arg("-r").arg(&seen);
+        let out = output_of(cmd, &self.commands.srun.display().to_string()).await?;
+        if !out.status.success() {
+            let flag = if self.model_dir.is_some() {
+                "--slurm.model_dir"
+            } else {
+                "--slurm.model_dir (the path at which the nodes see --model_dir)"
+            };
+            return Err(format!(
+                "a Slurm job cannot read {} (the validator's --model_dir as the nodes see it; srun {}): set {flag} to where the nodes see {}{}",
+                seen.display(),
+                out.status,
+                probe.parent().unwrap_or(probe).display(),
+                match said(&out) {
+                    s if s.is_empty() => String::new(),
+                    s => format!("; Slurm said: {s}"),
+                }
+            ));
+        }
+        info!(%request, "Slurm preflight: the request is accepted and a node reads the model store");
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
