@@ -366,8 +366,25 @@ fn each_slurm_fault_costs_only_its_model_with_the_reason() {
         ("memhog", "exceeded its memory limit of --mem=400M"),
         ("overtime", "ran past its time limit (--time=0:05)"),
         ("crash", "without an answer"),
-        ("cancelme", "cancelled in Slurm"),
     ];
+    // A job cancelled from outside is no fault of the model: it is not
+    // evaluated this step (no row, no +inf) and keeps its standing (none yet).
+    let cancelled = uids["cancelme"];
+    assert!(
+        !line["uids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["uid"] == cancelled),
+        "{line}"
+    );
+    assert!(
+        log().lines().any(|l| l.contains("not evaluated")
+            && l.contains("cancelled in Slurm")
+            && l.contains(&format!("{prefix}-s1-u{cancelled}"))),
+        "{}",
+        log()
+    );
     let weights: Vec<f64> = line["weights"]
         .as_array()
         .unwrap()
