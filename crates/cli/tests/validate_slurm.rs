@@ -480,14 +480,12 @@ fn a_stopped_or_killed_validator_leaves_no_jobs_and_a_restart_finishes() {
 
     let log3 =
         run_ok(&mut net.validate_cmd(&slurm_args(&["--max_steps", "1", "--eval_workers", "2"])));
-    if !left.is_empty() {
-        assert!(
-            log3.contains(&format!(
-                "cancelled {} job(s) of an earlier run",
-                left.len()
-            )),
-            "{log3}"
-        );
+    // A job still running then is cancelled by the restart (one that was
+    // completing may be gone by then: the preflight runs first).
+    if left.iter().any(|(_, state)| state == "RUNNING") {
+        let cancelled = (1..=left.len())
+            .any(|n| log3.contains(&format!("cancelled {n} job(s) of an earlier run")));
+        assert!(cancelled, "{log3}");
     }
     assert!(
         active_jobs(&prefix).is_empty(),

@@ -183,6 +183,9 @@ fn hotkey_of(graph: &Metagraph, uid: Uid) -> Option<String> {
         .map(|n| n.hotkey.clone())
 }
 
+/// The uids scored, their losses per batch, and the uids deferred with why.
+type ScoredUids = (Vec<Uid>, Vec<Vec<f64>>, BTreeMap<Uid, String>);
+
 /// The uids scored this step and each one's losses, from the workers'
 /// results: `+inf` for every batch of a model that failed on its own (the
 /// reason goes to `errors`); a model the validator could not evaluate is
@@ -193,7 +196,7 @@ fn step_losses(
     results: &BTreeMap<Uid, JobResult>,
     errors: &mut BTreeMap<Uid, String>,
     n_batches: usize,
-) -> Result<(Vec<Uid>, Vec<Vec<f64>>, BTreeMap<Uid, String>), StepError> {
+) -> Result<ScoredUids, StepError> {
     let mut deferred = BTreeMap::new();
     let mut scored = Vec::new();
     let mut losses = Vec::new();

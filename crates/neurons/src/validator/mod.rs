@@ -370,6 +370,8 @@ pub async fn start(
 /// logs, and the metrics port's connections, and a low default (1024) is a
 /// failure of its own that would otherwise reach the models. Returns the
 /// limits before and after (`None` where there is no such limit).
+// rlim_t is u64 on Linux but not on every unix.
+#[allow(clippy::unnecessary_cast)]
 pub fn raise_fd_limit() -> Option<(u64, u64)> {
     #[cfg(unix)]
     {
