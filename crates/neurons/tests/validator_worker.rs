@@ -61,9 +61,9 @@ async fn each_misbehaving_worker_costs_only_its_model() {
     let names = ["good", "refuse", "die", "garbage", "short", "hang", "good2"];
     let out = evaluate_models(spec(Duration::from_secs(2)), jobs(&names), &batches(), 3).await;
     assert_eq!(out.len(), names.len());
-    let err = |uid: u16| out[&uid].as_ref().unwrap_err().clone();
-    assert_eq!(out[&0].as_ref().unwrap(), &vec![1.5, f64::INFINITY]);
-    assert_eq!(out[&6].as_ref().unwrap(), &vec![1.5, f64::INFINITY]);
+    let err = |uid: u16| out[&uid].failure().unwrap().to_string();
+    assert_eq!(out[&0].losses().unwrap(), &[1.5, f64::INFINITY]);
+    assert_eq!(out[&6].losses().unwrap(), &[1.5, f64::INFINITY]);
     assert_eq!(err(1), "architecture not supported: bert");
     assert!(err(2).contains("signal 9"), "{}", err(2));
     assert!(err(3).contains("not a message"), "{}", err(3));
@@ -80,7 +80,7 @@ async fn the_next_model_loads_while_one_evaluates() {
     let t = Instant::now();
     let out = evaluate_models(spec(Duration::from_secs(10)), jobs(&names), &batches(), 1).await;
     let one_slot = t.elapsed();
-    assert!(out.values().all(|r| r.is_ok()), "{out:?}");
+    assert!(out.values().all(|r| r.losses().is_some()), "{out:?}");
     assert!(one_slot >= Duration::from_millis(3900), "{one_slot:?}");
     assert!(one_slot < Duration::from_millis(5500), "{one_slot:?}");
 
@@ -88,6 +88,145 @@ async fn the_next_model_loads_while_one_evaluates() {
     let t = Instant::now();
     let out = evaluate_models(spec(Duration::from_secs(10)), jobs(&names), &batches(), 3).await;
     let three_slots = t.elapsed();
-    assert!(out.values().all(|r| r.is_ok()), "{out:?}");
+    assert!(out.values().all(|r| r.losses().is_some()), "{out:?}");
     assert!(three_slots < Duration::from_millis(3500), "{three_slots:?}");
+}
+
+#[tokio::test]
+async fn a_missing_worker_program_is_not_evaluated_not_inf() {
+    let spec = Arc::new(WorkerSpec {
+        program: PathBuf::from("/nonexistent/pretrain"),
+        ..(*spec(Duration::from_secs(2))).clone()
+    });
+    let out = evaluate_models(spec, jobs(&["good", "good2"]), &batches(), 2).await;
+    assert_eq!(out.len(), 2);
+    for r in out.values() {
+        let why = r.not_evaluated().unwrap_or_else(|| panic!("{r:?}"));
+        assert!(why.contains("No such file"), "{why}");
+        assert!(r.failure().is_none());
+    }
+}
+
+/// Runs this test binary again as a helper running only `test` with
+/// `HELPER_ENV` set to `mode`, and returns its output (the helper changes
+/// process-wide limits, which must not reach the other tests).
+fn in_helper(test: &str, mode: &str) -> String {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(HELPER_ENV, mode)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "helper failed:\n{text}");
+    assert!(
+        text.contains("HELPER OK"),
+        "the helper did not run:\n{text}"
+    );
+    text
+}
+
+const HELPER_ENV: &str = "PRETRAIN_TEST_WORKER_HELPER";
+
+/// In the helper: every descriptor up to the limit taken, so that no pipe
+/// for a worker can be made; returns the files to close.
+fn exhaust_fds() -> Vec<std::fs::File> {
+    let lim = libc::rlimit {
+        rlim_cur: 256,
+        rlim_max: 256,
+    };
+    // SAFETY: setrlimit only reads `lim`.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+    let mut held = Vec::new();
+    loop {
+        match std::fs::File::open("/dev/null") {
+            Ok(f) => held.push(f),
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EMFILE), "{e}");
+                return held;
+            }
+        }
+    }
+}
+
+#[test]
+fn out_of_file_descriptors_a_worker_is_not_evaluated_then_evaluated_once_they_are_back() {
+    let test =
+        "out_of_file_descriptors_a_worker_is_not_evaluated_then_evaluated_once_they_are_back";
+    if std::env::var_os(HELPER_ENV).is_none() {
+        in_helper(test, "fds");
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let held = exhaust_fds();
+    let out = rt.block_on(evaluate_models(
+        spec(Duration::from_secs(5)),
+        jobs(&["good", "good2"]),
+        &batches(),
+        2,
+    ));
+    // Freed before asserting, so a failure can still be reported.
+    drop(held);
+    assert_eq!(out.len(), 2);
+    for r in out.values() {
+        let why = r.not_evaluated().unwrap_or_else(|| panic!("{r:?}"));
+        assert!(why.contains("Too many open files"), "{why}");
+    }
+    // The same models, with descriptors back: evaluated.
+    let out = rt.block_on(evaluate_models(
+        spec(Duration::from_secs(5)),
+        jobs(&["good", "good2"]),
+        &batches(),
+        2,
+    ));
+    for r in out.values() {
+        assert_eq!(r.losses(), Some(&[1.5, f64::INFINITY][..]), "{r:?}");
+    }
+    println!("HELPER OK");
+}
+
+#[test]
+fn out_of_processes_a_worker_is_not_evaluated() {
+    let test = "out_of_processes_a_worker_is_not_evaluated";
+    if std::env::var_os(HELPER_ENV).is_none() {
+        in_helper(test, "nproc");
+        return;
+    }
+    // RLIMIT_NPROC binds only processes without CAP_SYS_RESOURCE: as root,
+    // become nobody first (before any thread starts).
+    // SAFETY: getuid and setuid take no pointers.
+    unsafe {
+        if libc::getuid() == 0 {
+            assert_eq!(libc::setgid(65534), 0);
+            assert_eq!(libc::setuid(65534), 0);
+        }
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: setrlimit only reads `lim`.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NPROC, &lim) }, 0);
+    let out = rt.block_on(evaluate_models(
+        spec(Duration::from_secs(5)),
+        jobs(&["good"]),
+        &batches(),
+        1,
+    ));
+    let why = out[&0]
+        .not_evaluated()
+        .unwrap_or_else(|| panic!("{out:?}"))
+        .to_string();
+    assert!(why.contains("Resource temporarily unavailable"), "{why}");
+    println!("HELPER OK");
 }

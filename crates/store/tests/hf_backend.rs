@@ -506,3 +506,51 @@ async fn private_upload_then_made_public_through_the_settings_api() {
     assert!(matches!(err, HubError::Unauthorized(_)), "{err}");
     assert_eq!(server.seen().len(), before);
 }
+
+#[tokio::test]
+async fn a_resolve_url_that_redirects_to_itself_fails_at_once_and_is_not_retried() {
+    let server = FakeHub::start(TOKEN);
+    let files: Vec<(String, Vec<u8>)> = reference_files()
+        .iter()
+        .map(|(f, _)| {
+            (
+                f.clone(),
+                std::fs::read(reference_model_dir().join(f)).unwrap(),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(f, c)| (f.as_str(), c.as_slice()))
+        .collect();
+    let loop_sha = server.add_repo("evil/loop", &refs, false);
+    let good_sha = server.add_repo("alice/good", &refs, false);
+    server.redirect_loop("/evil/loop/resolve/");
+    // Five retries, as the validator's default: a loop retried would cost
+    // 6 x 10 redirects.
+    let hf = hub(&server, None, 5);
+    let dest = tempfile::tempdir().unwrap();
+    let err = hf
+        .download(&repo("evil/loop"), &commit_id(&loop_sha), dest.path())
+        .await
+        .unwrap_err();
+    assert!(!err.is_retryable(), "{err}");
+    assert!(
+        !err.is_permanent(),
+        "a loop is not the model's content: {err}"
+    );
+    assert!(err.to_string().contains("redirect loop"), "{err}");
+    let looped = resolve_gets(&server)
+        .into_iter()
+        .filter(|s| s.path.starts_with("/evil/loop/"))
+        .count();
+    // One first request and reqwest's 10 redirects, once: no retry.
+    assert!(looped <= 11, "{looped} requests to the loop");
+    assert!(looped >= 2, "{looped}");
+    // The same client fetches an honest repo right after.
+    let dir = hf
+        .download(&repo("alice/good"), &commit_id(&good_sha), dest.path())
+        .await
+        .unwrap();
+    assert_eq!(hash_of_directory(&dir).unwrap(), reference_hash());
+}

@@ -4,6 +4,7 @@
 //! and a time limit), so nothing a scraper sends can hold the process.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The registry metrics are kept in (re-exported: callers need no other crate).
@@ -13,6 +14,7 @@ use prometheus::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 /// Why metrics could not be set up or served.
 #[derive(Debug, thiserror::Error)]
@@ -254,12 +256,37 @@ pub fn render(registry: &Registry) -> String {
         .collect()
 }
 
+/// Connections served at once; a scraper needs one, so the rest are
+/// dropped on accept rather than each holding a file descriptor the
+/// validator needs for its workers, its state and its logs.
+pub const MAX_CONNECTIONS: usize = 16;
+
+/// How long a client may take to send its request head: a scraper sends it
+/// at once, so a half-sent request is a stalled or hostile client.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long writing the answer may take once the head has been read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Serves `GET /metrics` on `addr` from a task on the current runtime;
-/// returns the bound address (port 0 picks a free one).
+/// returns the bound address (port 0 picks a free one). At most
+/// [`MAX_CONNECTIONS`] are served at once (the excess is closed at once),
+/// and a request head must arrive within [`READ_TIMEOUT`].
 pub async fn serve(addr: SocketAddr, registry: Registry) -> Result<SocketAddr, MetricsError> {
+    serve_bounded(addr, registry, MAX_CONNECTIONS, READ_TIMEOUT).await
+}
+
+/// [`serve`] with its bounds given (tests hold them apart).
+async fn serve_bounded(
+    addr: SocketAddr,
+    registry: Registry,
+    max_connections: usize,
+    read_timeout: Duration,
+) -> Result<SocketAddr, MetricsError> {
     let listen = |source| MetricsError::Listen { addr, source };
     let listener = TcpListener::bind(addr).await.map_err(listen)?;
     let bound = listener.local_addr().map_err(listen)?;
+    let slots = Arc::new(Semaphore::new(max_connections));
     tokio::spawn(async move {
         loop {
             let Ok((mut stream, _)) = listener.accept().await else {
@@ -267,21 +294,33 @@ pub async fn serve(addr: SocketAddr, registry: Registry) -> Result<SocketAddr, M
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                // Full: closing it now frees its descriptor at once.
+                drop(stream);
+                continue;
+            };
             let registry = registry.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 let respond = async {
-                    let request = read_head(&mut stream).await?;
+                    let request = tokio::time::timeout(read_timeout, read_head(&mut stream))
+                        .await
+                        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
                     let (status, body) = answer(&request, &registry);
                     let head = format!(
                         "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                         body.len()
                     );
-                    stream.write_all(head.as_bytes()).await?;
-                    stream.write_all(body.as_bytes()).await?;
-                    stream.shutdown().await
+                    let write = async {
+                        stream.write_all(head.as_bytes()).await?;
+                        stream.write_all(body.as_bytes()).await?;
+                        stream.shutdown().await
+                    };
+                    tokio::time::timeout(WRITE_TIMEOUT, write)
+                        .await
+                        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
                 };
-                // A scraper that stalls is dropped after 10 s.
-                let _ = tokio::time::timeout(Duration::from_secs(10), respond).await;
+                let _: std::io::Result<()> = respond.await;
             });
         }
     });
@@ -351,6 +390,113 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("pretrain_validator_step 12"), "{text}");
+    }
+
+    use tokio::net::TcpStream;
+
+    /// Sends `request` on a new connection and reads until the server closes it.
+    async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        // The server may have closed it already: then the write can fail.
+        let _ = stream.write_all(request).await;
+        let mut out = Vec::new();
+        let _ = stream.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Opens a connection that sends half a request head and then waits,
+    /// and returns once the server has accepted it (it answers nothing yet).
+    async fn stall(addr: SocketAddr) -> TcpStream {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        stream
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_beyond_the_bound_are_closed_at_once_and_slots_come_back() {
+        let registry = Registry::new();
+        ValidatorMetrics::new(&registry).unwrap().step.set(7);
+        // A read timeout far beyond the test, so only the bound can close them.
+        let addr = serve_bounded(
+            "127.0.0.1:0".parse().unwrap(),
+            registry,
+            4,
+            Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
+        let mut stalled = Vec::new();
+        for _ in 0..4 {
+            stalled.push(stall(addr).await);
+        }
+        // Accepted in order: these four hold every slot, so a fifth full
+        // request, and a flood after it, is closed without an answer.
+        for _ in 0..50 {
+            assert_eq!(exchange(addr, b"GET /metrics HTTP/1.1\r\n\r\n").await, "");
+        }
+        // One staller finishing its request is answered (it held a slot).
+        let mut first = stalled.remove(0);
+        first.write_all(b"\r\n").await.unwrap();
+        let mut out = Vec::new();
+        first.read_to_end(&mut out).await.unwrap();
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+        assert!(text.contains("pretrain_validator_step 7"), "{text}");
+        // Its slot is free again: the next scraper is answered.
+        let text = exchange(addr, b"GET /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(text.contains("pretrain_validator_step 7"), "{text}");
+        // Closing the stallers frees their slots: four new stallers are
+        // accepted again, and the last of them is answered.
+        drop(stalled);
+        let mut again = None;
+        for _ in 0..500 {
+            let mut held = Vec::new();
+            for _ in 0..4 {
+                held.push(stall(addr).await);
+            }
+            let mut last = held.pop().unwrap();
+            let _ = last.write_all(b"\r\n").await;
+            let mut out = Vec::new();
+            let _ = last.read_to_end(&mut out).await;
+            if !out.is_empty() {
+                again = Some(String::from_utf8_lossy(&out).into_owned());
+                break;
+            }
+            // The server has not seen the old ones close yet.
+            drop(held);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let again = again.expect("the slots of closed connections never came back");
+        assert!(again.contains("pretrain_validator_step 7"), "{again}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_half_sent_request_is_closed_by_the_read_timeout() {
+        let registry = Registry::new();
+        ValidatorMetrics::new(&registry).unwrap().step.set(3);
+        let addr = serve_bounded(
+            "127.0.0.1:0".parse().unwrap(),
+            registry,
+            1,
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap();
+        let mut staller = stall(addr).await;
+        // We never close it nor finish it: only the server's timeout can end
+        // this read (the outer timeout only keeps a broken build from hanging).
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(120), staller.read_to_end(&mut out))
+            .await
+            .expect("the server never closed a half-sent request");
+        assert!(read.is_ok() || out.is_empty());
+        assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+        // The single slot it held is free: a scraper is answered.
+        let text = exchange(addr, b"GET /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(text.contains("pretrain_validator_step 3"), "{text}");
     }
 
     #[test]

@@ -265,6 +265,13 @@ pub fn run(args: ValidateArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Res
         bail!("--eval_workers must be at least 1");
     }
     args.hub.check_reachable_from(&args.chain)?;
+    match validator::raise_fd_limit() {
+        Some((before, after)) if after > before => {
+            tracing::info!("open-file limit raised from {before} to {after} (the hard limit)")
+        }
+        Some((n, _)) => tracing::info!("open-file limit: {n}"),
+        None => {}
+    }
     // Opened here so a bad device fails at start, not in every child; on
     // Slurm the device is the compute nodes', not this host's.
     if args.backend.eval_backend == EvalBackend::Local {
@@ -358,6 +365,9 @@ pub fn run(args: ValidateArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Res
             }
         }
         config.schedule = schedule;
+        if let Backend::Slurm(spec) = &config.backend {
+            slurm_preflight(spec, &args.model_dir).await?;
+        }
         let shared = validator::start(config, chain, hub, source, hotkey)
             .await
             .context("starting the validator")?;
@@ -378,6 +388,23 @@ pub fn run(args: ValidateArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Res
             }
         }
     })
+}
+
+/// Refuses to start a Slurm validator whose jobs could never run (see
+/// `SlurmSpec::preflight`); the probe it writes under --model_dir also
+/// shows that directory writable here.
+async fn slurm_preflight(spec: &SlurmSpec, model_dir: &std::path::Path) -> anyhow::Result<()> {
+    let probe = std::path::absolute(model_dir)
+        .with_context(|| format!("resolving --model_dir {}", model_dir.display()))?
+        .join(".slurm-preflight");
+    std::fs::write(
+        &probe,
+        b"pretrain validate: can the Slurm nodes read this?\n",
+    )
+    .with_context(|| format!("--model_dir {} is not writable", model_dir.display()))?;
+    let checked = spec.preflight(&probe).await;
+    let _ = std::fs::remove_file(&probe);
+    checked.map_err(anyhow::Error::msg)
 }
 
 /// The validator's W&B log, as the original decides it: on unless

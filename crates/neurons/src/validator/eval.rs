@@ -15,7 +15,7 @@ use pretrain_core::{weights_for_emit, HotkeyAddress, Tunables};
 use thiserror::Error;
 use tracing::{error, info, warn};
 
-use super::worker::{evaluate_step, HashCheck, ModelJob};
+use super::worker::{evaluate_step, HashCheck, JobResult, ModelJob};
 use super::{Shared, TrackedModel, ValidatorState};
 
 /// Upstream's choice of a competition's next evaluation set (now in core).
@@ -50,6 +50,18 @@ pub enum StepError {
     /// The schedule has no entry now, or the competition scoring refused its inputs.
     #[error("competition rules")]
     Rules(#[from] pretrain_core::rules::RulesError),
+    /// Every model of the step was left unevaluated by the validator's own
+    /// failures: nothing is scored, no weights come of it, the state stays.
+    #[error("no model could be evaluated, for the validator's own reasons (no weights set, state unchanged): {}", show_reasons(.0))]
+    NothingEvaluated(BTreeMap<Uid, String>),
+}
+
+fn show_reasons(reasons: &BTreeMap<Uid, String>) -> String {
+    reasons
+        .iter()
+        .map(|(uid, why)| format!("uid {uid}: {why}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl From<pretrain_core::rules::ScoreError> for StepError {
@@ -171,27 +183,78 @@ fn hotkey_of(graph: &Metagraph, uid: Uid) -> Option<String> {
         .map(|n| n.hotkey.clone())
 }
 
-/// Each uid's losses from the workers' results (`+inf` for every batch
-/// of a model that could not be evaluated; the reason goes to `errors`).
+/// The uids scored, their losses per batch, and the uids deferred with why.
+type ScoredUids = (Vec<Uid>, Vec<Vec<f64>>, BTreeMap<Uid, String>);
+
+/// The uids scored this step and each one's losses, from the workers'
+/// results: `+inf` for every batch of a model that failed on its own (the
+/// reason goes to `errors`); a model the validator could not evaluate is
+/// left out of the step (its reason goes to `deferred`), so it keeps its
+/// earlier standing. `Err` when no model ran at all and some were deferred.
 fn step_losses(
     uids: &[Uid],
-    results: &BTreeMap<Uid, Result<Vec<f64>, String>>,
+    results: &BTreeMap<Uid, JobResult>,
     errors: &mut BTreeMap<Uid, String>,
     n_batches: usize,
-) -> Vec<Vec<f64>> {
-    uids.iter()
-        .map(|uid| match results.get(uid) {
-            Some(Ok(l)) => l.clone(),
-            Some(Err(reason)) => {
-                errors.insert(*uid, reason.clone());
+) -> Result<ScoredUids, StepError> {
+    let mut deferred = BTreeMap::new();
+    let mut scored = Vec::new();
+    let mut losses = Vec::new();
+    for &uid in uids {
+        let l = match results.get(&uid) {
+            Some(JobResult::Losses(l)) => l.clone(),
+            Some(JobResult::Failed(reason)) => {
+                errors.insert(uid, reason.clone());
                 vec![f64::INFINITY; n_batches]
+            }
+            Some(JobResult::NotEvaluated(reason)) => {
+                deferred.insert(uid, reason.clone());
+                continue;
             }
             None => {
-                errors.entry(*uid).or_insert_with(|| "not evaluated".into());
+                errors.entry(uid).or_insert_with(|| "not evaluated".into());
                 vec![f64::INFINITY; n_batches]
             }
-        })
-        .collect()
+        };
+        scored.push(uid);
+        losses.push(l);
+    }
+    // Uids without a job (refused for their content) alone would take all
+    // the weight from models that were not run: no step then.
+    let ran = results
+        .values()
+        .any(|r| !matches!(r, JobResult::NotEvaluated(_)));
+    if !deferred.is_empty() && !ran {
+        return Err(StepError::NothingEvaluated(deferred));
+    }
+    Ok((scored, losses, deferred))
+}
+
+/// Puts back the standing of the `deferred` uids in `weights` (what they
+/// had in `prev`), scaling the others so that the total stays as scored:
+/// a model the validator could not evaluate neither gains nor loses.
+fn keep_standing(weights: &mut [f32], prev: &[f32], deferred: &BTreeMap<Uid, String>) {
+    let total: f32 = weights.iter().sum();
+    let is_deferred = |k: usize| u16::try_from(k).is_ok_and(|u| deferred.contains_key(&u));
+    let mut kept = 0f32;
+    let mut others = 0f32;
+    for (k, w) in weights.iter_mut().enumerate() {
+        if is_deferred(k) {
+            *w = prev.get(k).copied().unwrap_or(0.0);
+            kept += *w;
+        } else {
+            others += *w;
+        }
+    }
+    let room = total - kept;
+    if others > 0.0 && room >= 0.0 {
+        let scale = room / others;
+        for (k, w) in weights.iter_mut().enumerate() {
+            if !is_deferred(k) {
+                *w *= scale;
+            }
+        }
+    }
 }
 
 /// What evaluating a step's uids gave.
@@ -199,8 +262,12 @@ struct Evaluated {
     seed: u64,
     pages: Vec<u64>,
     n_batches: usize,
-    /// Per uid (in the order asked), a loss per batch.
+    /// The uids scored: those asked, less the deferred.
+    uids: Vec<Uid>,
+    /// Per uid scored (in the order asked), a loss per batch.
     losses: Vec<Vec<f64>>,
+    /// The uids the validator could not evaluate, and why.
+    deferred: BTreeMap<Uid, String>,
     errors: BTreeMap<Uid, String>,
     hotkeys: BTreeMap<Uid, String>,
     models: BTreeMap<Uid, TrackedModel>,
@@ -235,12 +302,14 @@ async fn evaluate_uids(
     let results = evaluate_step(backend, worker, step, jobs, &batches, cfg.eval_workers).await;
     let eval_s = eval_started.elapsed().as_secs_f64();
     let n_batches = batches.len();
-    let losses = step_losses(uids, &results, &mut errors, n_batches);
+    let (uids, losses, deferred) = step_losses(uids, &results, &mut errors, n_batches)?;
     Ok(Evaluated {
         seed,
         pages,
         n_batches,
+        uids,
         losses,
+        deferred,
         errors,
         hotkeys,
         models,
@@ -255,6 +324,9 @@ struct Plan {
     state: ValidatorState,
     /// The uids evaluated, ascending.
     uids: Vec<Uid>,
+    /// The uids this plan moved from pending into the evaluation set (put
+    /// back when nothing could be evaluated).
+    moved: std::collections::BTreeSet<Uid>,
     /// Tokens per evaluated sequence.
     sequence_length: usize,
     /// Under the competitions, the one whose turn it is and its entry
@@ -295,10 +367,13 @@ impl Plan {
 /// Under `sn9-2024-01`: every uid of the evaluation set, joined by the
 /// uids whose model changed.
 fn plan_sn9(shared: &Shared, graph: &Metagraph) -> Option<Plan> {
-    let state = shared.update_state(|s| {
+    let (state, moved) = shared.update_state(|s| {
         let pending = std::mem::take(&mut s.pending_uids);
-        s.uids_to_eval.extend(pending);
-        s.clone()
+        let moved = pending
+            .into_iter()
+            .filter(|u| s.uids_to_eval.insert(*u))
+            .collect();
+        (s.clone(), moved)
     });
     let uids: Vec<Uid> = state
         .uids_to_eval
@@ -309,6 +384,7 @@ fn plan_sn9(shared: &Shared, graph: &Metagraph) -> Option<Plan> {
     (!uids.is_empty()).then_some(Plan {
         state,
         uids,
+        moved,
         sequence_length: SEQUENCE_LENGTH,
         competition: None,
     })
@@ -347,15 +423,16 @@ fn plan_competition_turn(shared: &Shared, graph: &Metagraph) -> Result<Option<Pl
             .and_then(|hk| s.tracked.get(&hk).map(|t| t.competition == Some(c)))
             .unwrap_or(false)
     };
-    let state = shared.update_state(|s| {
+    let (state, moved) = shared.update_state(|s| {
         let snapshot = s.clone();
+        let mut moved = std::collections::BTreeSet::new();
         if let Some(competitions) = s.competitions.as_mut() {
             let pending = competitions.pending_uids.remove(&c).unwrap_or_default();
             let set = competitions.uids_to_eval.entry(c).or_default();
-            set.extend(pending);
+            moved = pending.into_iter().filter(|u| set.insert(*u)).collect();
             set.retain(|&u| in_competition(&snapshot, u));
         }
-        s.clone()
+        (s.clone(), moved)
     });
     let uids: Vec<Uid> = state
         .competitions
@@ -373,6 +450,7 @@ fn plan_competition_turn(shared: &Shared, graph: &Metagraph) -> Result<Option<Pl
     Ok(Some(Plan {
         state,
         uids,
+        moved,
         sequence_length,
         competition: Some((spec, entry)),
     }))
@@ -390,26 +468,41 @@ pub async fn run_step(shared: &Shared) -> Result<Option<StepReport>, StepError> 
     let Some(plan) = plan else {
         return Ok(None);
     };
-    let uids = &plan.uids;
+    let evaluated = evaluate_uids(
+        shared,
+        &plan.state,
+        &graph,
+        &plan.uids,
+        plan.sequence_length,
+        started,
+    )
+    .await;
+    if let Err(StepError::NothingEvaluated(_)) = &evaluated {
+        put_back(shared, &plan);
+    }
     let Evaluated {
         seed,
         pages,
         n_batches,
+        uids,
         losses,
+        deferred,
         errors,
         hotkeys,
         models,
         data_s,
         eval_s,
-    } = evaluate_uids(
-        shared,
-        &plan.state,
-        &graph,
-        uids,
-        plan.sequence_length,
-        started,
-    )
-    .await?;
+    } = evaluated?;
+    let uids = &uids;
+    if !deferred.is_empty() {
+        warn!(
+            deferred = ?deferred.keys().collect::<Vec<_>>(),
+            "step {}: {} model(s) not evaluated (the validator's own failures; they keep their standing): {}",
+            plan.state.step + 1,
+            deferred.len(),
+            pretrain_core::escape::Escaped(&show_reasons(&deferred))
+        );
+    }
     // As the original: the block of tracked metadata, +inf (None) without.
     let blocks: Vec<Option<u64>> = uids
         .iter()
@@ -425,9 +518,24 @@ pub async fn run_step(shared: &Shared) -> Result<Option<StepReport>, StepError> 
     };
     let tunables = shared.config.competition;
     let (step, scored) = shared.update_state(|s| {
-        let scored = plan
+        let prev_weights = s.weights.clone();
+        let competition = plan.competition.as_ref().map(|(spec, _)| spec.id);
+        let prev_competition: Option<Vec<f32>> = competition.and_then(|c| {
+            s.competitions
+                .as_ref()
+                .and_then(|l| l.tracker.competition_weights(c))
+                .map(<[f32]>::to_vec)
+        });
+        let mut scored = plan
             .rules(s, &tunables, graph.neurons.len())
             .score(&evaluated)?;
+        if !deferred.is_empty() {
+            keep_deferred_standing(s, &plan, &deferred, &prev_weights, prev_competition);
+            scored.weights.clone_from(&s.weights);
+            scored.uids_to_eval_next.extend(deferred.keys().copied());
+            scored.uids_to_eval_next.sort_unstable();
+            scored.uids_to_eval_next.dedup();
+        }
         s.step += 1;
         Ok::<_, StepError>((s.step, scored))
     })?;
@@ -470,6 +578,75 @@ pub async fn run_step(shared: &Shared) -> Result<Option<StepReport>, StepError> 
         step_s: started.elapsed().as_secs_f64(),
         weights_set: None,
     }))
+}
+
+/// Undoes a plan whose step evaluated nothing: the uids it moved into the
+/// evaluation set are pending again, as before the step.
+fn put_back(shared: &Shared, plan: &Plan) {
+    if plan.moved.is_empty() {
+        return;
+    }
+    shared.update_state(|s| match &plan.competition {
+        None => {
+            s.uids_to_eval.retain(|u| !plan.moved.contains(u));
+            s.pending_uids.extend(plan.moved.iter().copied());
+        }
+        Some((spec, _)) => {
+            if let Some(l) = s.competitions.as_mut() {
+                if let Some(set) = l.uids_to_eval.get_mut(&spec.id) {
+                    set.retain(|u| !plan.moved.contains(u));
+                }
+                l.pending_uids
+                    .entry(spec.id)
+                    .or_default()
+                    .extend(plan.moved.iter().copied());
+            }
+        }
+    });
+}
+
+/// After scoring, gives the deferred uids back what they had before the
+/// step (their weight, and under the competitions their share of the
+/// competition's moving average), and keeps them in the evaluation set.
+fn keep_deferred_standing(
+    s: &mut ValidatorState,
+    plan: &Plan,
+    deferred: &BTreeMap<Uid, String>,
+    prev_weights: &[f32],
+    prev_competition: Option<Vec<f32>>,
+) {
+    match &plan.competition {
+        None => {
+            keep_standing(&mut s.weights, prev_weights, deferred);
+            s.uids_to_eval.extend(deferred.keys().copied());
+        }
+        Some((spec, entry)) => {
+            let Some(l) = s.competitions.as_mut() else {
+                return;
+            };
+            let c = spec.id;
+            let n = l.tracker.num_neurons();
+            let old = std::mem::replace(
+                &mut l.tracker,
+                pretrain_core::rules::CompetitionTracker::new(n),
+            );
+            // The tracker keeps its averages private: rebuilt, each
+            // competition recorded once as it stands (a first record is
+            // stored as given), this one with the deferred uids put back.
+            for (&id, w) in old.all_weights() {
+                let mut w = w.clone();
+                if id == c {
+                    keep_standing(&mut w, prev_competition.as_deref().unwrap_or(&[]), deferred);
+                }
+                l.tracker.record(id, &w, spec.scoring.alpha);
+            }
+            l.uids_to_eval
+                .entry(c)
+                .or_default()
+                .extend(deferred.keys().copied());
+            s.weights = l.tracker.subnet_weights(&entry.shares());
+        }
+    }
 }
 
 fn log_table(step: u64, rows: &[UidReport]) {
@@ -640,6 +817,79 @@ pub async fn eval_loop(shared: Arc<Shared>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_model_not_evaluated_is_left_out_and_one_that_failed_scores_inf() {
+        let results: BTreeMap<Uid, JobResult> = [
+            (1, JobResult::Losses(vec![2.0, 3.0])),
+            (2, JobResult::Failed("worker died from signal 9".into())),
+            (
+                3,
+                JobResult::NotEvaluated(
+                    "cannot start worker p: Too many open files (os error 24)".into(),
+                ),
+            ),
+        ]
+        .into();
+        let mut errors = BTreeMap::from([(4, "refused: bad config".to_string())]);
+        let (scored, losses, deferred) =
+            step_losses(&[1, 2, 3, 4], &results, &mut errors, 2).unwrap();
+        assert_eq!(scored, [1, 2, 4]);
+        assert_eq!(
+            losses,
+            [
+                vec![2.0, 3.0],
+                vec![f64::INFINITY; 2],
+                vec![f64::INFINITY; 2]
+            ]
+        );
+        assert_eq!(deferred.keys().copied().collect::<Vec<_>>(), [3]);
+        assert_eq!(errors[&2], "worker died from signal 9");
+        assert!(!errors.contains_key(&3));
+    }
+
+    #[test]
+    fn a_step_where_nothing_ran_is_no_step() {
+        let results: BTreeMap<Uid, JobResult> = [
+            (1, JobResult::NotEvaluated("Slurm refused the job".into())),
+            (2, JobResult::NotEvaluated("Slurm refused the job".into())),
+        ]
+        .into();
+        // Uid 3 was refused for its content and has no job: alone, it would
+        // take every weight of models that were never run.
+        let mut errors = BTreeMap::from([(3, "refused: bad config".to_string())]);
+        let e = step_losses(&[1, 2, 3], &results, &mut errors, 2).unwrap_err();
+        let StepError::NothingEvaluated(why) = &e else {
+            panic!("{e}")
+        };
+        assert_eq!(why.keys().copied().collect::<Vec<_>>(), [1, 2]);
+        let text = e.to_string();
+        assert!(text.contains("no weights set"), "{text}");
+        assert!(text.contains("uid 2: Slurm refused the job"), "{text}");
+        // One model that ran (even one that failed) makes it a step.
+        let mut some = results.clone();
+        some.insert(4, JobResult::Failed("panic".into()));
+        assert!(step_losses(&[1, 2, 3, 4], &some, &mut errors, 2).is_ok());
+    }
+
+    #[test]
+    fn a_deferred_uid_keeps_its_weight_and_the_others_share_the_rest() {
+        // Before: uid 1 held 0.6. The step (without it) scored 0 for it.
+        let prev = [0.1f32, 0.6, 0.3];
+        let mut scored = [0.5f32, 0.06, 0.44];
+        let deferred = BTreeMap::from([(1, "not evaluated".to_string())]);
+        keep_standing(&mut scored, &prev, &deferred);
+        assert!((scored[1] - 0.6).abs() < 1e-6, "{scored:?}");
+        let total: f32 = scored.iter().sum();
+        assert!((total - 1.0).abs() < 1e-6, "{scored:?}");
+        // The others keep their ratio (0.5 : 0.44) in the 0.4 left.
+        assert!((scored[0] - 0.4 * 0.5 / 0.94).abs() < 1e-6, "{scored:?}");
+        assert!((scored[2] - 0.4 * 0.44 / 0.94).abs() < 1e-6, "{scored:?}");
+        // A uid beyond the earlier weights had none.
+        let mut grown = [0.5f32, 0.5, 0.0, 0.0];
+        keep_standing(&mut grown, &prev, &BTreeMap::from([(3, String::new())]));
+        assert_eq!(grown, [0.5, 0.5, 0.0, 0.0]);
+    }
 
     #[test]
     fn a_uid_beyond_the_metagraph_has_no_hotkey_instead_of_a_panic() {

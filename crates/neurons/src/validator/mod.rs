@@ -365,6 +365,48 @@ pub async fn start(
     }))
 }
 
+/// Raises this process's soft limit of open files to its hard limit, as
+/// servers do: the validator holds a pipe pair per worker, its state and
+/// logs, and the metrics port's connections, and a low default (1024) is a
+/// failure of its own that would otherwise reach the models. Returns the
+/// limits before and after (`None` where there is no such limit).
+// rlim_t is u64 on Linux but not on every unix.
+#[allow(clippy::unnecessary_cast)]
+pub fn raise_fd_limit() -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit only read and write `lim`.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                return None;
+            }
+            let before = lim.rlim_cur as u64;
+            if lim.rlim_cur < lim.rlim_max {
+                let raised = libc::rlimit {
+                    rlim_cur: lim.rlim_max,
+                    rlim_max: lim.rlim_max,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                    return Some((before, lim.rlim_max as u64));
+                }
+                warn!(
+                    soft = before,
+                    hard = lim.rlim_max as u64,
+                    "cannot raise the open-file limit to its hard limit: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            Some((before, before))
+        }
+    }
+    #[cfg(not(unix))]
+    None
+}
+
 /// Runs the three loops until `max_steps` steps are done (forever without it).
 pub async fn run(shared: Arc<Shared>) {
     shared.config.backend.clean_up_earlier_runs().await;

@@ -62,6 +62,32 @@ impl Default for SlurmCommands {
     }
 }
 
+/// What srun and slurmctld write when they will not run a job at all: the
+/// request cannot be met or the cluster cannot take it (the validator's
+/// configuration or the cluster's state, never the model's).
+const REFUSALS: &[&str] = &[
+    "Unable to allocate resources",
+    "Memory specification can not be satisfied",
+    "Requested node configuration is not available",
+    "Required partition not available",
+    "Job violates accounting/QOS policy",
+    "Requested time limit is invalid",
+    "Unable to contact slurm controller",
+    "Node count specification invalid",
+    "Job submit/allocate failed",
+    // Invalid partition, account, qos, generic resource, ...
+    "Invalid",
+];
+
+/// How a Slurm job ended without an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobEnd {
+    /// What happened, for the log and the report.
+    pub reason: String,
+    /// Whether it was the validator's side (the model is not evaluated).
+    pub ours: bool,
+}
+
 /// Limit of one `squeue` or `scancel` call.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -209,8 +235,10 @@ impl SlurmSpec {
     }
 
     /// Why job `name` ended without an answer, from `srun`'s exit and the
-    /// last lines Slurm and the worker wrote on its stderr.
-    pub fn failure(&self, name: &str, status: &str, stderr: &[String]) -> String {
+    /// last lines Slurm and the worker wrote on its stderr, and whether
+    /// that was the validator's side (Slurm refusing or losing the job)
+    /// rather than the model's (over its memory or time, a crash).
+    pub fn failure(&self, name: &str, status: &str, stderr: &[String]) -> JobEnd {
         let has = |s: &str| stderr.iter().any(|l| l.contains(s));
         let last_error = stderr
             .iter()
@@ -219,30 +247,197 @@ impl SlurmSpec {
             .or_else(|| stderr.last())
             .map(|l| l.trim().to_string())
             .unwrap_or_default();
-        let what = if has("exceeded memory limit") || has("oom-kill") || has("OOM Killed") {
+        let (what, ours) = if has("exceeded memory limit") || has("oom-kill") || has("OOM Killed") {
             let mem = self
                 .mem_mb
                 .map_or(String::new(), |m| format!(" of --mem={m}M"));
-            format!("killed by Slurm: the worker exceeded its memory limit{mem}")
+            (
+                format!("killed by Slurm: the worker exceeded its memory limit{mem}"),
+                false,
+            )
         } else if has("DUE TO TIME LIMIT") {
-            format!(
-                "killed by Slurm: the job ran past its time limit (--time={})",
-                self.time
+            (
+                format!(
+                    "killed by Slurm: the job ran past its time limit (--time={})",
+                    self.time
+                ),
+                false,
             )
         } else if has("DUE TO NODE FAILURE") || has("NODE_FAIL") {
-            "the node failed (Slurm)".to_string()
+            ("the node failed (Slurm)".to_string(), true)
         } else if has("CANCELLED") || has("forcing job termination") {
-            "cancelled in Slurm (scancel or the administrator)".to_string()
-        } else if has("Unable to allocate resources") || has("Invalid") {
-            "Slurm refused the job".to_string()
+            (
+                "cancelled in Slurm (scancel or the administrator)".to_string(),
+                true,
+            )
+        } else if REFUSALS.iter().any(|r| has(r)) {
+            ("Slurm refused the job".to_string(), true)
         } else {
-            "the job ended without an answer".to_string()
+            ("the job ended without an answer".to_string(), false)
         };
-        if last_error.is_empty() {
+        let reason = if last_error.is_empty() {
             format!("Slurm job {name}: {what} (srun {status})")
         } else {
             format!("Slurm job {name}: {what} (srun {status}: {last_error})")
+        };
+        JobEnd { reason, ours }
+    }
+
+    /// Why job `name` is still waiting in the queue (`Some("PENDING
+    /// Resources")`, say), or `None` when it runs, ended or cannot be seen.
+    pub async fn pending_reason(&self, name: &str) -> Option<String> {
+        let mut cmd = tokio::process::Command::new(&self.commands.squeue);
+        cmd.arg("--me")
+            .arg(format!("--name={name}"))
+            .args(["-h", "-o", "%T %r"])
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(CLIENT_TIMEOUT, cmd.output())
+            .await
+            .ok()?
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().next()?.trim();
+        (out.status.success() && (line.starts_with("PENDING") || line.starts_with("CONFIGURING")))
+            .then(|| line.to_string())
+    }
+}
+
+/// Limit of a preflight call (an allocation test, or the tiny read job).
+const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs `cmd`, within [`PREFLIGHT_TIMEOUT`]; `Err` when it cannot start.
+async fn output_of(
+    mut cmd: tokio::process::Command,
+    what: &str,
+) -> Result<std::process::Output, String> {
+    cmd.stdin(Stdio::null()).kill_on_drop(true);
+    match tokio::time::timeout(PREFLIGHT_TIMEOUT, cmd.output()).await {
+        Err(_) => Err(format!(
+            "{what} did not answer within {PREFLIGHT_TIMEOUT:?}"
+        )),
+        Ok(Err(e)) => Err(format!("cannot run {what}: {e}")),
+        Ok(Ok(out)) => Ok(out),
+    }
+}
+
+/// A command's stdout and stderr, trimmed, as one line.
+fn said(out: &std::process::Output) -> String {
+    let mut t = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    let o = String::from_utf8_lossy(&out.stdout);
+    if !o.trim().is_empty() {
+        t.push_str(" | ");
+        t.push_str(o.trim());
+    }
+    t.replace('\n', "; ")
+}
+
+impl SlurmSpec {
+    /// The allocation test of this spec's request (`srun --test-only`),
+    /// with `--mem` and `--gres` left out as asked: `Ok` when Slurm could
+    /// run it, else what Slurm said.
+    async fn test_allocation(&self, mem: bool, gres: bool) -> Result<Result<(), String>, String> {
+        let mut spec = self.clone();
+        if !mem {
+            spec.mem_mb = None;
         }
+        if !gres {
+            spec.gres = None;
+        }
+        spec.program = "true".into();
+        let cmd = spec.srun(&format!("{}-preflight", self.job_prefix));
+        // --test-only submits nothing: it asks whether and when it could run.
+        let args: Vec<std::ffi::OsString> =
+            cmd.as_std().get_args().map(|a| a.to_os_string()).collect();
+        let mut test = tokio::process::Command::new(&self.commands.srun);
+        test.arg("--test-only").args(args);
+        let out = output_of(test, &self.commands.srun.display().to_string()).await?;
+        Ok(if out.status.success() {
+            Ok(())
+        } else {
+            Err(said(&out))
+        })
+    }
+
+    /// Checks at start that this spec can run a job at all, so that a
+    /// misconfiguration stops the validator with the flag to change
+    /// instead of deferring every model of every step: the client programs
+    /// are there, Slurm accepts exactly the step's request (partition,
+    /// gres, mem, time), and a job on a node reads `probe` (a file the
+    /// validator wrote under `--model_dir`) where the nodes see it.
+    pub async fn preflight(&self, probe: &Path) -> Result<(), String> {
+        for (program, flag) in [
+            (&self.commands.srun, "srun"),
+            (&PathBuf::from("sinfo"), "sinfo"),
+            (&self.commands.squeue, "squeue"),
+            (&self.commands.scancel, "scancel"),
+        ] {
+            let mut cmd = tokio::process::Command::new(program);
+            cmd.arg("--version");
+            output_of(cmd, flag).await.map_err(|e| {
+                format!("--eval_backend slurm needs {flag} on PATH: {e} (install Slurm's client programs here, or use --eval_backend local)")
+            })?;
+        }
+        let request = format!(
+            "--slurm.partition {}, --slurm.gres {}, --slurm.mem {}, --slurm.time {}",
+            self.partition.as_deref().unwrap_or("(default)"),
+            self.gres.as_deref().unwrap_or("none"),
+            self.mem_mb.map_or("(default)".into(), |m| format!("{m}M")),
+            self.time
+        );
+        if let Err(said) = self.test_allocation(true, true).await? {
+            // Which part of the request: the same test without it.
+            let hint = if self.mem_mb.is_some()
+                && self.test_allocation(false, true).await.ok() == Some(Ok(()))
+            {
+                format!(
+                    "--slurm.mem {}M cannot be satisfied by any node: lower --slurm.mem (sinfo -o '%N %m' shows each node's MB)",
+                    self.mem_mb.unwrap_or(0)
+                )
+            } else if self.gres.is_some()
+                && self.test_allocation(true, false).await.ok() == Some(Ok(()))
+            {
+                format!(
+                    "--slurm.gres {} cannot be satisfied: change --slurm.gres (or `none`)",
+                    self.gres.as_deref().unwrap_or("")
+                )
+            } else if said.contains("partition") {
+                "the partition cannot take jobs: change --slurm.partition".to_string()
+            } else if said.to_ascii_lowercase().contains("time limit") {
+                "the time limit is refused: change --slurm.time".to_string()
+            } else {
+                "change --slurm.partition, --slurm.gres, --slurm.mem, --slurm.time or --slurm.extra_args".to_string()
+            };
+            return Err(format!(
+                "Slurm cannot run the validator's jobs ({request}): {hint}; Slurm said: {said}"
+            ));
+        }
+        // A tiny job with the same request: can a node read the model store?
+        let seen = self.node_path(probe);
+        let mut spec = self.clone();
+        spec.program = "test".into();
+        let mut cmd = spec.srun(&format!("{}-preflight", self.job_prefix));
+        cmd.arg("-r").arg(&seen);
+        let out = output_of(cmd, &self.commands.srun.display().to_string()).await?;
+        if !out.status.success() {
+            let flag = if self.model_dir.is_some() {
+                "--slurm.model_dir"
+            } else {
+                "--slurm.model_dir (the path at which the nodes see --model_dir)"
+            };
+            return Err(format!(
+                "a Slurm job cannot read {} (the validator's --model_dir as the nodes see it; srun {}): set {flag} to where the nodes see {}{}",
+                seen.display(),
+                out.status,
+                probe.parent().unwrap_or(probe).display(),
+                match said(&out) {
+                    s if s.is_empty() => String::new(),
+                    s => format!("; Slurm said: {s}"),
+                }
+            ));
+        }
+        info!(%request, "Slurm preflight: the request is accepted and a node reads the model store");
+        Ok(())
     }
 }
 
@@ -321,6 +516,8 @@ mod tests {
             "srun: error: vm: task 0: Killed".into(),
         ];
         let r = s.failure("j", "exit status: 137", &mem);
+        assert!(!r.ours, "{r:?}");
+        let r = r.reason;
         assert!(
             r.contains("exceeded its memory limit of --mem=2048M"),
             "{r}"
@@ -330,6 +527,8 @@ mod tests {
             "srun: error: vm: task 0: Terminated".into(),
         ];
         let r = s.failure("j", "exit status: 143", &time);
+        assert!(!r.ours, "{r:?}");
+        let r = r.reason;
         assert!(r.contains("time limit (--time=11)"), "{r}");
         let cancel = [
             "slurmstepd-vm: error: *** STEP 8.0 ON vm CANCELLED AT 2026-12-02T01:43:41 ***"
@@ -337,12 +536,32 @@ mod tests {
             "srun: error: vm: task 0: Terminated".into(),
         ];
         let r = s.failure("j", "exit status: 143", &cancel);
+        assert!(r.ours, "{r:?}");
+        let r = r.reason;
         assert!(r.contains("cancelled in Slurm"), "{r}");
         let crash = ["srun: error: vm: task 0: Aborted".to_string()];
         let r = s.failure("j", "exit status: 134", &crash);
+        assert!(!r.ours, "{r:?}");
+        let r = r.reason;
         assert!(
             r.contains("without an answer") && r.contains("Aborted"),
             "{r}"
         );
+        // Refusals, as Debian's Slurm 22.05 words them: the validator's side.
+        for line in [
+            "srun: error: Unable to allocate resources: Memory specification can not be satisfied",
+            "srun: error: Unable to allocate resources: Requested node configuration is not available",
+            "srun: error: Unable to allocate resources: Invalid partition name specified",
+            "srun: Required partition not available (inactive or drain)",
+        ] {
+            let r = s.failure("j", "exit status: 1", &[line.to_string()]);
+            assert!(r.ours, "{line}: {r:?}");
+            assert!(r.reason.contains("Slurm refused the job"), "{r:?}");
+        }
+        let node = [
+            "srun: error: Node failure on vm".to_string(),
+            "*** JOB 5 CANCELLED DUE TO NODE FAILURE ***".into(),
+        ];
+        assert!(s.failure("j", "exit status: 1", &node).ours);
     }
 }

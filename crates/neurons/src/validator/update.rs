@@ -343,13 +343,31 @@ pub async fn update_loop(shared: Arc<Shared>) {
     let start = rand::thread_rng().gen_range(0..first.len().max(1));
     let mut it = MinerIterator::new(first, start);
     let mut last_checked: HashMap<Uid, Instant> = HashMap::new();
+    // Uids whose check has finished (the first pass is done once all have).
+    let mut finished: std::collections::HashSet<Uid> = std::collections::HashSet::new();
+    let mut checks: tokio::task::JoinSet<Uid> = tokio::task::JoinSet::new();
+    let mut running: std::collections::HashSet<Uid> = std::collections::HashSet::new();
     loop {
+        while let Some(done) = checks.try_join_next() {
+            if let Ok(uid) = done {
+                running.remove(&uid);
+                finished.insert(uid);
+            }
+        }
         let current = uids(&shared);
         if !shared.first_pass_done.load(Ordering::Relaxed)
-            && current.iter().all(|u| last_checked.contains_key(u))
+            && current.iter().all(|u| finished.contains(u))
         {
             info!("every uid checked once");
             shared.first_pass_done.store(true, Ordering::Relaxed);
+        }
+        // A few at once, so that one slow repo does not hold the others.
+        if checks.len() >= CHECKS_AT_ONCE {
+            if let Some(Ok(uid)) = checks.join_next().await {
+                running.remove(&uid);
+                finished.insert(uid);
+            }
+            continue;
         }
         it.set_uids(current);
         let Some(uid) = it.next_uid() else {
@@ -372,23 +390,44 @@ pub async fn update_loop(shared: Arc<Shared>) {
                 .find(|n| n.uid == uid)
                 .map(|n| n.hotkey.clone())
         };
-        let Some(hotkey) = hotkey else { continue };
+        let Some(hotkey) = hotkey else {
+            finished.insert(uid);
+            continue;
+        };
         let hotkey = match hotkey.parse::<HotkeyAddress>() {
             Ok(h) => h,
             Err(e) => {
                 // Never tracked, so it scores +inf; said once per pass.
                 warn!(uid, "hotkey refused: {}", Escaped(&e));
+                finished.insert(uid);
                 continue;
             }
         };
-        match sync_hotkey(&shared, uid, &hotkey).await {
-            SyncOutcome::Deferred(why) => {
-                warn!(uid, %hotkey, "model update deferred: {}", Escaped(&why))
+        // A uid still being checked (a slow fetch) is not started twice:
+        // wait for a check to end, then go on (its turn comes next pass).
+        if running.contains(&uid) {
+            if let Some(Ok(done)) = checks.join_next().await {
+                running.remove(&done);
+                finished.insert(done);
             }
-            outcome => debug!(uid, %hotkey, ?outcome, "checked"),
+            continue;
         }
+        running.insert(uid);
+        let shared = shared.clone();
+        checks.spawn(async move {
+            match sync_hotkey(&shared, uid, &hotkey).await {
+                SyncOutcome::Deferred(why) => {
+                    warn!(uid, %hotkey, "model update deferred: {}", Escaped(&why))
+                }
+                outcome => debug!(uid, %hotkey, ?outcome, "checked"),
+            }
+            uid
+        });
     }
 }
+
+/// Uids checked (and their models fetched) at once by the update loop.
+pub const CHECKS_AT_ONCE: usize = 4;
 
 #[cfg(test)]
 mod tests {

@@ -121,7 +121,15 @@ pub enum WorkerMessage {
     Error(String),
     /// A loss per batch.
     Losses(Vec<JsonF64>),
+    /// The worker could not do its work for reasons of its own (the
+    /// validator's: out of file descriptors or memory, a read error of the
+    /// model directory): the model is not evaluated, not refused.
+    NotEvaluated(String),
 }
+
+/// Exit code of a worker that could not work for its own reasons (it said
+/// so with [`WorkerMessage::NotEvaluated`] where it could).
+pub const NOT_EVALUATED_EXIT: i32 = 3;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct BatchesMessage {
@@ -182,9 +190,13 @@ pub struct HashCheck {
 
 impl HashCheck {
     /// `Ok` when `dir` hashes to the committed hash (raw or secure).
-    pub fn verify(&self, dir: &Path) -> Result<(), String> {
-        let actual = pretrain_core::hash_of_directory(dir)
-            .map_err(|e| format!("cannot hash the model directory {}: {e}", dir.display()))?;
+    pub fn verify(&self, dir: &Path) -> Result<(), HashFailure> {
+        let actual = pretrain_core::hash_of_directory(dir).map_err(|e| {
+            HashFailure::Unreadable(format!(
+                "cannot hash the model directory {}: {e}",
+                dir.display()
+            ))
+        })?;
         if actual == self.hash {
             return Ok(());
         }
@@ -193,11 +205,28 @@ impl HashCheck {
                 return Ok(());
             }
         }
-        Err(format!(
+        Err(HashFailure::Mismatch(format!(
             "the model directory {} hashes to {actual}, not the committed {} (changed or incomplete on this node)",
             dir.display(),
             self.hash
-        ))
+        )))
+    }
+}
+
+/// Why [`HashCheck::verify`] refused a directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashFailure {
+    /// It hashes to something else.
+    Mismatch(String),
+    /// It could not be read (the validator's own failure).
+    Unreadable(String),
+}
+
+impl std::fmt::Display for HashFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HashFailure::Mismatch(r) | HashFailure::Unreadable(r) => f.write_str(r),
+        }
     }
 }
 
@@ -212,13 +241,27 @@ pub fn run_worker_checked(
     output: &mut impl Write,
 ) -> std::io::Result<i32> {
     if let Some(check) = check {
-        if let Err(why) = check.verify(model) {
-            send(output, &WorkerMessage::Error(why))?;
-            return Ok(2);
+        match check.verify(model) {
+            Ok(()) => {}
+            Err(HashFailure::Mismatch(why)) => {
+                send(output, &WorkerMessage::Error(why))?;
+                return Ok(2);
+            }
+            Err(HashFailure::Unreadable(why)) => {
+                send(output, &WorkerMessage::NotEvaluated(why))?;
+                return Ok(NOT_EVALUATED_EXIT);
+            }
         }
     }
     let loaded = match pretrain_model::evaluate::load_for_eval_with(model, device, options) {
         Ok(m) => m,
+        Err(e) if !super::failure::model_is_content(&e) => {
+            send(
+                output,
+                &WorkerMessage::NotEvaluated(format!("cannot load the model: {e}")),
+            )?;
+            return Ok(NOT_EVALUATED_EXIT);
+        }
         Err(e) => {
             send(output, &WorkerMessage::Error(e.to_string()))?;
             return Ok(2);
@@ -293,8 +336,66 @@ pub struct ModelJob {
     pub check: Option<HashCheck>,
 }
 
-/// A model's losses per batch, or why it has none (it then scores `+inf`).
-pub type JobResult = Result<Vec<f64>, String>;
+/// What became of one model job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobResult {
+    /// A loss per batch.
+    Losses(Vec<f64>),
+    /// The model failed on its own content (refused, crashed, too slow,
+    /// too large): it scores `+inf`.
+    Failed(String),
+    /// The validator could not evaluate it (a worker it could not start,
+    /// Slurm refusing the job, ...): no score this step, and the model
+    /// keeps its earlier standing.
+    NotEvaluated(String),
+}
+
+impl JobResult {
+    /// The losses, if the model was evaluated.
+    pub fn losses(&self) -> Option<&[f64]> {
+        match self {
+            JobResult::Losses(l) => Some(l),
+            _ => None,
+        }
+    }
+
+    /// Why the model failed on its content (`None`: evaluated, or deferred).
+    pub fn failure(&self) -> Option<&str> {
+        match self {
+            JobResult::Failed(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Why the validator could not evaluate it (`None`: it was).
+    pub fn not_evaluated(&self) -> Option<&str> {
+        match self {
+            JobResult::NotEvaluated(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+/// Why a job gave no losses, and whose fault that is.
+#[derive(Debug)]
+enum JobError {
+    /// The model's.
+    Model(String),
+    /// The validator's own.
+    Ours(String),
+}
+
+impl From<String> for JobError {
+    fn from(reason: String) -> Self {
+        JobError::Model(reason)
+    }
+}
+
+impl From<&str> for JobError {
+    fn from(reason: &str) -> Self {
+        JobError::Model(reason.to_string())
+    }
+}
 
 struct Child {
     child: tokio::process::Child,
@@ -359,11 +460,14 @@ fn pre_exec_limits(cmd: &mut tokio::process::Command, limit: Option<u64>) {
 fn pre_exec_limits(_cmd: &mut tokio::process::Command, _limit: Option<u64>) {}
 
 impl WorkerSpec {
-    fn spawn(&self, backend: &Backend, step: u64, job: &ModelJob) -> Result<Child, String> {
+    /// Starts the job's worker; every failure here is the validator's own
+    /// (no file descriptors or processes left, no memory, no program).
+    fn spawn(&self, backend: &Backend, step: u64, job: &ModelJob) -> Result<Child, JobError> {
         match backend {
             Backend::Local => self.spawn_local(&job.dir),
             Backend::Slurm(s) => self.spawn_slurm(s, step, job),
         }
+        .map_err(JobError::Ours)
     }
 
     fn spawn_local(&self, dir: &Path) -> Result<Child, String> {
@@ -454,28 +558,43 @@ impl WorkerSpec {
 }
 
 impl Child {
-    async fn read_message(&mut self, limit: Duration, what: &str) -> Result<WorkerMessage, String> {
+    async fn read_message(
+        &mut self,
+        limit: Duration,
+        what: &str,
+    ) -> Result<WorkerMessage, JobError> {
         let mut line = String::new();
         match tokio::time::timeout(limit, self.stdout.read_line(&mut line)).await {
             Err(_) => {
+                // A Slurm job that never left the queue never ran the model.
+                let queued = match &self.slurm {
+                    Some(j) => j.spec.pending_reason(&j.name).await,
+                    None => None,
+                };
                 let _ = self.child.start_kill();
                 let job = match &self.slurm {
                     Some(j) => format!(" (Slurm job {} cancelled)", j.name),
                     None => String::new(),
                 };
-                Err(format!(
-                    "worker exceeded its time limit of {limit:?} while {what} (killed){job}"
-                ))
+                match queued {
+                    Some(reason) => Err(JobError::Ours(format!(
+                        "the Slurm job waited in the queue ({reason}) past the limit of {limit:?}{job}"
+                    ))),
+                    None => Err(JobError::Model(format!(
+                        "worker exceeded its time limit of {limit:?} while {what} (killed){job}"
+                    ))),
+                }
             }
-            Ok(Err(e)) => Err(format!("reading from the worker: {e}")),
+            Ok(Err(e)) => Err(JobError::Ours(format!("reading from the worker: {e}"))),
             Ok(Ok(0)) => Err(self.death().await),
-            Ok(Ok(_)) => serde_json::from_str(&line)
-                .map_err(|e| format!("worker sent something that is not a message ({e})")),
+            Ok(Ok(_)) => serde_json::from_str(&line).map_err(|e| {
+                JobError::Model(format!("worker sent something that is not a message ({e})"))
+            }),
         }
     }
 
     // Why a child closed its output without answering.
-    async fn death(&mut self) -> String {
+    async fn death(&mut self) -> JobError {
         let status = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
         if let Some(job) = self.slurm.as_mut() {
             // srun's own exit says little (137, 143): Slurm's lines say why.
@@ -497,7 +616,12 @@ impl Child {
                     "did not exit (killed)".into()
                 }
             };
-            return job.spec.failure(&job.name, &status, &tail);
+            let end = job.spec.failure(&job.name, &status, &tail);
+            return if end.ours {
+                JobError::Ours(end.reason)
+            } else {
+                JobError::Model(end.reason)
+            };
         }
         match status {
             Ok(Ok(s)) => {
@@ -511,15 +635,23 @@ impl Child {
                             libc::SIGSEGV => " (SIGSEGV)",
                             _ => "",
                         };
-                        return format!("worker died from signal {sig}{name}");
+                        return JobError::Model(format!("worker died from signal {sig}{name}"));
                     }
                 }
-                format!("worker exited with {s} without an answer (panic or crash)")
+                if s.code() == Some(NOT_EVALUATED_EXIT) {
+                    return JobError::Ours(
+                        "worker could not start its work (its own resources; see its stderr)"
+                            .into(),
+                    );
+                }
+                JobError::Model(format!(
+                    "worker exited with {s} without an answer (panic or crash)"
+                ))
             }
-            Ok(Err(e)) => format!("worker vanished: {e}"),
+            Ok(Err(e)) => JobError::Ours(format!("worker vanished: {e}")),
             Err(_) => {
                 let _ = self.child.start_kill();
-                "worker closed its output but did not exit (killed)".into()
+                JobError::Model("worker closed its output but did not exit (killed)".into())
             }
         }
     }
@@ -536,6 +668,14 @@ struct StepContext {
 }
 
 async fn run_job(ctx: Arc<StepContext>, job: ModelJob) -> JobResult {
+    match try_job(ctx, job).await {
+        Ok(losses) => JobResult::Losses(losses),
+        Err(JobError::Model(reason)) => JobResult::Failed(reason),
+        Err(JobError::Ours(reason)) => JobResult::NotEvaluated(reason),
+    }
+}
+
+async fn try_job(ctx: Arc<StepContext>, job: ModelJob) -> Result<Vec<f64>, JobError> {
     let spec = &ctx.spec;
     let mut child = spec.spawn(&ctx.backend, ctx.step, &job)?;
     match child.read_message(spec.load_timeout, "loading").await? {
@@ -545,7 +685,13 @@ async fn run_job(ctx: Arc<StepContext>, job: ModelJob) -> JobResult {
             if let Some(j) = child.slurm.as_mut() {
                 j.answered = true;
             }
-            return Err(reason);
+            return Err(JobError::Model(reason));
+        }
+        WorkerMessage::NotEvaluated(reason) => {
+            if let Some(j) = child.slurm.as_mut() {
+                j.answered = true;
+            }
+            return Err(JobError::Ours(reason));
         }
         WorkerMessage::Losses(_) => return Err("worker answered before it was asked".into()),
     }
@@ -555,11 +701,17 @@ async fn run_job(ctx: Arc<StepContext>, job: ModelJob) -> JobResult {
         .clone()
         .acquire_owned()
         .await
-        .map_err(|_| "evaluation cancelled".to_string())?;
+        .map_err(|_| JobError::Ours("evaluation cancelled".into()))?;
     debug!(uid = job.uid, "worker loaded, sending batches");
     if let Err(e) = child.stdin.write_all(&ctx.line).await {
-        let why = child.death().await;
-        return Err(format!("cannot send batches to the worker ({e}): {why}"));
+        return Err(match child.death().await {
+            JobError::Model(why) => {
+                JobError::Model(format!("cannot send batches to the worker ({e}): {why}"))
+            }
+            JobError::Ours(why) => {
+                JobError::Ours(format!("cannot send batches to the worker ({e}): {why}"))
+            }
+        });
     }
     let _ = child.stdin.flush().await;
     let n_batches = ctx.n_batches;
@@ -571,11 +723,12 @@ async fn run_job(ctx: Arc<StepContext>, job: ModelJob) -> JobResult {
             let _ = tokio::time::timeout(Duration::from_secs(5), child.child.wait()).await;
             Ok(l.into_iter().map(|x| x.0).collect())
         }
-        WorkerMessage::Losses(l) => Err(format!(
+        WorkerMessage::Losses(l) => Err(JobError::Model(format!(
             "worker returned {} losses for {n_batches} batches",
             l.len()
-        )),
-        WorkerMessage::Error(reason) => Err(reason),
+        ))),
+        WorkerMessage::Error(reason) => Err(JobError::Model(reason)),
+        WorkerMessage::NotEvaluated(reason) => Err(JobError::Ours(reason)),
         WorkerMessage::Loaded(_) => Err("worker said loaded twice".into()),
     }
 }
@@ -630,12 +783,18 @@ pub async fn evaluate_step(
     while let Some(done) = tasks.join_next().await {
         match done {
             Ok((uid, r)) => {
-                if let Err(reason) = &r {
-                    warn!(
+                match &r {
+                    JobResult::Losses(_) => {}
+                    JobResult::Failed(reason) => warn!(
                         uid,
                         "model scored +inf: {}",
                         pretrain_core::escape::Escaped(reason)
-                    );
+                    ),
+                    JobResult::NotEvaluated(reason) => warn!(
+                        uid,
+                        "not evaluated: {}",
+                        pretrain_core::escape::Escaped(reason)
+                    ),
                 }
                 out.insert(uid, r);
             }

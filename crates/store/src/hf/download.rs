@@ -17,11 +17,33 @@ use super::HfHub;
 use crate::paths::safe_relative_path;
 use crate::{pretrained, HubError, ModelHub, RepoFile};
 
+/// The time one model's fetch may take, all its files and retries
+/// together (a 1 GiB model at 10 MB/s is under two minutes): past it the
+/// model defers and the partial download resumes at the next pass.
+pub const MODEL_FETCH_BUDGET: std::time::Duration = std::time::Duration::from_secs(600);
+
 impl HfHub {
     /// Downloads `repo` at `commit` into
     /// `dest/models--<ns>--<name>/snapshots/<commit>/`, resuming what an
     /// earlier call left in `.partial-<commit>/`.
     pub(super) async fn download_snapshot(
+        &self,
+        repo: &RepoId,
+        commit: &CommitId,
+        dest: &Path,
+    ) -> Result<PathBuf, HubError> {
+        // One slow or hostile repo must not hold the fetch pass: past its
+        // budget, the model defers (its partial files resume next time).
+        tokio::time::timeout(MODEL_FETCH_BUDGET, self.download_snapshot_now(repo, commit, dest))
+            .await
+            .map_err(|_| {
+                HubError::Network(format!(
+                    "{repo}@{commit}: not fetched within its budget of {MODEL_FETCH_BUDGET:?} (resumed later)"
+                ))
+            })?
+    }
+
+    async fn download_snapshot_now(
         &self,
         repo: &RepoId,
         commit: &CommitId,

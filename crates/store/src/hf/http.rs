@@ -83,6 +83,11 @@ pub(super) fn header_map(
 }
 
 pub(super) fn network(what: &str, e: reqwest::Error) -> HubError {
+    if e.is_redirect() {
+        // Too many redirects: a loop (a hostile or broken repo) answers the
+        // same on every retry, so it is not retried (the model defers).
+        return HubError::BadResponse(format!("{what}: {e} (a redirect loop; not retried)"));
+    }
     HubError::Network(format!("{what}: {e}"))
 }
 

@@ -49,6 +49,8 @@ pub struct State {
     pub seen: Vec<Seen>,
     /// (method, path prefix, status, times left): answered before routing.
     pub failures: Vec<(String, String, u16, usize)>,
+    /// Path prefixes answered with a redirect to themselves (a loop).
+    pub redirect_loops: Vec<String>,
     /// path suffix -> (times left, bytes to send before cutting the connection).
     pub truncate: HashMap<String, (usize, usize)>,
     /// Sizes reported by the repo info instead of the real ones.
@@ -100,6 +102,15 @@ impl FakeHub {
 
     pub fn seen(&self) -> Vec<Seen> {
         self.state.lock().unwrap().seen.clone()
+    }
+
+    /// Every request under `prefix` redirects to itself.
+    pub fn redirect_loop(&self, prefix: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .redirect_loops
+            .push(prefix.into());
     }
 
     pub fn fail(&self, method: &str, prefix: &str, status: u16, times: usize) {
@@ -300,6 +311,12 @@ fn route(req: &Request, state: &Mutex<State>, base: &str) -> Reply {
         headers: req.headers.clone(),
         body: req.body.clone(),
     });
+    if st.redirect_loops.iter().any(|p| req.path.starts_with(p)) {
+        let mut r = error(302, "again");
+        r.headers
+            .push(("Location".into(), format!("{base}{}", req.path)));
+        return r;
+    }
     for f in st.failures.iter_mut() {
         if f.3 > 0 && f.0 == req.method && req.path.starts_with(&f.1) {
             f.3 -= 1;
