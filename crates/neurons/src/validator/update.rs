@@ -345,14 +345,12 @@ pub async fn update_loop(shared: Arc<Shared>) {
     let mut last_checked: HashMap<Uid, Instant> = HashMap::new();
     // Uids whose check has finished (the first pass is done once all have).
     let mut finished: std::collections::HashSet<Uid> = std::collections::HashSet::new();
-    let mut checks: tokio::task::JoinSet<Uid> = tokio::task::JoinSet::new();
-    let mut running: std::collections::HashSet<Uid> = std::collections::HashSet::new();
+    let mut checks: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();
+    // The uid of each check in flight, by task: a check that panics ends too.
+    let mut running = Running::default();
     loop {
-        while let Some(done) = checks.try_join_next() {
-            if let Ok(uid) = done {
-                running.remove(&uid);
-                finished.insert(uid);
-            }
+        while let Some(done) = checks.try_join_next_with_id() {
+            running.ended(done, &mut finished);
         }
         let current = uids(&shared);
         if !shared.first_pass_done.load(Ordering::Relaxed)
@@ -363,9 +361,8 @@ pub async fn update_loop(shared: Arc<Shared>) {
         }
         // A few at once, so that one slow repo does not hold the others.
         if checks.len() >= CHECKS_AT_ONCE {
-            if let Some(Ok(uid)) = checks.join_next().await {
-                running.remove(&uid);
-                finished.insert(uid);
+            if let Some(done) = checks.join_next_with_id().await {
+                running.ended(done, &mut finished);
             }
             continue;
         }
@@ -405,24 +402,52 @@ pub async fn update_loop(shared: Arc<Shared>) {
         };
         // A uid still being checked (a slow fetch) is not started twice:
         // wait for a check to end, then go on (its turn comes next pass).
-        if running.contains(&uid) {
-            if let Some(Ok(done)) = checks.join_next().await {
-                running.remove(&done);
-                finished.insert(done);
+        if running.contains(uid) {
+            if let Some(done) = checks.join_next_with_id().await {
+                running.ended(done, &mut finished);
             }
             continue;
         }
-        running.insert(uid);
         let shared = shared.clone();
-        checks.spawn(async move {
+        let task = checks.spawn(async move {
             match sync_hotkey(&shared, uid, &hotkey).await {
                 SyncOutcome::Deferred(why) => {
                     warn!(uid, %hotkey, "model update deferred: {}", Escaped(&why))
                 }
                 outcome => debug!(uid, %hotkey, ?outcome, "checked"),
             }
-            uid
         });
+        running.by_task.insert(task.id(), uid);
+    }
+}
+
+/// The update loop's checks in flight: their uids by task.
+#[derive(Default)]
+struct Running {
+    by_task: HashMap<tokio::task::Id, Uid>,
+}
+
+impl Running {
+    fn contains(&self, uid: Uid) -> bool {
+        self.by_task.values().any(|u| *u == uid)
+    }
+
+    /// A check ended, normally or by a panic: its uid is checked again next pass.
+    fn ended(
+        &mut self,
+        done: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+        finished: &mut std::collections::HashSet<Uid>,
+    ) {
+        let id = match done {
+            Ok((id, ())) => id,
+            Err(e) => {
+                warn!("a model check did not finish: {e}");
+                e.id()
+            }
+        };
+        if let Some(uid) = self.by_task.remove(&id) {
+            finished.insert(uid);
+        }
     }
 }
 
