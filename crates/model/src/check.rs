@@ -137,9 +137,7 @@ pub fn check_finite_weights(dir: &Path) -> Result<()> {
 
 /// The refusal of a weight that is not finite, as the validator words it.
 pub(crate) fn non_finite(name: &str) -> ModelError {
-    ModelError::Input(format!(
-        "tensor {name} holds non-finite values (NaN or inf)"
-    ))
+    ModelError::NonFinite(name.to_string())
 }
 
 // Whether every element of a little-endian float tensor is finite as f32; a

@@ -67,6 +67,10 @@ pub enum ModelError {
     /// The token batch cannot be fed to this model.
     #[error("bad input: {0}")]
     Input(String),
+    /// A weight the model uses is NaN or infinite once read as the f32 it
+    /// computes in: the model's own content, refused as such.
+    #[error("tensor {0} holds non-finite values (NaN or inf)")]
+    NonFinite(String),
     /// The device cannot run what was asked (e.g. bf16 compute on the CPU).
     #[error("not supported: {0}")]
     Unsupported(String),

@@ -76,7 +76,8 @@ pub fn model_is_content(e: &ModelError) -> bool {
         | ModelError::MissingTensor(_)
         | ModelError::WrongShape { .. }
         | ModelError::TooManyParameters { .. }
-        | ModelError::TooLarge { .. } => true,
+        | ModelError::TooLarge { .. }
+        | ModelError::NonFinite(_) => true,
         ModelError::Input(_) | ModelError::Unsupported(_) | ModelError::Candle(_) => false,
     }
 }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use pretrain_core::escape::Escaped;
 use pretrain_core::rules::schedule::ModelFacts;
@@ -400,10 +400,12 @@ pub async fn update_loop(shared: Arc<Shared>) {
                 continue;
             }
         };
-        // A uid still being checked (a slow fetch) is not started twice:
-        // wait for a check to end, then go on (its turn comes next pass).
+        // A uid still being checked (a slow fetch) is not started twice: wait
+        // a little for a check to end, then go on to the next uid, so that a
+        // stalled repo never holds the loop (its turn comes next pass).
         if running.contains(uid) {
-            if let Some(done) = checks.join_next_with_id().await {
+            let wait = shared.config.idle_wait.min(Duration::from_secs(1));
+            if let Ok(Some(done)) = tokio::time::timeout(wait, checks.join_next_with_id()).await {
                 running.ended(done, &mut finished);
             }
             continue;
