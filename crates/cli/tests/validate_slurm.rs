@@ -616,6 +616,13 @@ fn workers_read_models_where_the_nodes_see_them_and_check_their_hash() {
         .status()
         .unwrap();
     assert!(status.success());
+    // What a shared filesystem would show the nodes of the file the validator's
+    // preflight writes under --model_dir (the copy above is a snapshot).
+    fs::write(
+        node_view.join(".slurm-preflight"),
+        b"pretrain validate: can the Slurm nodes read this?\n",
+    )
+    .unwrap();
     let tampered = find_file(
         &node_view.join("models"),
         "models--m--tampered",

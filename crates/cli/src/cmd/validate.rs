@@ -366,6 +366,9 @@ pub fn run(args: ValidateArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Res
         }
         config.schedule = schedule;
         if let Backend::Slurm(spec) = &config.backend {
+            // A killed run's jobs first: they may end during the preflight's seconds,
+            // and the operator should read that they were cancelled.
+            config.backend.clean_up_earlier_runs().await;
             slurm_preflight(spec, &args.model_dir).await?;
         }
         let shared = validator::start(config, chain, hub, source, hotkey)

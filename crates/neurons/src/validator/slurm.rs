@@ -345,7 +345,7 @@ impl SlurmSpec {
             spec.gres = None;
         }
         spec.program = "true".into();
-        let cmd = spec.srun(&format!("{}-preflight", self.job_prefix));
+        let cmd = spec.srun(&format!("{}.preflight", self.job_prefix));
         // --test-only submits nothing: it asks whether and when it could run.
         let args: Vec<std::ffi::OsString> =
             cmd.as_std().get_args().map(|a| a.to_os_string()).collect();
@@ -416,7 +416,7 @@ impl SlurmSpec {
         let seen = self.node_path(probe);
         let mut spec = self.clone();
         spec.program = "test".into();
-        let mut cmd = spec.srun(&format!("{}-preflight", self.job_prefix));
+        let mut cmd = spec.srun(&format!("{}.preflight", self.job_prefix));
         cmd.arg("-r").arg(&seen);
         let out = output_of(cmd, &self.commands.srun.display().to_string()).await?;
         if !out.status.success() {
