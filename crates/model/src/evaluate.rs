@@ -43,15 +43,17 @@ pub fn load_for_eval_with(dir: &Path, device: &Device, options: ComputeOptions) 
 pub fn losses(model: &Model, batches: &[Vec<Vec<u32>>]) -> Vec<f32> {
     batches
         .iter()
-        .map(|b| {
-            let l = loss_or_inf(model, b);
-            if l.is_finite() {
-                l
-            } else {
-                f32::INFINITY
-            }
-        })
+        .map(|b| as_scored(loss_or_inf(model, b)))
         .collect()
+}
+
+/// A batch's loss as the validator scores it: a NaN or infinite loss is +inf.
+pub fn as_scored(loss: f32) -> f32 {
+    if loss.is_finite() {
+        loss
+    } else {
+        f32::INFINITY
+    }
 }
 
 /// One load, a loss per batch; every batch `+inf` when the model cannot be

@@ -115,7 +115,13 @@ pub fn local_model_files(dir: &Path) -> Result<Vec<RepoFile>, HubError> {
         .into_iter()
         .map(|(path, _, size)| RepoFile { path, size })
         .collect();
-    let index = match index_to_read(&listed) {
+    select_in(dir, &listed)
+}
+
+/// [`select`] over `listed`, the files of the local directory `dir`, reading
+/// its safetensors index from `dir` where the choice needs it.
+fn select_in(dir: &Path, listed: &[RepoFile]) -> Result<Vec<RepoFile>, HubError> {
+    let index = match index_to_read(listed) {
         Some(ix) => Some(
             pretrain_core::bounded::read_regular(&dir.join(&ix.path), INDEX_LIMIT).map_err(
                 HubError::io(format!("cannot read {}", dir.join(&ix.path).display())),
@@ -123,21 +129,23 @@ pub fn local_model_files(dir: &Path) -> Result<Vec<RepoFile>, HubError> {
         ),
         None => None,
     };
-    select(&listed, index.as_deref())
+    select(listed, index.as_deref())
+}
+
+/// `hash_of_directory` of `dir` over only the `selected` files.
+fn hash_of_selected(dir: &Path, selected: Vec<RepoFile>) -> Result<String, HubError> {
+    let keep: Vec<String> = selected.into_iter().map(|f| f.path).collect();
+    pretrain_core::hash::hash_of_files_in(dir, &keep).map_err(|source| HubError::List {
+        dir: dir.to_path_buf(),
+        source,
+    })
 }
 
 /// The model hash of a local directory as the original computes it after an
 /// upload: `hash_of_directory` over only the files `from_pretrained` fetches
 /// ([`local_model_files`]); for a `save_pretrained` directory, that is every file.
 pub fn hash_of_model_dir(dir: &Path) -> Result<String, HubError> {
-    let keep: Vec<String> = local_model_files(dir)?
-        .into_iter()
-        .map(|f| f.path)
-        .collect();
-    pretrain_core::hash::hash_of_files_in(dir, &keep).map_err(|source| HubError::List {
-        dir: dir.to_path_buf(),
-        source,
-    })
+    hash_of_selected(dir, local_model_files(dir)?)
 }
 
 /// The model hash of a copy of a repo (a `git clone`, a download, a cache
@@ -162,19 +170,7 @@ pub fn hash_of_fetched_files(dir: &Path) -> Result<String, HubError> {
         let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
         listed.push(RepoFile { path: rel, size });
     }
-    let index = match index_to_read(&listed) {
-        Some(ix) => Some(
-            pretrain_core::bounded::read_regular(&dir.join(&ix.path), INDEX_LIMIT).map_err(
-                HubError::io(format!("cannot read {}", dir.join(&ix.path).display())),
-            )?,
-        ),
-        None => None,
-    };
-    let keep: Vec<String> = select(&listed, index.as_deref())?
-        .into_iter()
-        .map(|f| f.path)
-        .collect();
-    pretrain_core::hash::hash_of_files_in(dir, &keep).map_err(list)
+    hash_of_selected(dir, select_in(dir, &listed)?)
 }
 
 #[cfg(test)]

@@ -198,6 +198,7 @@ struct Stored {
 fn stored_commits(
     conn: &Connection,
     netuid: u16,
+    cr: &CommitReveal,
     now: u64,
     path: &Path,
 ) -> Result<Vec<Stored>, ChainError> {
@@ -221,7 +222,6 @@ fn stored_commits(
         })
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
         .map_err(|e| storage(path, e))?;
-    let cr = settings(conn, netuid, path)?;
     let current_epoch = cr.epoch_of(netuid, now);
     Ok(raw
         .into_iter()
@@ -356,7 +356,7 @@ pub(super) fn reveal_due(
     }
     let cr = settings(conn, netuid, path)?;
     let mut beacon_key = None;
-    for stored in stored_commits(conn, netuid, now, path)? {
+    for stored in stored_commits(conn, netuid, &cr, now, path)? {
         let (hotkey, block, epoch, reveal_round) = match stored.row {
             Ok(row) => row,
             Err(why) => {
@@ -392,13 +392,12 @@ pub(super) fn reveal_due(
                     reveal_round,
                     ciphertext,
                 };
-                if beacon_key.is_none() {
-                    beacon_key = Some(beacon(conn, path)?);
-                }
-                match &beacon_key {
-                    Some(b) => open_commit(b, &p, snap, &cr, at).map(|r| (at, r)),
-                    None => continue,
-                }
+                // Read once, and only where some commit is due.
+                let b = match &mut beacon_key {
+                    Some(b) => &*b,
+                    slot @ None => &*slot.insert(beacon(conn, path)?),
+                };
+                open_commit(b, &p, snap, &cr, at).map(|r| (at, r))
             }
         };
         match outcome {
@@ -517,7 +516,7 @@ impl EmbeddedChain {
             let now = clock.now();
             let cr = settings(conn, netuid, path)?;
             let mut out = Vec::new();
-            for stored in stored_commits(conn, netuid, now, path)? {
+            for stored in stored_commits(conn, netuid, &cr, now, path)? {
                 match stored.row {
                     Ok((hotkey, block, epoch, round)) => {
                         if matches!(due_at(&cr, netuid, epoch, round, now), Due::Waiting) {

@@ -150,15 +150,6 @@ fn json_f64(x: f64) -> Value {
     }
 }
 
-/// A batch's loss as the validator scores it: a NaN or infinite loss is +inf.
-fn as_scored(loss: f32) -> f32 {
-    if loss.is_finite() {
-        loss
-    } else {
-        f32::INFINITY
-    }
-}
-
 /// Prints `{"loss": f}` for one batch, or, with `--pages`, the mean loss
 /// over the validator's batches with each batch's loss, the pages and the seed.
 pub fn run_eval(args: EvalArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
@@ -183,7 +174,9 @@ pub fn run_eval(args: EvalArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Re
         };
         let batch = read_tokens(tokens)?;
         let loss = model.loss(&batch).context("computing the loss")?;
-        return print_json(&json!({ "loss": json_f64(as_scored(loss) as f64) }));
+        return print_json(
+            &json!({ "loss": json_f64(pretrain_model::evaluate::as_scored(loss) as f64) }),
+        );
     };
     if n_pages == 0 {
         bail!("--pages must be at least 1");
@@ -219,7 +212,9 @@ pub fn run_eval(args: EvalArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Re
     let log_progress = !std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut losses = Vec::with_capacity(batches.len());
     for (i, batch) in batches.iter().enumerate() {
-        losses.push(as_scored(pretrain_model::loss_or_inf(&model, batch)) as f64);
+        losses.push(
+            pretrain_model::evaluate::as_scored(pretrain_model::loss_or_inf(&model, batch)) as f64,
+        );
         bar.inc(1);
         if log_progress {
             tracing::info!(
