@@ -78,8 +78,11 @@ pub use config::{Architecture, Gpt2Config, LlamaConfig, ModelConfig};
 pub use error::{ModelError, Result};
 pub use evaluate::{evaluate, load_for_eval};
 pub use hf::safetensors::{write as write_safetensors, SafetensorsFile, TensorInfo};
+pub use kernels::gemm::{
+    gemm_race, pin_gemm_engine, GemmEngine, GemmRace, RaceOperand, ENGINE_ENV, ONEDNN_MARGIN,
+    RACE_SHAPES,
+};
 /// The bf16 GEMM (AVX512-BF16), for `--dtype bf16` on CPU.
-pub use kernels::gemm::{gemm_race, GemmRace};
 pub use kernels::gemm_bf16;
 pub use kernels::onednn;
 pub use mode::{mix_seed, Mode};

@@ -135,6 +135,13 @@ fn normal(rng: &mut StdRng, n: usize, std: f32) -> Vec<f32> {
 impl Model {
     /// Loads a Hugging Face `save_pretrained` directory onto `device`.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        Self::load_with(dir, device, ComputeOptions::default())
+    }
+
+    /// Loads a `save_pretrained` directory to compute as `options` say
+    /// (refused with the reason where the device cannot, e.g. bf16 on a CPU
+    /// without a bf16 GEMM); the network is built once, for those options.
+    pub fn load_with(dir: &Path, device: &Device, options: ComputeOptions) -> Result<Self> {
         // A save interrupted between its two renames left the old copy aside.
         if !dir.exists() {
             pretrain_core::fsio::recover_dir(dir).map_err(|e| ModelError::io(dir, e))?;
@@ -146,7 +153,8 @@ impl Model {
         for (name, f, t) in matched {
             weights.insert(name, f.load(t, device)?);
         }
-        Self::assemble(config, config_json, weights, device.clone())
+        let path = options.resolve(device)?;
+        Self::assemble_with(config, config_json, weights, device.clone(), options, path)
     }
 
     /// Loads a bare safetensors file (the miner's `--load_model FILE`) with the
@@ -244,12 +252,6 @@ impl Model {
             path,
             head_packs: Arc::default(),
         })
-    }
-
-    /// Loads a `save_pretrained` directory to compute as `options` say
-    /// (refused with the reason where the device cannot, e.g. bf16 on CPU).
-    pub fn load_with(dir: &Path, device: &Device, options: ComputeOptions) -> Result<Self> {
-        Self::load(dir, device)?.with_options(options)
     }
 
     /// The same weights, computing as `options` say (kernels, dtype): the

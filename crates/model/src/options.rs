@@ -135,21 +135,12 @@ fn describe_path(options: ComputeOptions, path: KernelPath) -> String {
         return format!("{} {}", path.name(), options.dtype);
     }
     let race = crate::kernels::gemm::gemm_race(path.is_bf16());
-    let version = crate::onednn::available().unwrap_or_default();
-    let engine = match (&race.onednn, race.onednn_impl.is_empty()) {
-        (Ok(g), false) => format!("oneDNN {version} {} {g:.0} GFLOP/s", race.onednn_impl),
-        (Err(e), _) => format!("oneDNN not used: {e}"),
-        (Ok(g), true) => format!("oneDNN {version} {g:.0} GFLOP/s"),
-    };
-    let ours = race
-        .ours
-        .map(|g| format!("ours {g:.0} GFLOP/s"))
-        .unwrap_or_else(|| "ours cannot run this dtype here".into());
     format!(
-        "{} (kernels {}, dtype {}; weight GEMM race at 1024x768x768: {ours}, {engine})",
+        "{} (kernels {}, dtype {}; {})",
         path.name(),
         options.kernels,
-        options.dtype
+        options.dtype,
+        race.describe()
     )
 }
 

@@ -116,100 +116,256 @@ pub(crate) fn gemm_weight(
     .map_err(candle_core::Error::wrap)
 }
 
-/// What `--kernels auto` measured once for a dtype: GFLOP/s of our GEMM and
-/// oneDNN's on a model-like weight GEMM (`1024 x 768 x 768`, the weight
-/// packed or reordered first, best of three), and oneDNN's implementation.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GemmRace {
-    /// Our GEMM's GFLOP/s (`None`: it cannot run this dtype here).
-    pub ours: Option<f64>,
-    /// oneDNN's GFLOP/s, or why it cannot run here.
-    pub onednn: std::result::Result<f64, String>,
-    /// oneDNN's implementation name (empty where it cannot run).
-    pub onednn_impl: String,
+/// The environment variable that pins `--kernels auto`'s GEMM engine
+/// (`ours` or `onednn`) instead of racing: a validator sets it for its
+/// workers from its own race, so every model of a step runs one path.
+pub const ENGINE_ENV: &str = "PRETRAIN_GEMM_ENGINE";
+
+/// How much faster (ratio) oneDNN must be for `auto` to take it: a tie
+/// within a loaded machine's noise keeps our kernels, so two processes of
+/// one run do not take different paths on a coin flip.
+pub const ONEDNN_MARGIN: f64 = 1.05;
+
+/// The GEMMs the race times, `(m, n, k, what)` with `m` rows of tokens:
+/// GPT-2's QKV projection forward, the backward's `dx = g · Wᵀ` (weight
+/// read transposed) and `dW = xᵀ · g` (activation read transposed), so
+/// training's shapes count as well as evaluation's.
+pub const RACE_SHAPES: [(usize, usize, usize, RaceOperand); 3] = [
+    (512, 2304, 768, RaceOperand::Weight),
+    (512, 768, 2304, RaceOperand::WeightTransposed),
+    (768, 2304, 512, RaceOperand::ActivationTransposed),
+];
+
+/// Which operand layout a race GEMM has (see [`RACE_SHAPES`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RaceOperand {
+    /// `x · W`: the weight as the right operand, packed or reordered once.
+    Weight,
+    /// `g · Wᵀ`: the weight read transposed, packed or reordered once.
+    WeightTransposed,
+    /// `xᵀ · g`: both operands activations, the left one read transposed.
+    ActivationTransposed,
 }
 
-impl GemmRace {
-    /// Whether oneDNN runs and beats ours (or ours cannot run at all).
-    pub fn onednn_wins(&self) -> bool {
-        match (&self.onednn, self.ours) {
-            (Ok(_), None) => true,
-            (Ok(theirs), Some(ours)) => *theirs > ours,
-            (Err(_), _) => false,
+/// Which engine runs `--kernels auto`'s weight GEMMs on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemmEngine {
+    /// Our GEMMs (`gemm` in f32, our AVX512-BF16 kernel in bf16).
+    Ours,
+    /// oneDNN's (`libdnnl.so.2`).
+    Onednn,
+}
+
+impl GemmEngine {
+    /// The name [`ENGINE_ENV`] takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ours => "ours",
+            Self::Onednn => "onednn",
+        }
+    }
+
+    /// Parses [`ENGINE_ENV`]'s value.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            "ours" => Some(Self::Ours),
+            "onednn" => Some(Self::Onednn),
+            _ => None,
         }
     }
 }
 
-/// The race for `bf16` or f32, run once a process (a few milliseconds)
-/// on candle's thread count.
-pub fn gemm_race(bf16: bool) -> GemmRace {
-    static RACES: [OnceLock<GemmRace>; 2] = [OnceLock::new(), OnceLock::new()];
-    RACES[bf16 as usize].get_or_init(|| run_race(bf16)).clone()
+/// What `--kernels auto` found once for a dtype: the GFLOP/s of our GEMMs
+/// and oneDNN's over [`RACE_SHAPES`] (the weight packed or reordered first,
+/// best of two after a first call), and oneDNN's implementation; or the
+/// engine [`ENGINE_ENV`] pinned, with nothing timed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GemmRace {
+    /// Our GEMMs' GFLOP/s (`None`: not timed, or they cannot run this dtype here).
+    pub ours: Option<f64>,
+    /// Whether our GEMMs run this dtype on this CPU.
+    pub ours_runs: bool,
+    /// oneDNN's GFLOP/s (`Ok(None)`: it loads, not timed), or why it cannot run here.
+    pub onednn: std::result::Result<Option<f64>, String>,
+    /// oneDNN's implementation name (empty where it cannot run).
+    pub onednn_impl: String,
+    /// The engine [`ENGINE_ENV`] named, when it did: it decides, nothing was timed.
+    pub pinned: Option<GemmEngine>,
 }
 
-/// See [`gemm_race`].
-fn run_race(bf16: bool) -> GemmRace {
-    let (m, k, n) = (1024, 768, 768);
-    let threads = candle_core::utils::get_num_threads();
-    let a: Vec<f32> = (0..m * k)
-        .map(|i| ((i * 31 % 17) as f32 - 8.0) * 0.01)
-        .collect();
-    let b: Vec<f32> = (0..k * n)
-        .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.01)
-        .collect();
-    let mut c = vec![0f32; m * n];
-    let flops = 2.0 * (m * n * k) as f64;
-    let mut time = |path: KernelPath| -> std::result::Result<f64, String> {
+impl GemmRace {
+    /// The engine `auto` takes: the pinned one where it can run; else
+    /// oneDNN where it runs and beats ours by [`ONEDNN_MARGIN`], or ours
+    /// cannot run at all.
+    pub fn winner(&self) -> GemmEngine {
+        let onednn_runs = self.onednn.is_ok();
+        let won = match (self.pinned, &self.onednn, self.ours) {
+            (Some(GemmEngine::Onednn), _, _) => onednn_runs,
+            (Some(GemmEngine::Ours), _, _) => !self.ours_runs && onednn_runs,
+            (None, Err(_), _) => false,
+            (None, Ok(_), _) if !self.ours_runs => true,
+            (None, Ok(Some(theirs)), Some(ours)) => *theirs > ours * ONEDNN_MARGIN,
+            (None, Ok(_), _) => false,
+        };
+        if won {
+            GemmEngine::Onednn
+        } else {
+            GemmEngine::Ours
+        }
+    }
+
+    /// Whether `auto` takes oneDNN ([`GemmRace::winner`]).
+    pub fn onednn_wins(&self) -> bool {
+        self.winner() == GemmEngine::Onednn
+    }
+
+    /// "ours 213 GFLOP/s, oneDNN 2.6.3 brg:avx512_core 218 GFLOP/s" and the
+    /// like, for the start-up log line.
+    pub fn describe(&self) -> String {
+        let version = onednn::available().unwrap_or_default();
+        let engine = match (&self.onednn, self.onednn_impl.is_empty()) {
+            (Err(e), _) => format!("oneDNN not used: {e}"),
+            (Ok(Some(g)), false) => format!("oneDNN {version} {} {g:.0} GFLOP/s", self.onednn_impl),
+            (Ok(None), false) => format!("oneDNN {version} {}", self.onednn_impl),
+            (Ok(g), true) => format!("oneDNN {version} {:.0} GFLOP/s", g.unwrap_or(0.0)),
+        };
+        if let Some(p) = self.pinned {
+            return format!("engine pinned by {ENGINE_ENV}={}; {engine}", p.name());
+        }
+        let ours = match (self.ours, self.ours_runs) {
+            (Some(g), _) => format!("ours {g:.0} GFLOP/s"),
+            (None, false) => "ours cannot run this dtype here".into(),
+            (None, true) => "ours not timed".into(),
+        };
+        let shapes: Vec<String> = RACE_SHAPES
+            .iter()
+            .map(|(m, n, k, _)| format!("{m}x{k}x{n}"))
+            .collect();
+        format!(
+            "weight GEMM race over {} (fwd, bwd dx, bwd dW; oneDNN needs {:.0}% more): {ours}, {engine}",
+            shapes.join(", "),
+            (ONEDNN_MARGIN - 1.0) * 100.0
+        )
+    }
+}
+
+/// The engine [`pin_gemm_engine`] set for this process.
+static PINNED: OnceLock<GemmEngine> = OnceLock::new();
+
+/// Pins `--kernels auto`'s GEMM engine for this process (a validator's
+/// worker takes its validator's race result this way). Call it before the
+/// first model is built: a race already run stays. `false` when an earlier
+/// call pinned another engine (that one stays).
+pub fn pin_gemm_engine(engine: GemmEngine) -> bool {
+    PINNED.set(engine).is_ok() && PINNED.get() == Some(&engine)
+}
+
+/// The race for `bf16` or f32, run once a process (a few hundred
+/// milliseconds on 2 cores) on candle's thread count, unless
+/// [`pin_gemm_engine`] or [`ENGINE_ENV`] pinned the engine.
+pub fn gemm_race(bf16: bool) -> GemmRace {
+    static RACES: [OnceLock<GemmRace>; 2] = [OnceLock::new(), OnceLock::new()];
+    RACES[bf16 as usize]
+        .get_or_init(|| {
+            if let Some(&engine) = PINNED.get() {
+                return run_race(bf16, Some(engine));
+            }
+            let pinned = std::env::var(ENGINE_ENV).ok().and_then(|v| {
+                let e = GemmEngine::parse(&v);
+                if e.is_none() {
+                    tracing::warn!(
+                        "{ENGINE_ENV}={v:?} is neither \"ours\" nor \"onednn\": racing instead"
+                    );
+                }
+                e
+            });
+            run_race(bf16, pinned)
+        })
+        .clone()
+}
+
+/// Deterministic operands for the race (values of weights' size).
+fn race_operand(len: usize, mul: usize, modulus: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| ((i * mul % modulus) as f32 - (modulus / 2) as f32) * 0.01)
+        .collect()
+}
+
+/// One engine's GFLOP/s over [`RACE_SHAPES`]: each shape's best of two
+/// timed calls after a first (which packs or reorders the weight and
+/// creates the primitive), summed.
+fn time_path(path: KernelPath, threads: usize) -> std::result::Result<f64, String> {
+    let (mut flops, mut seconds) = (0.0, 0.0);
+    for &(m, n, k, operand) in &RACE_SHAPES {
+        let a = race_operand(m * k, 31, 17);
+        let b = race_operand(k * n, 7, 13);
+        let mut c = vec![0f32; m * n];
+        // (slice, row stride, column stride) of `m x k` and `k x n`.
+        let (lhs, rhs) = match operand {
+            RaceOperand::Weight => ((&a[..], k, 1), (&b[..], n, 1)),
+            RaceOperand::WeightTransposed => ((&a[..], k, 1), (&b[..], 1, k)),
+            RaceOperand::ActivationTransposed => ((&a[..], 1, m), (&b[..], n, 1)),
+        };
         let pack = Pack::default();
+        let slot = (operand != RaceOperand::ActivationTransposed).then_some(&pack);
         let mut best = f64::INFINITY;
-        // The first call packs (or reorders) the weight and creates the primitive.
-        for i in 0..4 {
+        for i in 0..3 {
             let t = std::time::Instant::now();
-            gemm_weight(
-                path,
-                (m, n, k),
-                &mut c,
-                n,
-                false,
-                (&a, k, 1),
-                (&b, n, 1),
-                Some(&pack),
-                threads,
-            )
-            .map_err(|e| e.to_string())?;
+            gemm_weight(path, (m, n, k), &mut c, n, false, lhs, rhs, slot, threads)
+                .map_err(|e| e.to_string())?;
             if i > 0 {
                 best = best.min(t.elapsed().as_secs_f64());
             }
         }
-        Ok(flops / best / 1e9)
-    };
+        flops += 2.0 * (m * n * k) as f64;
+        seconds += best;
+    }
+    Ok(flops / seconds / 1e9)
+}
+
+/// See [`gemm_race`].
+fn run_race(bf16: bool, pinned: Option<GemmEngine>) -> GemmRace {
+    let threads = candle_core::utils::get_num_threads();
     let dtype = if bf16 {
         onednn::Dtype::Bf16
     } else {
         onednn::Dtype::F32
     };
-    let onednn_impl = onednn::implementation(dtype).map_err(|e| e.to_string());
     let (ours_path, theirs_path) = if bf16 {
         (KernelPath::FastBf16, KernelPath::OnednnBf16)
     } else {
         (KernelPath::Fast, KernelPath::Onednn)
     };
-    let ours = if !bf16 || gemm_bf16::support().is_ok() {
-        time(ours_path).ok()
+    let ours_runs = !bf16 || gemm_bf16::support().is_ok();
+    let onednn_impl = onednn::implementation(dtype).map_err(|e| e.to_string());
+    if pinned.is_some() {
+        let (onednn, onednn_impl) = match onednn_impl {
+            Ok(name) => (Ok(None), name),
+            Err(e) => (Err(e), String::new()),
+        };
+        return GemmRace {
+            ours: None,
+            ours_runs,
+            onednn,
+            onednn_impl,
+            pinned,
+        };
+    }
+    let ours = if ours_runs {
+        time_path(ours_path, threads).ok()
     } else {
         None
     };
-    match onednn_impl {
-        Ok(name) => GemmRace {
-            ours,
-            onednn: time(theirs_path),
-            onednn_impl: name,
-        },
-        Err(e) => GemmRace {
-            ours,
-            onednn: Err(e),
-            onednn_impl: String::new(),
-        },
+    let (onednn, onednn_impl) = match onednn_impl {
+        Ok(name) => (time_path(theirs_path, threads).map(Some), name),
+        Err(e) => (Err(e), String::new()),
+    };
+    GemmRace {
+        ours,
+        ours_runs: ours_runs && ours.is_some(),
+        onednn,
+        onednn_impl,
+        pinned: None,
     }
 }
 
@@ -338,6 +494,97 @@ fn split_width(m: usize, n: usize, k: usize, threads: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn race(ours: Option<f64>, onednn: std::result::Result<Option<f64>, String>) -> GemmRace {
+        GemmRace {
+            ours,
+            ours_runs: ours.is_some(),
+            onednn,
+            onednn_impl: "brg:avx512_core".into(),
+            pinned: None,
+        }
+    }
+
+    #[test]
+    fn auto_takes_onednn_only_past_the_margin_or_where_ours_cannot_run() {
+        // A tie within the noise keeps ours; 10% faster wins.
+        assert_eq!(
+            race(Some(213.0), Ok(Some(218.0))).winner(),
+            GemmEngine::Ours
+        );
+        assert_eq!(
+            race(Some(200.0), Ok(Some(220.0))).winner(),
+            GemmEngine::Onednn
+        );
+        assert_eq!(
+            race(Some(200.0), Ok(Some(150.0))).winner(),
+            GemmEngine::Ours
+        );
+        // oneDNN cannot run: ours whatever the numbers.
+        assert_eq!(
+            race(Some(1.0), Err("no libdnnl.so.2".into())).winner(),
+            GemmEngine::Ours
+        );
+        // Ours cannot run this dtype (bf16 without AVX512-BF16): oneDNN.
+        assert_eq!(race(None, Ok(Some(1.0))).winner(), GemmEngine::Onednn);
+    }
+
+    #[test]
+    fn a_pinned_engine_decides_where_it_can_run_and_nothing_is_timed() {
+        let pinned =
+            |engine, ours_runs, onednn: std::result::Result<Option<f64>, String>| GemmRace {
+                ours: None,
+                ours_runs,
+                onednn,
+                onednn_impl: String::new(),
+                pinned: Some(engine),
+            };
+        assert_eq!(
+            pinned(GemmEngine::Onednn, true, Ok(None)).winner(),
+            GemmEngine::Onednn
+        );
+        assert_eq!(
+            pinned(GemmEngine::Ours, true, Ok(None)).winner(),
+            GemmEngine::Ours
+        );
+        // Pinned to what cannot run here: the other engine.
+        assert_eq!(
+            pinned(GemmEngine::Onednn, true, Err("no libdnnl.so.2".into())).winner(),
+            GemmEngine::Ours
+        );
+        assert_eq!(
+            pinned(GemmEngine::Ours, false, Ok(None)).winner(),
+            GemmEngine::Onednn
+        );
+        let d = pinned(GemmEngine::Ours, true, Ok(None)).describe();
+        assert!(d.contains("pinned by PRETRAIN_GEMM_ENGINE=ours"), "{d}");
+        // run_race with a pin times nothing.
+        let r = run_race(false, Some(GemmEngine::Ours));
+        assert_eq!(
+            (r.ours, r.pinned, r.winner()),
+            (None, Some(GemmEngine::Ours), GemmEngine::Ours)
+        );
+        assert!(matches!(r.onednn, Ok(None) | Err(_)), "{r:?}");
+        assert_eq!(GemmEngine::parse(" onednn\n"), Some(GemmEngine::Onednn));
+        assert_eq!(GemmEngine::parse("fast"), None);
+    }
+
+    #[test]
+    fn the_race_times_every_shape_on_both_engines() {
+        let r = run_race(false, None);
+        let ours = r.ours.expect("our f32 GEMM runs everywhere");
+        assert!(ours.is_finite() && ours > 0.0, "{r:?}");
+        match (&r.onednn, onednn::available()) {
+            (Ok(Some(g)), Ok(_)) => assert!(g.is_finite() && *g > 0.0, "{r:?}"),
+            (Err(_), Err(_)) => {}
+            other => panic!("oneDNN loads iff it was timed: {other:?}"),
+        }
+        let d = r.describe();
+        assert!(
+            d.contains("512x768x2304") && d.contains("768x512x2304"),
+            "{d}"
+        );
+    }
 
     #[test]
     fn gemm_split_in_column_blocks_matches_the_definition() {
