@@ -79,8 +79,7 @@ fn random_batch(cfg: &BenchConfig, vocab: usize) -> Vec<Vec<u32>> {
 
 /// Evaluation throughput: forward + loss, no gradients.
 pub fn bench_eval(cfg: &BenchConfig) -> Result<BenchResult> {
-    let model =
-        Model::random(cfg.config_json.clone(), 0, &cfg.device)?.with_options(cfg.options)?;
+    let model = Model::random_with(cfg.config_json.clone(), 0, &cfg.device, cfg.options)?;
     let batch = random_batch(cfg, model.config().vocab_size());
     let loss = model.loss(&batch)?;
     tracing::info!("warm-up loss {loss}");
@@ -98,8 +97,7 @@ pub fn bench_eval(cfg: &BenchConfig) -> Result<BenchResult> {
 
 /// Training throughput: forward + backward + AdamW step per batch.
 pub fn bench_train(cfg: &BenchConfig) -> Result<BenchResult> {
-    let model =
-        Model::random(cfg.config_json.clone(), 0, &cfg.device)?.with_options(cfg.options)?;
+    let model = Model::random_with(cfg.config_json.clone(), 0, &cfg.device, cfg.options)?;
     let batch = random_batch(cfg, model.config().vocab_size());
     let mut trainer = Trainer::new(model, TrainConfig::default())?;
     let loss = trainer.micro_step(&batch)?;

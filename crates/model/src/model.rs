@@ -173,6 +173,17 @@ impl Model {
     /// as `transformers` does (normal(0, 0.02), zero biases, unit norms,
     /// GPT-2's residual projections scaled by `1/sqrt(2 n_layer)`).
     pub fn random(config_json: Value, seed: u64, device: &Device) -> Result<Self> {
+        Self::random_with(config_json, seed, device, ComputeOptions::default())
+    }
+
+    /// [`Model::random`] computing as `options` say; the network is built
+    /// once, for those options.
+    pub fn random_with(
+        config_json: Value,
+        seed: u64,
+        device: &Device,
+        options: ComputeOptions,
+    ) -> Result<Self> {
         let config = ModelConfig::from_json(&config_json)?;
         let std = config_json
             .get("initializer_range")
@@ -194,7 +205,8 @@ impl Model {
             };
             weights.insert(spec.name, Tensor::from_vec(data, spec.shape, device)?);
         }
-        Self::assemble(config, config_json, weights, device.clone())
+        let path = options.resolve(device)?;
+        Self::assemble_with(config, config_json, weights, device.clone(), options, path)
     }
 
     /// The subnet's default GPT-2 (122,268,040 parameters) with random weights.
