@@ -189,8 +189,11 @@ pub struct GemmRace {
     pub onednn: std::result::Result<Option<f64>, String>,
     /// oneDNN's implementation name (empty where it cannot run).
     pub onednn_impl: String,
-    /// The engine [`ENGINE_ENV`] named, when it did: it decides, nothing was timed.
+    /// The engine pinned, when one was: it decides, nothing was timed.
     pub pinned: Option<GemmEngine>,
+    /// What pinned it: [`ENGINE_ENV`], or `--gemm_engine` (a validator's
+    /// worker, through [`pin_gemm_engine`]); empty when nothing did.
+    pub pinned_by: &'static str,
 }
 
 impl GemmRace {
@@ -230,7 +233,7 @@ impl GemmRace {
             (Ok(g), true) => format!("oneDNN {version} {:.0} GFLOP/s", g.unwrap_or(0.0)),
         };
         if let Some(p) = self.pinned {
-            return format!("engine pinned by {ENGINE_ENV}={}; {engine}", p.name());
+            return format!("engine pinned by {}={}; {engine}", self.pinned_by, p.name());
         }
         let ours = match (self.ours, self.ours_runs) {
             (Some(g), _) => format!("ours {g:.0} GFLOP/s"),
@@ -268,7 +271,7 @@ pub fn gemm_race(bf16: bool) -> GemmRace {
     RACES[bf16 as usize]
         .get_or_init(|| {
             if let Some(&engine) = PINNED.get() {
-                return run_race(bf16, Some(engine));
+                return run_race(bf16, Some((engine, "--gemm_engine")));
             }
             let pinned = std::env::var(ENGINE_ENV).ok().and_then(|v| {
                 let e = GemmEngine::parse(&v);
@@ -279,7 +282,7 @@ pub fn gemm_race(bf16: bool) -> GemmRace {
                 }
                 e
             });
-            run_race(bf16, pinned)
+            run_race(bf16, pinned.map(|e| (e, ENGINE_ENV)))
         })
         .clone()
 }
@@ -324,7 +327,7 @@ fn time_path(path: KernelPath, threads: usize) -> std::result::Result<f64, Strin
 }
 
 /// See [`gemm_race`].
-fn run_race(bf16: bool, pinned: Option<GemmEngine>) -> GemmRace {
+fn run_race(bf16: bool, pinned: Option<(GemmEngine, &'static str)>) -> GemmRace {
     let threads = candle_core::utils::get_num_threads();
     let dtype = if bf16 {
         onednn::Dtype::Bf16
@@ -338,7 +341,7 @@ fn run_race(bf16: bool, pinned: Option<GemmEngine>) -> GemmRace {
     };
     let ours_runs = !bf16 || gemm_bf16::support().is_ok();
     let onednn_impl = onednn::implementation(dtype).map_err(|e| e.to_string());
-    if pinned.is_some() {
+    if let Some((engine, by)) = pinned {
         let (onednn, onednn_impl) = match onednn_impl {
             Ok(name) => (Ok(None), name),
             Err(e) => (Err(e), String::new()),
@@ -348,7 +351,8 @@ fn run_race(bf16: bool, pinned: Option<GemmEngine>) -> GemmRace {
             ours_runs,
             onednn,
             onednn_impl,
-            pinned,
+            pinned: Some(engine),
+            pinned_by: by,
         };
     }
     let ours = if ours_runs {
@@ -366,6 +370,7 @@ fn run_race(bf16: bool, pinned: Option<GemmEngine>) -> GemmRace {
         onednn,
         onednn_impl,
         pinned: None,
+        pinned_by: "",
     }
 }
 
@@ -502,6 +507,7 @@ mod tests {
             onednn,
             onednn_impl: "brg:avx512_core".into(),
             pinned: None,
+            pinned_by: "",
         }
     }
 
@@ -538,6 +544,7 @@ mod tests {
                 onednn,
                 onednn_impl: String::new(),
                 pinned: Some(engine),
+                pinned_by: ENGINE_ENV,
             };
         assert_eq!(
             pinned(GemmEngine::Onednn, true, Ok(None)).winner(),
@@ -559,12 +566,16 @@ mod tests {
         let d = pinned(GemmEngine::Ours, true, Ok(None)).describe();
         assert!(d.contains("pinned by PRETRAIN_GEMM_ENGINE=ours"), "{d}");
         // run_race with a pin times nothing.
-        let r = run_race(false, Some(GemmEngine::Ours));
+        let r = run_race(false, Some((GemmEngine::Ours, "--gemm_engine")));
         assert_eq!(
             (r.ours, r.pinned, r.winner()),
             (None, Some(GemmEngine::Ours), GemmEngine::Ours)
         );
         assert!(matches!(r.onednn, Ok(None) | Err(_)), "{r:?}");
+        assert!(
+            r.describe().contains("pinned by --gemm_engine=ours"),
+            "{r:?}"
+        );
         assert_eq!(GemmEngine::parse(" onednn\n"), Some(GemmEngine::Onednn));
         assert_eq!(GemmEngine::parse("fast"), None);
     }
