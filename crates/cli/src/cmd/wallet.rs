@@ -109,60 +109,66 @@ pub struct ShowArgs {
 pub fn run(cmd: WalletCommand) -> anyhow::Result<()> {
     match cmd {
         WalletCommand::New(args) => new(args),
-        WalletCommand::List(args) => {
-            let wallets = Wallet::list(&args.wallet_path)?;
-            for w in &wallets {
-                for p in &w.problems {
-                    warn!(wallet = %w.name, "{p}");
-                }
-            }
-            if args.json {
-                print_json(&wallets)
-            } else {
-                print_text(&table(&wallets))
-            }
+        WalletCommand::List(args) => list(args),
+        WalletCommand::Show(args) => show(args),
+    }
+}
+
+/// `pretrain wallet list`: every wallet, each one's problems logged.
+fn list(args: ListArgs) -> anyhow::Result<()> {
+    let wallets = Wallet::list(&args.wallet_path)?;
+    for w in &wallets {
+        for p in &w.problems {
+            warn!(wallet = %w.name, "{p}");
         }
-        WalletCommand::Show(args) => {
-            let wallet = Wallet::new(
-                &args.wallet_path,
-                &args.wallet_name,
-                args.wallet_hotkey.as_deref().unwrap_or(DEFAULT_HOTKEY_NAME),
+    }
+    if args.json {
+        print_json(&wallets)
+    } else {
+        print_text(&table(&wallets))
+    }
+}
+
+/// `pretrain wallet show`: one wallet (or one of its hotkeys); an unreadable key file is an error.
+fn show(args: ShowArgs) -> anyhow::Result<()> {
+    let wallet = Wallet::new(
+        &args.wallet_path,
+        &args.wallet_name,
+        args.wallet_hotkey.as_deref().unwrap_or(DEFAULT_HOTKEY_NAME),
+    );
+    let mut info = wallet.info()?;
+    if let Some(h) = &args.wallet_hotkey {
+        info.hotkeys.retain(|k| &k.name == h);
+        if info.hotkeys.is_empty() {
+            anyhow::bail!(
+                "wallet {} has no hotkey {h:?} ({} does not exist)",
+                info.name,
+                wallet.hotkey_path().display()
             );
-            let mut info = wallet.info()?;
-            if let Some(h) = &args.wallet_hotkey {
-                info.hotkeys.retain(|k| &k.name == h);
-                if info.hotkeys.is_empty() {
-                    anyhow::bail!(
-                        "wallet {} has no hotkey {h:?} ({} does not exist)",
-                        info.name,
-                        wallet.hotkey_path().display()
-                    );
-                }
-                // Problems of other hotkeys are not this command's business; this one's are.
-                let hotkeys_dir = wallet.dir().join("hotkeys").display().to_string();
-                info.problems.retain(|p| !p.contains(&hotkeys_dir));
-                if let Err(e) = wallet.hotkey_ss58() {
-                    info.problems.push(e.to_string());
-                }
-            }
-            // A corrupt or unreadable key file is an error, not a `null` address.
-            if let Some(first) = info.problems.first() {
-                anyhow::bail!(
-                    "wallet {} has unreadable key files: {}",
-                    info.name,
-                    if info.problems.len() == 1 {
-                        first.clone()
-                    } else {
-                        format!("{first} (and {} more)", info.problems.len() - 1)
-                    }
-                );
-            }
-            if args.json {
-                print_json(&info)
-            } else {
-                print_text(&table(std::slice::from_ref(&info)))
-            }
         }
+        // Problems of other hotkeys are not this command's business; this one's are.
+        let hotkeys_dir = wallet.dir().join("hotkeys").display().to_string();
+        info.problems.retain(|p| !p.contains(&hotkeys_dir));
+        if let Err(e) = wallet.hotkey_ss58() {
+            info.problems.push(e.to_string());
+        }
+    }
+    // A corrupt or unreadable key file is an error, not a `null` address.
+    if let Some(first) = info.problems.first() {
+        anyhow::bail!(
+            "wallet {} has unreadable key files: {}",
+            info.name,
+            if info.problems.len() == 1 {
+                first.clone()
+            } else {
+                format!("{first} (and {} more)", info.problems.len() - 1)
+            }
+        );
+    }
+    if args.json {
+        print_json(&info)
+    } else {
+        print_text(&table(std::slice::from_ref(&info)))
     }
 }
 
