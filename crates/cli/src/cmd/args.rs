@@ -1,12 +1,15 @@
-//! Argument groups shared by `mine`, `validate`, `upload` and `localnet`
-//! (chain and wallet groups live beside their own commands: `chain.rs`,
+//! Argument groups shared by `mine`, `validate`, `upload`, `localnet` and
+//! the `chain` commands (the wallet group lives beside its own commands in
 //! `wallet.rs`), so one flag means one thing everywhere.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 use candle_core::Device;
 use clap::Args;
+use pretrain_chain::network::DEFAULT_CHAIN_DIR;
+use pretrain_chain::{ChainOptions, Network};
 use pretrain_data::PageSource;
 use pretrain_store::{open_hub, HubOptions, ModelHub};
 
@@ -56,7 +59,7 @@ impl HubArgs {
 
     /// Refuses a hub on this machine together with a real chain: what one
     /// side puts there, the other side of the subnet could never download.
-    pub fn check_reachable_from(&self, chain: &super::chain::ChainArgs) -> anyhow::Result<()> {
+    pub fn check_reachable_from(&self, chain: &ChainArgs) -> anyhow::Result<()> {
         if chain.is_real() && self.is_local() {
             anyhow::bail!(
                 "--hub {} is only visible on this machine, so the rest of a real subnet could \
@@ -85,6 +88,57 @@ impl HubArgs {
             },
         )
         .with_context(|| format!("opening hub {}", self.hub))
+    }
+}
+
+/// The chain flags shared by every command that talks to a chain.
+#[derive(Args, Debug, Clone)]
+pub struct ChainArgs {
+    /// finney, test, local (ws://127.0.0.1:9944) or embedded (the offline chain under --chain_dir).
+    #[arg(long = "subtensor.network", default_value = "embedded")]
+    pub network: Network,
+    /// A node URL (ws:// or wss://); wins over --subtensor.network.
+    #[arg(long = "subtensor.chain_endpoint")]
+    pub chain_endpoint: Option<String>,
+    /// Directory of the embedded chain.
+    #[arg(long = "chain_dir", default_value = DEFAULT_CHAIN_DIR)]
+    pub chain_dir: PathBuf,
+    /// Seconds per block of a new embedded chain (an existing one keeps its own; default 12).
+    #[arg(long = "block_time")]
+    pub block_time: Option<f64>,
+    /// Subnet.
+    #[arg(long, default_value_t = pretrain_core::constants::SUBNET_UID)]
+    pub netuid: u16,
+    /// Limit for each chain call, in seconds.
+    #[arg(long = "chain_timeout", default_value_t = pretrain_core::constants::CHAIN_CALL_TIMEOUT.as_secs_f64())]
+    pub chain_timeout: f64,
+}
+
+impl ChainArgs {
+    /// Whether these flags name a real node rather than the embedded chain.
+    pub fn is_real(&self) -> bool {
+        self.chain_endpoint.is_some() || self.network != Network::Embedded
+    }
+
+    /// The options for [`pretrain_chain::connect`].
+    pub fn options(&self) -> anyhow::Result<ChainOptions> {
+        let timeout =
+            pretrain_core::bounded::seconds("--chain_timeout", self.chain_timeout, 86_400.0)
+                .map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(
+            !timeout.is_zero(),
+            "--chain_timeout must be more than 0 seconds"
+        );
+        if let Some(bt) = self.block_time {
+            pretrain_chain::embedded::check_block_time(bt).context("--block_time")?;
+        }
+        Ok(ChainOptions {
+            network: self.network,
+            chain_endpoint: self.chain_endpoint.clone(),
+            chain_dir: self.chain_dir.clone(),
+            block_time: self.block_time,
+            timeout,
+        })
     }
 }
 

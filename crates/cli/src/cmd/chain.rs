@@ -1,69 +1,19 @@
 //! `pretrain chain metagraph|commitment|register|stake`: read the chain, and
 //! set up a subnet on the embedded chain.
 
-use std::path::PathBuf;
-
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use pretrain_chain::embedded::SubnetParams;
-use pretrain_chain::network::DEFAULT_CHAIN_DIR;
-use pretrain_chain::{connect, ChainOptions, Commitment, Network};
+use pretrain_chain::{connect, Commitment};
 use pretrain_core::ModelId;
 use serde_json::json;
 
 use super::out::{print_json, print_text};
 use super::wallet::WalletArgs;
 
-/// The chain flags shared by every command that talks to a chain.
-#[derive(Args, Debug, Clone)]
-pub struct ChainArgs {
-    /// finney, test, local (ws://127.0.0.1:9944) or embedded (the offline chain under --chain_dir).
-    #[arg(long = "subtensor.network", default_value = "embedded")]
-    pub network: Network,
-    /// A node URL (ws:// or wss://); wins over --subtensor.network.
-    #[arg(long = "subtensor.chain_endpoint")]
-    pub chain_endpoint: Option<String>,
-    /// Directory of the embedded chain.
-    #[arg(long = "chain_dir", default_value = DEFAULT_CHAIN_DIR)]
-    pub chain_dir: PathBuf,
-    /// Seconds per block of a new embedded chain (an existing one keeps its own; default 12).
-    #[arg(long = "block_time")]
-    pub block_time: Option<f64>,
-    /// Subnet.
-    #[arg(long, default_value_t = pretrain_core::constants::SUBNET_UID)]
-    pub netuid: u16,
-    /// Limit for each chain call, in seconds.
-    #[arg(long = "chain_timeout", default_value_t = pretrain_core::constants::CHAIN_CALL_TIMEOUT.as_secs_f64())]
-    pub chain_timeout: f64,
-}
-
-impl ChainArgs {
-    /// Whether these flags name a real node rather than the embedded chain.
-    pub fn is_real(&self) -> bool {
-        self.chain_endpoint.is_some() || self.network != Network::Embedded
-    }
-
-    /// The options for [`pretrain_chain::connect`].
-    pub fn options(&self) -> anyhow::Result<ChainOptions> {
-        let timeout =
-            pretrain_core::bounded::seconds("--chain_timeout", self.chain_timeout, 86_400.0)
-                .map_err(anyhow::Error::msg)?;
-        anyhow::ensure!(
-            !timeout.is_zero(),
-            "--chain_timeout must be more than 0 seconds"
-        );
-        if let Some(bt) = self.block_time {
-            pretrain_chain::embedded::check_block_time(bt).context("--block_time")?;
-        }
-        Ok(ChainOptions {
-            network: self.network,
-            chain_endpoint: self.chain_endpoint.clone(),
-            chain_dir: self.chain_dir.clone(),
-            block_time: self.block_time,
-            timeout,
-        })
-    }
-}
+// The chain flags live with the other shared groups (`chain_cr` uses them
+// too); `mine` and `upload` name them from here.
+pub use super::args::ChainArgs;
 
 /// `pretrain chain ...`.
 #[derive(Subcommand, Debug)]
@@ -103,16 +53,35 @@ pub struct CommitmentArgs {
     hotkey: Option<String>,
 }
 
-/// Arguments of `pretrain chain register`.
+/// The chain, the wallet, and a hotkey address that replaces the wallet's
+/// (each command words the `--hotkey` help for itself: `mut_arg`).
 #[derive(Args, Debug)]
-pub struct RegisterArgs {
+struct KeyTargetArgs {
     #[command(flatten)]
     chain: ChainArgs,
     #[command(flatten)]
     wallet: WalletArgs,
-    /// Register this hotkey address instead of the wallet's.
+    /// This hotkey address instead of the wallet's.
     #[arg(long)]
     hotkey: Option<String>,
+}
+
+impl KeyTargetArgs {
+    /// `--hotkey`, or the wallet's hotkey address.
+    fn hotkey_ss58(&self) -> anyhow::Result<String> {
+        match &self.hotkey {
+            Some(h) => Ok(h.clone()),
+            None => Ok(self.wallet.wallet().hotkey_ss58()?),
+        }
+    }
+}
+
+/// Arguments of `pretrain chain register`.
+#[derive(Args, Debug)]
+#[command(mut_arg("hotkey", |a| a.help("Register this hotkey address instead of the wallet's")))]
+pub struct RegisterArgs {
+    #[command(flatten)]
+    target: KeyTargetArgs,
     /// Owner coldkey address (default: the wallet's coldkeypub, or the hotkey itself with --hotkey).
     #[arg(long)]
     coldkey: Option<String>,
@@ -134,14 +103,10 @@ pub struct RegisterArgs {
 
 /// Arguments of `pretrain chain stake`.
 #[derive(Args, Debug)]
+#[command(mut_arg("hotkey", |a| a.help("Stake this hotkey address instead of the wallet's")))]
 pub struct StakeArgs {
     #[command(flatten)]
-    chain: ChainArgs,
-    #[command(flatten)]
-    wallet: WalletArgs,
-    /// Stake this hotkey address instead of the wallet's.
-    #[arg(long)]
-    hotkey: Option<String>,
+    target: KeyTargetArgs,
     /// TAO to add.
     #[arg(long)]
     amount: f64,
@@ -251,18 +216,15 @@ async fn commitment(args: CommitmentArgs) -> anyhow::Result<()> {
 }
 
 async fn register(args: RegisterArgs) -> anyhow::Result<()> {
-    let netuid = args.chain.netuid;
-    let wallet = args.wallet.wallet();
-    let hotkey = match &args.hotkey {
-        Some(h) => h.clone(),
-        None => wallet.hotkey_ss58()?,
-    };
-    let coldkey = match (&args.coldkey, &args.hotkey) {
+    let target = &args.target;
+    let netuid = target.chain.netuid;
+    let hotkey = target.hotkey_ss58()?;
+    let coldkey = match (&args.coldkey, &target.hotkey) {
         (Some(c), _) => c.clone(),
         (None, Some(h)) => h.clone(),
-        (None, None) => wallet.coldkeypub()?,
+        (None, None) => target.wallet.wallet().coldkeypub()?,
     };
-    let chain = args.chain.options()?.open_embedded().await?;
+    let chain = target.chain.options()?.open_embedded().await?;
     let params = SubnetParams {
         max_uids: args.max_uids,
         max_validators: args.max_validators,
@@ -276,12 +238,14 @@ async fn register(args: RegisterArgs) -> anyhow::Result<()> {
 }
 
 async fn stake(args: StakeArgs) -> anyhow::Result<()> {
-    let hotkey = match &args.hotkey {
-        Some(h) => h.clone(),
-        None => args.wallet.wallet().hotkey_ss58()?,
-    };
+    let hotkey = args.target.hotkey_ss58()?;
     // Staking needs a registered hotkey, so it never creates a chain.
-    let chain = args.chain.options()?.open_embedded_existing().await?;
+    let chain = args
+        .target
+        .chain
+        .options()?
+        .open_embedded_existing()
+        .await?;
     let total = chain.add_stake(&hotkey, args.amount).await?;
     print_json(&json!({"hotkey": hotkey, "added": args.amount, "stake": total}))
 }

@@ -6,7 +6,7 @@ use clap::Args;
 use pretrain_chain::connect;
 use pretrain_chain::embedded::EmbeddedChain;
 
-use super::chain::ChainArgs;
+use super::args::ChainArgs;
 use super::out::{print_json, print_text};
 
 /// Arguments of `pretrain chain hyperparameters`.

@@ -3,9 +3,9 @@
 //! miners, each its own `pretrain mine` / `pretrain validate` process; a
 //! live leaderboard; a JSON summary at the end.
 //!
-//! The parts (provisioning, starting models, children, leaderboard) are
-//! `pretrain_neurons::localnet`; here: the flags, their wiring and the
-//! terminal drawing.
+//! The run order and its parts (provisioning, starting models, children,
+//! leaderboard) are `pretrain_neurons::localnet`; here: the flags, the
+//! terminal drawing and one call to `localnet::run`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -13,14 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
-use pretrain_chain::Chain;
-use pretrain_neurons::localnet::{
-    self, competitions_json, short_prefix, Layout, MinerSpec, ModelSize, Row, Start, STOP_GRACE,
-};
-use serde_json::json;
-
-/// How often the leaderboard is read and drawn.
-const REFRESH: Duration = Duration::from_secs(2);
+use pretrain_neurons::localnet::{self, short_prefix, ModelSize, Observer, Row, Settings};
 
 /// Which starting model the miners train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -76,6 +69,22 @@ pub struct LocalnetArgs {
 
 /// Runs the local subnet; prints the final leaderboard as JSON.
 pub fn run(args: LocalnetArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    check_flags(&args)?;
+    let settings = settings(args)?;
+    let mut terminal = Terminal {
+        tty: std::io::stderr().is_terminal(),
+        minutes: settings.minutes,
+        last_logged: None,
+    };
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let outcome = rt.block_on(localnet::run(settings, &mut terminal, stop))?;
+    super::out::print_json(&outcome.summary_json())
+}
+
+/// Refuses flags out of range before anything is written.
+fn check_flags(args: &LocalnetArgs) -> anyhow::Result<()> {
     if args.miners == 0 || args.miners > 16 {
         bail!("--miners must be between 1 and 16");
     }
@@ -87,191 +96,66 @@ pub fn run(args: LocalnetArgs, rt: &tokio::runtime::Runtime) -> anyhow::Result<(
     if !(args.block_time.is_finite() && (0.05..=60.0).contains(&args.block_time)) {
         bail!("--block_time must be between 0.05 and 60 seconds");
     }
-    // Checked here, before any child starts; a file is passed on as an absolute path.
-    args.schedule.load()?;
-    let mut args = args;
+    Ok(())
+}
+
+/// The run's settings: the schedule loaded (checked here, before any child
+/// starts; a file is passed on as an absolute path) and this executable for the children.
+fn settings(args: LocalnetArgs) -> anyhow::Result<Settings> {
+    let schedule = args.schedule.load()?;
     let builtin = pretrain_core::rules::schedule::BUILTIN
         .iter()
         .any(|(name, _)| *name == args.schedule.schedule);
-    if !builtin {
+    let schedule_arg = if builtin {
+        args.schedule.schedule.clone()
+    } else {
         let path = std::path::Path::new(&args.schedule.schedule);
-        args.schedule.schedule = path
-            .canonicalize()
+        path.canonicalize()
             .with_context(|| format!("resolving --schedule {}", path.display()))?
             .display()
-            .to_string();
-    }
-    rt.block_on(run_async(args))
+            .to_string()
+    };
+    Ok(Settings {
+        dir: args.dir,
+        miners: args.miners,
+        minutes: args.minutes,
+        size: ModelSize::from(args.model),
+        block_time: args.block_time,
+        dataset: args.dataset,
+        seed: args.seed,
+        schedule,
+        schedule_arg,
+        commit_reveal: args.commit_reveal,
+        exe: std::env::current_exe().context("finding the pretrain executable")?,
+    })
 }
 
-async fn run_async(args: LocalnetArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.dir)
-        .with_context(|| format!("creating {}", args.dir.display()))?;
-    let root = args
-        .dir
-        .canonicalize()
-        .with_context(|| format!("resolving {}", args.dir.display()))?;
-    let layout = Layout { root };
-    let started = Instant::now();
+/// The leaderboard on stderr: redrawn in place on a terminal, logged every
+/// 15 seconds otherwise.
+struct Terminal {
+    tty: bool,
+    minutes: Option<f64>,
+    last_logged: Option<Instant>,
+}
 
-    let (validator, miners) = localnet::setup_wallets(&layout, args.miners)?;
-    let schedule = args.schedule.load()?;
-    let protocol = schedule.protocol();
-    let chain = localnet::setup_chain(
-        &layout,
-        args.block_time,
-        localnet::commit_rate_limit(&schedule),
-        &validator,
-        &miners,
-    )
-    .await?;
-    if args.commit_reveal {
-        chain
-            .set_commit_reveal(
-                localnet::NETUID,
-                pretrain_chain::embedded::CommitReveal {
-                    enabled: true,
-                    reveal_period_epochs: 1,
-                    tempo: 9,
-                    weights_version_key: 0,
-                },
-            )
-            .await
-            .context("switching commit-reveal on")?;
-    }
-    let block = chain
-        .current_block()
-        .await
-        .context("reading the current block")?;
-    let competitions = localnet::competitions_at(&schedule, block)?;
-    let assigned = localnet::assign_competitions(competitions.as_deref(), miners.len());
-    if let Some(cs) = &competitions {
-        if miners.len() < cs.len() {
-            tracing::warn!(
-                "{} competitions and {} miners: some competitions have no miner",
-                cs.len(),
-                miners.len()
-            );
+impl Observer for Terminal {
+    fn refreshed(&mut self, rows: &[Row], elapsed: Duration) {
+        if self.tty {
+            draw(rows, elapsed, self.minutes);
+        } else if self
+            .last_logged
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(15))
+        {
+            log_rows(rows);
+            self.last_logged = Some(Instant::now());
         }
     }
-    let size = ModelSize::from(args.model);
-    let starts = assigned
-        .iter()
-        .map(|c| Start::for_competition(size, c.as_ref()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut distinct: Vec<Start> = Vec::new();
-    for s in &starts {
-        if !distinct.contains(s) {
-            distinct.push(*s);
-        }
-    }
-    for start in distinct {
-        let init = layout.init_model(start);
-        if init.join("model.safetensors").is_file() {
-            continue;
-        }
-        tracing::info!(dir = %init.display(), model = ?start, "writing a starting model");
-        tokio::task::spawn_blocking(move || start.write(&init))
-            .await
-            .context("writing the starting model")??;
-    }
-    std::fs::create_dir_all(layout.logs()).context("creating the logs directory")?;
 
-    let dataset = match &args.dataset {
-        Some(d) => d.clone(),
-        None => {
-            let dir = layout.corpus();
-            tokio::task::spawn_blocking(move || localnet::write_short_corpus(&dir))
-                .await
-                .context("writing the local corpus")??;
-            format!("local:{}", layout.corpus().display())
+    fn finished(&mut self, rows: &[Row], elapsed: Duration) {
+        if self.tty {
+            draw(rows, elapsed, self.minutes);
         }
-    };
-    let exe = std::env::current_exe().context("finding the pretrain executable")?;
-    let mut procs = Vec::new();
-    let schedule_arg = args.schedule.schedule.as_str();
-    procs.push(localnet::spawn_validator(&exe, &layout, &dataset, schedule_arg).await?);
-    for (i, (start, competition)) in starts.iter().zip(&assigned).enumerate() {
-        let miner = MinerSpec {
-            index: i,
-            size,
-            start: *start,
-            competition: competition.as_ref().map(|c| c.id),
-            seed: args.seed,
-        };
-        procs.push(localnet::spawn_miner(&exe, &layout, &dataset, schedule_arg, &miner).await?);
     }
-    tracing::info!(
-        dir = %layout.root.display(),
-        "local subnet running: 1 validator, {} miners; logs in {}",
-        miners.len(),
-        layout.logs().display()
-    );
-
-    let deadline = args
-        .minutes
-        .map(|m| started + Duration::from_secs_f64(m * 60.0));
-    let tty = std::io::stderr().is_terminal();
-    let mut last_logged = Instant::now() - Duration::from_secs(3600);
-    let mut rows = Vec::new();
-    let stop_reason = loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break "interrupted",
-            _ = tokio::time::sleep(REFRESH) => {}
-        }
-        let view = localnet::validator_view(&layout.validator_dir());
-        match localnet::leaderboard(&chain, &validator, &miners, protocol, &view).await {
-            Ok(r) => {
-                rows = r;
-                let line = localnet::leaderboard_line(
-                    started.elapsed().as_secs_f64(),
-                    chain.current_block().await.ok(),
-                    &rows,
-                );
-                if let Err(e) = pretrain_core::fsio::append_line(&layout.leaderboard(), &line) {
-                    tracing::warn!("cannot append to {}: {e}", layout.leaderboard().display());
-                }
-                if tty {
-                    draw(&rows, started.elapsed(), args.minutes);
-                } else if last_logged.elapsed() >= Duration::from_secs(15) {
-                    log_rows(&rows);
-                    last_logged = Instant::now();
-                }
-            }
-            Err(e) => tracing::warn!("reading the leaderboard: {e:#}"),
-        }
-        procs.retain_mut(|p| match p.exited() {
-            Some(status) => {
-                tracing::warn!("{} exited ({status}); see {}", p.name, p.log.display());
-                false
-            }
-            None => true,
-        });
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            break "time is up";
-        }
-        if procs.is_empty() {
-            break "every process exited";
-        }
-    };
-    tracing::info!("stopping the local subnet ({stop_reason})");
-    localnet::stop_all(procs, STOP_GRACE).await;
-    let view = localnet::validator_view(&layout.validator_dir());
-    if let Ok(r) = localnet::leaderboard(&chain, &validator, &miners, protocol, &view).await {
-        rows = r;
-    }
-    if tty {
-        draw(&rows, started.elapsed(), args.minutes);
-    }
-    let mut summary = json!({
-        "dir": layout.root.display().to_string(),
-        "leaderboard": localnet::rows_json(&rows),
-    });
-    if let (Some(cs), Some(m)) = (&competitions, summary.as_object_mut()) {
-        m.insert("competitions".into(), competitions_json(cs, &rows));
-    }
-    super::out::print_json(&summary)?;
-    Ok(())
 }
 
 fn fmt_opt(x: Option<f64>, digits: usize) -> String {

@@ -178,6 +178,17 @@ pub fn run_eval(args: EvalArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Re
             &json!({ "loss": json_f64(pretrain_model::evaluate::as_scored(loss) as f64) }),
         );
     };
+    eval_pages(&args, &model, n_pages, runtime)
+}
+
+/// `eval --pages N`: N random pages of the dataset cut into the validator's
+/// batches, each one's loss as the validator scores it, and their mean.
+fn eval_pages(
+    args: &EvalArgs,
+    model: &pretrain_model::Model,
+    n_pages: usize,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<()> {
     if n_pages == 0 {
         bail!("--pages must be at least 1");
     }
@@ -203,6 +214,20 @@ pub fn run_eval(args: EvalArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Re
     if batches.is_empty() {
         bail!("pages {pages:?} of {dataset} hold fewer than one batch of tokens");
     }
+    let losses = batch_losses(model, &batches);
+    let mean = losses.iter().sum::<f64>() / losses.len() as f64;
+    print_json(&json!({
+        "loss": json_f64(mean),
+        "losses": losses.iter().map(|&l| json_f64(l)).collect::<Vec<_>>(),
+        "pages": pages,
+        "seed": seed,
+        "dataset": dataset,
+    }))
+}
+
+/// Each batch's loss as the validator scores it (a failing batch is +inf),
+/// with a progress bar on a terminal and a log line per batch elsewhere.
+fn batch_losses(model: &pretrain_model::Model, batches: &[pretrain_data::Batch]) -> Vec<f64> {
     let bar = indicatif::ProgressBar::new(batches.len() as u64).with_style(
         indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} batches ({eta})")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -213,7 +238,7 @@ pub fn run_eval(args: EvalArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Re
     let mut losses = Vec::with_capacity(batches.len());
     for (i, batch) in batches.iter().enumerate() {
         losses.push(
-            pretrain_model::evaluate::as_scored(pretrain_model::loss_or_inf(&model, batch)) as f64,
+            pretrain_model::evaluate::as_scored(pretrain_model::loss_or_inf(model, batch)) as f64,
         );
         bar.inc(1);
         if log_progress {
@@ -226,14 +251,7 @@ pub fn run_eval(args: EvalArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Re
         }
     }
     bar.finish_and_clear();
-    let mean = losses.iter().sum::<f64>() / losses.len() as f64;
-    print_json(&json!({
-        "loss": json_f64(mean),
-        "losses": losses.iter().map(|&l| json_f64(l)).collect::<Vec<_>>(),
-        "pages": pages,
-        "seed": seed,
-        "dataset": dataset,
-    }))
+    losses
 }
 
 /// Prints `{"architecture", "params", "size_bytes", "hash", "valid", "reason"}`:

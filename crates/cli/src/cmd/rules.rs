@@ -177,166 +177,203 @@ fn inputs<T: serde::de::DeserializeOwned>(case: Value, invalid: &str) -> anyhow:
 
 /// The fields a case of `args.kind` computes (they replace the case's own).
 fn compute(args: &RulesArgs, case: Value, invalid: &str) -> anyhow::Result<Map<String, Value>> {
-    let mut out = Map::new();
     match args.kind {
-        RulesKind::TimelockCommit => return super::timelock::commit(inputs(case, invalid)?),
-        RulesKind::TimelockReveal => return super::timelock::reveal(inputs(case, invalid)?),
-        RulesKind::SecureHash => {
-            let c: SecureHashCase = inputs(case, invalid)?;
-            out.insert(
-                "preimage_utf8".into(),
-                json!(format!("{}{}", c.model_hash, c.hotkey)),
-            );
-            out.insert(
-                "secure_hash".into(),
-                json!(secure_hash(&c.model_hash, &c.hotkey)),
-            );
+        RulesKind::TimelockCommit => super::timelock::commit(inputs(case, invalid)?),
+        RulesKind::TimelockReveal => super::timelock::reveal(inputs(case, invalid)?),
+        RulesKind::SecureHash => Ok(secure_hash_fields(inputs(case, invalid)?)),
+        RulesKind::ModelId => model_id_fields(inputs(case, invalid)?),
+        RulesKind::HashCheck => Ok(hash_check_fields(inputs(case, invalid)?)),
+        RulesKind::Epsilon => epsilon_fields(inputs(case, invalid)?, invalid),
+        RulesKind::Wins => wins_fields(inputs(case, invalid)?, args.temperature, invalid),
+        RulesKind::Weights => weights_fields(inputs(case, invalid)?, invalid),
+        RulesKind::Schedule => schedule_fields(inputs(case, invalid)?, &args.schedule),
+    }
+}
+
+/// `secure_hash` and the preimage it hashes.
+fn secure_hash_fields(c: SecureHashCase) -> Map<String, Value> {
+    let mut out = Map::new();
+    out.insert(
+        "preimage_utf8".into(),
+        json!(format!("{}{}", c.model_hash, c.hotkey)),
+    );
+    out.insert(
+        "secure_hash".into(),
+        json!(secure_hash(&c.model_hash, &c.hotkey)),
+    );
+    out
+}
+
+/// The parsed id and its round trip, or the error upstream's parser raises.
+fn model_id_fields(c: ModelIdCase) -> anyhow::Result<Map<String, Value>> {
+    let mut out = Map::new();
+    match CompetitionModelId::from_compressed_str(&c.input) {
+        Ok(id) => {
+            out.insert("parsed".into(), serde_json::to_value(&id)?);
+            out.insert("roundtrip".into(), json!(id.to_compressed_str()));
+            out.insert("len_bytes".into(), json!(c.input.len()));
+            out.insert("error".into(), Value::Null);
         }
-        RulesKind::ModelId => {
-            let c: ModelIdCase = inputs(case, invalid)?;
-            match CompetitionModelId::from_compressed_str(&c.input) {
-                Ok(id) => {
-                    out.insert("parsed".into(), serde_json::to_value(&id)?);
-                    out.insert("roundtrip".into(), json!(id.to_compressed_str()));
-                    out.insert("len_bytes".into(), json!(c.input.len()));
-                    out.insert("error".into(), Value::Null);
-                }
-                Err(e) => {
-                    let name = match e {
-                        CompetitionModelIdError::TooFewParts(_) => "IndexError",
-                        CompetitionModelIdError::BadCompetitionId(_) => "ValueError",
-                        _ => "OutOfRange",
-                    };
-                    out.insert("error".into(), json!(name));
-                    out.insert("message".into(), json!(e.to_string()));
-                    for k in ["parsed", "roundtrip", "len_bytes"] {
-                        out.insert(k.into(), Value::Null);
-                    }
-                }
+        Err(e) => {
+            let name = match e {
+                CompetitionModelIdError::TooFewParts(_) => "IndexError",
+                CompetitionModelIdError::BadCompetitionId(_) => "ValueError",
+                _ => "OutOfRange",
+            };
+            out.insert("error".into(), json!(name));
+            out.insert("message".into(), json!(e.to_string()));
+            for k in ["parsed", "roundtrip", "len_bytes"] {
+                out.insert(k.into(), Value::Null);
             }
-        }
-        RulesKind::HashCheck => {
-            let c: HashCheckCase = inputs(case, invalid)?;
-            let verdict = CompetitionModelId::from_compressed_str(&c.chain_str)
-                .map_err(|e| format!("no valid metadata on the chain: {e}"))
-                .and_then(|id| {
-                    check_download(&id, &c.downloaded_hash, &c.hotkey).map_err(|e| e.to_string())
-                });
-            out.insert("accepted".into(), json!(verdict.is_ok()));
-            out.insert(
-                "expected_secure_hash".into(),
-                json!(secure_hash(&c.downloaded_hash, &c.hotkey)),
-            );
-            out.insert(
-                "reason".into(),
-                verdict.err().map_or(Value::Null, Value::from),
-            );
-        }
-        RulesKind::Epsilon => {
-            let c: EpsilonCase = inputs(case, invalid)?;
-            c.func.validate().context(invalid.to_string())?;
-            out.insert(
-                "epsilon".into(),
-                json!(c.func.compute_epsilon(c.current_block, c.model_block)),
-            );
-        }
-        RulesKind::Wins => {
-            let c: WinsCase = inputs(case, invalid)?;
-            c.epsilon_func.validate().context(invalid.to_string())?;
-            let temperature = c.temperature.unwrap_or(args.temperature);
-            if !(temperature.is_finite() && temperature > 0.0) {
-                bail!("{invalid}: temperature {temperature} must be > 0");
-            }
-            let contenders = contenders(&c).context(invalid.to_string())?;
-            let step = score_competition(
-                &contenders,
-                &c.epsilon_func,
-                c.current_block,
-                temperature,
-                c.filter,
-            )?;
-            out.insert("competitive_uids".into(), json!(step.competitive_uids));
-            out.insert("wins".into(), json!(step.wins.wins));
-            out.insert("win_rate".into(), json!(step.wins.win_rate));
-            let sw: Vec<(Uid, f64)> = step
-                .step_weights
-                .iter()
-                .map(|&(u, w)| (u, f64::from(w)))
-                .collect();
-            out.insert("softmax_step_weights".into(), json!(sw));
-            out.insert("temperature".into(), json!(temperature));
-        }
-        RulesKind::Weights => {
-            let c: WeightsCase = inputs(case, invalid)?;
-            if c.num_neurons > MAX_NEURONS {
-                bail!(
-                    "{invalid}: num_neurons {} is more than {MAX_NEURONS}",
-                    c.num_neurons
-                );
-            }
-            if !(c.alpha.is_finite() && (0.0..=1.0).contains(&c.alpha)) {
-                bail!("{invalid}: alpha {} is not in [0, 1]", c.alpha);
-            }
-            let widest = c
-                .recorded_steps
-                .iter()
-                .map(|s| s.weights.len())
-                .fold(c.num_neurons, usize::max);
-            if widest > MAX_NEURONS {
-                bail!("{invalid}: a recorded step has {widest} weights, more than {MAX_NEURONS}");
-            }
-            // Every competition keeps a vector over the whole metagraph: bound the total.
-            let ids: BTreeSet<CompetitionId> =
-                c.recorded_steps.iter().map(|s| s.competition_id).collect();
-            if ids.len().saturating_mul(widest) > MAX_WEIGHT_CELLS {
-                bail!(
-                    "{invalid}: {} competitions x {widest} neurons is more than {MAX_WEIGHT_CELLS} weights",
-                    ids.len()
-                );
-            }
-            let mut tracker = CompetitionTracker::new(c.num_neurons);
-            for s in &c.recorded_steps {
-                tracker.record(s.competition_id, &s.weights, c.alpha);
-            }
-            if let Some(ids) = &c.reset_to {
-                tracker.reset_competitions(ids);
-            }
-            let per: Map<String, Value> = tracker
-                .all_weights()
-                .iter()
-                .map(|(id, w)| (id.to_string(), json!(widen(w))))
-                .collect();
-            out.insert("per_competition".into(), Value::Object(per));
-            out.insert(
-                "subnet_weights".into(),
-                json!(widen(&tracker.subnet_weights(&c.active_competitions))),
-            );
-        }
-        RulesKind::Schedule => {
-            let c: ScheduleCase = inputs(case, invalid)?;
-            let schedule = Schedule::by_name_or_file(&args.schedule)
-                .with_context(|| format!("loading schedule {}", args.schedule))?;
-            let entry = schedule.active_entry(c.block)?;
-            let comps: Vec<Value> = entry
-                .competitions
-                .iter()
-                .map(|comp| {
-                    json!({
-                        "id": comp.id,
-                        "name": comp.name,
-                        "reward_percentage": comp.reward_share,
-                        "epsilon": comp.constraints.epsilon,
-                        "constraints": comp.constraints,
-                        "scoring": comp.scoring,
-                        "refused": comp.support().err().map(|e| e.0),
-                    })
-                })
-                .collect();
-            out.insert("schedule".into(), json!(schedule.name));
-            out.insert("start_block".into(), json!(entry.start_block));
-            out.insert("competitions".into(), Value::Array(comps));
         }
     }
+    Ok(out)
+}
+
+/// Whether a download with this hash matches the chain's id, and why not.
+fn hash_check_fields(c: HashCheckCase) -> Map<String, Value> {
+    let mut out = Map::new();
+    let verdict = CompetitionModelId::from_compressed_str(&c.chain_str)
+        .map_err(|e| format!("no valid metadata on the chain: {e}"))
+        .and_then(|id| {
+            check_download(&id, &c.downloaded_hash, &c.hotkey).map_err(|e| e.to_string())
+        });
+    out.insert("accepted".into(), json!(verdict.is_ok()));
+    out.insert(
+        "expected_secure_hash".into(),
+        json!(secure_hash(&c.downloaded_hash, &c.hotkey)),
+    );
+    out.insert(
+        "reason".into(),
+        verdict.err().map_or(Value::Null, Value::from),
+    );
+    out
+}
+
+/// The epsilon of a model of that age.
+fn epsilon_fields(c: EpsilonCase, invalid: &str) -> anyhow::Result<Map<String, Value>> {
+    c.func.validate().context(invalid.to_string())?;
+    let mut out = Map::new();
+    out.insert(
+        "epsilon".into(),
+        json!(c.func.compute_epsilon(c.current_block, c.model_block)),
+    );
+    Ok(out)
+}
+
+/// One competition's step: the competitive uids, wins, win rates and
+/// softmax weights (`default_temperature` where the case gives none).
+fn wins_fields(
+    c: WinsCase,
+    default_temperature: f64,
+    invalid: &str,
+) -> anyhow::Result<Map<String, Value>> {
+    c.epsilon_func.validate().context(invalid.to_string())?;
+    let temperature = c.temperature.unwrap_or(default_temperature);
+    if !(temperature.is_finite() && temperature > 0.0) {
+        bail!("{invalid}: temperature {temperature} must be > 0");
+    }
+    let contenders = contenders(&c).context(invalid.to_string())?;
+    let step = score_competition(
+        &contenders,
+        &c.epsilon_func,
+        c.current_block,
+        temperature,
+        c.filter,
+    )?;
+    let mut out = Map::new();
+    out.insert("competitive_uids".into(), json!(step.competitive_uids));
+    out.insert("wins".into(), json!(step.wins.wins));
+    out.insert("win_rate".into(), json!(step.wins.win_rate));
+    let sw: Vec<(Uid, f64)> = step
+        .step_weights
+        .iter()
+        .map(|&(u, w)| (u, f64::from(w)))
+        .collect();
+    out.insert("softmax_step_weights".into(), json!(sw));
+    out.insert("temperature".into(), json!(temperature));
+    Ok(out)
+}
+
+/// The tracker's moving averages per competition and the subnet's weights
+/// after the recorded steps (and the reset, if any).
+fn weights_fields(c: WeightsCase, invalid: &str) -> anyhow::Result<Map<String, Value>> {
+    check_weights_bounds(&c, invalid)?;
+    let mut tracker = CompetitionTracker::new(c.num_neurons);
+    for s in &c.recorded_steps {
+        tracker.record(s.competition_id, &s.weights, c.alpha);
+    }
+    if let Some(ids) = &c.reset_to {
+        tracker.reset_competitions(ids);
+    }
+    let per: Map<String, Value> = tracker
+        .all_weights()
+        .iter()
+        .map(|(id, w)| (id.to_string(), json!(widen(w))))
+        .collect();
+    let mut out = Map::new();
+    out.insert("per_competition".into(), Value::Object(per));
+    out.insert(
+        "subnet_weights".into(),
+        json!(widen(&tracker.subnet_weights(&c.active_competitions))),
+    );
+    Ok(out)
+}
+
+/// Refuses a `weights` case whose tracker would be out of bounds, before it is built.
+fn check_weights_bounds(c: &WeightsCase, invalid: &str) -> anyhow::Result<()> {
+    if c.num_neurons > MAX_NEURONS {
+        bail!(
+            "{invalid}: num_neurons {} is more than {MAX_NEURONS}",
+            c.num_neurons
+        );
+    }
+    if !(c.alpha.is_finite() && (0.0..=1.0).contains(&c.alpha)) {
+        bail!("{invalid}: alpha {} is not in [0, 1]", c.alpha);
+    }
+    let widest = c
+        .recorded_steps
+        .iter()
+        .map(|s| s.weights.len())
+        .fold(c.num_neurons, usize::max);
+    if widest > MAX_NEURONS {
+        bail!("{invalid}: a recorded step has {widest} weights, more than {MAX_NEURONS}");
+    }
+    // Every competition keeps a vector over the whole metagraph: bound the total.
+    let ids: BTreeSet<CompetitionId> = c.recorded_steps.iter().map(|s| s.competition_id).collect();
+    if ids.len().saturating_mul(widest) > MAX_WEIGHT_CELLS {
+        bail!(
+            "{invalid}: {} competitions x {widest} neurons is more than {MAX_WEIGHT_CELLS} weights",
+            ids.len()
+        );
+    }
+    Ok(())
+}
+
+/// The competitions of the schedule's entry active at the case's block.
+fn schedule_fields(c: ScheduleCase, schedule: &str) -> anyhow::Result<Map<String, Value>> {
+    let schedule = Schedule::by_name_or_file(schedule)
+        .with_context(|| format!("loading schedule {schedule}"))?;
+    let entry = schedule.active_entry(c.block)?;
+    let comps: Vec<Value> = entry
+        .competitions
+        .iter()
+        .map(|comp| {
+            json!({
+                "id": comp.id,
+                "name": comp.name,
+                "reward_percentage": comp.reward_share,
+                "epsilon": comp.constraints.epsilon,
+                "constraints": comp.constraints,
+                "scoring": comp.scoring,
+                "refused": comp.support().err().map(|e| e.0),
+            })
+        })
+        .collect();
+    let mut out = Map::new();
+    out.insert("schedule".into(), json!(schedule.name));
+    out.insert("start_block".into(), json!(entry.start_block));
+    out.insert("competitions".into(), Value::Array(comps));
     Ok(out)
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use pretrain_chain::connect;
+use pretrain_core::rules::Schedule;
 use pretrain_core::Tunables;
 use pretrain_neurons::validator::slurm::{SlurmCommands, SlurmSpec};
 use pretrain_neurons::validator::{self, Backend, Shared, ValidatorConfig, WorkerSpec};
@@ -15,8 +16,7 @@ use pretrain_telemetry::prometheus::ValidatorMetrics;
 use pretrain_telemetry::wandb::validator::{ValidatorIdentity, ValidatorLog};
 use pretrain_telemetry::wandb::{Mode, WandbError};
 
-use super::args::{DataArgs, DeviceArgs, HubArgs};
-use super::chain::ChainArgs;
+use super::args::{ChainArgs, DataArgs, DeviceArgs, HubArgs};
 use super::wallet::WalletArgs;
 
 /// Arguments of `pretrain validate`.
@@ -258,64 +258,14 @@ fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
 /// Runs the validator until `--max_steps` steps are done (forever without).
 pub fn run(args: ValidateArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let schedule = args.schedule.load()?;
-    if args.pages_per_eval == 0 {
-        bail!("--pages_per_eval must be at least 1");
-    }
-    if args.eval_workers == 0 {
-        bail!("--eval_workers must be at least 1");
-    }
-    args.hub.check_reachable_from(&args.chain)?;
-    match validator::raise_fd_limit() {
-        Some((before, after)) if after > before => {
-            tracing::info!("open-file limit raised from {before} to {after} (the hard limit)")
-        }
-        Some((n, _)) => tracing::info!("open-file limit: {n}"),
-        None => {}
-    }
+    check_flags(&args)?;
+    log_fd_limit();
     // Opened here so a bad device fails at start, not in every child; on
     // Slurm the device is the compute nodes', not this host's.
     if args.backend.eval_backend == EvalBackend::Local {
         args.device.open().context("opening the device")?;
     }
-    let program = std::env::current_exe().context("finding the pretrain executable")?;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mem_limit = (args.eval_mem_limit_mb > 0 && args.device.device == "cpu")
-        .then(|| args.eval_mem_limit_mb.saturating_mul(1 << 20));
-    let worker = WorkerSpec {
-        program,
-        args: std::iter::once("eval_worker".to_string())
-            .chain(args.device.compute.to_args())
-            .map(Into::into)
-            .collect(),
-        device: args.device.device.clone(),
-        mem_limit,
-        load_timeout: seconds("eval_timeout", args.eval_timeout)?,
-        eval_timeout: seconds("eval_timeout", args.eval_timeout)?,
-        threads: Some((cores / args.eval_workers).max(1)),
-    };
-    let backend = args.backend.backend(
-        &worker,
-        &args.device.device,
-        args.eval_mem_limit_mb,
-        &args.model_dir,
-    )?;
-    let mut config = ValidatorConfig::new(args.chain.netuid, args.model_dir.clone(), worker);
-    config.backend = backend;
-    config.competition = Tunables {
-        sample_min: args.sample_min,
-        blocks_per_epoch: args.blocks_per_epoch,
-        pages_per_eval: args.pages_per_eval,
-        ..Tunables::default()
-    };
-    config.set_weights = !args.dont_set_weights && !args.offline;
-    config.max_steps = args.max_steps;
-    config.eval_workers = args.eval_workers;
-    config.update_interval = seconds("update_interval", args.update_interval)?;
-    config.clean_interval = seconds("clean_interval", args.clean_interval)?;
-    config.idle_wait = seconds("idle_wait", args.idle_wait)?;
-    config.step_timeout = seconds("step_timeout", args.step_timeout)?;
-    config.call_timeout = seconds("chain_timeout", args.chain.chain_timeout)?;
-
+    let config = config_from_flags(&args)?;
     let hotkey = if args.offline {
         None
     } else {
@@ -338,33 +288,7 @@ pub fn run(args: ValidateArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Res
             .await
             .context("reading the current block: no answer")?
             .context("reading the current block")?;
-        // The protocol takes the scoring constants from the competition
-        // active now (sn9-2024-01) or leaves them to each competition.
-        config.competition = schedule
-            .protocol()
-            .validator_tunables(&schedule, block, config.competition)
-            .with_context(|| format!("schedule {} at block {block}", schedule.name))?;
-        let entry = schedule
-            .active_entry(block)
-            .with_context(|| format!("schedule {} at block {block}", schedule.name))?;
-        for c in &entry.competitions {
-            match c.support() {
-                Ok(()) => tracing::info!(
-                    competition = c.id,
-                    name = %c.name,
-                    share = c.reward_share,
-                    max_parameters = c.constraints.max_parameters,
-                    max_bytes = c.constraints.max_bytes,
-                    "competition active"
-                ),
-                Err(why) => tracing::warn!(
-                    competition = c.id,
-                    share = c.reward_share,
-                    "its models are refused: {why}"
-                ),
-            }
-        }
-        config.schedule = schedule;
+        let config = with_schedule(config, schedule, block)?;
         if let Backend::Slurm(spec) = &config.backend {
             // A killed run's jobs first: they may end during the preflight's seconds,
             // and the operator should read that they were cancelled.
@@ -376,21 +300,133 @@ pub fn run(args: ValidateArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Res
             .context("starting the validator")?;
         let metrics = args.metrics.serve(ValidatorMetrics::new).await?;
         shared.observers.install(wandb_log(&args, &shared), metrics);
-        if matches!(shared.config.backend, Backend::Local) {
-            validator::run(shared).await;
-            return anyhow::Ok(());
-        }
-        // Slurm jobs outlive a killed srun: cancel them before stopping.
-        let backend = shared.config.backend.clone();
-        tokio::select! {
-            _ = validator::run(shared) => anyhow::Ok(()),
-            sig = stop_signal() => {
-                tracing::warn!("{sig}: cancelling this validator's Slurm jobs");
-                backend.cancel_all().await;
-                bail!("stopped by {sig}")
-            }
-        }
+        run_until_stopped(shared).await
     })
+}
+
+/// Refuses flags no validator can run with.
+fn check_flags(args: &ValidateArgs) -> anyhow::Result<()> {
+    if args.pages_per_eval == 0 {
+        bail!("--pages_per_eval must be at least 1");
+    }
+    if args.eval_workers == 0 {
+        bail!("--eval_workers must be at least 1");
+    }
+    args.hub.check_reachable_from(&args.chain)
+}
+
+/// Raises the open-file limit to the hard limit, and says so.
+fn log_fd_limit() {
+    match validator::raise_fd_limit() {
+        Some((before, after)) if after > before => {
+            tracing::info!("open-file limit raised from {before} to {after} (the hard limit)")
+        }
+        Some((n, _)) => tracing::info!("open-file limit: {n}"),
+        None => {}
+    }
+}
+
+/// How each model is evaluated: this executable's `eval_worker`, its limits and threads.
+fn worker_spec(args: &ValidateArgs) -> anyhow::Result<WorkerSpec> {
+    let program = std::env::current_exe().context("finding the pretrain executable")?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mem_limit = (args.eval_mem_limit_mb > 0 && args.device.device == "cpu")
+        .then(|| args.eval_mem_limit_mb.saturating_mul(1 << 20));
+    Ok(WorkerSpec {
+        program,
+        args: std::iter::once("eval_worker".to_string())
+            .chain(args.device.compute.to_args())
+            .map(Into::into)
+            .collect(),
+        device: args.device.device.clone(),
+        mem_limit,
+        load_timeout: seconds("eval_timeout", args.eval_timeout)?,
+        eval_timeout: seconds("eval_timeout", args.eval_timeout)?,
+        threads: Some((cores / args.eval_workers).max(1)),
+    })
+}
+
+/// The validator's settings from its flags (the schedule's part comes once
+/// the chain's block is known: [`with_schedule`]).
+fn config_from_flags(args: &ValidateArgs) -> anyhow::Result<ValidatorConfig> {
+    let worker = worker_spec(args)?;
+    let backend = args.backend.backend(
+        &worker,
+        &args.device.device,
+        args.eval_mem_limit_mb,
+        &args.model_dir,
+    )?;
+    let mut config = ValidatorConfig::new(args.chain.netuid, args.model_dir.clone(), worker);
+    config.backend = backend;
+    config.competition = Tunables {
+        sample_min: args.sample_min,
+        blocks_per_epoch: args.blocks_per_epoch,
+        pages_per_eval: args.pages_per_eval,
+        ..Tunables::default()
+    };
+    config.set_weights = !args.dont_set_weights && !args.offline;
+    config.max_steps = args.max_steps;
+    config.eval_workers = args.eval_workers;
+    config.update_interval = seconds("update_interval", args.update_interval)?;
+    config.clean_interval = seconds("clean_interval", args.clean_interval)?;
+    config.idle_wait = seconds("idle_wait", args.idle_wait)?;
+    config.step_timeout = seconds("step_timeout", args.step_timeout)?;
+    config.call_timeout = seconds("chain_timeout", args.chain.chain_timeout)?;
+    Ok(config)
+}
+
+/// `config` under `schedule` at `block`: the protocol takes the scoring
+/// constants from the competition active now (sn9-2024-01) or leaves them
+/// to each competition; each active competition is logged, refused or not.
+fn with_schedule(
+    mut config: ValidatorConfig,
+    schedule: Schedule,
+    block: u64,
+) -> anyhow::Result<ValidatorConfig> {
+    config.competition = schedule
+        .protocol()
+        .validator_tunables(&schedule, block, config.competition)
+        .with_context(|| format!("schedule {} at block {block}", schedule.name))?;
+    let entry = schedule
+        .active_entry(block)
+        .with_context(|| format!("schedule {} at block {block}", schedule.name))?;
+    for c in &entry.competitions {
+        match c.support() {
+            Ok(()) => tracing::info!(
+                competition = c.id,
+                name = %c.name,
+                share = c.reward_share,
+                max_parameters = c.constraints.max_parameters,
+                max_bytes = c.constraints.max_bytes,
+                "competition active"
+            ),
+            Err(why) => tracing::warn!(
+                competition = c.id,
+                share = c.reward_share,
+                "its models are refused: {why}"
+            ),
+        }
+    }
+    config.schedule = schedule;
+    Ok(config)
+}
+
+/// Runs the started validator to its end; a Slurm validator also stops at
+/// SIGINT or SIGTERM, cancelling its jobs first (they outlive a killed srun).
+async fn run_until_stopped(shared: Arc<Shared>) -> anyhow::Result<()> {
+    if matches!(shared.config.backend, Backend::Local) {
+        validator::run(shared).await;
+        return Ok(());
+    }
+    let backend = shared.config.backend.clone();
+    tokio::select! {
+        _ = validator::run(shared) => Ok(()),
+        sig = stop_signal() => {
+            tracing::warn!("{sig}: cancelling this validator's Slurm jobs");
+            backend.cancel_all().await;
+            bail!("stopped by {sig}")
+        }
+    }
 }
 
 /// Refuses to start a Slurm validator whose jobs could never run (see

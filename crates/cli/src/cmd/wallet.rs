@@ -109,60 +109,66 @@ pub struct ShowArgs {
 pub fn run(cmd: WalletCommand) -> anyhow::Result<()> {
     match cmd {
         WalletCommand::New(args) => new(args),
-        WalletCommand::List(args) => {
-            let wallets = Wallet::list(&args.wallet_path)?;
-            for w in &wallets {
-                for p in &w.problems {
-                    warn!(wallet = %w.name, "{p}");
-                }
-            }
-            if args.json {
-                print_json(&wallets)
-            } else {
-                print_text(&table(&wallets))
-            }
+        WalletCommand::List(args) => list(args),
+        WalletCommand::Show(args) => show(args),
+    }
+}
+
+/// `pretrain wallet list`: every wallet, each one's problems logged.
+fn list(args: ListArgs) -> anyhow::Result<()> {
+    let wallets = Wallet::list(&args.wallet_path)?;
+    for w in &wallets {
+        for p in &w.problems {
+            warn!(wallet = %w.name, "{p}");
         }
-        WalletCommand::Show(args) => {
-            let wallet = Wallet::new(
-                &args.wallet_path,
-                &args.wallet_name,
-                args.wallet_hotkey.as_deref().unwrap_or(DEFAULT_HOTKEY_NAME),
+    }
+    if args.json {
+        print_json(&wallets)
+    } else {
+        print_text(&table(&wallets))
+    }
+}
+
+/// `pretrain wallet show`: one wallet (or one of its hotkeys); an unreadable key file is an error.
+fn show(args: ShowArgs) -> anyhow::Result<()> {
+    let wallet = Wallet::new(
+        &args.wallet_path,
+        &args.wallet_name,
+        args.wallet_hotkey.as_deref().unwrap_or(DEFAULT_HOTKEY_NAME),
+    );
+    let mut info = wallet.info()?;
+    if let Some(h) = &args.wallet_hotkey {
+        info.hotkeys.retain(|k| &k.name == h);
+        if info.hotkeys.is_empty() {
+            anyhow::bail!(
+                "wallet {} has no hotkey {h:?} ({} does not exist)",
+                info.name,
+                wallet.hotkey_path().display()
             );
-            let mut info = wallet.info()?;
-            if let Some(h) = &args.wallet_hotkey {
-                info.hotkeys.retain(|k| &k.name == h);
-                if info.hotkeys.is_empty() {
-                    anyhow::bail!(
-                        "wallet {} has no hotkey {h:?} ({} does not exist)",
-                        info.name,
-                        wallet.hotkey_path().display()
-                    );
-                }
-                // Problems of other hotkeys are not this command's business; this one's are.
-                let hotkeys_dir = wallet.dir().join("hotkeys").display().to_string();
-                info.problems.retain(|p| !p.contains(&hotkeys_dir));
-                if let Err(e) = wallet.hotkey_ss58() {
-                    info.problems.push(e.to_string());
-                }
-            }
-            // A corrupt or unreadable key file is an error, not a `null` address.
-            if let Some(first) = info.problems.first() {
-                anyhow::bail!(
-                    "wallet {} has unreadable key files: {}",
-                    info.name,
-                    if info.problems.len() == 1 {
-                        first.clone()
-                    } else {
-                        format!("{first} (and {} more)", info.problems.len() - 1)
-                    }
-                );
-            }
-            if args.json {
-                print_json(&info)
-            } else {
-                print_text(&table(std::slice::from_ref(&info)))
-            }
         }
+        // Problems of other hotkeys are not this command's business; this one's are.
+        let hotkeys_dir = wallet.dir().join("hotkeys").display().to_string();
+        info.problems.retain(|p| !p.contains(&hotkeys_dir));
+        if let Err(e) = wallet.hotkey_ss58() {
+            info.problems.push(e.to_string());
+        }
+    }
+    // A corrupt or unreadable key file is an error, not a `null` address.
+    if let Some(first) = info.problems.first() {
+        anyhow::bail!(
+            "wallet {} has unreadable key files: {}",
+            info.name,
+            if info.problems.len() == 1 {
+                first.clone()
+            } else {
+                format!("{first} (and {} more)", info.problems.len() - 1)
+            }
+        );
+    }
+    if args.json {
+        print_json(&info)
+    } else {
+        print_text(&table(std::slice::from_ref(&info)))
     }
 }
 
@@ -170,37 +176,12 @@ fn new(args: NewArgs) -> anyhow::Result<()> {
     let wallet = args.wallet.wallet();
     // Refuse before writing anything, so a refusal leaves no half-made wallet.
     if !args.overwrite {
-        let mut paths = vec![wallet.hotkey_path(), wallet.hotkeypub_path()];
-        if !args.hotkey_only {
-            paths.extend([wallet.coldkey_path(), wallet.coldkeypub_path()]);
-        }
-        for p in paths {
-            if p.exists() {
-                anyhow::bail!(
-                    "{} already exists: pass --overwrite to replace it{}",
-                    p.display(),
-                    if args.hotkey_only {
-                        ""
-                    } else {
-                        ", or --hotkey_only to add a hotkey to this wallet"
-                    }
-                );
-            }
-        }
+        refuse_existing(&wallet, args.hotkey_only)?;
     }
     let password = if args.hotkey_only || args.no_password {
         None
     } else {
-        Some(
-            coldkey_password(
-                &format!(
-                    "New password for coldkey {}: ",
-                    wallet.coldkey_path().display()
-                ),
-                true,
-            )
-            .with_context(|| format!("use --no_password or set {PASSWORD_ENV}"))?,
-        )
+        Some(new_password(&wallet)?)
     };
     // The keys are made first and shown before any file is written: a key
     // file whose mnemonic was never seen (stdout closed, say) cannot exist.
@@ -209,16 +190,69 @@ fn new(args: NewArgs) -> anyhow::Result<()> {
     } else {
         Some(KeyPair::generate(DEFAULT_MNEMONIC_WORDS).context("generating the coldkey")?)
     };
-    let (hot, hot_phrase) =
-        KeyPair::generate(DEFAULT_MNEMONIC_WORDS).context("generating the hotkey")?;
+    let hot = KeyPair::generate(DEFAULT_MNEMONIC_WORDS).context("generating the hotkey")?;
+    show_new_keys(&wallet, cold.as_ref(), &hot, password.is_some())?;
+    if let Some((_, phrase)) = &cold {
+        wallet
+            .create_coldkey(Some(phrase), password.as_deref(), args.overwrite)
+            .context("writing the coldkey (its mnemonic is printed above)")?;
+    }
+    let (_, hot_phrase) = &hot;
+    wallet
+        .create_hotkey(Some(hot_phrase), args.overwrite)
+        .context("writing the hotkey (its mnemonic is printed above)")?;
+    Ok(())
+}
+
+/// Refuses a key file `wallet new` would replace (the hotkey's only, with `hotkey_only`).
+fn refuse_existing(wallet: &Wallet, hotkey_only: bool) -> anyhow::Result<()> {
+    let mut paths = vec![wallet.hotkey_path(), wallet.hotkeypub_path()];
+    if !hotkey_only {
+        paths.extend([wallet.coldkey_path(), wallet.coldkeypub_path()]);
+    }
+    for p in paths {
+        if p.exists() {
+            anyhow::bail!(
+                "{} already exists: pass --overwrite to replace it{}",
+                p.display(),
+                if hotkey_only {
+                    ""
+                } else {
+                    ", or --hotkey_only to add a hotkey to this wallet"
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The new coldkey's password, asked twice (or read from the environment).
+fn new_password(wallet: &Wallet) -> anyhow::Result<String> {
+    coldkey_password(
+        &format!(
+            "New password for coldkey {}: ",
+            wallet.coldkey_path().display()
+        ),
+        true,
+    )
+    .with_context(|| format!("use --no_password or set {PASSWORD_ENV}"))
+}
+
+/// Prints the new keys with their mnemonics; an error means no key may be written.
+fn show_new_keys(
+    wallet: &Wallet,
+    cold: Option<&(KeyPair, String)>,
+    (hot, hot_phrase): &(KeyPair, String),
+    encrypted: bool,
+) -> anyhow::Result<()> {
     let out = json!({
         "wallet": wallet.name,
         "path": wallet.dir(),
-        "coldkey": cold.as_ref().map(|(pair, phrase)| json!({
+        "coldkey": cold.map(|(pair, phrase)| json!({
             "ss58": pair.ss58(),
             "mnemonic": phrase,
             "path": wallet.coldkey_path(),
-            "encrypted": password.is_some(),
+            "encrypted": encrypted,
         })),
         "hotkey": {
             "name": wallet.hotkey,
@@ -237,14 +271,6 @@ fn new(args: NewArgs) -> anyhow::Result<()> {
         }
         return Err(e.context("printing the new keys: no key was written"));
     }
-    if let Some((_, phrase)) = &cold {
-        wallet
-            .create_coldkey(Some(phrase), password.as_deref(), args.overwrite)
-            .context("writing the coldkey (its mnemonic is printed above)")?;
-    }
-    wallet
-        .create_hotkey(Some(&hot_phrase), args.overwrite)
-        .context("writing the hotkey (its mnemonic is printed above)")?;
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use pretrain_chain::embedded::EmbeddedChain;
-use pretrain_chain::{Chain, Wallet};
+use pretrain_chain::{Chain, Commitment, Neuron, Wallet};
 use pretrain_core::metrics::{LeaderboardLine, StepReport};
 use pretrain_core::rules::{CompetitionSpec, Protocol};
 use serde_json::{json, Value};
@@ -161,37 +161,58 @@ pub async fn leaderboard(
         .map(|(_, row)| normalized_weights(row))
         .unwrap_or_default();
     let miner_hotkeys: Vec<String> = miners.iter().filter_map(|w| w.hotkey_ss58().ok()).collect();
-    let mut rows = Vec::new();
-    for n in &g.neurons {
-        let role = if n.hotkey == vhot {
-            "validator".to_string()
-        } else if let Some(i) = miner_hotkeys.iter().position(|h| *h == n.hotkey) {
-            format!("miner-{i}")
-        } else {
-            "other".to_string()
-        };
-        let commitment = commits.iter().find(|c| c.hotkey == n.hotkey);
-        let (model, competition) = match commitment {
-            None => (None, None),
-            Some(c) => describe_commitment(&c.data, protocol),
-        };
-        let (loss, win_rate) = match view.get(&n.uid) {
-            Some((l, w)) => (Some(*l), *w),
-            None => (None, None),
-        };
-        rows.push(Row {
-            uid: n.uid,
-            hotkey: n.hotkey.clone(),
-            role,
-            model,
-            competition,
-            loss,
-            win_rate,
-            weight: wmap.get(&n.uid).copied().unwrap_or(0.0),
-            incentive: n.incentive,
-        });
-    }
+    let rows = g
+        .neurons
+        .iter()
+        .map(|n| {
+            let commitment = commits.iter().find(|c| c.hotkey == n.hotkey);
+            let role = role_of(&n.hotkey, &vhot, &miner_hotkeys);
+            let weight = wmap.get(&n.uid).copied().unwrap_or(0.0);
+            row(n, role, commitment, protocol, view, weight)
+        })
+        .collect();
     Ok(rows)
+}
+
+/// One uid's row: its commitment described, the validator's view of it, its weight.
+fn row(
+    n: &Neuron,
+    role: String,
+    commitment: Option<&Commitment>,
+    protocol: Protocol,
+    view: &ValidatorView,
+    weight: f64,
+) -> Row {
+    let (model, competition) = match commitment {
+        None => (None, None),
+        Some(c) => describe_commitment(&c.data, protocol),
+    };
+    let (loss, win_rate) = match view.get(&n.uid) {
+        Some((l, w)) => (Some(*l), *w),
+        None => (None, None),
+    };
+    Row {
+        uid: n.uid,
+        hotkey: n.hotkey.clone(),
+        role,
+        model,
+        competition,
+        loss,
+        win_rate,
+        weight,
+        incentive: n.incentive,
+    }
+}
+
+/// `validator`, `miner-<i>` (the i-th of `miners`), or `other`.
+fn role_of(hotkey: &str, validator: &str, miners: &[String]) -> String {
+    if hotkey == validator {
+        "validator".to_string()
+    } else if let Some(i) = miners.iter().position(|h| h == hotkey) {
+        format!("miner-{i}")
+    } else {
+        "other".to_string()
+    }
 }
 
 #[cfg(test)]

@@ -2,11 +2,12 @@
 //! short corpus under one directory, a validator and N miners as child
 //! `pretrain` processes, and the leaderboard read back from the chain.
 //!
-//! The `pretrain localnet` command holds only its flags, the wiring of
-//! these parts and the terminal drawing.
+//! The run order is [`run`] (in `session.rs`); the `pretrain localnet`
+//! command holds only its flags, the terminal drawing and that one call.
 
 mod leaderboard;
 mod provision;
+mod session;
 mod start;
 mod supervise;
 
@@ -22,6 +23,7 @@ pub use provision::{
     assign_competitions, commit_rate_limit, competitions_at, setup_chain, setup_wallets,
     write_short_corpus, SHORT_DOC_CHARS,
 };
+pub use session::{run, Observer, Outcome, Settings, StopReason, COMMIT_REVEAL, REFRESH};
 pub use start::{miner_lr, tiny_gpt2_config, tiny_llama_config, ModelSize, Start};
 pub use supervise::{
     common_flags, miner_flags, spawn_miner, spawn_validator, stop_all, validator_flags, MinerSpec,
@@ -77,6 +79,15 @@ pub enum LocalnetError {
     /// No starting model fits a competition.
     #[error("{0}")]
     NoStartingModel(String),
+    /// A blocking step (writing a model or the corpus) did not finish.
+    #[error("{what}")]
+    Task {
+        /// What was being done.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: tokio::task::JoinError,
+    },
     /// A child process could not be started.
     #[error("starting {name} (`pretrain {command}`)")]
     Spawn {
