@@ -186,6 +186,16 @@ fn best_model_wins_copies_lose_and_a_killed_validator_resumes() {
     let log2 = stderr_file(&mut child);
     assert!(child.wait().unwrap().success(), "{log2}");
     assert!(log2.contains("resuming from"), "{log2}");
+    // One race in the validator; its workers take its engine, not their own.
+    assert!(log2.contains("GEMM engine for every worker: "), "{log2}");
+    let workers: Vec<&str> = log2
+        .lines()
+        .filter(|l| l.contains("compute path: "))
+        .collect();
+    assert!(!workers.is_empty(), "{log2}");
+    for l in &workers {
+        assert!(l.contains("engine pinned by --gemm_engine="), "{l}");
+    }
     assert!(
         !log2.contains("fetching the model"),
         "models were fetched again:\n{log2}"

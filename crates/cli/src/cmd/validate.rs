@@ -247,6 +247,14 @@ pub struct EvalWorkerArgs {
     /// The miner's hotkey, for a secure (hotkey-bound) `--hash`.
     #[arg(long)]
     pub hotkey: Option<String>,
+    /// `--kernels auto`'s GEMM engine, `ours` or `onednn`, as the
+    /// validator's own race chose it: every worker of a step runs one path.
+    #[arg(long = "gemm_engine", value_parser = parse_gemm_engine)]
+    pub gemm_engine: Option<pretrain_model::GemmEngine>,
+}
+
+fn parse_gemm_engine(s: &str) -> Result<pretrain_model::GemmEngine, String> {
+    pretrain_model::GemmEngine::parse(s).ok_or_else(|| format!("{s:?}: ours or onednn"))
 }
 
 fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
@@ -332,18 +340,41 @@ fn worker_spec(args: &ValidateArgs) -> anyhow::Result<WorkerSpec> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mem_limit = (args.eval_mem_limit_mb > 0 && args.device.device == "cpu")
         .then(|| args.eval_mem_limit_mb.saturating_mul(1 << 20));
+    let mut worker_args: Vec<String> = std::iter::once("eval_worker".to_string())
+        .chain(args.device.compute.to_args())
+        .collect();
+    if let Some(engine) = pinned_gemm_engine(args) {
+        worker_args.extend(["--gemm_engine".to_string(), engine.name().to_string()]);
+    }
     Ok(WorkerSpec {
         program,
-        args: std::iter::once("eval_worker".to_string())
-            .chain(args.device.compute.to_args())
-            .map(Into::into)
-            .collect(),
+        args: worker_args.into_iter().map(Into::into).collect(),
         device: args.device.device.clone(),
         mem_limit,
         load_timeout: seconds("eval_timeout", args.eval_timeout)?,
         eval_timeout: seconds("eval_timeout", args.eval_timeout)?,
         threads: Some((cores / args.eval_workers).max(1)),
     })
+}
+
+/// The GEMM engine the local CPU workers are pinned to: `--kernels auto`'s
+/// race, run once here, so that every model of a step is evaluated on the
+/// same path (two workers racing each on a loaded machine could differ, and
+/// their losses with them). Slurm's nodes may be other CPUs: they race.
+fn pinned_gemm_engine(args: &ValidateArgs) -> Option<pretrain_model::GemmEngine> {
+    let compute = args.device.compute.options();
+    let local_cpu = args.backend.eval_backend == EvalBackend::Local && args.device.device == "cpu";
+    if !local_cpu || compute.kernels != pretrain_model::Kernels::Auto {
+        return None;
+    }
+    let race = pretrain_model::gemm_race(compute.dtype == pretrain_model::ComputeDtype::Bf16);
+    let engine = race.winner();
+    tracing::info!(
+        "GEMM engine for every worker: {} ({})",
+        engine.name(),
+        race.describe()
+    );
+    Some(engine)
 }
 
 /// The validator's settings from its flags (the schedule's part comes once
@@ -529,6 +560,9 @@ async fn ctrl_c() {
 /// The child side of the worker protocol (see `validator::worker`).
 pub fn run_worker(args: EvalWorkerArgs) -> anyhow::Result<()> {
     let device = super::args::parse_device(&args.device)?;
+    if let Some(engine) = args.gemm_engine {
+        pretrain_model::pin_gemm_engine(engine);
+    }
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
     let check = args.hash.map(|hash| validator::worker::HashCheck {
