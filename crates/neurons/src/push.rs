@@ -460,11 +460,17 @@ pub enum UploadError {
         repo: RepoId,
         /// Why.
         #[source]
-        source: PushError,
+        source: Box<PushError>,
     },
     /// The commitment landed but the repo could not be made public.
     #[error(transparent)]
-    StillPrivate(#[from] StillPrivate),
+    StillPrivate(Box<StillPrivate>),
+}
+
+impl From<StillPrivate> for UploadError {
+    fn from(e: StillPrivate) -> Self {
+        Self::StillPrivate(Box::new(e))
+    }
 }
 
 /// A model directory checked as a validator would check it, before any of
@@ -581,7 +587,7 @@ pub async fn push_checked(
     .map_err(|source| UploadError::Push {
         dir: dir.to_path_buf(),
         repo: repo.clone(),
-        source,
+        source: Box::new(source),
     })?;
     if let (true, Some(hint)) = (protocol.uploads_private(), make_public) {
         publish(hub, repo, &options.upload_backoff, &pushed, hint).await?;

@@ -77,7 +77,13 @@ pub enum SessionError {
     },
     /// The commitment landed but the repo could not be made public.
     #[error(transparent)]
-    StillPrivate(#[from] StillPrivate),
+    StillPrivate(Box<StillPrivate>),
+}
+
+impl From<StillPrivate> for SessionError {
+    fn from(e: StillPrivate) -> Self {
+        Self::StillPrivate(Box::new(e))
+    }
 }
 
 /// What a push needs from the session's caller: the hub, opened when a push
