@@ -273,6 +273,45 @@ fn check_fits(model: &Model, c: &MinerConfig) -> Result<(), MinerError> {
     Ok(())
 }
 
+/// The settings a run was started with (its `run.json`).
+fn read_settings(run: &RunDir) -> Result<MinerConfig, MinerError> {
+    let settings = run.settings_file();
+    let text = std::fs::read(&settings).map_err(MinerError::io(&settings))?;
+    serde_json::from_slice(&text).map_err(|e| {
+        MinerError::Config(format!(
+            "{} is not a run's settings: {e}",
+            settings.display()
+        ))
+    })
+}
+
+/// The trainer and position saved in the checkpoint `ckpt`: weights,
+/// optimizer state, and a position checked against that state.
+fn from_checkpoint(
+    ckpt: &Path,
+    config: &MinerConfig,
+    device: &Device,
+    options: pretrain_model::ComputeOptions,
+) -> Result<(Trainer, Position), MinerError> {
+    let model = Model::load(&ckpt.join(CHECKPOINT_MODEL), device)?.with_options(options)?;
+    check_fits(&model, config)?;
+    let mut trainer = Trainer::new(model, train_config(config))?;
+    trainer.load_state(&ckpt.join(CHECKPOINT_OPTIMIZER))?;
+    let p = ckpt.join(CHECKPOINT_POSITION);
+    let text = std::fs::read(&p).map_err(MinerError::io(&p))?;
+    let pos: Position = serde_json::from_slice(&text).map_err(|e| {
+        MinerError::Config(format!("{} is not a checkpoint position: {e}", p.display()))
+    })?;
+    pos.check(trainer.steps(), config.accumulation_steps)
+        .map_err(|why| {
+            MinerError::Config(format!(
+                "{} is not a position this checkpoint can be at: {why}; move the checkpoint/ directory aside to restart the run from best/",
+                p.display()
+            ))
+        })?;
+    Ok((trainer, pos))
+}
+
 impl Training {
     /// Starts a new run in `run`: writes `run.json` and saves the starting
     /// model as the first `best/` (as the original saves it before training).
@@ -325,14 +364,7 @@ impl Training {
         options: pretrain_model::ComputeOptions,
     ) -> Result<Self, MinerError> {
         let lock = pretrain_core::lock::lock_dir(run.root(), "pretrain mine")?;
-        let settings = run.settings_file();
-        let text = std::fs::read(&settings).map_err(MinerError::io(&settings))?;
-        let mut config: MinerConfig = serde_json::from_slice(&text).map_err(|e| {
-            MinerError::Config(format!(
-                "{} is not a run's settings: {e}",
-                settings.display()
-            ))
-        })?;
+        let mut config = read_settings(&run)?;
         if let Some(n) = num_epochs {
             config.num_epochs = n;
         }
@@ -340,23 +372,7 @@ impl Training {
         let ckpt = run.checkpoint_dir();
         recover_dir(&ckpt).map_err(MinerError::io(&ckpt))?;
         let (trainer, pos) = if ckpt.is_dir() {
-            let model = Model::load(&ckpt.join(CHECKPOINT_MODEL), device)?.with_options(options)?;
-            check_fits(&model, &config)?;
-            let mut trainer = Trainer::new(model, train_config(&config))?;
-            trainer.load_state(&ckpt.join(CHECKPOINT_OPTIMIZER))?;
-            let p = ckpt.join(CHECKPOINT_POSITION);
-            let text = std::fs::read(&p).map_err(MinerError::io(&p))?;
-            let pos: Position = serde_json::from_slice(&text).map_err(|e| {
-                MinerError::Config(format!("{} is not a checkpoint position: {e}", p.display()))
-            })?;
-            pos.check(trainer.steps(), config.accumulation_steps)
-                .map_err(|why| {
-                    MinerError::Config(format!(
-                        "{} is not a position this checkpoint can be at: {why}; move the checkpoint/ directory aside to restart the run from best/",
-                        p.display()
-                    ))
-                })?;
-            (trainer, pos)
+            from_checkpoint(&ckpt, &config, device, options)?
         } else {
             // Stopped before the first checkpoint: begin again from the starting model.
             let best = run.best_dir();
