@@ -42,6 +42,7 @@ mod config;
 mod load;
 mod push_policy;
 mod session;
+mod session_error;
 mod start;
 mod train_loop;
 
@@ -49,9 +50,9 @@ pub use config::{new_run_id, MinerConfig, RunDir};
 pub use load::{best_uid, load_local_model, load_model_file, load_remote_model, save, RemoteModel};
 pub use push_policy::{FinalPush, PushPolicy};
 pub use session::{
-    MiningSession, PushHelp, PushTarget, SessionError, SessionObserver, SessionOutcome,
-    SessionSettings,
+    MiningSession, PushHelp, PushTarget, SessionObserver, SessionOutcome, SessionSettings,
 };
+pub use session_error::SessionError;
 pub use start::{Start, StartingModel};
 pub use train_loop::{
     push_best_model, EpochSummary, Event, NoObserver, Observer, Progress, StopFlag, Training,

@@ -2,89 +2,23 @@
 //! epoch after epoch until `num_epochs` or the stop flag, push when the
 //! [`PushPolicy`] says so, and report it all to a [`SessionObserver`].
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::Device;
-use pretrain_chain::{Chain, ChainError, Hotkey};
-use pretrain_core::rules::{CompetitionSpec, Protocol, Unsupported};
+use pretrain_chain::{Chain, Hotkey};
+use pretrain_core::rules::{CompetitionSpec, Protocol};
 use pretrain_core::RepoId;
 use pretrain_data::PageSource;
 use pretrain_model::ComputeOptions;
 use pretrain_store::ModelHub;
-use thiserror::Error;
 use tracing::{info, warn};
 
 use super::push_policy::{FinalPush, PushPolicy};
+use super::session_error::SessionError;
 use super::start::{begin, Start, StartWith};
-use super::{push_best_model, MinerError, Observer, StopFlag, Training, TrainingSummary};
-use crate::push::{publish, PushOptions, Pushed, StillPrivate};
-
-/// Why a mining session failed.
-#[derive(Debug, Error)]
-pub enum SessionError {
-    /// Training, loading or saving failed.
-    #[error(transparent)]
-    Miner(#[from] MinerError),
-    /// The starting model could not be prepared.
-    #[error(transparent)]
-    Model(#[from] pretrain_model::ModelError),
-    /// The run to continue could not be resumed.
-    #[error("resuming {}", dir.display())]
-    Resume {
-        /// The run directory.
-        dir: PathBuf,
-        /// Why.
-        #[source]
-        source: MinerError,
-    },
-    /// The metagraph (for `--load_best`) could not be read.
-    #[error("reading the metagraph")]
-    Metagraph(#[source] ChainError),
-    /// `--load_best` on a subnet without neurons.
-    #[error("subnet {0} has no neurons")]
-    NoNeurons(u16),
-    /// The model of a uid could not be loaded.
-    #[error("loading the model of uid {uid}")]
-    LoadUid {
-        /// The uid.
-        uid: u16,
-        /// Why.
-        #[source]
-        source: MinerError,
-    },
-    /// The starting model is not one the competition entered accepts.
-    #[error("the starting model does not fit --schedule {schedule}")]
-    Misfit {
-        /// The schedule's name.
-        schedule: String,
-        /// The competition's reason.
-        #[source]
-        source: Unsupported,
-    },
-    /// A push failed; the model stays on disk.
-    #[error(
-        "pushing {} failed ({reason}); the model stays there; finish with: {finish}",
-        best.display()
-    )]
-    PushFailed {
-        /// The best model's directory.
-        best: PathBuf,
-        /// Why, on one line.
-        reason: String,
-        /// The command that finishes the push by hand.
-        finish: String,
-    },
-    /// The commitment landed but the repo could not be made public.
-    #[error(transparent)]
-    StillPrivate(Box<StillPrivate>),
-}
-
-impl From<StillPrivate> for SessionError {
-    fn from(e: StillPrivate) -> Self {
-        Self::StillPrivate(Box::new(e))
-    }
-}
+use super::{push_best_model, Observer, StopFlag, Training, TrainingSummary};
+use crate::push::{publish, PushOptions, Pushed};
 
 /// What a push needs from the session's caller: the hub, opened when a push
 /// begins (so a hub that fails then fails that push, not the training),

@@ -13,7 +13,7 @@ use pretrain_model::{ComputeOptions, Model};
 use pretrain_store::ModelHub;
 use tracing::info;
 
-use super::session::SessionError;
+use super::session_error::SessionError;
 use super::{
     best_uid, load_local_model, load_model_file, load_remote_model, new_run_id, MinerConfig,
     RunDir, Training,
