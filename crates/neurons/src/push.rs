@@ -423,3 +423,174 @@ async fn check_uploaded(
     }
     Ok(())
 }
+
+/// Why `pretrain upload` refused or failed to push a directory.
+#[derive(Debug, Error)]
+pub enum UploadError {
+    /// The directory is not a model the validator accepts (nothing uploaded).
+    #[error("{} is not a model the validator accepts", dir.display())]
+    NotAccepted {
+        /// The directory.
+        dir: PathBuf,
+        /// The validator's reason.
+        #[source]
+        source: pretrain_model::ModelError,
+    },
+    /// The model does not fit the competition entered (nothing uploaded).
+    #[error("{} does not fit competition {id} ({name}) of --schedule {schedule}", dir.display())]
+    Misfit {
+        /// The directory.
+        dir: PathBuf,
+        /// The competition's id.
+        id: CompetitionId,
+        /// The competition's name.
+        name: String,
+        /// The schedule's name.
+        schedule: String,
+        /// Why.
+        #[source]
+        source: pretrain_core::rules::Unsupported,
+    },
+    /// The upload or the commitment failed.
+    #[error("pushing {} to {repo}", dir.display())]
+    Push {
+        /// The directory.
+        dir: PathBuf,
+        /// The repo.
+        repo: RepoId,
+        /// Why.
+        #[source]
+        source: Box<PushError>,
+    },
+    /// The commitment landed but the repo could not be made public.
+    #[error(transparent)]
+    StillPrivate(Box<StillPrivate>),
+}
+
+impl From<StillPrivate> for UploadError {
+    fn from(e: StillPrivate) -> Self {
+        Self::StillPrivate(Box::new(e))
+    }
+}
+
+/// A model directory checked as a validator would check it, before any of
+/// it is uploaded (`pretrain upload`): what a refusal here spares is the
+/// miner's current commitment, which a push would replace.
+#[derive(Debug, Clone)]
+pub struct CheckedDir {
+    dir: PathBuf,
+    info: Option<pretrain_model::ModelInfo>,
+}
+
+impl CheckedDir {
+    /// The checks known without the chain: the protocol's fixed limits
+    /// (the seed's; the competitions' come with the block) and, as the
+    /// validator checks once it has loaded them, finite weights.
+    pub fn check(dir: &Path, protocol: Protocol) -> Result<Self, UploadError> {
+        let info = protocol
+            .limits_before_chain()
+            .map(|(max_params, max_bytes)| check_within(dir, max_params, max_bytes))
+            .transpose()?;
+        pretrain_model::check_finite_weights(dir).map_err(|source| UploadError::NotAccepted {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            info,
+        })
+    }
+
+    /// Under the competitions, the checks of the competition entered
+    /// (`spec`, of schedule `schedule`): its size limits, parameter range and
+    /// architectures. Logs what was checked.
+    pub fn check_entered(
+        &mut self,
+        protocol: Protocol,
+        spec: &pretrain_core::rules::CompetitionSpec,
+        schedule: &str,
+    ) -> Result<(), UploadError> {
+        if let Some(spec) = protocol.entered(spec) {
+            let c = &spec.constraints;
+            let checked = check_within(&self.dir, c.max_parameters, c.max_bytes)?;
+            spec.check_model(&pretrain_core::rules::schedule::ModelFacts {
+                parameters: checked.params,
+                architecture: checked.architecture.class_name(),
+            })
+            .map_err(|source| UploadError::Misfit {
+                dir: self.dir.clone(),
+                id: spec.id,
+                name: spec.name.clone(),
+                schedule: schedule.to_string(),
+                source,
+            })?;
+            self.info = Some(checked);
+        }
+        info!(info = ?self.info, "model checked");
+        Ok(())
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// What the last check measured (`None`: no limits were checked yet).
+    pub fn info(&self) -> Option<&pretrain_model::ModelInfo> {
+        self.info.as_ref()
+    }
+}
+
+fn check_within(
+    dir: &Path,
+    max_params: u64,
+    max_bytes: u64,
+) -> Result<pretrain_model::ModelInfo, UploadError> {
+    let limits = pretrain_model::Limits {
+        max_params,
+        max_bytes,
+    };
+    pretrain_model::check_model_dir(dir, limits).map_err(|source| UploadError::NotAccepted {
+        dir: dir.to_path_buf(),
+        source,
+    })
+}
+
+/// `pretrain upload`'s push of a [`CheckedDir`]: [`push_model`], then,
+/// under the competitions and with `make_public` (the hint for doing it by
+/// hand), the private repo made public once the commitment has landed (the
+/// seed's repos are public from the start).
+#[allow(clippy::too_many_arguments)]
+pub async fn push_checked(
+    hub: &dyn ModelHub,
+    chain: &dyn Chain,
+    hotkey: &Hotkey,
+    checked: &CheckedDir,
+    repo: &RepoId,
+    protocol: Protocol,
+    competition_id: CompetitionId,
+    options: &PushOptions,
+    make_public: Option<&str>,
+) -> Result<Pushed, UploadError> {
+    let dir = checked.dir();
+    let pushed = push_model(
+        hub,
+        chain,
+        hotkey,
+        dir,
+        repo,
+        protocol,
+        competition_id,
+        options,
+    )
+    .await
+    .map_err(|source| UploadError::Push {
+        dir: dir.to_path_buf(),
+        repo: repo.clone(),
+        source: Box::new(source),
+    })?;
+    if let (true, Some(hint)) = (protocol.uploads_private(), make_public) {
+        publish(hub, repo, &options.upload_backoff, &pushed, hint).await?;
+    }
+    Ok(pushed)
+}

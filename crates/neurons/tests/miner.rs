@@ -20,9 +20,11 @@ use pretrain_core::{hash_of_directory, ModelId, ModelMetadata};
 use pretrain_data::{open_source, sample_corpus_dir, LocalSource, PageSource};
 use pretrain_model::{CausalLm, Model};
 use pretrain_neurons::miner::{
-    self, Event, MinerConfig, NoObserver, Observer, RunDir, StopFlag, Training,
+    self, Event, MinerConfig, MiningSession, NoObserver, Observer, PushHelp, PushPolicy,
+    PushTarget, RunDir, SessionError, SessionObserver, SessionSettings, Start, StartingModel,
+    StopFlag, Training,
 };
-use pretrain_neurons::{push_model, PushOptions};
+use pretrain_neurons::{push_model, PushOptions, Pushed};
 use pretrain_store::{LocalHub, ModelHub};
 
 const NETUID: u16 = 9;
@@ -467,4 +469,229 @@ async fn a_busy_run_dir_and_a_forged_position_are_refused() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("epoch_loss_sum"), "{err}");
+}
+
+/// What a session reported, in order.
+#[derive(Default)]
+struct Record {
+    /// Each finished epoch: whether it improved.
+    epochs: Vec<bool>,
+    /// "push ok" / "push failed: ..." and "ended" (training_ended), in order.
+    log: Vec<String>,
+}
+
+impl Observer for Record {
+    fn event(&mut self, e: &Event<'_>) {
+        if let Event::EpochEnd(s) = e {
+            self.epochs.push(s.improved);
+        }
+    }
+}
+
+impl SessionObserver for Record {
+    fn pushed(&mut self, result: Result<&Pushed, &SessionError>) {
+        self.log.push(match result {
+            Ok(_) => "push ok".into(),
+            Err(e) => format!("push failed: {e}"),
+        });
+    }
+
+    async fn training_ended(&mut self, stopped: bool) {
+        self.log.push(format!("ended stopped={stopped}"));
+    }
+}
+
+/// The session's hub: the local hub at `dir`, or, with `dir` `None`, a hub
+/// that cannot be opened.
+struct Help {
+    hub: Option<std::path::PathBuf>,
+}
+
+impl PushHelp for Help {
+    fn open_hub(&self) -> Result<Box<dyn ModelHub>, String> {
+        match &self.hub {
+            Some(dir) => Ok(Box::new(LocalHub::open(dir).map_err(|e| e.to_string())?)),
+            None => Err("the hub is down".into()),
+        }
+    }
+
+    fn finish_command(
+        &self,
+        best_dir: &std::path::Path,
+        repo: &pretrain_core::RepoId,
+        _: Option<&pretrain_core::rules::CompetitionSpec>,
+    ) -> String {
+        format!(
+            "pretrain upload --load_model_dir {} --hf_repo_id {repo}",
+            best_dir.display()
+        )
+    }
+
+    fn make_public_hint(&self, _: &pretrain_core::RepoId) -> String {
+        "by hand".into()
+    }
+}
+
+/// A session of `epochs` epochs of the tiny model under the seed's rules,
+/// pushing to `chain` with `policy` (`chain` `None`: offline).
+fn session_settings<'a>(
+    dir: &std::path::Path,
+    epochs: u64,
+    policy: PushPolicy,
+    chain: Option<Arc<dyn Chain>>,
+    help: &'a Help,
+) -> SessionSettings<'a> {
+    let config = MinerConfig {
+        num_epochs: Some(epochs),
+        lr: 1e-3,
+        bs: 2,
+        sl: 64,
+        accumulation_steps: 2,
+        pages_per_epoch: 1,
+        seed: 3,
+        model_dir: dir.join("models"),
+    };
+    let schedule = Schedule::default_schedule();
+    SessionSettings {
+        start: Start::New {
+            config,
+            model: StartingModel::Dir(reference_model_dir()),
+        },
+        device: Device::Cpu,
+        compute: Default::default(),
+        source: corpus_in(&dir.join("corpus")),
+        competition: sn9_spec(&schedule, 0).unwrap().clone(),
+        schedule: "default".into(),
+        policy,
+        push: chain.map(|chain| PushTarget {
+            chain,
+            hotkey: Hotkey::address_only(addr(1)),
+            repo: repo("miner/session"),
+            protocol: Protocol::Sn9Rules2024,
+            options: fast_push(),
+            update_repo_visibility: false,
+            help,
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_pushes_as_its_policy_says_and_the_chain_holds_the_last_push() {
+    let tmp = tempfile::tempdir().unwrap();
+    let chain = Arc::new(embedded(&tmp.path().join("chain")).await);
+    chain.register(NETUID, &addr(1), &addr(100)).await.unwrap();
+    let help = Help {
+        hub: Some(tmp.path().join("hub")),
+    };
+    let online = || Some(chain.clone() as Arc<dyn Chain>);
+
+    // --push_every_epoch: each improving epoch is pushed; the best model is
+    // then the one pushed, so the end pushes nothing more.
+    let every = PushPolicy::new(100.0, true);
+    let s = session_settings(&tmp.path().join("a"), 3, every, online(), &help);
+    let mut seen = Record::default();
+    let out = MiningSession::begin(s)
+        .await
+        .unwrap()
+        .run(&mut seen)
+        .await
+        .unwrap();
+    assert_eq!(seen.epochs.len(), 3);
+    assert!(seen.epochs[0], "the first epoch always improves");
+    let improved = seen.epochs.iter().filter(|&&i| i).count();
+    let mut expected = vec!["push ok".to_string(); improved];
+    expected.push("ended stopped=false".into());
+    assert_eq!(seen.log, expected);
+    let pushed = out.pushed.clone().unwrap();
+    let c = chain.commitment(NETUID, &addr(1)).await.unwrap().unwrap();
+    assert_eq!(
+        ModelId::from_chain_bytes(&c.data).unwrap(),
+        pushed.id.model_id()
+    );
+    assert_eq!(
+        pushed.model_hash,
+        hash_of_directory(&out.summary.best_dir).unwrap()
+    );
+    assert_eq!(out.seed, 3);
+    assert_eq!(out.summary.epochs, 3);
+
+    // Without it: one push, at the end, after training ended.
+    let end = PushPolicy::new(100.0, false);
+    let s = session_settings(&tmp.path().join("b"), 2, end, online(), &help);
+    let mut seen = Record::default();
+    let out = MiningSession::begin(s)
+        .await
+        .unwrap()
+        .run(&mut seen)
+        .await
+        .unwrap();
+    assert_eq!(seen.log, vec!["ended stopped=false", "push ok"]);
+    let pushed = out.pushed.unwrap();
+    let c = chain.commitment(NETUID, &addr(1)).await.unwrap().unwrap();
+    assert_eq!(
+        ModelId::from_chain_bytes(&c.data).unwrap(),
+        pushed.id.model_id()
+    );
+    assert_eq!(
+        pushed.model_hash,
+        hash_of_directory(&out.summary.best_dir).unwrap()
+    );
+
+    // A threshold the loss does not beat (0: never), and offline: no push.
+    for (dir, chain) in [("c", online()), ("d", None)] {
+        let never = PushPolicy::new(0.0, true);
+        let s = session_settings(&tmp.path().join(dir), 1, never, chain, &help);
+        let mut seen = Record::default();
+        let out = MiningSession::begin(s)
+            .await
+            .unwrap()
+            .run(&mut seen)
+            .await
+            .unwrap();
+        assert_eq!(seen.log, vec!["ended stopped=false"], "{dir}");
+        assert_eq!(out.pushed, None);
+        assert_eq!(out.summary.epoch_losses.len(), 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_push_lets_training_go_on_and_the_final_one_says_how_to_finish() {
+    let tmp = tempfile::tempdir().unwrap();
+    let chain = Arc::new(embedded(&tmp.path().join("chain")).await);
+    chain.register(NETUID, &addr(1), &addr(100)).await.unwrap();
+    let down = Help { hub: None };
+    let every = PushPolicy::new(100.0, true);
+    let s = session_settings(tmp.path(), 2, every, Some(chain.clone()), &down);
+    let mut seen = Record::default();
+    let err = MiningSession::begin(s)
+        .await
+        .unwrap()
+        .run(&mut seen)
+        .await
+        .unwrap_err();
+    // Each improving epoch tried and failed; training went on to the end,
+    // and the final push tried again (nothing had landed).
+    let improved = seen.epochs.iter().filter(|&&i| i).count();
+    assert_eq!(seen.epochs.len(), 2);
+    assert_eq!(seen.log.len(), improved + 2, "{:?}", seen.log);
+    assert_eq!(seen.log[improved], "ended stopped=false");
+    let SessionError::PushFailed {
+        best,
+        reason,
+        finish,
+    } = &err
+    else {
+        panic!("{err:?}");
+    };
+    assert_eq!(reason, "the hub is down");
+    assert!(best.join("model.safetensors").is_file());
+    assert_eq!(
+        finish,
+        &format!(
+            "pretrain upload --load_model_dir {} --hf_repo_id miner/session",
+            best.display()
+        )
+    );
+    assert_eq!(seen.log.last().unwrap(), &format!("push failed: {err}"));
+    assert!(chain.commitment(NETUID, &addr(1)).await.unwrap().is_none());
 }

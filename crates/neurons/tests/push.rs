@@ -10,9 +10,10 @@ use common::fake_hf::FakeHub;
 use common::*;
 use pretrain_chain::{Chain, Hotkey};
 use pretrain_core::constants::MAX_MODEL_BYTES;
-use pretrain_core::rules::{ChainModelId, Protocol};
+use pretrain_core::rules::{ChainModelId, Protocol, Schedule};
 use pretrain_core::Backoff;
 use pretrain_core::{CompetitionModelId, ModelId, ModelMetadata};
+use pretrain_neurons::push::{push_checked, CheckedDir, UploadError};
 use pretrain_neurons::{make_public, push_model, PushError, PushOptions, Pushed};
 use pretrain_store::{HfHub, HfOptions, HubError, LocalHub, ModelHub, ModelStore, Visibility};
 
@@ -449,4 +450,121 @@ async fn a_non_finite_weight_is_refused_before_the_upload_and_the_commit() {
     assert!(hub.head(&repo("alice/diverged")).unwrap().is_none());
     assert_eq!(*chain.attempts.lock().unwrap(), 0);
     assert!(chain.commitment(9, HOTKEY).await.unwrap().is_none());
+}
+
+/// `pretrain upload`'s checks as a library: the directory is measured and
+/// refused as the validator would refuse it, before anything is uploaded;
+/// then pushed, and published only when asked.
+#[tokio::test]
+async fn a_checked_dir_is_refused_as_the_validator_would_then_pushed_and_published_when_asked() {
+    // The tiny GPT-2 counted by hand: wte + wpe, two blocks (ln_1, c_attn,
+    // attn c_proj, ln_2, c_fc, mlp c_proj, with biases), ln_f; lm_head is wte.
+    let (v, p, e) = (50257u64, 1024u64, 32u64);
+    let block =
+        2 * e + (e * 3 * e + 3 * e) + (e * e + e) + 2 * e + (e * 4 * e + 4 * e) + (4 * e * e + e);
+    let params = v * e + p * e + 2 * block + 2 * e;
+    let size: u64 = reference_files().iter().map(|f| f.1).sum();
+
+    // The seed's limits are known before the chain.
+    let seed = CheckedDir::check(&reference_model_dir(), Protocol::Sn9Rules2024).unwrap();
+    let info = seed.info().unwrap();
+    assert_eq!(info.params, params);
+    assert_eq!(info.size_bytes, size);
+    assert_eq!(info.architecture.class_name(), "GPT2LMHeadModel");
+
+    // Under the competitions they come with the competition entered.
+    let later = Schedule::by_name_or_file("sn9-later").unwrap();
+    let mut spec = later.active_entry(u64::MAX).unwrap().competitions[0].clone();
+    spec.constraints.min_parameters = 0;
+    spec.constraints.max_parameters = 10_000_000;
+    spec.constraints.max_bytes = 1 << 30;
+    spec.constraints.architectures = vec!["GPT2LMHeadModel".into()];
+    let mut checked = CheckedDir::check(&reference_model_dir(), Protocol::Competitions).unwrap();
+    assert!(checked.info().is_none());
+    checked
+        .check_entered(Protocol::Competitions, &spec, "sn9-later")
+        .unwrap();
+    assert_eq!(checked.info().unwrap().params, params);
+
+    // One parameter short of the competition's least: refused, naming it.
+    let mut small = spec.clone();
+    small.constraints.min_parameters = params + 1;
+    let mut c = CheckedDir::check(&reference_model_dir(), Protocol::Competitions).unwrap();
+    let err = c
+        .check_entered(Protocol::Competitions, &small, "sn9-later")
+        .unwrap_err();
+    assert!(
+        matches!(err, UploadError::Misfit { id, .. } if id == spec.id),
+        "{err}"
+    );
+    let msg = pretrain_neurons::error_chain(&err);
+    assert!(
+        msg.contains(&format!(
+            "does not fit competition {} ({}) of --schedule sn9-later",
+            spec.id, spec.name
+        )),
+        "{msg}"
+    );
+    // Over its most: refused by the size check the validator makes first.
+    small.constraints.min_parameters = 0;
+    small.constraints.max_parameters = params - 1;
+    let err = c
+        .check_entered(Protocol::Competitions, &small, "sn9-later")
+        .unwrap_err();
+    assert!(matches!(err, UploadError::NotAccepted { .. }), "{err}");
+    // The seed's rules ask for no competition: nothing more is checked.
+    let mut s = seed.clone();
+    s.check_entered(Protocol::Sn9Rules2024, &small, "sn9-2024-01")
+        .unwrap();
+    assert_eq!(s.info().unwrap().params, params);
+
+    // A non-finite weight: refused before the chain is read.
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad");
+    copy_with_weight(
+        &reference_model_dir(),
+        &bad,
+        "transformer.wpe.weight",
+        7,
+        f32::NAN,
+    );
+    let err = CheckedDir::check(&bad, Protocol::Competitions).unwrap_err();
+    assert!(matches!(err, UploadError::NotAccepted { .. }), "{err}");
+    assert!(
+        pretrain_neurons::error_chain(&err).contains("transformer.wpe.weight"),
+        "{err}"
+    );
+
+    // Pushed private; made public only with a hint (--update_repo_visibility).
+    let root = tempfile::tempdir().unwrap();
+    let hub = LocalHub::open(root.path()).unwrap();
+    let chain = FakeChain::new(1, true);
+    let hotkey = Hotkey::address_only(HOTKEY);
+    for (name, hint, visibility) in [
+        ("alice/kept-private", None, Visibility::Private),
+        ("alice/made-public", Some("by hand"), Visibility::Public),
+    ] {
+        let pushed = push_checked(
+            &hub,
+            &chain,
+            &hotkey,
+            &checked,
+            &repo(name),
+            Protocol::Competitions,
+            spec.id,
+            &fast(None),
+            hint,
+        )
+        .await
+        .unwrap();
+        assert_eq!(pushed.model_hash, reference_hash());
+        assert_eq!(pushed.id.competition(), Some(spec.id));
+        assert_eq!(
+            hub.visibility(&repo(name)).unwrap(),
+            Some(visibility),
+            "{name}"
+        );
+        let on_chain = chain.commitment(9, HOTKEY).await.unwrap().unwrap();
+        assert_eq!(on_chain.data, pushed.id.to_chain_bytes().unwrap());
+    }
 }

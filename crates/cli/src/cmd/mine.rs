@@ -12,17 +12,20 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use pretrain_chain::{connect, Chain, Hotkey};
-use pretrain_core::rules::Protocol;
+use pretrain_core::rules::CompetitionSpec;
 use pretrain_core::RepoId;
-use pretrain_model::Model;
-use pretrain_neurons::miner::{self, new_run_id, Event, MinerConfig, Observer, RunDir, Training};
-use pretrain_neurons::{PushOptions, Pushed};
+use pretrain_neurons::miner::{
+    EpochSummary, Event, MinerConfig, MiningSession, Observer, Progress, PushHelp, PushPolicy,
+    PushTarget, SessionError, SessionObserver, SessionOutcome, SessionSettings, Start,
+    StartingModel, StopFlag,
+};
+use pretrain_neurons::Pushed;
+use pretrain_store::ModelHub;
 use pretrain_telemetry::prometheus::{MinerMetrics, Outcome};
 use pretrain_telemetry::wandb::{self, Run};
 use serde_json::json;
@@ -98,15 +101,8 @@ pub struct MineArgs {
     /// (default: random, logged).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Seconds between two commit attempts while the chain rate-limits them.
-    #[arg(long = "commit_retry_delay", default_value_t = 60.0)]
-    pub commit_retry_delay: f64,
-    /// Give up after this many commit attempts (default: retry until it lands, as the original).
-    #[arg(long = "max_commit_attempts")]
-    pub max_commit_attempts: Option<u32>,
-    /// Upload the weights as bf16 (half the size; validators upcast them to f32).
-    #[arg(long = "upload_b16")]
-    pub upload_b16: bool,
+    #[command(flatten)]
+    pub push: super::upload::PushArgs,
     #[command(flatten)]
     pub competition: super::rules::CompetitionArgs,
     #[command(flatten)]
@@ -145,15 +141,12 @@ async fn mine(args: MineArgs) -> anyhow::Result<()> {
     if !(args.avg_loss_upload_threshold.is_finite()) {
         bail!("--avg_loss_upload_threshold must be a number");
     }
-    // Bounded here so the `Duration` made from it later cannot panic (1e300).
-    pretrain_core::bounded::seconds("--commit_retry_delay", args.commit_retry_delay, 86_400.0)
-        .map_err(anyhow::Error::msg)?;
+    let options = args.push.options(args.chain.netuid)?;
     let epochs = num_epochs(args.num_epochs)?;
     let schedule = args.competition.schedule.load()?;
     let protocol = schedule.protocol();
     if let Some(repo) = &args.hf_repo_id {
-        schedule
-            .protocol()
+        protocol
             .check_repo_id(repo)
             .map_err(|e| anyhow::anyhow!("--hf_repo_id {e}"))?;
     }
@@ -177,54 +170,52 @@ async fn mine(args: MineArgs) -> anyhow::Result<()> {
     let wandb = miner_wandb(&args, online.as_ref()).await?;
     let metrics = args.metrics.serve(MinerMetrics::new).await?;
     let source = args.data.open()?;
+    let start = start(&args, epochs, online.as_ref()).await?;
+    let help = Help { args: &args };
+    let push = online.map(|o| PushTarget {
+        chain: o.chain,
+        hotkey: o.hotkey,
+        repo: o.repo_id,
+        protocol,
+        options,
+        update_repo_visibility: args.competition.update_repo_visibility,
+        help: &help,
+    });
+    let session = MiningSession::begin(SessionSettings {
+        start,
+        device,
+        compute: args.device.compute.options(),
+        source,
+        competition: active.spec,
+        schedule: active.schedule,
+        policy: PushPolicy::new(args.avg_loss_upload_threshold, args.push_every_epoch),
+        push,
+    })
+    .await?;
+    stop_on_ctrl_c(session.stop_flag());
+    let outcome = session.run(&mut Watch::new(wandb, metrics)).await?;
+    super::out::print_json(&output(&outcome))
+}
 
-    let mut training = if let Some(dir) = &args.resume {
-        let run = RunDir::open(dir)?;
-        // -1 (the default) keeps the run's own total; anything else replaces it.
-        let total = (args.num_epochs != -1).then_some(epochs);
-        let compute = args.device.compute.options();
-        let training = Training::resume_with(run, source, &device, total, compute)
-            .with_context(|| format!("resuming {}", dir.display()))?;
-        info!(
-            settings = ?training.config(),
-            "resuming: the training settings are the run's own (its run.json); --num_epochs sets its total"
-        );
-        training
-    } else {
-        let seed = args.seed.unwrap_or_else(pretrain_data::random_seed);
-        info!(seed, "seed (pass --seed {seed} to repeat this run)");
-        let config = MinerConfig {
-            num_epochs: epochs,
-            lr: args.lr,
-            bs: args.bs,
-            sl: args.sl,
-            accumulation_steps: args.accumulation_steps,
-            pages_per_epoch: args.pages_per_epoch,
-            seed,
-            model_dir: args.model_dir.clone(),
-        };
-        config.validate()?;
-        let model = starting_model(&args, seed, &device, online.as_ref())
-            .await?
-            .with_options(args.device.compute.options())?;
-        active
-            .spec
-            .check_model(&pretrain_core::rules::schedule::ModelFacts {
-                parameters: model.stored_values(),
-                architecture: model.config().architecture().class_name(),
-            })
-            .with_context(|| {
-                format!(
-                    "the starting model does not fit --schedule {}",
-                    active.schedule
-                )
-            })?;
-        let run = RunDir::create(&args.model_dir, &new_run_id())?;
-        info!(dir = %run.root().display(), "saving the starting model");
-        Training::start(model, config, source, run)?
-    };
+/// The miner's JSON summary on stdout.
+fn output(outcome: &SessionOutcome) -> serde_json::Value {
+    let summary = &outcome.summary;
+    json!({
+            "run_dir": summary.run_dir,
+            "best_dir": summary.best_dir,
+            "best_avg_loss": summary.best_avg_loss,
+            "epochs": summary.epochs,
+            "steps": summary.steps,
+            "stopped": summary.stopped,
+            "epoch_losses": summary.epoch_losses,
+            "seed": outcome.seed,
+            "pushed": outcome.pushed.as_ref().map(pushed_json),
+    })
+}
 
-    let stop = training.stop_flag();
+/// Ctrl-C sets the stop flag (the session saves and stops after the
+/// current batch); a second Ctrl-C quits at once.
+fn stop_on_ctrl_c(stop: StopFlag) {
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
             eprintln!(
@@ -236,79 +227,64 @@ async fn mine(args: MineArgs) -> anyhow::Result<()> {
             }
         }
     });
+}
 
-    let mut observer = Watch::new(wandb, metrics);
-    let mut losses = Vec::new();
-    let mut stopped = false;
-    let mut pushed = None;
-    let mut pushed_loss = f64::INFINITY;
-    let threshold = args.avg_loss_upload_threshold;
-    while !training.finished() {
-        match training.run_epoch(&mut observer).await? {
-            None => {
-                stopped = true;
-                break;
-            }
-            Some(s) => {
-                losses.push(s.avg_loss);
-                if args.push_every_epoch && s.improved && s.avg_loss < threshold {
-                    if let Some(o) = &online {
-                        match push_run(&args, o, training.run_dir(), protocol, &active.spec).await {
-                            Ok(meta) => {
-                                pushed_loss = s.avg_loss;
-                                pushed = Some(meta);
-                                observer.pushed(Outcome::Pushed);
-                            }
-                            Err(e) => {
-                                observer.pushed(Outcome::Failed);
-                                warn!("{:#}; training goes on", e)
-                            }
-                        }
-                    }
-                }
-            }
-        }
+/// How the session starts, from the flags: `--resume`, or a new run of the
+/// flags' settings from the model the `--load_*` flags name.
+async fn start(
+    args: &MineArgs,
+    epochs: Option<u64>,
+    online: Option<&Online>,
+) -> anyhow::Result<Start> {
+    if let Some(dir) = &args.resume {
+        // -1 (the default) keeps the run's own total; anything else replaces it.
+        let num_epochs = (args.num_epochs != -1).then_some(epochs);
+        return Ok(Start::Resume {
+            dir: dir.clone(),
+            num_epochs,
+        });
     }
-    observer.finish();
-    observer.finish_wandb(if stopped { 1 } else { 0 }).await;
-    let summary = training.summary(losses, stopped);
-    let best = summary.best_avg_loss.unwrap_or(f64::INFINITY);
-    info!(best_avg_loss = best, "finished training");
-    let run_dir = training.run_dir().root().to_path_buf();
-    if stopped {
-        info!(
-            "stopped; continue with: pretrain mine --resume {}",
-            run_dir.display()
-        );
-    } else if let Some(o) = &online {
-        if best < threshold {
-            if best < pushed_loss {
-                info!("best average loss {best} is below the threshold {threshold}: pushing");
-                let result = push_run(&args, o, training.run_dir(), protocol, &active.spec).await;
-                observer.pushed(if result.is_ok() {
-                    Outcome::Pushed
-                } else {
-                    Outcome::Failed
-                });
-                pushed = Some(result?);
-            }
-        } else {
-            info!("best average loss {best} did not meet the threshold {threshold}: not uploading");
-        }
-    } else {
-        info!("not uploading: --offline");
+    let seed = args.seed.unwrap_or_else(pretrain_data::random_seed);
+    info!(seed, "seed (pass --seed {seed} to repeat this run)");
+    let config = MinerConfig {
+        num_epochs: epochs,
+        lr: args.lr,
+        bs: args.bs,
+        sl: args.sl,
+        accumulation_steps: args.accumulation_steps,
+        pages_per_epoch: args.pages_per_epoch,
+        seed,
+        model_dir: args.model_dir.clone(),
+    };
+    // Refused before anything is connected to or downloaded.
+    config.validate()?;
+    let model = starting_model(args, online).await?;
+    Ok(Start::New { config, model })
+}
+
+/// The model a new run starts from, as the `--load_*` flags name it.
+async fn starting_model(args: &MineArgs, online: Option<&Online>) -> anyhow::Result<StartingModel> {
+    if let Some(dir) = &args.load_model_dir {
+        return Ok(StartingModel::Dir(dir.clone()));
     }
-    super::out::print_json(&json!({
-            "run_dir": summary.run_dir,
-            "best_dir": summary.best_dir,
-            "best_avg_loss": summary.best_avg_loss,
-            "epochs": summary.epochs,
-            "steps": summary.steps,
-            "stopped": summary.stopped,
-            "epoch_losses": summary.epoch_losses,
-            "seed": training.config().seed,
-            "pushed": pushed.as_ref().map(pushed_json),
-    }))
+    if let Some(file) = &args.load_model {
+        return Ok(StartingModel::File(file.clone()));
+    }
+    if !(args.load_best || args.load_uid.is_some()) {
+        return Ok(StartingModel::Scratch);
+    }
+    let chain = match online {
+        Some(o) => o.chain.clone(),
+        None => connect(&args.chain.options()?)
+            .await
+            .context("connecting to the chain")?,
+    };
+    Ok(StartingModel::Committed {
+        chain,
+        hub: args.hub.open(true)?,
+        netuid: args.chain.netuid,
+        uid: args.load_uid,
+    })
 }
 
 /// Everything a push will need, checked before any training: the repo id,
@@ -368,58 +344,6 @@ async fn preflight(args: &MineArgs) -> anyhow::Result<Online> {
     })
 }
 
-/// The model training starts from.
-async fn starting_model(
-    args: &MineArgs,
-    seed: u64,
-    device: &candle_core::Device,
-    online: Option<&Online>,
-) -> anyhow::Result<Model> {
-    if let Some(dir) = &args.load_model_dir {
-        info!(dir = %dir.display(), "training the model from disk");
-        return Ok(miner::load_local_model(dir, device)?);
-    }
-    if let Some(file) = &args.load_model {
-        info!(file = %file.display(), "training the weights file from disk");
-        return Ok(miner::load_model_file(file, device)?);
-    }
-    if args.load_best || args.load_uid.is_some() {
-        let chain = match online {
-            Some(o) => o.chain.clone(),
-            None => connect(&args.chain.options()?)
-                .await
-                .context("connecting to the chain")?,
-        };
-        let netuid = args.chain.netuid;
-        let uid = match args.load_uid {
-            Some(uid) => uid,
-            None => {
-                let mg = chain
-                    .metagraph(netuid)
-                    .await
-                    .context("reading the metagraph")?;
-                miner::best_uid(&mg)
-                    .ok_or_else(|| anyhow::anyhow!("subnet {netuid} has no neurons"))?
-            }
-        };
-        let hub = args.hub.open(true)?;
-        let remote = miner::load_remote_model(
-            chain.as_ref(),
-            hub.as_ref(),
-            netuid,
-            uid,
-            &args.model_dir,
-            device,
-        )
-        .await
-        .with_context(|| format!("loading the model of uid {uid}"))?;
-        info!(uid, model = %remote.metadata.id, "training the model of uid {uid}");
-        return Ok(remote.model);
-    }
-    info!(seed, "training a new default GPT-2 from scratch");
-    Ok(Model::default_gpt2(seed, device)?)
-}
-
 /// The `pushed` object of the miner's output.
 fn pushed_json(p: &Pushed) -> serde_json::Value {
     json!({
@@ -432,77 +356,29 @@ fn pushed_json(p: &Pushed) -> serde_json::Value {
     })
 }
 
-/// Pushes the run's best model under `protocol` (into `active`'s
-/// competition where the protocol has them); on failure the error carries
-/// the command that finishes the job.
-async fn push_run(
-    args: &MineArgs,
-    online: &Online,
-    run: &RunDir,
-    protocol: Protocol,
-    active: &pretrain_core::rules::CompetitionSpec,
-) -> anyhow::Result<Pushed> {
-    let options = PushOptions {
-        netuid: args.chain.netuid,
-        retry_delay: Duration::from_secs_f64(args.commit_retry_delay),
-        max_attempts: args.max_commit_attempts,
-        upload_b16: args.upload_b16,
-        ..PushOptions::default()
-    };
-    let entered = protocol.entered(active);
-    let hub = match args.hub.open(true) {
-        Ok(hub) => hub,
-        Err(e) => return Err(push_failed(args, online, run, entered, &e)),
-    };
-    let pushed = miner::push_best_model(
-        run,
-        hub.as_ref(),
-        online.chain.as_ref(),
-        &online.hotkey,
-        &online.repo_id,
-        protocol,
-        active,
-        &options,
-    )
-    .await
-    .map_err(|e| push_failed(args, online, run, entered, &e.into()))?;
-    // The step the competitions add: the repo, uploaded private, is made
-    // public once the commitment has landed.
-    if protocol.uploads_private() {
-        if args.competition.update_repo_visibility {
-            pretrain_neurons::publish(
-                hub.as_ref(),
-                &online.repo_id,
-                &options.upload_backoff,
-                &pushed,
-                &args.hub.make_public_hint(&online.repo_id),
-            )
-            .await?;
-        } else {
-            info!(
-                repo = %online.repo_id,
-                "the repo stays private until you make it public (--update_repo_visibility does it \
-                 after the commitment lands); validators cannot download it before"
-            );
-        }
-    }
-    Ok(pushed)
+/// What a push needs from the flags: the hub, opened when the push begins,
+/// and the commands that finish by hand.
+struct Help<'a> {
+    args: &'a MineArgs,
 }
 
-/// A failed push: the model stays on disk; the error says how to finish.
-fn push_failed(
-    args: &MineArgs,
-    online: &Online,
-    run: &RunDir,
-    entered: Option<&pretrain_core::rules::CompetitionSpec>,
-    e: &anyhow::Error,
-) -> anyhow::Error {
-    anyhow::anyhow!(
-        "pushing {} failed ({}); the model stays there; finish with: {}",
-        run.best_dir().display(),
-        crate::one_line(e),
-        upload_command(args, &run.best_dir(), &online.repo_id, entered)
-    )
+impl PushHelp for Help<'_> {
+    fn open_hub(&self) -> Result<Box<dyn ModelHub>, String> {
+        self.args.hub.open(true).map_err(|e| crate::one_line(&e))
+    }
+
+    fn finish_command(
+        &self,
+        best_dir: &Path,
+        repo: &RepoId,
+        entered: Option<&CompetitionSpec>,
+    ) -> String {
+        upload_command(self.args, best_dir, repo, entered)
+    }
+
+    fn make_public_hint(&self, repo: &RepoId) -> String {
+        self.args.hub.make_public_hint(repo)
+    }
 }
 
 fn shell_quote(s: &str) -> String {
@@ -521,7 +397,7 @@ fn upload_command(
     args: &MineArgs,
     dir: &Path,
     repo_id: &RepoId,
-    entered: Option<&pretrain_core::rules::CompetitionSpec>,
+    entered: Option<&CompetitionSpec>,
 ) -> String {
     let mut parts: Vec<String> = vec![
         "pretrain".into(),
@@ -556,7 +432,7 @@ fn upload_command(
         ]);
     }
     parts.extend(["--netuid".into(), args.chain.netuid.to_string()]);
-    if args.upload_b16 {
+    if args.push.upload_b16 {
         parts.push("--upload_b16".into());
     }
     if let Some(spec) = entered {
@@ -648,12 +524,6 @@ impl Watch {
         }
     }
 
-    fn pushed(&self, outcome: Outcome) {
-        if let Some(m) = &self.metrics {
-            m.pushes.with_label_values(&[outcome.as_str()]).inc();
-        }
-    }
-
     async fn finish_wandb(&mut self, exit_code: i32) {
         let Some(run) = self.wandb.take() else { return };
         match tokio::time::timeout(std::time::Duration::from_secs(30), run.finish(exit_code)).await
@@ -669,6 +539,72 @@ impl Watch {
             b.finish_and_clear();
         }
     }
+
+    fn epoch_start(
+        &mut self,
+        epoch: u64,
+        page_seed: u64,
+        pages: usize,
+        batches: usize,
+        done: usize,
+    ) {
+        info!(epoch, page_seed, pages, batches, "epoch {epoch}: training");
+        if self.tty {
+            let bar = ProgressBar::new(batches as u64);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "epoch {prefix} [{bar:30}] {pos}/{len} batches {msg} ({elapsed}<{eta})",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar.set_prefix(epoch.to_string());
+            bar.set_position(done as u64);
+            self.bar = Some(bar);
+        }
+    }
+
+    fn batch(&mut self, p: &Progress) {
+        self.batches = p.batch;
+        self.tokens_per_s = p.tokens_per_s;
+        if let Some(b) = &self.bar {
+            b.set_position(p.batch as u64);
+            b.set_message(format!(
+                "loss {:.4} (running {:.4}) {:.0} tok/s",
+                p.loss, p.running_loss, p.tokens_per_s
+            ));
+        }
+    }
+
+    fn step(&mut self, step: u64, loss: f32) {
+        if let Some(m) = &self.metrics {
+            m.loss.set(f64::from(loss));
+            m.tokens_per_second.set(self.tokens_per_s);
+        }
+        if let Some(run) = &mut self.wandb {
+            // The row the original logs: {loss, n_batches} at step n_acc_steps.
+            let row = wandb::miner::step_row(f64::from(loss), self.batches as u64);
+            if let Err(e) = run.log(step, row) {
+                warn!("W&B: step {step} not logged: {e}");
+            }
+        }
+    }
+
+    fn epoch_end(&mut self, s: &EpochSummary) {
+        if let Some(m) = &self.metrics {
+            m.epochs.inc();
+        }
+        self.finish();
+        info!(
+            "epoch {} average loss {:.6} ({} batches, {} steps, {:.1} tokens/s){}",
+            s.epoch,
+            s.avg_loss,
+            s.batches,
+            s.steps,
+            s.tokens_per_s,
+            if s.improved { ", new best" } else { "" }
+        );
+    }
 }
 
 impl Observer for Watch {
@@ -680,76 +616,33 @@ impl Observer for Watch {
                 pages,
                 batches,
                 done,
-            } => {
-                info!(
-                    epoch,
-                    page_seed,
-                    pages = pages.len(),
-                    batches,
-                    "epoch {epoch}: training"
-                );
-                if self.tty {
-                    let bar = ProgressBar::new(*batches as u64);
-                    bar.set_style(
-                        ProgressStyle::with_template(
-                            "epoch {prefix} [{bar:30}] {pos}/{len} batches {msg} ({elapsed}<{eta})",
-                        )
-                        .unwrap_or_else(|_| ProgressStyle::default_bar())
-                        .progress_chars("=> "),
-                    );
-                    bar.set_prefix(epoch.to_string());
-                    bar.set_position(*done as u64);
-                    self.bar = Some(bar);
-                }
-            }
-            Event::Batch(p) => {
-                self.batches = p.batch;
-                self.tokens_per_s = p.tokens_per_s;
-                if let Some(b) = &self.bar {
-                    b.set_position(p.batch as u64);
-                    b.set_message(format!(
-                        "loss {:.4} (running {:.4}) {:.0} tok/s",
-                        p.loss, p.running_loss, p.tokens_per_s
-                    ));
-                }
-            }
-            Event::Step { step, loss, .. } => {
-                if let Some(m) = &self.metrics {
-                    m.loss.set(f64::from(*loss));
-                    m.tokens_per_second.set(self.tokens_per_s);
-                }
-                if let Some(run) = &mut self.wandb {
-                    // The row the original logs: {loss, n_batches} at step n_acc_steps.
-                    let row = wandb::miner::step_row(f64::from(*loss), self.batches as u64);
-                    if let Err(e) = run.log(*step, row) {
-                        warn!("W&B: step {step} not logged: {e}");
-                    }
-                }
-            }
-            Event::EpochEnd(s) => {
-                if let Some(m) = &self.metrics {
-                    m.epochs.inc();
-                }
-                if let Some(b) = self.bar.take() {
-                    b.finish_and_clear();
-                }
-                info!(
-                    "epoch {} average loss {:.6} ({} batches, {} steps, {:.1} tokens/s){}",
-                    s.epoch,
-                    s.avg_loss,
-                    s.batches,
-                    s.steps,
-                    s.tokens_per_s,
-                    if s.improved { ", new best" } else { "" }
-                );
-            }
+            } => self.epoch_start(*epoch, *page_seed, pages.len(), *batches, *done),
+            Event::Batch(p) => self.batch(p),
+            Event::Step { step, loss, .. } => self.step(*step, *loss),
+            Event::EpochEnd(s) => self.epoch_end(s),
             Event::BestSaved { .. } => {}
             Event::Stopped { epoch, batch } => {
-                if let Some(b) = self.bar.take() {
-                    b.finish_and_clear();
-                }
+                self.finish();
                 info!(epoch, batch, "stopped; checkpoint saved");
             }
         }
+    }
+}
+
+impl SessionObserver for Watch {
+    fn pushed(&mut self, result: Result<&Pushed, &SessionError>) {
+        let outcome = if result.is_ok() {
+            Outcome::Pushed
+        } else {
+            Outcome::Failed
+        };
+        if let Some(m) = &self.metrics {
+            m.pushes.with_label_values(&[outcome.as_str()]).inc();
+        }
+    }
+
+    async fn training_ended(&mut self, stopped: bool) {
+        self.finish();
+        self.finish_wandb(if stopped { 1 } else { 0 }).await;
     }
 }

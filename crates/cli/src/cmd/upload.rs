@@ -13,8 +13,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use pretrain_chain::connect;
-use pretrain_model::check::{check_model_dir, Limits};
-use pretrain_neurons::{push_model, PushOptions};
+use pretrain_neurons::push::{push_checked, CheckedDir};
+use pretrain_neurons::{PushOptions, Pushed};
 use serde_json::json;
 
 use super::args::HubArgs;
@@ -32,6 +32,19 @@ pub struct UploadArgs {
     pub hf_repo_id: pretrain_core::RepoId,
     #[command(flatten)]
     pub hub: HubArgs,
+    #[command(flatten)]
+    pub push: PushArgs,
+    #[command(flatten)]
+    pub competition: super::rules::CompetitionArgs,
+    #[command(flatten)]
+    pub wallet: WalletArgs,
+    #[command(flatten)]
+    pub chain: ChainArgs,
+}
+
+/// How a push commits and what it uploads (`pretrain upload` and `pretrain mine`).
+#[derive(Args, Debug)]
+pub struct PushArgs {
     /// Seconds between two commit attempts while the chain rate-limits them.
     #[arg(long = "commit_retry_delay", default_value_t = 60.0)]
     pub commit_retry_delay: f64,
@@ -41,59 +54,44 @@ pub struct UploadArgs {
     /// Upload the weights as bf16 (half the size; validators upcast them to f32).
     #[arg(long = "upload_b16")]
     pub upload_b16: bool,
-    #[command(flatten)]
-    pub competition: super::rules::CompetitionArgs,
-    #[command(flatten)]
-    pub wallet: WalletArgs,
-    #[command(flatten)]
-    pub chain: ChainArgs,
+}
+
+impl PushArgs {
+    /// The push's settings on subnet `netuid`; refuses a retry delay no
+    /// `Duration` can hold (1e300 would panic later).
+    pub fn options(&self, netuid: u16) -> anyhow::Result<PushOptions> {
+        pretrain_core::bounded::seconds("--commit_retry_delay", self.commit_retry_delay, 86_400.0)
+            .map_err(anyhow::Error::msg)?;
+        Ok(PushOptions {
+            netuid,
+            retry_delay: Duration::from_secs_f64(self.commit_retry_delay),
+            max_attempts: self.max_commit_attempts,
+            upload_b16: self.upload_b16,
+            ..PushOptions::default()
+        })
+    }
 }
 
 /// Prints `{"repo_id", "commit", "hash", "block", "model_id", "hotkey"}`
 /// once the model is on the hub and its id on the chain (plus
 /// `competition_id`, `secure_hash` and `public` under the competitions).
 pub fn run(args: UploadArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
-    // Bounded here so the `Duration` made from it later cannot panic (1e300).
-    pretrain_core::bounded::seconds("--commit_retry_delay", args.commit_retry_delay, 86_400.0)
-        .map_err(anyhow::Error::msg)?;
+    let options = args.push.options(args.chain.netuid)?;
     args.hub.check_reachable_from(&args.chain)?;
     let schedule = args.competition.schedule.load()?;
     let protocol = schedule.protocol();
     protocol
         .check_repo_id(&args.hf_repo_id)
         .map_err(|e| anyhow::anyhow!("--hf_repo_id {e}"))?;
-    let dir = &args.load_model_dir;
     // A model the validator would reject is refused before anything is
-    // uploaded: at once against the limits known without the chain (the
-    // seed's), and against the competition entered once its block is read.
-    let limits = |(max_params, max_bytes)| Limits {
-        max_params,
-        max_bytes,
-    };
-    let check = |l: Limits| {
-        check_model_dir(dir, l)
-            .with_context(|| format!("{} is not a model the validator accepts", dir.display()))
-    };
-    let mut info = protocol
-        .limits_before_chain()
-        .map(|l| check(limits(l)))
-        .transpose()?;
-    // What the validator checks once it has loaded the weights: refused here, before
-    // anything replaces the miner's current commitment.
-    pretrain_model::check_finite_weights(dir)
-        .with_context(|| format!("{} is not a model the validator accepts", dir.display()))?;
+    // uploaded: at once against what is known without the chain, against
+    // the competition entered once its block is read.
+    let mut checked = CheckedDir::check(&args.load_model_dir, protocol)?;
     let hotkey = args
         .wallet
         .wallet()
         .hotkey()
         .context("loading the hotkey")?;
-    let options = PushOptions {
-        netuid: args.chain.netuid,
-        retry_delay: Duration::from_secs_f64(args.commit_retry_delay),
-        max_attempts: args.max_commit_attempts,
-        upload_b16: args.upload_b16,
-        ..PushOptions::default()
-    };
     let pushed = runtime.block_on(async {
         let chain = connect(&args.chain.options()?)
             .await
@@ -103,61 +101,39 @@ pub fn run(args: UploadArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Resul
             .await
             .context("reading the current block")?;
         let active = args.competition.entered(&schedule, Some(block))?;
-        if let Some(spec) = protocol.entered(&active.spec) {
-            let checked = check(limits((
-                spec.constraints.max_parameters,
-                spec.constraints.max_bytes,
-            )))?;
-            spec.check_model(&pretrain_core::rules::schedule::ModelFacts {
-                parameters: checked.params,
-                architecture: checked.architecture.class_name(),
-            })
-            .with_context(|| {
-                format!(
-                    "{} does not fit competition {} ({}) of --schedule {}",
-                    dir.display(),
-                    spec.id,
-                    spec.name,
-                    active.schedule
-                )
-            })?;
-            info = Some(checked);
-        }
-        tracing::info!(?info, "model checked");
+        checked.check_entered(protocol, &active.spec, &active.schedule)?;
         let hub = args.hub.open(true)?;
-        let pushed = push_model(
+        let make_public = args
+            .competition
+            .update_repo_visibility
+            .then(|| args.hub.make_public_hint(&args.hf_repo_id));
+        let pushed = push_checked(
             hub.as_ref(),
             chain.as_ref(),
             &hotkey,
-            dir,
+            &checked,
             &args.hf_repo_id,
             protocol,
             active.spec.id,
             &options,
+            make_public.as_deref(),
         )
-        .await
-        .with_context(|| format!("pushing {} to {}", dir.display(), args.hf_repo_id))?;
-        // The step the competitions add: the private repo made public once
-        // the commitment has landed (the seed's repos are public from the start).
-        if protocol.uploads_private() && args.competition.update_repo_visibility {
-            pretrain_neurons::publish(
-                hub.as_ref(),
-                &args.hf_repo_id,
-                &options.upload_backoff,
-                &pushed,
-                &args.hub.make_public_hint(&args.hf_repo_id),
-            )
-            .await?;
-        }
+        .await?;
         Ok::<_, anyhow::Error>(pushed)
     })?;
+    println!("{}", output(&args, &hotkey.ss58, &pushed));
+    Ok(())
+}
+
+/// The JSON `pretrain upload` prints.
+fn output(args: &UploadArgs, hotkey: &str, pushed: &Pushed) -> serde_json::Value {
     let mut out = json!({
         "repo_id": args.hf_repo_id,
         "commit": pushed.id.commit(),
         "hash": pushed.model_hash,
         "block": pushed.block,
         "model_id": pushed.id.to_string(),
-        "hotkey": hotkey.ss58,
+        "hotkey": hotkey,
     });
     if let (Some(competition), Some(o)) = (pushed.id.competition(), out.as_object_mut()) {
         o.insert("competition_id".into(), json!(competition));
@@ -167,6 +143,5 @@ pub fn run(args: UploadArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Resul
             json!(args.competition.update_repo_visibility),
         );
     }
-    println!("{out}");
-    Ok(())
+    out
 }

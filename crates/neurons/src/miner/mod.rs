@@ -10,6 +10,9 @@
 //! - [`Training`]: the loop (fresh seeded pages each epoch, AdamW every
 //!   `accumulation_steps` batches, best model kept whole on disk, resumable),
 //!   reporting [`Event`]s to an [`Observer`].
+//! - [`MiningSession`]: `pretrain mine` as a library: start or resume, the
+//!   epoch loop, and the pushes its [`PushPolicy`] (`push_policy.rs`: where
+//!   to change when the miner pushes) decides.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), pretrain_neurons::miner::MinerError> {
@@ -37,10 +40,20 @@
 
 mod config;
 mod load;
+mod push_policy;
+mod session;
+mod session_error;
+mod start;
 mod train_loop;
 
 pub use config::{new_run_id, MinerConfig, RunDir};
 pub use load::{best_uid, load_local_model, load_model_file, load_remote_model, save, RemoteModel};
+pub use push_policy::{FinalPush, PushPolicy};
+pub use session::{
+    MiningSession, PushHelp, PushTarget, SessionObserver, SessionOutcome, SessionSettings,
+};
+pub use session_error::SessionError;
+pub use start::{Start, StartingModel};
 pub use train_loop::{
     push_best_model, EpochSummary, Event, NoObserver, Observer, Progress, StopFlag, Training,
     TrainingSummary,

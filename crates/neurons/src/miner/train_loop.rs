@@ -236,6 +236,22 @@ impl std::fmt::Debug for Training {
     }
 }
 
+/// An epoch's training throughput so far (compute only).
+#[derive(Debug, Clone, Copy)]
+struct Speed {
+    tokens_per_batch: f64,
+    /// Seconds spent in training steps.
+    compute: f64,
+    /// Batches trained by this process.
+    trained: usize,
+}
+
+impl Speed {
+    fn tokens_per_s(&self) -> f64 {
+        self.trained as f64 * self.tokens_per_batch / self.compute.max(1e-9)
+    }
+}
+
 fn train_config(c: &MinerConfig) -> TrainConfig {
     TrainConfig {
         lr: c.lr,
@@ -255,6 +271,45 @@ fn check_fits(model: &Model, c: &MinerConfig) -> Result<(), MinerError> {
         }
     }
     Ok(())
+}
+
+/// The settings a run was started with (its `run.json`).
+fn read_settings(run: &RunDir) -> Result<MinerConfig, MinerError> {
+    let settings = run.settings_file();
+    let text = std::fs::read(&settings).map_err(MinerError::io(&settings))?;
+    serde_json::from_slice(&text).map_err(|e| {
+        MinerError::Config(format!(
+            "{} is not a run's settings: {e}",
+            settings.display()
+        ))
+    })
+}
+
+/// The trainer and position saved in the checkpoint `ckpt`: weights,
+/// optimizer state, and a position checked against that state.
+fn from_checkpoint(
+    ckpt: &Path,
+    config: &MinerConfig,
+    device: &Device,
+    options: pretrain_model::ComputeOptions,
+) -> Result<(Trainer, Position), MinerError> {
+    let model = Model::load(&ckpt.join(CHECKPOINT_MODEL), device)?.with_options(options)?;
+    check_fits(&model, config)?;
+    let mut trainer = Trainer::new(model, train_config(config))?;
+    trainer.load_state(&ckpt.join(CHECKPOINT_OPTIMIZER))?;
+    let p = ckpt.join(CHECKPOINT_POSITION);
+    let text = std::fs::read(&p).map_err(MinerError::io(&p))?;
+    let pos: Position = serde_json::from_slice(&text).map_err(|e| {
+        MinerError::Config(format!("{} is not a checkpoint position: {e}", p.display()))
+    })?;
+    pos.check(trainer.steps(), config.accumulation_steps)
+        .map_err(|why| {
+            MinerError::Config(format!(
+                "{} is not a position this checkpoint can be at: {why}; move the checkpoint/ directory aside to restart the run from best/",
+                p.display()
+            ))
+        })?;
+    Ok((trainer, pos))
 }
 
 impl Training {
@@ -309,14 +364,7 @@ impl Training {
         options: pretrain_model::ComputeOptions,
     ) -> Result<Self, MinerError> {
         let lock = pretrain_core::lock::lock_dir(run.root(), "pretrain mine")?;
-        let settings = run.settings_file();
-        let text = std::fs::read(&settings).map_err(MinerError::io(&settings))?;
-        let mut config: MinerConfig = serde_json::from_slice(&text).map_err(|e| {
-            MinerError::Config(format!(
-                "{} is not a run's settings: {e}",
-                settings.display()
-            ))
-        })?;
+        let mut config = read_settings(&run)?;
         if let Some(n) = num_epochs {
             config.num_epochs = n;
         }
@@ -324,23 +372,7 @@ impl Training {
         let ckpt = run.checkpoint_dir();
         recover_dir(&ckpt).map_err(MinerError::io(&ckpt))?;
         let (trainer, pos) = if ckpt.is_dir() {
-            let model = Model::load(&ckpt.join(CHECKPOINT_MODEL), device)?.with_options(options)?;
-            check_fits(&model, &config)?;
-            let mut trainer = Trainer::new(model, train_config(&config))?;
-            trainer.load_state(&ckpt.join(CHECKPOINT_OPTIMIZER))?;
-            let p = ckpt.join(CHECKPOINT_POSITION);
-            let text = std::fs::read(&p).map_err(MinerError::io(&p))?;
-            let pos: Position = serde_json::from_slice(&text).map_err(|e| {
-                MinerError::Config(format!("{} is not a checkpoint position: {e}", p.display()))
-            })?;
-            pos.check(trainer.steps(), config.accumulation_steps)
-                .map_err(|why| {
-                    MinerError::Config(format!(
-                        "{} is not a position this checkpoint can be at: {why}; move the checkpoint/ directory aside to restart the run from best/",
-                        p.display()
-                    ))
-                })?;
-            (trainer, pos)
+            from_checkpoint(&ckpt, &config, device, options)?
         } else {
             // Stopped before the first checkpoint: begin again from the starting model.
             let best = run.best_dir();
@@ -458,19 +490,55 @@ impl Training {
     ) -> Result<Option<EpochSummary>, MinerError> {
         let epoch = self.pos.epoch;
         if self.stop.load(Ordering::SeqCst) {
-            self.save_checkpoint().await?;
-            observer.event(&Event::Stopped {
-                epoch,
-                batch: self.pos.batch_in_epoch,
-            });
+            let batch = self.pos.batch_in_epoch;
+            self.stop_at(epoch, batch, observer).await?;
             return Ok(None);
         }
         let (page_seed, pages) = self.pages_of_epoch(epoch);
+        let batches = self.epoch_batches(epoch, page_seed, &pages).await?;
+        let n = batches.len();
+        self.enter_epoch(n)?;
+        let done = self.pos.batch_in_epoch.min(n);
+        observer.event(&Event::EpochStart {
+            epoch,
+            page_seed,
+            pages: &pages,
+            batches: n,
+            done,
+        });
+        let Some(speed) = self.train_batches(epoch, batches, done, observer).await? else {
+            return Ok(None);
+        };
+        let summary = self
+            .end_epoch(epoch, n, speed, (page_seed, pages), observer)
+            .await?;
+        Ok(Some(summary))
+    }
+
+    /// Saves a checkpoint at batch `batch` of `epoch` and reports the stop.
+    async fn stop_at(
+        &mut self,
+        epoch: u64,
+        batch: usize,
+        observer: &mut dyn Observer,
+    ) -> Result<(), MinerError> {
+        self.save_checkpoint().await?;
+        observer.event(&Event::Stopped { epoch, batch });
+        Ok(())
+    }
+
+    /// The batches of `epoch`'s pages; at least one.
+    async fn epoch_batches(
+        &self,
+        epoch: u64,
+        page_seed: u64,
+        pages: &[u64],
+    ) -> Result<Vec<Batch>, MinerError> {
         info!(epoch, page_seed, ?pages, "loading {} pages", pages.len());
-        let batches: Vec<Batch> = load_batches(
+        let batches = load_batches(
             self.source.as_ref(),
             &self.tokenizer,
-            &pages,
+            pages,
             self.config.bs,
             self.config.sl,
         )
@@ -484,7 +552,13 @@ impl Training {
                 self.config.sl
             )));
         }
-        let n = batches.len();
+        Ok(batches)
+    }
+
+    /// Readies the position for an epoch of `n` batches: a fresh epoch
+    /// starts with zeroed gradients and loss sum; a resumed one must lie
+    /// inside the epoch.
+    fn enter_epoch(&mut self, n: usize) -> Result<(), MinerError> {
         if self.pos.batch_in_epoch == 0 {
             // The original zeroes the gradients at each epoch start: a
             // partial accumulation group from the last epoch is dropped.
@@ -503,44 +577,37 @@ impl Training {
                 self.run.checkpoint_dir().display()
             )));
         }
-        let done = self.pos.batch_in_epoch.min(n);
-        observer.event(&Event::EpochStart {
-            epoch,
-            page_seed,
-            pages: &pages,
-            batches: n,
-            done,
-        });
-        let tokens_per_batch = (self.config.bs * self.config.sl) as f64;
-        let mut compute = 0f64;
-        let mut trained = 0usize;
+        Ok(())
+    }
+
+    /// Trains `batches` from `done` on, each step logged and reported;
+    /// `None` when the stop flag ended the epoch (checkpoint saved).
+    async fn train_batches(
+        &mut self,
+        epoch: u64,
+        batches: Vec<Batch>,
+        done: usize,
+        observer: &mut dyn Observer,
+    ) -> Result<Option<Speed>, MinerError> {
+        let n = batches.len();
+        let mut speed = Speed {
+            tokens_per_batch: (self.config.bs * self.config.sl) as f64,
+            compute: 0.0,
+            trained: 0,
+        };
         for (i, batch) in batches.into_iter().enumerate().skip(done) {
             if self.stop.load(Ordering::SeqCst) {
-                self.save_checkpoint().await?;
-                observer.event(&Event::Stopped { epoch, batch: i });
+                self.stop_at(epoch, i, observer).await?;
                 return Ok(None);
             }
-            let mut trainer = self
-                .trainer
-                .take()
-                .ok_or_else(|| MinerError::Task("a training step failed earlier".into()))?;
             let t0 = Instant::now();
-            let (trainer, result) = tokio::task::spawn_blocking(move || {
-                let r = trainer.micro_step(&batch);
-                (trainer, r)
-            })
-            .await
-            .map_err(MinerError::Join)?;
-            compute += t0.elapsed().as_secs_f64();
-            trained += 1;
-            let stepped = trainer.pending_micro_steps() == 0;
-            let step = trainer.steps();
-            self.trainer = Some(trainer);
-            let loss = result?;
+            let (loss, stepped, step) = self.micro_step(batch).await?;
+            speed.compute += t0.elapsed().as_secs_f64();
+            speed.trained += 1;
             self.pos.batch_in_epoch = i + 1;
             self.pos.epoch_loss_sum += f64::from(loss);
             self.pos.global_batches += 1;
-            let tokens_per_s = trained as f64 * tokens_per_batch / compute.max(1e-9);
+            let tokens_per_s = speed.tokens_per_s();
             if stepped {
                 self.metric(TrainRow::Step {
                     epoch,
@@ -563,6 +630,41 @@ impl Training {
                 tokens_per_s,
             }));
         }
+        Ok(Some(speed))
+    }
+
+    /// One batch forward and backward off the async runtime (an optimizer
+    /// step when it completes an accumulation group): the unscaled loss,
+    /// whether a step was taken, and the steps so far.
+    async fn micro_step(&mut self, batch: Batch) -> Result<(f32, bool, u64), MinerError> {
+        let mut trainer = self
+            .trainer
+            .take()
+            .ok_or_else(|| MinerError::Task("a training step failed earlier".into()))?;
+        let (trainer, result) = tokio::task::spawn_blocking(move || {
+            let r = trainer.micro_step(&batch);
+            (trainer, r)
+        })
+        .await
+        .map_err(MinerError::Join)?;
+        let stepped = trainer.pending_micro_steps() == 0;
+        let step = trainer.steps();
+        self.trainer = Some(trainer);
+        Ok((result?, stepped, step))
+    }
+
+    /// Closes `epoch` of `n` batches trained at `speed` on `pages`: the
+    /// position moves to the next epoch, a new best model is saved, the
+    /// epoch's metrics line and a checkpoint are written, and the end is
+    /// reported.
+    async fn end_epoch(
+        &mut self,
+        epoch: u64,
+        n: usize,
+        speed: Speed,
+        (page_seed, pages): (u64, Vec<u64>),
+        observer: &mut dyn Observer,
+    ) -> Result<EpochSummary, MinerError> {
         let avg_loss = self.pos.epoch_loss_sum / n as f64;
         let improved = avg_loss < self.pos.best_avg_loss.unwrap_or(f64::INFINITY);
         self.pos.epoch += 1;
@@ -578,14 +680,13 @@ impl Training {
                 avg_loss,
             });
         }
-        let steps = self.trainer()?.steps();
         let summary = EpochSummary {
             epoch,
             avg_loss,
             batches: n,
-            steps,
-            tokens_per_s: trained as f64 * tokens_per_batch / compute.max(1e-9),
-            train_seconds: compute,
+            steps: self.trainer()?.steps(),
+            tokens_per_s: speed.tokens_per_s(),
+            train_seconds: speed.compute,
             improved,
             best_avg_loss: self.pos.best_avg_loss.unwrap_or(f64::INFINITY),
             page_seed,
@@ -593,7 +694,7 @@ impl Training {
         };
         self.metric(TrainRow::Epoch {
             epoch,
-            step: steps,
+            step: summary.steps,
             loss: Some(avg_loss),
             tokens_per_s: Some(summary.tokens_per_s),
             lr: self.config.lr,
@@ -603,7 +704,7 @@ impl Training {
         })?;
         self.save_checkpoint().await?;
         observer.event(&Event::EpochEnd(&summary));
-        Ok(Some(summary))
+        Ok(summary)
     }
 
     /// Appends a metrics line with the wall time.
