@@ -452,7 +452,7 @@ fn hostile_miners_are_refused_or_scored_inf_and_harm_no_one() {
         let row = uid_row(line, *uid);
         let err = row["error"]
             .as_str()
-            .unwrap_or_else(|| panic!("uid {uid} has no error: {row}"));
+            .unwrap_or_else(|| panic!("uid {uid} ({why}) has no error: {row}\n{log}"));
         assert!(err.contains(why), "uid {uid}: expected {why:?} in {err:?}");
         assert!(
             f64s(&row["losses"]).iter().all(|l| l.is_infinite()),
