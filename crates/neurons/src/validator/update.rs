@@ -77,6 +77,17 @@ pub enum SyncOutcome {
     Deferred(String),
 }
 
+impl SyncOutcome {
+    /// The outcome of a download failure that is not the model's fault
+    /// (formerly `failure::deferred`: it builds this type, so it lives here).
+    pub fn download_deferred(e: &StoreError) -> Self {
+        Self::Deferred(format!(
+            "download failed, retried later: {}",
+            crate::error_chain(e)
+        ))
+    }
+}
+
 fn refusal_key(data: &[u8], block: u64) -> (String, u64) {
     (String::from_utf8_lossy(data).into_owned(), block)
 }
@@ -219,7 +230,7 @@ async fn sync(ctx: HotkeyCheck<'_>, data: &[u8], block: u64) -> SyncOutcome {
         // A missing repo, or one still private (the miner makes it public
         // once its commitment landed): upstream retries it later.
         // Also the validator's own failures (disk, token, endpoint).
-        Ok(Err(e)) if !failure::store_is_content(&e) => return failure::deferred(&e),
+        Ok(Err(e)) if !failure::store_is_content(&e) => return SyncOutcome::download_deferred(&e),
         Ok(Err(e)) => return ctx.refuse(crate::error_chain(&e), None),
         Ok(Ok(f)) => f,
     };
