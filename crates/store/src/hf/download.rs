@@ -233,16 +233,42 @@ impl HfHub {
         bar: &ProgressBar,
         what: &str,
     ) -> Result<(), HubError> {
-        let mut have = match tokio::fs::metadata(part).await {
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        };
-        if have > file.size {
-            have = 0;
-        }
+        let have = bytes_kept(part, file).await;
         if have == file.size && file.size > 0 {
             return Ok(());
         }
+        let resp = self.request_from(url, have, part, what).await?;
+        check_served_commit(&resp, commit, what)?;
+        let resumed = resp.status() == StatusCode::PARTIAL_CONTENT;
+        let have = if resumed {
+            check_resumed_at(&resp, have, part, what).await?;
+            have
+        } else {
+            // The server sent the whole file.
+            bar.set_position(bar.position().saturating_sub(have));
+            0
+        };
+        let out = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(resumed)
+            .write(true)
+            .truncate(!resumed)
+            .open(part)
+            .await
+            .map_err(HubError::io(format!("cannot write {}", part.display())))?;
+        self.append_body(resp, out, have, file, part, bar, what)
+            .await
+    }
+
+    /// Asks for the file from byte `have` on (all of it when 0); a range
+    /// the server refuses drops `part`, so that the retry starts over.
+    async fn request_from(
+        &self,
+        url: &str,
+        have: u64,
+        part: &Path,
+        what: &str,
+    ) -> Result<reqwest::Response, HubError> {
         let mut req = self.api.client().get(url);
         if have > 0 {
             req = req.header(RANGE, format!("bytes={have}-"));
@@ -260,47 +286,22 @@ impl HfHub {
                 "{what}: range refused, restarting"
             )));
         }
-        let resp = check_status(resp, what).await?;
-        if let Some(c) = resp
-            .headers()
-            .get("x-repo-commit")
-            .and_then(|v| v.to_str().ok())
-        {
-            if c != commit.as_str() {
-                return Err(HubError::BadResponse(format!(
-                    "{what}: the hub served commit {c}"
-                )));
-            }
-        }
-        let resumed = resp.status() == StatusCode::PARTIAL_CONTENT;
-        if resumed {
-            let start = resp
-                .headers()
-                .get(CONTENT_RANGE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("bytes "))
-                .and_then(|v| v.split('-').next())
-                .and_then(|v| v.parse::<u64>().ok());
-            if start != Some(have) {
-                let _ = tokio::fs::remove_file(part).await;
-                return Err(HubError::BadResponse(format!(
-                    "{what}: asked for bytes from {have}, got {start:?}"
-                )));
-            }
-        } else {
-            // The server sent the whole file.
-            bar.set_position(bar.position().saturating_sub(have));
-            have = 0;
-        }
-        let mut out = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(resumed)
-            .write(true)
-            .truncate(!resumed)
-            .open(part)
-            .await
-            .map_err(HubError::io(format!("cannot write {}", part.display())))?;
-        let mut resp = resp;
+        check_status(resp, what).await
+    }
+
+    /// Streams the body into `out` (which holds `have` bytes), never past
+    /// the listed size: more drops `part`, less is a broken transfer.
+    #[allow(clippy::too_many_arguments)]
+    async fn append_body(
+        &self,
+        mut resp: reqwest::Response,
+        mut out: tokio::fs::File,
+        have: u64,
+        file: &RepoFile,
+        part: &Path,
+        bar: &ProgressBar,
+        what: &str,
+    ) -> Result<(), HubError> {
         let mut written = have;
         loop {
             let chunk = tokio::time::timeout(self.options.timeout, resp.chunk())
@@ -346,6 +347,64 @@ impl HfHub {
         }
         Ok(())
     }
+}
+
+/// The bytes of `file` already in `part`; 0 when there is none, or more
+/// than the file holds (then it is fetched whole again).
+async fn bytes_kept(part: &Path, file: &RepoFile) -> u64 {
+    let have = match tokio::fs::metadata(part).await {
+        Ok(m) => m.len(),
+        Err(_) => 0,
+    };
+    if have > file.size {
+        0
+    } else {
+        have
+    }
+}
+
+/// Refuses an answer for another commit than the one asked for.
+fn check_served_commit(
+    resp: &reqwest::Response,
+    commit: &CommitId,
+    what: &str,
+) -> Result<(), HubError> {
+    if let Some(c) = resp
+        .headers()
+        .get("x-repo-commit")
+        .and_then(|v| v.to_str().ok())
+    {
+        if c != commit.as_str() {
+            return Err(HubError::BadResponse(format!(
+                "{what}: the hub served commit {c}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that a partial answer starts at byte `have`; one that does not
+/// drops `part` (the retry starts over).
+async fn check_resumed_at(
+    resp: &reqwest::Response,
+    have: u64,
+    part: &Path,
+    what: &str,
+) -> Result<(), HubError> {
+    let start = resp
+        .headers()
+        .get(CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes "))
+        .and_then(|v| v.split('-').next())
+        .and_then(|v| v.parse::<u64>().ok());
+    if start != Some(have) {
+        let _ = tokio::fs::remove_file(part).await;
+        return Err(HubError::BadResponse(format!(
+            "{what}: asked for bytes from {have}, got {start:?}"
+        )));
+    }
+    Ok(())
 }
 
 /// A flat, safe file name for a repo path's partial download.
