@@ -439,7 +439,6 @@ fn check_one_protocol(entries: &[ScheduleEntry]) -> Result<(), String> {
     Ok(())
 }
 
-
 impl Schedule {
     /// A built-in schedule by name, or else the TOML file at that path.
     pub fn by_name_or_file(name_or_path: &str) -> Result<Self, RulesError> {
