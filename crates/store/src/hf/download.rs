@@ -68,40 +68,12 @@ impl HfHub {
         let parts_dir = staging.join("parts");
         // Only what `from_pretrained` fetches; a sharded model's index first,
         // since it names the shards.
-        let index = match pretrained::index_to_read(&listed) {
-            Some(ix) if ix.size > pretrained::INDEX_LIMIT => {
-                return Err(HubError::BadResponse(format!(
-                    "{repo}@{commit}: {} is {} bytes, more than {}",
-                    ix.path,
-                    ix.size,
-                    pretrained::INDEX_LIMIT
-                )))
-            }
-            Some(ix) => {
-                let done = done_dir.join(safe_relative_path(&ix.path)?);
-                self.fetch_listed(repo, commit, ix, &parts_dir, &done, &ProgressBar::hidden())
-                    .await?;
-                let bytes = tokio::fs::read(&done)
-                    .await
-                    .map_err(HubError::io(format!("cannot read {}", done.display())))?;
-                Some(bytes)
-            }
-            None => None,
-        };
+        let index = self
+            .fetch_index(repo, commit, &listed, &done_dir, &parts_dir)
+            .await?;
         let files = pretrained::select(&listed, index.as_deref())?;
         let total: u64 = files.iter().map(|f| f.size).sum();
-        let bar = if self.options.progress {
-            let bar = ProgressBar::new(total);
-            if let Ok(style) = ProgressStyle::with_template(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            ) {
-                bar.set_style(style.progress_chars("=> "));
-            }
-            bar.set_message(format!("{repo}@{}", &commit.as_str()[..8]));
-            bar
-        } else {
-            ProgressBar::hidden()
-        };
+        let bar = self.progress_bar(total, repo, commit);
         tokio::fs::create_dir_all(&done_dir)
             .await
             .map_err(HubError::io(format!(
@@ -114,24 +86,55 @@ impl HfHub {
                 .await?;
         }
         bar.finish_and_clear();
-        let snapshots = repo_dir.join("snapshots");
-        tokio::fs::create_dir_all(&snapshots)
-            .await
-            .map_err(HubError::io(format!(
-                "cannot create {}",
-                snapshots.display()
-            )))?;
-        if let Err(e) = tokio::fs::rename(&done_dir, &target).await {
-            if !target.is_dir() {
-                return Err(HubError::io(format!(
-                    "cannot move the download to {}",
-                    target.display()
-                ))(e));
-            }
-        }
+        move_into_place(&done_dir, &repo_dir.join("snapshots"), &target).await?;
         let _ = tokio::fs::remove_dir_all(&staging).await;
         info!(%repo, %commit, bytes = total, "downloaded");
         Ok(target)
+    }
+
+    /// The safetensors index of a sharded model (it names the shards),
+    /// fetched first and read back; `None` where the choice needs none.
+    async fn fetch_index(
+        &self,
+        repo: &RepoId,
+        commit: &CommitId,
+        listed: &[RepoFile],
+        done_dir: &Path,
+        parts_dir: &Path,
+    ) -> Result<Option<Vec<u8>>, HubError> {
+        match pretrained::index_to_read(listed) {
+            Some(ix) if ix.size > pretrained::INDEX_LIMIT => Err(HubError::BadResponse(format!(
+                "{repo}@{commit}: {} is {} bytes, more than {}",
+                ix.path,
+                ix.size,
+                pretrained::INDEX_LIMIT
+            ))),
+            Some(ix) => {
+                let done = done_dir.join(safe_relative_path(&ix.path)?);
+                self.fetch_listed(repo, commit, ix, parts_dir, &done, &ProgressBar::hidden())
+                    .await?;
+                let bytes = tokio::fs::read(&done)
+                    .await
+                    .map_err(HubError::io(format!("cannot read {}", done.display())))?;
+                Ok(Some(bytes))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The download's progress bar over `total` bytes; hidden unless asked for.
+    fn progress_bar(&self, total: u64, repo: &RepoId, commit: &CommitId) -> ProgressBar {
+        if !self.options.progress {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::new(total);
+        if let Ok(style) = ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(format!("{repo}@{}", &commit.as_str()[..8]));
+        bar
     }
 
     /// Puts one listed file at `done` unless a complete copy is already
@@ -347,6 +350,26 @@ impl HfHub {
         }
         Ok(())
     }
+}
+
+/// Moves the finished `done_dir` to `target` in `snapshots`; a snapshot
+/// already there (another fetch finished first) is kept.
+async fn move_into_place(done_dir: &Path, snapshots: &Path, target: &Path) -> Result<(), HubError> {
+    tokio::fs::create_dir_all(snapshots)
+        .await
+        .map_err(HubError::io(format!(
+            "cannot create {}",
+            snapshots.display()
+        )))?;
+    if let Err(e) = tokio::fs::rename(done_dir, target).await {
+        if !target.is_dir() {
+            return Err(HubError::io(format!(
+                "cannot move the download to {}",
+                target.display()
+            ))(e));
+        }
+    }
+    Ok(())
 }
 
 /// The bytes of `file` already in `part`; 0 when there is none, or more
