@@ -18,8 +18,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use thiserror::Error;
 
-use crate::model_id::validate_hf_repo_id;
-use crate::ModelId;
+use crate::constants::MAX_REPO_ID_LENGTH;
 
 /// Why a repo id, commit id or hotkey is refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -319,7 +318,7 @@ impl From<ModelHash> for String {
 }
 
 /// The namespace or the name of a committed model id: each is only a
-/// [`RepoId`] together with the other ([`ModelId::repo`]), so an
+/// [`RepoId`] together with the other ([`crate::ModelId::repo`]), so an
 /// `Unchecked<RepoIdPart>` has no check of its own.
 #[derive(Debug)]
 pub enum RepoIdPart {}
@@ -489,38 +488,41 @@ impl<'de, T> Deserialize<'de> for Unchecked<T> {
     }
 }
 
-impl ModelId {
-    /// A model id for `repo` at `commit` with content hash `hash`.
-    pub fn at(repo: &RepoId, commit: &CommitId, hash: impl Into<String>) -> Self {
-        Self {
-            namespace: Unchecked::new(repo.namespace()),
-            name: Unchecked::new(repo.name()),
-            commit: Some(commit.into()),
-            hash: Some(Unchecked::new(hash)),
-        }
-    }
+/// Why a Hugging Face repo id is not acceptable (messages as the original).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum RepoIdError {
+    /// Empty repo id.
+    #[error("Hugging Face repo id cannot be empty.")]
+    Empty,
+    /// Too short or too long.
+    #[error("Hugging Face repo id must be between 3 and 41 characters.")]
+    BadLength,
+    /// Not exactly one `/`.
+    #[error("Hugging Face repo id must be in the format <org or user name>/<repo_name>.")]
+    BadFormat,
+}
 
-    /// The repo this id names, checked.
-    pub fn repo(&self) -> Result<RepoId, IdError> {
-        RepoId::new(&self.namespace, &self.name)
+/// Validates a Hugging Face repo id as the original does and splits it
+/// into `(namespace, name)`. Lengths are counted in characters.
+pub fn validate_hf_repo_id(repo_id: &str) -> Result<(String, String), RepoIdError> {
+    if repo_id.is_empty() {
+        return Err(RepoIdError::Empty);
     }
-
-    /// The repo and commit this id names, checked: what a chain commitment
-    /// is parsed into before anything is fetched or named on disk.
-    pub fn hub_location(&self) -> Result<(RepoId, CommitId), IdError> {
-        let repo = self.repo()?;
-        let commit = self
-            .commit
-            .as_ref()
-            .ok_or_else(|| IdError::NoCommit(self.to_compressed_str()))?
-            .checked()?;
-        Ok((repo, commit))
+    let len = repo_id.chars().count();
+    if !(3 < len && len <= MAX_REPO_ID_LENGTH) {
+        return Err(RepoIdError::BadLength);
+    }
+    let mut parts = repo_id.split('/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(ns), Some(name), None) => Ok((ns.to_string(), name.to_string())),
+        _ => Err(RepoIdError::BadFormat),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ModelId;
     use proptest::prelude::*;
 
     #[test]

@@ -5,8 +5,10 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::constants::{MAX_METADATA_BYTES, MAX_REPO_ID_LENGTH};
-use crate::ids::{CommitId, ModelHash, RepoIdPart, Unchecked};
+use crate::constants::MAX_METADATA_BYTES;
+use crate::ids::{CommitId, IdError, ModelHash, RepoId, RepoIdPart, Unchecked};
+// Repo id validation lives beside RepoId; kept reachable at its old path.
+pub use crate::ids::{validate_hf_repo_id, RepoIdError};
 
 /// Why a compressed model id string could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -22,20 +24,6 @@ pub enum ModelIdError {
         /// The limit.
         max: usize,
     },
-}
-
-/// Why a Hugging Face repo id is not acceptable (messages as the original).
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum RepoIdError {
-    /// Empty repo id.
-    #[error("Hugging Face repo id cannot be empty.")]
-    Empty,
-    /// Too short or too long.
-    #[error("Hugging Face repo id must be between 3 and 41 characters.")]
-    BadLength,
-    /// Not exactly one `/`.
-    #[error("Hugging Face repo id must be in the format <org or user name>/<repo_name>.")]
-    BadFormat,
 }
 
 /// Identity of a model: where it lives on the hub and what its content hash is.
@@ -395,26 +383,39 @@ pub struct ModelMetadata {
     pub block: u64,
 }
 
-/// Validates a Hugging Face repo id as the original does and splits it
-/// into `(namespace, name)`. Lengths are counted in characters.
-pub fn validate_hf_repo_id(repo_id: &str) -> Result<(String, String), RepoIdError> {
-    if repo_id.is_empty() {
-        return Err(RepoIdError::Empty);
+impl ModelId {
+    /// A model id for `repo` at `commit` with content hash `hash`.
+    pub fn at(repo: &RepoId, commit: &CommitId, hash: impl Into<String>) -> Self {
+        Self {
+            namespace: Unchecked::new(repo.namespace()),
+            name: Unchecked::new(repo.name()),
+            commit: Some(commit.into()),
+            hash: Some(Unchecked::new(hash)),
+        }
     }
-    let len = repo_id.chars().count();
-    if !(3 < len && len <= MAX_REPO_ID_LENGTH) {
-        return Err(RepoIdError::BadLength);
+
+    /// The repo this id names, checked.
+    pub fn repo(&self) -> Result<RepoId, IdError> {
+        RepoId::new(&self.namespace, &self.name)
     }
-    let mut parts = repo_id.split('/');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some(ns), Some(name), None) => Ok((ns.to_string(), name.to_string())),
-        _ => Err(RepoIdError::BadFormat),
+
+    /// The repo and commit this id names, checked: what a chain commitment
+    /// is parsed into before anything is fetched or named on disk.
+    pub fn hub_location(&self) -> Result<(RepoId, CommitId), IdError> {
+        let repo = self.repo()?;
+        let commit = self
+            .commit
+            .as_ref()
+            .ok_or_else(|| IdError::NoCommit(self.to_compressed_str()))?
+            .checked()?;
+        Ok((repo, commit))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::constants::MAX_REPO_ID_LENGTH;
     use proptest::prelude::*;
     use serde_json::Value;
 

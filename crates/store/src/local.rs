@@ -365,39 +365,9 @@ impl LocalHub {
                 sha256,
             });
         }
-        // As on the Hub, every commit holds a `.gitattributes`: the
-        // directory's own, else the one of the repo's head, else the one the
-        // Hub writes into a new repo.
         if !manifest.files.iter().any(|f| f.path == GITATTRIBUTES) {
-            let dst = staging.path().join("files").join(GITATTRIBUTES);
-            let inherited = match self.head(repo)? {
-                Some(head) => self
-                    .read_manifest(repo, &head)
-                    .ok()
-                    .filter(|m| m.files.iter().any(|f| f.path == GITATTRIBUTES))
-                    .map(|_| {
-                        self.commit_dir(repo, &head)
-                            .join("files")
-                            .join(GITATTRIBUTES)
-                    }),
-                None => None,
-            };
-            let (size, sha256) = match inherited {
-                Some(src) => copy_hashing(&src, &dst)?,
-                None => {
-                    let files = staging.path().join("files");
-                    fs::create_dir_all(&files)
-                        .map_err(HubError::io(format!("cannot create {}", files.display())))?;
-                    let bytes = pretrained::HUB_GITATTRIBUTES.as_bytes();
-                    write_synced(&dst, bytes)?;
-                    (bytes.len() as u64, hex(&Sha256::digest(bytes)))
-                }
-            };
-            manifest.files.push(ManifestFile {
-                path: GITATTRIBUTES.to_string(),
-                size,
-                sha256,
-            });
+            let attributes = self.stage_gitattributes(repo, staging.path())?;
+            manifest.files.push(attributes);
         }
         manifest.files.sort_by(|a, b| a.path.cmp(&b.path));
         let sha: CommitId = manifest
@@ -407,7 +377,56 @@ impl LocalHub {
         let json = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| HubError::BadResponse(e.to_string()))?;
         write_synced(&staging.path().join("manifest.json"), &json)?;
+        self.store_commit(repo, visibility, staging, &sha)?;
+        self.set_head(repo, &sha)?;
+        info!(%repo, commit = %sha, files = manifest.files.len(), "uploaded to the local hub");
+        Ok(sha)
+    }
 
+    /// Stages the `.gitattributes` of a commit whose directory has none. As
+    /// on the Hub, every commit holds one: the repo head's, else the one the
+    /// Hub writes into a new repo.
+    fn stage_gitattributes(&self, repo: &RepoId, staging: &Path) -> Result<ManifestFile, HubError> {
+        let dst = staging.join("files").join(GITATTRIBUTES);
+        let inherited = match self.head(repo)? {
+            Some(head) => self
+                .read_manifest(repo, &head)
+                .ok()
+                .filter(|m| m.files.iter().any(|f| f.path == GITATTRIBUTES))
+                .map(|_| {
+                    self.commit_dir(repo, &head)
+                        .join("files")
+                        .join(GITATTRIBUTES)
+                }),
+            None => None,
+        };
+        let (size, sha256) = match inherited {
+            Some(src) => copy_hashing(&src, &dst)?,
+            None => {
+                let files = staging.join("files");
+                fs::create_dir_all(&files)
+                    .map_err(HubError::io(format!("cannot create {}", files.display())))?;
+                let bytes = pretrained::HUB_GITATTRIBUTES.as_bytes();
+                write_synced(&dst, bytes)?;
+                (bytes.len() as u64, hex(&Sha256::digest(bytes)))
+            }
+        };
+        Ok(ManifestFile {
+            path: GITATTRIBUTES.to_string(),
+            size,
+            sha256,
+        })
+    }
+
+    /// Moves the staged commit `sha` into the repo's commits (a commit
+    /// already there is kept), a new repo getting its visibility first.
+    fn store_commit(
+        &self,
+        repo: &RepoId,
+        visibility: Visibility,
+        staging: StagingDir,
+        sha: &CommitId,
+    ) -> Result<(), HubError> {
         let commits = self.repo_dir(repo).join("commits");
         fs::create_dir_all(&commits)
             .map_err(HubError::io(format!("cannot create {}", commits.display())))?;
@@ -430,9 +449,7 @@ impl LocalHub {
             }
             debug!(%repo, %sha, "commit already present");
         }
-        self.set_head(repo, &sha)?;
-        info!(%repo, commit = %sha, files = manifest.files.len(), "uploaded to the local hub");
-        Ok(sha)
+        Ok(())
     }
 
     fn set_head(&self, repo: &RepoId, sha: &CommitId) -> Result<(), HubError> {
@@ -472,49 +489,13 @@ impl LocalHub {
                 repo_dir.display()
             )))?;
         let files_dir = self.commit_dir(repo, commit).join("files");
-        // Only what `from_pretrained` fetches, as from the Hugging Face hub.
-        let listed: Vec<RepoFile> = manifest
-            .files
-            .iter()
-            .map(|f| RepoFile {
-                path: f.path.clone(),
-                size: f.size,
-            })
-            .collect();
-        let index = match pretrained::index_to_read(&listed) {
-            Some(ix) => {
-                let p = files_dir.join(safe_relative_path(&ix.path)?);
-                Some(
-                    pretrain_core::bounded::read_regular(&p, pretrained::INDEX_LIMIT)
-                        .map_err(HubError::io(format!("cannot read {}", p.display())))?,
-                )
-            }
-            None => None,
-        };
-        let wanted = pretrained::select(&listed, index.as_deref())?;
+        let wanted = wanted_files(&manifest, &files_dir)?;
         for f in manifest
             .files
             .iter()
             .filter(|f| wanted.iter().any(|w| w.path == f.path))
         {
-            let rel = safe_relative_path(&f.path)?;
-            let src = files_dir.join(&rel);
-            // The hub directory is not trusted more than a remote hub.
-            let meta = fs::symlink_metadata(&src)
-                .map_err(HubError::io(format!("cannot read {}", src.display())))?;
-            if !meta.is_file() {
-                return Err(HubError::UnsafePath {
-                    path: f.path.clone(),
-                    reason: "not a regular file in the local hub (symlink?)".into(),
-                });
-            }
-            let (size, sha256) = copy_hashing(&src, &staging.path().join(&rel))?;
-            if size != f.size || sha256 != f.sha256 {
-                return Err(HubError::BadResponse(format!(
-                    "{} of {repo}@{commit} does not match its manifest",
-                    f.path
-                )));
-            }
+            copy_checked(f, &files_dir, staging.path(), repo, commit)?;
         }
         let snapshots = repo_dir.join("snapshots");
         fs::create_dir_all(&snapshots).map_err(HubError::io(format!(
@@ -533,6 +514,60 @@ impl LocalHub {
         }
         Ok(target)
     }
+}
+
+/// The files of a commit that `from_pretrained` fetches, as from the Hugging
+/// Face hub (its safetensors index read from the commit where needed).
+fn wanted_files(manifest: &Manifest, files_dir: &Path) -> Result<Vec<RepoFile>, HubError> {
+    let listed: Vec<RepoFile> = manifest
+        .files
+        .iter()
+        .map(|f| RepoFile {
+            path: f.path.clone(),
+            size: f.size,
+        })
+        .collect();
+    let index = match pretrained::index_to_read(&listed) {
+        Some(ix) => {
+            let p = files_dir.join(safe_relative_path(&ix.path)?);
+            Some(
+                pretrain_core::bounded::read_regular(&p, pretrained::INDEX_LIMIT)
+                    .map_err(HubError::io(format!("cannot read {}", p.display())))?,
+            )
+        }
+        None => None,
+    };
+    pretrained::select(&listed, index.as_deref())
+}
+
+/// Copies one manifest file of `repo@commit` from the hub's `files_dir` into
+/// `staging`, refusing what is no regular file or does not match the manifest.
+fn copy_checked(
+    f: &ManifestFile,
+    files_dir: &Path,
+    staging: &Path,
+    repo: &RepoId,
+    commit: &CommitId,
+) -> Result<(), HubError> {
+    let rel = safe_relative_path(&f.path)?;
+    let src = files_dir.join(&rel);
+    // The hub directory is not trusted more than a remote hub.
+    let meta = fs::symlink_metadata(&src)
+        .map_err(HubError::io(format!("cannot read {}", src.display())))?;
+    if !meta.is_file() {
+        return Err(HubError::UnsafePath {
+            path: f.path.clone(),
+            reason: "not a regular file in the local hub (symlink?)".into(),
+        });
+    }
+    let (size, sha256) = copy_hashing(&src, &staging.join(&rel))?;
+    if size != f.size || sha256 != f.sha256 {
+        return Err(HubError::BadResponse(format!(
+            "{} of {repo}@{commit} does not match its manifest",
+            f.path
+        )));
+    }
+    Ok(())
 }
 
 /// Copies `src` to `dst` (creating parents), returning size and sha256 hex

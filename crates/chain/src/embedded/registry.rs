@@ -1,7 +1,9 @@
 //! Subnets, registration (replacing the weakest neuron of a full subnet)
 //! and stake.
 
-use rusqlite::{params, OptionalExtension, TransactionBehavior};
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tracing::info;
 
 use super::metagraph::{compute, read_snapshot};
@@ -64,15 +66,7 @@ impl EmbeddedChain {
             // Due reveals land before the neurons change (a replaced uid's commit is its own).
             let mut before = read_snapshot(&tx, netuid, path)?;
             super::reveal::reveal_due(&tx, &mut before, block, path, true)?;
-            let existing: Option<(u16, u64)> = tx
-                .query_row(
-                    "SELECT uid, registered_block FROM neurons WHERE netuid = ?1 AND hotkey = ?2",
-                    params![netuid, hotkey],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()
-                .map_err(|e| storage(path, e))?;
-            if let Some((uid, block)) = existing {
+            if let Some((uid, block)) = registered_at(&tx, netuid, &hotkey, path)? {
                 return Ok(Registration {
                     netuid,
                     uid,
@@ -82,43 +76,8 @@ impl EmbeddedChain {
                     replaced: None,
                 });
             }
-            let count: u32 = tx
-                .query_row("SELECT COUNT(*) FROM neurons WHERE netuid = ?1", params![netuid], |r| r.get(0))
-                .map_err(|e| storage(path, e))?;
-            let (uid, replaced) = if count < u32::from(params.max_uids) {
-                let uid = count as u16;
-                tx.execute(
-                    "INSERT INTO neurons (netuid, uid, hotkey, coldkey, registered_block) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![netuid, uid, hotkey, coldkey, block],
-                )
-                .map_err(|e| storage(path, e))?;
-                (uid, None)
-            } else {
-                let snapshot = read_snapshot(&tx, netuid, path)?;
-                let graph = compute(&snapshot, block);
-                let victim = graph
-                    .neurons
-                    .iter()
-                    .min_by(|a, b| {
-                        a.validator_permit
-                            .cmp(&b.validator_permit)
-                            .then(a.incentive.total_cmp(&b.incentive))
-                            .then(a.uid.cmp(&b.uid))
-                    })
-                    .ok_or_else(|| ChainError::Storage("full subnet without neurons".into()))?;
-                let (uid, old) = (victim.uid, victim.hotkey.clone());
-                tx.execute(
-                    "UPDATE neurons SET hotkey = ?3, coldkey = ?4, registered_block = ?5 WHERE netuid = ?1 AND uid = ?2",
-                    params![netuid, uid, hotkey, coldkey, block],
-                )
-                .map_err(|e| storage(path, e))?;
-                tx.execute(
-                    "DELETE FROM weights WHERE netuid = ?1 AND uid = ?2",
-                    params![netuid, uid],
-                )
-                .map_err(|e| storage(path, e))?;
-                (uid, Some(old))
-            };
+            let new = NewNeuron { netuid, hotkey: &hotkey, coldkey: &coldkey, block };
+            let (uid, replaced) = take_uid(&tx, &new, params.max_uids, path)?;
             commit(tx, path)?;
             info!(netuid, uid, %hotkey, block, replaced = ?replaced, "registered on the embedded chain");
             Ok(Registration {
@@ -207,4 +166,95 @@ impl EmbeddedChain {
         })
         .await
     }
+}
+
+// The uid and registration block of `hotkey` on the subnet, if registered.
+fn registered_at(
+    conn: &Connection,
+    netuid: u16,
+    hotkey: &str,
+    path: &Path,
+) -> Result<Option<(u16, u64)>, ChainError> {
+    conn.query_row(
+        "SELECT uid, registered_block FROM neurons WHERE netuid = ?1 AND hotkey = ?2",
+        params![netuid, hotkey],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()
+    .map_err(|e| storage(path, e))
+}
+
+// A hotkey being registered: where, whose, and when.
+struct NewNeuron<'a> {
+    netuid: u16,
+    hotkey: &'a str,
+    coldkey: &'a str,
+    block: u64,
+}
+
+// Gives the new neuron the next free uid, or, on a full subnet, the weakest
+// neuron's (see [`weakest`]); returns the uid and the hotkey it replaced.
+fn take_uid(
+    conn: &Connection,
+    new: &NewNeuron<'_>,
+    max_uids: u16,
+    path: &Path,
+) -> Result<(u16, Option<String>), ChainError> {
+    let NewNeuron {
+        netuid,
+        hotkey,
+        coldkey,
+        block,
+    } = *new;
+    let count: u32 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM neurons WHERE netuid = ?1",
+            params![netuid],
+            |r| r.get(0),
+        )
+        .map_err(|e| storage(path, e))?;
+    if count < u32::from(max_uids) {
+        let uid = count as u16;
+        conn.execute(
+            "INSERT INTO neurons (netuid, uid, hotkey, coldkey, registered_block) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![netuid, uid, hotkey, coldkey, block],
+        )
+        .map_err(|e| storage(path, e))?;
+        return Ok((uid, None));
+    }
+    let (uid, old) = weakest(conn, netuid, block, path)?;
+    conn.execute(
+        "UPDATE neurons SET hotkey = ?3, coldkey = ?4, registered_block = ?5 WHERE netuid = ?1 AND uid = ?2",
+        params![netuid, uid, hotkey, coldkey, block],
+    )
+    .map_err(|e| storage(path, e))?;
+    conn.execute(
+        "DELETE FROM weights WHERE netuid = ?1 AND uid = ?2",
+        params![netuid, uid],
+    )
+    .map_err(|e| storage(path, e))?;
+    Ok((uid, Some(old)))
+}
+
+// The neuron a registration on a full subnet replaces: one without a
+// validator permit first, then the lowest incentive, then the lowest uid.
+fn weakest(
+    conn: &Connection,
+    netuid: u16,
+    block: u64,
+    path: &Path,
+) -> Result<(u16, String), ChainError> {
+    let snapshot = read_snapshot(conn, netuid, path)?;
+    let graph = compute(&snapshot, block);
+    let victim = graph
+        .neurons
+        .iter()
+        .min_by(|a, b| {
+            a.validator_permit
+                .cmp(&b.validator_permit)
+                .then(a.incentive.total_cmp(&b.incentive))
+                .then(a.uid.cmp(&b.uid))
+        })
+        .ok_or_else(|| ChainError::Storage("full subnet without neurons".into()))?;
+    Ok((victim.uid, victim.hotkey.clone()))
 }

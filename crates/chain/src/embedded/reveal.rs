@@ -80,42 +80,6 @@ impl CommitReveal {
     }
 }
 
-pub(super) fn create_tables(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS commit_reveal (
-             netuid INTEGER PRIMARY KEY,
-             enabled INTEGER NOT NULL,
-             reveal_period INTEGER NOT NULL,
-             tempo INTEGER NOT NULL,
-             weights_version_key INTEGER NOT NULL);
-         CREATE TABLE IF NOT EXISTS timelocked_commits (
-             netuid INTEGER NOT NULL,
-             hotkey TEXT NOT NULL,
-             block INTEGER NOT NULL,
-             epoch INTEGER NOT NULL,
-             reveal_round INTEGER NOT NULL,
-             ciphertext BLOB NOT NULL,
-             PRIMARY KEY (netuid, hotkey, block));",
-    )?;
-    // The beacon's key, made once with the chain (or on the first open by this version).
-    let has: Option<String> = conn
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'beacon_seed'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?;
-    if has.is_none() {
-        let (_, seed) =
-            Beacon::generate().map_err(|e| rusqlite::Error::InvalidParameterName(e.to_string()))?;
-        conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('beacon_seed', ?1)",
-            params![hex::encode(seed)],
-        )?;
-    }
-    Ok(())
-}
-
 // Whether the file has the commit-reveal tables (a chain made by an older version and
 // opened read-only has not).
 fn has_tables(conn: &Connection, path: &Path) -> Result<bool, ChainError> {

@@ -16,6 +16,7 @@ use super::{
     check_block_time, unix_now, Clock, EmbeddedChain, EmbeddedOptions, SubnetParams, BUSY, DB_FILE,
     DEADLINE, DEFAULT_BLOCK_TIME, GRACE, LOCK_FILE, SCHEMA_VERSION,
 };
+use crate::timelock::Beacon;
 use crate::ChainError;
 
 pub(super) fn storage(path: &Path, e: rusqlite::Error) -> ChainError {
@@ -89,30 +90,7 @@ impl EmbeddedChain {
             check_block_time(bt)?;
         }
         let path = dir.join(DB_FILE);
-        if !create && !path.is_file() {
-            return Err(ChainError::Storage(format!(
-                "there is no embedded chain in {}: make one with `pretrain chain register` \
-                 (or point --chain_dir at an existing one)",
-                dir.display()
-            )));
-        }
-        // An empty file (a full disk, a truncated copy) is not a chain to
-        // make afresh: only a command that may create one does.
-        if !create && std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
-            return Err(ChainError::Storage(format!(
-                "{} is empty, not a chain: restore it, or remove it and make a new chain with \
-                 `pretrain chain register`",
-                path.display()
-            )));
-        }
-        if create {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                ChainError::Storage(format!(
-                    "cannot create chain directory {}: {e}",
-                    dir.display()
-                ))
-            })?;
-        }
+        check_open_target(dir, &path, create)?;
         // One process at a time creates the file, switches it to WAL and sets up the schema:
         // done concurrently on a fresh file, SQLite answers "busy" at once (no busy wait).
         // Released when dropped, at the end of this function.
@@ -126,70 +104,13 @@ impl EmbeddedChain {
             .map_err(|e| storage(&path, e))?;
         let read_only = conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false);
         let clock = if read_only {
-            // Not ours to write (permissions): read what the owner set up.
-            debug!(path = %path.display(), "opening the embedded chain read-only");
-            match read_clock(&conn) {
-                Ok(c) => c,
-                Err(e) => {
-                    // A WAL file can only be read by someone who may create its `-shm` index,
-                    // unless nobody is writing: then (no `-wal` file) everything is in the main
-                    // file, and SQLite reads it as immutable, without the index.
-                    let wal = dir.join(format!("{DB_FILE}-wal"));
-                    if wal.exists() {
-                        return Err(storage(&path, e));
-                    }
-                    conn = open_immutable(&path).map_err(|e| storage(&path, e))?;
-                    read_clock(&conn).map_err(|e| storage(&path, e))?
-                }
-            }
+            read_only_clock(&mut conn, dir, &path)?
         } else {
-            // WAL is a property of the file: the first opener switches it, later ones see it.
-            let mode: String = conn
-                .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-                .map_err(|e| storage(&path, e))?;
-            if !mode.eq_ignore_ascii_case("wal") {
-                return Err(ChainError::Storage(format!(
-                    "{}: cannot switch to WAL journal (got {mode})",
-                    path.display()
-                )));
-            }
-            // NORMAL is durable against a crashed process (not against power loss) and keeps
-            // commits cheap; the file is never corrupted either way.
-            conn.pragma_update(None, "synchronous", "NORMAL")
-                .map_err(|e| storage(&path, e))?;
-            init_schema(&mut conn, options.block_time).map_err(|e| storage(&path, e))?
+            prepare_writable(&mut conn, &path, options.block_time)?
         };
-        check_block_time(clock.block_time).map_err(|_| {
-            ChainError::Storage(format!(
-                "{}: the stored block time {} is unusable; this chain cannot be used, remove {} to start a new one",
-                path.display(),
-                clock.block_time,
-                dir.display()
-            ))
-        })?;
-        if let Some(bt) = options.block_time {
-            if (bt - clock.block_time).abs() > 1e-9 {
-                warn!(
-                    requested = bt,
-                    stored = clock.block_time,
-                    "the embedded chain in {} keeps the block time it was created with",
-                    dir.display()
-                );
-            }
-        }
+        check_stored_block_time(&clock, options.block_time, dir, &path)?;
         let id = chain_id(&conn, !read_only).map_err(|e| storage(&path, e))?;
-        // Blocks never go back: a clock behind the chain's own records
-        // (genesis_time edited, the system clock stepped back) is refused.
-        let recorded = latest_recorded_block(&conn).map_err(|e| storage(&path, e))?;
-        let now = clock.now();
-        if recorded > now {
-            return Err(ChainError::Storage(format!(
-                "{}: the chain's clock says block {now}, but it already holds block {recorded}: \
-                 its genesis_time was changed or the system clock went back; fix the clock \
-                 (blocks must not go backwards)",
-                path.display()
-            )));
-        }
+        check_clock_not_behind(&conn, &clock, &path)?;
         debug!(path = %path.display(), genesis_time = clock.genesis_time, block_time = clock.block_time, "embedded chain open");
         Ok(Self {
             path,
@@ -298,6 +219,126 @@ impl EmbeddedChain {
     }
 }
 
+// Refuses to open what is not a chain (no file, an empty file) unless this
+// command may create one, and makes the directory when it may.
+fn check_open_target(dir: &Path, path: &Path, create: bool) -> Result<(), ChainError> {
+    if !create && !path.is_file() {
+        return Err(ChainError::Storage(format!(
+            "there is no embedded chain in {}: make one with `pretrain chain register` \
+             (or point --chain_dir at an existing one)",
+            dir.display()
+        )));
+    }
+    // An empty file (a full disk, a truncated copy) is not a chain to
+    // make afresh: only a command that may create one does.
+    if !create && std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+        return Err(ChainError::Storage(format!(
+            "{} is empty, not a chain: restore it, or remove it and make a new chain with \
+             `pretrain chain register`",
+            path.display()
+        )));
+    }
+    if create {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            ChainError::Storage(format!(
+                "cannot create chain directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+// The clock of a chain that is not ours to write (permissions): read what the
+// owner set up, through an immutable connection (replacing `conn`) when the
+// WAL index cannot be made.
+fn read_only_clock(conn: &mut Connection, dir: &Path, path: &Path) -> Result<Clock, ChainError> {
+    debug!(path = %path.display(), "opening the embedded chain read-only");
+    match read_clock(conn) {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            // A WAL file can only be read by someone who may create its `-shm` index,
+            // unless nobody is writing: then (no `-wal` file) everything is in the main
+            // file, and SQLite reads it as immutable, without the index.
+            let wal = dir.join(format!("{DB_FILE}-wal"));
+            if wal.exists() {
+                return Err(storage(path, e));
+            }
+            *conn = open_immutable(path).map_err(|e| storage(path, e))?;
+            read_clock(conn).map_err(|e| storage(path, e))
+        }
+    }
+}
+
+// Switches a writable chain file to WAL, sets its durability and makes (or
+// reads) its schema and clock.
+fn prepare_writable(
+    conn: &mut Connection,
+    path: &Path,
+    block_time: Option<f64>,
+) -> Result<Clock, ChainError> {
+    // WAL is a property of the file: the first opener switches it, later ones see it.
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(|e| storage(path, e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(ChainError::Storage(format!(
+            "{}: cannot switch to WAL journal (got {mode})",
+            path.display()
+        )));
+    }
+    // NORMAL is durable against a crashed process (not against power loss) and keeps
+    // commits cheap; the file is never corrupted either way.
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(|e| storage(path, e))?;
+    init_schema(conn, block_time).map_err(|e| storage(path, e))
+}
+
+// Refuses a stored block time that cannot be used, and warns when the one
+// asked for differs (the chain keeps the one it was created with).
+fn check_stored_block_time(
+    clock: &Clock,
+    requested: Option<f64>,
+    dir: &Path,
+    path: &Path,
+) -> Result<(), ChainError> {
+    check_block_time(clock.block_time).map_err(|_| {
+        ChainError::Storage(format!(
+            "{}: the stored block time {} is unusable; this chain cannot be used, remove {} to start a new one",
+            path.display(),
+            clock.block_time,
+            dir.display()
+        ))
+    })?;
+    if let Some(bt) = requested {
+        if (bt - clock.block_time).abs() > 1e-9 {
+            warn!(
+                requested = bt,
+                stored = clock.block_time,
+                "the embedded chain in {} keeps the block time it was created with",
+                dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+// Blocks never go back: a clock behind the chain's own records
+// (genesis_time edited, the system clock stepped back) is refused.
+fn check_clock_not_behind(conn: &Connection, clock: &Clock, path: &Path) -> Result<(), ChainError> {
+    let recorded = latest_recorded_block(conn).map_err(|e| storage(path, e))?;
+    let now = clock.now();
+    if recorded > now {
+        return Err(ChainError::Storage(format!(
+            "{}: the chain's clock says block {now}, but it already holds block {recorded}: \
+             its genesis_time was changed or the system clock went back; fix the clock \
+             (blocks must not go backwards)",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 fn init_schema(conn: &mut Connection, block_time: Option<f64>) -> rusqlite::Result<Clock> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute_batch(
@@ -332,7 +373,7 @@ fn init_schema(conn: &mut Connection, block_time: Option<f64>) -> rusqlite::Resu
              pairs TEXT NOT NULL,
              PRIMARY KEY (netuid, uid));",
     )?;
-    super::reveal::create_tables(&tx)?;
+    create_commit_reveal_tables(&tx)?;
     let get = |key: &str| -> rusqlite::Result<Option<String>> {
         tx.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
             r.get(0)
@@ -366,6 +407,44 @@ fn init_schema(conn: &mut Connection, block_time: Option<f64>) -> rusqlite::Resu
     }
     tx.commit()?;
     Ok(clock)
+}
+
+// The commit-reveal tables and the beacon's seed (kept here with the rest of the
+// schema, so that opening the file needs nothing from the modules that use it).
+fn create_commit_reveal_tables(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS commit_reveal (
+             netuid INTEGER PRIMARY KEY,
+             enabled INTEGER NOT NULL,
+             reveal_period INTEGER NOT NULL,
+             tempo INTEGER NOT NULL,
+             weights_version_key INTEGER NOT NULL);
+         CREATE TABLE IF NOT EXISTS timelocked_commits (
+             netuid INTEGER NOT NULL,
+             hotkey TEXT NOT NULL,
+             block INTEGER NOT NULL,
+             epoch INTEGER NOT NULL,
+             reveal_round INTEGER NOT NULL,
+             ciphertext BLOB NOT NULL,
+             PRIMARY KEY (netuid, hotkey, block));",
+    )?;
+    // The beacon's key, made once with the chain (or on the first open by this version).
+    let has: Option<String> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'beacon_seed'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if has.is_none() {
+        let (_, seed) =
+            Beacon::generate().map_err(|e| rusqlite::Error::InvalidParameterName(e.to_string()))?;
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('beacon_seed', ?1)",
+            params![hex::encode(seed)],
+        )?;
+    }
+    Ok(())
 }
 
 // A read-only connection to a chain file that nobody may change while it is open.

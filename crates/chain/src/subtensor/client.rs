@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use subxt::client::OnlineClientAtBlock;
 use subxt::rpcs::RpcClient;
 use subxt::OnlineClient;
 use tokio::sync::Mutex;
@@ -17,17 +16,8 @@ use super::metagraph::read_metagraph;
 use super::scale::{account_of, storage_key};
 use super::storage::{ensure_registered, fetch_raw, uid_at};
 use super::weights::{hyperparameters_at, prepare_commit};
-use super::{endpoint_for, SubtensorConfig, SUBTENSOR};
+use super::{endpoint_for, AtBlock, Conn, SubtensorConfig, SUBTENSOR};
 use crate::{Chain, ChainError, Commitment, Hotkey, Hyperparameters, Metagraph, WeightsSubmission};
-
-pub(super) type AtBlock = OnlineClientAtBlock<SubtensorConfig>;
-
-/// One websocket connection: subxt's client and the raw RPC client under it.
-#[derive(Clone)]
-pub(super) struct Conn {
-    pub(super) client: OnlineClient<SubtensorConfig>,
-    pub(super) rpc: RpcClient,
-}
 
 /// A subtensor node reached over websocket.
 pub struct SubtensorChain {

@@ -6,14 +6,13 @@ use subxt::ext::scale_value::ValueDef;
 use subxt::Metadata;
 use tracing::warn;
 
-use super::client::AtBlock;
 use super::errors::storage_err;
 use super::scale::{
     account_from_bytes, account_of, as_bytes, as_list, as_uint, decode_storage_value, ss58_of,
     storage_key,
 };
 use super::storage::fetch_raw;
-use super::COMMITMENTS;
+use super::{AtBlock, COMMITMENTS};
 use crate::{ChainError, Commitment};
 
 /// Key of `Commitments.CommitmentOf(netuid, account)`.

@@ -11,10 +11,9 @@ use subxt::Metadata;
 use subxt_signer::sr25519::Keypair;
 use tracing::{debug, info};
 
-use super::client::{AtBlock, Conn};
 use super::errors::TxContext;
 use super::scale::account_of;
-use super::{CallPayload, COMMITMENTS, MAX_COMMITMENT_BYTES, SUBTENSOR};
+use super::{AtBlock, CallPayload, Conn, COMMITMENTS, MAX_COMMITMENT_BYTES, SUBTENSOR};
 use crate::{ChainError, Hotkey};
 
 /// `Commitments.set_commitment(netuid, CommitmentInfo { fields: [Raw<N>(data)] })`.

@@ -6,11 +6,10 @@ use std::collections::BTreeMap;
 use subxt::dynamic::Value;
 use subxt::ext::futures::{stream, StreamExt, TryStreamExt};
 
-use super::client::AtBlock;
 use super::errors::storage_err;
 use super::scale::{account_from_bytes, as_uint, ss58_of, storage_key};
 use super::storage::{bools, fetch_raw, fetch_value, stake_of, subnet_exists, uints};
-use super::SUBTENSOR;
+use super::{AtBlock, SUBTENSOR};
 use crate::{ChainError, Metagraph, Neuron};
 
 /// RAO per TAO.

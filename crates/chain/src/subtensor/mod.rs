@@ -12,9 +12,11 @@
 //! and signing), `errors` (what a runtime refusal means), `storage`
 //! (storage reads), `commitments` and `metagraph`.
 
+use subxt::client::OnlineClientAtBlock;
 use subxt::ext::scale_value::Composite;
+use subxt::rpcs::RpcClient;
 use subxt::transactions::DynamicPayload;
-use subxt::SubstrateConfig;
+use subxt::{OnlineClient, SubstrateConfig};
 
 mod client;
 mod commitments;
@@ -69,3 +71,15 @@ pub type SubtensorConfig = SubstrateConfig;
 
 /// A call built dynamically from pallet, call and named fields.
 pub type CallPayload = DynamicPayload<Composite<()>>;
+
+// The two connection types every part uses (here, below `client`, so that the
+// storage, call and metagraph parts need nothing from the client on top of them).
+/// A client pinned to one block.
+pub(super) type AtBlock = OnlineClientAtBlock<SubtensorConfig>;
+
+/// One websocket connection: subxt's client and the raw RPC client under it.
+#[derive(Clone)]
+pub(super) struct Conn {
+    pub(super) client: OnlineClient<SubtensorConfig>,
+    pub(super) rpc: RpcClient,
+}

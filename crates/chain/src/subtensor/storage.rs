@@ -6,10 +6,9 @@ use subxt::error::StorageError;
 use subxt::ext::frame_decode::storage::{IntoEncodableValues, StorageTypeInfo};
 use tracing::debug;
 
-use super::client::AtBlock;
 use super::errors::{storage_err, ErrorClass, TxContext};
 use super::scale::{as_bool, as_list, as_uint, decode_storage_value, has_storage, storage_key};
-use super::SUBTENSOR;
+use super::{AtBlock, SUBTENSOR};
 use crate::ChainError;
 
 /// Raw value at `key`, `None` if unset.

@@ -15,10 +15,9 @@ use subxt::ext::scale_value::Composite;
 use subxt::Metadata;
 use tracing::info;
 
-use super::client::AtBlock;
 use super::scale::{as_bool, as_list, as_uint, has_storage};
 use super::storage::fetch_value;
-use super::{CallPayload, SUBTENSOR};
+use super::{AtBlock, CallPayload, SUBTENSOR};
 use crate::timelock::{
     commit_payload, commit_payload_v3, first_reveal_block_indexed, first_reveal_block_legacy,
     quicknet_public_key, reveal_round_for, WeightsTlockPayload, COMMIT_REVEAL_VERSION,

@@ -21,7 +21,7 @@ use crate::scoring::{ScoringError, StepInput, Uid};
 use crate::{CommitId, ModelId, RepoId};
 
 use super::weights::scatter;
-use super::wins::{keep_for_next_step, score_competition, Contender};
+use super::wins::{keep_for_next_step, score_competition, Contender, Wins};
 use super::{check, CompetitionSpec, CompetitionTracker, RulesError, Schedule, ScheduleEntry};
 
 pub use super::Protocol;
@@ -544,92 +544,112 @@ impl StepRules<'_> {
                 tunables,
                 weights,
                 uids_to_eval,
-            } => {
-                let out = StepInput {
-                    n_total_uids: step.n_total_uids,
-                    uids: step.uids.to_vec(),
-                    n_batches: step.n_batches,
-                    epsilon: tunables.epsilon,
-                    temperature: tunables.temperature,
-                    alpha: tunables.alpha,
-                    sample_min: tunables.sample_min,
-                    blocks: step.blocks.to_vec(),
-                    losses: step.losses.to_vec(),
-                    prev_weights: weights.clone(),
-                }
-                .run()?;
-                weights.clone_from(&out.weights);
-                *uids_to_eval = out.uids_to_eval_next.iter().copied().collect();
-                Ok(ScoredStep {
-                    mean_loss: mean,
-                    wins: out.stats.wins,
-                    win_rate: out.stats.win_rate,
-                    weights: out.weights,
-                    uids_to_eval_next: out.uids_to_eval_next,
-                    competitive_uids: None,
-                })
-            }
+            } => score_sn9(step, mean, tunables, weights, uids_to_eval),
             StepRules::Competitions {
                 spec,
                 entry,
                 state,
                 weights,
-            } => {
-                let contenders: Vec<Contender> = step
-                    .uids
-                    .iter()
-                    .zip(&mean)
-                    .zip(step.blocks)
-                    .map(|((&uid, &score), block)| Contender {
-                        uid,
-                        score,
-                        block: block.unwrap_or(u64::MAX),
-                    })
-                    .collect();
-                let scored = score_competition(
-                    &contenders,
-                    &spec.constraints.epsilon,
-                    step.block,
-                    spec.scoring.temperature,
-                    true,
-                )?;
-                let c = spec.id;
-                let step_weights = scatter(step.n_total_uids, &scored.step_weights);
-                let active: Vec<CompetitionId> = entry.competitions.iter().map(|k| k.id).collect();
-                state.tracker.record(c, &step_weights, spec.scoring.alpha);
-                state.tracker.reset_competitions(&active);
-                *weights = state.tracker.subnet_weights(&entry.shares());
-                let next = keep_for_next_step(
-                    &contenders,
-                    &scored.wins,
-                    state.tracker.competition_weights(c).unwrap_or(&[]),
-                    spec.scoring.sample_min,
-                );
-                state.uids_to_eval.insert(c, next.iter().copied().collect());
-                let wins = step
-                    .uids
-                    .iter()
-                    .map(|u| {
-                        scored
-                            .wins
-                            .wins
-                            .iter()
-                            .find(|(w, _)| w == u)
-                            .map_or(0, |w| w.1)
-                    })
-                    .collect();
-                let win_rate = step.uids.iter().map(|&u| scored.wins.rate_of(u)).collect();
-                Ok(ScoredStep {
-                    mean_loss: mean,
-                    wins,
-                    win_rate,
-                    weights: weights.clone(),
-                    uids_to_eval_next: next,
-                    competitive_uids: scored.competitive_uids,
-                })
-            }
+            } => score_turn(step, mean, spec, entry, state, weights),
         }
     }
+}
+
+/// [`StepRules::Sn9Rules2024`]: per-batch wins over every uid, one moving
+/// average, the evaluation set replaced by the uids kept.
+fn score_sn9(
+    step: &EvaluatedStep<'_>,
+    mean: Vec<f64>,
+    tunables: &Tunables,
+    weights: &mut Vec<f32>,
+    uids_to_eval: &mut BTreeSet<Uid>,
+) -> Result<ScoredStep, ScoreError> {
+    let out = StepInput {
+        n_total_uids: step.n_total_uids,
+        uids: step.uids.to_vec(),
+        n_batches: step.n_batches,
+        epsilon: tunables.epsilon,
+        temperature: tunables.temperature,
+        alpha: tunables.alpha,
+        sample_min: tunables.sample_min,
+        blocks: step.blocks.to_vec(),
+        losses: step.losses.to_vec(),
+        prev_weights: weights.clone(),
+    }
+    .run()?;
+    weights.clone_from(&out.weights);
+    *uids_to_eval = out.uids_to_eval_next.iter().copied().collect();
+    Ok(ScoredStep {
+        mean_loss: mean,
+        wins: out.stats.wins,
+        win_rate: out.stats.win_rate,
+        weights: out.weights,
+        uids_to_eval_next: out.uids_to_eval_next,
+        competitive_uids: None,
+    })
+}
+
+/// [`StepRules::Competitions`]: `spec`'s turn scored by mean-loss wins among
+/// the competitive, its moving average recorded, and the subnet weights
+/// summed over `entry`'s competitions by share.
+fn score_turn(
+    step: &EvaluatedStep<'_>,
+    mean: Vec<f64>,
+    spec: &CompetitionSpec,
+    entry: &ScheduleEntry,
+    state: &mut CompetitionState,
+    weights: &mut Vec<f32>,
+) -> Result<ScoredStep, ScoreError> {
+    let contenders: Vec<Contender> = step
+        .uids
+        .iter()
+        .zip(&mean)
+        .zip(step.blocks)
+        .map(|((&uid, &score), block)| Contender {
+            uid,
+            score,
+            block: block.unwrap_or(u64::MAX),
+        })
+        .collect();
+    let scored = score_competition(
+        &contenders,
+        &spec.constraints.epsilon,
+        step.block,
+        spec.scoring.temperature,
+        true,
+    )?;
+    let c = spec.id;
+    let step_weights = scatter(step.n_total_uids, &scored.step_weights);
+    let active: Vec<CompetitionId> = entry.competitions.iter().map(|k| k.id).collect();
+    state.tracker.record(c, &step_weights, spec.scoring.alpha);
+    state.tracker.reset_competitions(&active);
+    *weights = state.tracker.subnet_weights(&entry.shares());
+    let next = keep_for_next_step(
+        &contenders,
+        &scored.wins,
+        state.tracker.competition_weights(c).unwrap_or(&[]),
+        spec.scoring.sample_min,
+    );
+    state.uids_to_eval.insert(c, next.iter().copied().collect());
+    let (wins, win_rate) = per_uid(step.uids, &scored.wins);
+    Ok(ScoredStep {
+        mean_loss: mean,
+        wins,
+        win_rate,
+        weights: weights.clone(),
+        uids_to_eval_next: next,
+        competitive_uids: scored.competitive_uids,
+    })
+}
+
+/// Each of `uids`' wins (0 without any) and win rate, in their order.
+fn per_uid(uids: &[Uid], wins: &Wins) -> (Vec<u64>, Vec<f64>) {
+    let count = uids
+        .iter()
+        .map(|u| wins.wins.iter().find(|(w, _)| w == u).map_or(0, |w| w.1))
+        .collect();
+    let rate = uids.iter().map(|&u| wins.rate_of(u)).collect();
+    (count, rate)
 }
 
 #[cfg(test)]

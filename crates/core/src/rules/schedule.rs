@@ -327,6 +327,118 @@ fn invalid(name: &str, msg: String) -> RulesError {
     RulesError::Invalid(format!("schedule {name}: {msg}"))
 }
 
+// The checks of [`Schedule::validate`], each saying what is wrong (the caller
+// names the schedule).
+
+// Entries come in strictly increasing start blocks.
+fn check_start_blocks(entries: &[ScheduleEntry]) -> Result<(), String> {
+    for pair in entries.windows(2) {
+        if pair[1].start_block <= pair[0].start_block {
+            return Err(format!(
+                "entries must be sorted by increasing start_block: {} comes after {}",
+                pair[1].start_block, pair[0].start_block
+            ));
+        }
+    }
+    Ok(())
+}
+
+// One entry: at least one competition, each valid with a distinct id, the
+// seed's protocol alone, and shares summing to 1.
+fn check_entry(e: &ScheduleEntry) -> Result<(), String> {
+    let at = e.start_block;
+    if e.competitions.is_empty() {
+        return Err(format!("entry at block {at} has no competitions"));
+    }
+    let mut sum = 0.0;
+    for (k, c) in e.competitions.iter().enumerate() {
+        let here = format!("entry at block {at}, competition {} ({})", c.id, c.name);
+        if e.competitions[..k].iter().any(|o| o.id == c.id) {
+            return Err(format!("{here}: id {} appears twice", c.id));
+        }
+        if !(c.reward_share.is_finite() && (0.0..=1.0).contains(&c.reward_share)) {
+            return Err(format!("{here}: share {} is not in [0, 1]", c.reward_share));
+        }
+        sum += c.reward_share;
+        check_constraints(&c.constraints).map_err(|why| format!("{here}: {why}"))?;
+        check_scoring(&c.scoring).map_err(|why| format!("{here}: {why}"))?;
+    }
+    // The seed's validator keeps one moving average over all uids:
+    // it cannot split rewards between competitions.
+    if e.competitions.len() > 1
+        && e.competitions
+            .iter()
+            .any(|c| c.scoring.wins == WinsRule::PerBatch)
+    {
+        return Err(format!(
+            "entry at block {at} runs {} competitions, and per_batch wins (the seed's \
+             protocol) allow one competition per entry",
+            e.competitions.len()
+        ));
+    }
+    // math.isclose(sum, 1.0): relative tolerance 1e-9.
+    if (sum - 1.0).abs() > 1e-9 {
+        let list: Vec<String> = e
+            .competitions
+            .iter()
+            .map(|c| format!("{} {}", c.name, c.reward_share))
+            .collect();
+        return Err(format!(
+            "the shares of the entry at block {at} sum to {sum}, not 1 ({})",
+            list.join(" + ")
+        ));
+    }
+    Ok(())
+}
+
+// A competition's constraints: a valid epsilon, a parameter range that is
+// not empty, and no zero sequence length.
+fn check_constraints(k: &Constraints) -> Result<(), String> {
+    k.epsilon.validate().map_err(|err| err.to_string())?;
+    if k.min_parameters > k.max_parameters {
+        return Err(format!(
+            "min_parameters {} > max_parameters {}",
+            k.min_parameters, k.max_parameters
+        ));
+    }
+    if k.sequence_length == Some(0) {
+        return Err("sequence_length 0".into());
+    }
+    Ok(())
+}
+
+// A competition's scoring parameters: a positive temperature, alpha in
+// [0, 1], and at least one sample.
+fn check_scoring(s: &ScoringParams) -> Result<(), String> {
+    if !(s.temperature.is_finite() && s.temperature > 0.0) {
+        return Err(format!("temperature {} must be > 0", s.temperature));
+    }
+    if !(s.alpha.is_finite() && (0.0..=1.0).contains(&s.alpha)) {
+        return Err(format!("alpha {} is not in [0, 1]", s.alpha));
+    }
+    if s.sample_min == 0 {
+        return Err("sample_min must be at least 1".into());
+    }
+    Ok(())
+}
+
+// A schedule runs either the seed's protocol (per_batch wins) or the later one.
+fn check_one_protocol(entries: &[ScheduleEntry]) -> Result<(), String> {
+    let kinds: std::collections::BTreeSet<_> = entries
+        .iter()
+        .flat_map(|e| &e.competitions)
+        .map(|c| c.scoring.wins == WinsRule::PerBatch)
+        .collect();
+    if kinds.len() > 1 {
+        return Err(
+            "mixes per_batch and mean_loss_competitive competitions: a schedule runs either \
+             the seed's protocol or the later one"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 impl Schedule {
     /// A built-in schedule by name, or else the TOML file at that path.
     pub fn by_name_or_file(name_or_path: &str) -> Result<Self, RulesError> {
@@ -411,126 +523,13 @@ impl Schedule {
     /// summing to 1 (as upstream's `math.isclose`); valid epsilons and
     /// scoring parameters; `min_parameters <= max_parameters`.
     pub fn validate(&self) -> Result<(), RulesError> {
-        let name = &self.name;
         if self.entries.is_empty() {
-            return Err(invalid(name, "no entries".into()));
+            return Err(invalid(&self.name, "no entries".into()));
         }
-        for pair in self.entries.windows(2) {
-            if pair[1].start_block <= pair[0].start_block {
-                return Err(invalid(
-                    name,
-                    format!(
-                        "entries must be sorted by increasing start_block: {} comes after {}",
-                        pair[1].start_block, pair[0].start_block
-                    ),
-                ));
-            }
-        }
-        for e in &self.entries {
-            let at = e.start_block;
-            if e.competitions.is_empty() {
-                return Err(invalid(
-                    name,
-                    format!("entry at block {at} has no competitions"),
-                ));
-            }
-            let mut sum = 0.0;
-            for (k, c) in e.competitions.iter().enumerate() {
-                let here = format!("entry at block {at}, competition {} ({})", c.id, c.name);
-                if e.competitions[..k].iter().any(|o| o.id == c.id) {
-                    return Err(invalid(name, format!("{here}: id {} appears twice", c.id)));
-                }
-                if !(c.reward_share.is_finite() && (0.0..=1.0).contains(&c.reward_share)) {
-                    return Err(invalid(
-                        name,
-                        format!("{here}: share {} is not in [0, 1]", c.reward_share),
-                    ));
-                }
-                sum += c.reward_share;
-                c.constraints
-                    .epsilon
-                    .validate()
-                    .map_err(|err| invalid(name, format!("{here}: {err}")))?;
-                let k = &c.constraints;
-                if k.min_parameters > k.max_parameters {
-                    return Err(invalid(
-                        name,
-                        format!(
-                            "{here}: min_parameters {} > max_parameters {}",
-                            k.min_parameters, k.max_parameters
-                        ),
-                    ));
-                }
-                if k.sequence_length == Some(0) {
-                    return Err(invalid(name, format!("{here}: sequence_length 0")));
-                }
-                let s = &c.scoring;
-                if !(s.temperature.is_finite() && s.temperature > 0.0) {
-                    return Err(invalid(
-                        name,
-                        format!("{here}: temperature {} must be > 0", s.temperature),
-                    ));
-                }
-                if !(s.alpha.is_finite() && (0.0..=1.0).contains(&s.alpha)) {
-                    return Err(invalid(
-                        name,
-                        format!("{here}: alpha {} is not in [0, 1]", s.alpha),
-                    ));
-                }
-                if s.sample_min == 0 {
-                    return Err(invalid(
-                        name,
-                        format!("{here}: sample_min must be at least 1"),
-                    ));
-                }
-            }
-            // The seed's validator keeps one moving average over all uids:
-            // it cannot split rewards between competitions.
-            if e.competitions.len() > 1
-                && e.competitions
-                    .iter()
-                    .any(|c| c.scoring.wins == WinsRule::PerBatch)
-            {
-                return Err(invalid(
-                    name,
-                    format!(
-                        "entry at block {at} runs {} competitions, and per_batch wins (the seed's \
-                         protocol) allow one competition per entry",
-                        e.competitions.len()
-                    ),
-                ));
-            }
-            // math.isclose(sum, 1.0): relative tolerance 1e-9.
-            if (sum - 1.0).abs() > 1e-9 {
-                let list: Vec<String> = e
-                    .competitions
-                    .iter()
-                    .map(|c| format!("{} {}", c.name, c.reward_share))
-                    .collect();
-                return Err(invalid(
-                    name,
-                    format!(
-                        "the shares of the entry at block {at} sum to {sum}, not 1 ({})",
-                        list.join(" + ")
-                    ),
-                ));
-            }
-        }
-        let kinds: std::collections::BTreeSet<_> = self
-            .entries
-            .iter()
-            .flat_map(|e| &e.competitions)
-            .map(|c| c.scoring.wins == WinsRule::PerBatch)
-            .collect();
-        if kinds.len() > 1 {
-            return Err(invalid(
-                name,
-                "mixes per_batch and mean_loss_competitive competitions: a schedule runs either \
-                 the seed's protocol or the later one"
-                    .into(),
-            ));
-        }
-        Ok(())
+        check_start_blocks(&self.entries)
+            .and_then(|()| self.entries.iter().try_for_each(check_entry))
+            .and_then(|()| check_one_protocol(&self.entries))
+            .map_err(|why| invalid(&self.name, why))
     }
 
     /// The protocol of this schedule: [`Protocol::Sn9Rules2024`] when every

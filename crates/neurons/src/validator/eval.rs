@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 use pretrain_chain::Metagraph;
 use pretrain_core::constants::{SEQUENCE_LENGTH, WEIGHTS_VERSION_KEY};
 use pretrain_core::rules::{
-    CompetitionSpec, CompetitionState, EvaluatedStep, Protocol, ScheduleEntry, StepRules,
+    CompetitionSpec, CompetitionState, EvaluatedStep, Protocol, ScheduleEntry, ScoredStep,
+    StepRules,
 };
 use pretrain_core::scoring::{JsonF64, Uid};
-use pretrain_core::{weights_for_emit, HotkeyAddress, Tunables};
+use pretrain_core::{weights_for_emit, CompetitionId, HotkeyAddress, Tunables};
 use thiserror::Error;
 use tracing::{error, info, warn};
 
@@ -480,44 +481,73 @@ pub async fn run_step(shared: &Shared) -> Result<Option<StepReport>, StepError> 
     if let Err(StepError::NothingEvaluated(_)) = &evaluated {
         put_back(shared, &plan);
     }
-    let Evaluated {
-        seed,
-        pages,
-        n_batches,
-        uids,
-        losses,
-        deferred,
-        errors,
-        hotkeys,
-        models,
-        data_s,
-        eval_s,
-    } = evaluated?;
-    let uids = &uids;
+    let ev = evaluated?;
+    warn_deferred(plan.state.step + 1, &ev.deferred);
+    // As the original: the block of tracked metadata, +inf (None) without.
+    let blocks: Vec<Option<u64>> = ev
+        .uids
+        .iter()
+        .map(|uid| ev.models.get(uid).map(|m| m.block))
+        .collect();
+    let (step, scored) = score_step(shared, &plan, &graph, &ev, &blocks)?;
+    let competition = plan.competition.as_ref().map(|(spec, _)| spec.id);
+    let uid_reports = uid_reports(&ev, &blocks, &scored, competition);
+    if let Some((spec, _)) = &plan.competition {
+        info!(competition = spec.id, name = %spec.name, competitive = ?scored.competitive_uids, "step {step}: competition {}", spec.id);
+    }
+    log_table(step, &uid_reports);
+    Ok(Some(StepReport {
+        step,
+        block: graph.block,
+        competition,
+        seed: ev.seed,
+        pages: ev.pages,
+        n_batches: ev.n_batches,
+        n_total_uids: graph.neurons.len(),
+        uids: uid_reports,
+        weights: scored.weights,
+        uids_to_eval_next: scored.uids_to_eval_next,
+        data_s: ev.data_s,
+        eval_s: ev.eval_s,
+        step_s: started.elapsed().as_secs_f64(),
+        weights_set: None,
+    }))
+}
+
+/// Says which models step `step` could not evaluate (the validator's own
+/// failures), once per step.
+fn warn_deferred(step: u64, deferred: &BTreeMap<Uid, String>) {
     if !deferred.is_empty() {
         warn!(
             deferred = ?deferred.keys().collect::<Vec<_>>(),
             "step {}: {} model(s) not evaluated (the validator's own failures; they keep their standing): {}",
-            plan.state.step + 1,
+            step,
             deferred.len(),
-            pretrain_core::escape::Escaped(&show_reasons(&deferred))
+            pretrain_core::escape::Escaped(&show_reasons(deferred))
         );
     }
-    // As the original: the block of tracked metadata, +inf (None) without.
-    let blocks: Vec<Option<u64>> = uids
-        .iter()
-        .map(|uid| models.get(uid).map(|m| m.block))
-        .collect();
+}
+
+/// Scores the evaluated uids by the plan's rules and counts the step, in
+/// one state update; the deferred keep their standing and are evaluated next.
+fn score_step(
+    shared: &Shared,
+    plan: &Plan,
+    graph: &Metagraph,
+    ev: &Evaluated,
+    blocks: &[Option<u64>],
+) -> Result<(u64, ScoredStep), StepError> {
     let evaluated = EvaluatedStep {
         block: graph.block,
         n_total_uids: graph.neurons.len(),
-        n_batches,
-        uids,
-        losses: &losses,
-        blocks: &blocks,
+        n_batches: ev.n_batches,
+        uids: &ev.uids,
+        losses: &ev.losses,
+        blocks,
     };
+    let deferred = &ev.deferred;
     let tunables = shared.config.competition;
-    let (step, scored) = shared.update_state(|s| {
+    shared.update_state(|s| {
         let prev_weights = s.weights.clone();
         let competition = plan.competition.as_ref().map(|(spec, _)| spec.id);
         let prev_competition: Option<Vec<f32>> = competition.and_then(|c| {
@@ -530,7 +560,7 @@ pub async fn run_step(shared: &Shared) -> Result<Option<StepReport>, StepError> 
             .rules(s, &tunables, graph.neurons.len())
             .score(&evaluated)?;
         if !deferred.is_empty() {
-            keep_deferred_standing(s, &plan, &deferred, &prev_weights, prev_competition);
+            keep_deferred_standing(s, plan, deferred, &prev_weights, prev_competition);
             scored.weights.clone_from(&s.weights);
             scored.uids_to_eval_next.extend(deferred.keys().copied());
             scored.uids_to_eval_next.sort_unstable();
@@ -538,46 +568,33 @@ pub async fn run_step(shared: &Shared) -> Result<Option<StepReport>, StepError> 
         }
         s.step += 1;
         Ok::<_, StepError>((s.step, scored))
-    })?;
+    })
+}
 
-    let competition = plan.competition.as_ref().map(|(spec, _)| spec.id);
-    let uid_reports: Vec<UidReport> = uids
+/// The step's line per evaluated uid, in the order evaluated.
+fn uid_reports(
+    ev: &Evaluated,
+    blocks: &[Option<u64>],
+    scored: &ScoredStep,
+    competition: Option<CompetitionId>,
+) -> Vec<UidReport> {
+    ev.uids
         .iter()
         .enumerate()
         .map(|(k, &uid)| UidReport {
             uid,
-            hotkey: hotkeys.get(&uid).cloned().unwrap_or_default(),
+            hotkey: ev.hotkeys.get(&uid).cloned().unwrap_or_default(),
             competition,
-            model: models.get(&uid).map(TrackedModel::model_str),
+            model: ev.models.get(&uid).map(TrackedModel::model_str),
             block: blocks[k],
-            losses: losses[k].iter().map(|&l| JsonF64(l)).collect(),
+            losses: ev.losses[k].iter().map(|&l| JsonF64(l)).collect(),
             mean_loss: JsonF64(scored.mean_loss[k]),
             wins: scored.wins[k],
             win_rate: scored.win_rate[k],
             weight: scored.weights.get(usize::from(uid)).copied().unwrap_or(0.0),
-            error: errors.get(&uid).cloned(),
+            error: ev.errors.get(&uid).cloned(),
         })
-        .collect();
-    if let Some((spec, _)) = &plan.competition {
-        info!(competition = spec.id, name = %spec.name, competitive = ?scored.competitive_uids, "step {step}: competition {}", spec.id);
-    }
-    log_table(step, &uid_reports);
-    Ok(Some(StepReport {
-        step,
-        block: graph.block,
-        competition,
-        seed,
-        pages,
-        n_batches,
-        n_total_uids: graph.neurons.len(),
-        uids: uid_reports,
-        weights: scored.weights,
-        uids_to_eval_next: scored.uids_to_eval_next,
-        data_s,
-        eval_s,
-        step_s: started.elapsed().as_secs_f64(),
-        weights_set: None,
-    }))
+        .collect()
 }
 
 /// Undoes a plan whose step evaluated nothing: the uids it moved into the

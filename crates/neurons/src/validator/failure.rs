@@ -44,14 +44,6 @@ pub fn check_identity(
     })
 }
 
-/// The outcome of a download failure that is not the model's fault.
-pub fn deferred(e: &StoreError) -> super::update::SyncOutcome {
-    super::update::SyncOutcome::Deferred(format!(
-        "download failed, retried later: {}",
-        crate::error_chain(e)
-    ))
-}
-
 /// Whether a download failure is the model's content (refuse for good).
 pub fn store_is_content(e: &StoreError) -> bool {
     e.is_permanent()

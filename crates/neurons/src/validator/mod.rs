@@ -36,7 +36,7 @@ pub mod state;
 pub mod update;
 pub mod worker;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -275,25 +275,58 @@ pub async fn start(
         .await
         .map_err(|_| ValidatorError::Timeout("metagraph", limit))??;
     if let Some(hk) = &hotkey {
-        let uid = metagraph
-            .neurons
-            .iter()
-            .find(|n| n.hotkey == hk.ss58)
-            .ok_or_else(|| ValidatorError::NotRegistered {
-                hotkey: hk.ss58.clone(),
-                netuid,
-            })?;
-        if !uid.validator_permit {
-            return Err(ValidatorError::NoPermit {
-                hotkey: hk.ss58.clone(),
-                uid: uid.uid,
-                netuid,
-            });
-        }
-        info!(uid = uid.uid, hotkey = %hk.ss58, "validator registered with a permit");
+        check_permit(&metagraph, hk, netuid)?;
     }
     let lock = pretrain_core::lock::lock_dir(&config.model_dir, "pretrain validate")?;
-    let chain_id = match tokio::time::timeout(limit, chain.chain_id()).await {
+    let chain_id = read_chain_id(chain.as_ref(), limit).await;
+    let path = ValidatorState::path(&config.model_dir);
+    let mut state = resume_or_new(&path, netuid, chain_id)?;
+    fit_state_to_chain(&mut state, &metagraph, &config);
+    state.save(&path)?;
+    let tokenizer = Arc::new(Tokenizer::gpt2()?);
+    let store = ModelStore::new(&config.model_dir);
+    Ok(Arc::new(Shared {
+        config,
+        chain,
+        hub,
+        source,
+        tokenizer,
+        store,
+        hotkey,
+        state: Mutex::new(state),
+        metagraph: RwLock::new(metagraph),
+        first_pass_done: AtomicBool::new(false),
+        observers: observe::Observers::default(),
+        _lock: lock,
+    }))
+}
+
+/// Refuses a hotkey that is not registered on the subnet, or has no
+/// validator permit there.
+fn check_permit(metagraph: &Metagraph, hk: &Hotkey, netuid: u16) -> Result<(), ValidatorError> {
+    let uid = metagraph
+        .neurons
+        .iter()
+        .find(|n| n.hotkey == hk.ss58)
+        .ok_or_else(|| ValidatorError::NotRegistered {
+            hotkey: hk.ss58.clone(),
+            netuid,
+        })?;
+    if !uid.validator_permit {
+        return Err(ValidatorError::NoPermit {
+            hotkey: hk.ss58.clone(),
+            uid: uid.uid,
+            netuid,
+        });
+    }
+    info!(uid = uid.uid, hotkey = %hk.ss58, "validator registered with a permit");
+    Ok(())
+}
+
+/// The chain's identity, for the state kept against it; `None` (with a
+/// warning when the chain refused) where it cannot be read in time.
+async fn read_chain_id(chain: &dyn Chain, limit: Duration) -> Option<String> {
+    match tokio::time::timeout(limit, chain.chain_id()).await {
         Ok(Ok(id)) => id,
         Ok(Err(e)) => {
             warn!(
@@ -303,11 +336,20 @@ pub async fn start(
             None
         }
         Err(_) => None,
-    };
-    let path = ValidatorState::path(&config.model_dir);
-    let loaded = ValidatorState::load(&path)?;
+    }
+}
+
+/// The state at `path` when there is one (refused when it is another
+/// subnet's or chain's), else a fresh one; it keeps `chain_id` where it
+/// names no chain yet.
+fn resume_or_new(
+    path: &Path,
+    netuid: u16,
+    chain_id: Option<String>,
+) -> Result<ValidatorState, ValidatorError> {
+    let loaded = ValidatorState::load(path)?;
     if let Some(s) = &loaded {
-        failure::check_identity(&path, s, netuid, chain_id.as_deref())?;
+        failure::check_identity(path, s, netuid, chain_id.as_deref())?;
     }
     let mut state = match loaded {
         Some(s) => {
@@ -326,6 +368,12 @@ pub async fn start(
     if state.chain.is_none() {
         state.chain = chain_id;
     }
+    Ok(state)
+}
+
+/// Brings a loaded state in line with the chain now: its epoch counted from
+/// a block the chain has reached, and the competitions' state the schedule's.
+fn fit_state_to_chain(state: &mut ValidatorState, metagraph: &Metagraph, config: &ValidatorConfig) {
     match state.last_epoch_block {
         None => state.last_epoch_block = Some(metagraph.block),
         // Blocks do not go back on one chain: weights would never be set.
@@ -346,23 +394,6 @@ pub async fn start(
     if had_competitions && state.competitions.is_none() {
         warn!("dropping the competitions' state: the schedule runs the sn9-2024-01 rules");
     }
-    state.save(&path)?;
-    let tokenizer = Arc::new(Tokenizer::gpt2()?);
-    let store = ModelStore::new(&config.model_dir);
-    Ok(Arc::new(Shared {
-        config,
-        chain,
-        hub,
-        source,
-        tokenizer,
-        store,
-        hotkey,
-        state: Mutex::new(state),
-        metagraph: RwLock::new(metagraph),
-        first_pass_done: AtomicBool::new(false),
-        observers: observe::Observers::default(),
-        _lock: lock,
-    }))
 }
 
 /// Raises this process's soft limit of open files to its hard limit, as

@@ -77,6 +77,17 @@ pub enum SyncOutcome {
     Deferred(String),
 }
 
+impl SyncOutcome {
+    /// The outcome of a download failure that is not the model's fault
+    /// (formerly `failure::deferred`: it builds this type, so it lives here).
+    pub fn download_deferred(e: &StoreError) -> Self {
+        Self::Deferred(format!(
+            "download failed, retried later: {}",
+            crate::error_chain(e)
+        ))
+    }
+}
+
 fn refusal_key(data: &[u8], block: u64) -> (String, u64) {
     (String::from_utf8_lossy(data).into_owned(), block)
 }
@@ -219,7 +230,7 @@ async fn sync(ctx: HotkeyCheck<'_>, data: &[u8], block: u64) -> SyncOutcome {
         // A missing repo, or one still private (the miner makes it public
         // once its commitment landed): upstream retries it later.
         // Also the validator's own failures (disk, token, endpoint).
-        Ok(Err(e)) if !failure::store_is_content(&e) => return failure::deferred(&e),
+        Ok(Err(e)) if !failure::store_is_content(&e) => return SyncOutcome::download_deferred(&e),
         Ok(Err(e)) => return ctx.refuse(crate::error_chain(&e), None),
         Ok(Ok(f)) => f,
     };
@@ -332,14 +343,7 @@ fn refuse(
 
 /// The loop: forever, the next uid, at most once per `update_interval`.
 pub async fn update_loop(shared: Arc<Shared>) {
-    let uids = |s: &Shared| -> Vec<Uid> {
-        s.metagraph_snapshot()
-            .neurons
-            .iter()
-            .map(|n| n.uid)
-            .collect()
-    };
-    let first = uids(&shared);
+    let first = metagraph_uids(&shared);
     let start = rand::thread_rng().gen_range(0..first.len().max(1));
     let mut it = MinerIterator::new(first, start);
     let mut last_checked: HashMap<Uid, Instant> = HashMap::new();
@@ -352,7 +356,7 @@ pub async fn update_loop(shared: Arc<Shared>) {
         while let Some(done) = checks.try_join_next_with_id() {
             running.ended(done, &mut finished);
         }
-        let current = uids(&shared);
+        let current = metagraph_uids(&shared);
         if !shared.first_pass_done.load(Ordering::Relaxed)
             && current.iter().all(|u| finished.contains(u))
         {
@@ -371,34 +375,11 @@ pub async fn update_loop(shared: Arc<Shared>) {
             tokio::time::sleep(shared.config.idle_wait).await;
             continue;
         };
-        if let Some(t) = last_checked.get(&uid) {
-            let elapsed = t.elapsed();
-            if elapsed < shared.config.update_interval {
-                let wait = shared.config.update_interval - elapsed;
-                debug!("every uid checked within the interval; sleeping {wait:?}");
-                tokio::time::sleep(wait).await;
-            }
-        }
+        wait_out_interval(last_checked.get(&uid), shared.config.update_interval).await;
         last_checked.insert(uid, Instant::now());
-        let hotkey = {
-            let g = shared.metagraph.read().unwrap_or_else(|p| p.into_inner());
-            g.neurons
-                .iter()
-                .find(|n| n.uid == uid)
-                .map(|n| n.hotkey.clone())
-        };
-        let Some(hotkey) = hotkey else {
+        let Some(hotkey) = hotkey_of(&shared, uid) else {
             finished.insert(uid);
             continue;
-        };
-        let hotkey = match hotkey.parse::<HotkeyAddress>() {
-            Ok(h) => h,
-            Err(e) => {
-                // Never tracked, so it scores +inf; said once per pass.
-                warn!(uid, "hotkey refused: {}", Escaped(&e));
-                finished.insert(uid);
-                continue;
-            }
         };
         // A uid still being checked (a slow fetch) is not started twice: wait
         // a little for a check to end, then go on to the next uid, so that a
@@ -420,6 +401,48 @@ pub async fn update_loop(shared: Arc<Shared>) {
             }
         });
         running.by_task.insert(task.id(), uid);
+    }
+}
+
+/// The uids of the metagraph as last synced.
+fn metagraph_uids(shared: &Shared) -> Vec<Uid> {
+    shared
+        .metagraph_snapshot()
+        .neurons
+        .iter()
+        .map(|n| n.uid)
+        .collect()
+}
+
+/// Sleeps out the rest of the update interval of a uid checked at `last`:
+/// every uid was checked within it.
+async fn wait_out_interval(last: Option<&Instant>, interval: Duration) {
+    if let Some(t) = last {
+        let elapsed = t.elapsed();
+        if elapsed < interval {
+            let wait = interval - elapsed;
+            debug!("every uid checked within the interval; sleeping {wait:?}");
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// The hotkey of `uid` in the metagraph, checked; `None` (said once per pass
+/// for a refused one: never tracked, so it scores +inf) where there is none.
+fn hotkey_of(shared: &Shared, uid: Uid) -> Option<HotkeyAddress> {
+    let hotkey = {
+        let g = shared.metagraph.read().unwrap_or_else(|p| p.into_inner());
+        g.neurons
+            .iter()
+            .find(|n| n.uid == uid)
+            .map(|n| n.hotkey.clone())
+    }?;
+    match hotkey.parse::<HotkeyAddress>() {
+        Ok(h) => Some(h),
+        Err(e) => {
+            warn!(uid, "hotkey refused: {}", Escaped(&e));
+            None
+        }
     }
 }
 

@@ -68,40 +68,12 @@ impl HfHub {
         let parts_dir = staging.join("parts");
         // Only what `from_pretrained` fetches; a sharded model's index first,
         // since it names the shards.
-        let index = match pretrained::index_to_read(&listed) {
-            Some(ix) if ix.size > pretrained::INDEX_LIMIT => {
-                return Err(HubError::BadResponse(format!(
-                    "{repo}@{commit}: {} is {} bytes, more than {}",
-                    ix.path,
-                    ix.size,
-                    pretrained::INDEX_LIMIT
-                )))
-            }
-            Some(ix) => {
-                let done = done_dir.join(safe_relative_path(&ix.path)?);
-                self.fetch_listed(repo, commit, ix, &parts_dir, &done, &ProgressBar::hidden())
-                    .await?;
-                let bytes = tokio::fs::read(&done)
-                    .await
-                    .map_err(HubError::io(format!("cannot read {}", done.display())))?;
-                Some(bytes)
-            }
-            None => None,
-        };
+        let index = self
+            .fetch_index(repo, commit, &listed, &done_dir, &parts_dir)
+            .await?;
         let files = pretrained::select(&listed, index.as_deref())?;
         let total: u64 = files.iter().map(|f| f.size).sum();
-        let bar = if self.options.progress {
-            let bar = ProgressBar::new(total);
-            if let Ok(style) = ProgressStyle::with_template(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            ) {
-                bar.set_style(style.progress_chars("=> "));
-            }
-            bar.set_message(format!("{repo}@{}", &commit.as_str()[..8]));
-            bar
-        } else {
-            ProgressBar::hidden()
-        };
+        let bar = self.progress_bar(total, repo, commit);
         tokio::fs::create_dir_all(&done_dir)
             .await
             .map_err(HubError::io(format!(
@@ -114,24 +86,55 @@ impl HfHub {
                 .await?;
         }
         bar.finish_and_clear();
-        let snapshots = repo_dir.join("snapshots");
-        tokio::fs::create_dir_all(&snapshots)
-            .await
-            .map_err(HubError::io(format!(
-                "cannot create {}",
-                snapshots.display()
-            )))?;
-        if let Err(e) = tokio::fs::rename(&done_dir, &target).await {
-            if !target.is_dir() {
-                return Err(HubError::io(format!(
-                    "cannot move the download to {}",
-                    target.display()
-                ))(e));
-            }
-        }
+        move_into_place(&done_dir, &repo_dir.join("snapshots"), &target).await?;
         let _ = tokio::fs::remove_dir_all(&staging).await;
         info!(%repo, %commit, bytes = total, "downloaded");
         Ok(target)
+    }
+
+    /// The safetensors index of a sharded model (it names the shards),
+    /// fetched first and read back; `None` where the choice needs none.
+    async fn fetch_index(
+        &self,
+        repo: &RepoId,
+        commit: &CommitId,
+        listed: &[RepoFile],
+        done_dir: &Path,
+        parts_dir: &Path,
+    ) -> Result<Option<Vec<u8>>, HubError> {
+        match pretrained::index_to_read(listed) {
+            Some(ix) if ix.size > pretrained::INDEX_LIMIT => Err(HubError::BadResponse(format!(
+                "{repo}@{commit}: {} is {} bytes, more than {}",
+                ix.path,
+                ix.size,
+                pretrained::INDEX_LIMIT
+            ))),
+            Some(ix) => {
+                let done = done_dir.join(safe_relative_path(&ix.path)?);
+                self.fetch_listed(repo, commit, ix, parts_dir, &done, &ProgressBar::hidden())
+                    .await?;
+                let bytes = tokio::fs::read(&done)
+                    .await
+                    .map_err(HubError::io(format!("cannot read {}", done.display())))?;
+                Ok(Some(bytes))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The download's progress bar over `total` bytes; hidden unless asked for.
+    fn progress_bar(&self, total: u64, repo: &RepoId, commit: &CommitId) -> ProgressBar {
+        if !self.options.progress {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::new(total);
+        if let Ok(style) = ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(format!("{repo}@{}", &commit.as_str()[..8]));
+        bar
     }
 
     /// Puts one listed file at `done` unless a complete copy is already
@@ -233,16 +236,42 @@ impl HfHub {
         bar: &ProgressBar,
         what: &str,
     ) -> Result<(), HubError> {
-        let mut have = match tokio::fs::metadata(part).await {
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        };
-        if have > file.size {
-            have = 0;
-        }
+        let have = bytes_kept(part, file).await;
         if have == file.size && file.size > 0 {
             return Ok(());
         }
+        let resp = self.request_from(url, have, part, what).await?;
+        check_served_commit(&resp, commit, what)?;
+        let resumed = resp.status() == StatusCode::PARTIAL_CONTENT;
+        let have = if resumed {
+            check_resumed_at(&resp, have, part, what).await?;
+            have
+        } else {
+            // The server sent the whole file.
+            bar.set_position(bar.position().saturating_sub(have));
+            0
+        };
+        let out = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(resumed)
+            .write(true)
+            .truncate(!resumed)
+            .open(part)
+            .await
+            .map_err(HubError::io(format!("cannot write {}", part.display())))?;
+        self.append_body(resp, out, have, file, part, bar, what)
+            .await
+    }
+
+    /// Asks for the file from byte `have` on (all of it when 0); a range
+    /// the server refuses drops `part`, so that the retry starts over.
+    async fn request_from(
+        &self,
+        url: &str,
+        have: u64,
+        part: &Path,
+        what: &str,
+    ) -> Result<reqwest::Response, HubError> {
         let mut req = self.api.client().get(url);
         if have > 0 {
             req = req.header(RANGE, format!("bytes={have}-"));
@@ -260,47 +289,22 @@ impl HfHub {
                 "{what}: range refused, restarting"
             )));
         }
-        let resp = check_status(resp, what).await?;
-        if let Some(c) = resp
-            .headers()
-            .get("x-repo-commit")
-            .and_then(|v| v.to_str().ok())
-        {
-            if c != commit.as_str() {
-                return Err(HubError::BadResponse(format!(
-                    "{what}: the hub served commit {c}"
-                )));
-            }
-        }
-        let resumed = resp.status() == StatusCode::PARTIAL_CONTENT;
-        if resumed {
-            let start = resp
-                .headers()
-                .get(CONTENT_RANGE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("bytes "))
-                .and_then(|v| v.split('-').next())
-                .and_then(|v| v.parse::<u64>().ok());
-            if start != Some(have) {
-                let _ = tokio::fs::remove_file(part).await;
-                return Err(HubError::BadResponse(format!(
-                    "{what}: asked for bytes from {have}, got {start:?}"
-                )));
-            }
-        } else {
-            // The server sent the whole file.
-            bar.set_position(bar.position().saturating_sub(have));
-            have = 0;
-        }
-        let mut out = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(resumed)
-            .write(true)
-            .truncate(!resumed)
-            .open(part)
-            .await
-            .map_err(HubError::io(format!("cannot write {}", part.display())))?;
-        let mut resp = resp;
+        check_status(resp, what).await
+    }
+
+    /// Streams the body into `out` (which holds `have` bytes), never past
+    /// the listed size: more drops `part`, less is a broken transfer.
+    #[allow(clippy::too_many_arguments)]
+    async fn append_body(
+        &self,
+        mut resp: reqwest::Response,
+        mut out: tokio::fs::File,
+        have: u64,
+        file: &RepoFile,
+        part: &Path,
+        bar: &ProgressBar,
+        what: &str,
+    ) -> Result<(), HubError> {
         let mut written = have;
         loop {
             let chunk = tokio::time::timeout(self.options.timeout, resp.chunk())
@@ -346,6 +350,84 @@ impl HfHub {
         }
         Ok(())
     }
+}
+
+/// Moves the finished `done_dir` to `target` in `snapshots`; a snapshot
+/// already there (another fetch finished first) is kept.
+async fn move_into_place(done_dir: &Path, snapshots: &Path, target: &Path) -> Result<(), HubError> {
+    tokio::fs::create_dir_all(snapshots)
+        .await
+        .map_err(HubError::io(format!(
+            "cannot create {}",
+            snapshots.display()
+        )))?;
+    if let Err(e) = tokio::fs::rename(done_dir, target).await {
+        if !target.is_dir() {
+            return Err(HubError::io(format!(
+                "cannot move the download to {}",
+                target.display()
+            ))(e));
+        }
+    }
+    Ok(())
+}
+
+/// The bytes of `file` already in `part`; 0 when there is none, or more
+/// than the file holds (then it is fetched whole again).
+async fn bytes_kept(part: &Path, file: &RepoFile) -> u64 {
+    let have = match tokio::fs::metadata(part).await {
+        Ok(m) => m.len(),
+        Err(_) => 0,
+    };
+    if have > file.size {
+        0
+    } else {
+        have
+    }
+}
+
+/// Refuses an answer for another commit than the one asked for.
+fn check_served_commit(
+    resp: &reqwest::Response,
+    commit: &CommitId,
+    what: &str,
+) -> Result<(), HubError> {
+    if let Some(c) = resp
+        .headers()
+        .get("x-repo-commit")
+        .and_then(|v| v.to_str().ok())
+    {
+        if c != commit.as_str() {
+            return Err(HubError::BadResponse(format!(
+                "{what}: the hub served commit {c}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that a partial answer starts at byte `have`; one that does not
+/// drops `part` (the retry starts over).
+async fn check_resumed_at(
+    resp: &reqwest::Response,
+    have: u64,
+    part: &Path,
+    what: &str,
+) -> Result<(), HubError> {
+    let start = resp
+        .headers()
+        .get(CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes "))
+        .and_then(|v| v.split('-').next())
+        .and_then(|v| v.parse::<u64>().ok());
+    if start != Some(have) {
+        let _ = tokio::fs::remove_file(part).await;
+        return Err(HubError::BadResponse(format!(
+            "{what}: asked for bytes from {have}, got {start:?}"
+        )));
+    }
+    Ok(())
 }
 
 /// A flat, safe file name for a repo path's partial download.
