@@ -153,8 +153,7 @@ impl Model {
         for (name, f, t) in matched {
             weights.insert(name, f.load(t, device)?);
         }
-        let path = options.resolve(device)?;
-        Self::assemble_with(config, config_json, weights, device.clone(), options, path)
+        Self::assemble(config, config_json, weights, device.clone(), options)
     }
 
     /// Loads a bare safetensors file (the miner's `--load_model FILE`) with the
@@ -166,7 +165,13 @@ impl Model {
         for (name, f, t) in match_tensors(&config, &files)? {
             weights.insert(name, f.load(t, device)?);
         }
-        Self::assemble(config, config_json, weights, device.clone())
+        Self::assemble(
+            config,
+            config_json,
+            weights,
+            device.clone(),
+            ComputeOptions::default(),
+        )
     }
 
     /// A model with fresh random weights from a `config.json` value, initialised
@@ -205,8 +210,7 @@ impl Model {
             };
             weights.insert(spec.name, Tensor::from_vec(data, spec.shape, device)?);
         }
-        let path = options.resolve(device)?;
-        Self::assemble_with(config, config_json, weights, device.clone(), options, path)
+        Self::assemble(config, config_json, weights, device.clone(), options)
     }
 
     /// The subnet's default GPT-2 (122,268,040 parameters) with random weights.
@@ -229,17 +233,24 @@ impl Model {
                 });
             }
         }
-        Self::assemble(config, config_json, weights, device.clone())
+        Self::assemble(
+            config,
+            config_json,
+            weights,
+            device.clone(),
+            ComputeOptions::default(),
+        )
     }
 
-    /// Builds the network over weights already checked against the config.
+    /// Builds the network over weights already checked against the config,
+    /// computing as `options` say.
     fn assemble(
         config: ModelConfig,
         config_json: Value,
         weights: Weights,
         device: Device,
+        options: ComputeOptions,
     ) -> Result<Self> {
-        let options = ComputeOptions::default();
         let path = options.resolve(&device)?;
         Self::assemble_with(config, config_json, weights, device, options, path)
     }

@@ -117,8 +117,8 @@ pub(crate) fn gemm_weight(
 }
 
 /// The environment variable that pins `--kernels auto`'s GEMM engine
-/// (`ours` or `onednn`) instead of racing: a validator sets it for its
-/// workers from its own race, so every model of a step runs one path.
+/// (`ours` or `onednn`) instead of racing, for a run that must not depend
+/// on a race (a validator pins its workers with [`pin_gemm_engine`]).
 pub const ENGINE_ENV: &str = "PRETRAIN_GEMM_ENGINE";
 
 /// How much faster (ratio) oneDNN must be for `auto` to take it: a tie
@@ -226,11 +226,10 @@ impl GemmRace {
     /// like, for the start-up log line.
     pub fn describe(&self) -> String {
         let version = onednn::available().unwrap_or_default();
-        let engine = match (&self.onednn, self.onednn_impl.is_empty()) {
-            (Err(e), _) => format!("oneDNN not used: {e}"),
-            (Ok(Some(g)), false) => format!("oneDNN {version} {} {g:.0} GFLOP/s", self.onednn_impl),
-            (Ok(None), false) => format!("oneDNN {version} {}", self.onednn_impl),
-            (Ok(g), true) => format!("oneDNN {version} {:.0} GFLOP/s", g.unwrap_or(0.0)),
+        let engine = match &self.onednn {
+            Err(e) => format!("oneDNN not used: {e}"),
+            Ok(Some(g)) => format!("oneDNN {version} {} {g:.0} GFLOP/s", self.onednn_impl),
+            Ok(None) => format!("oneDNN {version} {}", self.onednn_impl),
         };
         if let Some(p) = self.pinned {
             return format!("engine pinned by {}={}; {engine}", self.pinned_by, p.name());
@@ -257,10 +256,9 @@ static PINNED: OnceLock<GemmEngine> = OnceLock::new();
 
 /// Pins `--kernels auto`'s GEMM engine for this process (a validator's
 /// worker takes its validator's race result this way). Call it before the
-/// first model is built: a race already run stays. `false` when an earlier
-/// call pinned another engine (that one stays).
-pub fn pin_gemm_engine(engine: GemmEngine) -> bool {
-    PINNED.set(engine).is_ok() && PINNED.get() == Some(&engine)
+/// first model is built: a race already run stays, as does an earlier pin.
+pub fn pin_gemm_engine(engine: GemmEngine) {
+    let _ = PINNED.set(engine);
 }
 
 /// The race for `bf16` or f32, run once a process (a few hundred
