@@ -79,7 +79,9 @@ fn random_batch(cfg: &BenchConfig, vocab: usize) -> Vec<Vec<u32>> {
 
 /// Evaluation throughput: forward + loss, no gradients.
 pub fn bench_eval(cfg: &BenchConfig) -> Result<BenchResult> {
-    let model = Model::random_with(cfg.config_json.clone(), 0, &cfg.device, cfg.options)?;
+    // Sealed as the validator's evaluation is (`load_for_eval`).
+    let model = Model::random_with(cfg.config_json.clone(), 0, &cfg.device, cfg.options)?
+        .sealed_for_eval()?;
     let batch = random_batch(cfg, model.config().vocab_size());
     let loss = model.loss(&batch)?;
     tracing::info!("warm-up loss {loss}");

@@ -35,7 +35,8 @@ pub fn load_for_eval_with(dir: &Path, device: &Device, options: ComputeOptions) 
             return Err(crate::check::non_finite(name));
         }
     }
-    Ok(model)
+    // Evaluation only from here: one copy of the projections, not two.
+    model.sealed_for_eval()
 }
 
 /// A loss per batch of a loaded model: `+inf` for a batch that fails or

@@ -3,6 +3,7 @@
 //! resolved once, at load, under Hugging Face prefixes
 //! (`transformer.h.3.attn.c_attn.weight`).
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -37,19 +38,99 @@ pub(crate) fn dropout(
 /// `vb.pp("h").pp(3).get("ln_1.weight")` is `h.3.ln_1.weight`.
 #[derive(Clone)]
 pub(crate) struct VarBuilder<'a> {
-    weights: &'a Weights,
+    source: Source<'a>,
     prefix: String,
     path: KernelPath,
+}
+
+/// Where a [`VarBuilder`] reads its tensors.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    /// Weights the model keeps.
+    Shared(&'a Weights),
+    /// A build sealed for evaluation, taking the GEMM-only weights out.
+    Sealing(&'a RefCell<Sealing>),
+}
+
+/// The weights of a build sealed for evaluation ([`VarBuilder::sealing`]):
+/// what is left of them, and how many values were taken out.
+pub(crate) struct Sealing {
+    /// The weights not taken out (all of them before the build).
+    pub(crate) weights: Weights,
+    /// Values of the weights taken out so far.
+    pub(crate) dropped: u64,
+}
+
+/// How a GEMM weight is stored: GPT-2's `Conv1D` `[in, out]`, or
+/// `torch.nn.Linear`'s `[out, in]`.
+#[derive(Clone, Copy)]
+pub(crate) enum Stored {
+    /// `[in, out]`.
+    InOut,
+    /// `[out, in]`.
+    OutIn,
 }
 
 impl<'a> VarBuilder<'a> {
     /// The root builder; every layer built from it runs the kernels of `path`.
     pub(crate) fn new(weights: &'a Weights, path: KernelPath) -> Self {
         Self {
-            weights,
+            source: Source::Shared(weights),
             prefix: String::new(),
             path,
         }
+    }
+
+    /// A root builder for evaluation only, on a bf16 CPU `path`: every weight
+    /// that only GEMMs read is taken out of `sealing` as its layer is built
+    /// and dropped once its bf16 copy is made ([`VarBuilder::gemm_weight`]),
+    /// so the f32 values are freed one weight at a time.
+    pub(crate) fn sealing(sealing: &'a RefCell<Sealing>, path: KernelPath) -> Self {
+        Self {
+            source: Source::Sealing(sealing),
+            prefix: String::new(),
+            path,
+        }
+    }
+
+    /// The weight `prefix.name` that only the GEMMs of its layer read, and
+    /// its packs. On a sealing build with a bf16 CPU path, its forward copy
+    /// is made now, the weight is dropped and a placeholder of its shape (one
+    /// value broadcast, never read) stands in for it; elsewhere the tensor
+    /// itself and empty packs. `accumulate` is what the layer's forward GEMM
+    /// passes.
+    pub(crate) fn gemm_weight(
+        &self,
+        name: &str,
+        stored: Stored,
+        accumulate: bool,
+    ) -> Result<(Tensor, Arc<WeightPacks>)> {
+        let Source::Sealing(sealing) = self.source else {
+            return Ok((self.get(name)?, Arc::default()));
+        };
+        let full = self.full(name);
+        let w = sealing
+            .borrow_mut()
+            .weights
+            .remove(&full)
+            .ok_or(ModelError::MissingTensor(full))?;
+        let (rows, cols) = w.dims2()?;
+        let (kn, strides) = match stored {
+            Stored::InOut => ((rows, cols), (cols, 1)),
+            Stored::OutIn => ((cols, rows), (1, cols)),
+        };
+        let packs = crate::kernels::with_cpu_f32(&w, |ws| {
+            WeightPacks::sealed(self.path, ws, kn, strides, accumulate)
+        })??;
+        let Some(packs) = packs else {
+            return Err(ModelError::Unsupported(format!(
+                "sealing a model on the {} path (it keeps no copy of its weights)",
+                self.path.name()
+            )));
+        };
+        let placeholder = Tensor::zeros((), w.dtype(), w.device())?.broadcast_as(w.shape())?;
+        sealing.borrow_mut().dropped += w.elem_count() as u64;
+        Ok((placeholder, Arc::new(packs)))
     }
 
     /// The kernel path of the model being built.
@@ -60,7 +141,7 @@ impl<'a> VarBuilder<'a> {
     /// The builder one level down: `prefix.name`.
     pub(crate) fn pp(&self, name: impl std::fmt::Display) -> Self {
         Self {
-            weights: self.weights,
+            source: self.source,
             prefix: self.full(&name.to_string()),
             path: self.path,
         }
@@ -77,10 +158,11 @@ impl<'a> VarBuilder<'a> {
     /// The tensor `prefix.name` (shapes were checked against the config at load).
     pub(crate) fn get(&self, name: &str) -> Result<Tensor> {
         let full = self.full(name);
-        self.weights
-            .get(&full)
-            .cloned()
-            .ok_or(ModelError::MissingTensor(full))
+        let found = match self.source {
+            Source::Shared(w) => w.get(&full).cloned(),
+            Source::Sealing(s) => s.borrow().weights.get(&full).cloned(),
+        };
+        found.ok_or(ModelError::MissingTensor(full))
     }
 }
 
@@ -97,11 +179,13 @@ pub(crate) struct Conv1D {
 impl Conv1D {
     /// The layer under `vb` (`weight`, `bias`).
     pub(crate) fn new(vb: VarBuilder) -> Result<Self> {
+        // Its forward GEMM accumulates onto the bias.
+        let (weight, packs) = vb.gemm_weight("weight", Stored::InOut, true)?;
         Ok(Self {
-            weight: vb.get("weight")?,
+            weight,
             bias: vb.get("bias")?,
             path: vb.kernels(),
-            packs: Arc::default(),
+            packs,
         })
     }
 
@@ -175,11 +259,12 @@ pub(crate) struct Linear {
 impl Linear {
     /// The layer under `vb` (`weight`, and `bias` if `bias`).
     pub(crate) fn new(vb: VarBuilder, bias: bool) -> Result<Self> {
+        let (weight, packs) = vb.gemm_weight("weight", Stored::OutIn, false)?;
         Ok(Self {
-            weight: vb.get("weight")?,
+            weight,
             bias: if bias { Some(vb.get("bias")?) } else { None },
             path: vb.kernels(),
-            packs: Arc::default(),
+            packs,
         })
     }
 

@@ -19,8 +19,8 @@ use crate::kernels::embedding::GradSink;
 use crate::kernels::gemm::WeightPacks;
 use crate::kernels::loss::eval_loss_from_hidden;
 use crate::kernels::KernelPath;
-use crate::layers::VarBuilder;
 pub use crate::layers::Weights;
+use crate::layers::{Sealing, VarBuilder};
 use crate::mode::Mode;
 use crate::options::{ComputeDtype, ComputeOptions};
 
@@ -50,6 +50,8 @@ pub struct Model {
     path: KernelPath,
     /// The output head's bf16 packs (the bf16 CPU path only; made on first use).
     head_packs: Arc<WeightPacks>,
+    /// Values of the weights dropped by [`Model::sealed_for_eval`] (0: none).
+    sealed_values: u64,
 }
 
 /// The network over `weights` (cast to the compute dtype) for `path`.
@@ -274,7 +276,69 @@ impl Model {
             options,
             path,
             head_packs: Arc::default(),
+            sealed_values: 0,
         })
+    }
+
+    /// The same model for evaluation only, without the f32 copy of every
+    /// weight that only GEMMs read: on the bf16 CPU paths each such weight's
+    /// bf16 copy is made now and its f32 values are dropped (a GPT-2's
+    /// projections: 85M values, 340 MB), so evaluation holds one copy of
+    /// them instead of two; losses do not change (the GEMMs read the same
+    /// copies). The model then evaluates only: [`Model::save`], training and
+    /// [`Model::with_options`] refuse it, and [`Model::weights`] lacks the
+    /// dropped tensors. Elsewhere (f32, other devices) it is returned as is.
+    pub fn sealed_for_eval(self) -> Result<Self> {
+        if self.is_sealed() || !self.path.is_bf16() || !self.device.is_cpu() {
+            return Ok(self);
+        }
+        let Model {
+            config,
+            config_json,
+            weights,
+            net,
+            device,
+            options,
+            path,
+            head_packs,
+            sealed_values: _,
+        } = self;
+        // The old network holds every weight too: it goes first, so each f32
+        // weight is freed as soon as its copy is made.
+        drop(net);
+        let sealing = std::cell::RefCell::new(Sealing {
+            weights,
+            dropped: 0,
+        });
+        let net = config.build(VarBuilder::sealing(&sealing, path))?;
+        let Sealing { weights, dropped } = sealing.into_inner();
+        Ok(Self {
+            config,
+            config_json,
+            weights,
+            net,
+            device,
+            options,
+            path,
+            head_packs,
+            sealed_values: dropped,
+        })
+    }
+
+    /// Whether [`Model::sealed_for_eval`] dropped weights: the model evaluates only.
+    pub fn is_sealed(&self) -> bool {
+        self.sealed_values > 0
+    }
+
+    /// The error for what a sealed model cannot do.
+    fn refuse_sealed(&self, what: &str) -> Result<()> {
+        if self.is_sealed() {
+            return Err(ModelError::Unsupported(format!(
+                "{what} a model sealed for evaluation (its f32 projection weights were dropped); \
+                 load it again"
+            )));
+        }
+        Ok(())
     }
 
     /// The same weights, computing as `options` say (kernels, dtype): the
@@ -287,6 +351,7 @@ impl Model {
     /// [`Model::with_options`] with the path given, unchecked (tests run
     /// the bf16 portable path on the CPU, which users cannot choose).
     pub(crate) fn with_path(self, options: ComputeOptions, path: KernelPath) -> Result<Self> {
+        self.refuse_sealed("rebuilding")?;
         Self::assemble_with(
             self.config,
             self.config_json,
@@ -377,6 +442,7 @@ impl Model {
     /// original's `--upload_b16`: half the bytes, `torch_dtype` `bfloat16`,
     /// which `transformers` loads and [`Model::load`] upcasts to f32).
     pub fn save_as(&self, dir: &Path, dtype: DType) -> Result<()> {
+        self.refuse_sealed("saving")?;
         let torch_dtype = match dtype {
             DType::F32 => "float32",
             DType::BF16 => "bfloat16",
@@ -441,12 +507,15 @@ impl Model {
 
     /// Number of f32 values held (each distinct tensor once).
     pub fn stored_values(&self) -> u64 {
-        self.weights.values().map(|t| t.elem_count() as u64).sum()
+        let held: u64 = self.weights.values().map(|t| t.elem_count() as u64).sum();
+        // A sealed model's dropped weights still count: they are in its copies.
+        held + self.sealed_values
     }
 
     /// Casts nothing, copies nothing: the weights as candle tensors for
     /// training, with how the model computes.
-    pub(crate) fn into_parts(self) -> (Parts, Weights) {
+    pub(crate) fn into_parts(self) -> Result<(Parts, Weights)> {
+        self.refuse_sealed("training")?;
         let parts = Parts {
             config: self.config,
             config_json: self.config_json,
@@ -454,7 +523,7 @@ impl Model {
             options: self.options,
             path: self.path,
         };
-        (parts, self.weights)
+        Ok((parts, self.weights))
     }
 
     /// A model of `parts` over `weights` already checked against the config.
@@ -593,6 +662,85 @@ mod tests {
             assert_eq!(m.path, KernelPath::OnednnBf16);
             Ok(m)
         });
+    }
+
+    /// A model sealed for evaluation on each bf16 CPU path this machine
+    /// runs gives the same losses, to the bit, as before sealing (and the
+    /// reference's within 2e-2), holds none of its projection weights in
+    /// f32 (but counts them), and refuses what it can no longer do. On f32
+    /// sealing changes nothing.
+    #[test]
+    fn a_sealed_model_evaluates_as_before_without_its_f32_projections() {
+        let mut paths = Vec::new();
+        if crate::kernels::gemm_bf16::support().is_ok() {
+            paths.push((Kernels::Auto, KernelPath::FastBf16));
+        }
+        if crate::onednn::implementation(crate::onednn::Dtype::Bf16).is_ok() {
+            paths.push((Kernels::Onednn, KernelPath::OnednnBf16));
+        }
+        if paths.is_empty() {
+            eprintln!("skipped: no bf16 CPU path here (AVX512-BF16 or oneDNN)");
+            return;
+        }
+        let projections = [
+            (
+                "tiny-gpt2",
+                "transformer.h.0.attn.c_attn.weight",
+                "transformer.wte.weight",
+            ),
+            (
+                "tiny-llama",
+                "model.layers.0.self_attn.q_proj.weight",
+                "model.embed_tokens.weight",
+            ),
+        ];
+        for (name, projection, kept) in projections {
+            let (dir, exp) = reference(name);
+            let f32_model = Model::load(&dir, &Device::Cpu).unwrap();
+            let values = f32_model.stored_values();
+            let unchanged = f32_model.sealed_for_eval().unwrap();
+            assert!(!unchanged.is_sealed() && unchanged.weights().contains_key(projection));
+            for (kernels, path) in &paths {
+                let options = ComputeOptions {
+                    kernels: *kernels,
+                    dtype: ComputeDtype::Bf16,
+                };
+                let model = Model::load(&dir, &Device::Cpu)
+                    .unwrap()
+                    .with_path(options, *path)
+                    .unwrap();
+                let sealed = model.clone().sealed_for_eval().unwrap();
+                assert!(sealed.is_sealed(), "{name} {path:?}");
+                assert!(
+                    !sealed.weights().contains_key(projection),
+                    "{name} {path:?}"
+                );
+                assert!(sealed.weights().contains_key(kept), "{name} {path:?}");
+                assert_eq!(sealed.stored_values(), values, "{name} {path:?}");
+                for b in exp["batches"].as_array().unwrap() {
+                    let batch = rows(&b["input_ids"]);
+                    let before = model.loss(&batch).unwrap();
+                    let after = sealed.loss(&batch).unwrap();
+                    assert_eq!(before.to_bits(), after.to_bits(), "{name} {path:?}");
+                    let want = b["loss"].as_f64().unwrap();
+                    assert!(
+                        (after as f64 - want).abs() < 2e-2,
+                        "{name}: {after} vs {want}"
+                    );
+                }
+                let out = tempfile::tempdir().unwrap();
+                let refused = [
+                    sealed.save(&out.path().join("m")).map(|_| ()),
+                    Trainer::new(sealed.clone(), TrainConfig::default()).map(|_| ()),
+                    sealed.clone().with_options(options).map(|_| ()),
+                ];
+                for r in refused {
+                    let e = r.unwrap_err().to_string();
+                    assert!(e.contains("sealed for evaluation"), "{name} {path:?}: {e}");
+                }
+                assert!(!out.path().join("m").exists());
+            }
+        }
     }
 
     /// `--dtype bf16` on the CPU.

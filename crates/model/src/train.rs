@@ -111,7 +111,7 @@ impl Trainer {
                 "accumulation_steps must be at least 1".into(),
             ));
         }
-        let (parts, weights) = model.into_parts();
+        let (parts, weights) = model.into_parts()?;
         let mut vars = BTreeMap::new();
         let mut tracked = Weights::new();
         for (name, t) in weights {

@@ -23,27 +23,34 @@ pub(crate) fn conv1d_eval(
     let (n, din) = x.dims2()?;
     let (win, dout) = w.dims2()?;
     if !path.is_fast() || win != din || bias.dims1()? != dout {
+        if packs.is_sealed() {
+            candle_core::bail!("conv1d: [{n}, {din}] rows for a sealed [{win}, {dout}] weight");
+        }
         let y = x.matmul(w)?.broadcast_add(bias)?;
         // candle's `gelu` is the tanh form, as `gelu_new`.
         return if gelu { y.gelu() } else { Ok(y) };
     }
     let mut out = with_cpu_f32(bias, |b| b.repeat(n))?;
     let threads = candle_core::utils::get_num_threads();
-    with_cpu_f32(x, |xs| {
-        with_cpu_f32(w, |ws| {
-            gemm_weight(
-                path,
-                (n, dout, din),
-                &mut out,
-                dout,
-                true,
-                (xs, din, 1),
-                (ws, dout, 1),
-                Some(&packs.fwd),
-                threads,
-            )
-        })
-    })???;
+    let mut product = |xs: &[f32], ws: &[f32]| {
+        gemm_weight(
+            path,
+            (n, dout, din),
+            &mut out,
+            dout,
+            true,
+            (xs, din, 1),
+            (ws, dout, 1),
+            Some(&packs.fwd),
+            threads,
+        )
+    };
+    if packs.is_sealed() {
+        // The weight's f32 values are gone: the GEMM reads its copy.
+        with_cpu_f32(x, |xs| product(xs, &[]))??;
+    } else {
+        with_cpu_f32(x, |xs| with_cpu_f32(w, |ws| product(xs, ws)))???;
+    }
     if gelu {
         activations::gelu_in_place(&mut out);
     }
@@ -246,6 +253,9 @@ pub(crate) fn conv1d_train_with(
     packs: &Arc<WeightPacks>,
 ) -> candle_core::Result<Tensor> {
     let dropout = dropout.filter(|&(p, _)| p > 0.0);
+    if packs.is_sealed() {
+        candle_core::bail!("conv1d: a weight sealed for evaluation cannot be trained");
+    }
     if !path.is_fast() {
         let a = if gelu { x.gelu()? } else { x.clone() };
         let y = a.matmul(w)?.broadcast_add(bias)?;

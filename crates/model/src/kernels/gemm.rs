@@ -29,6 +29,57 @@ pub(crate) struct WeightPacks {
     pub(crate) fwd: Pack,
     /// The weight as the backward GEMM's right operand (`dx = g · Wᵀ`).
     pub(crate) bwd: Pack,
+    /// Whether the forward copy was made at build and the f32 weight
+    /// dropped ([`WeightPacks::sealed`]): the layer then evaluates only.
+    sealed: bool,
+}
+
+/// The rows a sealed weight's oneDNN copy is laid out for: a GPT-2
+/// evaluation batch (a product of other rows whose primitive prefers
+/// another layout reorders the copy once more).
+const SEALED_ROWS: usize = 1024;
+
+impl WeightPacks {
+    /// The forward copy of the weight `w` (`k x n`, strides `(rs, cs)`) made
+    /// now for `path`'s bf16 GEMM, so the caller can drop `w` itself: every
+    /// later forward GEMM of the layer passes an empty weight slice.
+    /// `accumulate` is what that GEMM will pass. `None` where `path` keeps
+    /// no copy of its weights (f32 reads them in place).
+    pub(crate) fn sealed(
+        path: KernelPath,
+        w: &[f32],
+        (k, n): (usize, usize),
+        (rs, cs): (usize, usize),
+        accumulate: bool,
+    ) -> candle_core::Result<Option<Self>> {
+        if !path.is_bf16() {
+            return Ok(None);
+        }
+        let packs = Self {
+            sealed: true,
+            ..Self::default()
+        };
+        if path.is_onednn() {
+            let threads = candle_core::utils::get_num_threads();
+            onednn::prepack(
+                SEALED_ROWS,
+                (k, n),
+                (w, rs, cs),
+                accumulate,
+                &packs.fwd.onednn,
+                threads,
+            )
+            .map_err(candle_core::Error::wrap)?;
+        } else {
+            packed(&packs.fwd.ours, w, (k, n), (rs, cs))?;
+        }
+        Ok(Some(packs))
+    }
+
+    /// Whether the f32 weight is gone ([`WeightPacks::sealed`]).
+    pub(crate) fn is_sealed(&self) -> bool {
+        self.sealed
+    }
 }
 
 /// `slot`'s packed B, packing `b` (`k x n` with row and column strides

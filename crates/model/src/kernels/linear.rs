@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
 use super::gemm::{gemm_weight, WeightPacks};
 use super::{contiguous_f32, with_cpu_f32, KernelPath};
@@ -17,11 +17,64 @@ pub(crate) fn linear(
     w: &Tensor,
     packs: &Arc<WeightPacks>,
 ) -> candle_core::Result<Tensor> {
+    if packs.is_sealed() {
+        let dout = w.dim(0)?;
+        return x
+            .contiguous()?
+            .apply_op1(SealedLinear(path, packs.clone(), dout));
+    }
     if !path.custom_gemm() {
         return x.matmul(&w.t()?);
     }
     x.contiguous()?
         .apply_op2(&w.contiguous()?, LinearBf16(path, packs.clone()))
+}
+
+/// `x @ Wᵀ` for `[n, din]` rows `x` and `W` `[dout, din]` on `path`'s
+/// GEMM, `w` empty where the weight is sealed (its copy in `packs` read).
+fn forward(
+    path: KernelPath,
+    packs: &WeightPacks,
+    x: &[f32],
+    (n, din, dout): (usize, usize, usize),
+    w: &[f32],
+) -> candle_core::Result<Vec<f32>> {
+    let mut out = vec![0f32; n * dout];
+    // B = Wᵀ: element (i, o) is w[o * din + i].
+    gemm_weight(
+        path,
+        (n, dout, din),
+        &mut out,
+        dout,
+        false,
+        (x, din, 1),
+        (w, 1, din),
+        Some(&packs.fwd),
+        candle_core::utils::get_num_threads(),
+    )?;
+    Ok(out)
+}
+
+/// [`linear`] in evaluation over a sealed weight (`packs`' copy only, the
+/// f32 values dropped): forward only, of `dout` outputs.
+struct SealedLinear(KernelPath, Arc<WeightPacks>, usize);
+
+impl CustomOp1 for SealedLinear {
+    fn name(&self) -> &'static str {
+        "linear-sealed"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, din) = l.shape().dims2()?;
+        let out = forward(
+            self.0,
+            &self.1,
+            contiguous_f32(s, l)?,
+            (n, din, self.2),
+            &[],
+        )?;
+        Ok((CpuStorage::F32(out), Shape::from((n, self.2))))
+    }
 }
 
 /// See [`linear`]: the GEMMs of `path` (bf16, or oneDNN in f32 or bf16).
@@ -45,19 +98,7 @@ impl CustomOp2 for LinearBf16 {
             candle_core::bail!("linear: [{n}, {din}] rows for a [{dout}, {win}] weight");
         }
         let (x, w) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
-        let mut out = vec![0f32; n * dout];
-        // B = Wᵀ: element (i, o) is w[o * din + i].
-        gemm_weight(
-            self.0,
-            (n, dout, din),
-            &mut out,
-            dout,
-            false,
-            (x, din, 1),
-            (w, 1, din),
-            Some(&self.1.fwd),
-            candle_core::utils::get_num_threads(),
-        )?;
+        let out = forward(self.0, &self.1, x, (n, din, dout), w)?;
         Ok((CpuStorage::F32(out), Shape::from((n, dout))))
     }
 

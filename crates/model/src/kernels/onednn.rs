@@ -643,18 +643,34 @@ fn reorder(
     threads: usize,
 ) -> Result<Aligned, OnednnError> {
     let src_md = api.md_strided((k, n), DT_F32, (rs, cs))?;
+    // SAFETY: `b` covers src_md (checked by the callers) and is only read.
+    unsafe { reorder_from(api, &src_md, b.as_ptr() as *mut c_void, md, threads) }
+}
+
+/// Reorders the memory at `src` (laid out as `src_md`) into a new buffer
+/// laid out as `md`.
+///
+/// # Safety
+/// `src` must hold `src_md`'s size in bytes; it is only read.
+unsafe fn reorder_from(
+    api: &Api,
+    src_md: &MemoryDesc,
+    src: *mut c_void,
+    md: &MemoryDesc,
+    threads: usize,
+) -> Result<Aligned, OnednnError> {
     // SAFETY: a valid descriptor.
     let bytes = unsafe { (api.md_size)(md) };
     let mut out = Aligned::new(bytes);
     let mut pd = std::ptr::null_mut();
     // SAFETY: valid descriptors and engine; pd and the primitive are
-    // destroyed before returning; `b` covers src_md (checked by the caller).
+    // destroyed before returning; `src` covers src_md (the caller's contract).
     unsafe {
         check(
             "dnnl_reorder_primitive_desc_create",
             (api.reorder_pd_create)(
                 &mut pd,
-                &src_md,
+                src_md,
                 api.engine,
                 md,
                 api.engine,
@@ -666,7 +682,7 @@ fn reorder(
         let _ = (api.pd_destroy)(pd);
         made?;
         let run = (|| {
-            let src = Memory::new(api, &src_md, b.as_ptr() as *mut c_void)?;
+            let src = Memory::new(api, src_md, src)?;
             let dst = Memory::new(api, md, out.ptr())?;
             execute(
                 api,
@@ -814,11 +830,13 @@ pub fn gemm(
     if lhs.0.len() < extent(m, k, lhs.1, lhs.2) {
         return Err(OnednnError::Shape("lhs"));
     }
-    if rhs.0.len() < extent(k, n, rhs.1, rhs.2) {
+    let slot = slot.filter(|_| dtype == Dtype::Bf16);
+    // An empty `rhs` with a slot: a sealed weight, read from its copies only.
+    let sealed = rhs.0.is_empty() && slot.is_some();
+    if !sealed && rhs.0.len() < extent(k, n, rhs.1, rhs.2) {
         return Err(OnednnError::Shape("rhs"));
     }
     let mut a = operand(lhs.0, (m, k), (lhs.1, lhs.2), dtype);
-    let slot = slot.filter(|_| dtype == Dtype::Bf16);
     let mut b = match slot {
         Some(_) => None,
         None => Some(operand(rhs.0, (k, n), (rhs.1, rhs.2), dtype)),
@@ -869,30 +887,93 @@ pub fn gemm(
             run(wei.1)
         }
         (Some(slot), None) => {
-            let source = (rhs.0.as_ptr() as usize, k, n, rhs.1, rhs.2);
             let mut held = slot.0.lock().unwrap_or_else(|e| e.into_inner());
-            // SAFETY (md_equal): both are valid descriptors.
-            let found = held
-                .iter()
-                .position(|r| r.source == source && unsafe { (api.md_equal)(&r.md, &mm.wei) } != 0);
-            let at = match found {
-                Some(at) => at,
-                None => {
-                    let data = reorder(api, rhs.0, (k, n), (rhs.1, rhs.2), &mm.wei, threads)?;
-                    held.push(Reordered {
-                        source,
-                        md: mm.wei,
-                        data,
-                    });
-                    held.len() - 1
-                }
-            };
+            let at = reordered(api, &mut held, rhs, (k, n), &mm.wei, sealed, threads)?;
             let r = &mut held[at];
             let wei = Memory::new(api, &r.md, r.data.ptr())?;
             run(wei.1)
         }
         (None, None) => Err(OnednnError::Shape("rhs")),
     }
+}
+
+/// The index in `held` of weight `rhs`'s copy in layout `md`, made first
+/// if missing: from the f32 weight, or for a `sealed` weight (its f32
+/// values dropped) from a copy it already has in another layout.
+fn reordered(
+    api: &Api,
+    held: &mut Vec<Reordered>,
+    rhs: (&[f32], usize, usize),
+    (k, n): (usize, usize),
+    md: &MemoryDesc,
+    sealed: bool,
+    threads: usize,
+) -> Result<usize, OnednnError> {
+    let source = (rhs.0.as_ptr() as usize, k, n, rhs.1, rhs.2);
+    // A sealed weight's address is gone: its slot holds that weight only.
+    let same = |r: &Reordered| {
+        if sealed {
+            (r.source.1, r.source.2, r.source.3, r.source.4) == (k, n, rhs.1, rhs.2)
+        } else {
+            r.source == source
+        }
+    };
+    // SAFETY (md_equal): both are valid descriptors.
+    if let Some(at) = held
+        .iter()
+        .position(|r| same(r) && unsafe { (api.md_equal)(&r.md, md) } != 0)
+    {
+        return Ok(at);
+    }
+    let data = if sealed {
+        let from = held
+            .iter_mut()
+            .find(|r| same(r))
+            .ok_or(OnednnError::Shape("rhs (a sealed weight without a copy)"))?;
+        tracing::debug!("oneDNN: a sealed {k}x{n} weight reordered into a second layout");
+        // SAFETY: `from.data` holds `from.md`'s size in bytes (made by `reorder`).
+        unsafe { reorder_from(api, &from.md, from.data.ptr(), md, threads)? }
+    } else {
+        reorder(api, rhs.0, (k, n), (rhs.1, rhs.2), md, threads)?
+    };
+    held.push(Reordered {
+        source,
+        md: *md,
+        data,
+    });
+    Ok(held.len() - 1)
+}
+
+/// Reorders the f32 weight `rhs` (`k x n`) into `slot` now, in the bf16
+/// layout the primitive of an `m`-row product prefers (`accumulate` as the
+/// caller's GEMM will pass it), so that the f32 values can be dropped: a
+/// later [`gemm`] with an empty `rhs` and this slot reads the copy (and
+/// reorders it again for a product whose primitive prefers another layout).
+pub fn prepack(
+    m: usize,
+    (k, n): (usize, usize),
+    rhs: (&[f32], usize, usize),
+    accumulate: bool,
+    slot: &WeightSlot,
+    threads: usize,
+) -> Result<(), OnednnError> {
+    let api = api()?;
+    if rhs.0.len() < extent(k, n, rhs.1, rhs.2) {
+        return Err(OnednnError::Shape("rhs"));
+    }
+    let key = Key {
+        m: m.max(1),
+        k,
+        n,
+        a: (k, 1),
+        b: None,
+        dst_rs: n,
+        dtype: Dtype::Bf16,
+        accumulate,
+    };
+    let mm = matmul(api, key)?;
+    let mut held = slot.0.lock().unwrap_or_else(|e| e.into_inner());
+    reordered(api, &mut held, rhs, (k, n), &mm.wei, false, threads).map(|_| ())
 }
 
 /// The implementation oneDNN picks on this CPU for a model-like GEMM in
