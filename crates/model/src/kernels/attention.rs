@@ -11,6 +11,8 @@ use rayon::prelude::*;
 
 use super::activations::mask_in_place;
 use super::gemm::gemm_f32;
+use super::gemm_bf16::to_bf16;
+use super::onednn::{self, Batched, OnednnError};
 use super::simd::{exp_shifted_in_place, row_max};
 use super::{contiguous_f32, with_cpu_f32, KernelPath};
 use crate::error::Result;
@@ -149,18 +151,169 @@ fn merged_heads(
     merged
 }
 
-fn eval_cpu(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> candle_core::Result<Tensor> {
+/// q, k or v of every head, `[B, H, T, hd]` at strides `(batch, head, row, 1)`:
+/// contiguous tensors, or views inside GPT-2's fused projection.
+#[derive(Clone, Copy)]
+struct Heads<'a> {
+    data: &'a [f32],
+    strides: [usize; 4],
+}
+
+impl<'a> Heads<'a> {
+    /// Contiguous `[B, H, T, hd]`.
+    fn dense(data: &'a [f32], (h, t, hd): (usize, usize, usize)) -> Self {
+        Self {
+            data,
+            strides: [h * t * hd, t * hd, hd, 1],
+        }
+    }
+
+    /// Part `j` (0 q, 1 k, 2 v) of the fused projection `[B*T, 3*H*hd]`.
+    fn fused(qkv: &'a [f32], j: usize, (h, t, hd): (usize, usize, usize)) -> Self {
+        let row = 3 * h * hd;
+        Self {
+            data: &qkv[(j * h * hd).min(qkv.len())..],
+            strides: [t * row, hd, row, 1],
+        }
+    }
+
+    /// A dense `[B, H, T, hd]` bf16 copy (made once per layer call).
+    fn to_bf16(self, (b, h, t, hd): (usize, usize, usize, usize)) -> Vec<u16> {
+        let mut out = vec![0u16; b * h * t * hd];
+        let s = self.strides;
+        out.par_chunks_mut((t * hd).max(1))
+            .enumerate()
+            .for_each(|(bh, head)| {
+                let at = (bh / h) * s[0] + (bh % h) * s[1];
+                for (i, row) in head.chunks_mut(hd).enumerate() {
+                    let src = &self.data[at + i * s[2]..at + i * s[2] + hd];
+                    for (d, &x) in row.iter_mut().zip(src) {
+                        *d = to_bf16(x);
+                    }
+                }
+            });
+        out
+    }
+}
+
+/// Evaluation attention on oneDNN, merged into `[B*T, H*hd]`: per query
+/// block `(r0, r1)` one batched matmul over all `B*H` heads of
+/// `[r1 - r0, hd] x [hd, r1]` (only the keys the block sees) with the
+/// `scale` as oneDNN's output scale, our causal softmax on the rows (f32),
+/// then one batched `[r1 - r0, r1] x [r1, hd]` written straight into the
+/// merged layout. In bf16, q, k and v are converted once for all blocks and
+/// the probabilities per block; accumulation and out are f32.
+fn eval_onednn(
+    [q, k, v]: [Heads<'_>; 3],
+    (b, h, t, hd): (usize, usize, usize, usize),
+    scale: f32,
+    dtype: onednn::Dtype,
+) -> std::result::Result<Vec<f32>, OnednnError> {
+    let threads = candle_core::utils::get_num_threads();
+    let dims = (b, h, t, hd);
+    let bf16 = dtype == onednn::Dtype::Bf16;
+    let converted: Vec<Vec<u16>> = if bf16 {
+        [q, k, v].iter().map(|x| x.to_bf16(dims)).collect()
+    } else {
+        Vec::new()
+    };
+    // Operand `j` (q, k, v) from its row `r0` on, with its strides.
+    let operand = |j: usize, r0: usize| -> (Batched<'_>, [usize; 4]) {
+        let (data, strides) = match converted.get(j) {
+            Some(c) => (Batched::Bf16(c), [h * t * hd, t * hd, hd, 1]),
+            None => {
+                let x = [q, k, v][j];
+                (Batched::F32(x.data), x.strides)
+            }
+        };
+        let at = r0 * strides[2];
+        let data = match data {
+            Batched::F32(x) => Batched::F32(&x[at.min(x.len())..]),
+            Batched::Bf16(x) => Batched::Bf16(&x[at.min(x.len())..]),
+        };
+        (data, strides)
+    };
+    let bh = b * h;
+    let mut out = vec![0f32; b * t * h * hd];
+    let out_strides = [t * h * hd, hd, h * hd, 1];
+    let mut scores = vec![0f32; bh * BLOCK.min(t) * t];
+    let mut probs16 = vec![0u16; if bf16 { scores.len() } else { 0 }];
+    for (r0, r1) in blocks(t) {
+        let n = r1 - r0;
+        let s = &mut scores[..bh * n * r1];
+        let s_strides = [h * n * r1, n * r1, r1, 1];
+        let (qb, qs) = operand(0, r0);
+        // K^T: element (d, j) is K[j, d].
+        let (kb, ks) = operand(1, 0);
+        onednn::batched_gemm(
+            (b, h, n, r1, hd),
+            (s, s_strides),
+            (qb, qs),
+            (kb, [ks[0], ks[1], ks[3], ks[2]]),
+            scale,
+            threads,
+        )?;
+        s.par_chunks_mut(n * r1)
+            .for_each(|head| causal_softmax_rows(head, r1, r0));
+        let p = if bf16 {
+            let p16 = &mut probs16[..bh * n * r1];
+            p16.par_chunks_mut(n * r1)
+                .zip(s.par_chunks(n * r1))
+                .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, &x)| *d = to_bf16(x)));
+            Batched::Bf16(p16)
+        } else {
+            Batched::F32(s)
+        };
+        let (vb, vs) = operand(2, 0);
+        onednn::batched_gemm(
+            (b, h, n, hd, r1),
+            (&mut out[r0 * out_strides[2]..], out_strides),
+            (p, s_strides),
+            (vb, vs),
+            1.0,
+            threads,
+        )?;
+    }
+    Ok(out)
+}
+
+/// The oneDNN dtype of `path`'s attention, `None` where ours runs.
+fn onednn_dtype(path: KernelPath) -> Option<onednn::Dtype> {
+    match path {
+        KernelPath::Onednn => Some(onednn::Dtype::F32),
+        KernelPath::OnednnBf16 => Some(onednn::Dtype::Bf16),
+        _ => None,
+    }
+}
+
+fn eval_cpu(
+    path: KernelPath,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f32,
+) -> candle_core::Result<Tensor> {
     let (b, h, t, hd) = q.dims4()?;
     let merged = with_cpu_f32(q, |qs| {
         with_cpu_f32(k, |ks| {
-            with_cpu_f32(v, |vs| {
-                merged_heads((b, h, t, hd), |bh| {
+            with_cpu_f32(v, |vs| match onednn_dtype(path) {
+                Some(dtype) => {
+                    let heads = |x| Heads::dense(x, (h, t, hd));
+                    eval_onednn(
+                        [heads(qs), heads(ks), heads(vs)],
+                        (b, h, t, hd),
+                        scale,
+                        dtype,
+                    )
+                    .map_err(candle_core::Error::wrap)
+                }
+                None => Ok(merged_heads((b, h, t, hd), |bh| {
                     let r = bh * t * hd..(bh + 1) * t * hd;
                     eval_head((&qs[r.clone()], &ks[r.clone()], &vs[r], hd), t, hd, scale)
-                })
+                })),
             })
         })
-    })???;
+    })????;
     Tensor::from_vec(merged, (b * t, h * hd), q.device())
 }
 
@@ -390,14 +543,25 @@ fn qkv_head_dim(shape: &Shape, (b, t, h): (usize, usize, usize)) -> candle_core:
 
 /// Evaluation attention straight from the fused projection `qkv` (see
 /// [`qkv_head`]), merged into `[B*T, H*hd]`: no per-head copies of q, k, v.
-fn eval_qkv_cpu(qkv: &Tensor, (b, t, h): (usize, usize, usize), scale: f32) -> Result<Tensor> {
+/// On a oneDNN `path`, its batched matmuls ([`eval_onednn`]).
+fn eval_qkv_cpu(
+    path: KernelPath,
+    qkv: &Tensor,
+    (b, t, h): (usize, usize, usize),
+    scale: f32,
+) -> Result<Tensor> {
     let hd = qkv_head_dim(qkv.shape(), (b, t, h))?;
-    let merged = with_cpu_f32(qkv, |qkv| {
-        merged_heads((b, h, t, hd), |bh| {
+    let merged = with_cpu_f32(qkv, |qkv| match onednn_dtype(path) {
+        Some(dtype) => {
+            let part = |j| Heads::fused(qkv, j, (h, t, hd));
+            eval_onednn([part(0), part(1), part(2)], (b, h, t, hd), scale, dtype)
+                .map_err(candle_core::Error::wrap)
+        }
+        None => Ok(merged_heads((b, h, t, hd), |bh| {
             let (q, k, v) = qkv_head(qkv, (t, h, hd), bh);
             eval_head((q, k, v, 3 * h * hd), t, hd, scale)
-        })
-    })?;
+        })),
+    })??;
     Ok(Tensor::from_vec(merged, (b * t, h * hd), qkv.device())?)
 }
 
@@ -466,8 +630,10 @@ impl candle_core::CustomOp1 for TrainQkvOp {
 /// Attention straight from GPT-2's fused projection `qkv` `[B*T, 3*H*hd]`
 /// (see [`TrainQkvOp`] and [`eval_qkv_cpu`]), merged into `[B*T, H*hd]`;
 /// in training `seed` picks the dropout mask. Fast path only: the portable
-/// path splits the heads and calls [`causal_attention`].
+/// path splits the heads and calls [`causal_attention`]. Evaluation on a
+/// oneDNN `path` runs oneDNN's batched matmuls; training runs ours.
 pub(crate) fn causal_attention_qkv(
+    path: KernelPath,
     qkv: &Tensor,
     (b, t, h): (usize, usize, usize),
     scale: f64,
@@ -476,7 +642,7 @@ pub(crate) fn causal_attention_qkv(
     seed: u64,
 ) -> Result<Tensor> {
     if !train {
-        return eval_qkv_cpu(qkv, (b, t, h), scale as f32);
+        return eval_qkv_cpu(path, qkv, (b, t, h), scale as f32);
     }
     let op = TrainQkvOp {
         op: TrainOp {
@@ -526,7 +692,7 @@ pub(crate) fn causal_attention(
     }
     let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
     Ok(match train {
-        false => eval_cpu(&q, &k, &v, scale as f32)?,
+        false => eval_cpu(path, &q, &k, &v, scale as f32)?,
         true => {
             let op = TrainOp {
                 scale: scale as f32,
@@ -609,10 +775,65 @@ mod tests {
                 .contiguous()
                 .unwrap()
         };
-        let ours = causal_attention_qkv(&qkv, (b, t, h), 0.35, 0.0, false, 0).unwrap();
+        let ours =
+            causal_attention_qkv(KernelPath::Fast, &qkv, (b, t, h), 0.35, 0.0, false, 0).unwrap();
         let want = reference(&heads(0), &heads(1), &heads(2), 0.35, None);
         for (a, b) in flat(&ours).iter().zip(&flat(&want)) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(have_onednn),
+        ignore = "needs libdnnl.so.2 (apt-get install libdnnl-dev)"
+    )]
+    fn onednn_eval_attention_matches_ours() {
+        let bf16_ok = crate::onednn::implementation(crate::onednn::Dtype::Bf16).is_ok();
+        if !bf16_ok {
+            eprintln!("oneDNN has no bf16 kernel on this CPU: f32 only");
+        }
+        let dev = Device::Cpu;
+        // 300 positions: three query blocks, the last one partial; 130: two.
+        for (b, h, t, hd) in [(2, 3, 300, 8), (2, 2, 130, 64), (1, 1, 1, 4)] {
+            let d = h * hd;
+            let qkv = Tensor::randn(0f32, 1.0, (b * t, 3 * d), &dev).unwrap();
+            let heads = |j: usize| {
+                qkv.narrow(1, j * d, d)
+                    .unwrap()
+                    .reshape((b, t, h, hd))
+                    .unwrap()
+                    .transpose(1, 2)
+                    .unwrap()
+                    .contiguous()
+                    .unwrap()
+            };
+            let (q, k, v) = (heads(0), heads(1), heads(2));
+            let scale = 1.0 / (hd as f64).sqrt();
+            let ours = flat(
+                &causal_attention_qkv(KernelPath::Fast, &qkv, (b, t, h), scale, 0.0, false, 0)
+                    .unwrap(),
+            );
+            for (path, tol) in [
+                (KernelPath::Onednn, 1e-5f32),
+                (KernelPath::OnednnBf16, 2e-2),
+            ] {
+                if path == KernelPath::OnednnBf16 && !bf16_ok {
+                    continue;
+                }
+                let fused =
+                    causal_attention_qkv(path, &qkv, (b, t, h), scale, 0.0, false, 0).unwrap();
+                let split = causal_attention(path, &q, &k, &v, scale, 0.0, false, 0).unwrap();
+                for (what, got) in [("fused", flat(&fused)), ("split", flat(&split))] {
+                    assert_eq!(got.len(), ours.len());
+                    for (i, (a, c)) in got.iter().zip(&ours).enumerate() {
+                        assert!(
+                            (a - c).abs() <= tol,
+                            "{path:?} {what} b{b} h{h} t{t} hd{hd} [{i}]: {a} vs {c}"
+                        );
+                    }
+                }
+            }
         }
     }
 
@@ -637,7 +858,16 @@ mod tests {
             let qkv =
                 Var::from_tensor(&Tensor::randn(0f32, 1.0, (b * t, 3 * d), &dev).unwrap()).unwrap();
             let w = Tensor::randn(0f32, 1.0, (b * t, d), &dev).unwrap();
-            let fused = causal_attention_qkv(qkv.as_tensor(), (b, t, h), 0.5, p, true, 5).unwrap();
+            let fused = causal_attention_qkv(
+                KernelPath::Fast,
+                qkv.as_tensor(),
+                (b, t, h),
+                0.5,
+                p,
+                true,
+                5,
+            )
+            .unwrap();
             // The existing path: heads split out of qkv as GPT-2 did, then TrainOp.
             let heads = |j: usize| {
                 qkv.as_tensor()
