@@ -627,6 +627,35 @@ impl candle_core::CustomOp1 for TrainQkvOp {
     }
 }
 
+/// The attention shape `--kernels auto`'s race times beside the weight
+/// GEMMs: GPT-2's evaluation attention of `[T, H, hd]` (B = 1).
+pub(crate) const RACE_SHAPE: (usize, usize, usize) = (512, 12, 64);
+
+/// Evaluation attention of [`RACE_SHAPE`] from a fused projection as
+/// `path` runs it: its flops (the causal blocks' QK^T and PV) and the best
+/// of two timed calls after a first (which creates the primitives).
+pub(crate) fn race(path: KernelPath) -> std::result::Result<(f64, f64), String> {
+    let (t, h, hd) = RACE_SHAPE;
+    let qkv: Vec<f32> = (0..t * 3 * h * hd)
+        .map(|i| ((i * 29 % 23) as f32 - 11.0) * 0.02)
+        .collect();
+    let qkv = Tensor::from_vec(qkv, (t, 3 * h * hd), &candle_core::Device::Cpu)
+        .map_err(|e| e.to_string())?;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut best = f64::INFINITY;
+    for i in 0..3 {
+        let start = std::time::Instant::now();
+        eval_qkv_cpu(path, &qkv, (1, t, h), scale).map_err(|e| e.to_string())?;
+        if i > 0 {
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+    }
+    let flops: usize = blocks(t)
+        .map(|(r0, r1)| 2 * 2 * (r1 - r0) * r1 * hd * h)
+        .sum();
+    Ok((flops as f64, best))
+}
+
 /// Attention straight from GPT-2's fused projection `qkv` `[B*T, 3*H*hd]`
 /// (see [`TrainQkvOp`] and [`eval_qkv_cpu`]), merged into `[B*T, H*hd]`;
 /// in training `seed` picks the dropout mask. Fast path only: the portable

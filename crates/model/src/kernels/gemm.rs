@@ -243,8 +243,10 @@ impl GemmRace {
             .iter()
             .map(|(m, n, k, _)| format!("{m}x{k}x{n}"))
             .collect();
+        let (t, h, hd) = super::attention::RACE_SHAPE;
         format!(
-            "weight GEMM race over {} (fwd, bwd dx, bwd dW; oneDNN needs {:.0}% more): {ours}, {engine}",
+            "weight GEMM race over {} and attention {h}x{t}x{hd} (fwd, bwd dx, bwd dW, eval \
+             attention; oneDNN needs {:.0}% more): {ours}, {engine}",
             shapes.join(", "),
             (ONEDNN_MARGIN - 1.0) * 100.0
         )
@@ -292,9 +294,11 @@ fn race_operand(len: usize, mul: usize, modulus: usize) -> Vec<f32> {
         .collect()
 }
 
-/// One engine's GFLOP/s over [`RACE_SHAPES`]: each shape's best of two
-/// timed calls after a first (which packs or reorders the weight and
-/// creates the primitive), summed.
+/// One engine's GFLOP/s over [`RACE_SHAPES`] and evaluation attention of
+/// [`super::attention::RACE_SHAPE`] (which runs on oneDNN with its GEMMs,
+/// so one decision covers both): each product's best of two timed calls
+/// after a first (which packs or reorders the weight and creates the
+/// primitive), flops and seconds summed, so the faster total time wins.
 fn time_path(path: KernelPath, threads: usize) -> std::result::Result<f64, String> {
     let (mut flops, mut seconds) = (0.0, 0.0);
     for &(m, n, k, operand) in &RACE_SHAPES {
@@ -321,7 +325,8 @@ fn time_path(path: KernelPath, threads: usize) -> std::result::Result<f64, Strin
         flops += 2.0 * (m * n * k) as f64;
         seconds += best;
     }
-    Ok(flops / seconds / 1e9)
+    let (f, s) = super::attention::race(path)?;
+    Ok((flops + f) / (seconds + s) / 1e9)
 }
 
 /// See [`gemm_race`].

@@ -1077,6 +1077,57 @@ pub fn gemm(
     slot: Option<&WeightSlot>,
     threads: usize,
 ) -> Result<(), OnednnError> {
+    let plain = Fused {
+        accumulate,
+        bias: None,
+        gelu: false,
+    };
+    gemm_fused(
+        dtype,
+        (m, n, k),
+        dst,
+        dst_rs,
+        plain,
+        lhs,
+        rhs,
+        slot,
+        threads,
+    )
+}
+
+/// What [`gemm_fused`] does to the product before it lands in `dst`.
+#[derive(Debug, Clone, Copy)]
+pub struct Fused<'a> {
+    /// Sum into `dst` instead of overwriting it.
+    pub accumulate: bool,
+    /// A bias (`n` values) added to every row, by oneDNN's bias argument.
+    pub bias: Option<&'a [f32]>,
+    /// `gelu_new` (the tanh form) after the bias, as an eltwise post-op
+    /// (before the sum when `accumulate`).
+    pub gelu: bool,
+}
+
+/// [`gemm`] with oneDNN's epilogue: `dst = (accumulate ? dst : 0) +
+/// gelu?(lhs @ rhs + bias)`, the bias and GELU applied by the primitive
+/// itself (GPT-2's projections in evaluation: no pre-filled bias, no
+/// second pass over the output for GELU).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_fused(
+    dtype: Dtype,
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    fused: Fused<'_>,
+    lhs: (&[f32], usize, usize),
+    rhs: (&[f32], usize, usize),
+    slot: Option<&WeightSlot>,
+    threads: usize,
+) -> Result<(), OnednnError> {
+    let Fused {
+        accumulate,
+        bias,
+        gelu,
+    } = fused;
     let api = api()?;
     if m == 0 || n == 0 {
         return Ok(());
@@ -1084,6 +1135,12 @@ pub fn gemm(
     let dst_rs = if m == 1 { n } else { dst_rs };
     if dst_rs < n || dst.len() < extent(m, n, dst_rs, 1) {
         return Err(OnednnError::Shape("dst"));
+    }
+    if bias.is_some_and(|b| b.len() < n) {
+        return Err(OnednnError::Shape("bias"));
+    }
+    if k == 0 && (bias.is_some() || gelu) {
+        return Err(OnednnError::Shape("lhs (k = 0 with a bias or GELU)"));
     }
     if k == 0 {
         if !accumulate {
@@ -1113,14 +1170,30 @@ pub fn gemm(
         b: b.as_ref().map(Operand::strides),
         dst_rs,
         dtype,
-        epilogue: Epilogue::plain(accumulate),
+        epilogue: Epilogue {
+            bias: bias.is_some(),
+            gelu,
+            ..Epilogue::plain(accumulate)
+        },
     };
     let mm = matmul(api, key)?;
     let mut scratch = Aligned::new(mm.scratch_bytes);
     let src_mem = Memory::new(api, &mm.src, a.ptr())?;
     let dst_mem = Memory::new(api, &mm.dst, dst.as_mut_ptr().cast())?;
     let scratch_mem = Memory::new(api, &mm.scratch, scratch.ptr())?;
+    let bias_mem = match bias {
+        Some(b) => Some(Memory::new(
+            api,
+            &api.md_nd(&[1, n], DT_F32, &[n, 1])?,
+            b.as_ptr() as *mut c_void,
+        )?),
+        None => None,
+    };
     let run = |wei: Handle| {
+        let bias_arg = bias_mem.as_ref().map(|b| ExecArg {
+            arg: ARG_BIAS,
+            memory: b.1,
+        });
         execute(
             api,
             mm.prim,
@@ -1141,7 +1214,10 @@ pub fn gemm(
                     arg: ARG_SCRATCHPAD,
                     memory: scratch_mem.1,
                 },
-            ],
+            ]
+            .into_iter()
+            .chain(bias_arg)
+            .collect::<Vec<_>>(),
             threads,
         )
     };
@@ -1223,10 +1299,10 @@ mod tests {
         let c = dir.path().join("sz.c");
         std::fs::write(
             &c,
-            "#include <stdio.h>\n#include <oneapi/dnnl/dnnl.h>\nint main(){printf(\"%zu %zu %zu %d %d %d %d %d\", \
+            "#include <stdio.h>\n#include <oneapi/dnnl/dnnl.h>\nint main(){printf(\"%zu %zu %zu %d %d %d %d %d %d %d\", \
              sizeof(dnnl_memory_desc_t), sizeof(dnnl_matmul_desc_t), sizeof(dnnl_exec_arg_t), \
              (int)dnnl_bf16, (int)dnnl_f32, (int)dnnl_format_tag_any, (int)DNNL_ARG_SCRATCHPAD, \
-             (int)dnnl_query_impl_info_str);return 0;}\n",
+             (int)dnnl_query_impl_info_str, (int)DNNL_ARG_BIAS, (int)dnnl_eltwise_gelu_tanh);return 0;}\n",
         )
         .unwrap();
         let exe = dir.path().join("sz");
@@ -1247,7 +1323,7 @@ mod tests {
         let out = std::process::Command::new(&exe).output().unwrap();
         let got = String::from_utf8(out.stdout).unwrap();
         let want = format!(
-            "{MEMORY_DESC_SIZE} {MATMUL_DESC_SIZE} {} {DT_BF16} {DT_F32} {TAG_ANY} {ARG_SCRATCHPAD} {QUERY_IMPL_INFO_STR}",
+            "{MEMORY_DESC_SIZE} {MATMUL_DESC_SIZE} {} {DT_BF16} {DT_F32} {TAG_ANY} {ARG_SCRATCHPAD} {QUERY_IMPL_INFO_STR} {ARG_BIAS} {ELTWISE_GELU_TANH}",
             std::mem::size_of::<ExecArg>()
         );
         assert_eq!(got, want);
