@@ -196,85 +196,237 @@ impl<'a> Heads<'a> {
     }
 }
 
-/// Evaluation attention on oneDNN, merged into `[B*T, H*hd]`: per query
-/// block `(r0, r1)` one batched matmul over all `B*H` heads of
+/// Attention's f32 operands as oneDNN reads them: in place in f32, or
+/// converted once to dense bf16 `[B, H, T, hd]` copies (once per layer
+/// call, for every block).
+struct Operands<'a> {
+    f32s: Vec<Heads<'a>>,
+    bf16s: Vec<Vec<u16>>,
+    dense: [usize; 4],
+}
+
+impl<'a> Operands<'a> {
+    fn new(
+        heads: Vec<Heads<'a>>,
+        dims: (usize, usize, usize, usize),
+        dtype: onednn::Dtype,
+    ) -> Self {
+        let (_, h, t, hd) = dims;
+        let bf16s = match dtype {
+            onednn::Dtype::Bf16 => heads.iter().map(|x| x.to_bf16(dims)).collect(),
+            onednn::Dtype::F32 => Vec::new(),
+        };
+        Self {
+            f32s: heads,
+            bf16s,
+            dense: [h * t * hd, t * hd, hd, 1],
+        }
+    }
+
+    /// Operand `j` from its row `r0` on, with its strides `(batch, head, row, column)`.
+    fn get(&self, j: usize, r0: usize) -> (Batched<'_>, [usize; 4]) {
+        match self.bf16s.get(j) {
+            Some(c) => {
+                let at = (r0 * self.dense[2]).min(c.len());
+                (Batched::Bf16(&c[at..]), self.dense)
+            }
+            None => {
+                let x = self.f32s[j];
+                let at = (r0 * x.strides[2]).min(x.data.len());
+                (Batched::F32(&x.data[at..]), x.strides)
+            }
+        }
+    }
+
+    /// Operand `j` read transposed (`hd x T`, as K in QK^T).
+    fn get_t(&self, j: usize) -> (Batched<'_>, [usize; 4]) {
+        let (x, s) = self.get(j, 0);
+        (x, [s[0], s[1], s[3], s[2]])
+    }
+}
+
+/// `x` (`[B*H, rows, cols]` f32 blocks) as oneDNN's operand in `dtype`:
+/// in place, or converted into `buf`.
+fn block_operand<'a>(
+    x: &'a [f32],
+    buf: &'a mut [u16],
+    dtype: onednn::Dtype,
+    chunk: usize,
+) -> Batched<'a> {
+    match dtype {
+        onednn::Dtype::F32 => Batched::F32(x),
+        onednn::Dtype::Bf16 => {
+            let buf = &mut buf[..x.len()];
+            buf.par_chunks_mut(chunk.max(1))
+                .zip(x.par_chunks(chunk.max(1)))
+                .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, &x)| *d = to_bf16(x)));
+            Batched::Bf16(buf)
+        }
+    }
+}
+
+/// Attention on oneDNN, merged into `[B*T, H*hd]`: per query block
+/// `(r0, r1)` one batched matmul over all `B*H` heads of
 /// `[r1 - r0, hd] x [hd, r1]` (only the keys the block sees) with the
 /// `scale` as oneDNN's output scale, our causal softmax on the rows (f32),
-/// then one batched `[r1 - r0, r1] x [r1, hd]` written straight into the
-/// merged layout. In bf16, q, k and v are converted once for all blocks and
-/// the probabilities per block; accumulation and out are f32.
-fn eval_onednn(
+/// `dropout(bh, r0, r1, probs)` on each head's block (training), then one
+/// batched `[r1 - r0, r1] x [r1, hd]` written straight into the merged
+/// layout. In bf16, q, k and v are converted once for all blocks and the
+/// probabilities per block; accumulation and out are f32.
+fn forward_onednn(
     [q, k, v]: [Heads<'_>; 3],
     (b, h, t, hd): (usize, usize, usize, usize),
     scale: f32,
     dtype: onednn::Dtype,
+    dropout: &(dyn Fn(usize, (usize, usize), &mut [f32]) + Sync),
 ) -> std::result::Result<Vec<f32>, OnednnError> {
     let threads = candle_core::utils::get_num_threads();
-    let dims = (b, h, t, hd);
-    let bf16 = dtype == onednn::Dtype::Bf16;
-    let converted: Vec<Vec<u16>> = if bf16 {
-        [q, k, v].iter().map(|x| x.to_bf16(dims)).collect()
-    } else {
-        Vec::new()
-    };
-    // Operand `j` (q, k, v) from its row `r0` on, with its strides.
-    let operand = |j: usize, r0: usize| -> (Batched<'_>, [usize; 4]) {
-        let (data, strides) = match converted.get(j) {
-            Some(c) => (Batched::Bf16(c), [h * t * hd, t * hd, hd, 1]),
-            None => {
-                let x = [q, k, v][j];
-                (Batched::F32(x.data), x.strides)
-            }
-        };
-        let at = r0 * strides[2];
-        let data = match data {
-            Batched::F32(x) => Batched::F32(&x[at.min(x.len())..]),
-            Batched::Bf16(x) => Batched::Bf16(&x[at.min(x.len())..]),
-        };
-        (data, strides)
-    };
+    let ops = Operands::new(vec![q, k, v], (b, h, t, hd), dtype);
     let bh = b * h;
     let mut out = vec![0f32; b * t * h * hd];
     let out_strides = [t * h * hd, hd, h * hd, 1];
     let mut scores = vec![0f32; bh * BLOCK.min(t) * t];
+    let bf16 = dtype == onednn::Dtype::Bf16;
     let mut probs16 = vec![0u16; if bf16 { scores.len() } else { 0 }];
     for (r0, r1) in blocks(t) {
         let n = r1 - r0;
         let s = &mut scores[..bh * n * r1];
         let s_strides = [h * n * r1, n * r1, r1, 1];
-        let (qb, qs) = operand(0, r0);
-        // K^T: element (d, j) is K[j, d].
-        let (kb, ks) = operand(1, 0);
         onednn::batched_gemm(
             (b, h, n, r1, hd),
             (s, s_strides),
-            (qb, qs),
-            (kb, [ks[0], ks[1], ks[3], ks[2]]),
-            scale,
+            ops.get(0, r0),
+            ops.get_t(1),
+            (scale, false),
             threads,
         )?;
-        s.par_chunks_mut(n * r1)
-            .for_each(|head| causal_softmax_rows(head, r1, r0));
-        let p = if bf16 {
-            let p16 = &mut probs16[..bh * n * r1];
-            p16.par_chunks_mut(n * r1)
-                .zip(s.par_chunks(n * r1))
-                .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, &x)| *d = to_bf16(x)));
-            Batched::Bf16(p16)
-        } else {
-            Batched::F32(s)
-        };
-        let (vb, vs) = operand(2, 0);
+        s.par_chunks_mut(n * r1).enumerate().for_each(|(i, head)| {
+            causal_softmax_rows(head, r1, r0);
+            dropout(i, (r0, r1), head);
+        });
+        let p = block_operand(s, &mut probs16, dtype, n * r1);
         onednn::batched_gemm(
             (b, h, n, hd, r1),
             (&mut out[r0 * out_strides[2]..], out_strides),
             (p, s_strides),
-            (vb, vs),
-            1.0,
+            ops.get(2, 0),
+            (1.0, false),
             threads,
         )?;
     }
     Ok(out)
+}
+
+/// Evaluation attention on oneDNN ([`forward_onednn`] without dropout).
+fn eval_onednn(
+    qkv: [Heads<'_>; 3],
+    dims: (usize, usize, usize, usize),
+    scale: f32,
+    dtype: onednn::Dtype,
+) -> std::result::Result<Vec<f32>, OnednnError> {
+    forward_onednn(qkv, dims, scale, dtype, &|_, _, _| {})
+}
+
+/// Training's backward on oneDNN, batched over all heads per query block
+/// as [`forward_onednn`]: the probabilities recomputed, `dP = dO V^T`,
+/// back through `mask` (dropout, regenerated from its seed) and the
+/// softmax into `dS`, then `dV += P'^T dO`, `dQ = scale dS K`,
+/// `dK += scale dS^T Q`. `d_o` is the merged output gradient; `dst` gets
+/// dQ, dK and dV at offsets `at`, each strided `dst_strides`.
+#[allow(clippy::too_many_arguments)]
+fn backward_onednn(
+    [q, k, v]: [Heads<'_>; 3],
+    d_o: &[f32],
+    (b, h, t, hd): (usize, usize, usize, usize),
+    scale: f32,
+    dtype: onednn::Dtype,
+    mask: &(dyn Fn(usize, (usize, usize), &mut [f32]) + Sync),
+    (dst, at, dst_strides): (&mut [f32], [usize; 3], [usize; 4]),
+) -> std::result::Result<(), OnednnError> {
+    let threads = candle_core::utils::get_num_threads();
+    let d_o = Heads {
+        data: d_o,
+        strides: [t * h * hd, hd, h * hd, 1],
+    };
+    let ops = Operands::new(vec![q, k, v, d_o], (b, h, t, hd), dtype);
+    let bh = b * h;
+    let len = bh * BLOCK.min(t) * t;
+    let (mut pbuf, mut dbuf) = (vec![0f32; len], vec![0f32; len]);
+    let bf16 = dtype == onednn::Dtype::Bf16;
+    let (mut p16, mut d16) = (
+        vec![0u16; if bf16 { len } else { 0 }],
+        vec![0u16; if bf16 { len } else { 0 }],
+    );
+    let grad = |dst: &mut [f32], j: usize, r0: usize| -> std::ops::Range<usize> {
+        let from = (at[j] + r0 * dst_strides[2]).min(dst.len());
+        from..dst.len()
+    };
+    for (r0, r1) in blocks(t) {
+        let n = r1 - r0;
+        let (p, ds) = (&mut pbuf[..bh * n * r1], &mut dbuf[..bh * n * r1]);
+        let s_strides = [h * n * r1, n * r1, r1, 1];
+        // P^T and dS^T as oneDNN's left operand (`r1 x n`).
+        let t_strides = [h * n * r1, n * r1, 1, r1];
+        onednn::batched_gemm(
+            (b, h, n, r1, hd),
+            (p, s_strides),
+            ops.get(0, r0),
+            ops.get_t(1),
+            (scale, false),
+            threads,
+        )?;
+        // dP' = dO V^T.
+        onednn::batched_gemm(
+            (b, h, n, r1, hd),
+            (ds, s_strides),
+            ops.get(3, r0),
+            ops.get_t(2),
+            (1.0, false),
+            threads,
+        )?;
+        p.par_chunks_mut(n * r1)
+            .zip(ds.par_chunks_mut(n * r1))
+            .enumerate()
+            .for_each(|(i, (p, ds))| {
+                causal_softmax_rows(p, r1, r0);
+                mask(i, (r0, r1), ds);
+                softmax_grad_rows(ds, p, r1, r0);
+                mask(i, (r0, r1), p);
+            });
+        let p = block_operand(p, &mut p16, dtype, n * r1);
+        let ds = block_operand(ds, &mut d16, dtype, n * r1);
+        // dV[..r1] += P'^T dO.
+        let r = grad(dst, 2, 0);
+        onednn::batched_gemm(
+            (b, h, r1, hd, n),
+            (&mut dst[r], dst_strides),
+            (p, t_strides),
+            ops.get(3, r0),
+            (1.0, true),
+            threads,
+        )?;
+        // dQ[r0..r1] = scale dS K.
+        let r = grad(dst, 0, r0);
+        onednn::batched_gemm(
+            (b, h, n, hd, r1),
+            (&mut dst[r], dst_strides),
+            (ds, s_strides),
+            ops.get(1, 0),
+            (scale, false),
+            threads,
+        )?;
+        // dK[..r1] += scale dS^T Q.
+        let r = grad(dst, 1, 0);
+        onednn::batched_gemm(
+            (b, h, r1, hd, n),
+            (&mut dst[r], dst_strides),
+            (ds, t_strides),
+            ops.get(0, r0),
+            (scale, true),
+            threads,
+        )?;
+    }
+    Ok(())
 }
 
 /// The oneDNN dtype of `path`'s attention, `None` where ours runs.
@@ -322,6 +474,8 @@ struct TrainOp {
     scale: f32,
     p: f32,
     seed: u64,
+    /// oneDNN's batched matmuls in this dtype (a oneDNN path), else ours.
+    onednn: Option<onednn::Dtype>,
 }
 
 impl TrainOp {
@@ -375,6 +529,18 @@ impl candle_core::CustomOp3 for TrainOp {
             contiguous_f32(s2, l2)?,
             contiguous_f32(s3, l3)?,
         );
+        if let Some(dtype) = self.onednn {
+            let heads = |x| Heads::dense(x, (h, t, hd));
+            let merged = forward_onednn(
+                [heads(q), heads(k), heads(v)],
+                (b, h, t, hd),
+                self.scale,
+                dtype,
+                &|bh, rows, s| self.mask_block(bh, t, rows, s),
+            )
+            .map_err(candle_core::Error::wrap)?;
+            return Ok((CpuStorage::F32(merged), Shape::from((b * t, h * hd))));
+        }
         let merged = merged_heads((b, h, t, hd), |bh| {
             let r = bh * t * hd..(bh + 1) * t * hd;
             self.head_out(bh, (t, hd), (&q[r.clone()], &k[r.clone()], &v[r], hd))
@@ -391,6 +557,32 @@ impl candle_core::CustomOp3 for TrainOp {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (b, h, t, hd) = q.dims4()?;
+        let n = b * h * t * hd;
+        let dev = q.device();
+        if let Some(dtype) = self.onednn {
+            let mut all = vec![0f32; 3 * n];
+            with_cpu_f32(q, |qs| {
+                with_cpu_f32(k, |ks| {
+                    with_cpu_f32(v, |vs| {
+                        with_cpu_f32(grad, |go| {
+                            let heads = |x| Heads::dense(x, (h, t, hd));
+                            backward_onednn(
+                                [heads(qs), heads(ks), heads(vs)],
+                                go,
+                                (b, h, t, hd),
+                                self.scale,
+                                dtype,
+                                &|bh, rows, s| self.mask_block(bh, t, rows, s),
+                                (&mut all, [0, n, 2 * n], [h * t * hd, t * hd, hd, 1]),
+                            )
+                            .map_err(candle_core::Error::wrap)
+                        })
+                    })
+                })
+            })?????;
+            let all = Tensor::from_vec(all, (3, b, h, t, hd), dev)?;
+            return Ok((Some(all.get(0)?), Some(all.get(1)?), Some(all.get(2)?)));
+        }
         let grads: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = with_cpu_f32(q, |qs| {
             with_cpu_f32(k, |ks| {
                 with_cpu_f32(v, |vs| {
@@ -403,7 +595,6 @@ impl candle_core::CustomOp3 for TrainOp {
                 })
             })
         })????;
-        let n = b * h * t * hd;
         let (mut dq, mut dk, mut dv) = (
             Vec::with_capacity(n),
             Vec::with_capacity(n),
@@ -414,7 +605,6 @@ impl candle_core::CustomOp3 for TrainOp {
             dk.extend(bb);
             dv.extend(c);
         }
-        let dev = q.device();
         Ok((
             Some(Tensor::from_vec(dq, (b, h, t, hd), dev)?),
             Some(Tensor::from_vec(dk, (b, h, t, hd), dev)?),
@@ -585,6 +775,18 @@ impl candle_core::CustomOp1 for TrainQkvOp {
         let hd = self.dims(l)?;
         let (b, h, t) = (self.b, self.h, self.t);
         let qkv = contiguous_f32(s, l)?;
+        if let Some(dtype) = self.op.onednn {
+            let part = |j| Heads::fused(qkv, j, (h, t, hd));
+            let merged = forward_onednn(
+                [part(0), part(1), part(2)],
+                (b, h, t, hd),
+                self.op.scale,
+                dtype,
+                &|bh, rows, s| self.op.mask_block(bh, t, rows, s),
+            )
+            .map_err(candle_core::Error::wrap)?;
+            return Ok((CpuStorage::F32(merged), Shape::from((b * t, h * hd))));
+        }
         let merged = merged_heads((b, h, t, hd), |bh| {
             let (q, k, v) = self.head(qkv, bh, hd);
             self.op.head_out(bh, (t, hd), (q, k, v, 3 * h * hd))
@@ -602,6 +804,25 @@ impl candle_core::CustomOp1 for TrainQkvOp {
         let (rows, width) = qkv.dims2()?;
         let hd = width / (3 * h);
         let d = h * hd;
+        if let Some(dtype) = self.op.onednn {
+            let mut dqkv = vec![0f32; rows * width];
+            with_cpu_f32(qkv, |qkv| {
+                with_cpu_f32(grad, |go| {
+                    let part = |j| Heads::fused(qkv, j, (h, t, hd));
+                    backward_onednn(
+                        [part(0), part(1), part(2)],
+                        go,
+                        (b, h, t, hd),
+                        self.op.scale,
+                        dtype,
+                        &|bh, r, s| self.op.mask_block(bh, t, r, s),
+                        (&mut dqkv, [0, d, 2 * d], [t * 3 * d, hd, 3 * d, 1]),
+                    )
+                    .map_err(candle_core::Error::wrap)
+                })
+            })???;
+            return Ok(Some(Tensor::from_vec(dqkv, (rows, width), qkv.device())?));
+        }
         let grads: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = with_cpu_f32(qkv, |qkv| {
             with_cpu_f32(grad, |go| {
                 (0..b * h)
@@ -660,7 +881,7 @@ pub(crate) fn race(path: KernelPath) -> std::result::Result<(f64, f64), String> 
 /// (see [`TrainQkvOp`] and [`eval_qkv_cpu`]), merged into `[B*T, H*hd]`;
 /// in training `seed` picks the dropout mask. Fast path only: the portable
 /// path splits the heads and calls [`causal_attention`]. Evaluation on a
-/// oneDNN `path` runs oneDNN's batched matmuls; training runs ours.
+/// oneDNN `path` runs oneDNN's batched matmuls, forward and backward.
 pub(crate) fn causal_attention_qkv(
     path: KernelPath,
     qkv: &Tensor,
@@ -678,6 +899,7 @@ pub(crate) fn causal_attention_qkv(
             scale: scale as f32,
             p,
             seed,
+            onednn: onednn_dtype(path),
         },
         b,
         t,
@@ -727,6 +949,7 @@ pub(crate) fn causal_attention(
                 scale: scale as f32,
                 p,
                 seed,
+                onednn: onednn_dtype(path),
             };
             q.apply_op3(&k, &v, op)?
         }
@@ -741,6 +964,20 @@ mod tests {
 
     fn flat(t: &Tensor) -> Vec<f32> {
         t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    /// A deterministic `[rows, cols]` tensor of values in [-1, 1) (the
+    /// oneDNN tests: bf16 tolerances hold for every run, not most).
+    fn det((rows, cols): (usize, usize), salt: u64) -> Tensor {
+        let v: Vec<f32> = (0..rows * cols)
+            .map(|i| {
+                let x = (i as u64 + 1)
+                    .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    .wrapping_add(salt.wrapping_mul(0xBF58_476D_1CE4_E5B9));
+                ((x >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+            })
+            .collect();
+        Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap()
     }
 
     /// Attention from candle's own ops, with an explicit dropout mask.
@@ -826,7 +1063,7 @@ mod tests {
         // 300 positions: three query blocks, the last one partial; 130: two.
         for (b, h, t, hd) in [(2, 3, 300, 8), (2, 2, 130, 64), (1, 1, 1, 4)] {
             let d = h * hd;
-            let qkv = Tensor::randn(0f32, 1.0, (b * t, 3 * d), &dev).unwrap();
+            let qkv = (det((b * t, 3 * d), 1) * 2.0).unwrap();
             let heads = |j: usize| {
                 qkv.narrow(1, j * d, d)
                     .unwrap()
@@ -861,6 +1098,77 @@ mod tests {
                             "{path:?} {what} b{b} h{h} t{t} hd{hd} [{i}]: {a} vs {c}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(have_onednn),
+        ignore = "needs libdnnl.so.2 (apt-get install libdnnl-dev)"
+    )]
+    fn onednn_training_attention_matches_ours_forward_and_backward() {
+        let bf16_ok = crate::onednn::implementation(crate::onednn::Dtype::Bf16).is_ok();
+        if !bf16_ok {
+            eprintln!("oneDNN has no bf16 kernel on this CPU: f32 only");
+        }
+        let dev = Device::Cpu;
+        // 300 positions: three query blocks, the last one partial.
+        let (b, h, t, hd) = (2, 3, 300, 8);
+        let d = h * hd;
+        for p in [0.0f32, 0.3] {
+            let qkv = Var::from_tensor(&(det((b * t, 3 * d), 2) * 2.0).unwrap()).unwrap();
+            let w = det((b * t, d), 3);
+            let heads = |j: usize| {
+                qkv.as_tensor()
+                    .narrow(1, j * d, d)
+                    .unwrap()
+                    .reshape((b, t, h, hd))
+                    .unwrap()
+                    .transpose(1, 2)
+                    .unwrap()
+                    .contiguous()
+                    .unwrap()
+            };
+            // (output, d qkv) of the fused op and of the split-heads op on `path`.
+            let run = |path: KernelPath| {
+                let fused = causal_attention_qkv(path, qkv.as_tensor(), (b, t, h), 0.5, p, true, 5)
+                    .unwrap();
+                let split =
+                    causal_attention(path, &heads(0), &heads(1), &heads(2), 0.5, p, true, 5)
+                        .unwrap();
+                [fused, split].map(|y| {
+                    let g = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+                    (flat(&y), flat(g.get(qkv.as_tensor()).unwrap()))
+                })
+            };
+            let ours = run(KernelPath::Fast);
+            for (path, fwd_tol, bwd_tol) in [
+                (KernelPath::Onednn, 1e-5f32, 1e-4f32),
+                (KernelPath::OnednnBf16, 2e-2, 2e-2),
+            ] {
+                if path == KernelPath::OnednnBf16 && !bf16_ok {
+                    continue;
+                }
+                for (which, ((y, g), (y0, g0))) in run(path).iter().zip(&ours).enumerate() {
+                    assert_eq!((y.len(), g.len()), (y0.len(), g0.len()));
+                    // Gradients relative to the largest: bf16's rounding of
+                    // six operands adds up along backward's chain.
+                    let gmax = g0.iter().fold(1f32, |m, x| m.max(x.abs()));
+                    for (a, c) in y.iter().zip(y0) {
+                        assert!(
+                            (a - c).abs() <= fwd_tol,
+                            "{path:?} {which} p={p} forward: {a} vs {c}"
+                        );
+                    }
+                    for (a, c) in g.iter().zip(g0) {
+                        assert!(
+                            (a - c).abs() <= bwd_tol * gmax,
+                            "{path:?} {which} p={p} backward: {a} vs {c}"
+                        );
+                    }
+                    assert!(g.iter().any(|&x| x != 0.0));
                 }
             }
         }

@@ -737,7 +737,8 @@ fn extent4(dims: [usize; 4], strides: [usize; 4]) -> usize {
         .sum::<usize>()
 }
 
-/// `dst[i, j] = scale * lhs[i, j] @ rhs[i, j]` for every `i < b0`, `j < b1`
+/// `dst[i, j] = (accumulate ? dst[i, j] : 0) + scale * lhs[i, j] @ rhs[i, j]`
+/// for every `i < b0`, `j < b1`
 /// on oneDNN, one primitive for all `b0 * b1` products of `m x k` by
 /// `k x n`; every operand strided `(batch 0, batch 1, row, column)` (so
 /// per-head views inside a fused projection and the merged output layout
@@ -748,7 +749,7 @@ pub fn batched_gemm(
     dst: (&mut [f32], [usize; 4]),
     lhs: (Batched<'_>, [usize; 4]),
     rhs: (Batched<'_>, [usize; 4]),
-    scale: f32,
+    (scale, accumulate): (f32, bool),
     threads: usize,
 ) -> Result<(), OnednnError> {
     let api = api()?;
@@ -779,7 +780,7 @@ pub fn batched_gemm(
         dtype,
         epilogue: Epilogue {
             scale: scale.to_bits(),
-            ..Epilogue::plain(false)
+            ..Epilogue::plain(accumulate)
         },
     };
     let mm = batched_matmul(api, key)?;
@@ -1437,7 +1438,7 @@ mod tests {
         (lhs, ls): (&[f32], [usize; 4]),
         (rhs, rs): (&[f32], [usize; 4]),
         ds: [usize; 4],
-        scale: f32,
+        (scale, accumulate): (f32, bool),
         rel: f64,
     ) {
         use super::super::gemm_bf16::from_bf16;
@@ -1456,7 +1457,7 @@ mod tests {
             (&mut dst, ds),
             (l, ls),
             (r, rs),
-            scale,
+            (scale, accumulate),
             2,
         )
         .unwrap();
@@ -1480,6 +1481,10 @@ mod tests {
                         }
                         want *= scale as f64;
                         mag *= (scale as f64).abs();
+                        if accumulate {
+                            want += 7.5;
+                            mag += 7.5;
+                        }
                         let o = at(ds, i, j, r, c);
                         written[o] = true;
                         let got = dst[o] as f64;
@@ -1543,7 +1548,7 @@ mod tests {
                     (&fused, qs),
                     (&fused[b1 * k..], kt),
                     merged,
-                    0.125,
+                    (0.125, false),
                     rel,
                 );
                 let out = [m * b1 * k, k, b1 * k, 1];
@@ -1553,7 +1558,20 @@ mod tests {
                     (&p, ps),
                     (&fused[2 * b1 * k..], vs),
                     out,
-                    1.0,
+                    (1.0, false),
+                    rel,
+                );
+                // Backward's dV += P^T dO: the probabilities read
+                // transposed, summed into dst, with a scale.
+                let pt = [b1 * m * rows, m * rows, 1, rows];
+                let dense = [b1 * n * k, n * k, k, 1];
+                check_batched(
+                    dtype,
+                    (b0, b1, n, k, m),
+                    (&p, pt),
+                    (&fused, qs),
+                    dense,
+                    (0.5, true),
                     rel,
                 );
             }
