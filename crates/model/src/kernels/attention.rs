@@ -265,6 +265,10 @@ fn block_operand<'a>(
     }
 }
 
+/// Dropout on head `bh`'s probabilities of query block `(r0, r1)` in place
+/// (`[r1 - r0, r1]`), as [`TrainOp::mask_block`].
+type BlockMask<'a> = dyn Fn(usize, (usize, usize), &mut [f32]) + Sync + 'a;
+
 /// Attention on oneDNN, merged into `[B*T, H*hd]`: per query block
 /// `(r0, r1)` one batched matmul over all `B*H` heads of
 /// `[r1 - r0, hd] x [hd, r1]` (only the keys the block sees) with the
@@ -278,7 +282,7 @@ fn forward_onednn(
     (b, h, t, hd): (usize, usize, usize, usize),
     scale: f32,
     dtype: onednn::Dtype,
-    dropout: &(dyn Fn(usize, (usize, usize), &mut [f32]) + Sync),
+    dropout: &BlockMask<'_>,
 ) -> std::result::Result<Vec<f32>, OnednnError> {
     let threads = candle_core::utils::get_num_threads();
     let ops = Operands::new(vec![q, k, v], (b, h, t, hd), dtype);
@@ -340,7 +344,7 @@ fn backward_onednn(
     (b, h, t, hd): (usize, usize, usize, usize),
     scale: f32,
     dtype: onednn::Dtype,
-    mask: &(dyn Fn(usize, (usize, usize), &mut [f32]) + Sync),
+    mask: &BlockMask<'_>,
     (dst, at, dst_strides): (&mut [f32], [usize; 3], [usize; 4]),
 ) -> std::result::Result<(), OnednnError> {
     let threads = candle_core::utils::get_num_threads();
@@ -1059,7 +1063,6 @@ mod tests {
         if !bf16_ok {
             eprintln!("oneDNN has no bf16 kernel on this CPU: f32 only");
         }
-        let dev = Device::Cpu;
         // 300 positions: three query blocks, the last one partial; 130: two.
         for (b, h, t, hd) in [(2, 3, 300, 8), (2, 2, 130, 64), (1, 1, 1, 4)] {
             let d = h * hd;
@@ -1113,7 +1116,6 @@ mod tests {
         if !bf16_ok {
             eprintln!("oneDNN has no bf16 kernel on this CPU: f32 only");
         }
-        let dev = Device::Cpu;
         // 300 positions: three query blocks, the last one partial.
         let (b, h, t, hd) = (2, 3, 300, 8);
         let d = h * hd;

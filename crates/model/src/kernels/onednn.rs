@@ -1631,6 +1631,8 @@ mod tests {
     fn names_its_implementation() {
         let name = implementation(Dtype::F32).unwrap();
         assert!(!name.is_empty() && name != "(unknown)", "{name}");
+        let name = batched_implementation(Dtype::F32).unwrap();
+        assert!(!name.is_empty() && name != "(unknown)", "{name}");
         assert!(available().unwrap().starts_with("2."));
     }
 }
