@@ -317,7 +317,13 @@ mod tests {
         }
         let dev = Device::Cpu;
         let flat = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
-        for (n, din, dout) in [(1, 1, 1), (37, 24, 300), (5, 67, 33), (130, 96, 129)] {
+        for (n, din, dout) in [
+            (1, 1, 1),
+            (37, 24, 300),
+            (5, 67, 33),
+            (130, 96, 129),
+            (3, 0, 5),
+        ] {
             let x = Tensor::randn(0f32, 1.0, (n, din), &dev).unwrap();
             let w = (Tensor::randn(0f32, 1.0, (din, dout), &dev).unwrap() * 0.2).unwrap();
             let b = Tensor::randn(0f32, 1.0, dout, &dev).unwrap();

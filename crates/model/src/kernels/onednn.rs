@@ -1,4 +1,5 @@
-//! The weight GEMMs on oneDNN (`libdnnl.so.2`, the 2.x C API), PyTorch's own
+//! The weight GEMMs, attention's batched products and GPT-2's fused
+//! bias + GELU projections on oneDNN (`libdnnl.so.2`, the 2.x C API), PyTorch's own
 //! CPU matmul library: it picks its kernel (AMX, AVX512-BF16, AVX-512, AVX2)
 //! when a primitive is created, so the same code runs on any x86-64 CPU and
 //! gets the fastest engine there. The library is loaded at run time
@@ -76,6 +77,9 @@ pub enum OnednnError {
     /// A slice is too short for the shape and strides given.
     #[error("onednn gemm: {0} is too short for the shape and strides given")]
     Shape(&'static str),
+    /// A batched matmul's operands differ in dtype (both f32 or both bf16).
+    #[error("onednn batched matmul: lhs and rhs differ in dtype")]
+    Dtypes,
 }
 
 /// A `dnnl_memory_desc_t`: opaque, filled and read by the library only.
@@ -755,7 +759,7 @@ pub fn batched_gemm(
     let api = api()?;
     let dtype = lhs.0.dtype();
     if rhs.0.dtype() != dtype {
-        return Err(OnednnError::Shape("rhs (its dtype differs from lhs's)"));
+        return Err(OnednnError::Dtypes);
     }
     if [b0, b1, m, n].contains(&0) {
         return Ok(());
@@ -764,7 +768,15 @@ pub fn batched_gemm(
         return Err(OnednnError::Shape("dst"));
     }
     if k == 0 {
-        return Err(OnednnError::Shape("lhs (k = 0)"));
+        // An empty sum: 0 (oneDNN rejects k = 0).
+        if !accumulate {
+            let s = dst.1;
+            for i in 0..b0 * b1 * m {
+                let at = (i / (b1 * m)) * s[0] + (i / m % b1) * s[1] + (i % m) * s[2];
+                (0..n).for_each(|c| dst.0[at + c * s[3]] = 0.0);
+            }
+        }
+        return Ok(());
     }
     if lhs.0.len() < extent4([b0, b1, m, k], lhs.1) {
         return Err(OnednnError::Shape("lhs"));
@@ -1140,13 +1152,18 @@ pub fn gemm_fused(
     if bias.is_some_and(|b| b.len() < n) {
         return Err(OnednnError::Shape("bias"));
     }
-    if k == 0 && (bias.is_some() || gelu) {
-        return Err(OnednnError::Shape("lhs (k = 0 with a bias or GELU)"));
-    }
     if k == 0 {
-        if !accumulate {
-            for i in 0..m {
-                dst[i * dst_rs..i * dst_rs + n].fill(0.0);
+        // An empty product (oneDNN rejects k = 0): the epilogue of 0.
+        let mut row = bias.map_or_else(|| vec![0.0; n], |b| b[..n].to_vec());
+        if gelu {
+            row = super::activations::gelu_slice(&row);
+        }
+        for i in 0..m {
+            let d = &mut dst[i * dst_rs..i * dst_rs + n];
+            if accumulate {
+                d.iter_mut().zip(&row).for_each(|(d, r)| *d += r);
+            } else {
+                d.copy_from_slice(&row);
             }
         }
         return Ok(());
@@ -1576,6 +1593,56 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(have_onednn),
+        ignore = "needs libdnnl.so.2 (apt-get install libdnnl-dev)"
+    )]
+    fn batched_short_operands_are_errors_and_empty_sums_zero() {
+        let dense = |r: usize, c: usize| [2 * r * c, r * c, c, 1];
+        let (a, b) = ([1.0f32; 2 * 2 * 3], [1.0f32; 2 * 3 * 4]);
+        let mut c = [5.0f32; 2 * 2 * 4];
+        let run = |c: &mut [f32], a: &[f32], b: &[f32], k: usize, acc: bool| {
+            batched_gemm(
+                (1, 2, 2, 4, k),
+                (c, dense(2, 4)),
+                (Batched::F32(a), dense(2, k)),
+                (Batched::F32(b), dense(k, 4)),
+                (1.0, acc),
+                1,
+            )
+        };
+        assert_eq!(
+            run(&mut c, &a[..11], &b, 3, false),
+            Err(OnednnError::Shape("lhs"))
+        );
+        assert_eq!(
+            run(&mut c, &a, &b[..23], 3, false),
+            Err(OnednnError::Shape("rhs"))
+        );
+        assert_eq!(
+            run(&mut c[..15], &a, &b, 3, false),
+            Err(OnednnError::Shape("dst"))
+        );
+        let a16 = [0u16; 12];
+        let e = batched_gemm(
+            (1, 2, 2, 4, 3),
+            (&mut c, dense(2, 4)),
+            (Batched::Bf16(&a16), dense(2, 3)),
+            (Batched::F32(&b), dense(3, 4)),
+            (1.0, false),
+            1,
+        );
+        assert_eq!(e, Err(OnednnError::Dtypes));
+        assert!(c.iter().all(|&x| x == 5.0), "a refused call wrote dst");
+        run(&mut c, &a, &b, 3, true).unwrap();
+        assert!(c.iter().all(|&x| x == 8.0), "{c:?}");
+        run(&mut c, &[], &[], 0, true).unwrap();
+        assert!(c.iter().all(|&x| x == 8.0), "{c:?}");
+        run(&mut c, &[], &[], 0, false).unwrap();
+        assert!(c.iter().all(|&x| x == 0.0), "{c:?}");
     }
 
     #[test]
