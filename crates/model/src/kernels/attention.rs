@@ -245,21 +245,36 @@ impl<'a> Operands<'a> {
     }
 }
 
-/// `x` (`[B*H, rows, cols]` f32 blocks) as oneDNN's operand in `dtype`:
-/// in place, or converted into `buf`.
-fn block_operand<'a>(
-    x: &'a [f32],
+/// Runs `f(head, block)` on each head's `chunk` of `x` (`[B*H, rows,
+/// cols]` f32 blocks) in parallel and gives `x` as oneDNN's operand in
+/// `dtype`: in place, or converted into `buf` by the same task while the
+/// head's block is still in cache.
+fn per_head<'a>(
+    x: &'a mut [f32],
     buf: &'a mut [u16],
     dtype: onednn::Dtype,
     chunk: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync,
 ) -> Batched<'a> {
+    let chunk = chunk.max(1);
     match dtype {
-        onednn::Dtype::F32 => Batched::F32(x),
+        onednn::Dtype::F32 => {
+            x.par_chunks_mut(chunk)
+                .enumerate()
+                .for_each(|(i, c)| f(i, c));
+            Batched::F32(x)
+        }
         onednn::Dtype::Bf16 => {
             let buf = &mut buf[..x.len()];
-            buf.par_chunks_mut(chunk.max(1))
-                .zip(x.par_chunks(chunk.max(1)))
-                .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, &x)| *d = to_bf16(x)));
+            x.par_chunks_mut(chunk)
+                .zip(buf.par_chunks_mut(chunk))
+                .enumerate()
+                .for_each(|(i, (c, d))| {
+                    f(i, c);
+                    d.iter_mut()
+                        .zip(c.iter())
+                        .for_each(|(d, &x)| *d = to_bf16(x));
+                });
             Batched::Bf16(buf)
         }
     }
@@ -304,11 +319,10 @@ fn forward_onednn(
             (scale, false),
             threads,
         )?;
-        s.par_chunks_mut(n * r1).enumerate().for_each(|(i, head)| {
+        let p = per_head(s, &mut probs16, dtype, n * r1, |i, head| {
             causal_softmax_rows(head, r1, r0);
             dropout(i, (r0, r1), head);
         });
-        let p = block_operand(s, &mut probs16, dtype, n * r1);
         onednn::batched_gemm(
             (b, h, n, hd, r1),
             (&mut out[r0 * out_strides[2]..], out_strides),
@@ -397,8 +411,8 @@ fn backward_onednn(
                 softmax_grad_rows(ds, p, r1, r0);
                 mask(i, (r0, r1), p);
             });
-        let p = block_operand(p, &mut p16, dtype, n * r1);
-        let ds = block_operand(ds, &mut d16, dtype, n * r1);
+        let p = per_head(p, &mut p16, dtype, n * r1, |_, _| {});
+        let ds = per_head(ds, &mut d16, dtype, n * r1, |_, _| {});
         // dV[..r1] += P'^T dO.
         let r = grad(dst, 2, 0);
         onednn::batched_gemm(
