@@ -97,13 +97,13 @@ impl<'a> VarBuilder<'a> {
     /// its packs. On a sealing build with a bf16 CPU path, its forward copy
     /// is made now, the weight is dropped and a placeholder of its shape (one
     /// value broadcast, never read) stands in for it; elsewhere the tensor
-    /// itself and empty packs. `accumulate` is what the layer's forward GEMM
-    /// passes.
+    /// itself and empty packs. `bias`: the layer's forward GEMM adds a bias
+    /// row.
     pub(crate) fn gemm_weight(
         &self,
         name: &str,
         stored: Stored,
-        accumulate: bool,
+        bias: bool,
     ) -> Result<(Tensor, Arc<WeightPacks>)> {
         let Source::Sealing(sealing) = self.source else {
             return Ok((self.get(name)?, Arc::default()));
@@ -120,7 +120,7 @@ impl<'a> VarBuilder<'a> {
             Stored::OutIn => ((cols, rows), (1, cols)),
         };
         let packs = crate::kernels::with_cpu_f32(&w, |ws| {
-            WeightPacks::sealed(self.path, ws, kn, strides, accumulate)
+            WeightPacks::sealed(self.path, ws, kn, strides, bias)
         })??;
         let Some(packs) = packs else {
             return Err(ModelError::Unsupported(format!(
@@ -179,7 +179,7 @@ pub(crate) struct Conv1D {
 impl Conv1D {
     /// The layer under `vb` (`weight`, `bias`).
     pub(crate) fn new(vb: VarBuilder) -> Result<Self> {
-        // Its forward GEMM accumulates onto the bias.
+        // Its forward GEMM adds the bias.
         let (weight, packs) = vb.gemm_weight("weight", Stored::InOut, true)?;
         Ok(Self {
             weight,

@@ -242,6 +242,7 @@ impl Attention {
         if self.path.is_fast() {
             // Straight from `qkv`: no per-head copies (kept for backward, in training).
             let y = attention::causal_attention_qkv(
+                self.path,
                 &qkv,
                 (b, t, nh),
                 self.scale,

@@ -6,12 +6,13 @@ use std::sync::Arc;
 use candle_core::Tensor;
 
 use super::gemm::{gemm_weight, WeightPacks};
-use super::{activations, with_cpu_f32, KernelPath};
+use super::{activations, onednn, with_cpu_f32, KernelPath};
 
 /// `x @ W + bias` for `[N, in]` rows and a Conv1D weight `[in, out]`, the bias
 /// added by the GEMM itself, then `gelu_new` in place if `gelu` (evaluation
 /// on CPU; elsewhere candle's ops). On the bf16 path `W` is packed into
-/// `packs` on first use.
+/// `packs` on first use. On a oneDNN path the bias and GELU are the
+/// primitive's own epilogue (its bias argument and an eltwise post-op).
 pub(crate) fn conv1d_eval(
     path: KernelPath,
     x: &Tensor,
@@ -30,27 +31,64 @@ pub(crate) fn conv1d_eval(
         // candle's `gelu` is the tanh form, as `gelu_new`.
         return if gelu { y.gelu() } else { Ok(y) };
     }
-    let mut out = with_cpu_f32(bias, |b| b.repeat(n))?;
     let threads = candle_core::utils::get_num_threads();
-    let mut product = |xs: &[f32], ws: &[f32]| {
-        gemm_weight(
-            path,
-            (n, dout, din),
-            &mut out,
-            dout,
-            true,
-            (xs, din, 1),
-            (ws, dout, 1),
-            Some(&packs.fwd),
-            threads,
-        )
+    // A sealed weight's f32 values are gone: its GEMM reads the copy.
+    let with_w = |f: &mut dyn FnMut(&[f32]) -> candle_core::Result<()>| {
+        if packs.is_sealed() {
+            f(&[])
+        } else {
+            with_cpu_f32(w, |ws| f(ws))?
+        }
     };
-    if packs.is_sealed() {
-        // The weight's f32 values are gone: the GEMM reads its copy.
-        with_cpu_f32(x, |xs| product(xs, &[]))??;
-    } else {
-        with_cpu_f32(x, |xs| with_cpu_f32(w, |ws| product(xs, ws)))???;
+    if path.is_onednn() {
+        // The bias and GELU in oneDNN's epilogue: no pre-filled bias, no
+        // second pass over the output.
+        let dtype = if path.is_bf16() {
+            onednn::Dtype::Bf16
+        } else {
+            onednn::Dtype::F32
+        };
+        let mut out = vec![0f32; n * dout];
+        with_cpu_f32(x, |xs| {
+            with_cpu_f32(bias, |bs| {
+                with_w(&mut |ws| {
+                    onednn::gemm_fused(
+                        dtype,
+                        (n, dout, din),
+                        &mut out,
+                        dout,
+                        onednn::Fused {
+                            accumulate: false,
+                            bias: Some(bs),
+                            gelu,
+                        },
+                        (xs, din, 1),
+                        (ws, dout, 1),
+                        Some(&packs.fwd.onednn),
+                        threads,
+                    )
+                    .map_err(candle_core::Error::wrap)
+                })
+            })
+        })???;
+        return Tensor::from_vec(out, (n, dout), x.device());
     }
+    let mut out = with_cpu_f32(bias, |b| b.repeat(n))?;
+    with_cpu_f32(x, |xs| {
+        with_w(&mut |ws| {
+            gemm_weight(
+                path,
+                (n, dout, din),
+                &mut out,
+                dout,
+                true,
+                (xs, din, 1),
+                (ws, dout, 1),
+                Some(&packs.fwd),
+                threads,
+            )
+        })
+    })??;
     if gelu {
         activations::gelu_in_place(&mut out);
     }
@@ -280,6 +318,86 @@ pub(crate) fn conv1d_train_with(
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    #[test]
+    #[cfg_attr(
+        not(have_onednn),
+        ignore = "needs libdnnl.so.2 (apt-get install libdnnl-dev)"
+    )]
+    fn onednn_fused_bias_and_gelu_match_the_unfused_product() {
+        let bf16_ok = onednn::implementation(onednn::Dtype::Bf16).is_ok();
+        if !bf16_ok {
+            eprintln!("oneDNN has no bf16 kernel on this CPU: f32 only");
+        }
+        let dev = Device::Cpu;
+        let flat = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+        for (n, din, dout) in [
+            (1, 1, 1),
+            (37, 24, 300),
+            (5, 67, 33),
+            (130, 96, 129),
+            (3, 0, 5),
+        ] {
+            let x = Tensor::randn(0f32, 1.0, (n, din), &dev).unwrap();
+            let w = (Tensor::randn(0f32, 1.0, (din, dout), &dev).unwrap() * 0.2).unwrap();
+            let b = Tensor::randn(0f32, 1.0, dout, &dev).unwrap();
+            let (xs, ws, bs) = (flat(&x), flat(&w), flat(&b));
+            for (path, dtype, tol) in [
+                (KernelPath::Onednn, onednn::Dtype::F32, 1e-5f32),
+                (KernelPath::OnednnBf16, onednn::Dtype::Bf16, 2e-2),
+            ] {
+                if dtype == onednn::Dtype::Bf16 && !bf16_ok {
+                    continue;
+                }
+                for gelu in [false, true] {
+                    let packs = WeightPacks::default();
+                    let fused = flat(&conv1d_eval(path, &x, &w, &b, gelu, &packs).unwrap());
+                    // Unfused, as before: the bias repeated, the product summed
+                    // into it, GELU in a second pass.
+                    let mut plain = bs.repeat(n);
+                    onednn::gemm(
+                        dtype,
+                        (n, dout, din),
+                        &mut plain,
+                        dout,
+                        true,
+                        (&xs, din, 1),
+                        (&ws, dout, 1),
+                        None,
+                        2,
+                    )
+                    .unwrap();
+                    if gelu {
+                        activations::gelu_in_place(&mut plain);
+                    }
+                    assert_eq!(fused.len(), plain.len());
+                    for (i, (a, c)) in fused.iter().zip(&plain).enumerate() {
+                        assert!(
+                            (a - c).abs() <= tol * c.abs().max(1.0),
+                            "{path:?} gelu {gelu} [{n}, {din}] x [{din}, {dout}] [{i}]: {a} vs {c}"
+                        );
+                    }
+                    // And against candle's own ops (f32, tanh GELU), relative
+                    // to the size of the terms summed (bf16 rounds each).
+                    let want = x.matmul(&w).unwrap().broadcast_add(&b).unwrap();
+                    let want = flat(&if gelu { want.gelu().unwrap() } else { want });
+                    let mag = x.abs().unwrap().matmul(&w.abs().unwrap()).unwrap();
+                    let mag = flat(&mag.broadcast_add(&b.abs().unwrap()).unwrap());
+                    let tol = if dtype == onednn::Dtype::F32 {
+                        1e-5
+                    } else {
+                        2e-2
+                    };
+                    for ((a, c), m) in fused.iter().zip(&want).zip(&mag) {
+                        assert!(
+                            (a - c).abs() <= tol * m.max(1.0),
+                            "{path:?} gelu {gelu} vs candle: {a} vs {c}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn conv1d_with_dropout_matches_conv1d_then_dropout() {

@@ -43,14 +43,15 @@ impl WeightPacks {
     /// The forward copy of the weight `w` (`k x n`, strides `(rs, cs)`) made
     /// now for `path`'s bf16 GEMM, so the caller can drop `w` itself: every
     /// later forward GEMM of the layer passes an empty weight slice.
-    /// `accumulate` is what that GEMM will pass. `None` where `path` keeps
-    /// no copy of its weights (f32 reads them in place).
+    /// `bias`: that GEMM adds a bias row (oneDNN's layout may depend on it).
+    /// `None` where `path` keeps no copy of its weights (f32 reads them in
+    /// place).
     pub(crate) fn sealed(
         path: KernelPath,
         w: &[f32],
         (k, n): (usize, usize),
         (rs, cs): (usize, usize),
-        accumulate: bool,
+        bias: bool,
     ) -> candle_core::Result<Option<Self>> {
         if !path.is_bf16() {
             return Ok(None);
@@ -65,7 +66,7 @@ impl WeightPacks {
                 SEALED_ROWS,
                 (k, n),
                 (w, rs, cs),
-                accumulate,
+                bias,
                 &packs.fwd.onednn,
                 threads,
             )
@@ -294,8 +295,10 @@ impl GemmRace {
             .iter()
             .map(|(m, n, k, _)| format!("{m}x{k}x{n}"))
             .collect();
+        let (t, h, hd) = super::attention::RACE_SHAPE;
         format!(
-            "weight GEMM race over {} (fwd, bwd dx, bwd dW; oneDNN needs {:.0}% more): {ours}, {engine}",
+            "weight GEMM race over {} and attention {h}x{t}x{hd} (fwd, bwd dx, bwd dW, eval \
+             attention; oneDNN needs {:.0}% more): {ours}, {engine}",
             shapes.join(", "),
             (ONEDNN_MARGIN - 1.0) * 100.0
         )
@@ -343,9 +346,11 @@ fn race_operand(len: usize, mul: usize, modulus: usize) -> Vec<f32> {
         .collect()
 }
 
-/// One engine's GFLOP/s over [`RACE_SHAPES`]: each shape's best of two
-/// timed calls after a first (which packs or reorders the weight and
-/// creates the primitive), summed.
+/// One engine's GFLOP/s over [`RACE_SHAPES`] and evaluation attention of
+/// [`super::attention::RACE_SHAPE`] (which runs on oneDNN with its GEMMs,
+/// so one decision covers both): each product's best of two timed calls
+/// after a first (which packs or reorders the weight and creates the
+/// primitive), flops and seconds summed, so the faster total time wins.
 fn time_path(path: KernelPath, threads: usize) -> std::result::Result<f64, String> {
     let (mut flops, mut seconds) = (0.0, 0.0);
     for &(m, n, k, operand) in &RACE_SHAPES {
@@ -372,7 +377,8 @@ fn time_path(path: KernelPath, threads: usize) -> std::result::Result<f64, Strin
         flops += 2.0 * (m * n * k) as f64;
         seconds += best;
     }
-    Ok(flops / seconds / 1e9)
+    let (f, s) = super::attention::race(path)?;
+    Ok((flops + f) / (seconds + s) / 1e9)
 }
 
 /// See [`gemm_race`].

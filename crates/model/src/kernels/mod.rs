@@ -38,10 +38,12 @@ pub(crate) enum KernelPath {
     /// ([`gemm_bf16`], AVX512-BF16); activations, norms, softmax, attention
     /// and the loss stay f32.
     FastBf16,
-    /// The fused CPU kernels with every weight GEMM on oneDNN in f32.
+    /// The fused CPU kernels with every weight GEMM, and attention's QK^T
+    /// and PV (batched over the heads), on oneDNN in f32.
     Onednn,
-    /// The fused CPU kernels with every weight GEMM on oneDNN in bf16 (f32
-    /// accumulation and out, weights reordered once per set of weights).
+    /// The fused CPU kernels with every weight GEMM, and attention's QK^T
+    /// and PV, on oneDNN in bf16 (f32 accumulation and out, weights
+    /// reordered once per set of weights; the softmax stays f32).
     OnednnBf16,
     /// candle's ops only: what CUDA and Metal run.
     Portable,

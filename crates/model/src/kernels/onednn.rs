@@ -1,4 +1,5 @@
-//! The weight GEMMs on oneDNN (`libdnnl.so.2`, the 2.x C API), PyTorch's own
+//! The weight GEMMs, attention's batched products and GPT-2's fused
+//! bias + GELU projections on oneDNN (`libdnnl.so.2`, the 2.x C API), PyTorch's own
 //! CPU matmul library: it picks its kernel (AMX, AVX512-BF16, AVX-512, AVX2)
 //! when a primitive is created, so the same code runs on any x86-64 CPU and
 //! gets the fastest engine there. The library is loaded at run time
@@ -36,6 +37,9 @@ const ARG_SRC: c_int = 1;
 const ARG_DST: c_int = 17;
 const ARG_WEIGHTS: c_int = 33;
 const ARG_SCRATCHPAD: c_int = 80;
+const ARG_BIAS: c_int = 41;
+/// `dnnl_eltwise_gelu_tanh`: GPT-2's `gelu_new`.
+const ELTWISE_GELU_TANH: c_int = 0xcf;
 const QUERY_IMPL_INFO_STR: c_int = 8;
 const QUERY_WEIGHTS_MD: c_int = 131;
 const QUERY_SCRATCHPAD_MD: c_int = 136;
@@ -73,6 +77,9 @@ pub enum OnednnError {
     /// A slice is too short for the shape and strides given.
     #[error("onednn gemm: {0} is too short for the shape and strides given")]
     Shape(&'static str),
+    /// A batched matmul's operands differ in dtype (both f32 or both bf16).
+    #[error("onednn batched matmul: lhs and rhs differ in dtype")]
+    Dtypes,
 }
 
 /// A `dnnl_memory_desc_t`: opaque, filled and read by the library only.
@@ -137,6 +144,8 @@ struct Api {
     post_ops_create: unsafe extern "C" fn(*mut Handle) -> Status,
     post_ops_destroy: unsafe extern "C" fn(Handle) -> Status,
     post_ops_sum: unsafe extern "C" fn(Handle, f32) -> Status,
+    post_ops_eltwise: unsafe extern "C" fn(Handle, f32, c_int, f32, f32) -> Status,
+    attr_output_scales: unsafe extern "C" fn(Handle, i64, c_int, *const f32) -> Status,
     pd_create: unsafe extern "C" fn(*mut Handle, *const c_void, Handle, Handle, Handle) -> Status,
     pd_destroy: unsafe extern "C" fn(Handle) -> Status,
     pd_query: unsafe extern "C" fn(Handle, c_int, c_int, *mut c_void) -> Status,
@@ -238,6 +247,8 @@ impl Api {
                 post_ops_create: sym(&lib, "dnnl_post_ops_create")?,
                 post_ops_destroy: sym(&lib, "dnnl_post_ops_destroy")?,
                 post_ops_sum: sym(&lib, "dnnl_post_ops_append_sum")?,
+                post_ops_eltwise: sym(&lib, "dnnl_post_ops_append_eltwise")?,
+                attr_output_scales: sym(&lib, "dnnl_primitive_attr_set_output_scales")?,
                 pd_create: sym(&lib, "dnnl_primitive_desc_create")?,
                 pd_destroy: sym(&lib, "dnnl_primitive_desc_destroy")?,
                 pd_query: sym(&lib, "dnnl_primitive_desc_query")?,
@@ -276,6 +287,39 @@ impl Api {
         // SAFETY: `md` is a writable dnnl_memory_desc_t; dims and strides hold 2 values.
         check("dnnl_memory_desc_init_by_strides", unsafe {
             (self.md_strides)(&mut md, 2, dims.as_ptr(), dt, strides.as_ptr())
+        })?;
+        Ok(md)
+    }
+
+    /// A plain descriptor of any rank with the given strides (batched matmuls, bias).
+    fn md_nd(
+        &self,
+        dims: &[usize],
+        dt: c_int,
+        strides: &[usize],
+    ) -> Result<MemoryDesc, OnednnError> {
+        let mut md = MemoryDesc::ZERO;
+        let dims = dims
+            .iter()
+            .map(|&d| dim(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        let strides = strides
+            .iter()
+            .map(|&d| dim(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        if dims.len() != strides.len() {
+            return Err(OnednnError::Shape("strides"));
+        }
+        // SAFETY: `md` is a writable dnnl_memory_desc_t; dims and strides hold
+        // `dims.len()` values each.
+        check("dnnl_memory_desc_init_by_strides", unsafe {
+            (self.md_strides)(
+                &mut md,
+                dims.len() as c_int,
+                dims.as_ptr(),
+                dt,
+                strides.as_ptr(),
+            )
         })?;
         Ok(md)
     }
@@ -391,7 +435,7 @@ struct Key {
     b: Option<(usize, usize)>,
     dst_rs: usize,
     dtype: Dtype,
-    accumulate: bool,
+    epilogue: Epilogue,
 }
 
 /// A matmul primitive and what executing it needs.
@@ -426,6 +470,32 @@ impl Drop for Matmul {
     }
 }
 
+/// What a primitive does after the product, in this order: an output
+/// scale, a bias row, GELU (tanh form), a sum into dst (`accumulate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Epilogue {
+    /// `dst = dst + result` (a sum post-op) instead of `dst = result`.
+    accumulate: bool,
+    /// The output scale's f32 bits (`1.0` for none; bits so that it hashes).
+    scale: u32,
+    /// A `[1, n]` f32 bias added (`DNNL_ARG_BIAS`).
+    bias: bool,
+    /// `gelu_new` on the result (an eltwise post-op).
+    gelu: bool,
+}
+
+impl Epilogue {
+    /// The plain product, optionally summed into dst.
+    fn plain(accumulate: bool) -> Self {
+        Self {
+            accumulate,
+            scale: 1f32.to_bits(),
+            bias: false,
+            gelu: false,
+        }
+    }
+}
+
 impl Matmul {
     /// Creates the primitive for `key`.
     fn create(api: &Api, key: &Key) -> Result<Self, OnednnError> {
@@ -436,10 +506,29 @@ impl Matmul {
             None => api.md_any((key.k, key.n), dt)?,
         };
         let dst = api.md_strided((key.m, key.n), DT_F32, (key.dst_rs, 1))?;
+        let bias = if key.epilogue.bias {
+            Some(api.md_nd(&[1, key.n], DT_F32, &[key.n, 1])?)
+        } else {
+            None
+        };
+        Self::build(api, (src, wei_req, bias, dst), key.epilogue, key.dtype)
+    }
+
+    /// Creates the primitive of `src x wei -> dst` (descriptors of rank 2, or
+    /// 4 for a batched product; `bias` of dst's rank) with `epilogue`.
+    fn build(
+        api: &Api,
+        (src, wei_req, bias, dst): (MemoryDesc, MemoryDesc, Option<MemoryDesc>, MemoryDesc),
+        epilogue: Epilogue,
+        dtype: Dtype,
+    ) -> Result<Self, OnednnError> {
         let mut desc = MatmulDesc([0; MATMUL_DESC_SIZE]);
+        let bias_ptr = bias
+            .as_ref()
+            .map_or(std::ptr::null(), |b| b as *const MemoryDesc);
         // SAFETY: valid descriptors; a null bias descriptor means no bias.
         check("dnnl_matmul_desc_init", unsafe {
-            (api.matmul_desc_init)(&mut desc, &src, &wei_req, std::ptr::null(), &dst)
+            (api.matmul_desc_init)(&mut desc, &src, &wei_req, bias_ptr, &dst)
         })?;
         let mut attr = std::ptr::null_mut();
         let mut post_ops = std::ptr::null_mut();
@@ -453,12 +542,28 @@ impl Matmul {
                     "dnnl_primitive_attr_set_scratchpad_mode",
                     (api.attr_scratchpad)(attr, SCRATCHPAD_USER),
                 )?;
-                if key.accumulate {
-                    check("dnnl_post_ops_create", (api.post_ops_create)(&mut post_ops))?;
+                let scale = f32::from_bits(epilogue.scale);
+                if scale != 1.0 {
+                    // One common scale (mask 0), fixed in the primitive.
                     check(
-                        "dnnl_post_ops_append_sum",
-                        (api.post_ops_sum)(post_ops, 1.0),
+                        "dnnl_primitive_attr_set_output_scales",
+                        (api.attr_output_scales)(attr, 1, 0, &scale),
                     )?;
+                }
+                if epilogue.accumulate || epilogue.gelu {
+                    check("dnnl_post_ops_create", (api.post_ops_create)(&mut post_ops))?;
+                    if epilogue.gelu {
+                        check(
+                            "dnnl_post_ops_append_eltwise",
+                            (api.post_ops_eltwise)(post_ops, 1.0, ELTWISE_GELU_TANH, 0.0, 0.0),
+                        )?;
+                    }
+                    if epilogue.accumulate {
+                        check(
+                            "dnnl_post_ops_append_sum",
+                            (api.post_ops_sum)(post_ops, 1.0),
+                        )?;
+                    }
                     check(
                         "dnnl_primitive_attr_set_post_ops",
                         (api.attr_post_ops)(attr, post_ops),
@@ -480,7 +585,7 @@ impl Matmul {
         };
         if status != DNNL_SUCCESS {
             return Err(OnednnError::NoKernel {
-                dtype: key.dtype.name(),
+                dtype: dtype.name(),
                 status,
             });
         }
@@ -547,6 +652,196 @@ fn matmul(api: &Api, key: Key) -> Result<Arc<Matmul>, OnednnError> {
     }
     map.insert(key, m.clone());
     Ok(m)
+}
+
+/// What a cached batched primitive is for: `[b0, b1]` products of
+/// `m x k` by `k x n`, every operand 4-D with its own strides
+/// `(batch 0, batch 1, row, column)`, f32 out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct BatchKey {
+    dims: (usize, usize, usize, usize, usize),
+    src: [usize; 4],
+    wei: [usize; 4],
+    dst: [usize; 4],
+    dtype: Dtype,
+    epilogue: Epilogue,
+}
+
+/// The cached batched primitive for `key`, created on first use.
+fn batched_matmul(api: &Api, key: BatchKey) -> Result<Arc<Matmul>, OnednnError> {
+    static CACHE: OnceLock<Mutex<HashMap<BatchKey, Arc<Matmul>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    // A poisoned lock only means another thread panicked mid-insert: the map is intact.
+    let mut map = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(m) = map.get(&key) {
+        return Ok(m.clone());
+    }
+    let (b0, b1, m, n, k) = key.dims;
+    let dt = key.dtype.code();
+    let src = api.md_nd(&[b0, b1, m, k], dt, &key.src)?;
+    let wei = api.md_nd(&[b0, b1, k, n], dt, &key.wei)?;
+    let dst = api.md_nd(&[b0, b1, m, n], DT_F32, &key.dst)?;
+    let mm = Arc::new(Matmul::build(
+        api,
+        (src, wei, None, dst),
+        key.epilogue,
+        key.dtype,
+    )?);
+    // Bounded as `matmul`'s: attention makes one per query block and length.
+    if map.len() >= 512 {
+        map.clear();
+    }
+    map.insert(key, mm.clone());
+    Ok(mm)
+}
+
+/// A batched matmul operand: f32, or bf16 converted by the caller (once
+/// for many products, as attention's q, k and v per layer call).
+#[derive(Debug, Clone, Copy)]
+pub enum Batched<'a> {
+    /// f32 values.
+    F32(&'a [f32]),
+    /// bf16 bit patterns ([`to_bf16`]).
+    Bf16(&'a [u16]),
+}
+
+impl Batched<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Self::F32(x) => x.len(),
+            Self::Bf16(x) => x.len(),
+        }
+    }
+
+    fn dtype(&self) -> Dtype {
+        match self {
+            Self::F32(_) => Dtype::F32,
+            Self::Bf16(_) => Dtype::Bf16,
+        }
+    }
+
+    fn ptr(&self) -> *mut c_void {
+        // oneDNN only reads a source operand: the cast to `*mut` is its C signature.
+        match self {
+            Self::F32(x) => x.as_ptr() as *mut c_void,
+            Self::Bf16(x) => x.as_ptr() as *mut c_void,
+        }
+    }
+}
+
+/// The last index a 4-D operand of `dims` with `strides` touches, plus 1.
+fn extent4(dims: [usize; 4], strides: [usize; 4]) -> usize {
+    if dims.contains(&0) {
+        return 0;
+    }
+    1 + dims
+        .iter()
+        .zip(strides)
+        .map(|(&d, s)| (d - 1) * s)
+        .sum::<usize>()
+}
+
+/// `dst[i, j] = (accumulate ? dst[i, j] : 0) + scale * lhs[i, j] @ rhs[i, j]`
+/// for every `i < b0`, `j < b1`
+/// on oneDNN, one primitive for all `b0 * b1` products of `m x k` by
+/// `k x n`; every operand strided `(batch 0, batch 1, row, column)` (so
+/// per-head views inside a fused projection and the merged output layout
+/// are read and written in place), `dst` f32. Both operands have one dtype:
+/// f32, or bf16 with f32 accumulation.
+pub fn batched_gemm(
+    (b0, b1, m, n, k): (usize, usize, usize, usize, usize),
+    dst: (&mut [f32], [usize; 4]),
+    lhs: (Batched<'_>, [usize; 4]),
+    rhs: (Batched<'_>, [usize; 4]),
+    (scale, accumulate): (f32, bool),
+    threads: usize,
+) -> Result<(), OnednnError> {
+    let api = api()?;
+    let dtype = lhs.0.dtype();
+    if rhs.0.dtype() != dtype {
+        return Err(OnednnError::Dtypes);
+    }
+    if [b0, b1, m, n].contains(&0) {
+        return Ok(());
+    }
+    if dst.0.len() < extent4([b0, b1, m, n], dst.1) {
+        return Err(OnednnError::Shape("dst"));
+    }
+    if k == 0 {
+        // An empty sum: 0 (oneDNN rejects k = 0).
+        if !accumulate {
+            let s = dst.1;
+            for i in 0..b0 * b1 * m {
+                let at = (i / (b1 * m)) * s[0] + (i / m % b1) * s[1] + (i % m) * s[2];
+                (0..n).for_each(|c| dst.0[at + c * s[3]] = 0.0);
+            }
+        }
+        return Ok(());
+    }
+    if lhs.0.len() < extent4([b0, b1, m, k], lhs.1) {
+        return Err(OnednnError::Shape("lhs"));
+    }
+    if rhs.0.len() < extent4([b0, b1, k, n], rhs.1) {
+        return Err(OnednnError::Shape("rhs"));
+    }
+    let key = BatchKey {
+        dims: (b0, b1, m, n, k),
+        src: lhs.1,
+        wei: rhs.1,
+        dst: dst.1,
+        dtype,
+        epilogue: Epilogue {
+            scale: scale.to_bits(),
+            ..Epilogue::plain(accumulate)
+        },
+    };
+    let mm = batched_matmul(api, key)?;
+    let mut scratch = Aligned::new(mm.scratch_bytes);
+    let src_mem = Memory::new(api, &mm.src, lhs.0.ptr())?;
+    let wei_mem = Memory::new(api, &mm.wei, rhs.0.ptr())?;
+    let dst_mem = Memory::new(api, &mm.dst, dst.0.as_mut_ptr().cast())?;
+    let scratch_mem = Memory::new(api, &mm.scratch, scratch.ptr())?;
+    execute(
+        api,
+        mm.prim,
+        &[
+            ExecArg {
+                arg: ARG_SRC,
+                memory: src_mem.1,
+            },
+            ExecArg {
+                arg: ARG_WEIGHTS,
+                memory: wei_mem.1,
+            },
+            ExecArg {
+                arg: ARG_DST,
+                memory: dst_mem.1,
+            },
+            ExecArg {
+                arg: ARG_SCRATCHPAD,
+                memory: scratch_mem.1,
+            },
+        ],
+        threads,
+    )
+}
+
+/// The implementation oneDNN picks for attention's batched QK^T in `dtype`
+/// (12 heads of 128 queries, 64 wide, against 512 keys read in place from a
+/// fused projection), for the start-up log.
+pub fn batched_implementation(dtype: Dtype) -> Result<String, OnednnError> {
+    let api = api()?;
+    let (t, h, hd) = (512, 12, 64);
+    let row = 3 * h * hd;
+    let key = BatchKey {
+        dims: (1, h, 128, t, hd),
+        src: [t * row, hd, row, 1],
+        wei: [t * row, hd, 1, row],
+        dst: [h * 128 * t, 128 * t, t, 1],
+        dtype,
+        epilogue: Epilogue::plain(false),
+    };
+    Ok(batched_matmul(api, key)?.impl_name.clone())
 }
 
 /// A 64-byte aligned byte buffer (oneDNN's preferred alignment).
@@ -811,6 +1106,57 @@ pub fn gemm(
     slot: Option<&WeightSlot>,
     threads: usize,
 ) -> Result<(), OnednnError> {
+    let plain = Fused {
+        accumulate,
+        bias: None,
+        gelu: false,
+    };
+    gemm_fused(
+        dtype,
+        (m, n, k),
+        dst,
+        dst_rs,
+        plain,
+        lhs,
+        rhs,
+        slot,
+        threads,
+    )
+}
+
+/// What [`gemm_fused`] does to the product before it lands in `dst`.
+#[derive(Debug, Clone, Copy)]
+pub struct Fused<'a> {
+    /// Sum into `dst` instead of overwriting it.
+    pub accumulate: bool,
+    /// A bias (`n` values) added to every row, by oneDNN's bias argument.
+    pub bias: Option<&'a [f32]>,
+    /// `gelu_new` (the tanh form) after the bias, as an eltwise post-op
+    /// (before the sum when `accumulate`).
+    pub gelu: bool,
+}
+
+/// [`gemm`] with oneDNN's epilogue: `dst = (accumulate ? dst : 0) +
+/// gelu?(lhs @ rhs + bias)`, the bias and GELU applied by the primitive
+/// itself (GPT-2's projections in evaluation: no pre-filled bias, no
+/// second pass over the output for GELU).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_fused(
+    dtype: Dtype,
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    fused: Fused<'_>,
+    lhs: (&[f32], usize, usize),
+    rhs: (&[f32], usize, usize),
+    slot: Option<&WeightSlot>,
+    threads: usize,
+) -> Result<(), OnednnError> {
+    let Fused {
+        accumulate,
+        bias,
+        gelu,
+    } = fused;
     let api = api()?;
     if m == 0 || n == 0 {
         return Ok(());
@@ -819,10 +1165,21 @@ pub fn gemm(
     if dst_rs < n || dst.len() < extent(m, n, dst_rs, 1) {
         return Err(OnednnError::Shape("dst"));
     }
+    if bias.is_some_and(|b| b.len() < n) {
+        return Err(OnednnError::Shape("bias"));
+    }
     if k == 0 {
-        if !accumulate {
-            for i in 0..m {
-                dst[i * dst_rs..i * dst_rs + n].fill(0.0);
+        // An empty product (oneDNN rejects k = 0): the epilogue of 0.
+        let mut row = bias.map_or_else(|| vec![0.0; n], |b| b[..n].to_vec());
+        if gelu {
+            row = super::activations::gelu_slice(&row);
+        }
+        for i in 0..m {
+            let d = &mut dst[i * dst_rs..i * dst_rs + n];
+            if accumulate {
+                d.iter_mut().zip(&row).for_each(|(d, r)| *d += r);
+            } else {
+                d.copy_from_slice(&row);
             }
         }
         return Ok(());
@@ -849,14 +1206,30 @@ pub fn gemm(
         b: b.as_ref().map(Operand::strides),
         dst_rs,
         dtype,
-        accumulate,
+        epilogue: Epilogue {
+            bias: bias.is_some(),
+            gelu,
+            ..Epilogue::plain(accumulate)
+        },
     };
     let mm = matmul(api, key)?;
     let mut scratch = Aligned::new(mm.scratch_bytes);
     let src_mem = Memory::new(api, &mm.src, a.ptr())?;
     let dst_mem = Memory::new(api, &mm.dst, dst.as_mut_ptr().cast())?;
     let scratch_mem = Memory::new(api, &mm.scratch, scratch.ptr())?;
+    let bias_mem = match bias {
+        Some(b) => Some(Memory::new(
+            api,
+            &api.md_nd(&[1, n], DT_F32, &[n, 1])?,
+            b.as_ptr() as *mut c_void,
+        )?),
+        None => None,
+    };
     let run = |wei: Handle| {
+        let bias_arg = bias_mem.as_ref().map(|b| ExecArg {
+            arg: ARG_BIAS,
+            memory: b.1,
+        });
         execute(
             api,
             mm.prim,
@@ -877,7 +1250,10 @@ pub fn gemm(
                     arg: ARG_SCRATCHPAD,
                     memory: scratch_mem.1,
                 },
-            ],
+            ]
+            .into_iter()
+            .chain(bias_arg)
+            .collect::<Vec<_>>(),
             threads,
         )
     };
@@ -945,15 +1321,16 @@ fn reordered(
 }
 
 /// Reorders the f32 weight `rhs` (`k x n`) into `slot` now, in the bf16
-/// layout the primitive of an `m`-row product prefers (`accumulate` as the
-/// caller's GEMM will pass it), so that the f32 values can be dropped: a
-/// later [`gemm`] with an empty `rhs` and this slot reads the copy (and
-/// reorders it again for a product whose primitive prefers another layout).
+/// layout the primitive of an `m`-row product prefers (with a bias row if
+/// `bias`, as the caller's forward GEMM will have), so that the f32 values
+/// can be dropped: a later [`gemm`] or [`gemm_fused`] with an empty `rhs`
+/// and this slot reads the copy (and reorders it again for a product whose
+/// primitive prefers another layout).
 pub fn prepack(
     m: usize,
     (k, n): (usize, usize),
     rhs: (&[f32], usize, usize),
-    accumulate: bool,
+    bias: bool,
     slot: &WeightSlot,
     threads: usize,
 ) -> Result<(), OnednnError> {
@@ -969,7 +1346,10 @@ pub fn prepack(
         b: None,
         dst_rs: n,
         dtype: Dtype::Bf16,
-        accumulate,
+        epilogue: Epilogue {
+            bias,
+            ..Epilogue::plain(false)
+        },
     };
     let mm = matmul(api, key)?;
     let mut held = slot.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -992,7 +1372,7 @@ pub fn implementation(dtype: Dtype) -> Result<String, OnednnError> {
         },
         dst_rs: 768,
         dtype,
-        accumulate: false,
+        epilogue: Epilogue::plain(false),
     };
     Ok(matmul(api, key)?.impl_name.clone())
 }
@@ -1022,10 +1402,10 @@ mod tests {
         let c = dir.path().join("sz.c");
         std::fs::write(
             &c,
-            "#include <stdio.h>\n#include <oneapi/dnnl/dnnl.h>\nint main(){printf(\"%zu %zu %zu %d %d %d %d %d\", \
+            "#include <stdio.h>\n#include <oneapi/dnnl/dnnl.h>\nint main(){printf(\"%zu %zu %zu %d %d %d %d %d %d %d\", \
              sizeof(dnnl_memory_desc_t), sizeof(dnnl_matmul_desc_t), sizeof(dnnl_exec_arg_t), \
              (int)dnnl_bf16, (int)dnnl_f32, (int)dnnl_format_tag_any, (int)DNNL_ARG_SCRATCHPAD, \
-             (int)dnnl_query_impl_info_str);return 0;}\n",
+             (int)dnnl_query_impl_info_str, (int)DNNL_ARG_BIAS, (int)dnnl_eltwise_gelu_tanh);return 0;}\n",
         )
         .unwrap();
         let exe = dir.path().join("sz");
@@ -1046,7 +1426,7 @@ mod tests {
         let out = std::process::Command::new(&exe).output().unwrap();
         let got = String::from_utf8(out.stdout).unwrap();
         let want = format!(
-            "{MEMORY_DESC_SIZE} {MATMUL_DESC_SIZE} {} {DT_BF16} {DT_F32} {TAG_ANY} {ARG_SCRATCHPAD} {QUERY_IMPL_INFO_STR}",
+            "{MEMORY_DESC_SIZE} {MATMUL_DESC_SIZE} {} {DT_BF16} {DT_F32} {TAG_ANY} {ARG_SCRATCHPAD} {QUERY_IMPL_INFO_STR} {ARG_BIAS} {ELTWISE_GELU_TANH}",
             std::mem::size_of::<ExecArg>()
         );
         assert_eq!(got, want);
@@ -1151,6 +1531,205 @@ mod tests {
         }
     }
 
+    /// Checks `batched_gemm` against the f64 definition for one layout of
+    /// each operand, `dtype` rounding the inputs as oneDNN does.
+    #[allow(clippy::type_complexity)]
+    fn check_batched(
+        dtype: Dtype,
+        (b0, b1, m, n, k): (usize, usize, usize, usize, usize),
+        (lhs, ls): (&[f32], [usize; 4]),
+        (rhs, rs): (&[f32], [usize; 4]),
+        ds: [usize; 4],
+        (scale, accumulate): (f32, bool),
+        rel: f64,
+    ) {
+        use super::super::gemm_bf16::from_bf16;
+        let len = extent4([b0, b1, m, n], ds) + 5;
+        let mut dst = vec![7.5f32; len];
+        let (l16, r16): (Vec<u16>, Vec<u16>) = (
+            lhs.iter().map(|&x| to_bf16(x)).collect(),
+            rhs.iter().map(|&x| to_bf16(x)).collect(),
+        );
+        let (l, r) = match dtype {
+            Dtype::F32 => (Batched::F32(lhs), Batched::F32(rhs)),
+            Dtype::Bf16 => (Batched::Bf16(&l16), Batched::Bf16(&r16)),
+        };
+        batched_gemm(
+            (b0, b1, m, n, k),
+            (&mut dst, ds),
+            (l, ls),
+            (r, rs),
+            (scale, accumulate),
+            2,
+        )
+        .unwrap();
+        let round = |x: f32| match dtype {
+            Dtype::F32 => x as f64,
+            Dtype::Bf16 => from_bf16(to_bf16(x)) as f64,
+        };
+        let at = |s: [usize; 4], i: usize, j: usize, r: usize, c: usize| {
+            i * s[0] + j * s[1] + r * s[2] + c * s[3]
+        };
+        let mut written = vec![false; len];
+        for i in 0..b0 {
+            for j in 0..b1 {
+                for r in 0..m {
+                    for c in 0..n {
+                        let (mut want, mut mag) = (0f64, 0f64);
+                        for p in 0..k {
+                            let t = round(lhs[at(ls, i, j, r, p)]) * round(rhs[at(rs, i, j, p, c)]);
+                            want += t;
+                            mag += t.abs();
+                        }
+                        want *= scale as f64;
+                        mag *= (scale as f64).abs();
+                        if accumulate {
+                            want += 7.5;
+                            mag += 7.5;
+                        }
+                        let o = at(ds, i, j, r, c);
+                        written[o] = true;
+                        let got = dst[o] as f64;
+                        assert!(
+                            (got - want).abs() <= rel * mag + 1e-30,
+                            "{dtype:?} [{b0},{b1}] m{m} n{n} k{k} ({i},{j},{r},{c}): {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+        for (o, w) in written.iter().enumerate() {
+            assert!(
+                *w || dst[o] == 7.5,
+                "{dtype:?}: dst[{o}] outside the product written"
+            );
+        }
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(have_onednn),
+        ignore = "needs libdnnl.so.2 (apt-get install libdnnl-dev)"
+    )]
+    fn batched_matches_the_f64_definition_on_strided_operands() {
+        let bf16_ok = implementation(Dtype::Bf16).is_ok();
+        if !bf16_ok {
+            eprintln!("oneDNN has no bf16 kernel on this CPU: f32 only");
+        }
+        for &(b0, b1, m, n, k) in &[
+            (1, 1, 1, 1, 1),
+            (2, 3, 5, 7, 3),
+            (2, 3, 17, 33, 9),
+            (1, 2, 130, 131, 16),
+        ] {
+            // q and k as in a fused projection `[b0 * rows, 3 * b1 * k]`
+            // (plus a column of padding): head j at column j * k, rows
+            // `row` apart; k read transposed (QK^T); the output merged
+            // `[b0 * m, b1 * n]` with two columns of padding.
+            let rows = m.max(n);
+            let row = 3 * b1 * k + 1;
+            let fused: Vec<f32> = (0..b0 * rows * row).map(|i| value(i, 3)).collect();
+            let qs = [rows * row, k, row, 1];
+            let kt = [rows * row, k, 1, row];
+            let merged = [m * (b1 * n + 2), n, b1 * n + 2, 1];
+            // And PV's shape: dense probabilities times v in place.
+            let p: Vec<f32> = (0..b0 * b1 * m * rows).map(|i| value(i, 4)).collect();
+            let ps = [b1 * m * rows, m * rows, rows, 1];
+            let vs = [rows * row, k, row, 1];
+            for dtype in [Dtype::F32, Dtype::Bf16] {
+                if dtype == Dtype::Bf16 && !bf16_ok {
+                    continue;
+                }
+                let rel = match dtype {
+                    Dtype::F32 => 1e-4,
+                    Dtype::Bf16 => 2e-2,
+                };
+                check_batched(
+                    dtype,
+                    (b0, b1, m, n, k),
+                    (&fused, qs),
+                    (&fused[b1 * k..], kt),
+                    merged,
+                    (0.125, false),
+                    rel,
+                );
+                let out = [m * b1 * k, k, b1 * k, 1];
+                check_batched(
+                    dtype,
+                    (b0, b1, m, k, n.min(rows)),
+                    (&p, ps),
+                    (&fused[2 * b1 * k..], vs),
+                    out,
+                    (1.0, false),
+                    rel,
+                );
+                // Backward's dV += P^T dO: the probabilities read
+                // transposed, summed into dst, with a scale.
+                let pt = [b1 * m * rows, m * rows, 1, rows];
+                let dense = [b1 * n * k, n * k, k, 1];
+                check_batched(
+                    dtype,
+                    (b0, b1, n, k, m),
+                    (&p, pt),
+                    (&fused, qs),
+                    dense,
+                    (0.5, true),
+                    rel,
+                );
+            }
+        }
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(have_onednn),
+        ignore = "needs libdnnl.so.2 (apt-get install libdnnl-dev)"
+    )]
+    fn batched_short_operands_are_errors_and_empty_sums_zero() {
+        let dense = |r: usize, c: usize| [2 * r * c, r * c, c, 1];
+        let (a, b) = ([1.0f32; 2 * 2 * 3], [1.0f32; 2 * 3 * 4]);
+        let mut c = [5.0f32; 2 * 2 * 4];
+        let run = |c: &mut [f32], a: &[f32], b: &[f32], k: usize, acc: bool| {
+            batched_gemm(
+                (1, 2, 2, 4, k),
+                (c, dense(2, 4)),
+                (Batched::F32(a), dense(2, k)),
+                (Batched::F32(b), dense(k, 4)),
+                (1.0, acc),
+                1,
+            )
+        };
+        assert_eq!(
+            run(&mut c, &a[..11], &b, 3, false),
+            Err(OnednnError::Shape("lhs"))
+        );
+        assert_eq!(
+            run(&mut c, &a, &b[..23], 3, false),
+            Err(OnednnError::Shape("rhs"))
+        );
+        assert_eq!(
+            run(&mut c[..15], &a, &b, 3, false),
+            Err(OnednnError::Shape("dst"))
+        );
+        let a16 = [0u16; 12];
+        let e = batched_gemm(
+            (1, 2, 2, 4, 3),
+            (&mut c, dense(2, 4)),
+            (Batched::Bf16(&a16), dense(2, 3)),
+            (Batched::F32(&b), dense(3, 4)),
+            (1.0, false),
+            1,
+        );
+        assert_eq!(e, Err(OnednnError::Dtypes));
+        assert!(c.iter().all(|&x| x == 5.0), "a refused call wrote dst");
+        run(&mut c, &a, &b, 3, true).unwrap();
+        assert!(c.iter().all(|&x| x == 8.0), "{c:?}");
+        run(&mut c, &[], &[], 0, true).unwrap();
+        assert!(c.iter().all(|&x| x == 8.0), "{c:?}");
+        run(&mut c, &[], &[], 0, false).unwrap();
+        assert!(c.iter().all(|&x| x == 0.0), "{c:?}");
+    }
+
     #[test]
     #[cfg_attr(
         not(have_onednn),
@@ -1203,6 +1782,8 @@ mod tests {
     )]
     fn names_its_implementation() {
         let name = implementation(Dtype::F32).unwrap();
+        assert!(!name.is_empty() && name != "(unknown)", "{name}");
+        let name = batched_implementation(Dtype::F32).unwrap();
         assert!(!name.is_empty() && name != "(unknown)", "{name}");
         assert!(available().unwrap().starts_with("2."));
     }
