@@ -1042,6 +1042,20 @@ mod tests {
         }
     }
 
+    /// Part `j` (0 q, 1 k, 2 v) of a fused `[B*T, 3*H*hd]` projection as
+    /// contiguous `[B, H, T, hd]` heads, split as GPT-2 did.
+    fn split_head(qkv: &Tensor, j: usize, (b, t, h, hd): (usize, usize, usize, usize)) -> Tensor {
+        let d = h * hd;
+        qkv.narrow(1, j * d, d)
+            .unwrap()
+            .reshape((b, t, h, hd))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+    }
+
     #[test]
     fn eval_attention_from_fused_qkv_matches_candle() {
         let dev = Device::Cpu;
@@ -1049,16 +1063,7 @@ mod tests {
         let (b, h, t, hd) = (2, 3, 300, 8);
         let d = h * hd;
         let qkv = Tensor::randn(0f32, 1.0, (b * t, 3 * d), &dev).unwrap();
-        let heads = |j: usize| {
-            qkv.narrow(1, j * d, d)
-                .unwrap()
-                .reshape((b, t, h, hd))
-                .unwrap()
-                .transpose(1, 2)
-                .unwrap()
-                .contiguous()
-                .unwrap()
-        };
+        let heads = |j: usize| split_head(&qkv, j, (b, t, h, hd));
         let ours =
             causal_attention_qkv(KernelPath::Fast, &qkv, (b, t, h), 0.35, 0.0, false, 0).unwrap();
         let want = reference(&heads(0), &heads(1), &heads(2), 0.35, None);
@@ -1081,16 +1086,7 @@ mod tests {
         for (b, h, t, hd) in [(2, 3, 300, 8), (2, 2, 130, 64), (1, 1, 1, 4)] {
             let d = h * hd;
             let qkv = (det((b * t, 3 * d), 1) * 2.0).unwrap();
-            let heads = |j: usize| {
-                qkv.narrow(1, j * d, d)
-                    .unwrap()
-                    .reshape((b, t, h, hd))
-                    .unwrap()
-                    .transpose(1, 2)
-                    .unwrap()
-                    .contiguous()
-                    .unwrap()
-            };
+            let heads = |j: usize| split_head(&qkv, j, (b, t, h, hd));
             let (q, k, v) = (heads(0), heads(1), heads(2));
             let scale = 1.0 / (hd as f64).sqrt();
             let ours = flat(
@@ -1136,17 +1132,7 @@ mod tests {
         for p in [0.0f32, 0.3] {
             let qkv = Var::from_tensor(&(det((b * t, 3 * d), 2) * 2.0).unwrap()).unwrap();
             let w = det((b * t, d), 3);
-            let heads = |j: usize| {
-                qkv.as_tensor()
-                    .narrow(1, j * d, d)
-                    .unwrap()
-                    .reshape((b, t, h, hd))
-                    .unwrap()
-                    .transpose(1, 2)
-                    .unwrap()
-                    .contiguous()
-                    .unwrap()
-            };
+            let heads = |j: usize| split_head(qkv.as_tensor(), j, (b, t, h, hd));
             // (output, d qkv) of the fused op and of the split-heads op on `path`.
             let run = |path: KernelPath| {
                 let fused = causal_attention_qkv(path, qkv.as_tensor(), (b, t, h), 0.5, p, true, 5)
@@ -1222,17 +1208,7 @@ mod tests {
             )
             .unwrap();
             // The existing path: heads split out of qkv as GPT-2 did, then TrainOp.
-            let heads = |j: usize| {
-                qkv.as_tensor()
-                    .narrow(1, j * d, d)
-                    .unwrap()
-                    .reshape((b, t, h, hd))
-                    .unwrap()
-                    .transpose(1, 2)
-                    .unwrap()
-                    .contiguous()
-                    .unwrap()
-            };
+            let heads = |j: usize| split_head(qkv.as_tensor(), j, (b, t, h, hd));
             let split = causal_attention(
                 KernelPath::Fast,
                 &heads(0),
