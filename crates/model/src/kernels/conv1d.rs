@@ -41,34 +41,13 @@ pub(crate) fn conv1d_eval(
         }
     };
     if path.is_onednn() {
-        // The bias and GELU in oneDNN's epilogue: no pre-filled bias, no
-        // second pass over the output.
-        let dtype = if path.is_bf16() {
-            onednn::Dtype::Bf16
-        } else {
-            onednn::Dtype::F32
-        };
-        let mut out = vec![0f32; n * dout];
-        with_cpu_f32(x, |xs| {
+        let out = with_cpu_f32(x, |xs| {
             with_cpu_f32(bias, |bs| {
+                let mut out = vec![0f32; n * dout];
                 with_w(&mut |ws| {
-                    onednn::gemm_fused(
-                        dtype,
-                        (n, dout, din),
-                        &mut out,
-                        dout,
-                        onednn::Fused {
-                            accumulate: false,
-                            bias: Some(bs),
-                            gelu,
-                        },
-                        (xs, din, 1),
-                        (ws, dout, 1),
-                        Some(&packs.fwd.onednn),
-                        threads,
-                    )
-                    .map_err(candle_core::Error::wrap)
-                })
+                    onednn_product(path, (n, din, dout), &mut out, (xs, ws, bs), gelu, packs)
+                })?;
+                Ok::<_, candle_core::Error>(out)
             })
         })???;
         return Tensor::from_vec(out, (n, dout), x.device());
@@ -93,6 +72,40 @@ pub(crate) fn conv1d_eval(
         activations::gelu_in_place(&mut out);
     }
     Tensor::from_vec(out, (n, dout), x.device())
+}
+
+/// [`conv1d_eval`]'s product on a oneDNN `path`: `out = x @ W + b` (then
+/// GELU if `gelu`), the bias and GELU in oneDNN's epilogue (no pre-filled
+/// bias, no second pass over the output); `ws` empty for a sealed weight.
+fn onednn_product(
+    path: KernelPath,
+    (n, din, dout): (usize, usize, usize),
+    out: &mut [f32],
+    (xs, ws, bs): (&[f32], &[f32], &[f32]),
+    gelu: bool,
+    packs: &WeightPacks,
+) -> candle_core::Result<()> {
+    let dtype = if path.is_bf16() {
+        onednn::Dtype::Bf16
+    } else {
+        onednn::Dtype::F32
+    };
+    onednn::gemm_fused(
+        dtype,
+        (n, dout, din),
+        out,
+        dout,
+        onednn::Fused {
+            accumulate: false,
+            bias: Some(bs),
+            gelu,
+        },
+        (xs, din, 1),
+        (ws, dout, 1),
+        Some(&packs.fwd.onednn),
+        candle_core::utils::get_num_threads(),
+    )
+    .map_err(candle_core::Error::wrap)
 }
 
 /// `a @ W + b` for training, with its backward (`da = g W^T`, `dW = a^T g`,

@@ -1169,19 +1169,7 @@ pub fn gemm_fused(
         return Err(OnednnError::Shape("bias"));
     }
     if k == 0 {
-        // An empty product (oneDNN rejects k = 0): the epilogue of 0.
-        let mut row = bias.map_or_else(|| vec![0.0; n], |b| b[..n].to_vec());
-        if gelu {
-            row = super::activations::gelu_slice(&row);
-        }
-        for i in 0..m {
-            let d = &mut dst[i * dst_rs..i * dst_rs + n];
-            if accumulate {
-                d.iter_mut().zip(&row).for_each(|(d, r)| *d += r);
-            } else {
-                d.copy_from_slice(&row);
-            }
-        }
+        empty_product(dst, (m, n, dst_rs), fused);
         return Ok(());
     }
     if lhs.0.len() < extent(m, k, lhs.1, lhs.2) {
@@ -1226,36 +1214,16 @@ pub fn gemm_fused(
         None => None,
     };
     let run = |wei: Handle| {
-        let bias_arg = bias_mem.as_ref().map(|b| ExecArg {
-            arg: ARG_BIAS,
-            memory: b.1,
-        });
-        execute(
-            api,
-            mm.prim,
-            &[
-                ExecArg {
-                    arg: ARG_SRC,
-                    memory: src_mem.1,
-                },
-                ExecArg {
-                    arg: ARG_WEIGHTS,
-                    memory: wei,
-                },
-                ExecArg {
-                    arg: ARG_DST,
-                    memory: dst_mem.1,
-                },
-                ExecArg {
-                    arg: ARG_SCRATCHPAD,
-                    memory: scratch_mem.1,
-                },
-            ]
-            .into_iter()
-            .chain(bias_arg)
-            .collect::<Vec<_>>(),
-            threads,
-        )
+        let arg = |arg, memory| ExecArg { arg, memory };
+        let bias_arg = bias_mem.as_ref().map(|b| arg(ARG_BIAS, b.1));
+        let args = [
+            arg(ARG_SRC, src_mem.1),
+            arg(ARG_WEIGHTS, wei),
+            arg(ARG_DST, dst_mem.1),
+            arg(ARG_SCRATCHPAD, scratch_mem.1),
+        ];
+        let args: Vec<_> = args.into_iter().chain(bias_arg).collect();
+        execute(api, mm.prim, &args, threads)
     };
     match (slot, b.as_mut()) {
         (_, Some(b)) => {
@@ -1270,6 +1238,23 @@ pub fn gemm_fused(
             run(wei.1)
         }
         (None, None) => Err(OnednnError::Shape("rhs")),
+    }
+}
+
+/// What [`gemm_fused`] writes for a product with `k = 0` (which oneDNN
+/// rejects): the epilogue of 0 in each of `m` rows of `n` (`dst_rs` apart).
+fn empty_product(dst: &mut [f32], (m, n, dst_rs): (usize, usize, usize), fused: Fused<'_>) {
+    let mut row = fused.bias.map_or_else(|| vec![0.0; n], |b| b[..n].to_vec());
+    if fused.gelu {
+        row = super::activations::gelu_slice(&row);
+    }
+    for i in 0..m {
+        let d = &mut dst[i * dst_rs..i * dst_rs + n];
+        if fused.accumulate {
+            d.iter_mut().zip(&row).for_each(|(d, r)| *d += r);
+        } else {
+            d.copy_from_slice(&row);
+        }
     }
 }
 
