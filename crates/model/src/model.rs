@@ -670,6 +670,10 @@ mod tests {
     /// f32 (but counts them), and refuses what it can no longer do. On f32
     /// sealing changes nothing.
     #[test]
+    #[cfg_attr(
+        not(any(cpu_avx512bf16, have_onednn)),
+        ignore = "needs AVX512-BF16 or libdnnl.so.2 (a bf16 CPU path)"
+    )]
     fn a_sealed_model_evaluates_as_before_without_its_f32_projections() {
         let mut paths = Vec::new();
         if crate::kernels::gemm_bf16::support().is_ok() {

@@ -636,22 +636,66 @@ impl Matmul {
     }
 }
 
-/// The cached primitive for `key`, created on first use.
-fn matmul(api: &Api, key: Key) -> Result<Arc<Matmul>, OnednnError> {
-    static CACHE: OnceLock<Mutex<HashMap<Key, Arc<Matmul>>>> = OnceLock::new();
-    let cache = CACHE.get_or_init(Default::default);
+/// The primitive cached in `cache` for `key`, made by `make` on first use.
+fn cached<K: std::hash::Hash + Eq>(
+    cache: &'static OnceLock<Mutex<HashMap<K, Arc<Matmul>>>>,
+    key: K,
+    make: impl FnOnce(&K) -> Result<Matmul, OnednnError>,
+) -> Result<Arc<Matmul>, OnednnError> {
+    let cache = cache.get_or_init(Default::default);
     // A poisoned lock only means another thread panicked mid-insert: the map is intact.
     let mut map = cache.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(m) = map.get(&key) {
         return Ok(m.clone());
     }
-    let m = Arc::new(Matmul::create(api, &key)?);
-    // Bounded: a long run of new shapes (evaluation of many lengths) must not grow it forever.
+    let m = Arc::new(make(&key)?);
+    // Bounded: a long run of new shapes (evaluation of many lengths,
+    // attention's one per query block and length) must not grow it forever.
     if map.len() >= 512 {
         map.clear();
     }
     map.insert(key, m.clone());
     Ok(m)
+}
+
+impl Matmul {
+    /// Executes the primitive on memory the caller holds: `src`, the weights
+    /// `wei` (in their layout, which may be a reordered copy's), `dst`, and
+    /// the bias row if the primitive has one; a scratchpad of its own.
+    /// Every pointer must cover its descriptor and outlive the call.
+    fn run(
+        &self,
+        api: &Api,
+        src: *mut c_void,
+        (wei_md, wei): (&MemoryDesc, *mut c_void),
+        dst: *mut c_void,
+        bias: Option<(&MemoryDesc, *mut c_void)>,
+        threads: usize,
+    ) -> Result<(), OnednnError> {
+        let mut scratch = Aligned::new(self.scratch_bytes);
+        let src = Memory::new(api, &self.src, src)?;
+        let wei = Memory::new(api, wei_md, wei)?;
+        let dst = Memory::new(api, &self.dst, dst)?;
+        let scratch = Memory::new(api, &self.scratch, scratch.ptr())?;
+        let bias = bias.map(|(md, b)| Memory::new(api, md, b)).transpose()?;
+        let arg = |arg, memory| ExecArg { arg, memory };
+        let args: Vec<_> = [
+            arg(ARG_SRC, src.1),
+            arg(ARG_WEIGHTS, wei.1),
+            arg(ARG_DST, dst.1),
+            arg(ARG_SCRATCHPAD, scratch.1),
+        ]
+        .into_iter()
+        .chain(bias.as_ref().map(|b| arg(ARG_BIAS, b.1)))
+        .collect();
+        execute(api, self.prim, &args, threads)
+    }
+}
+
+/// The cached primitive for `key`, created on first use.
+fn matmul(api: &Api, key: Key) -> Result<Arc<Matmul>, OnednnError> {
+    static CACHE: OnceLock<Mutex<HashMap<Key, Arc<Matmul>>>> = OnceLock::new();
+    cached(&CACHE, key, |key| Matmul::create(api, key))
 }
 
 /// What a cached batched primitive is for: `[b0, b1]` products of
@@ -670,29 +714,14 @@ struct BatchKey {
 /// The cached batched primitive for `key`, created on first use.
 fn batched_matmul(api: &Api, key: BatchKey) -> Result<Arc<Matmul>, OnednnError> {
     static CACHE: OnceLock<Mutex<HashMap<BatchKey, Arc<Matmul>>>> = OnceLock::new();
-    let cache = CACHE.get_or_init(Default::default);
-    // A poisoned lock only means another thread panicked mid-insert: the map is intact.
-    let mut map = cache.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(m) = map.get(&key) {
-        return Ok(m.clone());
-    }
-    let (b0, b1, m, n, k) = key.dims;
-    let dt = key.dtype.code();
-    let src = api.md_nd(&[b0, b1, m, k], dt, &key.src)?;
-    let wei = api.md_nd(&[b0, b1, k, n], dt, &key.wei)?;
-    let dst = api.md_nd(&[b0, b1, m, n], DT_F32, &key.dst)?;
-    let mm = Arc::new(Matmul::build(
-        api,
-        (src, wei, None, dst),
-        key.epilogue,
-        key.dtype,
-    )?);
-    // Bounded as `matmul`'s: attention makes one per query block and length.
-    if map.len() >= 512 {
-        map.clear();
-    }
-    map.insert(key, mm.clone());
-    Ok(mm)
+    cached(&CACHE, key, |key| {
+        let (b0, b1, m, n, k) = key.dims;
+        let dt = key.dtype.code();
+        let src = api.md_nd(&[b0, b1, m, k], dt, &key.src)?;
+        let wei = api.md_nd(&[b0, b1, k, n], dt, &key.wei)?;
+        let dst = api.md_nd(&[b0, b1, m, n], DT_F32, &key.dst)?;
+        Matmul::build(api, (src, wei, None, dst), key.epilogue, key.dtype)
+    })
 }
 
 /// A batched matmul operand: f32, or bf16 converted by the caller (once
@@ -796,32 +825,12 @@ pub fn batched_gemm(
         },
     };
     let mm = batched_matmul(api, key)?;
-    let mut scratch = Aligned::new(mm.scratch_bytes);
-    let src_mem = Memory::new(api, &mm.src, lhs.0.ptr())?;
-    let wei_mem = Memory::new(api, &mm.wei, rhs.0.ptr())?;
-    let dst_mem = Memory::new(api, &mm.dst, dst.0.as_mut_ptr().cast())?;
-    let scratch_mem = Memory::new(api, &mm.scratch, scratch.ptr())?;
-    execute(
+    mm.run(
         api,
-        mm.prim,
-        &[
-            ExecArg {
-                arg: ARG_SRC,
-                memory: src_mem.1,
-            },
-            ExecArg {
-                arg: ARG_WEIGHTS,
-                memory: wei_mem.1,
-            },
-            ExecArg {
-                arg: ARG_DST,
-                memory: dst_mem.1,
-            },
-            ExecArg {
-                arg: ARG_SCRATCHPAD,
-                memory: scratch_mem.1,
-            },
-        ],
+        lhs.0.ptr(),
+        (&mm.wei, rhs.0.ptr()),
+        dst.0.as_mut_ptr().cast(),
+        None,
         threads,
     )
 }
@@ -1201,41 +1210,23 @@ pub fn gemm_fused(
         },
     };
     let mm = matmul(api, key)?;
-    let mut scratch = Aligned::new(mm.scratch_bytes);
-    let src_mem = Memory::new(api, &mm.src, a.ptr())?;
-    let dst_mem = Memory::new(api, &mm.dst, dst.as_mut_ptr().cast())?;
-    let scratch_mem = Memory::new(api, &mm.scratch, scratch.ptr())?;
-    let bias_mem = match bias {
-        Some(b) => Some(Memory::new(
-            api,
-            &api.md_nd(&[1, n], DT_F32, &[n, 1])?,
-            b.as_ptr() as *mut c_void,
-        )?),
+    let bias_md = match bias {
+        Some(_) => Some(api.md_nd(&[1, n], DT_F32, &[n, 1])?),
         None => None,
     };
-    let run = |wei: Handle| {
-        let arg = |arg, memory| ExecArg { arg, memory };
-        let bias_arg = bias_mem.as_ref().map(|b| arg(ARG_BIAS, b.1));
-        let args = [
-            arg(ARG_SRC, src_mem.1),
-            arg(ARG_WEIGHTS, wei),
-            arg(ARG_DST, dst_mem.1),
-            arg(ARG_SCRATCHPAD, scratch_mem.1),
-        ];
-        let args: Vec<_> = args.into_iter().chain(bias_arg).collect();
-        execute(api, mm.prim, &args, threads)
-    };
+    // oneDNN only reads the bias: the cast to `*mut` is its C signature.
+    let bias = bias_md
+        .as_ref()
+        .zip(bias.map(|b| b.as_ptr() as *mut c_void));
+    let (src, dst) = (a.ptr(), dst.as_mut_ptr().cast());
+    let run = |wei| mm.run(api, src, wei, dst, bias, threads);
     match (slot, b.as_mut()) {
-        (_, Some(b)) => {
-            let wei = Memory::new(api, &mm.wei, b.ptr())?;
-            run(wei.1)
-        }
+        (_, Some(b)) => run((&mm.wei, b.ptr())),
         (Some(slot), None) => {
             let mut held = slot.0.lock().unwrap_or_else(|e| e.into_inner());
             let at = reordered(api, &mut held, rhs, (k, n), &mm.wei, sealed, threads)?;
             let r = &mut held[at];
-            let wei = Memory::new(api, &r.md, r.data.ptr())?;
-            run(wei.1)
+            run((&r.md, r.data.ptr()))
         }
         (None, None) => Err(OnednnError::Shape("rhs")),
     }
